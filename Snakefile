@@ -1,0 +1,38 @@
+# dspo: preference alignment of text-to-image diffusion models, from pairs to paper tables.
+# The rules only wire paths and config slices to `dspo` sub-commands; see README.md.
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# Anchored to this file so that `--directory` elsewhere still finds the default preset.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+
+
+wildcard_constraints:
+    method="|".join(METHODS),
+    model="|".join(MODELS),
+    prompt_set="|".join(PROMPT_SETS),
+    dataset="pairs|pairs_nodup|pairs_ddspo",
+
+
+include: "rules/data.smk"
+include: "rules/model.smk"
+include: "rules/train.smk"
+include: "rules/generate.smk"
+include: "rules/score.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        rules.tables.output,
+    default_target: True

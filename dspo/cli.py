@@ -1,0 +1,271 @@
+"""The ``dspo`` command: one sub-command per workflow step.
+
+Each sub-command takes its input and output paths plus the config slice it needs as JSON
+(``--params '{...}'``), so the Snakemake rules stay one line and the package never reads the
+workflow's config itself. Heavy libraries are imported inside the sub-commands so that the
+light steps start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {}
+
+
+def command(func: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    COMMANDS[func.__name__.replace("_", "-")] = func
+    return func
+
+
+def _report(stats: dict[str, Any]) -> None:
+    """Print a step's statistics as JSON; the rules send stdout to the step's log."""
+    print(json.dumps(stats, indent=2, default=str), flush=True)
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+@command
+def toy_world(args: argparse.Namespace) -> None:
+    """Write the toy world's pairs, prompt sets and a preview of sample pairs."""
+    from dspo.data import toy
+
+    out = Path(args.out)
+    stats = toy.build_world(toy.ToyWorldConfig.from_dict(args.params), out)
+    toy.preview_pairs(next((out / "pairs").glob("*.parquet")), out / "preview.png")
+    _report(stats)
+
+
+@command
+def pretrain_base(args: argparse.Namespace) -> None:
+    """Pre-train the toy world's base model (a tiny SD-shaped pipeline)."""
+    _threads(args.threads)
+    from dspo.pretrain import pretrain_toy_base
+
+    _report(pretrain_toy_base(args.world, args.params, Path(args.out), Path(args.metrics)))
+
+
+@command
+def pairs(args: argparse.Namespace) -> None:
+    """Normalise a pair source into the canonical pair table (winner first, ties dropped)."""
+    from dspo.data.pairs import load_source, normalise_pairs, write_pairs
+
+    source = dict(args.params["source"])
+    if source["kind"] == "toy":
+        source = {"kind": "parquet", "path": args.input}
+    table, stats = normalise_pairs(
+        load_source(source),
+        drop_ties=args.params.get("drop_ties", True),
+        max_pairs=args.params.get("max_pairs"),
+        seed=args.params.get("nodup_seed", 0),
+    )
+    write_pairs(table, Path(args.out))
+    _report(stats)
+
+
+@command
+def nodup(args: argparse.Namespace) -> None:
+    """Keep one pair per prompt, chosen at random with a fixed seed (the nodup ablation)."""
+    from dspo.data.pairs import drop_duplicate_prompts, read_pairs, write_pairs
+
+    table = read_pairs(Path(args.input))
+    kept = drop_duplicate_prompts(table, seed=args.params["seed"])
+    write_pairs(kept, Path(args.out))
+    _report({"input": len(table), "kept": len(kept), "prompts": int(kept["prompt_id"].nunique())})
+
+
+@command
+def ddspo_pairs(args: argparse.Namespace) -> None:
+    """Generate DDSPO's pairs with the reference model and degraded prompts."""
+    _threads(args.threads)
+    from dspo.data.ddspo import make_ddspo_pairs
+    from dspo.data.pairs import read_pairs, write_pairs
+
+    table, stats = make_ddspo_pairs(
+        read_pairs(Path(args.input)), args.base, args.params, device=args.device
+    )
+    write_pairs(table, Path(args.out))
+    _report(stats)
+
+
+@command
+def cache(args: argparse.Namespace) -> None:
+    """Encode a pair table into VAE latents and text embeddings (sharded safetensors)."""
+    _threads(args.threads)
+    from dspo.data.cache import build_cache
+    from dspo.data.pairs import read_pairs
+
+    table = read_pairs(Path(args.input))
+    prompts_l = table["caption_l"].tolist() if "caption_l" in table else None
+    _report(
+        build_cache(
+            table,
+            args.base,
+            Path(args.out),
+            resolution=args.params["resolution"],
+            dtype=args.params["dtype"],
+            shard_size=args.params["shard_size"],
+            batch_size=args.params["batch_size"],
+            device=args.device,
+            prompts_l=prompts_l,
+        )
+    )
+
+
+@command
+def train(args: argparse.Namespace) -> None:
+    """Fine-tune the base model with one method."""
+    _threads(args.threads)
+    from dspo.train import train as run_training
+
+    _report(
+        run_training(
+            args.params,
+            cache_dir=Path(args.input),
+            base_model=args.base,
+            out_dir=Path(args.out),
+            run_dir=Path(args.run_dir),
+        )
+    )
+
+
+@command
+def prompts(args: argparse.Namespace) -> None:
+    """Write one prompt set as a table (prompt_set, prompt_id, prompt)."""
+    from dspo.data.prompts import load_prompt_set
+
+    table = load_prompt_set(args.name, args.params, toy_prompts=args.input)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(args.out, index=False)
+    _report({"prompt_set": args.name, "prompts": len(table)})
+
+
+@command
+def generate(args: argparse.Namespace) -> None:
+    """Sample a model on a prompt set at every configured seed and guidance scale."""
+    _threads(args.threads)
+    import pandas as pd
+
+    from dspo.sample import generate as run_generation
+    from dspo.sample import load_for_sampling, write_manifest
+
+    p = args.params
+    pipe = load_for_sampling(args.model, args.base, device=args.device)
+    out = Path(args.out)
+    manifest = run_generation(
+        pipe,
+        pd.read_parquet(args.input),
+        out.parent,
+        seeds=p["seeds"],
+        guidance=p["guidance"],
+        steps=p["steps"],
+        resolution=p["resolution"],
+        scheduler=p["scheduler"],
+        batch_size=p["batch_size"],
+    )
+    write_manifest(manifest, out, {"model": args.model, "base": args.base, **p})
+    _report({"model": args.model, "images": len(manifest)})
+
+
+@command
+def score(args: argparse.Namespace) -> None:
+    """Score a model's generated images with every reward model."""
+    import pandas as pd
+
+    from dspo.rewards import score_manifest
+
+    manifest_path = Path(args.input)
+    scores = score_manifest(
+        pd.read_parquet(manifest_path),
+        manifest_path.parent,
+        args.params,
+        model_name=args.name,
+        device=args.device,
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    scores.to_parquet(args.out, index=False)
+    _report({"model": args.name, "rows": len(scores)})
+
+
+@command
+def tables(args: argparse.Namespace) -> None:
+    """Win rates against the base model and mean scores: tables and plots."""
+    from dspo.evaluate import load_scores, plot_mean_scores, plot_win_rates, write_tables
+
+    p = args.params
+    scores = load_scores([Path(f) for f in args.inputs])
+    out = Path(args.out)
+    written = write_tables(
+        scores,
+        out,
+        methods=p["methods"],
+        rewards=p["rewards"],
+        prompt_sets=p["prompt_sets"],
+        labels=p["labels"],
+        n_boot=p["bootstrap"]["samples"],
+        seed=p["bootstrap"]["seed"],
+    )
+    import pandas as pd
+
+    plots = Path(args.plots)
+    plot_win_rates(
+        pd.read_csv(out / "win_rates.csv"),
+        plots / "win_rates.png",
+        p["methods"],
+        p["rewards"],
+        p["prompt_sets"],
+        p["labels"],
+    )
+    plot_mean_scores(
+        pd.read_csv(out / "mean_scores.csv"),
+        plots / "mean_scores.png",
+        ["base", *p["methods"]],
+        p["rewards"],
+        p["prompt_sets"],
+        p["labels"],
+    )
+    _report({"written": [str(w) for w in written]})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dspo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func in COMMANDS.items():
+        p = sub.add_parser(name, help=func.__doc__, description=func.__doc__)
+        p.add_argument("--params", type=json.loads, default={}, help="config slice as JSON")
+        p.add_argument("--input", help="main input path")
+        p.add_argument("--inputs", nargs="*", default=[], help="several input paths")
+        p.add_argument("--out", required=True, help="output path")
+        p.add_argument("--base", help="base model: hub id or local folder")
+        p.add_argument("--model", help="model to sample: hub id, local folder or LoRA folder")
+        p.add_argument("--name", help="name of the model or prompt set")
+        p.add_argument("--world", type=json.loads, default={}, help="toy world config as JSON")
+        p.add_argument("--metrics", help="metrics file (JSONL)")
+        p.add_argument("--run-dir", help="folder for checkpoints and metrics")
+        p.add_argument("--plots", help="folder for plots")
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--device", default="cpu")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input is the user's to fix: say what is wrong without a traceback.
+        sys.exit(f"dspo {args.command}: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Preference pairs, prompt sets, the toy world and the latent cache."""

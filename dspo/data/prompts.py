@@ -1,0 +1,70 @@
+"""Evaluation prompt sets: from the toy world, a local table, or a hub dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dspo.data.pairs import prompt_id_of
+
+COLUMNS = ["prompt_set", "prompt_id", "prompt"]
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in {".csv", ".tsv"}:
+        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+    if path.suffix in {".jsonl", ".json"}:
+        return pd.read_json(path, lines=path.suffix == ".jsonl")
+    if path.suffix == ".txt":
+        return pd.DataFrame({"prompt": [line for line in path.read_text().splitlines() if line]})
+    raise ValueError(f"prompt file {path}: unsupported format {path.suffix!r}")
+
+
+def load_prompt_set(
+    name: str, spec: Mapping[str, Any], toy_prompts: str | None = None
+) -> pd.DataFrame:
+    """One prompt set as (prompt_set, prompt_id, prompt); ``spec`` is its config entry."""
+    source = spec["source"]
+    kind = source["kind"]
+    if kind == "toy":
+        if toy_prompts is None:
+            raise ValueError(
+                f"prompt set {name!r} comes from the toy world, but no toy prompts given"
+            )
+        table = pd.read_parquet(toy_prompts)
+        table = table[table["prompt_set"] == source["split"]]
+        if table.empty:
+            raise ValueError(f"{toy_prompts}: no prompts of toy split {source['split']!r}")
+        prompts = table["prompt"].tolist()
+    elif kind in {"file", "hub"}:
+        column = source.get("column", "prompt")
+        if kind == "file":
+            frame, where = _read_table(Path(source["path"])), source["path"]
+        else:
+            try:
+                import datasets
+            except ImportError as exc:
+                raise ImportError("hub prompt sets need 'datasets': pip install dspo[hub]") from exc
+            frame = datasets.load_dataset(
+                source["id"], split=source.get("split", "test"), revision=source.get("revision")
+            ).to_pandas()
+            where = source["id"]
+        if column not in frame:
+            raise ValueError(f"{where}: no column {column!r}; columns are {list(frame.columns)}")
+        # Prompt sets such as Pick-a-Pic's repeat captions; each prompt is evaluated once.
+        prompts = list(dict.fromkeys(str(p) for p in frame[column].dropna()))
+    else:
+        raise ValueError(f"prompt set {name!r}: unsupported source kind {kind!r}")
+    if source.get("limit"):
+        prompts = prompts[: source["limit"]]
+    return pd.DataFrame(
+        {"prompt_set": name, "prompt_id": [prompt_id_of(p) for p in prompts], "prompt": prompts},
+        columns=COLUMNS,
+    )

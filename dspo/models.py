@@ -1,0 +1,162 @@
+"""Load and build Stable-Diffusion-shaped pipelines.
+
+Every model the workflow touches goes through `load_pipeline`, whether it is a hub id
+(``stable-diffusion-v1-5/stable-diffusion-v1-5``) or a local folder written by
+``save_pretrained`` (the toy base model, a fine-tuned method). `build_pipeline` makes a
+random-init pipeline of any size from an architecture mapping, which is how the toy world
+gets its base model and how tests and benchmarks get SD1.5-shaped models offline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """Map a config dtype name to a torch dtype, with an error that lists the valid names."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def build_tokenizer(words: Iterable[str], max_length: int) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over printable ASCII whose merges make each given word one token.
+
+    Real CLIP vocabularies cannot be downloaded here; this one has the same class, special
+    tokens and save format, so the pipeline loads exactly like SD1.5's.
+    """
+    chars = [chr(i) for i in range(33, 127)]
+    vocab = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
+    known = set(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in sorted({w.lower() for w in words}):
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            merges.append((pieces[0], pieces[1]))
+            if merged not in known:
+                known.add(merged)
+                vocab.append(merged)
+            pieces = [merged, *pieces[2:]]
+    return CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)},
+        merges=merges,
+        model_max_length=max_length,
+    )
+
+
+def build_pipeline(
+    architecture: Mapping[str, Any], words: Iterable[str], seed: int = 0
+) -> StableDiffusionPipeline:
+    """A random-init SD-shaped pipeline from an architecture mapping.
+
+    ``architecture`` holds keyword arguments for ``text_encoder`` (CLIPTextConfig), ``vae``
+    (AutoencoderKL), ``unet`` (UNet2DConditionModel) and ``scheduler`` (DDPMScheduler), plus
+    ``max_length`` (tokens per prompt). The UNet's cross-attention width follows the text
+    encoder's hidden size so the two always fit.
+    """
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(words, architecture["max_length"])
+    text_cfg = dict(architecture["text_encoder"])
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=architecture["max_length"],
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **text_cfg,
+        )
+    )
+    vae = AutoencoderKL(**architecture["vae"])
+    unet_cfg = dict(architecture["unet"])
+    unet_cfg["cross_attention_dim"] = text_encoder.config.hidden_size
+    unet = UNet2DConditionModel(**unet_cfg)
+    scheduler = DDPMScheduler(**architecture.get("scheduler", {}))
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def load_pipeline(
+    path: str | os.PathLike, *, dtype: str = "float32", device: str | torch.device = "cpu"
+) -> DiffusionPipeline:
+    """Load a diffusers pipeline from a hub id or a local ``save_pretrained`` folder.
+
+    The pipeline class comes from the folder's ``model_index.json``, so SD1.5 and SDXL folders
+    both load. A local path that does not exist fails here with its name, rather than deep
+    inside a hub lookup.
+    """
+    text = str(path)
+    _check_model_source(text)
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
+    # SD1.x folders list a safety checker; loading it would cost memory and black out images.
+    if "safety_checker" in DiffusionPipeline.load_config(text):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    pipe = DiffusionPipeline.from_pretrained(text, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _check_model_source(text: str) -> None:
+    """Fail early, naming the path, when a model is neither a local folder nor a hub id."""
+    if Path(text).exists():
+        return
+    parts = text.split("/")
+    if len(parts) == 2 and all(parts) and not text.startswith((".", "~")):
+        return
+    raise FileNotFoundError(
+        f"model {text!r} is neither an existing folder nor a hub id (owner/name)"
+    )
+
+
+def sampling_scheduler(pipe: DiffusionPipeline, name: str) -> None:
+    """Swap the pipeline's scheduler for sampling, keeping its noise schedule."""
+    schedulers = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+    if name not in schedulers:
+        raise ValueError(
+            f"unknown sampling scheduler {name!r}; expected one of {sorted(schedulers)}"
+        )
+    pipe.scheduler = schedulers[name].from_config(pipe.scheduler.config)
+
+
+@torch.no_grad()
+def encode_prompts(
+    pipe: DiffusionPipeline, prompts: list[str], batch_size: int = 256
+) -> torch.Tensor:
+    """Text-encoder hidden states (N, tokens, dim) as the UNet's cross-attention sees them."""
+    device = pipe.text_encoder.device
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        ids = pipe.tokenizer(
+            prompts[start : start + batch_size],
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        chunks.append(pipe.text_encoder(ids)[0])
+    return torch.cat(chunks)

@@ -1,0 +1,66 @@
+"""Reward models behind one interface: ``score(images, prompts) -> scores``.
+
+Each reward model is built by a loader from its config entry (``{"kind": ..., ...}``);
+the toy world's oracle parts and the paper's reward models (PickScore, HPSv2, LAION
+aesthetics, CLIP score, ImageReward) all plug in here, so scoring code never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+
+class RewardModel(Protocol):
+    """Scores a batch of images against their prompts; higher is better."""
+
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray: ...
+
+
+def _toy(spec: Mapping[str, Any], device: str) -> RewardModel:
+    from dspo.rewards.toy import ToyOracleReward
+
+    return ToyOracleReward(part=spec.get("part", "total"))
+
+
+LOADERS: dict[str, Callable[[Mapping[str, Any], str], RewardModel]] = {"toy_oracle": _toy}
+
+
+def load_reward(spec: Mapping[str, Any], device: str = "cpu") -> RewardModel:
+    """Build the reward model a config entry describes."""
+    kind = spec.get("kind")
+    if kind not in LOADERS:
+        raise ValueError(f"unknown reward kind {kind!r}; expected one of {sorted(LOADERS)}")
+    return LOADERS[kind](spec, device)
+
+
+def score_manifest(
+    manifest: pd.DataFrame,
+    image_dir: Path,
+    rewards: Mapping[str, Mapping[str, Any]],
+    *,
+    model_name: str,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Score every image of a generation manifest with every reward model (long format)."""
+    frames = []
+    for name, spec in rewards.items():
+        reward = load_reward(spec, device)
+        values = []
+        for start in tqdm(range(0, len(manifest), batch_size), desc=f"score {name}", mininterval=5):
+            chunk = manifest.iloc[start : start + batch_size]
+            images = [Image.open(image_dir / p).convert("RGB") for p in chunk["path"]]
+            values.append(np.asarray(reward.score(images, chunk["prompt"].tolist()), np.float64))
+        frame = manifest.drop(columns=["path"]).copy()
+        frame.insert(0, "model", model_name)
+        frame["reward"] = name
+        frame["score"] = np.concatenate(values) if values else np.empty(0)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,101 @@
+rule toy_world:
+    output:
+        pairs=directory("results/data/toy/pairs"),
+        prompts="results/data/toy/prompts.parquet",
+        preview="results/data/toy/preview.png",
+    params:
+        device=DEVICE,
+        world=as_json(config.get("world", {})),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/toy_world.log",
+    shell:
+        "dspo toy-world --params {params.world:q} --out results/data/toy > {log} 2>&1"
+
+
+rule pairs:
+    input:
+        pairs_source_input,
+    output:
+        "results/data/pairs.parquet",
+    params:
+        device=DEVICE,
+        cfg=as_json(config["pairs"]),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/pairs.log",
+    shell:
+        "dspo pairs --params {params.cfg:q} --input {input:q} --out {output:q} > {log} 2>&1"
+
+
+rule pairs_nodup:
+    input:
+        "results/data/pairs.parquet",
+    output:
+        "results/data/pairs_nodup.parquet",
+    params:
+        device=DEVICE,
+        cfg=as_json({"seed": config["pairs"]["nodup_seed"]}),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/pairs_nodup.log",
+    shell:
+        "dspo nodup --params {params.cfg:q} --input {input:q} --out {output:q} > {log} 2>&1"
+
+
+rule ddspo_pairs:
+    input:
+        pairs="results/data/pairs.parquet",
+        base=base_model_input,
+    output:
+        "results/data/pairs_ddspo.parquet",
+    params:
+        device=DEVICE,
+        cfg=as_json(config["ddspo"]),
+        base=BASE["path"],
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/ddspo_pairs.log",
+    shell:
+        "dspo ddspo-pairs --params {params.cfg:q} --input {input.pairs:q} --base {params.base:q}"
+        " --out {output:q} --threads {threads} --device {params.device} > {log} 2>&1"
+
+
+rule cache:
+    input:
+        pairs="results/data/{dataset}.parquet",
+        base=base_model_input,
+    output:
+        directory("results/cache/{dataset}"),
+    params:
+        device=DEVICE,
+        cfg=as_json(config["cache"]),
+        base=BASE["path"],
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/cache/{dataset}.log",
+    shell:
+        "dspo cache --params {params.cfg:q} --input {input.pairs:q} --base {params.base:q}"
+        " --out {output:q} --threads {threads} --device {params.device} > {log} 2>&1"
+
+
+rule prompt_set:
+    input:
+        prompt_source_input,
+    output:
+        "results/data/prompts/{prompt_set}.parquet",
+    params:
+        device=DEVICE,
+        cfg=lambda wc: as_json(PROMPT_SET_ENTRIES[wc.prompt_set]),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/prompts/{prompt_set}.log",
+    shell:
+        "dspo prompts --name {wildcards.prompt_set} --params {params.cfg:q} --input {input:q}"
+        " --out {output:q} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule generate:
+    input:
+        model=model_input,
+        prompts="results/data/prompts/{prompt_set}.parquet",
+    output:
+        "results/images/{model}/{prompt_set}/manifest.parquet",
+    params:
+        device=DEVICE,
+        cfg=as_json(sampling_config()),
+        model=model_path,
+        base=BASE["path"],
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/generate/{model}/{prompt_set}.log",
+    shell:
+        "dspo generate --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
+        " --input {input.prompts:q} --out {output:q} --threads {threads} --device {params.device}"
+        " > {log} 2>&1"

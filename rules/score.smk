@@ -1,0 +1,15 @@
+rule score:
+    input:
+        "results/images/{model}/{prompt_set}/manifest.parquet",
+    output:
+        "results/scores/{model}/{prompt_set}.parquet",
+    params:
+        device=DEVICE,
+        rewards=as_json(reward_config()),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/score/{model}/{prompt_set}.log",
+    shell:
+        "dspo score --name {wildcards.model} --params {params.rewards:q} --input {input:q}"
+        " --out {output:q} --threads {threads} --device {params.device} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule train:
+    input:
+        cache=method_cache,
+        base=base_model_input,
+    output:
+        directory("results/models/{method}"),
+    params:
+        device=DEVICE,
+        cfg=lambda wc: as_json(method_config(wc.method)),
+        base=BASE["path"],
+        run_dir="results/train/{method}",
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/train/{method}.log",
+    shell:
+        "dspo train --params {params.cfg:q} --input {input.cache:q} --base {params.base:q}"
+        " --out {output:q} --run-dir {params.run_dir:q} --threads {threads} --device {params.device}"
+        " > {log} 2>&1"

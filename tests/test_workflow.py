@@ -1,0 +1,133 @@
+"""The Snakemake workflow: lint, config validation, the paper DAG, the smoke preset end to end."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "config" / "presets" / "smoke.yaml"
+
+
+def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # snakemake reports on stderr
+        text=True,
+        env=env,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}")
+    return result
+
+
+def planned_jobs(output: str) -> Counter:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    rows = re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
+    return Counter({rule: int(n) for rule, n in rows if rule != "total"})
+
+
+def test_lint_is_clean() -> None:
+    result = snakemake("--lint")
+    assert "good condition" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"training": {"learnig_rate": 1.0}}, "learnig_rate"),
+        ({"training": {"steps": "many"}}, "many"),
+        ({"methods": {"dspo": {"objective": "dspo", "parms": {}}}}, "parms"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(override: dict, named: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(override))
+    result = snakemake("-n", "all", "--configfile", str(path), cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert named in result.stdout
+
+
+def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
+    result = snakemake(
+        "-n", "all", "--configfile", str(REPO / "config/presets/sd15.yaml"), cwd=tmp_path
+    )
+    jobs = planned_jobs(result.stdout)
+    assert jobs["train"] == 10 and jobs["generate"] == 11 * 3 and jobs["score"] == 11 * 3
+    assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("smoke")
+    snakemake("--cores", "2", "all", "--configfile", str(SMOKE), cwd=workdir)
+    return workdir
+
+
+def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
+    methods = [
+        m
+        for m, v in yaml.safe_load((REPO / "config/config.yaml").read_text())["methods"].items()
+        if v
+    ]
+    table = pd.read_csv(smoke_run / "results/tables/win_rates.csv")
+    assert sorted(table["method"].unique()) == sorted(methods)
+    markdown = (smoke_run / "results/tables/win_rates.md").read_text()
+    for label in ("DSPO", "Diff.-DPO", "DDSPO", "DSPO-LoRA", "DSPO-nodup", "DSPO-E", "DSPO-ref"):
+        assert f"| {label} |" in markdown
+    assert table["win_rate"].between(0, 1).all() and (table["ci_low"] <= table["win_rate"]).all()
+    for produced in ("results/plots/win_rates.png", "results/data/toy/preview.png"):
+        assert (smoke_run / produced).stat().st_size > 1000
+    pairs_log = (smoke_run / "results/logs/pairs.log").read_text()
+    assert '"ties_dropped"' in pairs_log and '"unreadable"' in pairs_log
+    assert (smoke_run / "results/models/dspo_lora/pytorch_lora_weights.safetensors").exists()
+    assert (smoke_run / "results/train/dspo/checkpoints").is_dir()
+
+
+def test_nothing_reruns_without_an_edit(smoke_run: Path) -> None:
+    result = snakemake("-n", "all", "--configfile", str(SMOKE), cwd=smoke_run)
+    assert "Nothing to be done" in result.stdout
+
+
+def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: Path) -> None:
+    edit = tmp_path / "edit.yaml"
+    edit.write_text(yaml.safe_dump({"methods": {"dspo": {"params": {"lam": 0.5, "kappa": 0.5}}}}))
+    result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
+    assert planned_jobs(result.stdout) == Counter(
+        {"train": 1, "generate": 1, "score": 1, "tables": 1, "all": 1}
+    )
+    assert "method=dspo\n" in result.stdout + "\n"
+    assert re.search(r"wildcards: model=dspo, prompt_set=pickv2", result.stdout)
+
+
+def test_editing_shared_training_defaults_reruns_every_method(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    edit = tmp_path / "edit.yaml"
+    edit.write_text(yaml.safe_dump({"training": {"steps": 6, "lr": 2.0e-5}}))
+    result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
+    jobs = planned_jobs(result.stdout)
+    assert jobs["train"] == 10 and "cache" not in jobs and "base_model" not in jobs
+
+
+def test_a_method_override_shields_it_from_the_shared_default(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    # dspo_lora sets its own lr, so changing the shared lr leaves it (and only it) alone.
+    edit = tmp_path / "edit.yaml"
+    edit.write_text(yaml.safe_dump({"training": {"lr": 2.0e-5}}))
+    result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
+    assert planned_jobs(result.stdout)["train"] == 9
+    assert "method=dspo_lora\n" not in result.stdout + "\n"
