@@ -2,7 +2,11 @@ rule toy_world:
     output:
         pairs=directory("results/data/toy/pairs"),
         prompts="results/data/toy/prompts.parquet",
-        preview="results/data/toy/preview.png",
+        preview=report(
+            "results/data/toy/preview.png",
+            caption="../workflow/report/preview.rst",
+            category="Data",
+        ),
     params:
         device=DEVICE,
         world=as_json(config.get("world", {})),

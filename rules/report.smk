@@ -3,11 +3,27 @@ rule tables:
         score_files,
     output:
         win_rates="results/tables/win_rates.md",
-        win_rates_csv="results/tables/win_rates.csv",
+        win_rates_csv=report(
+            "results/tables/win_rates.csv",
+            caption="../workflow/report/win_rates_table.rst",
+            category="Tables",
+        ),
         mean_scores="results/tables/mean_scores.md",
-        mean_scores_csv="results/tables/mean_scores.csv",
-        win_rate_plot="results/plots/win_rates.png",
-        mean_score_plot="results/plots/mean_scores.png",
+        mean_scores_csv=report(
+            "results/tables/mean_scores.csv",
+            caption="../workflow/report/mean_scores_table.rst",
+            category="Tables",
+        ),
+        win_rate_plot=report(
+            "results/plots/win_rates.png",
+            caption="../workflow/report/win_rates_plot.rst",
+            category="Plots",
+        ),
+        mean_score_plot=report(
+            "results/plots/mean_scores.png",
+            caption="../workflow/report/mean_scores_plot.rst",
+            category="Plots",
+        ),
     params:
         cfg=as_json(tables_config()),
     conda:
