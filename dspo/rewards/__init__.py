@@ -3,6 +3,7 @@
 Each reward model is built by a loader from its config entry (``{"kind": ..., ...}``);
 the toy world's oracle parts and the paper's reward models (PickScore, HPSv2, LAION
 aesthetics, CLIP score, ImageReward) all plug in here, so scoring code never changes.
+docs/rewards.md explains how each paper model is loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from tqdm.auto import tqdm
 
 
 class RewardModel(Protocol):
-    """Scores a batch of images against their prompts; higher is better."""
+    """Scores a batch of images against their prompts; higher is better.
+
+    ``version`` names the model and checkpoint exactly (e.g. ``hpsv2 v2.1 ...``); it is
+    written beside every score so that results from different checkpoints never mix.
+    """
+
+    version: str
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray: ...
 
@@ -29,7 +36,45 @@ def _toy(spec: Mapping[str, Any], device: str) -> RewardModel:
     return ToyOracleReward(part=spec.get("part", "total"))
 
 
-LOADERS: dict[str, Callable[[Mapping[str, Any], str], RewardModel]] = {"toy_oracle": _toy}
+def _pickscore(spec: Mapping[str, Any], device: str) -> RewardModel:
+    from dspo.rewards.pickscore import PickScore
+
+    return PickScore(spec, device)
+
+
+def _hpsv2(spec: Mapping[str, Any], device: str) -> RewardModel:
+    from dspo.rewards.hpsv2 import HPSv2
+
+    return HPSv2(spec, device)
+
+
+def _aesthetics(spec: Mapping[str, Any], device: str) -> RewardModel:
+    from dspo.rewards.aesthetic import LaionAesthetics
+
+    return LaionAesthetics(spec, device)
+
+
+def _clip_score(spec: Mapping[str, Any], device: str) -> RewardModel:
+    from dspo.rewards.clip_score import ClipScore
+
+    return ClipScore(spec, device)
+
+
+def _image_reward(spec: Mapping[str, Any], device: str) -> RewardModel:
+    from dspo.rewards.image_reward import ImageReward
+
+    return ImageReward(spec, device)
+
+
+# Loaders import their model lazily: the toy world never loads transformers' vision models.
+LOADERS: dict[str, Callable[[Mapping[str, Any], str], RewardModel]] = {
+    "toy_oracle": _toy,
+    "pickscore": _pickscore,
+    "hpsv2": _hpsv2,
+    "laion_aesthetics": _aesthetics,
+    "clip_score": _clip_score,
+    "image_reward": _image_reward,
+}
 
 
 def load_reward(spec: Mapping[str, Any], device: str = "cpu") -> RewardModel:
@@ -49,7 +94,11 @@ def score_manifest(
     batch_size: int = 256,
     device: str = "cpu",
 ) -> pd.DataFrame:
-    """Score every image of a generation manifest with every reward model (long format)."""
+    """Score every image of a generation manifest with every reward model (long format).
+
+    Each row carries ``reward`` (the config name) and ``reward_version`` (the model's
+    ``version``: which checkpoint, e.g. HPSv2 v2.0 or v2.1, produced the score).
+    """
     frames = []
     for name, spec in rewards.items():
         reward = load_reward(spec, device)
@@ -61,6 +110,7 @@ def score_manifest(
         frame = manifest.drop(columns=["path"]).copy()
         frame.insert(0, "model", model_name)
         frame["reward"] = name
+        frame["reward_version"] = reward.version
         frame["score"] = np.concatenate(values) if values else np.empty(0)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -19,6 +19,7 @@ class ToyOracleReward:
         if part not in PARTS:
             raise ValueError(f"unknown toy oracle part {part!r}; expected one of {PARTS}")
         self.part = part
+        self.version = f"toy_oracle {part}"
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])

@@ -1,0 +1,58 @@
+"""LAION aesthetics predictor v2 (improved-aesthetic-predictor): an MLP on CLIP ViT-L/14.
+
+The head (768-1024-128-64-16-1 Linear layers with Dropout between, no activations) reads the
+L2-normalised image embedding of OpenAI's CLIP ViT-L/14 and outputs a rating on the AVA
+1-10 scale. The original scores with OpenAI's ``clip`` package; ``openai/clip-vit-large-patch14``
+is the same weights in transformers' layout, fed with the same Resize/CenterCrop transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dspo.rewards.common import (
+    check_batch,
+    check_keys,
+    linear_stack,
+    load_state_dict,
+    pixel_batch,
+    resolve_file,
+    spec_dtype,
+)
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
+
+class LaionAesthetics:
+    """Aesthetic rating of each image (prompts are ignored)."""
+
+    def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
+        from transformers import CLIPModel
+
+        check_keys(spec, {"checkpoint", "repo", "clip_model"})
+        path = resolve_file(spec, "checkpoint", None, spec.get("repo"))
+        clip_name = spec.get("clip_model", DEFAULT_CLIP)
+        self.device = device
+        self.clip = CLIPModel.from_pretrained(clip_name, dtype=spec_dtype(spec))
+        self.clip = self.clip.to(device).eval()
+        self.head = linear_stack(load_state_dict(path), "layers.", path).to(device).eval()
+        if self.head[0].in_features != self.clip.config.projection_dim:
+            raise ValueError(
+                f"{path} expects {self.head[0].in_features}-d embeddings but {clip_name} "
+                f"gives {self.clip.config.projection_dim}-d ones"
+            )
+        self.size = self.clip.config.vision_config.image_size
+        self.version = f"laion_aesthetics {spec['checkpoint']} on {clip_name}"
+
+    @torch.no_grad()
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
+        check_batch(images, prompts)
+        pixels = pixel_batch(images, self.size).to(self.device, self.clip.dtype)
+        embeds = self.clip.get_image_features(pixel_values=pixels).pooler_output.float()
+        embeds = torch.nn.functional.normalize(embeds, dim=-1)
+        return self.head(embeds)[:, 0].cpu().numpy().astype(np.float64)

@@ -1,0 +1,183 @@
+"""Shared pieces of the paper's reward models: config checks, files, preprocessing, heads.
+
+The preprocessing here re-implements, on PIL alone, the torchvision pipelines the original
+projects score with (OpenAI CLIP's and BLIP's ``Resize -> CenterCrop``, open_clip's
+``ResizeMaxSize`` used by HPSv2), so no torchvision is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from dspo.models import resolve_dtype
+
+# OpenAI CLIP's normalisation; ImageReward's BLIP transform and HPSv2 use the same constants.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+COMMON_KEYS = frozenset({"kind", "label", "dtype"})
+
+
+def check_keys(spec: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Reject config keys a reward kind does not read, naming the kind and the keys."""
+    unknown = sorted(set(spec) - COMMON_KEYS - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"reward kind {spec.get('kind')!r} does not take {unknown}; "
+            f"expected keys among {sorted(COMMON_KEYS | set(allowed))}"
+        )
+
+
+def spec_dtype(spec: Mapping[str, Any]) -> torch.dtype:
+    """The compute dtype, `dtype` in the config; float32 unless asked, as the originals score."""
+    return resolve_dtype(spec.get("dtype", "float32"))
+
+
+def resolve_file(spec: Mapping[str, Any], key: str, default: str | None, repo: str | None) -> Path:
+    """A file named by config key `key`: a local path, or a file name inside the hub repo `repo`.
+
+    Hub files come through the local hub cache, so ``HF_HUB_OFFLINE=1`` works once cached.
+    """
+    name = spec.get(key, default)
+    if not name:
+        raise ValueError(f"reward kind {spec.get('kind')!r} needs `{key}` (a local file)")
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if repo is None:
+        raise FileNotFoundError(
+            f"reward {spec.get('kind')!r}: `{key}` {name!r} is not a file, and no `repo` is set "
+            "to fetch it from the hub"
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=name))
+    except Exception as error:  # the hub raises many types; all mean "not obtainable"
+        raise FileNotFoundError(
+            f"reward {spec.get('kind')!r}: `{key}` {name!r} is neither a local file nor "
+            f"obtainable from hub repo {repo!r} ({type(error).__name__}: {error})"
+        ) from error
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``torch.save`` checkpoint: a bare state dict or one under ``state_dict``.
+
+    Training wrappers' ``module.`` prefixes are removed, as the original loaders expect none.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"checkpoint {path} holds {type(checkpoint).__name__}, not a state dict")
+    return {
+        key.removeprefix("module."): value
+        for key, value in checkpoint.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
+def require(state: Mapping[str, torch.Tensor], keys: Iterable[str], source: Path) -> None:
+    """Fail with the checkpoint's name when keys of the expected architecture are absent."""
+    missing = sorted(k for k in keys if k not in state)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"{source} lacks {len(missing)} expected keys: {shown}")
+
+
+def count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """Number of transformer blocks stored as ``{prefix}{i}.``."""
+    indices = {int(k[len(prefix) :].split(".", 1)[0]) for k in state if k.startswith(prefix)}
+    if indices != set(range(len(indices))):
+        raise ValueError(f"blocks under {prefix!r} are not numbered 0..n-1: {sorted(indices)}")
+    return len(indices)
+
+
+def linear_stack(state: Mapping[str, torch.Tensor], prefix: str, source: Path) -> nn.Sequential:
+    """An ``nn.Sequential`` of Linear layers at the indices stored under ``{prefix}{i}.weight``.
+
+    The aesthetic and ImageReward heads are Linear layers separated by Dropout (identity at
+    evaluation) and no activations; the gaps between stored indices are those Dropouts, so the
+    rebuilt module has the original's key layout and function.
+    """
+    indices = sorted(
+        int(k[len(prefix) :].split(".")[0])
+        for k in state
+        if k.startswith(prefix) and k.endswith(".weight")
+    )
+    if not indices:
+        raise ValueError(f"{source} has no linear layers under {prefix!r}")
+    layers: list[nn.Module] = [nn.Dropout(0.0) for _ in range(indices[-1] + 1)]
+    for i in indices:
+        out_features, in_features = state[f"{prefix}{i}.weight"].shape
+        layers[i] = nn.Linear(in_features, out_features)
+    head = nn.Sequential(*layers)
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    head.load_state_dict(weights)
+    if head[indices[-1]].out_features != 1:
+        raise ValueError(f"{source}: the head under {prefix!r} does not end in one output")
+    return head
+
+
+def pixel_batch(
+    images: Sequence[Image.Image],
+    size: int,
+    *,
+    mode: str = "crop",
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> torch.Tensor:
+    """Images as a normalised ``(n, 3, size, size)`` float batch, resampled BICUBIC.
+
+    ``crop``: shorter side to `size`, then a centre crop (torchvision ``Resize(size)`` +
+    ``CenterCrop(size)``). ``pad``: longer side to `size`, then black padding around it
+    (open_clip's ``ResizeMaxSize``, HPSv2's evaluation transform).
+    """
+    transform = {"crop": _resize_crop, "pad": _resize_pad}[mode]
+    arrays = [np.asarray(transform(im.convert("RGB"), size), np.float32) / 255.0 for im in images]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def _resize_crop(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    scale = size / min(width, height)
+    # torchvision truncates the longer side and rounds the crop offsets.
+    new = (size, int(height * scale)) if width <= height else (int(width * scale), size)
+    image = image.resize(new, Image.Resampling.BICUBIC)
+    left = int(round((new[0] - size) / 2.0))
+    top = int(round((new[1] - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def _resize_pad(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    scale = size / max(width, height)
+    new = (round(width * scale), round(height * scale))
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(
+        image.resize(new, Image.Resampling.BICUBIC), ((size - new[0]) // 2, (size - new[1]) // 2)
+    )
+    return canvas
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity in float32."""
+    a = torch.nn.functional.normalize(a.float(), dim=-1)
+    b = torch.nn.functional.normalize(b.float(), dim=-1)
+    return (a * b).sum(-1)
+
+
+def check_batch(images: Sequence[Image.Image], prompts: Sequence[str]) -> None:
+    """One prompt per image."""
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")

@@ -1,0 +1,34 @@
+"""PickScore (Kirstain et al., 2023): a CLIP ViT-H/14 fine-tuned on Pick-a-Pic preferences.
+
+Score = ``logit_scale.exp() * cos(image, prompt)`` (about 18 to 23 on real images), the
+published scoring rule; the processor is the base laion ViT-H/14 one, as in its model card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dspo.rewards.clip_score import DEFAULT_CLIP, HubClip
+from dspo.rewards.common import check_keys, spec_dtype
+
+DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
+
+
+class PickScore(HubClip):
+    """PickScore from a hub id or local ``CLIPModel`` folder (`model`) and `processor`."""
+
+    def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
+        check_keys(spec, {"model", "processor"})
+        model = spec.get("model", DEFAULT_MODEL)
+        super().__init__(model, spec.get("processor", DEFAULT_CLIP), device, spec_dtype(spec))
+        self.version = f"pickscore {model}"
+
+    @torch.no_grad()
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
+        scale = self.model.logit_scale.float().exp()
+        return (scale * self.cosines(images, prompts)).cpu().numpy().astype(np.float64)

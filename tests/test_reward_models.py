@@ -1,0 +1,427 @@
+"""The paper's five reward models, loaded from tiny random checkpoints in their real layouts.
+
+CLIP-based models are saved with ``save_pretrained`` as hub folders are; HPSv2 and ImageReward
+checkpoints are written by small reference modules in the original projects' key layouts
+(open_clip's ``nn.MultiheadAttention`` blocks, BLIP's timm-style ViT and med BERT names), so
+loading them exercises the same key mapping a real checkpoint does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+
+from dspo.models import build_tokenizer
+from dspo.rewards import load_reward, score_manifest
+from dspo.rewards.common import pixel_batch
+
+WORDS = ["a", "red", "blue", "green", "circle", "square", "cat", "on", "the", "grass", "photo"]
+PROMPTS = ["a red circle", "a blue square on the grass", "a photo of a cat", "green"]
+WIDTH, HEADS, LAYERS, EMBED = 32, 16, 2, 16  # 16 heads: ViT-H-14's and BLIP ViT-L's count
+
+
+def tiny_images(n: int = 4) -> list[Image.Image]:
+    rng = np.random.default_rng(1)
+    sizes = [(40, 40), (48, 32), (30, 45), (64, 64)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for w, h in (sizes[i % len(sizes)] for i in range(n))
+    ]
+
+
+def randomise(module: nn.Module, seed: int) -> None:
+    """Spread every parameter so random models give clearly different scores."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            param.copy_(1 + 0.1 * noise if "ln" in name or "norm" in name else 0.3 * noise)
+
+
+# ------------------------------------------------------------------ hub-style CLIP folders
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CLIPModel with its tokenizer and image processor, as a hub repo is laid out."""
+    path = tmp_path_factory.mktemp("clip")
+    tokenizer = build_tokenizer(WORDS, 77)
+    text = {"vocab_size": len(tokenizer), "max_position_embeddings": 77}
+    text |= {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    size = {"hidden_size": WIDTH, "intermediate_size": 64, "num_hidden_layers": LAYERS}
+    config = CLIPConfig(
+        text_config={**size, **text, "num_attention_heads": 4},
+        vision_config={**size, "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+        projection_dim=EMBED,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    randomise(model, 0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    crop = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
+    CLIPImageProcessorPil(**crop).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def aesthetic_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The aesthetic head in sac+logos+ava1-l14-linearMSE.pth's layout, on EMBED-d inputs."""
+    path = tmp_path_factory.mktemp("aesthetic") / "sac+logos+ava1-l14-linearMSE.pth"
+    head = score_head([EMBED, 1024, 128, 64, 16, 1], seed=5)
+    torch.save({f"layers.{k}": v for k, v in head.state_dict().items()}, path)
+    return path
+
+
+# ------------------------------------------------------------------ open_clip reference
+
+
+class Block(nn.Module):
+    """open_clip's residual attention block: pre-LN attention and GELU MLP."""
+
+    def __init__(self, width: int, mlp: int) -> None:
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, HEADS, batch_first=True)
+        layers = [("c_fc", nn.Linear(width, mlp)), ("gelu", nn.GELU())]
+        self.mlp = nn.Sequential(OrderedDict([*layers, ("c_proj", nn.Linear(mlp, width))]))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.resblocks = nn.ModuleList(Block(width, 2 * width) for _ in range(LAYERS))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, mask)
+        return x
+
+
+class Visual(nn.Module):
+    def __init__(self, patch: int, grid: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, WIDTH, patch, patch, bias=False)
+        self.class_embedding = nn.Parameter(torch.randn(WIDTH))
+        self.positional_embedding = nn.Parameter(torch.randn(grid * grid + 1, WIDTH))
+        self.ln_pre, self.ln_post = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+        self.transformer = Transformer(WIDTH)
+        self.proj = nn.Parameter(torch.randn(WIDTH, EMBED))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(pixels).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(len(x), 1, -1)
+        x = self.ln_pre(torch.cat([cls, x], 1) + self.positional_embedding)
+        return self.ln_post(self.transformer(x)[:, 0]) @ self.proj
+
+
+class OpenClip(nn.Module):
+    """open_clip's CLIP (key names and computation) at a tiny size."""
+
+    def __init__(self, vocab: int, context: int = 77) -> None:
+        super().__init__()
+        self.visual = Visual(patch=14, grid=2)
+        self.token_embedding = nn.Embedding(vocab, WIDTH)
+        self.positional_embedding = nn.Parameter(torch.randn(context, WIDTH))
+        self.transformer = Transformer(WIDTH)
+        self.ln_final = nn.LayerNorm(WIDTH)
+        self.text_projection = nn.Parameter(torch.randn(WIDTH, EMBED))
+        self.logit_scale = nn.Parameter(torch.tensor(np.log(1 / 0.07)))
+        mask = torch.full((context, context), float("-inf")).triu(1)
+        self.register_buffer("attn_mask", mask)  # older open_clip saved it with the weights
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.transformer(self.token_embedding(ids) + self.positional_embedding, self.attn_mask)
+        return self.ln_final(x)[torch.arange(len(ids)), ids.argmax(-1)] @ self.text_projection
+
+
+@pytest.fixture(scope="module")
+def hps_files(tmp_path_factory: pytest.TempPathFactory, clip_dir: Path) -> tuple[Path, OpenClip]:
+    """``HPS_v2_compressed.pt`` at tiny size: ``{"state_dict": ...}`` as the HPSv2 repo saves."""
+    path = tmp_path_factory.mktemp("hps") / "HPS_v2_compressed.pt"
+    torch.manual_seed(0)
+    model = OpenClip(vocab=len(build_tokenizer(WORDS, 77)))
+    randomise(model, 1)
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path, model.eval()
+
+
+# ------------------------------------------------------------------ BLIP / ImageReward
+
+
+class VitBlock(nn.Module):
+    """BLIP's ViT block (timm layout): fused qkv, LayerNorm eps 1e-6, GELU MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(WIDTH, eps=1e-6), nn.LayerNorm(WIDTH, eps=1e-6)
+        self.attn = nn.Module()
+        self.attn.qkv, self.attn.proj = nn.Linear(WIDTH, 3 * WIDTH), nn.Linear(WIDTH, WIDTH)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(WIDTH, 4 * WIDTH), nn.Linear(4 * WIDTH, WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.attn.qkv(self.norm1(x)).reshape(b, n, 3, HEADS, c // HEADS).unbind(2)
+        attn = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) * (c // HEADS) ** -0.5, -1)
+        x = x + self.attn.proj(torch.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, c))
+        return x + self.mlp.fc2(nn.functional.gelu(self.mlp.fc1(self.norm2(x))))
+
+
+class BlipVit(nn.Module):
+    def __init__(self, patch: int = 8, grid: int = 4) -> None:
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, WIDTH, patch, patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, WIDTH))
+        self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, WIDTH))
+        self.blocks = nn.ModuleList(VitBlock() for _ in range(LAYERS))
+        self.norm = nn.LayerNorm(WIDTH, eps=1e-6)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed.proj(pixels).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+def med_text_state(vocab: int, hidden: int, positions: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random weights under BLIP's med.py BertModel names (with cross-attention)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        "embeddings.word_embeddings.weight": (vocab, hidden),
+        "embeddings.position_embeddings.weight": (positions, hidden),
+    }
+    for i in range(LAYERS):
+        for attention, kv_width in (("attention", hidden), ("crossattention", WIDTH)):
+            widths = {"query": hidden, "key": kv_width, "value": kv_width, "output.dense": hidden}
+            for name, width in widths.items():
+                full = f"encoder.layer.{i}.{attention}.{'' if 'output' in name else 'self.'}{name}"
+                shapes[f"{full}.weight"], shapes[f"{full}.bias"] = (hidden, width), (hidden,)
+        shapes[f"encoder.layer.{i}.intermediate.dense.weight"] = (2 * hidden, hidden)
+        shapes[f"encoder.layer.{i}.intermediate.dense.bias"] = (2 * hidden,)
+        shapes[f"encoder.layer.{i}.output.dense.weight"] = (hidden, 2 * hidden)
+        shapes[f"encoder.layer.{i}.output.dense.bias"] = (hidden,)
+    norms = ["embeddings.LayerNorm"]
+    for i in range(LAYERS):
+        norms += [
+            f"encoder.layer.{i}.{a}.output.LayerNorm" for a in ("attention", "crossattention")
+        ]
+        norms.append(f"encoder.layer.{i}.output.LayerNorm")
+    state = {k: 0.3 * torch.randn(s, generator=g) for k, s in shapes.items()}
+    for norm in norms:
+        state[f"{norm}.weight"] = 1 + 0.1 * torch.randn(hidden, generator=g)
+        state[f"{norm}.bias"] = 0.1 * torch.randn(hidden, generator=g)
+    state["embeddings.position_ids"] = torch.arange(positions)[None]  # med.py saves the buffer
+    return state
+
+
+def score_head(sizes: list[int], seed: int) -> nn.Sequential:
+    """The aesthetic / ImageReward head layout: Linear, Dropout, ..., Linear, Linear."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < 3:
+            layers.append(nn.Dropout(0.2))
+    head = nn.Sequential(*layers)
+    randomise(head, seed)
+    return head
+
+
+@pytest.fixture(scope="module")
+def image_reward_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``ImageReward.pt`` (bare state dict), ``med_config.json`` and a BERT tokenizer folder."""
+    root = tmp_path_factory.mktemp("image_reward")
+    vocab_file = root / "vocab.txt"
+    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]))
+    BertTokenizer(vocab_file=str(vocab_file)).save_pretrained(root / "bert")
+    vocab, hidden, positions = len(WORDS) + 5 + 2, 24, 40  # + [DEC] and [ENC]
+    med = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": LAYERS}
+    med |= {"num_attention_heads": 4, "max_position_embeddings": positions, "vocab_size": vocab}
+    med |= {"hidden_act": "gelu", "layer_norm_eps": 1e-12, "add_cross_attention": True}
+    # ImageReward's file says 768; BLIP replaces it with the ViT's width, as must we.
+    med |= {"model_type": "bert", "pad_token_id": 0, "encoder_width": 768}
+    (root / "med_config.json").write_text(json.dumps(med))
+    torch.manual_seed(0)
+    vit = BlipVit()
+    randomise(vit, 2)
+    state = {f"blip.visual_encoder.{k}": v for k, v in vit.state_dict().items()}
+    state |= {f"blip.text_encoder.{k}": v for k, v in med_text_state(vocab, hidden, 40, 3).items()}
+    state |= {
+        "blip.vision_proj.weight": torch.randn(8, WIDTH),
+        "blip.text_proj.weight": torch.randn(8, hidden),
+    }
+    head = score_head([hidden, 1024, 128, 64, 16, 1], seed=4)
+    state |= {f"mlp.layers.{k}": v for k, v in head.state_dict().items()}
+    torch.save(state, root / "ImageReward.pt")
+    return {"root": root, "vit": vit.eval()}
+
+
+# ------------------------------------------------------------------ the tests
+
+
+@pytest.fixture(scope="module")
+def specs(
+    clip_dir: Path, hps_files: tuple[Path, OpenClip], aesthetic_file: Path, image_reward_files
+) -> dict[str, dict]:
+    """Config entries as a preset writes them, pointing at the tiny local checkpoints."""
+    root = image_reward_files["root"]
+    return {
+        "pickscore": {"kind": "pickscore", "model": str(clip_dir), "processor": str(clip_dir)},
+        "clip": {"kind": "clip_score", "model": str(clip_dir)},
+        "hps": {
+            "kind": "hpsv2",
+            "version": "v2.0",
+            "checkpoint": str(hps_files[0]),
+            "tokenizer": str(clip_dir),
+        },
+        "aesthetics": {
+            "kind": "laion_aesthetics",
+            "checkpoint": str(aesthetic_file),
+            "clip_model": str(clip_dir),
+        },
+        "image_reward": {
+            "kind": "image_reward",
+            "checkpoint": str(root / "ImageReward.pt"),
+            "med_config": str(root / "med_config.json"),
+            "tokenizer": str(root / "bert"),
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def models(specs: dict[str, dict]) -> dict:
+    return {name: load_reward(spec) for name, spec in specs.items()}
+
+
+@pytest.mark.parametrize("name", ["pickscore", "clip", "hps", "aesthetics", "image_reward"])
+def test_scores_are_batch_invariant_and_deterministic(models: dict, name: str) -> None:
+    reward = models[name]
+    images = tiny_images()
+    scores = reward.score(images, PROMPTS)
+    assert scores.shape == (4,) and scores.dtype == np.float64 and np.isfinite(scores).all()
+    assert np.ptp(scores) > 1e-3  # random weights still tell the images apart
+    singles = np.concatenate(
+        [reward.score([im], [p]) for im, p in zip(images, PROMPTS, strict=True)]
+    )
+    np.testing.assert_allclose(singles, scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(reward.score(images, PROMPTS), scores)
+
+
+def test_pickscore_is_clip_cosine_times_learned_temperature(models: dict, clip_dir: Path) -> None:
+    images = tiny_images()
+    scale = CLIPModel.from_pretrained(clip_dir).logit_scale.exp().item()
+    pick, clip = models["pickscore"].score(images, PROMPTS), models["clip"].score(images, PROMPTS)
+    np.testing.assert_allclose(pick, scale * clip, rtol=1e-5)
+    assert np.all(np.abs(clip) <= 1)
+
+
+def test_hpsv2_equals_the_open_clip_computation(models: dict, hps_files, clip_dir: Path) -> None:
+    _, reference = hps_files
+    images = tiny_images()
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+    ids = tokenizer(PROMPTS, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        image = reference.visual(pixel_batch(images, 28, mode="pad"))
+        text = reference.encode_text(ids)
+    expected = torch.nn.functional.cosine_similarity(image, text).numpy()
+    np.testing.assert_allclose(models["hps"].score(images, PROMPTS), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_image_reward_vision_equals_blip_vit(models: dict, image_reward_files) -> None:
+    reward = models["image_reward"]
+    pixels = pixel_batch(tiny_images(), 32)
+    with torch.no_grad():
+        ours = reward.vision(pixel_values=pixels).last_hidden_state
+        theirs = image_reward_files["vit"](pixels)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    # The prompt's padding is masked: changing the padded ids leaves the [CLS] output alone.
+    text = reward.tokenizer(
+        ["a red circle"], padding="max_length", max_length=35, return_tensors="pt"
+    )
+    memory = ours[:1]
+    outputs = []
+    for pad in (0, 7):
+        ids = text["input_ids"].masked_fill(text["attention_mask"] == 0, pad)
+        hidden = reward.text(
+            input_ids=ids, attention_mask=text["attention_mask"], encoder_hidden_states=memory
+        ).last_hidden_state
+        outputs.append(hidden[:, 0])
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+def test_every_score_row_records_the_reward_version(
+    tmp_path: Path, specs: dict[str, dict], hps_files
+) -> None:
+    for i, image in enumerate(tiny_images(2)):
+        image.save(tmp_path / f"{i}.png")
+    manifest = pd.DataFrame(
+        {
+            "prompt_set": "s",
+            "prompt_id": [0, 1],
+            "prompt": PROMPTS[:2],
+            "seed": 0,
+            "path": ["0.png", "1.png"],
+        }
+    )
+    rewards = {"hps": specs["hps"], "aesthetics": specs["aesthetics"]}
+    scores = score_manifest(manifest, tmp_path, rewards, model_name="base", batch_size=1)
+    hps = scores[scores.reward == "hps"]
+    assert len(hps) == 2 and set(hps.reward_version) == {f"hpsv2 v2.0 {hps_files[0]}"}
+    assert scores.reward_version.str.len().gt(0).all()
+
+
+def test_hpsv2_version_must_be_given_and_match_the_checkpoint(specs: dict[str, dict]) -> None:
+    spec = dict(specs["hps"])
+    with pytest.raises(ValueError, match="needs `version`"):
+        load_reward({k: v for k, v in spec.items() if k != "version"})
+    with pytest.raises(ValueError, match="v2.1 but `checkpoint` HPS_v2_compressed.pt is v2.0"):
+        load_reward({**spec, "version": "v2.1"})
+
+
+def test_bad_inputs_are_named(specs: dict[str, dict], tmp_path: Path, clip_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"does not take \['part'\]"):
+        load_reward({**specs["clip"], "part": "total"})
+    with pytest.raises(FileNotFoundError, match="`checkpoint` 'nowhere.pth' is not a file"):
+        load_reward({**specs["aesthetics"], "checkpoint": "nowhere.pth"})
+    broken = tmp_path / "HPS_v2_compressed.pt"
+    state = torch.load(specs["hps"]["checkpoint"], weights_only=True)["state_dict"]
+    torch.save({k: v for k, v in state.items() if k != "visual.proj"}, broken)
+    with pytest.raises(
+        ValueError, match=r"HPS_v2_compressed.pt lacks 1 expected keys: visual.proj"
+    ):
+        load_reward({**specs["hps"], "checkpoint": str(broken)})
+    wide = tmp_path / "wide.pth"
+    head = score_head([EMBED + 1, 8, 4, 4, 2, 1], seed=0)
+    torch.save({f"layers.{k}": v for k, v in head.state_dict().items()}, wide)
+    with pytest.raises(ValueError, match="expects 17-d embeddings"):
+        load_reward({**specs["aesthetics"], "checkpoint": str(wide)})
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        load_reward(specs["clip"]).score(tiny_images(2), PROMPTS[:1])
+
+
+def test_pixel_batches_follow_the_original_transforms() -> None:
+    wide = Image.new("RGB", (60, 30), (255, 255, 255))
+    padded = pixel_batch([wide], 20, mode="pad")[0]
+    black = (0 - torch.tensor([0.48145466])) / 0.26862954
+    assert padded.shape == (3, 20, 20)
+    torch.testing.assert_close(padded[0, :5, :], black.expand(5, 20))  # bars above and below
+    assert padded[0, 10, 10] > 1  # the white image in the middle
+    cropped = pixel_batch([wide], 20)[0]
+    assert cropped.shape == (3, 20, 20) and torch.all(cropped[0] > 1)
