@@ -38,4 +38,5 @@ include: "rules/report.smk"
 rule all:
     input:
         rules.tables.output,
+        expand("results/plots/grid_{prompt_set}.png", prompt_set=PROMPT_SETS),
     default_target: True

@@ -213,6 +213,7 @@ def tables(args: argparse.Namespace) -> None:
         labels=p["labels"],
         n_boot=p["bootstrap"]["samples"],
         seed=p["bootstrap"]["seed"],
+        paper_tables=p.get("paper_tables"),
     )
     import pandas as pd
 
@@ -236,6 +237,24 @@ def tables(args: argparse.Namespace) -> None:
     _report({"written": [str(w) for w in written]})
 
 
+@command
+def grid(args: argparse.Namespace) -> None:
+    """An image grid of the first prompts at one seed, one column per model."""
+    from dspo.evaluate import image_grid
+
+    p = args.params
+    manifests = dict(zip(p["models"], map(Path, args.inputs), strict=True))
+    image_grid(manifests, Path(args.out), p.get("labels"), n_prompts=p.get("prompts", 6))
+    _report({"grid": args.out, "models": p["models"]})
+
+
+def _bench(args: argparse.Namespace) -> None:
+    """Training throughput and peak memory: the cached trainer against an upstream-style loop."""
+    from dspo.bench import main as run_bench
+
+    run_bench(args.options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--device", default="cpu")
         p.set_defaults(func=func)
+    bench = sub.add_parser("bench", help=_bench.__doc__, description=_bench.__doc__)
+    bench.add_argument("what", choices=["train"], help="what to benchmark")
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="see `dspo bench train -h`")
+    bench.set_defaults(func=_bench)
     return parser
 
 

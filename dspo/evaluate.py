@@ -9,8 +9,11 @@ prompt and are not independent, so a prompt is resampled together with all its s
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,6 +98,75 @@ def mean_scores(
     return out.rename(columns={"estimate": "mean"})
 
 
+def sign_test(scores: pd.DataFrame, baseline: str = "base") -> pd.DataFrame:
+    """Two-sided exact sign test of every other model against `baseline`, over prompts.
+
+    Seeds of one prompt are not independent, so each prompt contributes one sign: that of
+    its mean score difference over seeds. Prompts with no difference are left out, as the
+    sign test does. Columns: prompt_set, guidance, reward, method, n_better, n_worse, p_value.
+    """
+    _check_scores(scores)
+    is_base = scores["model"] == baseline
+    base = scores.loc[is_base, [*_BLOCK, *_PAIR, "score"]].rename(columns={"score": "base"})
+    paired = scores.loc[~is_base, ["model", *_BLOCK, *_PAIR, "score"]].merge(
+        base, on=[*_BLOCK, *_PAIR], how="inner"
+    )
+    paired["diff"] = paired["score"] - paired["base"]
+    per_prompt = paired.groupby(["model", *_BLOCK, "prompt_id"], sort=True)["diff"].mean()
+    levels = ["model", *_BLOCK]
+    out = pd.DataFrame(
+        {
+            "n_better": (per_prompt > 0).groupby(level=levels).sum(),
+            "n_worse": (per_prompt < 0).groupby(level=levels).sum(),
+        }
+    ).reset_index()
+    out["p_value"] = [
+        binomial_two_sided(int(b), int(b + w))
+        for b, w in zip(out["n_better"], out["n_worse"], strict=True)
+    ]
+    return out.rename(columns={"model": "method"})[
+        [*_BLOCK, "method", "n_better", "n_worse", "p_value"]
+    ]
+
+
+def binomial_two_sided(k: int, n: int) -> float:
+    """Exact two-sided p-value of k successes in n fair coin flips (1.0 when n == 0)."""
+    if n == 0:
+        return 1.0
+    tail = min(k, n - k)
+    # Sum the smaller tail in log space: C(n, i) / 2^n underflows for large n.
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(tail + 1)
+    ]
+    top = max(logs)
+    log_tail = top + math.log(sum(math.exp(v - top) for v in logs)) - n * math.log(2)
+    return min(1.0, 2.0 * math.exp(log_tail))
+
+
+def head_to_head(
+    scores: pd.DataFrame,
+    models: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Win rate of every model against every other, per (prompt_set, guidance, reward).
+
+    Columns: prompt_set, guidance, reward, model, opponent, win_rate, ci_low, ci_high,
+    p_value (sign test); the intervals are the prompt bootstraps of `win_rates`.
+    """
+    frames = []
+    for opponent in models:
+        subset = scores[scores["model"].isin(models)]
+        wins = win_rates(subset, opponent, n_boot, seed, ci).merge(
+            sign_test(subset, opponent), on=[*_BLOCK, "method"], how="left"
+        )
+        frames.append(wins.assign(opponent=opponent))
+    out = pd.concat(frames, ignore_index=True).rename(columns={"method": "model"})
+    columns = [*_BLOCK, "model", "opponent", "win_rate", "ci_low", "ci_high", "p_value"]
+    return _order(out[columns], {"model": list(models), "opponent": list(models)})
+
+
 def write_tables(
     scores: pd.DataFrame,
     out_dir: Path,
@@ -106,9 +178,14 @@ def write_tables(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    paper_tables: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Path]:
-    """Write win_rates.{csv,md} and mean_scores.{csv,md} to `out_dir`; return their paths.
+    """Write the result tables to `out_dir` as CSV and Markdown; return their paths.
 
+    win_rates (every method against `baseline`, with a sign test), mean_scores, head_to_head
+    (every model against every other), and one table per entry of `paper_tables` in the
+    layout of a paper table (keys: title, methods, optional prompt_sets and paper, the id of
+    the paper table whose published numbers are shown beside the reproduced ones).
     Only the given methods, rewards and prompt sets are kept, in the given order. CSVs use
     internal names and fractions; Markdown uses `labels` and per cent for win rates.
     """
@@ -128,7 +205,10 @@ def write_tables(
     ]
     name = _labeller(labels)
     orders = {"prompt_set": prompt_sets, "reward": rewards}
-    wins = _order(win_rates(scores, baseline, n_boot, seed, ci), {**orders, "method": methods})
+    wins = win_rates(scores, baseline, n_boot, seed, ci).merge(
+        sign_test(scores, baseline), on=[*_BLOCK, "method"], how="left"
+    )
+    wins = _order(wins, {**orders, "method": methods})
     means = _order(mean_scores(scores, n_boot, seed, ci), {**orders, "model": [baseline, *methods]})
     sizes = _sample_sizes(scores[scores["model"] == baseline], prompt_sets, name)
     ci_text = f"{ci * 100:g} % percentile bootstrap CI over prompts ({n_boot} resamples)"
@@ -145,10 +225,12 @@ def write_tables(
         intro=(
             f"Win rate (%) of each method against {name(baseline)} on the same prompt, seed "
             f"and initial noise (ties count half), with the {ci_text} in brackets. "
-            "Best per prompt set and reward in **bold**."
+            f"Best per prompt set and reward in **bold**. {_SIGNIFICANT} marks a sign test "
+            "over prompts with p < 0.05."
         ),
         value="win_rate",
         cell={r: _percent_cell for r in rewards},
+        note=_significance,
     )
     mean_md = _markdown(
         means,
@@ -167,16 +249,122 @@ def write_tables(
         cell={r: _score_cell(means.loc[means["reward"] == r, "mean"]) for r in rewards},
     )
 
+    models = [baseline, *methods]
+    matrix = _order(
+        head_to_head(scores, models, n_boot, seed, ci),
+        {**orders, "model": models, "opponent": models},
+    )
+    tables = {
+        "win_rates": (wins, win_md),
+        "mean_scores": (means, mean_md),
+        "head_to_head": (matrix, _matrix_markdown(matrix, models, name, ci_text)),
+    }
+    for table, spec in (paper_tables or {}).items():
+        tables[table] = _paper_table(wins, spec, rewards, prompt_sets, name, sizes, ci_text)
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / n for n in ("win_rates.csv", "win_rates.md")]
-    paths += [out_dir / n for n in ("mean_scores.csv", "mean_scores.md")]
+    paths = []
     # Rounding keeps the files byte-identical even if float sums differ in the last bit.
-    stats = ["win_rate", "mean", "ci_low", "ci_high"]
-    wins.round(dict.fromkeys(stats, 6)).to_csv(paths[0], index=False, lineterminator="\n")
-    paths[1].write_text(win_md)
-    means.round(dict.fromkeys(stats, 6)).to_csv(paths[2], index=False, lineterminator="\n")
-    paths[3].write_text(mean_md)
+    stats = dict.fromkeys(["win_rate", "mean", "ci_low", "ci_high", "p_value"], 6)
+    for table, (frame, markdown) in tables.items():
+        csv, md = out_dir / f"{table}.csv", out_dir / f"{table}.md"
+        frame.round(stats).to_csv(csv, index=False, lineterminator="\n")
+        md.write_text(markdown)
+        paths += [csv, md]
     return paths
+
+
+_SIGNIFICANT = "†"
+
+
+def _significance(prompt_set: str, method: str, reward: str, entry: pd.Series) -> str:
+    return f" {_SIGNIFICANT}" if entry["p_value"] < 0.05 else ""
+
+
+def published_results() -> pd.DataFrame:
+    """The win rates (%) the DSPO paper publishes, one row per (table, prompt set, method,
+    reward), as shipped in dspo/resources/paper_results.csv."""
+    return pd.read_csv(Path(__file__).parent / "resources" / "paper_results.csv")
+
+
+def _paper_table(
+    wins: pd.DataFrame,
+    spec: Mapping[str, Any],
+    rewards: Sequence[str],
+    prompt_sets: Sequence[str],
+    name: Callable[[str], str],
+    sizes: Mapping[float, str],
+    ci_text: str,
+) -> tuple[pd.DataFrame, str]:
+    """One paper-layout table of win rates, with the published figure beside each cell."""
+    methods = list(spec["methods"])
+    sets = [p for p in spec.get("prompt_sets", prompt_sets) if p in prompt_sets]
+    frame = wins[wins["method"].isin(methods) & wins["prompt_set"].isin(sets)]
+    frame = _order(frame, {"prompt_set": sets, "reward": list(rewards), "method": methods})
+    intro = (
+        f"Win rate (%) against the base model, with the {ci_text} in brackets; "
+        f"{_SIGNIFICANT} marks a sign test over prompts with p < 0.05."
+    )
+    note = _significance
+    if spec.get("paper"):
+        paper = published_results()
+        paper = paper[paper["table"] == spec["paper"]].set_index(["prompt_set", "method", "reward"])
+        frame = frame.merge(
+            paper["win_rate"].div(100).rename("paper_win_rate").reset_index(),
+            on=["prompt_set", "method", "reward"],
+            how="left",
+        )
+        intro += f" In parentheses: the figure published in the paper's {spec['paper']}."
+
+        def note(prompt_set: str, method: str, reward: str, entry: pd.Series) -> str:
+            key = (prompt_set, method, reward)
+            published = f" ({paper.at[key, 'win_rate']:.1f})" if key in paper.index else ""
+            return _significance(prompt_set, method, reward, entry) + published
+
+    markdown = _markdown(
+        frame,
+        "method",
+        methods,
+        rewards,
+        sets,
+        name,
+        sizes,
+        title=f"# {spec['title']}",
+        intro=intro,
+        value="win_rate",
+        cell={r: _percent_cell for r in rewards},
+        note=note,
+    )
+    return frame, markdown
+
+
+def _matrix_markdown(
+    matrix: pd.DataFrame, models: Sequence[str], name: Callable[[str], str], ci_text: str
+) -> str:
+    """One square table per (prompt set, guidance, reward): row model's win rate vs column's."""
+    lines = [
+        "# Head to head",
+        "",
+        f"Win rate (%) of the row model against the column model on the same prompt, seed and "
+        f"initial noise (ties count half); {_SIGNIFICANT} marks a sign test over prompts with "
+        f"p < 0.05. Intervals ({ci_text}) are in head_to_head.csv.",
+    ]
+    for (prompt_set, guidance, reward), block in matrix.groupby(_BLOCK, sort=False):
+        cells = block.set_index(["model", "opponent"])
+        lines += ["", f"## {name(prompt_set)}, guidance {float(guidance)}, {name(reward)}", ""]
+        lines.append("| | " + " | ".join(name(m) for m in models) + " |")
+        lines.append("|---|" + "---:|" * len(models))
+        for row in models:
+            values = []
+            for column in models:
+                if (row, column) not in cells.index:
+                    values.append("–")
+                    continue
+                entry = cells.loc[(row, column)]
+                mark = f" {_SIGNIFICANT}" if entry["p_value"] < 0.05 else ""
+                values.append(f"{100 * entry['win_rate']:.1f}{mark}")
+            lines.append(f"| {name(row)} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_win_rates(
@@ -403,6 +591,7 @@ def _markdown(
     intro: str,
     value: str,
     cell: Mapping[str, Callable[[float, float, float], tuple[str, str]]],
+    note: Callable[[str, str, str, pd.Series], str] | None = None,
 ) -> str:
     """Paper-style tables, one per guidance: rows prompt set x `who`, columns reward models."""
     header = ["Prompt set", who.capitalize(), *(name(r) for r in rewards)]
@@ -424,7 +613,10 @@ def _markdown(
                     entry = block.loc[key]
                     point, interval = cell[reward](entry[value], entry["ci_low"], entry["ci_high"])
                     bold = entry[value] == best[(prompt_set, reward)]
-                    cells.append(f"**{point}** {interval}" if bold else f"{point} {interval}")
+                    text = f"**{point}** {interval}" if bold else f"{point} {interval}"
+                    if note is not None:
+                        text += note(prompt_set, row, reward, entry)
+                    cells.append(text)
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -455,4 +647,58 @@ def _save(fig: Figure, axes: np.ndarray, out_png: Path, n_entries: int) -> Path:
         ax.set_axisbelow(True)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=150)
+    return out_png
+
+
+def image_grid(
+    manifests: Mapping[str, Path],
+    out_png: Path,
+    labels: Mapping[str, str] | None = None,
+    n_prompts: int = 6,
+) -> Path:
+    """One prompt and seed per row, one model per column (like the paper's Figures 5 and 8).
+
+    `manifests` maps each model (the baseline first) to its manifest parquet; images lie
+    beside it. The rows are the first `n_prompts` prompts at the first seed, at every
+    guidance scale, so every column shows the same prompts from the same initial noise.
+    """
+    from PIL import Image
+
+    name = _labeller(labels)
+    tables = {model: pd.read_parquet(path) for model, path in manifests.items()}
+    first = next(iter(tables.values()))
+    seed = first["seed"].min()
+    prompts = first.loc[first["seed"] == seed, "prompt_id"].drop_duplicates().head(n_prompts)
+    rows = first[(first["seed"] == seed) & first["prompt_id"].isin(prompts)]
+    rows = rows.sort_values(["guidance", "prompt_id"], kind="stable")
+    keys = ["prompt_id", "seed", "guidance"]
+    fig = Figure(figsize=(1.3 * len(tables) + 2.6, 1.3 * len(rows) + 0.5), layout="constrained")
+    axes = fig.subplots(len(rows), len(tables), squeeze=False)
+    for col, (model, table) in enumerate(tables.items()):
+        paths = table.set_index(keys)["path"]
+        for r, row in enumerate(rows.itertuples()):
+            key = (row.prompt_id, row.seed, row.guidance)
+            if key not in paths.index:
+                raise ValueError(
+                    f"{manifests[model]} has no image for prompt_id, seed, guidance {key}"
+                )
+            ax = axes[r][col]
+            ax.imshow(
+                Image.open(Path(manifests[model]).parent / paths[key]), interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name(model), fontsize=9)
+            if col == 0:
+                text = "\n".join(textwrap.wrap(row.prompt, 28))
+                ax.set_ylabel(
+                    f"{text}\nguidance {row.guidance:g}",
+                    fontsize=7,
+                    rotation=0,
+                    ha="right",
+                    va="center",
+                )
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
     return out_png

@@ -16,6 +16,16 @@ REWARD_ENTRIES = entries(EVALUATION["rewards"])
 METHODS = list(METHOD_ENTRIES)
 MODELS = ["base", *METHODS]
 PROMPT_SETS = list(PROMPT_SET_ENTRIES)
+# Paper-layout tables, keeping only the methods and prompt sets this preset runs.
+PAPER_TABLES = {
+    name: {
+        **spec,
+        "methods": [m for m in spec["methods"] if m in METHOD_ENTRIES],
+        "prompt_sets": [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in PROMPT_SETS],
+    }
+    for name, spec in entries(EVALUATION.get("tables", {})).items()
+}
+PAPER_TABLES = {n: t for n, t in PAPER_TABLES.items() if t["methods"] and t["prompt_sets"]}
 BASE = config["base_model"]
 BUILD_TOY_BASE = BASE.get("build") == "toy"
 DEVICE = config["resources"]["device"]
@@ -65,6 +75,21 @@ def method_cache(wildcards):
     return f"results/cache/{method_config(wildcards.method)['data']}"
 
 
+def train_launcher(wildcards, resources):
+    """`dspo` itself, or one process per GPU when a training job holds several.
+
+    The trainer accumulates over processes x local pairs, so the effective batch in pairs stays
+    as configured. Being a function of `resources`, this param is no rerun trigger.
+    """
+    gpus = int(resources.get("gpu", 0))
+    if gpus <= 1:
+        return "dspo"
+    # Without CUDA (the toy preset on a test cluster's fake GPUs), accelerate joins the
+    # processes into one CPU group only when told to use the CPU.
+    cpu = "ACCELERATE_USE_CPU=1 " if DEVICE == "cpu" else ""
+    return f"{cpu}accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1 -m dspo.cli"
+
+
 def model_path(wildcards):
     return BASE["path"] if wildcards.model == "base" else f"results/models/{wildcards.model}"
 
@@ -97,6 +122,7 @@ def tables_config():
         "prompt_sets": PROMPT_SETS,
         "labels": labels,
         "bootstrap": EVALUATION["bootstrap"],
+        "paper_tables": PAPER_TABLES,
     }
 
 

@@ -9,6 +9,9 @@ rule tables:
             category="Tables",
         ),
         mean_scores="results/tables/mean_scores.md",
+        head_to_head="results/tables/head_to_head.md",
+        head_to_head_csv="results/tables/head_to_head.csv",
+        paper_tables=expand("results/tables/{table}.{ext}", table=PAPER_TABLES, ext=["md", "csv"]),
         mean_scores_csv=report(
             "results/tables/mean_scores.csv",
             caption="../workflow/report/mean_scores_table.rst",
@@ -33,3 +36,22 @@ rule tables:
     shell:
         "dspo tables --params {params.cfg:q} --inputs {input:q} --out results/tables"
         " --plots results/plots > {log} 2>&1"
+
+
+rule grid:
+    input:
+        expand("results/images/{model}/{{prompt_set}}/manifest.parquet", model=MODELS),
+    output:
+        report(
+            "results/plots/grid_{prompt_set}.png",
+            caption="../workflow/report/grid.rst",
+            category="Images",
+        ),
+    params:
+        cfg=as_json({"models": MODELS, "labels": tables_config()["labels"], "prompts": 6}),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/grid/{prompt_set}.log",
+    shell:
+        "dspo grid --params {params.cfg:q} --inputs {input:q} --out {output:q} > {log} 2>&1"

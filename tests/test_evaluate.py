@@ -11,10 +11,15 @@ import pytest
 
 from dspo.evaluate import (
     SCORE_COLUMNS,
+    binomial_two_sided,
+    head_to_head,
+    image_grid,
     load_scores,
     mean_scores,
     plot_mean_scores,
     plot_win_rates,
+    published_results,
+    sign_test,
     win_rates,
     write_tables,
 )
@@ -228,6 +233,8 @@ def test_write_tables(tmp_path: Path) -> None:
         "win_rates.md",
         "mean_scores.csv",
         "mean_scores.md",
+        "head_to_head.csv",
+        "head_to_head.md",
     ]
     again = write_tables(scores, tmp_path / "b", *args[2:], labels=labels, n_boot=200)
     assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]
@@ -252,7 +259,7 @@ def test_write_tables(tmp_path: Path) -> None:
         # DSPO has by far the largest shift, so it holds the bold best in every column.
         for row in rows:
             for cell in row[2:]:
-                assert re.fullmatch(r"(\*\*)?\d+\.\d(\*\*)? \[\d+\.\d, \d+\.\d\]", cell)
+                assert re.fullmatch(r"(\*\*)?\d+\.\d(\*\*)? \[\d+\.\d, \d+\.\d\]( †)?", cell)
                 assert cell.startswith("**") == (row[1] == "DSPO")
     header = next(line for line in markdown.splitlines() if line.startswith("| Prompt set"))
     assert header == "| Prompt set | Method | PickScore | hps |"
@@ -285,3 +292,82 @@ def test_plots_are_written(tmp_path: Path) -> None:
     for png in (win_png, mean_png):
         data = png.read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
+
+
+def test_binomial_two_sided_matches_hand_values() -> None:
+    assert binomial_two_sided(0, 0) == 1.0
+    assert binomial_two_sided(0, 10) == pytest.approx(2 / 1024)
+    assert binomial_two_sided(9, 10) == pytest.approx(2 * 11 / 1024)
+    assert binomial_two_sided(5, 10) == 1.0
+    assert binomial_two_sided(1500, 3000) == 1.0  # large n stays finite
+    assert 0 < binomial_two_sided(1400, 3000) < 1e-3
+
+
+def test_sign_test_uses_one_sign_per_prompt() -> None:
+    # Prompt 0: method better on both seeds; prompt 1: a tie on average; prompt 2: better
+    # on one seed by more than it loses on the other, so its mean difference is positive.
+    scores = hand_frame(base=[0, 0, 1, 1, 5, 5], method=[1, 1, 2, 0, 9, 4])
+    out = sign_test(scores)
+    assert out[["n_better", "n_worse"]].values.tolist() == [[2, 0]]
+    assert out["p_value"].item() == pytest.approx(binomial_two_sided(2, 2))
+
+
+def test_head_to_head_is_complementary() -> None:
+    scores = make_scores(30, methods={"sft": 0.2, "dspo": 0.6})
+    matrix = head_to_head(scores, ["base", "sft", "dspo"], n_boot=100)
+    assert len(matrix) == 6 and not (matrix["model"] == matrix["opponent"]).any()
+    rate = matrix.set_index(["model", "opponent"])["win_rate"]
+    for a, b in [("base", "sft"), ("base", "dspo"), ("sft", "dspo")]:
+        assert rate[(a, b)] + rate[(b, a)] == pytest.approx(1.0)
+    against_base = win_rates(scores, n_boot=100).set_index("method")["win_rate"]
+    assert rate[("dspo", "base")] == pytest.approx(against_base["dspo"])
+
+
+def test_paper_tables_show_published_numbers(tmp_path: Path) -> None:
+    published = published_results()
+    assert set(published["table"]) == {"table1", "table2", "table4", "table5", "table6"}
+    dspo = published.set_index(["table", "prompt_set", "method", "reward"])["win_rate"]
+    assert dspo[("table1", "pickv2", "dspo", "pickscore")] == 73.60
+    assert dspo[("table2", "hpsv2", "dspo", "hps")] == 83.47
+
+    scores = make_scores(
+        20, methods={"sft": 0.1, "dspo": 0.6, "ddspo": 0.2}, rewards=("pickscore", "hps")
+    )
+    tables = {
+        "table1": {"title": "Table 1", "methods": ["sft", "ddspo", "dspo"], "paper": "table1"},
+        "table6": {"title": "Ablations", "methods": ["dspo"], "prompt_sets": ["pickv2"]},
+    }
+    args = (["sft", "dspo", "ddspo"], ["pickscore", "hps"], ["pickv2"])
+    paths = write_tables(scores, tmp_path, *args, n_boot=100, paper_tables=tables)
+    names = [p.name for p in paths]
+    assert names[-4:] == ["table1.csv", "table1.md", "table6.csv", "table6.md"]
+    table1 = (tmp_path / "table1.md").read_text()
+    rows = {row[1]: row for row in table_rows(table1, "7.5")}
+    assert list(rows) == ["sft", "ddspo", "dspo"]
+    assert rows["dspo"][2].endswith("(73.6)") and rows["sft"][3].endswith("(84.2)")
+    assert "(" not in rows["ddspo"][2]  # the paper has no DDSPO row
+    assert pd.read_csv(tmp_path / "table1.csv")["paper_win_rate"].notna().sum() == 4
+    assert "(" not in (tmp_path / "table6.md").read_text().split("|---")[1]
+
+
+def test_image_grid_has_a_column_per_model(tmp_path: Path) -> None:
+    from PIL import Image
+
+    manifests = {}
+    for shade, model in enumerate(["base", "dspo", "sft"]):
+        folder = tmp_path / model
+        folder.mkdir()
+        rows = []
+        for prompt_id in range(3):
+            path = f"p{prompt_id}.png"
+            Image.new("RGB", (16, 16), (80 * shade, 20 * prompt_id, 0)).save(folder / path)
+            rows.append({"prompt_id": prompt_id, "prompt": f"prompt {prompt_id}", "seed": 0})
+            rows[-1].update(guidance=3.0, path=path)
+        pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
+        manifests[model] = folder / "manifest.parquet"
+    png = image_grid(manifests, tmp_path / "grid.png", {"base": "SD1.5"}, n_prompts=2)
+    assert png.read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "sft" / "p1.png").unlink()
+    pd.read_parquet(manifests["sft"]).head(1).to_parquet(manifests["sft"])
+    with pytest.raises(ValueError, match="sft"):
+        image_grid(manifests, tmp_path / "grid2.png", n_prompts=2)

@@ -88,7 +88,13 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     for label in ("DSPO", "Diff.-DPO", "DDSPO", "DSPO-LoRA", "DSPO-nodup", "DSPO-E", "DSPO-ref"):
         assert f"| {label} |" in markdown
     assert table["win_rate"].between(0, 1).all() and (table["ci_low"] <= table["win_rate"]).all()
-    for produced in ("results/plots/win_rates.png", "results/data/toy/preview.png"):
+    assert "| DSPO-E |" in (smoke_run / "results/tables/table5.md").read_text()
+    assert len(pd.read_csv(smoke_run / "results/tables/head_to_head.csv")) == 11 * 10 * 3
+    for produced in (
+        "results/plots/win_rates.png",
+        "results/plots/grid_pickv2.png",
+        "results/data/toy/preview.png",
+    ):
         assert (smoke_run / produced).stat().st_size > 1000
     pairs_log = (smoke_run / "results/logs/pairs.log").read_text()
     assert '"ties_dropped"' in pairs_log and '"unreadable"' in pairs_log
@@ -106,7 +112,7 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
     edit.write_text(yaml.safe_dump({"methods": {"dspo": {"params": {"lam": 0.5, "kappa": 0.5}}}}))
     result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
     assert planned_jobs(result.stdout) == Counter(
-        {"train": 1, "generate": 1, "score": 1, "tables": 1, "all": 1}
+        {"train": 1, "generate": 1, "score": 1, "tables": 1, "grid": 1, "all": 1}
     )
     assert "method=dspo\n" in result.stdout + "\n"
     assert re.search(r"wildcards: model=dspo, prompt_set=pickv2", result.stdout)
