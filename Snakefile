@@ -23,7 +23,7 @@ include: "rules/common.smk"
 wildcard_constraints:
     method="|".join(METHODS),
     model="|".join(MODELS),
-    prompt_set="|".join(PROMPT_SETS),
+    prompt_set="|".join(EVAL_SETS),
     dataset="pairs|pairs_nodup|pairs_ddspo",
 
 
@@ -38,5 +38,5 @@ include: "rules/report.smk"
 rule all:
     input:
         rules.tables.output,
-        expand("results/plots/grid_{prompt_set}.png", prompt_set=PROMPT_SETS),
+        expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
     default_target: True

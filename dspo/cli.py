@@ -117,6 +117,7 @@ def cache(args: argparse.Namespace) -> None:
             batch_size=args.params["batch_size"],
             device=args.device,
             prompts_l=prompts_l,
+            **{k: args.params[k] for k in ("crop", "flip", "seed") if k in args.params},
         )
     )
 
@@ -147,6 +148,45 @@ def prompts(args: argparse.Namespace) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(args.out, index=False)
     _report({"prompt_set": args.name, "prompts": len(table)})
+
+
+@command
+def editing_set(args: argparse.Namespace) -> None:
+    """Write the editing set as a table (prompt_set, prompt_id, prompt, image)."""
+    from dspo.data.prompts import load_editing_set
+
+    table = load_editing_set(args.params, toy_editing=args.input)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(args.out, index=False)
+    _report({"prompt_set": "editing", "images": len(table)})
+
+
+@command
+def edit(args: argparse.Namespace) -> None:
+    """Edit the editing set's images with a model at every configured seed and guidance."""
+    _threads(args.threads)
+    import pandas as pd
+
+    from dspo.edit import edit as run_editing
+    from dspo.sample import load_for_sampling, write_manifest
+
+    p = args.params
+    pipe = load_for_sampling(args.model, args.base, device=args.device)
+    out = Path(args.out)
+    manifest = run_editing(
+        pipe,
+        pd.read_parquet(args.input),
+        out.parent,
+        seeds=p["seeds"],
+        guidance=p["guidance"],
+        steps=p["steps"],
+        strength=p["strength"],
+        resolution=p["resolution"],
+        scheduler=p["scheduler"],
+        batch_size=p["batch_size"],
+    )
+    write_manifest(manifest, out, {"model": args.model, "base": args.base, **p})
+    _report({"model": args.model, "images": len(manifest)})
 
 
 @command

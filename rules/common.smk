@@ -16,12 +16,15 @@ REWARD_ENTRIES = entries(EVALUATION["rewards"])
 METHODS = list(METHOD_ENTRIES)
 MODELS = ["base", *METHODS]
 PROMPT_SETS = list(PROMPT_SET_ENTRIES)
+EDITING = EVALUATION.get("editing")
+# Sets of generated images: the prompt sets, and the edits of the editing set when enabled.
+EVAL_SETS = [*PROMPT_SETS, "editing"] if EDITING else PROMPT_SETS
 # Paper-layout tables, keeping only the methods and prompt sets this preset runs.
 PAPER_TABLES = {
     name: {
         **spec,
         "methods": [m for m in spec["methods"] if m in METHOD_ENTRIES],
-        "prompt_sets": [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in PROMPT_SETS],
+        "prompt_sets": [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in EVAL_SETS],
     }
     for name, spec in entries(EVALUATION.get("tables", {})).items()
 }
@@ -105,6 +108,14 @@ def sampling_config():
     return {k: EVALUATION[k] for k in keys}
 
 
+def editing_config():
+    return {**sampling_config(), "strength": EDITING["strength"]}
+
+
+def editing_source_input(wildcards):
+    return ["results/data/toy/editing.parquet"] if EDITING["source"]["kind"] == "toy" else []
+
+
 def reward_config():
     return {
         name: {k: v for k, v in spec.items() if k != "label"}
@@ -116,10 +127,12 @@ def tables_config():
     labels = dict(EVALUATION.get("labels", {}))
     for spec in (PROMPT_SET_ENTRIES, REWARD_ENTRIES):
         labels.update({name: s["label"] for name, s in spec.items() if "label" in s})
+    if EDITING and "label" in EDITING:
+        labels["editing"] = EDITING["label"]
     return {
         "methods": METHODS,
         "rewards": list(REWARD_ENTRIES),
-        "prompt_sets": PROMPT_SETS,
+        "prompt_sets": EVAL_SETS,
         "labels": labels,
         "bootstrap": EVALUATION["bootstrap"],
         "paper_tables": PAPER_TABLES,
@@ -127,4 +140,4 @@ def tables_config():
 
 
 def score_files(wildcards=None):
-    return expand("results/scores/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=PROMPT_SETS)
+    return expand("results/scores/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=EVAL_SETS)

@@ -2,6 +2,7 @@ rule toy_world:
     output:
         pairs=directory("results/data/toy/pairs"),
         prompts="results/data/toy/prompts.parquet",
+        editing="results/data/toy/editing.parquet",
         preview=report(
             "results/data/toy/preview.png",
             caption="../workflow/report/preview.rst",
@@ -103,3 +104,18 @@ rule prompt_set:
     shell:
         "dspo prompts --name {wildcards.prompt_set} --params {params.cfg:q} --input {input:q}"
         " --out {output:q} > {log} 2>&1"
+
+
+rule editing_set:
+    input:
+        editing_source_input,
+    output:
+        "results/data/editing.parquet",
+    params:
+        cfg=as_json(EDITING),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/editing_set.log",
+    shell:
+        "dspo editing-set --params {params.cfg:q} --input {input:q} --out {output:q} > {log} 2>&1"

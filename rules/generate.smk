@@ -1,4 +1,6 @@
 rule generate:
+    wildcard_constraints:
+        prompt_set="|".join(PROMPT_SETS),
     input:
         model=model_input,
         prompts="results/data/prompts/{prompt_set}.parquet",
@@ -16,4 +18,25 @@ rule generate:
     shell:
         "dspo generate --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
         " --input {input.prompts:q} --out {output:q} --threads {threads} --device {params.device}"
+        " > {log} 2>&1"
+
+
+rule edit:
+    input:
+        model=model_input,
+        editing="results/data/editing.parquet",
+    output:
+        "results/images/{model}/editing/manifest.parquet",
+    params:
+        device=DEVICE,
+        cfg=as_json(editing_config()),
+        model=model_path,
+        base=BASE["path"],
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/edit/{model}.log",
+    shell:
+        "dspo edit --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
+        " --input {input.editing:q} --out {output:q} --threads {threads} --device {params.device}"
         " > {log} 2>&1"

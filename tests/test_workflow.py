@@ -65,7 +65,8 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
         "-n", "all", "--configfile", str(REPO / "config/presets/sd15.yaml"), cwd=tmp_path
     )
     jobs = planned_jobs(result.stdout)
-    assert jobs["train"] == 10 and jobs["generate"] == 11 * 3 and jobs["score"] == 11 * 3
+    assert jobs["train"] == 10 and jobs["generate"] == 11 * 3 and jobs["edit"] == 11
+    assert jobs["score"] == 11 * 4 and jobs["editing_set"] == 1
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
 
 

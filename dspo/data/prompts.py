@@ -68,3 +68,69 @@ def load_prompt_set(
         {"prompt_set": name, "prompt_id": [prompt_id_of(p) for p in prompts], "prompt": prompts},
         columns=COLUMNS,
     )
+
+
+EDITING_COLUMNS = [*COLUMNS, "image"]
+
+
+def load_editing_set(spec: Mapping[str, Any], toy_editing: str | None = None) -> pd.DataFrame:
+    """The editing set as (prompt_set, prompt_id, prompt, image), images as PNG bytes.
+
+    ``spec`` is the ``evaluation.editing`` entry. Its source is the toy world's editing set,
+    a local parquet/CSV/JSONL table, or a hub dataset such as the InstructPix2Pix 1000-sample
+    set; ``column`` names the prompt column and ``image_column`` the source-image column.
+    The prompt id is the row's position, since one prompt may come with several images.
+    """
+    source = spec["source"]
+    kind = source["kind"]
+    if kind == "toy":
+        if toy_editing is None:
+            raise ValueError("the editing set comes from the toy world, but no toy set given")
+        frame, where = pd.read_parquet(toy_editing), toy_editing
+    elif kind == "file":
+        frame, where = _read_table(Path(source["path"])), source["path"]
+    elif kind == "hub":
+        try:
+            import datasets
+        except ImportError as exc:
+            raise ImportError("hub editing sets need 'datasets': pip install dspo[hub]") from exc
+        frame = datasets.load_dataset(
+            source["id"], split=source.get("split", "train"), revision=source.get("revision")
+        ).to_pandas()
+        where = source["id"]
+    else:
+        raise ValueError(f"editing set: unsupported source kind {kind!r}")
+    prompt_column = source.get("column", "prompt")
+    image_column = source.get("image_column", "image")
+    for column in (prompt_column, image_column):
+        if column not in frame:
+            raise ValueError(f"{where}: no column {column!r}; columns are {list(frame.columns)}")
+    if source.get("limit"):
+        frame = frame.head(source["limit"])
+    images = [_png_bytes(value, f"{where} row {i}") for i, value in enumerate(frame[image_column])]
+    return pd.DataFrame(
+        {
+            "prompt_set": "editing",
+            "prompt_id": range(len(frame)),
+            "prompt": frame[prompt_column].astype(str).tolist(),
+            "image": images,
+        },
+        columns=EDITING_COLUMNS,
+    )
+
+
+def _png_bytes(value: Any, where: str) -> bytes:
+    """An image cell (encoded bytes, a datasets {'bytes': ...} dict, or a PIL image) as PNG."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    try:
+        image = value if isinstance(value, Image.Image) else Image.open(io.BytesIO(value))
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, "PNG")
+    except (TypeError, UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{where}: not a readable image ({err})") from err
+    return buffer.getvalue()

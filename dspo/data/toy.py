@@ -682,12 +682,47 @@ def _prompt_set(
     return [caption(scenes[i], int(rng.choice(templates))) for i in chosen]
 
 
+def editing_set(
+    scenes: Sequence[Scene], n: int, image_size: int, rng: np.random.Generator
+) -> pd.DataFrame:
+    """The toy stand-in for the InstructPix2Pix editing set: a source render and a caption.
+
+    Each row renders one scene cleanly and asks for the same scene with its colour or its
+    background changed (to a value that differs from the object's colour), as an edit
+    instruction would. Columns: source_prompt, prompt (the edited caption), image (PNG).
+    """
+    if n > len(scenes):
+        raise ValueError(f"prompts_per_set={n} exceeds the {len(scenes)} scenes available")
+    rows = []
+    for i in rng.choice(len(scenes), n, replace=False):
+        source = scenes[int(i)]
+        image, _ = render(source, rng, image_size, defect_prob=0.0)
+        if rng.random() < 0.5:
+            colours = [c for c in COLOURS if c != source.colour]
+            target = Scene(**{**vars(source), "colour": str(rng.choice(colours))})
+        else:
+            backgrounds = [b for b in BACKGROUNDS if b != source.background]
+            target = Scene(**{**vars(source), "background": str(rng.choice(backgrounds))})
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "PNG")
+        template = int(rng.choice(TRAIN_TEMPLATES))
+        rows.append(
+            {
+                "source_prompt": caption(source, template),
+                "prompt": caption(target, template),
+                "image": buffer.getvalue(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
     """Write the pairs parquet and the evaluation prompt sets; return summary statistics.
 
-    Files: ``out_dir/pairs/train-00000-of-00001.parquet`` (Pick-a-Pic v2 columns) and
+    Files: ``out_dir/pairs/train-00000-of-00001.parquet`` (Pick-a-Pic v2 columns),
     ``out_dir/prompts.parquet`` (prompt_set, prompt_id, prompt) with the prompt sets
-    "heldout_captions", "unseen_combinations" and "new_templates".
+    "heldout_captions", "unseen_combinations" and "new_templates", and
+    ``out_dir/editing.parquet`` (see `editing_set`) from held-out captions.
     """
     out_dir = Path(out_dir)
     split = split_scenes(cfg.seed, cfg.holdout_fraction, cfg.n_unseen_combinations)
@@ -715,9 +750,17 @@ def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
     prompts_df = pd.DataFrame(rows, columns=["prompt_set", "prompt_id", "prompt"])
     prompts_df["prompt_id"] = prompts_df["prompt_id"].astype(np.int64)
 
+    editing = editing_set(
+        split["heldout_captions"],
+        cfg.prompts_per_set,
+        cfg.image_size,
+        np.random.default_rng([cfg.seed, 3]),
+    )
+
     (out_dir / "pairs").mkdir(parents=True, exist_ok=True)
     pairs.to_parquet(out_dir / "pairs" / "train-00000-of-00001.parquet", index=False)
     prompts_df.to_parquet(out_dir / "prompts.parquet", index=False)
+    editing.to_parquet(out_dir / "editing.parquet", index=False)
 
     r0, r1 = info["r0"], info["r1"]
     decided = pairs["label_0"].to_numpy() != 0.5
@@ -732,7 +775,7 @@ def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
         "defect_rate": float(has_defect.mean()),
         "mean_total_clean": float(totals[~has_defect].mean()) if (~has_defect).any() else None,
         "mean_total_defective": float(totals[has_defect].mean()) if has_defect.any() else None,
-        "n_prompts": {name: cfg.prompts_per_set for name in sets},
+        "n_prompts": {name: cfg.prompts_per_set for name in [*sets, "editing"]},
     }
 
 
