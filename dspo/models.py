@@ -1,4 +1,4 @@
-"""Load and build Stable-Diffusion-shaped pipelines.
+"""Load and build Stable-Diffusion-shaped pipelines (SD1.x/2.x and SDXL).
 
 Every model the workflow touches goes through `load_pipeline`, whether it is a hub id
 (``stable-diffusion-v1-5/stable-diffusion-v1-5``) or a local folder written by
@@ -9,6 +9,7 @@ gets its base model and how tests and benchmarks get SD1.5-shaped models offline
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,9 +22,15 @@ from diffusers import (
     DDPMScheduler,
     DiffusionPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -61,44 +68,82 @@ def build_tokenizer(words: Iterable[str], max_length: int) -> CLIPTokenizer:
     )
 
 
-def build_pipeline(
-    architecture: Mapping[str, Any], words: Iterable[str], seed: int = 0
-) -> StableDiffusionPipeline:
-    """A random-init SD-shaped pipeline from an architecture mapping.
+FAMILIES = ("sd", "sdxl")
 
-    ``architecture`` holds keyword arguments for ``text_encoder`` (CLIPTextConfig), ``vae``
-    (AutoencoderKL), ``unet`` (UNet2DConditionModel) and ``scheduler`` (DDPMScheduler), plus
-    ``max_length`` (tokens per prompt). The UNet's cross-attention width follows the text
-    encoder's hidden size so the two always fit.
-    """
-    torch.manual_seed(seed)
-    tokenizer = build_tokenizer(words, architecture["max_length"])
-    text_cfg = dict(architecture["text_encoder"])
-    text_encoder = CLIPTextModel(
+
+def _text_encoder(
+    cfg: Mapping[str, Any], tokenizer: CLIPTokenizer, max_length: int, cls: type = CLIPTextModel
+) -> CLIPTextModel:
+    return cls(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            max_position_embeddings=architecture["max_length"],
+            max_position_embeddings=max_length,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            **text_cfg,
+            **cfg,
         )
     )
+
+
+def build_pipeline(
+    architecture: Mapping[str, Any], words: Iterable[str], seed: int = 0
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A random-init SD- or SDXL-shaped pipeline from an architecture mapping.
+
+    ``architecture`` holds keyword arguments for ``text_encoder`` (CLIPTextConfig), ``vae``
+    (AutoencoderKL), ``unet`` (UNet2DConditionModel) and ``scheduler`` (DDPMScheduler), plus
+    ``max_length`` (tokens per prompt) and ``family`` (``sd``, the default, or ``sdxl``).
+    SDXL adds ``text_encoder_2`` (CLIPTextConfig of the CLIPTextModelWithProjection) and
+    ``addition_time_embed_dim``. The UNet's cross-attention width (and, for SDXL, its added
+    embedding width: pooled text + 6 time ids) follow the text encoders so they always fit.
+    """
+    family = architecture.get("family", "sd")
+    if family not in FAMILIES:
+        raise ValueError(f"architecture.family {family!r} is not one of {FAMILIES}")
+    torch.manual_seed(seed)
+    max_length = architecture["max_length"]
+    tokenizer = build_tokenizer(words, max_length)
+    text_encoder = _text_encoder(architecture["text_encoder"], tokenizer, max_length)
     vae = AutoencoderKL(**architecture["vae"])
     unet_cfg = dict(architecture["unet"])
-    unet_cfg["cross_attention_dim"] = text_encoder.config.hidden_size
-    unet = UNet2DConditionModel(**unet_cfg)
     scheduler = DDPMScheduler(**architecture.get("scheduler", {}))
-    return StableDiffusionPipeline(
+    if family == "sd":
+        unet_cfg["cross_attention_dim"] = text_encoder.config.hidden_size
+        return StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=UNet2DConditionModel(**unet_cfg),
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    text_encoder_2 = _text_encoder(
+        architecture["text_encoder_2"], tokenizer, max_length, CLIPTextModelWithProjection
+    )
+    time_dim = architecture["addition_time_embed_dim"]
+    unet_cfg.update(
+        cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=text_encoder_2.config.projection_dim + 6 * time_dim,
+    )
+    return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,
-        unet=unet,
+        tokenizer_2=copy.deepcopy(tokenizer),
+        unet=UNet2DConditionModel(**unet_cfg),
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
+
+
+def model_family(unet: UNet2DConditionModel) -> str:
+    """``sdxl`` when the UNet takes pooled text and time ids as added conditions, else ``sd``."""
+    return "sdxl" if unet.config.addition_embed_type == "text_time" else "sd"
 
 
 def load_pipeline(
@@ -144,19 +189,42 @@ def sampling_scheduler(pipe: DiffusionPipeline, name: str) -> None:
 
 
 @torch.no_grad()
+def encode_text(
+    pipe: DiffusionPipeline, prompts: list[str], batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hidden states (N, tokens, dim) for cross-attention and, for SDXL, pooled (N, dim).
+
+    SDXL, as its pipeline does: the penultimate hidden states of both text encoders side by
+    side, and the projected pooled output of the second. SD: the last hidden states, no pooled.
+    """
+    encoders = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    hidden, pooled = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        states = []
+        for tokenizer, encoder in encoders:
+            ids = tokenizer(
+                chunk,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(encoder.device)
+            if len(encoders) == 1:
+                states.append(encoder(ids)[0])
+                continue
+            out = encoder(ids, output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+            if hasattr(out, "text_embeds"):
+                pooled.append(out.text_embeds)
+        hidden.append(torch.cat(states, dim=-1))
+    return torch.cat(hidden), torch.cat(pooled) if pooled else None
+
+
 def encode_prompts(
     pipe: DiffusionPipeline, prompts: list[str], batch_size: int = 256
 ) -> torch.Tensor:
     """Text-encoder hidden states (N, tokens, dim) as the UNet's cross-attention sees them."""
-    device = pipe.text_encoder.device
-    chunks = []
-    for start in range(0, len(prompts), batch_size):
-        ids = pipe.tokenizer(
-            prompts[start : start + batch_size],
-            padding="max_length",
-            max_length=pipe.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        chunks.append(pipe.text_encoder(ids)[0])
-    return torch.cat(chunks)
+    return encode_text(pipe, prompts, batch_size)[0]

@@ -4,17 +4,20 @@ One loop for all objectives: each step draws B pairs from the latent cache, one 
 and one noise tensor per pair (shared by its two images, which is what makes their errors
 comparable), runs the policy (and the frozen reference when the objective needs one) on the
 2B noisy latents, and hands the predictions to the objective from `dspo.objectives`.
-Batches, noise and timesteps are pure functions of (seed, step, process), so a job that is
-killed and rerun resumes from its last checkpoint and continues exactly where it left off.
+Batches, noise and timesteps are pure functions of (seed, step, place in the step), so a job
+that is killed and rerun resumes from its last checkpoint and continues exactly where it left
+off, and the same effective batch trains alike on one process or several.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,14 +25,23 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import (
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from tqdm.auto import tqdm
 
 from dspo.data.cache import PairCache, load_cache
-from dspo.models import load_pipeline
+from dspo.models import load_pipeline, model_family
 from dspo.objectives import Objective, get_objective, objective_kwargs
 
 MODEL_CONFIG = "dspo_config.json"
+METRICS_JSONL, METRICS_CSV = "metrics.jsonl", "metrics.csv"
+LORA_WRITERS = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+# SDXL's UNet takes pooled text embeddings and time ids; SD's takes nothing more.
+Added = dict[str, torch.Tensor] | None
 
 
 def accumulation_steps(effective_pairs: int, local_pairs: int, processes: int) -> int:
@@ -80,14 +92,24 @@ def _generator(seed: int, *parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
-def batch_indices(n: int, local: int, seed: int, micro_step: int, processes: int, rank: int):
-    """Rows of the cache for one micro-step of one process: epoch-wise shuffles, no repeats."""
-    per_micro = local * processes
-    per_epoch = max(1, n // per_micro)
-    epoch, position = divmod(micro_step, per_epoch)
+def step_rows(n: int, pairs_per_step: int, seed: int, step: int) -> torch.Tensor:
+    """Rows of the cache for one optimiser step: epoch-wise shuffles, no repeats within an epoch.
+
+    The step's rows depend only on the effective batch, never on how it is split into
+    processes and micro-steps, so 1 process x 2 micro-steps and 2 processes x 1 micro-step
+    train on the same pairs.
+    """
+    per_epoch = max(1, n // pairs_per_step)
+    epoch, position = divmod(step, per_epoch)
     order = torch.randperm(n, generator=_generator(seed, 1, epoch))
-    start = position * per_micro + rank * local
-    return order[start : start + local] if n >= per_micro else order[torch.arange(local) % n]
+    if n < pairs_per_step:
+        return order[torch.arange(pairs_per_step) % n]
+    return order[position * pairs_per_step : (position + 1) * pairs_per_step]
+
+
+def micro_batch_start(micro: int, processes: int, rank: int, local: int) -> int:
+    """Where one process's micro-batch starts within the step's rows."""
+    return (micro * processes + rank) * local
 
 
 class PreferenceModel(torch.nn.Module):
@@ -105,16 +127,20 @@ class PreferenceModel(torch.nn.Module):
         if needs_reference and not lora:
             self.reference = copy.deepcopy(unet).requires_grad_(False).eval()
 
-    def policy(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, text).sample
+    def policy(
+        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: Added = None
+    ) -> torch.Tensor:
+        return self.unet(x, t, text, added_cond_kwargs=added).sample
 
     @torch.no_grad()
-    def ref(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def ref(
+        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: Added = None
+    ) -> torch.Tensor:
         if self.reference is not None:
-            return self.reference(x, t, text).sample
+            return self.reference(x, t, text, added_cond_kwargs=added).sample
         self.unet.disable_adapters()
         try:
-            return self.unet(x, t, text).sample
+            return self.unet(x, t, text, added_cond_kwargs=added).sample
         finally:
             self.unet.enable_adapters()
 
@@ -122,8 +148,22 @@ class PreferenceModel(torch.nn.Module):
         return preference_loss(self, batch, objective, hparams, scheduler)
 
 
+def _added(batch: Mapping[str, torch.Tensor], pooled: list[str], time_ids: list[str]) -> Added:
+    """SDXL's added conditions for images stacked in this order; None for SD batches."""
+    if "pooled_w" not in batch:
+        return None
+    return {
+        "text_embeds": torch.cat([batch[k] for k in pooled]),
+        "time_ids": torch.cat([batch[k] for k in time_ids]),
+    }
+
+
 def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams, scheduler):
-    """Noise a batch of pairs, run policy/reference, and evaluate the objective."""
+    """Noise a batch of pairs, run policy/reference, and evaluate the objective.
+
+    SDXL batches carry pooled text embeddings and per-image time ids (``pooled_w/l``,
+    ``time_ids_w/l``); each image is conditioned on its own original size and crop.
+    """
     lat_w, lat_l, noise, t = batch["latents_w"], batch["latents_l"], batch["noise"], batch["t"]
     text, text_l = batch["text_w"], batch["text_l"]
 
@@ -134,18 +174,21 @@ def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams
 
     x_w = scheduler.add_noise(lat_w, noise, t)
     if objective.preferred_only:
-        pred = model.policy(x_w, t, text)
-        ref = model.ref(x_w, t, text) if objective.needs_reference else None
+        added = _added(batch, ["pooled_w"], ["time_ids_w"])
+        pred = model.policy(x_w, t, text, added)
+        ref = model.ref(x_w, t, text, added) if objective.needs_reference else None
         return objective.fn(pred, ref, target_of(lat_w), **hparams)
 
     x = torch.cat([x_w, scheduler.add_noise(lat_l, noise, t)])
     t2, text2 = torch.cat([t, t]), torch.cat([text, text])
-    pred = model.policy(x, t2, text2)
-    ref = model.ref(x, t2, text2) if objective.needs_reference else None
+    added = _added(batch, ["pooled_w", "pooled_w"], ["time_ids_w", "time_ids_l"])
+    pred = model.policy(x, t2, text2, added)
+    ref = model.ref(x, t2, text2, added) if objective.needs_reference else None
     if objective.reference_target:
         # DDSPO: the reference's own score, given the original prompt for the preferred
         # image and the degraded prompt for the rejected one, is the regression target.
-        target = torch.cat([ref[: len(t)], model.ref(x[len(t) :], t, text_l)])
+        added_l = _added(batch, ["pooled_l"], ["time_ids_l"])
+        target = torch.cat([ref[: len(t)], model.ref(x[len(t) :], t, text_l, added_l)])
     else:
         target = torch.cat([target_of(lat_w), target_of(lat_l)])
     return objective.fn(pred, ref, target, **hparams)
@@ -154,21 +197,34 @@ def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams
 def make_batch(
     cache: PairCache, rows: torch.Tensor, cfg: Mapping[str, Any], gen: torch.Generator, scheduler
 ) -> dict[str, torch.Tensor]:
-    """Latents and text embeddings of the rows, with prompt dropout, noise and timesteps."""
-    text_w = cache.embeddings[cache.text_w[rows]].float()
-    text_l = cache.embeddings[cache.text_l[rows]].float()
+    """Latents and text embeddings of the rows, with prompt dropout, noise and timesteps.
+
+    For SDXL caches also pooled text embeddings and time ids: (original height, width, crop
+    top, left, target height, width) of each image, as SDXL was trained with.
+    """
     drop = torch.rand(len(rows), generator=gen) < cfg["prompt_dropout"]
-    text_w[drop] = cache.empty.float()
-    text_l[drop] = cache.empty.float()
-    lat_w = cache.latents_w[rows].float()
-    return {
-        "latents_w": lat_w,
-        "latents_l": cache.latents_l[rows].float(),
-        "text_w": text_w,
-        "text_l": text_l,
-        "noise": torch.randn(lat_w.shape, generator=gen),
-        "t": torch.randint(scheduler.config.num_train_timesteps, (len(rows),), generator=gen),
-    }
+    batch = {}
+    for side in ("w", "l"):
+        text = cache.embeddings[getattr(cache, f"text_{side}")[rows]].float()
+        text[drop] = cache.empty.float()
+        batch[f"text_{side}"] = text
+        batch[f"latents_{side}"] = getattr(cache, f"latents_{side}")[rows].float()
+        if cache.pooled is not None:
+            pooled = cache.pooled[getattr(cache, f"text_{side}")[rows]].float()
+            pooled[drop] = cache.empty_pooled.float()
+            target = torch.tensor([cache.manifest["resolution"]] * 2).expand(len(rows), 2)
+            batch[f"pooled_{side}"] = pooled
+            batch[f"time_ids_{side}"] = torch.cat(
+                [
+                    getattr(cache, f"original_size_{side}")[rows],
+                    getattr(cache, f"crop_{side}")[rows],
+                    target,
+                ],
+                dim=1,
+            ).float()
+    batch["noise"] = torch.randn(batch["latents_w"].shape, generator=gen)
+    batch["t"] = torch.randint(scheduler.config.num_train_timesteps, (len(rows),), generator=gen)
+    return batch
 
 
 def _latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -176,27 +232,63 @@ def _latest_checkpoint(checkpoints: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def train(
-    cfg: Mapping[str, Any], *, cache_dir: Path, base_model: str, out_dir: Path, run_dir: Path
-) -> dict[str, Any]:
-    """Fine-tune ``base_model`` on the cache with one method's resolved config."""
-    started = time.time()
-    objective = get_objective(cfg["objective"])
-    hparams = objective_kwargs(cfg["objective"], cfg.get("params") or {})
-    accelerator = Accelerator(
-        mixed_precision=cfg["mixed_precision"],
-        log_with=cfg["report_to"] or None,
-        project_dir=str(run_dir),
-    )
-    accum = accumulation_steps(cfg["pairs_per_step"], cfg["local_pairs"], accelerator.num_processes)
-    torch.manual_seed(cfg["seed"])
-    cache = load_cache(cache_dir)
+def resolve_mixed_precision(requested: str) -> str:
+    """The mixed precision to train with: fp16/bf16 need a GPU; on CPU, float32 with a warning."""
+    if requested not in ("no", "fp16", "bf16"):
+        raise ValueError(f"training.mixed_precision {requested!r}; expected 'no', 'fp16' or 'bf16'")
+    if requested != "no" and not torch.cuda.is_available():
+        warnings.warn(
+            f"training.mixed_precision {requested!r} needs a CUDA GPU and none is visible: "
+            "training in float32",
+            stacklevel=2,
+        )
+        return "no"
+    return requested
+
+
+def _append_metrics(run_dir: Path, record: Mapping[str, float]) -> None:
+    """One line of metrics.jsonl and one row of metrics.csv (columns from the file's header)."""
+    with (run_dir / METRICS_JSONL).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    path = run_dir / METRICS_CSV
+    new = not path.exists() or path.stat().st_size == 0
+    if new:
+        fields = list(record)
+    else:
+        with path.open(newline="") as f:
+            fields = next(csv.reader(f))
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerow(record)
+
+
+def _restart_metrics(run_dir: Path, start_step: int) -> None:
+    """Keep the metrics of the steps before ``start_step``; a resumed run appends the rest."""
+    path = run_dir / METRICS_JSONL
+    kept = []
+    if path.exists():
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        kept = [r for r in records if r["step"] <= start_step]
+    path.unlink(missing_ok=True)
+    (run_dir / METRICS_CSV).unlink(missing_ok=True)
+    for record in kept:
+        _append_metrics(run_dir, record)
+
+
+def _build_model(cfg: Mapping[str, Any], objective: Objective, base_model: str, cache: PairCache):
+    """The policy UNet (with LoRA when configured) and its reference, checked against the cache."""
     unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet")
-    scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
     if cache.manifest["latent_shape"][0] != unet.config.in_channels:
         raise ValueError(
-            f"cache {cache_dir} has {cache.manifest['latent_shape'][0]} latent channels, "
-            f"the UNet of {base_model} expects {unet.config.in_channels}"
+            f"cache of {cache.manifest['model']} has {cache.manifest['latent_shape'][0]} latent "
+            f"channels, the UNet of {base_model} expects {unet.config.in_channels}"
+        )
+    if cache.family != model_family(unet):
+        raise ValueError(
+            f"cache of {cache.manifest['model']} holds {cache.family} embeddings, "
+            f"the UNet of {base_model} is {model_family(unet)}: rebuild the cache with this model"
         )
     lora = cfg.get("lora")
     if lora:
@@ -213,7 +305,33 @@ def train(
         )
     if cfg["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
-    model = PreferenceModel(unet, objective.needs_reference, bool(lora))
+    return PreferenceModel(unet, objective.needs_reference, bool(lora))
+
+
+def train(
+    cfg: Mapping[str, Any], *, cache_dir: Path, base_model: str, out_dir: Path, run_dir: Path
+) -> dict[str, Any]:
+    """Fine-tune ``base_model`` on the cache with one method's resolved config.
+
+    Run it under ``accelerate launch`` for several processes: the effective batch
+    (``pairs_per_step``) stays the same and the accumulation follows from it.
+    """
+    started = time.time()
+    objective = get_objective(cfg["objective"])
+    hparams = objective_kwargs(cfg["objective"], cfg.get("params") or {})
+    precision = resolve_mixed_precision(cfg["mixed_precision"])
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        log_with=cfg["report_to"] or None,
+        project_dir=str(run_dir),
+    )
+    local, processes = cfg["local_pairs"], accelerator.num_processes
+    accum = accumulation_steps(cfg["pairs_per_step"], local, processes)
+    torch.manual_seed(cfg["seed"])
+    cache = load_cache(cache_dir)
+    scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
+    model = _build_model(cfg, objective, base_model, cache)
+    unet = model.unet
     trainable = [p for p in unet.parameters() if p.requires_grad]
     optimizer = _optimizer(trainable, cfg)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
@@ -222,7 +340,6 @@ def train(
     model, optimizer, lr_sched = accelerator.prepare(model, optimizer, lr_sched)
 
     checkpoints = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
     start_step = 0
     latest = _latest_checkpoint(checkpoints)
     if latest is not None:
@@ -231,16 +348,11 @@ def train(
         accelerator.print(f"resuming from {latest} (step {start_step})")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if metrics_path.exists():
-            kept = [
-                line
-                for line in metrics_path.read_text().splitlines()
-                if json.loads(line)["step"] <= start_step
-            ]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+        _restart_metrics(run_dir, start_step)
     if cfg["report_to"]:
-        accelerator.init_trackers("train", config={"method": cfg.get("name", "")})
+        accelerator.init_trackers(
+            "train", config={"method": cfg.get("name", objective.name), "objective": objective.name}
+        )
 
     def all_reduce(x: torch.Tensor) -> torch.Tensor:
         return accelerator.reduce(x, reduction="mean")
@@ -258,21 +370,18 @@ def train(
         mininterval=5,
     )
     for step in bar:
+        rows = step_rows(len(cache), cfg["pairs_per_step"], cfg["seed"], step)
         sums: dict[str, float] = {}
         for micro in range(accum):
-            micro_step = step * accum + micro
-            rows = batch_indices(
-                len(cache),
-                cfg["local_pairs"],
-                cfg["seed"],
-                micro_step,
-                accelerator.num_processes,
-                accelerator.process_index,
-            )
-            gen = _generator(cfg["seed"], 2, micro_step, accelerator.process_index)
+            start = micro_batch_start(micro, processes, accelerator.process_index, local)
+            # Noise, timesteps and dropout follow the micro-batch's place in the step, so they
+            # too are the same however the step is split across processes.
+            gen = _generator(cfg["seed"], 2, step, start)
             batch = {
                 k: v.to(accelerator.device)
-                for k, v in make_batch(cache, rows, cfg, gen, scheduler).items()
+                for k, v in make_batch(
+                    cache, rows[start : start + local], cfg, gen, scheduler
+                ).items()
             }
             sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
@@ -287,13 +396,16 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if done % cfg["log_every"] == 0 or done == steps:
-            record = {"step": done, "lr": lr_sched.get_last_lr()[0], **sums}
+            record = {
+                "step": done,
+                "lr": lr_sched.get_last_lr()[0],
+                **_mean_over(accelerator, sums),
+            }
             if accelerator.is_main_process:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                _append_metrics(run_dir, record)
             if cfg["report_to"]:
                 accelerator.log(record, step=done)
-            bar.set_postfix(loss=f"{sums['loss']:.4f}")
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
         if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0 and done < steps:
             _save_checkpoint(accelerator, checkpoints, done, cfg["checkpoints_kept"])
 
@@ -301,9 +413,12 @@ def train(
     summary = {
         "method": cfg.get("name", objective.name),
         "objective": objective.name,
+        "family": cache.family,
         "steps": steps,
+        "pairs_per_step": cfg["pairs_per_step"],
         "accumulation": accum,
-        "processes": accelerator.num_processes,
+        "processes": processes,
+        "mixed_precision": precision,
         "resumed_from": start_step,
         "seconds": round(time.time() - started, 1),
     }
@@ -312,6 +427,15 @@ def train(
         (out_dir / MODEL_CONFIG).write_text(json.dumps({"config": cfg, **summary}, indent=2) + "\n")
     accelerator.end_training()
     return summary
+
+
+def _mean_over(accelerator: Accelerator, sums: Mapping[str, float]) -> dict[str, float]:
+    """Metrics averaged over processes (each process saw its own share of the step's pairs)."""
+    if accelerator.num_processes == 1:
+        return dict(sums)
+    values = torch.tensor(list(sums.values()), device=accelerator.device)
+    means = accelerator.reduce(values, reduction="mean").tolist()
+    return dict(zip(sums, means, strict=True))
 
 
 def _save_checkpoint(accelerator: Accelerator, checkpoints: Path, step: int, kept: int) -> None:
@@ -327,14 +451,18 @@ def _save_checkpoint(accelerator: Accelerator, checkpoints: Path, step: int, kep
 
 
 def save_model(unet: UNet2DConditionModel, cfg: Mapping[str, Any], base_model: str, out_dir: Path):
-    """Write what users load: a full diffusers pipeline, or standard LoRA safetensors."""
+    """Write what users load: a full diffusers pipeline, or standard LoRA safetensors.
+
+    LoRA weights are written by the pipeline class of the model family (SD or SDXL), so
+    that class's ``load_lora_weights`` reads them.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("lora"):
-        from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        StableDiffusionPipeline.save_lora_weights(
+        pipeline_class = LORA_WRITERS[model_family(unet)]
+        pipeline_class.save_lora_weights(
             out_dir,
             unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
         )

@@ -45,6 +45,21 @@ TINY_ARCHITECTURE = {
     },
     "scheduler": {"num_train_timesteps": 1000, "clip_sample": False, "steps_offset": 1},
 }
+# SDXL-shaped: two text encoders (the second with a projection for the pooled embedding) and a
+# UNet with SDXL's added text/time embedding; build_pipeline derives the widths.
+TINY_SDXL_ARCHITECTURE = {
+    **TINY_ARCHITECTURE,
+    "family": "sdxl",
+    "text_encoder": {**TINY_ARCHITECTURE["text_encoder"], "num_hidden_layers": 2},
+    "text_encoder_2": {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "projection_dim": 8,
+    },
+    "addition_time_embed_dim": 4,
+}
 WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "white", "black", "background"]
 
 
@@ -56,9 +71,19 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def jpeg(colour: tuple[int, int, int], size: int = 16) -> bytes:
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init SDXL-shaped pipeline saved with save_pretrained."""
+    path = tmp_path_factory.mktemp("models") / "tiny-sdxl"
+    build_pipeline(TINY_SDXL_ARCHITECTURE, WORDS, seed=0).save_pretrained(path)
+    return path
+
+
+def jpeg(colour: tuple[int, int, int], size: int | tuple[int, int] = 16) -> bytes:
+    """A plain-colour JPEG; ``size`` is a side or (width, height)."""
     buffer = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buffer, "JPEG", quality=95)
+    width, height = (size, size) if isinstance(size, int) else size
+    Image.new("RGB", (width, height), colour).save(buffer, "JPEG", quality=95)
     return buffer.getvalue()
 
 

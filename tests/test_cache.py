@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
-from dspo.data.cache import build_cache, load_cache, prepare_image
+from dspo.data.cache import build_cache, load_cache, load_image, prepare_image
 from dspo.models import encode_prompts, load_pipeline
 from tests.conftest import jpeg
 
@@ -21,12 +24,64 @@ def test_prepare_image_resizes_and_crops() -> None:
     assert wide[0].mean() > 0.9 and wide[1].mean() < -0.9  # still red
 
 
+def test_load_image_records_original_size_and_crop() -> None:
+    data = jpeg((0, 0, 255), size=(40, 20))  # width 40, height 20 -> resized to 32 x 16
+    centre = load_image(data, 16)
+    assert centre.original_size == (20, 40) and centre.crop_top_left == (0, 8)
+    corners = {
+        load_image(data, 16, crop="random", rng=np.random.default_rng(seed)).crop_top_left
+        for seed in range(20)
+    }
+    assert all(top == 0 and 0 <= left <= 16 for top, left in corners) and len(corners) > 3
+    first, again = (
+        load_image(data, 16, crop="random", rng=np.random.default_rng(3)) for _ in range(2)
+    )
+    assert first.crop_top_left == again.crop_top_left
+    assert np.array_equal(first.pixels, again.pixels)
+    with pytest.raises(ValueError, match="seeded rng"):
+        load_image(data, 16, crop="random")
+    with pytest.raises(ValueError, match="'corner'"):
+        load_image(data, 16, crop="corner")
+
+
+def test_flip_mirrors_about_half_the_images() -> None:
+    half = Image.new("RGB", (16, 16), (255, 0, 0))
+    half.paste((0, 0, 255), (8, 0, 16, 16))  # red left half, blue right half
+    buffer = io.BytesIO()
+    half.save(buffer, "PNG")
+    lefts = [
+        load_image(buffer.getvalue(), 16, flip=True, rng=np.random.default_rng(s)).pixels[0, 0, 0]
+        for s in range(40)
+    ]
+    mirrored = sum(value < 0 for value in lefts)  # blue on the left: mirrored
+    assert 10 < mirrored < 30
+
+
+def test_random_crops_are_seeded_per_image(
+    tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path: Path
+) -> None:
+    pairs = tiny_pairs.copy()
+    pairs["jpg_w"] = [jpeg((i * 10, 0, 0), size=(24 + i % 5, 16)) for i in range(len(pairs))]
+    kwargs = {"resolution": 16, "dtype": "float32", "crop": "random", "flip": True, "seed": 7}
+    manifest = build_cache(pairs, str(tiny_model), tmp_path / "a", shard_size=5, **kwargs)
+    assert manifest["family"] == "sd" and manifest["crop"] == "random" and manifest["flip"]
+    build_cache(pairs, str(tiny_model), tmp_path / "b", shard_size=24, batch_size=7, **kwargs)
+    a, b = load_cache(tmp_path / "a"), load_cache(tmp_path / "b")
+    assert torch.equal(a.crop_w, b.crop_w) and torch.equal(a.latents_w, b.latents_w)
+    widths = torch.tensor([24 + i % 5 for i in range(len(pairs))])
+    assert torch.equal(a.original_size_w, torch.stack([torch.full_like(widths, 16), widths], 1))
+    assert (a.crop_w[:, 0] == 0).all() and (a.crop_w[:, 1] <= widths - 16).all()
+    assert a.crop_w[:, 1].unique().numel() > 1
+    assert (a.original_size_l == 16).all() and (a.crop_l == 0).all()  # square images
+
+
 def test_cache_matches_direct_encoding(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path: Path):
     manifest = build_cache(
         tiny_pairs, str(tiny_model), tmp_path, resolution=16, dtype="float32", shard_size=10
     )
     assert [s["pairs"] for s in manifest["shards"]] == [10, 10, 4]
     assert manifest["latent_shape"] == [4, 8, 8] and manifest["prompts"] == 6
+    assert manifest["family"] == "sd" and manifest["crop"] == "center" and not manifest["flip"]
     assert manifest["bytes_per_pair"] > 0
     cache = load_cache(tmp_path)
     assert len(cache) == 24
@@ -38,6 +93,7 @@ def test_cache_matches_direct_encoding(tiny_model: Path, tiny_pairs: pd.DataFram
     torch.testing.assert_close(cache.embeddings[cache.text_w[13]][None], text)
     assert torch.equal(cache.text_w, cache.text_l)
     torch.testing.assert_close(cache.empty, encode_prompts(pipe, [""]))
+    assert cache.pooled is None and cache.empty_pooled is None
 
 
 def test_cache_with_rejected_prompts(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path: Path):

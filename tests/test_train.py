@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 import dspo.train as train_module
-from dspo.data.cache import build_cache
-from dspo.objectives import OBJECTIVES
-from dspo.train import accumulation_steps, learning_rate_factor, train
+from dspo.data.cache import build_cache, load_cache
+from dspo.objectives import OBJECTIVES, get_objective
+from dspo.train import (
+    accumulation_steps,
+    learning_rate_factor,
+    make_batch,
+    resolve_mixed_precision,
+    train,
+)
 
 BASE_CONFIG = {
     "steps": 4,
@@ -64,6 +76,38 @@ def unet_weights(path: Path) -> dict[str, torch.Tensor]:
     return UNet2DConditionModel.from_pretrained(path, subfolder="unet").state_dict()
 
 
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    first, second = unet_weights(a), unet_weights(b)
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=0, atol=atol)
+
+
+def an_image(pipe, **kwargs) -> np.ndarray:
+    """One image from a stock pipeline call, checked for shape and finiteness."""
+    image = pipe(
+        "a red circle",
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    ).images[0]
+    assert image.shape == (16, 16, 3) and np.isfinite(image).all()
+    return image
+
+
+DSPO = {"objective": "dspo", "params": {"lam": 0.5, "kappa": 100.0}}
+
+
+@pytest.fixture(scope="module")
+def dspo_run(cache_dir: Path, tiny_model: Path, tmp_path_factory) -> Path:
+    """One plain DSPO run on one process: the yardstick of the runs below."""
+    root = tmp_path_factory.mktemp("dspo-run")
+    run(DSPO, cache_dir, tiny_model, root)
+    return root
+
+
 def test_accumulation_follows_the_effective_batch() -> None:
     assert accumulation_steps(2048, 4, 4) == 128
     with pytest.raises(ValueError, match="2048 pairs .* 3 process"):
@@ -94,6 +138,7 @@ def test_every_objective_trains_and_saves_a_loadable_pipeline(
     )
     before, after = unet_weights(tiny_model), pipe.unet.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "weights did not move"
+    an_image(pipe, guidance_scale=3.0)
     saved = json.loads((tmp_path / "model/dspo_config.json").read_text())
     assert saved["config"]["objective"] == objective
 
@@ -101,7 +146,7 @@ def test_every_objective_trains_and_saves_a_loadable_pipeline(
 def test_killed_job_resumes_to_the_same_weights(
     cache_dir: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = {"objective": "dspo", "params": {"lam": 0.5, "kappa": 100.0}}
+    cfg = DSPO
     run(cfg, cache_dir, tiny_model, tmp_path / "straight")
 
     real_make_batch = train_module.make_batch
@@ -148,8 +193,11 @@ def test_lora_output_loads_and_reference_is_the_base(
     )
     x, t, text = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 12, 32)
     base_out = pipe.unet(x, t, text).sample
+    base_image = an_image(pipe)
     pipe.load_lora_weights(str(tmp_path / "model"))
     assert not torch.allclose(pipe.unet(x, t, text).sample, base_out)
+    assert not np.allclose(an_image(pipe), base_image)
+    assert json.loads((tmp_path / "model/dspo_config.json").read_text())["config"]["lora"]
 
     # Inside the trainer the reference is the same UNet with its adapters disabled.
     from peft import LoraConfig
@@ -163,3 +211,112 @@ def test_lora_output_loads_and_reference_is_the_base(
     assert model.reference is None
     torch.testing.assert_close(model.ref(x, t, text), base_out)
     assert not torch.allclose(model.policy(x, t, text), base_out)
+
+
+def test_two_processes_train_like_one(
+    dspo_run: Path, cache_dir: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """accelerate with 2 CPU processes (gloo): same effective batch, pairs, noise and weights."""
+    cfg = {**BASE_CONFIG, **DSPO}
+    launcher = Path(sys.executable).parent / "accelerate"
+    command = [
+        str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "dspo.cli", "train", "--params", json.dumps(cfg), "--input", str(cache_dir),
+        "--base", str(tiny_model), "--out", str(tmp_path / "model"),
+        "--run-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    # Without CUDA, accelerate joins the processes into one gloo group only when told the CPU.
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "model/dspo_config.json").read_text())
+    one = json.loads((dspo_run / "model/dspo_config.json").read_text())
+    assert (two["processes"], two["accumulation"]) == (2, 1)
+    assert (one["processes"], one["accumulation"]) == (1, 2)
+    assert two["pairs_per_step"] == one["pairs_per_step"] == 4
+    losses = [
+        [json.loads(line)["loss"] for line in (root / "run/metrics.jsonl").read_text().splitlines()]
+        for root in (dspo_run, tmp_path)
+    ]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    # Adam's normalised steps amplify float rounding of the gradient all-reduce: 1e-4 is a
+    # fortieth of the 4 steps x lr 1e-3 the weights can move.
+    assert_same_weights(dspo_run / "model", tmp_path / "model", atol=1e-4)
+
+
+def test_metrics_go_to_csv_and_tensorboard(
+    cache_dir: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run({**DSPO, "steps": 3, "report_to": "tensorboard"}, cache_dir, tiny_model, tmp_path)
+    lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    with (tmp_path / "run/metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert list(rows[0]) == list(records[0])
+    for row, record in zip(rows, records, strict=True):
+        assert float(row["loss"]) == pytest.approx(record["loss"])
+    events = list((tmp_path / "run/train").glob("events.out.tfevents.*"))
+    assert events, "no tensorboard event file"
+    logged = EventAccumulator(str(events[0].parent)).Reload()
+    assert [e.step for e in logged.Scalars("loss")] == [1, 2, 3]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback of mixed precision")
+def test_gradient_checkpointing_and_cpu_mixed_precision(
+    dspo_run: Path,
+    cache_dir: Path,
+    tiny_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checkpointed blocks recompute the same numbers; bf16 on CPU trains in float32, saying so."""
+    calls = {"n": 0}
+    real_checkpoint = torch.utils.checkpoint.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        calls["n"] += 1
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
+    cfg = {**DSPO, "gradient_checkpointing": True, "mixed_precision": "bf16"}
+    with pytest.warns(UserWarning, match="'bf16' needs a CUDA GPU"):
+        summary = run(cfg, cache_dir, tiny_model, tmp_path)
+    assert summary["mixed_precision"] == "no"
+    assert calls["n"] > 0, "gradient checkpointing was not used"
+    assert_same_weights(dspo_run / "model", tmp_path / "model", atol=1e-6)
+    with pytest.raises(ValueError, match="'fp8'"):
+        resolve_mixed_precision("fp8")
+
+
+def test_prompt_dropout_swaps_in_the_empty_prompt(cache_dir: Path) -> None:
+    cache = load_cache(cache_dir)
+    rows = torch.arange(24)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+
+    def text_of(dropout: float) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(0)
+        batch = make_batch(cache, rows, {"prompt_dropout": dropout}, gen, scheduler)
+        assert torch.equal(batch["latents_w"], cache.latents_w[rows].float())
+        return batch["text_w"], batch["text_l"]
+
+    empty = cache.empty.float()
+    dropped = [(t == empty).flatten(1).all(1) for t in text_of(0.5)]
+    assert torch.equal(dropped[0], dropped[1]), "both images of a pair lose their prompt"
+    assert 0 < int(dropped[0].sum()) < 24
+    assert all((t == empty).all() for t in text_of(1.0))
+    kept_w, _ = text_of(0.0)
+    assert torch.equal(kept_w, cache.embeddings[cache.text_w].float())
+
+
+def test_unet_attention_is_pytorch_sdpa(cache_dir: Path, tiny_model: Path) -> None:
+    """diffusers' default processor is AttnProcessor2_0 (F.scaled_dot_product_attention)."""
+    cfg = {**BASE_CONFIG, **DSPO}
+    model = train_module._build_model(
+        cfg, get_objective("dspo"), str(tiny_model), load_cache(cache_dir)
+    )
+    processors = model.unet.attn_processors
+    assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())

@@ -7,10 +7,14 @@ every step. The cache is a folder of sharded safetensors plus ``manifest.json``:
   multiplied by the VAE's scaling factor; ``text_w``, ``text_l`` (pairs,) row indices into
   the text embeddings (equal for human pairs; DDSPO's rejected image has its own prompt);
   ``pair_id`` (pairs,).
+  ``original_size_w``, ``original_size_l`` (pairs, 2): each image's (height, width) before
+  resizing; ``crop_w``, ``crop_l`` (pairs, 2): the (top, left) corner of its crop in the resized
+  (and, when flipped, mirrored) image. SDXL's UNet is conditioned on both (its time ids).
 - ``text.safetensors``: ``embeddings`` (unique prompts, tokens, dim) and ``empty`` (1, tokens,
-  dim), the embedding of the empty prompt used for prompt dropout.
-- ``manifest.json``: the model, resolution, dtype and scaling factor it was built with, the
-  shards and their sizes.
+  dim), the embedding of the empty prompt used for prompt dropout; for SDXL also ``pooled``
+  (unique prompts, dim) and ``empty_pooled`` (1, dim).
+- ``manifest.json``: the model, its family (``sd`` or ``sdxl``), resolution, crop and flip
+  settings, dtype and scaling factor it was built with, the shards and their sizes.
 
 Latents are the VAE posterior mean; SD's posterior standard deviation is negligible next to
 the noise the trainer adds.
@@ -33,14 +37,44 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from dspo.models import encode_prompts, load_pipeline, resolve_dtype
+from dspo.models import encode_text, load_pipeline, model_family, resolve_dtype
 
 MANIFEST = "manifest.json"
+SIDES = ("w", "l")
 
 
-def prepare_image(data: bytes, resolution: int) -> np.ndarray:
-    """JPEG/PNG bytes -> float32 (3, r, r) in [-1, 1]: shorter side resized, centre-cropped."""
+CROPS = ("center", "random")
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """Pixels as the VAE sees them, and where they came from (SDXL's size conditioning)."""
+
+    pixels: np.ndarray
+    original_size: tuple[int, int]
+    crop_top_left: tuple[int, int]
+
+
+def load_image(
+    data: bytes,
+    resolution: int,
+    *,
+    crop: str = "center",
+    flip: bool = False,
+    rng: np.random.Generator | None = None,
+) -> PreparedImage:
+    """JPEG/PNG bytes -> (3, r, r) float32 in [-1, 1]: shorter side resized to r, then cropped.
+
+    ``crop`` is ``center`` or ``random``; ``flip`` mirrors the image with probability 1/2 before
+    cropping (paper D.3). Random crops and flips draw from ``rng``. The recorded crop corner
+    refers to the image as cropped, mirrored or not.
+    """
+    if crop not in CROPS:
+        raise ValueError(f"crop {crop!r} is not one of {CROPS}")
+    if (crop == "random" or flip) and rng is None:
+        raise ValueError("random crops and flips need a seeded rng")
     image = Image.open(io.BytesIO(data)).convert("RGB")
+    original = (image.height, image.width)
     scale = resolution / min(image.size)
     if scale != 1.0:
         size = (
@@ -48,15 +82,73 @@ def prepare_image(data: bytes, resolution: int) -> np.ndarray:
             max(resolution, round(image.height * scale)),
         )
         image = image.resize(size, Image.Resampling.BICUBIC)
-    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    if flip and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    spare_h, spare_w = image.height - resolution, image.width - resolution
+    if crop == "random":
+        top, left = int(rng.integers(spare_h + 1)), int(rng.integers(spare_w + 1))
+    else:
+        top, left = spare_h // 2, spare_w // 2
     image = image.crop((left, top, left + resolution, top + resolution))
-    return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    return PreparedImage(pixels, original, (top, left))
+
+
+def prepare_image(data: bytes, resolution: int) -> np.ndarray:
+    """JPEG/PNG bytes -> float32 (3, r, r) in [-1, 1]: shorter side resized, centre-cropped."""
+    return load_image(data, resolution).pixels
+
+
+def _image_rng(seed: int, pair_id: int, side: str) -> np.random.Generator:
+    """One generator per image, so crops and flips do not depend on shard or batch sizes."""
+    return np.random.default_rng([seed, pair_id, SIDES.index(side)])
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
+
+
+def _encode_side(
+    pipe, chunk: pd.DataFrame, side: str, resolution: int, augment: dict[str, Any], batch_size: int
+) -> dict[str, torch.Tensor]:
+    """VAE latents (scaled) and size/crop records of one side of a chunk of pairs."""
+    scaling = float(pipe.vae.config.scaling_factor)
+    latents, sizes, crops = [], [], []
+    for b in range(0, len(chunk), batch_size):
+        part = chunk.iloc[b : b + batch_size]
+        images = [
+            load_image(
+                data,
+                resolution,
+                crop=augment["crop"],
+                flip=augment["flip"],
+                rng=_image_rng(augment["seed"], int(pid), side),
+            )
+            for data, pid in zip(part[f"jpg_{side}"], part["pair_id"], strict=True)
+        ]
+        pixels = torch.from_numpy(np.stack([im.pixels for im in images]))
+        pixels = pixels.to(pipe.vae.device, pipe.vae.dtype)
+        latents.append(pipe.vae.encode(pixels).latent_dist.mean * scaling)
+        sizes += [im.original_size for im in images]
+        crops += [im.crop_top_left for im in images]
+    return {
+        f"latents_{side}": torch.cat(latents),
+        f"original_size_{side}": torch.tensor(sizes, dtype=torch.int64),
+        f"crop_{side}": torch.tensor(crops, dtype=torch.int64),
+    }
+
+
+def _write_text(pipe, unique: list[str], storage: torch.dtype, out_dir: Path) -> list[int]:
+    """Embed every prompt and the empty prompt; return the hidden-state shape per prompt."""
+    hidden, pooled = encode_text(pipe, unique)
+    empty, empty_pooled = encode_text(pipe, [""])
+    tensors = {"embeddings": hidden.to(storage), "empty": empty.to(storage)}
+    if pooled is not None:
+        tensors.update(pooled=pooled.to(storage), empty_pooled=empty_pooled.to(storage))
+    _save_atomic(tensors, out_dir / "text.safetensors")
+    return list(hidden.shape[1:])
 
 
 @torch.no_grad()
@@ -71,12 +163,19 @@ def build_cache(
     batch_size: int = 64,
     device: str = "cpu",
     prompts_l: Sequence[str] | None = None,
+    crop: str = "center",
+    flip: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Encode ``pairs`` (the canonical pair table) with ``model``'s VAE and text encoder.
+    """Encode ``pairs`` (the canonical pair table) with ``model``'s VAE and text encoder(s).
 
     ``prompts_l`` gives each rejected image its own prompt (DDSPO's degraded prompts);
-    by default both images of a pair share the caption.
+    by default both images of a pair share the caption. ``crop`` is ``center`` or ``random``;
+    ``flip`` mirrors half the images; both are seeded per image by ``seed`` and the pair id.
     """
+    if crop not in CROPS:
+        raise ValueError(f"cache.crop {crop!r} is not one of {CROPS}")
+    augment = {"crop": crop, "flip": flip, "seed": seed}
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(model, device=device)
     storage = resolve_dtype(dtype)
@@ -84,32 +183,22 @@ def build_cache(
     rejected = list(prompts_l) if prompts_l is not None else captions
     unique = sorted(set(captions) | set(rejected))
     row = {text: i for i, text in enumerate(unique)}
-    embeddings = encode_prompts(pipe, unique).to(storage)
-    empty = encode_prompts(pipe, [""]).to(storage)
-    _save_atomic({"embeddings": embeddings, "empty": empty}, out_dir / "text.safetensors")
+    text_shape = _write_text(pipe, unique, storage, out_dir)
 
-    scaling = float(pipe.vae.config.scaling_factor)
     shards = []
     starts = range(0, len(pairs), shard_size)
     for shard, start in enumerate(tqdm(starts, desc="cache shards", mininterval=5)):
         chunk = pairs.iloc[start : start + shard_size]
-        latents = {}
-        for side in ("w", "l"):
-            encoded = []
-            for b in range(0, len(chunk), batch_size):
-                images = np.stack(
-                    [
-                        prepare_image(x, resolution)
-                        for x in chunk[f"jpg_{side}"].iloc[b : b + batch_size]
-                    ]
-                )
-                pixels = torch.from_numpy(images).to(device, pipe.vae.dtype)
-                encoded.append(pipe.vae.encode(pixels).latent_dist.mean * scaling)
-            latents[f"latents_{side}"] = torch.cat(encoded).to(storage).cpu()
+        tensors = {}
+        for side in SIDES:
+            tensors.update(_encode_side(pipe, chunk, side, resolution, augment, batch_size))
         name = f"latents-{shard:05d}.safetensors"
         _save_atomic(
             {
-                **latents,
+                **{
+                    k: v.to(storage).cpu() if k.startswith("latents") else v
+                    for k, v in tensors.items()
+                },
                 "text_w": torch.tensor([row[c] for c in captions[start : start + shard_size]]),
                 "text_l": torch.tensor([row[c] for c in rejected[start : start + shard_size]]),
                 "pair_id": torch.tensor(chunk["pair_id"].to_numpy(np.int64)),
@@ -120,13 +209,15 @@ def build_cache(
 
     manifest = {
         "model": str(model),
+        "family": model_family(pipe.unet),
         "resolution": resolution,
+        **augment,
         "dtype": dtype,
-        "scaling_factor": scaling,
+        "scaling_factor": float(pipe.vae.config.scaling_factor),
         "pairs": len(pairs),
         "prompts": len(unique),
-        "latent_shape": list(latents["latents_w"].shape[1:]),
-        "text_shape": list(embeddings.shape[1:]),
+        "latent_shape": list(tensors["latents_w"].shape[1:]),
+        "text_shape": text_shape,
         "shards": shards,
     }
     manifest["bytes_per_pair"] = round(
@@ -138,18 +229,43 @@ def build_cache(
 
 @dataclass
 class PairCache:
-    """A cache loaded into memory: what the trainer samples batches from."""
+    """A cache loaded into memory: what the trainer samples batches from.
+
+    ``pooled`` and ``empty_pooled`` are set for SDXL caches only.
+    """
 
     latents_w: torch.Tensor
     latents_l: torch.Tensor
     text_w: torch.Tensor
     text_l: torch.Tensor
+    original_size_w: torch.Tensor
+    original_size_l: torch.Tensor
+    crop_w: torch.Tensor
+    crop_l: torch.Tensor
     embeddings: torch.Tensor
     empty: torch.Tensor
     manifest: dict[str, Any]
+    pooled: torch.Tensor | None = None
+    empty_pooled: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.latents_w)
+
+    @property
+    def family(self) -> str:
+        return self.manifest["family"]
+
+
+SHARD_KEYS = (
+    "latents_w",
+    "latents_l",
+    "text_w",
+    "text_l",
+    "original_size_w",
+    "original_size_l",
+    "crop_w",
+    "crop_l",
+)
 
 
 def load_cache(cache_dir: Path) -> PairCache:
@@ -158,22 +274,31 @@ def load_cache(cache_dir: Path) -> PairCache:
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path} is missing: build the cache first")
     manifest = json.loads(manifest_path.read_text())
-    parts: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("latents_w", "latents_l", "text_w", "text_l")
-    }
+    if "family" not in manifest:
+        raise ValueError(f"{manifest_path} has no model family: rebuild the cache")
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in SHARD_KEYS}
     for shard in manifest["shards"]:
-        tensors = load_file(str(cache_dir / shard["file"]))
+        path = cache_dir / shard["file"]
+        tensors = load_file(str(path))
+        missing = sorted(set(SHARD_KEYS) - set(tensors))
+        if missing:
+            raise ValueError(f"{path} lacks {missing}: rebuild the cache")
         if len(tensors["latents_w"]) != shard["pairs"]:
             raise ValueError(
-                f"{cache_dir / shard['file']}: {len(tensors['latents_w'])} pairs, "
-                f"manifest says {shard['pairs']}"
+                f"{path}: {len(tensors['latents_w'])} pairs, manifest says {shard['pairs']}"
             )
         for key in parts:
             parts[key].append(tensors[key])
     text = load_file(str(cache_dir / "text.safetensors"))
+    if manifest["family"] == "sdxl" and "pooled" not in text:
+        raise ValueError(
+            f"{cache_dir / 'text.safetensors'} of an SDXL cache has no pooled embeddings"
+        )
     return PairCache(
         **{k: torch.cat(v) for k, v in parts.items()},
         embeddings=text["embeddings"],
         empty=text["empty"],
         manifest=manifest,
+        pooled=text.get("pooled"),
+        empty_pooled=text.get("empty_pooled"),
     )
