@@ -1,0 +1,496 @@
+"""``dspo bench train``: training throughput and peak memory, ours against upstream-style.
+
+Two modes do the same optimiser steps (AdamW, gradient clipping) on the same batches of B
+pairs, with one noise tensor and one timestep per pair, through `dspo.train.preference_loss`:
+
+- ``ours``: batches come from the latent + text-embedding cache (`dspo.data.cache`), built
+  once before the measurement; the reference is the trainer's (a frozen copy of the UNet, or
+  the same UNet with its LoRA adapters disabled).
+- ``upstream``: what the public DSPO / Diffusion-DPO scripts do at every step: decode both
+  JPEGs, resize and crop them, VAE-encode them, tokenise and encode the caption; the reference
+  is a second full UNet loaded from the checkpoint; the VAE and text encoder stay in memory.
+
+Each mode runs in a fresh worker process (``python -m dspo.bench``), so that its peak memory
+is its own: on CPU the kernel's high-water mark of the process's resident memory
+(``ru_maxrss``) minus that mark after the imports; on CUDA ``torch.cuda.max_memory_allocated``.
+Both therefore count weights, optimiser state, activations and data. Warm-up steps are not
+timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MODES = ("ours", "upstream")
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+SHAPES = ["circle", "square", "triangle", "star"]
+WORDS = ["a", "on", "background", *COLOURS, *SHAPES]
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+# Stable Diffusion 1.5's shapes (CLIP ViT-L/14 text tower, 4-block VAE, 860 M-parameter UNet)
+# with random weights; only the tokenizer's vocabulary is small, as no real one can be fetched.
+SD15_ARCHITECTURE: dict[str, Any] = {
+    "max_length": 77,
+    "text_encoder": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768,
+    },
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "sample_size": 512,
+        "scaling_factor": 0.18215,
+    },
+    "unet": {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "layers_per_block": 2,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    },
+    "scheduler": {
+        "num_train_timesteps": 1000,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "clip_sample": False,
+        "steps_offset": 1,
+    },
+}
+# ``toy`` is the default preset's base model, read from the workflow config so it cannot drift.
+TOY_CONFIG = Path("config/config.yaml")
+AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One benchmark: a model shape, a batch, a method, and where to run it."""
+
+    architecture: dict[str, Any]
+    arch_name: str = "custom"
+    latent: int = 8
+    pairs: int = 8
+    steps: int = 10
+    warmup: int = 2
+    method: str = "dspo"
+    lora: int = 0
+    device: str = "cpu"
+    dtype: str = "fp32"
+    threads: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from dspo.objectives import get_objective
+
+        get_objective(self.method)  # KeyError listing the valid names
+        family = self.architecture.get("family", "sd")
+        if family != "sd":
+            # The upstream-style loop would also need SDXL's pooled embeddings and time ids.
+            raise ValueError(f"--arch {self.arch_name}: family {family!r}; only 'sd' is supported")
+        for name in ("latent", "pairs", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.lora < 0 or self.threads < 0:
+            raise ValueError("--warmup, --lora and --threads must not be negative")
+        if self.dtype not in ("fp32", *AUTOCAST):
+            raise ValueError(f"unknown --dtype {self.dtype!r}; expected fp32, fp16 or bf16")
+        if self.dtype != "fp32" and self.device == "cpu":
+            raise ValueError(f"--dtype {self.dtype} needs --device cuda; the CPU runs fp32")
+
+    @property
+    def resolution(self) -> int:
+        """Image side in pixels: each VAE block after the first halves it."""
+        return self.latent * 2 ** (len(self.architecture["vae"]["block_out_channels"]) - 1)
+
+    @property
+    def dataset_pairs(self) -> int:
+        """Enough pairs that no row repeats during the run, as in a real epoch."""
+        return self.pairs * (self.warmup + self.steps)
+
+
+def load_architecture(arch: str) -> tuple[str, dict[str, Any]]:
+    """A preset name (``toy``, ``sd15``) or a YAML file -> (name, architecture mapping).
+
+    A YAML file may be a workflow config (its ``base_model.architecture`` is used) or an
+    architecture mapping itself (keys ``max_length``, ``text_encoder``, ``vae``, ``unet``).
+    """
+    if arch == "sd15":
+        return arch, SD15_ARCHITECTURE
+    path = TOY_CONFIG if arch == "toy" else Path(arch)
+    if not path.is_file():
+        hint = " (run from the repository root, or pass the YAML path)" if arch == "toy" else ""
+        raise FileNotFoundError(f"--arch {arch!r}: {path} is not a file{hint}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    mapping = loaded.get("base_model", {}).get("architecture", loaded)
+    missing = [k for k in ("max_length", "text_encoder", "vae", "unet") if k not in mapping]
+    if missing:
+        raise ValueError(
+            f"{path}: no architecture found; expected base_model.architecture or the keys "
+            f"max_length, text_encoder, vae, unet at the top (missing: {', '.join(missing)})"
+        )
+    return (arch if arch == "toy" else path.stem), mapping
+
+
+def _jpeg(rng: np.random.Generator, size: int) -> bytes:
+    """A smooth random image (upsampled 4x4 noise) as JPEG bytes, like a small photo."""
+    from PIL import Image
+
+    coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    coarse.resize((size, size), Image.Resampling.BILINEAR).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def synthetic_pairs(n: int, resolution: int, seed: int) -> pd.DataFrame:
+    """A canonical pair table (caption, jpg_w, jpg_l, pair_id) of random captions and images."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        colour, shape, back = rng.choice(COLOURS), rng.choice(SHAPES), rng.choice(COLOURS)
+        rows.append(
+            {
+                "pair_id": i,
+                "caption": f"a {colour} {shape} on a {back} background",
+                "jpg_w": _jpeg(rng, resolution),
+                "jpg_l": _jpeg(rng, resolution),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def prepare(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
+    """Build and save the random-init model, the pair table and (for ``ours``) the cache."""
+    from dspo.data.cache import build_cache
+    from dspo.models import build_pipeline
+
+    pipe = build_pipeline(spec.architecture, WORDS, seed=spec.seed)
+    unet_params = sum(p.numel() for p in pipe.unet.parameters())
+    pipe.save_pretrained(workdir / "model")
+    del pipe
+    table = synthetic_pairs(spec.dataset_pairs, spec.resolution, spec.seed)
+    table.to_parquet(workdir / "pairs.parquet", index=False)
+    started = time.perf_counter()
+    build_cache(
+        table,
+        str(workdir / "model"),
+        workdir / "cache",
+        resolution=spec.resolution,
+        device=spec.device,
+        batch_size=max(spec.pairs, 8),
+    )
+    return {
+        "unet_params_m": round(unet_params / 1e6, 2),
+        "dataset_pairs": len(table),
+        "cache_build_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def run_benchmark(spec: BenchSpec, workdir: Path | None = None) -> dict[str, Any]:
+    """Prepare the inputs, measure each mode in its own process, and compare them."""
+    with tempfile.TemporaryDirectory(prefix="dspo-bench-") as tmp:
+        root = Path(workdir or tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "spec.json").write_text(json.dumps(asdict(spec)))
+        # The model is built in a worker too, so this process stays small while others measure.
+        info = _run_worker(root, "prepare")
+        modes = {mode: _run_worker(root, mode) for mode in MODES}
+    ours, upstream = modes["ours"], modes["upstream"]
+    return {
+        "spec": {k: v for k, v in asdict(spec).items() if k != "architecture"},
+        "resolution": spec.resolution,
+        **info,
+        "memory_measure": _memory_measure(spec.device),
+        "modes": modes,
+        "ratio": {
+            "pairs_per_s": ours["pairs_per_s"] / upstream["pairs_per_s"],
+            "peak_mib": ours["peak_mib"] / upstream["peak_mib"],
+        },
+    }
+
+
+def _memory_measure(device: str) -> str:
+    if device == "cuda":
+        return "torch.cuda.max_memory_allocated of a fresh worker process"
+    return "peak RSS (ru_maxrss) of a fresh worker process minus its peak after the imports"
+
+
+def _run_worker(root: Path, mode: str) -> dict[str, Any]:
+    out = root / f"result-{mode}.json"
+    cmd = [sys.executable, "-m", "dspo.bench", str(root), mode, str(out)]
+    # Loading bars of every worker would bury the table.
+    done = subprocess.run(cmd, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"the {mode!r} worker failed with exit code {done.returncode}")
+    return json.loads(out.read_text())
+
+
+def _max_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kibibytes, macOS bytes.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _add_lora(unet, rank: int) -> None:
+    """LoRA on the attention projections, as the ``dspo_lora`` method trains it."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(
+            r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
+        )
+    )
+
+
+def _generator(seed: int, step: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _ours(spec: BenchSpec, root: Path, needs_reference: bool):
+    """Policy + reference as the trainer builds them, and batches read from the cache."""
+    from diffusers import UNet2DConditionModel
+
+    from dspo.data.cache import load_cache
+    from dspo.train import PreferenceModel, make_batch, step_rows
+
+    cache = load_cache(root / "cache")
+    unet = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
+    if spec.lora:
+        _add_lora(unet, spec.lora)
+    model = PreferenceModel(unet, needs_reference, bool(spec.lora)).to(spec.device)
+    cfg = {"prompt_dropout": 0.0}
+
+    def next_batch(step: int, scheduler) -> dict:
+        rows = step_rows(len(cache), spec.pairs, spec.seed, step)
+        batch = make_batch(cache, rows, cfg, _generator(spec.seed, step), scheduler)
+        return {k: v.to(spec.device) for k, v in batch.items()}
+
+    return model, next_batch
+
+
+def _upstream(spec: BenchSpec, root: Path, needs_reference: bool):
+    """Policy + a second full UNet as reference, and batches encoded from JPEGs every step."""
+    import pandas as pd
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from dspo.data.cache import prepare_image
+    from dspo.models import encode_prompts, load_pipeline
+    from dspo.train import PreferenceModel, step_rows
+
+    # The public scripts keep the frozen networks in the mixed-precision dtype.
+    frozen = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
+    pipe = load_pipeline(str(root / "model"), device=spec.device)
+    if spec.dtype != "fp32":
+        pipe.vae.to(dtype=frozen)
+        pipe.text_encoder.to(dtype=frozen)
+    unet = pipe.unet
+    if spec.lora:
+        _add_lora(unet, spec.lora)
+    model = PreferenceModel(unet, needs_reference=False, lora=bool(spec.lora))
+    if needs_reference:
+        model.reference = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
+        model.reference.requires_grad_(False).eval()
+    model.to(spec.device)
+    if needs_reference and spec.dtype != "fp32":
+        model.reference.to(dtype=frozen)
+    table = pd.read_parquet(root / "pairs.parquet")
+    scaling = pipe.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def next_batch(step: int, scheduler) -> dict:
+        rows = step_rows(len(table), spec.pairs, spec.seed, step).tolist()
+        chunk = table.iloc[rows]
+        images = [*chunk["jpg_w"], *chunk["jpg_l"]]
+        pixels = torch.from_numpy(np.stack([prepare_image(b, spec.resolution) for b in images]))
+        # The posterior mean, as the cache stores: sampling it would cost the same.
+        latents = pipe.vae.encode(pixels.to(spec.device, frozen)).latent_dist.mean * scaling
+        text = encode_prompts(pipe, chunk["caption"].tolist()).float()
+        lat_w, lat_l = latents.float().chunk(2)
+        gen = _generator(spec.seed, step)
+        noise = torch.randn(lat_w.shape, generator=gen)
+        t = torch.randint(scheduler.config.num_train_timesteps, (len(rows),), generator=gen)
+        return {
+            "latents_w": lat_w,
+            "latents_l": lat_l,
+            "text_w": text,
+            "text_l": text,
+            "noise": noise.to(spec.device),
+            "t": t.to(spec.device),
+        }
+
+    return model, next_batch
+
+
+def _autocast(spec: BenchSpec):
+    """Mixed precision as the trainer uses it on CUDA: fp32 weights, half-precision compute."""
+    import torch
+
+    if spec.dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(spec.device, dtype=getattr(torch, AUTOCAST[spec.dtype]))
+
+
+def measure(spec: BenchSpec, root: Path, mode: str) -> dict[str, Any]:
+    """Time ``spec.steps`` optimiser steps of one mode after ``spec.warmup`` untimed ones."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from dspo.objectives import get_objective, objective_kwargs
+    from dspo.train import preference_loss
+
+    baseline = _max_rss_mib()
+    cuda = spec.device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    objective = get_objective(spec.method)
+    hparams = objective_kwargs(spec.method)
+    scheduler = DDPMScheduler.from_pretrained(root / "model", subfolder="scheduler")
+    build = _ours if mode == "ours" else _upstream
+    model, next_batch = build(spec, root, objective.needs_reference)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2)
+
+    def step(i: int) -> float:
+        batch = next_batch(i, scheduler)
+        with _autocast(spec):
+            loss, _ = preference_loss(model, batch, objective, hparams, scheduler)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for i in range(spec.warmup):
+        step(i)
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    losses = [step(i) for i in range(spec.warmup, spec.warmup + spec.steps)]
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _max_rss_mib() - baseline
+    return {
+        "seconds": seconds,
+        "s_per_step": seconds / spec.steps,
+        "pairs_per_s": spec.steps * spec.pairs / seconds,
+        "peak_mib": peak,
+        "trainable_params_m": round(sum(p.numel() for p in trainable) / 1e6, 3),
+        "last_loss": losses[-1],
+    }
+
+
+def format_report(result: Mapping[str, Any]) -> str:
+    """The table printed by ``dspo bench train``."""
+    s = result["spec"]
+    tuning = f"LoRA rank {s['lora']}" if s["lora"] else "full fine-tuning"
+    lines = [
+        f"dspo bench train: arch {s['arch_name']} (UNet {result['unet_params_m']} M params), "
+        f"latent {s['latent']}x{s['latent']} ({result['resolution']} px), "
+        f"{s['pairs']} pairs/step, method {s['method']}, {tuning}, {s['device']} {s['dtype']}",
+        f"{s['steps']} timed steps after {s['warmup']} warm-up steps",
+        f"{'mode':<10}{'s/step':>10}{'pairs/s':>10}{'peak MiB':>10}",
+    ]
+    for mode, m in result["modes"].items():
+        lines.append(
+            f"{mode:<10}{m['s_per_step']:>10.3f}{m['pairs_per_s']:>10.2f}{m['peak_mib']:>10.0f}"
+        )
+    r = result["ratio"]
+    lines += [
+        f"ours/upstream: pairs/s x{r['pairs_per_s']:.2f}, peak memory x{r['peak_mib']:.2f}",
+        f"peak memory: {result['memory_measure']}",
+        f"not timed: building the cache of {result['dataset_pairs']} pairs took "
+        f"{result['cache_build_s']} s (once per dataset and model)",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dspo.objectives import OBJECTIVES
+
+    parser = argparse.ArgumentParser(prog="dspo bench train", description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="toy", help="toy, sd15, or a YAML file (default toy)")
+    parser.add_argument("--latent", type=int, default=8, help="latent side (default 8)")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs per step (default 8)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--method", choices=sorted(OBJECTIVES), default="dspo")
+    parser.add_argument("--lora", type=int, default=0, help="LoRA rank; 0 = full fine-tuning")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+    parser.add_argument("--workdir", type=Path, help="keep the model and cache here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse the options, run both modes, print the table, and write the JSON if asked."""
+    args = build_parser().parse_args(argv)
+    name, architecture = load_architecture(args.arch)
+    spec = BenchSpec(
+        architecture=architecture,
+        arch_name=name,
+        **{k: v for k, v in vars(args).items() if k not in ("arch", "json", "workdir")},
+    )
+    result = run_benchmark(spec, args.workdir)
+    print(format_report(result), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _worker_main(argv: list[str]) -> None:
+    """Entry of a worker process: ``python -m dspo.bench ROOT prepare|ours|upstream OUT``."""
+    root, mode, out = Path(argv[0]), argv[1], Path(argv[2])
+    spec = BenchSpec(**json.loads((root / "spec.json").read_text()))
+    result = prepare(spec, root) if mode == "prepare" else measure(spec, root, mode)
+    out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])
