@@ -11,9 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
@@ -21,7 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dspo.models import sampling_scheduler
-from dspo.sample import MANIFEST_COLUMNS
+from dspo.sample import MANIFEST_COLUMNS, image_jobs, save_image
 
 
 def edit_generator(prompt_id: int, seed: int) -> torch.Generator:
@@ -57,19 +55,7 @@ def edit(
         .resize((resolution, resolution), Image.Resampling.BICUBIC)
         for row in editing.itertuples()
     }
-    jobs: list[dict[str, Any]] = [
-        {
-            "prompt_set": row.prompt_set,
-            "prompt_id": int(row.prompt_id),
-            "prompt": row.prompt,
-            "seed": int(seed),
-            "guidance": float(g),
-            "path": f"g{g:g}/p{int(row.prompt_id)}-s{int(seed)}.png",
-        }
-        for g in guidance
-        for seed in seeds
-        for row in editing.itertuples()
-    ]
+    jobs = image_jobs(editing, seeds, guidance)
     todo = [job for job in jobs if not (out_dir / job["path"]).exists()]
     for start in tqdm(range(0, len(todo), batch_size), desc="edit", mininterval=5):
         chunk = todo[start : start + batch_size]
@@ -85,9 +71,5 @@ def edit(
                 output_type="np",
             ).images
             for job, image in zip(part, images, strict=True):
-                path = out_dir / job["path"]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.png")
-                Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
-                tmp.replace(path)
+                save_image(image, out_dir / job["path"])
     return pd.DataFrame(jobs, columns=MANIFEST_COLUMNS)

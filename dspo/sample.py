@@ -62,19 +62,7 @@ def generate(
     sampling_scheduler(pipe, scheduler)
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     shape = (pipe.unet.config.in_channels, resolution // scale, resolution // scale)
-    jobs: list[dict[str, Any]] = [
-        {
-            "prompt_set": row.prompt_set,
-            "prompt_id": int(row.prompt_id),
-            "prompt": row.prompt,
-            "seed": int(seed),
-            "guidance": float(g),
-            "path": f"g{g:g}/p{int(row.prompt_id)}-s{int(seed)}.png",
-        }
-        for g in guidance
-        for seed in seeds
-        for row in prompts.itertuples()
-    ]
+    jobs = image_jobs(prompts, seeds, guidance)
     todo = [job for job in jobs if not (out_dir / job["path"]).exists()]
     device, dtype = pipe.unet.device, pipe.unet.dtype
     for start in tqdm(range(0, len(todo), batch_size), desc="generate", mininterval=5):
@@ -93,12 +81,36 @@ def generate(
                 output_type="np",
             ).images
             for job, image in zip(part, images, strict=True):
-                path = out_dir / job["path"]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.png")
-                Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
-                tmp.replace(path)
+                save_image(image, out_dir / job["path"])
     return pd.DataFrame(jobs, columns=MANIFEST_COLUMNS)
+
+
+def image_jobs(
+    prompts: pd.DataFrame, seeds: Sequence[int], guidance: Sequence[float]
+) -> list[dict[str, Any]]:
+    """One manifest row per (guidance, seed, prompt), with the image's path in the folder."""
+    return [
+        {
+            "prompt_set": row.prompt_set,
+            "prompt_id": int(row.prompt_id),
+            "prompt": row.prompt,
+            "seed": int(seed),
+            "guidance": float(g),
+            "path": f"g{g:g}/p{int(row.prompt_id)}-s{int(seed)}.png",
+        }
+        for g in guidance
+        for seed in seeds
+        for row in prompts.itertuples()
+    ]
+
+
+def save_image(image: np.ndarray, path: Path) -> None:
+    """An (H, W, 3) float image in [0, 1] as PNG, written atomically: a cut job leaves no
+    half-written file for the rerun to keep."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
+    tmp.replace(path)
 
 
 def write_manifest(manifest: pd.DataFrame, path: Path, meta: dict[str, Any]) -> None:
