@@ -164,44 +164,30 @@ def editing_set(args: argparse.Namespace) -> None:
 @command
 def edit(args: argparse.Namespace) -> None:
     """Edit the editing set's images with a model at every configured seed and guidance."""
-    _threads(args.threads)
-    import pandas as pd
-
     from dspo.edit import edit as run_editing
-    from dspo.sample import load_for_sampling, write_manifest
 
-    p = args.params
-    pipe = load_for_sampling(args.model, args.base, device=args.device)
-    out = Path(args.out)
-    manifest = run_editing(
-        pipe,
-        pd.read_parquet(args.input),
-        out.parent,
-        seeds=p["seeds"],
-        guidance=p["guidance"],
-        steps=p["steps"],
-        strength=p["strength"],
-        resolution=p["resolution"],
-        scheduler=p["scheduler"],
-        batch_size=p["batch_size"],
-    )
-    write_manifest(manifest, out, {"model": args.model, "base": args.base, **p})
-    _report({"model": args.model, "images": len(manifest)})
+    _make_images(args, run_editing, strength=args.params["strength"])
 
 
 @command
 def generate(args: argparse.Namespace) -> None:
     """Sample a model on a prompt set at every configured seed and guidance scale."""
+    from dspo.sample import generate as run_generation
+
+    _make_images(args, run_generation)
+
+
+def _make_images(args: argparse.Namespace, make: Callable[..., Any], **extra: Any) -> None:
+    """Load the model, make every image of the input table with ``make``, write the manifest."""
     _threads(args.threads)
     import pandas as pd
 
-    from dspo.sample import generate as run_generation
     from dspo.sample import load_for_sampling, write_manifest
 
     p = args.params
     pipe = load_for_sampling(args.model, args.base, device=args.device)
     out = Path(args.out)
-    manifest = run_generation(
+    manifest = make(
         pipe,
         pd.read_parquet(args.input),
         out.parent,
@@ -211,6 +197,7 @@ def generate(args: argparse.Namespace) -> None:
         resolution=p["resolution"],
         scheduler=p["scheduler"],
         batch_size=p["batch_size"],
+        **extra,
     )
     write_manifest(manifest, out, {"model": args.model, "base": args.base, **p})
     _report({"model": args.model, "images": len(manifest)})

@@ -27,6 +27,20 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise ValueError(f"prompt file {path}: unsupported format {path.suffix!r}")
 
 
+def _read_source(source: Mapping[str, Any], default_split: str) -> tuple[pd.DataFrame, str]:
+    """A local table (kind file) or a hub dataset split (kind hub), and its name for errors."""
+    if source["kind"] == "file":
+        return _read_table(Path(source["path"])), source["path"]
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError("hub sources need 'datasets': pip install dspo[hub]") from exc
+    frame = datasets.load_dataset(
+        source["id"], split=source.get("split", default_split), revision=source.get("revision")
+    ).to_pandas()
+    return frame, source["id"]
+
+
 def load_prompt_set(
     name: str, spec: Mapping[str, Any], toy_prompts: str | None = None
 ) -> pd.DataFrame:
@@ -45,17 +59,7 @@ def load_prompt_set(
         prompts = table["prompt"].tolist()
     elif kind in {"file", "hub"}:
         column = source.get("column", "prompt")
-        if kind == "file":
-            frame, where = _read_table(Path(source["path"])), source["path"]
-        else:
-            try:
-                import datasets
-            except ImportError as exc:
-                raise ImportError("hub prompt sets need 'datasets': pip install dspo[hub]") from exc
-            frame = datasets.load_dataset(
-                source["id"], split=source.get("split", "test"), revision=source.get("revision")
-            ).to_pandas()
-            where = source["id"]
+        frame, where = _read_source(source, default_split="test")
         if column not in frame:
             raise ValueError(f"{where}: no column {column!r}; columns are {list(frame.columns)}")
         # Prompt sets such as Pick-a-Pic's repeat captions; each prompt is evaluated once.
@@ -87,17 +91,8 @@ def load_editing_set(spec: Mapping[str, Any], toy_editing: str | None = None) ->
         if toy_editing is None:
             raise ValueError("the editing set comes from the toy world, but no toy set given")
         frame, where = pd.read_parquet(toy_editing), toy_editing
-    elif kind == "file":
-        frame, where = _read_table(Path(source["path"])), source["path"]
-    elif kind == "hub":
-        try:
-            import datasets
-        except ImportError as exc:
-            raise ImportError("hub editing sets need 'datasets': pip install dspo[hub]") from exc
-        frame = datasets.load_dataset(
-            source["id"], split=source.get("split", "train"), revision=source.get("revision")
-        ).to_pandas()
-        where = source["id"]
+    elif kind in {"file", "hub"}:
+        frame, where = _read_source(source, default_split="train")
     else:
         raise ValueError(f"editing set: unsupported source kind {kind!r}")
     prompt_column = source.get("column", "prompt")
