@@ -98,28 +98,32 @@ def ddspo_pairs(args: argparse.Namespace) -> None:
 
 
 @command
-def cache(args: argparse.Namespace) -> None:
-    """Encode a pair table into VAE latents and text embeddings (sharded safetensors)."""
+def cache_part(args: argparse.Namespace) -> None:
+    """Encode part --part of cache.shards of a pair table into latents and text embeddings."""
     _threads(args.threads)
-    from dspo.data.cache import build_cache
-    from dspo.data.pairs import read_pairs
+    from dspo.data.cache import CacheSettings, encode_part
+    from dspo.data.pairs import read_pair_rows, read_pair_texts
 
-    table = read_pairs(Path(args.input))
-    prompts_l = table["caption_l"].tolist() if "caption_l" in table else None
     _report(
-        build_cache(
-            table,
+        encode_part(
+            read_pair_texts(args.input),
+            lambda start, stop: read_pair_rows(args.input, start, stop),
             args.base,
             Path(args.out),
-            resolution=args.params["resolution"],
-            dtype=args.params["dtype"],
-            shard_size=args.params["shard_size"],
-            batch_size=args.params["batch_size"],
+            CacheSettings.from_params(args.params),
+            part=args.part,
+            parts=args.params.get("shards", 1),
             device=args.device,
-            prompts_l=prompts_l,
-            **{k: args.params[k] for k in ("crop", "flip", "seed") if k in args.params},
         )
     )
+
+
+@command
+def cache_gather(args: argparse.Namespace) -> None:
+    """Join the cache parts into one cache folder; report its bytes per pair."""
+    from dspo.data.cache import gather_cache
+
+    _report(gather_cache([Path(p) for p in args.inputs], Path(args.out)))
 
 
 @command
@@ -298,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--metrics", help="metrics file (JSONL)")
         p.add_argument("--run-dir", help="folder for checkpoints and metrics")
         p.add_argument("--plots", help="folder for plots")
+        p.add_argument("--part", type=int, default=0, help="which part of a sharded step")
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--device", default="cpu")
         p.set_defaults(func=func)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -227,9 +228,35 @@ def make_batch(
     return batch
 
 
-def _latest_checkpoint(checkpoints: Path) -> Path | None:
-    done = sorted(p.parent for p in checkpoints.glob("step-*/state.json"))
-    return done[-1] if done else None
+# Keys that do not change the training trajectory up to a given step: a checkpoint stays
+# valid when only these change (e.g. more steps resume a finished run's last checkpoint).
+_RESUME_NEUTRAL = frozenset(
+    {"name", "steps", "checkpoint_every", "checkpoints_kept", "log_every", "report_to"}
+)
+
+
+def run_fingerprint(cfg: Mapping[str, Any], base_model: str, cache_manifest: Mapping) -> str:
+    """A hash of everything that determines the trajectory: config, base model and cache."""
+    relevant = {k: v for k, v in cfg.items() if k not in _RESUME_NEUTRAL}
+    blob = json.dumps(
+        {"config": relevant, "base_model": str(base_model), "cache": cache_manifest},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _latest_checkpoint(checkpoints: Path, fingerprint: str) -> tuple[Path | None, list[Path]]:
+    """The newest complete checkpoint of this run, and the checkpoints of other runs.
+
+    A checkpoint written under another config (a method's hyper-parameters were edited and
+    the job rerun) must not be resumed: it is returned as stale, to be removed.
+    """
+    current, stale = [], []
+    for state in sorted(checkpoints.glob("step-*/state.json")):
+        same = json.loads(state.read_text()).get("fingerprint") == fingerprint
+        (current if same else stale).append(state.parent)
+    return (current[-1] if current else None), stale
 
 
 def resolve_mixed_precision(requested: str) -> str:
@@ -340,8 +367,14 @@ def train(
     model, optimizer, lr_sched = accelerator.prepare(model, optimizer, lr_sched)
 
     checkpoints = run_dir / "checkpoints"
+    fingerprint = run_fingerprint(cfg, base_model, cache.manifest)
     start_step = 0
-    latest = _latest_checkpoint(checkpoints)
+    latest, stale = _latest_checkpoint(checkpoints, fingerprint)
+    accelerator.wait_for_everyone()
+    if stale and accelerator.is_main_process:
+        accelerator.print(f"removing {len(stale)} checkpoint(s) of a run with another config")
+        for old in stale:
+            shutil.rmtree(old)
     if latest is not None:
         accelerator.load_state(str(latest))
         start_step = json.loads((latest / "state.json").read_text())["step"]
@@ -407,7 +440,7 @@ def train(
                 accelerator.log(record, step=done)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
         if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0 and done < steps:
-            _save_checkpoint(accelerator, checkpoints, done, cfg["checkpoints_kept"])
+            _save_checkpoint(accelerator, checkpoints, done, cfg["checkpoints_kept"], fingerprint)
 
     accelerator.wait_for_everyone()
     summary = {
@@ -438,12 +471,15 @@ def _mean_over(accelerator: Accelerator, sums: Mapping[str, float]) -> dict[str,
     return dict(zip(sums, means, strict=True))
 
 
-def _save_checkpoint(accelerator: Accelerator, checkpoints: Path, step: int, kept: int) -> None:
+def _save_checkpoint(
+    accelerator: Accelerator, checkpoints: Path, step: int, kept: int, fingerprint: str
+) -> None:
     path = checkpoints / f"step-{step:06d}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         # state.json is written last: a checkpoint without it was cut short and is ignored.
-        (path / "state.json").write_text(json.dumps({"step": step}) + "\n")
+        state = {"step": step, "fingerprint": fingerprint}
+        (path / "state.json").write_text(json.dumps(state) + "\n")
         complete = sorted(p.parent for p in checkpoints.glob("step-*/state.json"))
         for old in complete[:-kept]:
             shutil.rmtree(old)

@@ -55,6 +55,12 @@ def pairs_source_input(wildcards):
     return ["results/data/toy/pairs"] if config["pairs"]["source"]["kind"] == "toy" else []
 
 
+def cache_parts(wildcards):
+    """The folders of the cache.shards parts that make up one dataset's cache."""
+    parts = range(config["cache"].get("shards", 1))
+    return expand("results/cache/{dataset}.parts/{part}", dataset=wildcards.dataset, part=parts)
+
+
 def prompt_source_input(wildcards):
     kind = PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"]["kind"]
     return ["results/data/toy/prompts.parquet"] if kind == "toy" else []

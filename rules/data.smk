@@ -70,12 +70,18 @@ rule ddspo_pairs:
         " --out {output:q} --threads {threads} --device {params.device} > {log} 2>&1"
 
 
-rule cache:
+# The cache is scattered over cache.shards jobs, each encoding a contiguous block of the pairs
+# into its own folder, and gathered into results/cache/{dataset}. Both rules take the config
+# slice and the base model: the parts are temporary, so a changed setting must reach the
+# gather job to rebuild them.
+rule cache_part:
     input:
         pairs="results/data/{dataset}.parquet",
         base=base_model_input,
     output:
-        directory("results/cache/{dataset}"),
+        temp(directory("results/cache/{dataset}.parts/{part}")),
+    wildcard_constraints:
+        part=r"\d+",
     params:
         device=DEVICE,
         cfg=as_json(config["cache"]),
@@ -83,10 +89,29 @@ rule cache:
     conda:
         "../environment.yml"
     log:
+        "results/logs/cache/{dataset}.part{part}.log",
+    shell:
+        "dspo cache-part --part {wildcards.part} --params {params.cfg:q} --input {input.pairs:q}"
+        " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device}"
+        " > {log} 2>&1"
+
+
+rule cache:
+    input:
+        parts=cache_parts,
+        pairs="results/data/{dataset}.parquet",
+        base=base_model_input,
+    output:
+        directory("results/cache/{dataset}"),
+    params:
+        cfg=as_json(config["cache"]),
+        base=BASE["path"],
+    conda:
+        "../environment.yml"
+    log:
         "results/logs/cache/{dataset}.log",
     shell:
-        "dspo cache --params {params.cfg:q} --input {input.pairs:q} --base {params.base:q}"
-        " --out {output:q} --threads {threads} --device {params.device} > {log} 2>&1"
+        "dspo cache-gather --inputs {input.parts:q} --out {output:q} > {log} 2>&1"
 
 
 rule prompt_set:
@@ -106,16 +131,18 @@ rule prompt_set:
         " --out {output:q} > {log} 2>&1"
 
 
-rule editing_set:
-    input:
-        editing_source_input,
-    output:
-        "results/data/editing.parquet",
-    params:
-        cfg=as_json(EDITING),
-    conda:
-        "../environment.yml"
-    log:
-        "results/logs/editing_set.log",
-    shell:
-        "dspo editing-set --params {params.cfg:q} --input {input:q} --out {output:q} > {log} 2>&1"
+if EDITING:
+
+    rule editing_set:
+        input:
+            editing_source_input,
+        output:
+            "results/data/editing.parquet",
+        params:
+            cfg=as_json(EDITING),
+        conda:
+            "../environment.yml"
+        log:
+            "results/logs/editing_set.log",
+        shell:
+            "dspo editing-set --params {params.cfg:q} --input {input:q} --out {output:q} > {log} 2>&1"

@@ -21,22 +21,24 @@ rule generate:
         " > {log} 2>&1"
 
 
-rule edit:
-    input:
-        model=model_input,
-        editing="results/data/editing.parquet",
-    output:
-        "results/images/{model}/editing/manifest.parquet",
-    params:
-        device=DEVICE,
-        cfg=as_json(editing_config()),
-        model=model_path,
-        base=BASE["path"],
-    conda:
-        "../environment.yml"
-    log:
-        "results/logs/edit/{model}.log",
-    shell:
-        "dspo edit --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
-        " --input {input.editing:q} --out {output:q} --threads {threads} --device {params.device}"
-        " > {log} 2>&1"
+if EDITING:
+
+    rule edit:
+        input:
+            model=model_input,
+            editing="results/data/editing.parquet",
+        output:
+            "results/images/{model}/editing/manifest.parquet",
+        params:
+            device=DEVICE,
+            cfg=as_json(editing_config()),
+            model=model_path,
+            base=BASE["path"],
+        conda:
+            "../environment.yml"
+        log:
+            "results/logs/edit/{model}.log",
+        shell:
+            "dspo edit --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
+            " --input {input.editing:q} --out {output:q} --threads {threads} --device {params.device}"
+            " > {log} 2>&1"

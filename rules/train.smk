@@ -9,11 +9,12 @@ rule train:
         cfg=lambda wc: as_json(method_config(wc.method)),
         base=BASE["path"],
         run_dir="results/train/{method}",
+        launch=train_launcher,
     conda:
         "../environment.yml"
     log:
         "results/logs/train/{method}.log",
     shell:
-        "dspo train --params {params.cfg:q} --input {input.cache:q} --base {params.base:q}"
+        "{params.launch} train --params {params.cfg:q} --input {input.cache:q} --base {params.base:q}"
         " --out {output:q} --run-dir {params.run_dir:q} --threads {threads} --device {params.device}"
         " > {log} 2>&1"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
+import tarfile
 import types
 
 import numpy as np
@@ -166,7 +168,8 @@ def test_missing_required_column_names_file_and_column(tmp_path):
 @pytest.mark.parametrize(
     ("source", "key"),
     [
-        ({"kind": "webdataset", "path": "x"}, "'kind'"),
+        ({"kind": "tfrecord", "path": "x"}, "'kind'"),
+        ({"kind": "webdataset", "id": "a/b", "path": "x"}, "'id'"),
         ({"kind": "parquet", "path": "x", "splitt": "train"}, "'splitt'"),
         ({"kind": "hub", "id": "a/b", "path": "x"}, "'path'"),
         ({"kind": "parquet"}, "'path'"),
@@ -182,6 +185,52 @@ def test_hub_without_datasets_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(ImportError, match=r"pip install dspo\[hub\]"):
         P.load_source({"kind": "hub", "id": "owner/pickapic_copy"})
+
+
+def write_tar(path, rows, prefix="") -> None:
+    """Webdataset shard: KEY.jpg_0, KEY.jpg_1, KEY.json (+ a KEY.txt the loader skips)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for i, r in enumerate(rows):
+            meta = {k: v for k, v in r.items() if k not in ("jpg_0", "jpg_1")}
+            members = {"jpg_0": r["jpg_0"], "jpg_1": r["jpg_1"], "json": json.dumps(meta).encode()}
+            for ext, data in {**members, "txt": b"skipped"}.items():
+                info = tarfile.TarInfo(f"{prefix}{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_source_reads_like_parquet(tmp_path):
+    rows = [r for r in mixed_rows() if r["jpg_1"] is not None]  # a tar member needs bytes
+    write_tar(tmp_path / "wds" / "train-000000.tar", rows[:5], prefix="a/")
+    write_tar(tmp_path / "wds" / "train-000001.tar", rows[5:])
+    write_tar(tmp_path / "wds" / "validation-000000.tar", rows[:2])
+    df = P.load_source({"kind": "webdataset", "path": str(tmp_path / "wds"), "split": "train"})
+    assert set(df.columns) == {*P.REQUIRED_COLUMNS, *P.OPTIONAL_COLUMNS}
+    expected = pd.DataFrame(rows)[list(df.columns)]
+    pd.testing.assert_frame_equal(df, expected, check_dtype=False)
+    pairs, stats = P.normalise_pairs(df)
+    assert stats["kept"] == 3 and stats["unreadable"] == 2
+    glob_src = {"kind": "webdataset", "path": str(tmp_path / "wds" / "valid*.tar")}
+    assert len(P.load_source(glob_src)) == 2
+    with pytest.raises(FileNotFoundError, match=r"'test-\*\.tar'"):
+        P.load_source({"kind": "webdataset", "path": str(tmp_path / "wds"), "split": "test"})
+
+
+def test_webdataset_errors_name_file_and_sample(tmp_path):
+    red, blue = jpeg(RED), jpeg(BLUE)
+    bad = tmp_path / "train-000000.tar"
+    write_tar(bad, [{k: v for k, v in row("x", red, blue, 1, 0).items() if k != "label_1"}])
+    with pytest.raises(ValueError) as err:
+        P.load_source({"kind": "webdataset", "path": str(bad)})
+    assert str(bad) in str(err.value) and "000000.json" in str(err.value)
+    assert "'label_1'" in str(err.value)
+    with tarfile.open(bad, "w") as tar:
+        info = tarfile.TarInfo("000007.jpg_0")
+        info.size = len(red)
+        tar.addfile(info, io.BytesIO(red))
+    with pytest.raises(ValueError, match="sample '000007' has no jpg_1, json member"):
+        P.load_source({"kind": "webdataset", "path": str(bad)})
 
 
 class _FakeImage:
@@ -364,12 +413,27 @@ def test_failed_write_leaves_old_file_and_no_temp(raw, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr(P.pq, "write_table", boom)
+    monkeypatch.setattr(P.pq.ParquetWriter, "write_table", boom)
     with pytest.raises(RuntimeError):
         P.write_pairs(pairs, out)
     assert os.listdir(tmp_path) == ["pairs.parquet"]
     monkeypatch.undo()
     assert len(P.read_pairs(out)) == 1
+
+
+def test_read_pair_rows_reads_a_slice(tmp_path, monkeypatch):
+    red, blue = jpeg(RED), jpeg(BLUE)
+    pairs, _ = P.normalise_pairs(pd.DataFrame([row(f"p{i}", red, blue, 1, 0) for i in range(10)]))
+    monkeypatch.setattr(P, "ROW_GROUP_PAIRS", 3)
+    out = tmp_path / "pairs.parquet"
+    P.write_pairs(pairs, out)
+    assert P.pq.ParquetFile(out).num_row_groups == 4
+    for start, stop in [(0, 3), (2, 8), (9, 10)]:
+        part = P.read_pair_rows(out, start, stop).reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, pairs.iloc[start:stop].reset_index(drop=True))
+    assert list(P.read_pair_texts(out)["caption"]) == [f"p{i}" for i in range(10)]
+    with pytest.raises(ValueError, match="beyond its 10 rows"):
+        P.read_pair_rows(out, 10, 12)
 
 
 def test_read_and_write_check_canonical_columns(raw, tmp_path):

@@ -180,6 +180,23 @@ def test_killed_job_resumes_to_the_same_weights(
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6)
 
 
+def test_rerun_resumes_only_checkpoints_of_the_same_config(
+    cache_dir: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    run(DSPO, cache_dir, tiny_model, tmp_path)
+    assert (tmp_path / "run/checkpoints/step-000002/state.json").exists()
+    # More steps leave the first ones unchanged: the run continues from its last checkpoint
+    # (step 2: the final step is saved as the model, not as a checkpoint).
+    assert run({**DSPO, "steps": 6}, cache_dir, tiny_model, tmp_path)["resumed_from"] == 2
+    # Another lam is another run: its old checkpoints are removed, not resumed.
+    edited = {**DSPO, "params": {"lam": 0.1, "kappa": 100.0}}
+    assert run(edited, cache_dir, tiny_model, tmp_path)["resumed_from"] == 0
+    states = sorted((tmp_path / "run/checkpoints").glob("step-*/state.json"))
+    assert [s.parent.name for s in states] == ["step-000002"]  # step 4 of 6 was removed
+    fingerprints = {json.loads(s.read_text())["fingerprint"] for s in states}
+    assert len(fingerprints) == 1
+
+
 def test_lora_output_loads_and_reference_is_the_base(
     cache_dir: Path, tiny_model: Path, tmp_path: Path
 ) -> None:

@@ -14,7 +14,13 @@ every step. The cache is a folder of sharded safetensors plus ``manifest.json``:
   dim), the embedding of the empty prompt used for prompt dropout; for SDXL also ``pooled``
   (unique prompts, dim) and ``empty_pooled`` (1, dim).
 - ``manifest.json``: the model, its family (``sd`` or ``sdxl``), resolution, crop and flip
-  settings, dtype and scaling factor it was built with, the shards and their sizes.
+  settings, dtype and scaling factor it was built with, the shards and their sizes, and the
+  bytes per pair. It is written last: a folder with a manifest is a complete cache.
+
+At scale the cache is built by scatter/gather: :func:`encode_part` encodes part k of N (a
+contiguous block of latent files and of the sorted unique prompts, see :class:`PartPlan`) into
+its own folder with ``part.json``, renamed into place when complete; :func:`gather_cache` joins
+the N folders. The blocks follow fixed grids, so the result does not depend on N.
 
 Latents are the VAE posterior mean; SD's posterior standard deviation is negligible next to
 the noise the trainer adds.
@@ -25,8 +31,10 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +45,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from dspo.data.pairs import REJECTED_CAPTION
 from dspo.models import encode_text, load_pipeline, model_family, resolve_dtype
 
 MANIFEST = "manifest.json"
+PART_MANIFEST = "part.json"
 SIDES = ("w", "l")
-
-
+# Prompts per text-encoder call. Fixed, so that parts split prompts on one grid (PartPlan).
+TEXT_BATCH = 256
 CROPS = ("center", "random")
 
 
@@ -104,27 +114,100 @@ def _image_rng(seed: int, pair_id: int, side: str) -> np.random.Generator:
     return np.random.default_rng([seed, pair_id, SIDES.index(side)])
 
 
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+
+
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    _save(tensors, tmp)
     os.replace(tmp, path)
 
 
+def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How pairs are encoded: everything but the model that decides a cache's contents."""
+
+    resolution: int
+    dtype: str = "float16"
+    shard_size: int = 4096
+    batch_size: int = 64
+    crop: str = "center"
+    flip: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ValueError(f"cache.crop {self.crop!r} is not one of {CROPS}")
+        for key in ("resolution", "shard_size", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"cache.{key} must be at least 1, got {getattr(self, key)}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> CacheSettings:
+        """The settings from the workflow's ``cache`` slice (other keys, e.g. shards, ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """What one part encodes: whole latent files and a block of the sorted unique prompts.
+
+    Both are cut on fixed grids (``shard_size`` pairs per file, ``TEXT_BATCH`` prompts per
+    text-encoder call) that do not depend on the number of parts, so every model call sees the
+    same batch whatever the sharding, and N parts gather into the very cache one part builds.
+    """
+
+    files: range
+    prompts: range
+
+
+def plan_parts(n_pairs: int, n_prompts: int, shard_size: int, parts: int) -> list[PartPlan]:
+    """Split ``n_pairs`` pairs and ``n_prompts`` prompts into ``parts`` contiguous blocks."""
+    if parts < 1:
+        raise ValueError(f"cache.shards must be at least 1, got {parts}")
+    n_files = -(-n_pairs // shard_size)
+    n_batches = -(-n_prompts // TEXT_BATCH)
+    plans = []
+    for k in range(parts):
+        files = range(k * n_files // parts, (k + 1) * n_files // parts)
+        first, last = k * n_batches // parts, (k + 1) * n_batches // parts
+        prompts = range(first * TEXT_BATCH, min(last * TEXT_BATCH, n_prompts))
+        plans.append(PartPlan(files, prompts))
+    return plans
+
+
+def _prompt_rows(texts: pd.DataFrame) -> tuple[list[int], list[int], list[str]]:
+    """Each pair's row in the sorted unique prompts, for both sides, and those prompts."""
+    captions = texts["caption"].tolist()
+    rejected = texts[REJECTED_CAPTION].tolist() if REJECTED_CAPTION in texts else captions
+    unique = sorted(set(captions) | set(rejected))
+    row = {text: i for i, text in enumerate(unique)}
+    return [row[c] for c in captions], [row[c] for c in rejected], unique
+
+
 def _encode_side(
-    pipe, chunk: pd.DataFrame, side: str, resolution: int, augment: dict[str, Any], batch_size: int
+    pipe, chunk: pd.DataFrame, side: str, settings: CacheSettings
 ) -> dict[str, torch.Tensor]:
     """VAE latents (scaled) and size/crop records of one side of a chunk of pairs."""
     scaling = float(pipe.vae.config.scaling_factor)
     latents, sizes, crops = [], [], []
-    for b in range(0, len(chunk), batch_size):
-        part = chunk.iloc[b : b + batch_size]
+    for b in range(0, len(chunk), settings.batch_size):
+        part = chunk.iloc[b : b + settings.batch_size]
         images = [
             load_image(
                 data,
-                resolution,
-                crop=augment["crop"],
-                flip=augment["flip"],
-                rng=_image_rng(augment["seed"], int(pid), side),
+                settings.resolution,
+                crop=settings.crop,
+                flip=settings.flip,
+                rng=_image_rng(settings.seed, int(pid), side),
             )
             for data, pid in zip(part[f"jpg_{side}"], part["pair_id"], strict=True)
         ]
@@ -133,25 +216,222 @@ def _encode_side(
         latents.append(pipe.vae.encode(pixels).latent_dist.mean * scaling)
         sizes += [im.original_size for im in images]
         crops += [im.crop_top_left for im in images]
+    storage = resolve_dtype(settings.dtype)
     return {
-        f"latents_{side}": torch.cat(latents),
+        f"latents_{side}": torch.cat(latents).to(storage).cpu(),
         f"original_size_{side}": torch.tensor(sizes, dtype=torch.int64),
         f"crop_{side}": torch.tensor(crops, dtype=torch.int64),
     }
 
 
-def _write_text(pipe, unique: list[str], storage: torch.dtype, out_dir: Path) -> list[int]:
-    """Embed every prompt and the empty prompt; return the hidden-state shape per prompt."""
-    hidden, pooled = encode_text(pipe, unique)
-    empty, empty_pooled = encode_text(pipe, [""])
-    tensors = {"embeddings": hidden.to(storage), "empty": empty.to(storage)}
-    if pooled is not None:
-        tensors.update(pooled=pooled.to(storage), empty_pooled=empty_pooled.to(storage))
-    _save_atomic(tensors, out_dir / "text.safetensors")
-    return list(hidden.shape[1:])
+def _latent_file(
+    pipe,
+    load_rows: Callable[[int, int], pd.DataFrame],
+    rows: slice,
+    text_rows: tuple[list[int], list[int]],
+    settings: CacheSettings,
+) -> dict[str, torch.Tensor]:
+    """The tensors of one latent file: pairs ``rows`` of the table."""
+    chunk = load_rows(rows.start, rows.stop)
+    if len(chunk) != rows.stop - rows.start:
+        raise ValueError(f"pair rows {rows.start}:{rows.stop}: got {len(chunk)} rows")
+    tensors = {}
+    for side in SIDES:
+        tensors.update(_encode_side(pipe, chunk, side, settings))
+    return {
+        **tensors,
+        "text_w": torch.tensor(text_rows[0][rows]),
+        "text_l": torch.tensor(text_rows[1][rows]),
+        "pair_id": torch.tensor(chunk["pair_id"].to_numpy(np.int64)),
+    }
+
+
+def _text_tensors(pipe, prompts: list[str], storage: torch.dtype, empty: bool) -> dict:
+    """Embeddings of ``prompts`` (and of the empty prompt, for one part only)."""
+    tensors = {}
+    if prompts:
+        hidden, pooled = encode_text(pipe, prompts, batch_size=TEXT_BATCH)
+        tensors["embeddings"] = hidden.to(storage)
+        if pooled is not None:
+            tensors["pooled"] = pooled.to(storage)
+    if empty:
+        hidden, pooled = encode_text(pipe, [""])
+        tensors["empty"] = hidden.to(storage)
+        if pooled is not None:
+            tensors["empty_pooled"] = pooled.to(storage)
+    return tensors
+
+
+def _clear_part_dir(out_dir: Path) -> None:
+    # The part is renamed into place whole; only an old part or an empty folder may go first.
+    if not out_dir.exists():
+        return
+    if any(out_dir.iterdir()) and not (out_dir / PART_MANIFEST).exists():
+        raise ValueError(f"{out_dir} exists and is not a cache part: refusing to replace it")
+    shutil.rmtree(out_dir)
 
 
 @torch.no_grad()
+def encode_part(
+    texts: pd.DataFrame,
+    load_rows: Callable[[int, int], pd.DataFrame],
+    model: str,
+    out_dir: Path,
+    settings: CacheSettings,
+    *,
+    part: int = 0,
+    parts: int = 1,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Encode part ``part`` of ``parts`` of a pair table into the folder ``out_dir``.
+
+    ``texts`` holds every pair's ``caption`` (and ``caption_l`` when the rejected image has its
+    own prompt), in pair order; ``load_rows(start, stop)`` returns the canonical rows
+    ``start:stop`` with their images, so a part reads only its own images. The part is written
+    in a temporary folder beside ``out_dir`` and renamed into place when complete.
+    """
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not in 0..{parts - 1}")
+    text_w, text_l, unique = _prompt_rows(texts)
+    plan = plan_parts(len(texts), len(unique), settings.shard_size, parts)[part]
+    pipe = load_pipeline(model, device=device)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        files, latent_shape = [], None
+        for index in tqdm(plan.files, desc=f"cache part {part}", mininterval=5):
+            start = index * settings.shard_size
+            rows = slice(start, min(start + settings.shard_size, len(texts)))
+            tensors = _latent_file(pipe, load_rows, rows, (text_w, text_l), settings)
+            name = f"latents-{index:05d}.safetensors"
+            _save(tensors, tmp / name)
+            files.append({"file": name, "pairs": rows.stop - rows.start})
+            latent_shape = list(tensors["latents_w"].shape[1:])
+        storage = resolve_dtype(settings.dtype)
+        prompts = unique[plan.prompts.start : plan.prompts.stop]
+        text = _text_tensors(pipe, prompts, storage, empty=part == 0)
+        text_file = f"text-{part:05d}.safetensors" if text else None
+        if text_file:
+            _save(text, tmp / text_file)
+        info = {
+            "model": str(model),
+            "family": model_family(pipe.unet),
+            **asdict(settings),
+            "scaling_factor": float(pipe.vae.config.scaling_factor),
+            "part": part,
+            "parts": parts,
+            "pairs": len(texts),
+            "prompts": len(unique),
+            "prompt_rows": [plan.prompts.start, plan.prompts.stop],
+            "latent_shape": latent_shape,
+            "text_file": text_file,
+            "files": files,
+        }
+        (tmp / PART_MANIFEST).write_text(json.dumps(info, indent=2) + "\n")
+        _clear_part_dir(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+# Part fields that must agree for parts to belong to one cache.
+_SHARED = ("model", "family", *(f.name for f in fields(CacheSettings)), "scaling_factor")
+
+
+def _read_parts(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """Each part's record, in part order, checked to form one whole cache."""
+    infos = []
+    for folder in part_dirs:
+        path = Path(folder) / PART_MANIFEST
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: that cache part is incomplete")
+        infos.append({**json.loads(path.read_text()), "dir": Path(folder)})
+    infos.sort(key=lambda info: info["part"])
+    first = infos[0]
+    if [i["part"] for i in infos] != list(range(first["parts"])):
+        got = [i["part"] for i in infos]
+        raise ValueError(f"cache parts {got} given, expected all of 0..{first['parts'] - 1}")
+    for info in infos[1:]:
+        for key in (*_SHARED, "parts", "pairs", "prompts"):
+            if info[key] != first[key]:
+                raise ValueError(
+                    f"{info['dir']}: {key} {info[key]!r} differs from part 0's {first[key]!r}"
+                )
+    return infos
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # A hard link shares the part's bytes (parts are deleted after gathering); a copy is the
+    # fallback where links are not possible (another file system).
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        tmp = dst.with_suffix(".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+def _gather_text(infos: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Concatenate the parts' prompt embeddings into one ``text.safetensors``."""
+    blocks: dict[str, list[torch.Tensor]] = {}
+    rows = 0
+    for info in infos:
+        start, stop = info["prompt_rows"]
+        if start != rows and stop > start:
+            raise ValueError(f"{info['dir']}: prompt rows start at {start}, expected {rows}")
+        rows = max(rows, stop)
+        if info["text_file"]:
+            for key, value in load_file(str(info["dir"] / info["text_file"])).items():
+                blocks.setdefault(key, []).append(value)
+    if rows != infos[0]["prompts"]:
+        raise ValueError(f"cache parts embed {rows} prompts, expected {infos[0]['prompts']}")
+    path = out_dir / "text.safetensors"
+    _save_atomic({k: torch.cat(v) for k, v in blocks.items()}, path)
+    return path
+
+
+def gather_cache(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
+    """Join the parts written by :func:`encode_part` into one cache folder.
+
+    Latent files are hard-linked (copied where links are impossible) into ``out_dir``, text
+    embeddings are concatenated, and ``manifest.json`` is written last, so a folder with a
+    manifest is always a complete cache. The manifest records ``bytes_per_pair``.
+    """
+    infos = _read_parts(part_dirs)
+    first = infos[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    shards = [shard for info in infos for shard in info["files"]]
+    expected = -(-first["pairs"] // first["shard_size"])
+    if len(shards) != expected or sum(s["pairs"] for s in shards) != first["pairs"]:
+        raise ValueError(f"cache parts hold {len(shards)} latent files, expected {expected}")
+    for info in infos:
+        for shard in info["files"]:
+            _link_or_copy(info["dir"] / shard["file"], out_dir / shard["file"])
+    text = _gather_text(infos, out_dir)
+    latent_bytes = sum((out_dir / s["file"]).stat().st_size for s in shards)
+    text_bytes = text.stat().st_size
+    pairs = max(1, first["pairs"])
+    manifest = {
+        **{k: first[k] for k in _SHARED},
+        "pairs": first["pairs"],
+        "prompts": first["prompts"],
+        "parts": first["parts"],
+        "latent_shape": next(i["latent_shape"] for i in infos if i["files"]),
+        "text_shape": list(load_file(str(text))["empty"].shape[1:]),
+        "shards": shards,
+        # Latent files only, as training reads them per pair; the text is shared by prompts.
+        "bytes_per_pair": round(latent_bytes / pairs, 1),
+        "text_bytes": text_bytes,
+        "total_bytes_per_pair": round((latent_bytes + text_bytes) / pairs, 1),
+    }
+    _write_json_atomic(manifest, out_dir / MANIFEST)
+    return manifest
+
+
 def build_cache(
     pairs: pd.DataFrame,
     model: str,
@@ -169,62 +449,20 @@ def build_cache(
 ) -> dict[str, Any]:
     """Encode ``pairs`` (the canonical pair table) with ``model``'s VAE and text encoder(s).
 
+    One process, one part: the same code and result as the workflow's sharded build.
     ``prompts_l`` gives each rejected image its own prompt (DDSPO's degraded prompts);
     by default both images of a pair share the caption. ``crop`` is ``center`` or ``random``;
     ``flip`` mirrors half the images; both are seeded per image by ``seed`` and the pair id.
     """
-    if crop not in CROPS:
-        raise ValueError(f"cache.crop {crop!r} is not one of {CROPS}")
-    augment = {"crop": crop, "flip": flip, "seed": seed}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(model, device=device)
-    storage = resolve_dtype(dtype)
-    captions = pairs["caption"].tolist()
-    rejected = list(prompts_l) if prompts_l is not None else captions
-    unique = sorted(set(captions) | set(rejected))
-    row = {text: i for i, text in enumerate(unique)}
-    text_shape = _write_text(pipe, unique, storage, out_dir)
-
-    shards = []
-    starts = range(0, len(pairs), shard_size)
-    for shard, start in enumerate(tqdm(starts, desc="cache shards", mininterval=5)):
-        chunk = pairs.iloc[start : start + shard_size]
-        tensors = {}
-        for side in SIDES:
-            tensors.update(_encode_side(pipe, chunk, side, resolution, augment, batch_size))
-        name = f"latents-{shard:05d}.safetensors"
-        _save_atomic(
-            {
-                **{
-                    k: v.to(storage).cpu() if k.startswith("latents") else v
-                    for k, v in tensors.items()
-                },
-                "text_w": torch.tensor([row[c] for c in captions[start : start + shard_size]]),
-                "text_l": torch.tensor([row[c] for c in rejected[start : start + shard_size]]),
-                "pair_id": torch.tensor(chunk["pair_id"].to_numpy(np.int64)),
-            },
-            out_dir / name,
-        )
-        shards.append({"file": name, "pairs": len(chunk)})
-
-    manifest = {
-        "model": str(model),
-        "family": model_family(pipe.unet),
-        "resolution": resolution,
-        **augment,
-        "dtype": dtype,
-        "scaling_factor": float(pipe.vae.config.scaling_factor),
-        "pairs": len(pairs),
-        "prompts": len(unique),
-        "latent_shape": list(tensors["latents_w"].shape[1:]),
-        "text_shape": text_shape,
-        "shards": shards,
-    }
-    manifest["bytes_per_pair"] = round(
-        sum((out_dir / s["file"]).stat().st_size for s in shards) / max(1, len(pairs)), 1
-    )
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    settings = CacheSettings(resolution, dtype, shard_size, batch_size, crop, flip, seed)
+    texts = pairs[["caption"]]
+    if prompts_l is not None:
+        texts = texts.assign(**{REJECTED_CAPTION: list(prompts_l)})
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
+        part_dir = Path(tmp) / "part-0"
+        encode_part(texts, lambda a, b: pairs.iloc[a:b], model, part_dir, settings, device=device)
+        return gather_cache([part_dir], out_dir)
 
 
 @dataclass

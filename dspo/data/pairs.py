@@ -10,7 +10,9 @@ import contextlib
 import glob
 import hashlib
 import io
+import json
 import os
+import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,14 +33,21 @@ REJECTED_CAPTION = "caption_l"
 _SOURCE_KEYS = {
     "parquet": {"required": {"kind", "path"}, "optional": {"split"}},
     "hub": {"required": {"kind", "id"}, "optional": {"split", "revision", "streaming"}},
+    "webdataset": {"required": {"kind", "path"}, "optional": {"split"}},
 }
+# Members of a webdataset sample that the loader reads (see _load_webdataset); others are skipped.
+_WDS_MEMBERS = ("jpg_0", "jpg_1", "json")
 _VALID_LABELS = {(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)}
+# Pairs per parquet row group of the canonical table: a cache part reads only the row groups of
+# its own pairs (Pick-a-Pic images are ~0.5 MB, so a group is a few hundred MB at most).
+ROW_GROUP_PAIRS = 512
 
 
 def load_source(source: Mapping[str, Any]) -> pd.DataFrame:
-    """Read the raw pair columns from a local parquet copy or a hub dataset.
+    """Read the raw pair columns from a local parquet copy, webdataset shards or a hub dataset.
 
-    ``source`` is ``{"kind": "parquet", "path": ..., "split": ...}`` or
+    ``source`` is ``{"kind": "parquet", "path": ..., "split": ...}``,
+    ``{"kind": "webdataset", "path": ..., "split": ...}`` or
     ``{"kind": "hub", "id": ..., "split": ..., "revision": ..., "streaming": ...}``.
     Only the required and optional Pick-a-Pic columns are read.
     """
@@ -54,6 +63,8 @@ def load_source(source: Mapping[str, Any]) -> pd.DataFrame:
             raise ValueError(f"a {kind!r} source needs the key {key!r}")
     if kind == "parquet":
         return _load_parquet(str(source["path"]), source.get("split"))
+    if kind == "webdataset":
+        return _load_webdataset(str(source["path"]), source.get("split"))
     return _load_hub(
         source["id"],
         split=source.get("split") or "train",
@@ -63,39 +74,41 @@ def load_source(source: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def _matches_split(file: Path, split: str, folders: tuple[str, ...]) -> bool:
-    # Pick-a-Pic shards are named "<split>-00000-of-00010[-hash].parquet"; the "-" matters so
-    # that "validation" does not also pick up "validation_unique-...". A split sub-folder
-    # ("train/0000.parquet") is the other common layout of copies.
+    # Pick-a-Pic shards are named "<split>-00000-of-00010[-hash].parquet" (webdataset copies
+    # "<split>-000000.tar"); the "-" matters so that "validation" does not also pick up
+    # "validation_unique-...". A split sub-folder ("train/0000.parquet") is the other common
+    # layout of copies.
     name = file.name
-    return name.startswith(f"{split}-") or name == f"{split}.parquet" or split in folders
+    return name.startswith(f"{split}-") or name == f"{split}{file.suffix}" or split in folders
 
 
-def _parquet_files(path: str, split: str | None) -> list[Path]:
+def _source_files(path: str, split: str | None, suffix: str) -> list[Path]:
+    """The ``suffix`` files of a file, folder (searched recursively) or glob, of one split."""
     p = Path(path)
     if p.is_file():
         # An explicitly named file is taken as the caller's choice of split.
         return [p]
     if p.is_dir():
-        files = sorted(p.rglob("*.parquet"))
+        files = sorted(p.rglob(f"*{suffix}"))
         # Only folders below the given one may name the split, not its ancestors.
         folders = {f: f.relative_to(p).parts[:-1] for f in files}
         where = f"folder {p}"
     else:
         files = sorted(Path(f) for f in glob.glob(path, recursive=True))
-        files = [f for f in files if f.is_file() and f.suffix == ".parquet"]
+        files = [f for f in files if f.is_file() and f.suffix == suffix]
         folders = {f: () for f in files}
         where = f"glob {path!r}"
     if split:
         files = [f for f in files if _matches_split(f, split, folders[f])]
     if not files:
-        pattern = f"{split}-*.parquet" if split else "*.parquet"
-        raise FileNotFoundError(f"no parquet file matching {pattern!r} in {where}")
+        pattern = f"{split}-*{suffix}" if split else f"*{suffix}"
+        raise FileNotFoundError(f"no {suffix} file matching {pattern!r} in {where}")
     return files
 
 
 def _load_parquet(path: str, split: str | None) -> pd.DataFrame:
     frames = []
-    for file in _parquet_files(path, split):
+    for file in _source_files(path, split, ".parquet"):
         names = pq.read_schema(file).names
         for col in REQUIRED_COLUMNS:
             if col not in names:
@@ -103,6 +116,67 @@ def _load_parquet(path: str, split: str | None) -> pd.DataFrame:
         wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
         frames.append(pq.read_table(file, columns=wanted).to_pandas())
     return pd.concat(frames, ignore_index=True)
+
+
+def _load_webdataset(path: str, split: str | None) -> pd.DataFrame:
+    """Read pairs from webdataset shards: tar files, selected by split as parquet files are.
+
+    The layout (webdataset's convention: a sample is the run of consecutive members that share
+    a key, the member name up to the first dot of its file name):
+
+        KEY.jpg_0   the first image (JPEG, PNG or any format PIL reads)
+        KEY.jpg_1   the second image
+        KEY.json    {"caption": ..., "label_0": ..., "label_1": ...} and optionally
+                    "has_label", "are_different", "ranking_id" (Pick-a-Pic's columns)
+
+    Other members of a sample (e.g. ``KEY.txt``) are skipped.
+    """
+    rows = []
+    for file in _source_files(path, split, ".tar"):
+        rows.extend(_tar_rows(file))
+    if not rows:
+        raise ValueError(f"no webdataset sample in {path!r}")
+    return pd.DataFrame.from_records(rows)
+
+
+def _tar_rows(file: Path) -> Iterator[dict[str, Any]]:
+    """The pair rows of one tar file, read in one sequential pass (stream mode, no index)."""
+    key, members = None, {}
+    with tarfile.open(file, "r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, _, name = member.name.rpartition("/")
+            stem, _, extension = name.partition(".")
+            sample = f"{folder}/{stem}" if folder else stem
+            if sample != key:
+                if key is not None:
+                    yield _wds_row(file, key, members)
+                key, members = sample, {}
+            if extension in _WDS_MEMBERS:
+                members[extension] = tar.extractfile(member).read()
+    if key is not None:
+        yield _wds_row(file, key, members)
+
+
+def _wds_row(file: Path, key: str, members: dict[str, bytes]) -> dict[str, Any]:
+    missing = [m for m in _WDS_MEMBERS if m not in members]
+    if missing:
+        raise ValueError(f"{file}: sample {key!r} has no {', '.join(missing)} member")
+    try:
+        meta = json.loads(members["json"])
+    except ValueError as exc:
+        raise ValueError(f"{file}: {key}.json is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{file}: {key}.json must hold an object")
+    for field in ("caption", "label_0", "label_1"):
+        if field not in meta:
+            raise ValueError(f"{file}: {key}.json lacks the key {field!r}")
+    row = {"jpg_0": members["jpg_0"], "jpg_1": members["jpg_1"]}
+    for col in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
+        if col in meta:
+            row[col] = meta[col]
+    return row
 
 
 def _load_hub(
@@ -329,13 +403,18 @@ def write_pairs(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     if REJECTED_CAPTION in df.columns:
         columns.append(REJECTED_CAPTION)
         schema = schema.append(pa.field(REJECTED_CAPTION, pa.string()))
-    table = pa.Table.from_pandas(df[columns], schema=schema, preserve_index=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same folder as the target so os.replace is a rename on one filesystem, never a copy.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh)
+            with pq.ParquetWriter(fh, schema) as writer:
+                # One row group at a time: the images are never all held twice (pandas, arrow).
+                for start in range(0, len(df), ROW_GROUP_PAIRS):
+                    batch = df.iloc[start : start + ROW_GROUP_PAIRS][columns]
+                    writer.write_table(
+                        pa.Table.from_pandas(batch, schema=schema, preserve_index=False)
+                    )
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -351,3 +430,29 @@ def read_pairs(path: str | os.PathLike[str]) -> pd.DataFrame:
     _check_canonical(names, str(path))
     columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
     return _canonical_dtypes(pq.read_table(path, columns=columns).to_pandas())
+
+
+def read_pair_texts(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The caption columns of a canonical pair table (no images), in pair order."""
+    names = pq.read_schema(path).names
+    _check_canonical(names, str(path))
+    columns = ["caption", *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def read_pair_rows(path: str | os.PathLike[str], start: int, stop: int) -> pd.DataFrame:
+    """Rows ``start:stop`` of a canonical pair table, reading only the row groups that hold them."""
+    file = pq.ParquetFile(path)
+    _check_canonical(file.schema_arrow.names, str(path))
+    groups, first, offset = [], None, 0
+    for group in range(file.num_row_groups):
+        size = file.metadata.row_group(group).num_rows
+        if offset < stop and offset + size > start:
+            groups.append(group)
+            first = offset if first is None else first
+        offset += size
+    if not groups:
+        raise ValueError(f"{path}: rows {start}:{stop} are beyond its {offset} rows")
+    columns = [c for c in file.schema_arrow.names if c in (*CANONICAL_COLUMNS, REJECTED_CAPTION)]
+    table = file.read_row_groups(groups, columns=columns).slice(start - first, stop - start)
+    return _canonical_dtypes(table.to_pandas())
