@@ -285,6 +285,7 @@ def _generator(seed: int, step: int):
 
 def _ours(spec: BenchSpec, root: Path, needs_reference: bool):
     """Policy + reference as the trainer builds them, and batches read from the cache."""
+    import torch
     from diffusers import UNet2DConditionModel
 
     from dspo.data.cache import load_cache
@@ -294,7 +295,10 @@ def _ours(spec: BenchSpec, root: Path, needs_reference: bool):
     unet = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
     if spec.lora:
         _add_lora(unet, spec.lora)
-    model = PreferenceModel(unet, needs_reference, bool(spec.lora)).to(spec.device)
+    # As the trainer does under mixed precision: the frozen reference in the half dtype.
+    reference_dtype = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
+    model = PreferenceModel(unet, needs_reference, bool(spec.lora), reference_dtype)
+    model = model.to(spec.device)
     cfg = {"prompt_dropout": 0.0}
 
     def next_batch(step: int, scheduler) -> dict:

@@ -117,16 +117,25 @@ class PreferenceModel(torch.nn.Module):
     """The policy UNet and, when the objective needs it, its frozen reference.
 
     With LoRA the reference is the same UNet with its adapters disabled, so no second copy of
-    the weights is held; otherwise it is a frozen copy of the starting weights.
+    the weights is held; otherwise it is a frozen copy of the starting weights, stored in
+    ``reference_dtype`` (the mixed-precision dtype on a GPU: it only runs forward passes, as
+    the public scripts keep it, so it need not cost fp32 memory).
     """
 
-    def __init__(self, unet: UNet2DConditionModel, needs_reference: bool, lora: bool) -> None:
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        needs_reference: bool,
+        lora: bool,
+        reference_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.unet = unet
         self.lora = lora
         self.reference = None
         if needs_reference and not lora:
-            self.reference = copy.deepcopy(unet).requires_grad_(False).eval()
+            reference = copy.deepcopy(unet).requires_grad_(False).eval()
+            self.reference = reference.to(reference_dtype)
 
     def policy(
         self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: Added = None
@@ -304,7 +313,9 @@ def _restart_metrics(run_dir: Path, start_step: int) -> None:
         _append_metrics(run_dir, record)
 
 
-def _build_model(cfg: Mapping[str, Any], objective: Objective, base_model: str, cache: PairCache):
+def _build_model(
+    cfg: Mapping[str, Any], objective: Objective, base_model: str, cache: PairCache, precision: str
+) -> PreferenceModel:
     """The policy UNet (with LoRA when configured) and its reference, checked against the cache."""
     unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet")
     if cache.manifest["latent_shape"][0] != unet.config.in_channels:
@@ -332,7 +343,8 @@ def _build_model(cfg: Mapping[str, Any], objective: Objective, base_model: str, 
         )
     if cfg["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
-    return PreferenceModel(unet, objective.needs_reference, bool(lora))
+    reference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    return PreferenceModel(unet, objective.needs_reference, bool(lora), reference_dtype)
 
 
 def train(
@@ -357,7 +369,7 @@ def train(
     torch.manual_seed(cfg["seed"])
     cache = load_cache(cache_dir)
     scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
-    model = _build_model(cfg, objective, base_model, cache)
+    model = _build_model(cfg, objective, base_model, cache, precision)
     unet = model.unet
     trainable = [p for p in unet.parameters() if p.requires_grad]
     optimizer = _optimizer(trainable, cfg)

@@ -230,6 +230,14 @@ def test_lora_output_loads_and_reference_is_the_base(
     assert not torch.allclose(model.policy(x, t, text), base_out)
 
 
+def test_frozen_reference_can_be_held_in_half_precision(tiny_model: Path) -> None:
+    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
+    model = train_module.PreferenceModel(unet, True, False, reference_dtype=torch.bfloat16)
+    assert {p.dtype for p in model.reference.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.unet.parameters()} == {torch.float32}
+    assert not any(p.requires_grad for p in model.reference.parameters())
+
+
 def test_two_processes_train_like_one(
     dspo_run: Path, cache_dir: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
