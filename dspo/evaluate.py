@@ -260,7 +260,9 @@ def write_tables(
         "head_to_head": (matrix, _matrix_markdown(matrix, models, name, ci_text)),
     }
     for table, spec in (paper_tables or {}).items():
-        tables[table] = _paper_table(wins, spec, rewards, prompt_sets, name, sizes, ci_text)
+        sets = [p for p in spec.get("prompt_sets", prompt_sets) if p in prompt_sets]
+        table_sizes = _sample_sizes(scores[scores["model"] == baseline], sets, name)
+        tables[table] = _paper_table(wins, spec, rewards, sets, name, table_sizes, ci_text)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -298,9 +300,8 @@ def _paper_table(
 ) -> tuple[pd.DataFrame, str]:
     """One paper-layout table of win rates, with the published figure beside each cell."""
     methods = list(spec["methods"])
-    sets = [p for p in spec.get("prompt_sets", prompt_sets) if p in prompt_sets]
-    frame = wins[wins["method"].isin(methods) & wins["prompt_set"].isin(sets)]
-    frame = _order(frame, {"prompt_set": sets, "reward": list(rewards), "method": methods})
+    frame = wins[wins["method"].isin(methods) & wins["prompt_set"].isin(prompt_sets)]
+    frame = _order(frame, {"prompt_set": prompt_sets, "reward": list(rewards), "method": methods})
     intro = (
         f"Win rate (%) against the base model, with the {ci_text} in brackets; "
         f"{_SIGNIFICANT} marks a sign test over prompts with p < 0.05."
@@ -326,7 +327,7 @@ def _paper_table(
         "method",
         methods,
         rewards,
-        sets,
+        prompt_sets,
         name,
         sizes,
         title=f"# {spec['title']}",
