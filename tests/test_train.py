@@ -341,7 +341,7 @@ def test_unet_attention_is_pytorch_sdpa(cache_dir: Path, tiny_model: Path) -> No
     """diffusers' default processor is AttnProcessor2_0 (F.scaled_dot_product_attention)."""
     cfg = {**BASE_CONFIG, **DSPO}
     model = train_module._build_model(
-        cfg, get_objective("dspo"), str(tiny_model), load_cache(cache_dir)
+        cfg, get_objective("dspo"), str(tiny_model), load_cache(cache_dir), "no"
     )
     processors = model.unet.attn_processors
     assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())

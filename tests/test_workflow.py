@@ -90,7 +90,8 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
         assert f"| {label} |" in markdown
     assert table["win_rate"].between(0, 1).all() and (table["ci_low"] <= table["win_rate"]).all()
     assert "| DSPO-E |" in (smoke_run / "results/tables/table5.md").read_text()
-    assert len(pd.read_csv(smoke_run / "results/tables/head_to_head.csv")) == 11 * 10 * 3
+    # 11 models x 10 opponents x 3 rewards x 2 image sets (pickv2 and the edits).
+    assert len(pd.read_csv(smoke_run / "results/tables/head_to_head.csv")) == 11 * 10 * 3 * 2
     for produced in (
         "results/plots/win_rates.png",
         "results/plots/grid_pickv2.png",
@@ -113,7 +114,7 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
     edit.write_text(yaml.safe_dump({"methods": {"dspo": {"params": {"lam": 0.5, "kappa": 0.5}}}}))
     result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
     assert planned_jobs(result.stdout) == Counter(
-        {"train": 1, "generate": 1, "score": 1, "tables": 1, "grid": 1, "all": 1}
+        {"train": 1, "generate": 1, "edit": 1, "score": 2, "tables": 1, "grid": 2, "all": 1}
     )
     assert "method=dspo\n" in result.stdout + "\n"
     assert re.search(r"wildcards: model=dspo, prompt_set=pickv2", result.stdout)
