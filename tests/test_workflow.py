@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -139,3 +140,21 @@ def test_a_method_override_shields_it_from_the_shared_default(
     result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
     assert planned_jobs(result.stdout)["train"] == 9
     assert "method=dspo_lora\n" not in result.stdout + "\n"
+
+
+def test_rerunning_a_method_reproduces_the_tables(smoke_run: Path) -> None:
+    tables = smoke_run / "results" / "tables"
+    before = {f.name: f.read_bytes() for f in sorted(tables.iterdir())}
+    # Retrain DSPO from scratch (its checkpoints too) and redo everything downstream of it.
+    shutil.rmtree(smoke_run / "results" / "train" / "dspo")
+    snakemake(
+        "--cores",
+        "2",
+        "all",
+        "--forcerun",
+        "results/models/dspo",
+        "--configfile",
+        str(SMOKE),
+        cwd=smoke_run,
+    )
+    assert {f.name: f.read_bytes() for f in sorted(tables.iterdir())} == before
