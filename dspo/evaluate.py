@@ -410,7 +410,7 @@ def plot_win_rates(
             ax.axhline(50, color="0.3", linestyle="--", linewidth=1, zorder=0)
             ax.set_ylim(0, 100)
             ax.set_xticks(x, [name(r) for r in rewards], rotation=25, ha="right")
-            ax.set_title(f"{name(prompt_set)}, guidance {float(guidance)}")
+            ax.set_title(f"{name(prompt_set)}\nguidance {float(guidance)}", fontsize=10)
             if col == 0:
                 ax.set_ylabel(f"win rate vs {name(baseline)} (%)")
     return _save(fig, axes, out_png, len(methods))
@@ -462,7 +462,7 @@ def plot_mean_scores(
                 ax.axvline(boundary, color="0.85", linewidth=0.8, zorder=0)
             ax.set_xlim(-0.5, len(prompt_sets) - 0.5)
             ax.set_xticks(x, [name(p) for p in prompt_sets], rotation=25, ha="right")
-            ax.set_title(f"{name(reward)}, guidance {float(guidance)}")
+            ax.set_title(f"{name(reward)}\nguidance {float(guidance)}", fontsize=10)
             if col == 0:
                 ax.set_ylabel("mean score")
     return _save(fig, axes, out_png, len(models))
