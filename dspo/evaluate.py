@@ -60,6 +60,17 @@ def win_rates(
     resamples the group's prompts (sorted by id) with
     `np.random.default_rng(seed).integers(0, n_prompts, (n_boot, n_prompts))`.
     """
+    paired = _paired_with_baseline(scores, baseline)
+    # sign() maps better/tie/worse to 1/0/-1, hence wins 1/0.5/0.
+    paired["win"] = 0.5 + 0.5 * np.sign(paired["score"] - paired["base"])
+    out = _bootstrap_groups(
+        paired.rename(columns={"model": "method"}), "method", "win", n_boot, seed, ci
+    )
+    return out.rename(columns={"estimate": "win_rate"})
+
+
+def _paired_with_baseline(scores: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Every other model's rows with the baseline's score of the same sample as `base`."""
     _check_scores(scores)
     is_base = scores["model"] == baseline
     if not is_base.any():
@@ -77,12 +88,7 @@ def win_rates(
             f"{first['guidance']}, reward {first['reward']!r}, prompt_id "
             f"{first['prompt_id']}, seed {first['seed']}"
         )
-    # sign() maps better/tie/worse to 1/0/-1, hence wins 1/0.5/0.
-    paired["win"] = 0.5 + 0.5 * np.sign(paired["score"] - paired["base"])
-    out = _bootstrap_groups(
-        paired.rename(columns={"model": "method"}), "method", "win", n_boot, seed, ci
-    )
-    return out.rename(columns={"estimate": "win_rate"})
+    return paired
 
 
 def mean_scores(
@@ -105,12 +111,7 @@ def sign_test(scores: pd.DataFrame, baseline: str = "base") -> pd.DataFrame:
     its mean score difference over seeds. Prompts with no difference are left out, as the
     sign test does. Columns: prompt_set, guidance, reward, method, n_better, n_worse, p_value.
     """
-    _check_scores(scores)
-    is_base = scores["model"] == baseline
-    base = scores.loc[is_base, [*_BLOCK, *_PAIR, "score"]].rename(columns={"score": "base"})
-    paired = scores.loc[~is_base, ["model", *_BLOCK, *_PAIR, "score"]].merge(
-        base, on=[*_BLOCK, *_PAIR], how="inner"
-    )
+    paired = _paired_with_baseline(scores, baseline)
     paired["diff"] = paired["score"] - paired["base"]
     per_prompt = paired.groupby(["model", *_BLOCK, "prompt_id"], sort=True)["diff"].mean()
     levels = ["model", *_BLOCK]
@@ -213,25 +214,16 @@ def write_tables(
     sizes = _sample_sizes(scores[scores["model"] == baseline], prompt_sets, name)
     ci_text = f"{ci * 100:g} % percentile bootstrap CI over prompts ({n_boot} resamples)"
 
-    win_md = _markdown(
+    win_md = _win_table(
         wins,
-        "method",
-        methods,
+        {"title": f"Win rate against {name(baseline)}", "methods": methods},
         rewards,
         prompt_sets,
         name,
         sizes,
-        title=f"# Win rate against {name(baseline)}",
-        intro=(
-            f"Win rate (%) of each method against {name(baseline)} on the same prompt, seed "
-            f"and initial noise (ties count half), with the {ci_text} in brackets. "
-            f"Best per prompt set and reward in **bold**. {_SIGNIFICANT} marks a sign test "
-            "over prompts with p < 0.05."
-        ),
-        value="win_rate",
-        cell={r: _percent_cell for r in rewards},
-        note=_significance,
-    )
+        ci_text,
+        name(baseline),
+    )[1]
     mean_md = _markdown(
         means,
         "model",
@@ -262,7 +254,9 @@ def write_tables(
     for table, spec in (paper_tables or {}).items():
         sets = [p for p in spec.get("prompt_sets", prompt_sets) if p in prompt_sets]
         table_sizes = _sample_sizes(scores[scores["model"] == baseline], sets, name)
-        tables[table] = _paper_table(wins, spec, rewards, sets, name, table_sizes, ci_text)
+        tables[table] = _win_table(
+            wins, spec, rewards, sets, name, table_sizes, ci_text, name(baseline)
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -289,7 +283,7 @@ def published_results() -> pd.DataFrame:
     return pd.read_csv(Path(__file__).parent / "resources" / "paper_results.csv")
 
 
-def _paper_table(
+def _win_table(
     wins: pd.DataFrame,
     spec: Mapping[str, Any],
     rewards: Sequence[str],
@@ -297,14 +291,17 @@ def _paper_table(
     name: Callable[[str], str],
     sizes: Mapping[float, str],
     ci_text: str,
+    baseline: str,
 ) -> tuple[pd.DataFrame, str]:
-    """One paper-layout table of win rates, with the published figure beside each cell."""
+    """A paper-layout table of win rates for `spec` (title, methods, optional paper), with
+    the published figure beside each cell when `spec` names a paper table."""
     methods = list(spec["methods"])
     frame = wins[wins["method"].isin(methods) & wins["prompt_set"].isin(prompt_sets)]
     frame = _order(frame, {"prompt_set": prompt_sets, "reward": list(rewards), "method": methods})
     intro = (
-        f"Win rate (%) against the base model, with the {ci_text} in brackets; "
-        f"{_SIGNIFICANT} marks a sign test over prompts with p < 0.05."
+        f"Win rate (%) of each method against {baseline} on the same prompt, seed and initial "
+        f"noise (ties count half), with the {ci_text} in brackets. Best per prompt set and "
+        f"reward in **bold**. {_SIGNIFICANT} marks a sign test over prompts with p < 0.05."
     )
     note = _significance
     if spec.get("paper"):

@@ -19,16 +19,21 @@ PROMPT_SETS = list(PROMPT_SET_ENTRIES)
 EDITING = EVALUATION.get("editing")
 # Sets of generated images: the prompt sets, and the edits of the editing set when enabled.
 EVAL_SETS = [*PROMPT_SETS, "editing"] if EDITING else PROMPT_SETS
-# Paper-layout tables, keeping only the methods and prompt sets this preset runs.
-PAPER_TABLES = {
-    name: {
-        **spec,
-        "methods": [m for m in spec["methods"] if m in METHOD_ENTRIES],
-        "prompt_sets": [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in EVAL_SETS],
-    }
-    for name, spec in entries(EVALUATION.get("tables", {})).items()
-}
-PAPER_TABLES = {n: t for n, t in PAPER_TABLES.items() if t["methods"] and t["prompt_sets"]}
+
+
+def kept_tables(tables):
+    """The paper-layout tables with only the methods and prompt sets this preset runs; a
+    table left with none of either is dropped (its output file is not declared)."""
+    kept = {}
+    for name, spec in entries(tables).items():
+        methods = [m for m in spec["methods"] if m in METHOD_ENTRIES]
+        sets = [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in EVAL_SETS]
+        if methods and sets:
+            kept[name] = {**spec, "methods": methods, "prompt_sets": sets}
+    return kept
+
+
+PAPER_TABLES = kept_tables(EVALUATION.get("tables", {}))
 BASE = config["base_model"]
 BUILD_TOY_BASE = BASE.get("build") == "toy"
 DEVICE = config["resources"]["device"]

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dspo.data.cache import (
+    SHARD_KEYS,
     TEXT_BATCH,
     CacheSettings,
     PairCache,
@@ -37,18 +38,8 @@ SETTINGS = CacheSettings(
     crop="random",
     flip=True,
 )
-TENSORS = (
-    "latents_w",
-    "latents_l",
-    "text_w",
-    "text_l",
-    "original_size_w",
-    "original_size_l",
-    "crop_w",
-    "crop_l",
-    "embeddings",
-    "empty",
-)
+# Every per-pair tensor of a shard, and the text-embedding tables.
+TENSORS = (*SHARD_KEYS, "embeddings", "empty")
 
 
 def _jpegs(rng: np.random.Generator, n: int) -> list[bytes]:
