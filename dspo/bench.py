@@ -11,8 +11,9 @@ pairs, with one noise tensor and one timestep per pair, through `dspo.train.pref
   is a second full UNet loaded from the checkpoint; the VAE and text encoder stay in memory.
 
 Each mode runs in a fresh worker process (``python -m dspo.bench``), so that its peak memory
-is its own: on CPU the kernel's high-water mark of the process's resident memory
-(``ru_maxrss``) minus that mark after the imports; on CUDA ``torch.cuda.max_memory_allocated``.
+is its own: on CPU the growth of the process's resident memory over the measurement (the
+kernel's high-water mark, reset after the imports, minus the resident size then); on CUDA
+``torch.cuda.max_memory_allocated``.
 Both therefore count weights, optimiser state, activations and data. Warm-up steps are not
 timed.
 """
@@ -22,8 +23,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -238,7 +239,9 @@ def run_benchmark(spec: BenchSpec, workdir: Path | None = None) -> dict[str, Any
         "modes": modes,
         "ratio": {
             "pairs_per_s": ours["pairs_per_s"] / upstream["pairs_per_s"],
-            "peak_mib": ours["peak_mib"] / upstream["peak_mib"],
+            "peak_mib": (
+                ours["peak_mib"] / upstream["peak_mib"] if upstream["peak_mib"] else math.nan
+            ),
         },
     }
 
@@ -246,7 +249,7 @@ def run_benchmark(spec: BenchSpec, workdir: Path | None = None) -> dict[str, Any
 def _memory_measure(device: str) -> str:
     if device == "cuda":
         return "torch.cuda.max_memory_allocated of a fresh worker process"
-    return "peak RSS (ru_maxrss) of a fresh worker process minus its peak after the imports"
+    return "growth of a fresh worker process's resident memory after its imports, at its peak"
 
 
 def _run_worker(root: Path, mode: str) -> dict[str, Any]:
@@ -259,10 +262,28 @@ def _run_worker(root: Path, mode: str) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def _max_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports kibibytes, macOS bytes.
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+class ResidentPeak:
+    """Growth of this process's resident memory since `start`, at its peak, in MiB (Linux).
+
+    Writing 5 to /proc/self/clear_refs resets the kernel's high-water mark (VmHWM) to the
+    current resident size, so memory touched and released by the imports is not counted
+    against the measurement (``ru_maxrss`` cannot be reset and would hide it).
+    """
+
+    def start(self) -> None:
+        if not Path("/proc/self/clear_refs").exists():
+            raise RuntimeError("peak memory on CPU is read from /proc, which only Linux has")
+        Path("/proc/self/clear_refs").write_text("5")
+        self.resident_at_start = _proc_status_mib("VmRSS")
+
+    def peak_mib(self) -> float:
+        return _proc_status_mib("VmHWM") - self.resident_at_start
+
+
+def _proc_status_mib(field: str) -> float:
+    status = Path("/proc/self/status").read_text()
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:"))
+    return int(kib) / 2**10
 
 
 def _add_lora(unet, rank: int) -> None:
@@ -380,10 +401,12 @@ def measure(spec: BenchSpec, root: Path, mode: str) -> dict[str, Any]:
     from dspo.objectives import get_objective, objective_kwargs
     from dspo.train import preference_loss
 
-    baseline = _max_rss_mib()
     cuda = spec.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        resident = ResidentPeak()
+        resident.start()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
@@ -415,7 +438,7 @@ def measure(spec: BenchSpec, root: Path, mode: str) -> dict[str, Any]:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _max_rss_mib() - baseline
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resident.peak_mib()
     return {
         "seconds": seconds,
         "s_per_step": seconds / spec.steps,

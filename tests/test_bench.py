@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dspo.bench import SD15_ARCHITECTURE, BenchSpec, load_architecture
+from dspo.bench import SD15_ARCHITECTURE, BenchSpec, ResidentPeak, load_architecture
 from dspo.cli import main
 from tests.conftest import TINY_ARCHITECTURE
 
@@ -28,17 +28,34 @@ def test_both_modes_report_positive_finite_figures(tmp_path: Path, capsys) -> No
         assert mode in printed
         for key in ("seconds", "s_per_step", "pairs_per_s", "peak_mib", "last_loss"):
             assert math.isfinite(figures[key]), (mode, key)
-        for key in ("seconds", "pairs_per_s", "peak_mib", "trainable_params_m"):
+        for key in ("seconds", "pairs_per_s", "trainable_params_m"):
             assert figures[key] > 0, (mode, key)
+        # At this size the steps may fit in pages the imports already made resident.
+        assert figures["peak_mib"] >= 0, mode
         assert figures["pairs_per_s"] == pytest.approx(2 * 2 / figures["seconds"])
     ours, upstream = result["modes"]["ours"], result["modes"]["upstream"]
     ratio = result["ratio"]
     assert ratio["pairs_per_s"] == pytest.approx(ours["pairs_per_s"] / upstream["pairs_per_s"])
+    # Upstream holds a second UNet and the VAE, which ours does not.
+    assert upstream["peak_mib"] > 0
     assert ratio["peak_mib"] == pytest.approx(ours["peak_mib"] / upstream["peak_mib"])
     # Both modes train the same LoRA parameters; only the data path and reference differ.
     assert ours["trainable_params_m"] == upstream["trainable_params_m"]
     assert result["resolution"] == 8  # latent 4 through a 2-block VAE
     assert f"x{ratio['pairs_per_s']:.2f}" in printed
+
+
+def test_resident_peak_counts_memory_touched_after_start_only() -> None:
+    import numpy as np
+
+    before = np.ones(64 * 2**20, dtype=np.uint8)  # resident before the start: not counted
+    del before
+    meter = ResidentPeak()
+    meter.start()
+    assert meter.peak_mib() < 16
+    during = np.ones(96 * 2**20, dtype=np.uint8)
+    del during
+    assert 90 <= meter.peak_mib() < 120
 
 
 def test_architecture_sources(tmp_path: Path) -> None:
