@@ -55,32 +55,33 @@ def pretrain_base(args: argparse.Namespace) -> None:
 
 
 @command
-def pairs(args: argparse.Namespace) -> None:
-    """Normalise a pair source into the canonical pair table (winner first, ties dropped)."""
-    from dspo.data.pairs import load_source, normalise_pairs, write_pairs
+def pairs_part(args: argparse.Namespace) -> None:
+    """Screen part --part of pairs.shards of the pair source (winner first, ties dropped)."""
+    from dspo.data.pairs import PairSettings, normalise_part
 
     source = dict(args.params["source"])
     if source["kind"] == "toy":
         source = {"kind": "parquet", "path": args.input}
-    table, stats = normalise_pairs(
-        load_source(source),
-        drop_ties=args.params.get("drop_ties", True),
-        max_pairs=args.params.get("max_pairs"),
-        seed=args.params.get("nodup_seed", 0),
-    )
-    write_pairs(table, Path(args.out))
-    _report(stats)
+    settings = PairSettings.from_params(args.params, source)
+    record = normalise_part(settings, args.part, args.params.get("shards", 1), Path(args.out))
+    unreadable = len(record["unreadable_keys"])
+    _report({"units": record["units"], **record["counts"], "unreadable_visited": unreadable})
+
+
+@command
+def pairs_gather(args: argparse.Namespace) -> None:
+    """Join the pairs parts into the canonical pair table; report what was dropped and why."""
+    from dspo.data.pairs import gather_pairs
+
+    _report(gather_pairs([Path(p) for p in args.inputs], Path(args.out)))
 
 
 @command
 def nodup(args: argparse.Namespace) -> None:
     """Keep one pair per prompt, chosen at random with a fixed seed (the nodup ablation)."""
-    from dspo.data.pairs import drop_duplicate_prompts, read_pairs, write_pairs
+    from dspo.data.pairs import write_nodup
 
-    table = read_pairs(Path(args.input))
-    kept = drop_duplicate_prompts(table, seed=args.params["seed"])
-    write_pairs(kept, Path(args.out))
-    _report({"input": len(table), "kept": len(kept), "prompts": int(kept["prompt_id"].nunique())})
+    _report(write_nodup(Path(args.input), Path(args.out), seed=args.params["seed"]))
 
 
 @command
@@ -88,10 +89,10 @@ def ddspo_pairs(args: argparse.Namespace) -> None:
     """Generate DDSPO's pairs with the reference model and degraded prompts."""
     _threads(args.threads)
     from dspo.data.ddspo import make_ddspo_pairs
-    from dspo.data.pairs import read_pairs, write_pairs
+    from dspo.data.pairs import read_pair_texts, write_pairs
 
     table, stats = make_ddspo_pairs(
-        read_pairs(Path(args.input)), args.base, args.params, device=args.device
+        read_pair_texts(Path(args.input)), args.base, args.params, device=args.device
     )
     write_pairs(table, Path(args.out))
     _report(stats)

@@ -60,6 +60,11 @@ def pairs_source_input(wildcards):
     return ["results/data/toy/pairs"] if config["pairs"]["source"]["kind"] == "toy" else []
 
 
+def pairs_parts(wildcards):
+    """The folders of the pairs.shards parts that make up the canonical pair table."""
+    return expand("results/data/pairs.parts/{part}", part=range(config["pairs"].get("shards", 1)))
+
+
 def cache_parts(wildcards):
     """The folders of the cache.shards parts that make up one dataset's cache."""
     parts = range(config["cache"].get("shards", 1))

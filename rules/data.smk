@@ -19,20 +19,39 @@ rule toy_world:
         "dspo toy-world --params {params.world:q} --out results/data/toy > {log} 2>&1"
 
 
-rule pairs:
+# Normalising is scattered over pairs.shards jobs, each screening a contiguous block of the
+# source's units into its own folder, and gathered into the canonical table.
+rule pairs_part:
     input:
         pairs_source_input,
     output:
-        "results/data/pairs.parquet",
+        temp(directory("results/data/pairs.parts/{part}")),
+    wildcard_constraints:
+        part=r"\d+",
     params:
-        device=DEVICE,
         cfg=as_json(config["pairs"]),
     conda:
         "../environment.yml"
     log:
-        "results/logs/pairs.log",
+        "results/logs/pairs/part{part}.log",
     shell:
-        "dspo pairs --params {params.cfg:q} --input {input:q} --out {output:q} > {log} 2>&1"
+        "dspo pairs-part --part {wildcards.part} --params {params.cfg:q} --input {input:q}"
+        " --out {output:q} > {log} 2>&1"
+
+
+rule pairs:
+    input:
+        pairs_parts,
+    output:
+        "results/data/pairs.parquet",
+    params:
+        cfg=as_json(config["pairs"]),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/pairs/gather.log",
+    shell:
+        "dspo pairs-gather --inputs {input:q} --out {output:q} > {log} 2>&1"
 
 
 rule pairs_nodup:

@@ -1,4 +1,4 @@
-"""Tests for dspo.data.pairs: Pick-a-Pic loading, normalisation, nodup and parquet I/O."""
+"""Pick-a-Pic sources, scattered normalisation, nodup and the canonical table's parquet I/O."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ import pytest
 from PIL import Image
 
 from dspo.data import pairs as P
+from dspo.data import sources as S
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 
@@ -72,6 +75,17 @@ def write_parquet(path, rows) -> None:
     pd.DataFrame(rows).to_parquet(path, index=False)
 
 
+def normalise(df: pd.DataFrame, **settings) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The canonical table and counts of a raw table, through one pairs part and the gather."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "train-00000-of-00001.parquet"
+        df.to_parquet(source, index=False)
+        config = P.PairSettings(source={"kind": "parquet", "path": str(source)}, **settings)
+        P.normalise_part(config, 0, 1, Path(tmp) / "part0")
+        stats = P.gather_pairs([Path(tmp) / "part0"], Path(tmp) / "pairs.parquet")
+        return P.read_pairs(Path(tmp) / "pairs.parquet"), stats
+
+
 @pytest.fixture
 def raw() -> pd.DataFrame:
     return pd.DataFrame(mixed_rows())
@@ -96,7 +110,7 @@ def test_check_ignores_global_load_truncated_images(monkeypatch):
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     cut = jpeg(GREEN, size=128)[:2000]
     df = pd.DataFrame([row("x", jpeg(RED), cut, 1.0, 0.0), row("y", jpeg(RED), jpeg(BLUE), 1, 0)])
-    _, stats = P.normalise_pairs(df)
+    _, stats = normalise(df)
     assert stats["unreadable"] == 1
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored afterwards
 
@@ -106,9 +120,9 @@ def test_check_ignores_global_load_truncated_images(monkeypatch):
 
 def test_parquet_source_reads_only_needed_columns(tmp_path):
     write_parquet(tmp_path / "data" / "train-00000-of-00001.parquet", mixed_rows())
-    df = P.load_source({"kind": "parquet", "path": str(tmp_path), "split": "train"})
+    df = S.load_source({"kind": "parquet", "path": str(tmp_path), "split": "train"})
     assert len(df) == 10
-    assert set(df.columns) == {*P.REQUIRED_COLUMNS, *P.OPTIONAL_COLUMNS}
+    assert set(df.columns) == {*S.REQUIRED_COLUMNS, *S.OPTIONAL_COLUMNS}
     assert isinstance(df["jpg_0"].iloc[0], bytes)
 
 
@@ -130,22 +144,22 @@ def test_split_selection_in_folder(tmp_path):
         src = {"kind": "parquet", "path": str(tmp_path)}
         if split is not None:
             src["split"] = split
-        return sorted(P.load_source(src)["caption"])
+        return sorted(S.load_source(src)["caption"])
 
     assert captions("train") == [f"train {i}" for i in (0, 0, 1, 1, 2)]
     assert captions("validation") == [f"validation {i}" for i in range(4)]
     assert captions("validation_unique") == ["validation_unique 0"]
     assert len(captions(None)) == 10
     glob_src = {"kind": "parquet", "path": str(tmp_path / "data" / "*.parquet"), "split": "train"}
-    assert len(P.load_source(glob_src)) == 5
+    assert len(S.load_source(glob_src)) == 5
     one_file = {
         "kind": "parquet",
         "path": str(tmp_path / "data" / "validation-00000-of-00001.parquet"),
     }
-    assert len(P.load_source(one_file)) == 4
+    assert len(S.load_source(one_file)) == 4
 
     with pytest.raises(FileNotFoundError) as err:
-        P.load_source({"kind": "parquet", "path": str(tmp_path), "split": "test"})
+        S.load_source({"kind": "parquet", "path": str(tmp_path), "split": "test"})
     assert str(tmp_path) in str(err.value) and "test-*.parquet" in str(err.value)
 
 
@@ -153,7 +167,7 @@ def test_split_subfolder_layout(tmp_path):
     red, blue = jpeg(RED), jpeg(BLUE)
     write_parquet(tmp_path / "train" / "0000.parquet", [row("t", red, blue, 1, 0)])
     write_parquet(tmp_path / "test" / "0000.parquet", [row("s", red, blue, 1, 0)] * 2)
-    df = P.load_source({"kind": "parquet", "path": str(tmp_path), "split": "test"})
+    df = S.load_source({"kind": "parquet", "path": str(tmp_path), "split": "test"})
     assert list(df["caption"]) == ["s", "s"]
 
 
@@ -161,7 +175,7 @@ def test_missing_required_column_names_file_and_column(tmp_path):
     bad = tmp_path / "train-00000-of-00001.parquet"
     write_parquet(bad, [{k: v for k, v in r.items() if k != "label_1"} for r in mixed_rows()])
     with pytest.raises(ValueError) as err:
-        P.load_source({"kind": "parquet", "path": str(tmp_path), "split": "train"})
+        S.load_source({"kind": "parquet", "path": str(tmp_path), "split": "train"})
     assert str(bad) in str(err.value) and "'label_1'" in str(err.value)
 
 
@@ -178,13 +192,13 @@ def test_missing_required_column_names_file_and_column(tmp_path):
 )
 def test_bad_source_keys(source, key):
     with pytest.raises(ValueError, match=key):
-        P.load_source(source)
+        S.load_source(source)
 
 
 def test_hub_without_datasets_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(ImportError, match=r"pip install dspo\[hub\]"):
-        P.load_source({"kind": "hub", "id": "owner/pickapic_copy"})
+        S.load_source({"kind": "hub", "id": "owner/pickapic_copy"})
 
 
 def write_tar(path, rows, prefix="") -> None:
@@ -205,16 +219,16 @@ def test_webdataset_source_reads_like_parquet(tmp_path):
     write_tar(tmp_path / "wds" / "train-000000.tar", rows[:5], prefix="a/")
     write_tar(tmp_path / "wds" / "train-000001.tar", rows[5:])
     write_tar(tmp_path / "wds" / "validation-000000.tar", rows[:2])
-    df = P.load_source({"kind": "webdataset", "path": str(tmp_path / "wds"), "split": "train"})
-    assert set(df.columns) == {*P.REQUIRED_COLUMNS, *P.OPTIONAL_COLUMNS}
+    df = S.load_source({"kind": "webdataset", "path": str(tmp_path / "wds"), "split": "train"})
+    assert set(df.columns) == {*S.REQUIRED_COLUMNS, *S.OPTIONAL_COLUMNS}
     expected = pd.DataFrame(rows)[list(df.columns)]
     pd.testing.assert_frame_equal(df, expected, check_dtype=False)
-    pairs, stats = P.normalise_pairs(df)
+    pairs, stats = normalise(df)
     assert stats["kept"] == 3 and stats["unreadable"] == 2
     glob_src = {"kind": "webdataset", "path": str(tmp_path / "wds" / "valid*.tar")}
-    assert len(P.load_source(glob_src)) == 2
+    assert len(S.load_source(glob_src)) == 2
     with pytest.raises(FileNotFoundError, match=r"'test-\*\.tar'"):
-        P.load_source({"kind": "webdataset", "path": str(tmp_path / "wds"), "split": "test"})
+        S.load_source({"kind": "webdataset", "path": str(tmp_path / "wds"), "split": "test"})
 
 
 def test_webdataset_errors_name_file_and_sample(tmp_path):
@@ -222,7 +236,7 @@ def test_webdataset_errors_name_file_and_sample(tmp_path):
     bad = tmp_path / "train-000000.tar"
     write_tar(bad, [{k: v for k, v in row("x", red, blue, 1, 0).items() if k != "label_1"}])
     with pytest.raises(ValueError) as err:
-        P.load_source({"kind": "webdataset", "path": str(bad)})
+        S.load_source({"kind": "webdataset", "path": str(bad)})
     assert str(bad) in str(err.value) and "000000.json" in str(err.value)
     assert "'label_1'" in str(err.value)
     with tarfile.open(bad, "w") as tar:
@@ -230,7 +244,7 @@ def test_webdataset_errors_name_file_and_sample(tmp_path):
         info.size = len(red)
         tar.addfile(info, io.BytesIO(red))
     with pytest.raises(ValueError, match="sample '000007' has no jpg_1, json member"):
-        P.load_source({"kind": "webdataset", "path": str(bad)})
+        S.load_source({"kind": "webdataset", "path": str(bad)})
 
 
 class _FakeImage:
@@ -257,6 +271,20 @@ class _FakeDataset:
     def to_pandas(self):
         return pd.DataFrame(self.rows)
 
+    def __len__(self):
+        return len(self.rows)
+
+    def select(self, indices):
+        return _FakeDataset([self.rows[i] for i in indices], self.features)
+
+    # Streaming: two shard files, as a hub copy split into files has.
+    num_shards = 2
+
+    def shard(self, num_shards, index):
+        assert num_shards == self.num_shards
+        half = len(self.rows) // 2
+        return _FakeDataset(self.rows[:half] if index == 0 else self.rows[half:], self.features)
+
     def __iter__(self):
         if isinstance(self.features.get("jpg_0"), _FakeImage) and self.features["jpg_0"].decode:
             raise AssertionError("images must not be decoded while streaming")
@@ -265,6 +293,8 @@ class _FakeDataset:
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_hub_source_with_fake_datasets(monkeypatch, streaming):
+    # Units: the two shard files when streaming, else blocks of HUB_BLOCK_ROWS rows.
+    monkeypatch.setattr(S, "HUB_BLOCK_ROWS", 4)
     calls = []
     rows = [dict(r, jpg_0={"bytes": r["jpg_0"], "path": None}) for r in mixed_rows()]
 
@@ -275,20 +305,22 @@ def test_hub_source_with_fake_datasets(monkeypatch, streaming):
     fake = types.SimpleNamespace(load_dataset=load_dataset, Image=_FakeImage)
     monkeypatch.setitem(sys.modules, "datasets", fake)
     src = {"kind": "hub", "id": "me/pickapic", "split": "validation", "streaming": streaming}
-    df = P.load_source(src)
+    assert len(S.source_units(src)) == (2 if streaming else 3)
+    calls.clear()
+    df = S.load_source(src)
     assert calls == [
         ("me/pickapic", {"split": "validation", "revision": None, "streaming": streaming})
     ]
     assert "user_id" not in df.columns and len(df) == 10
-    pairs, stats = P.normalise_pairs(df)  # {"bytes": ...} image cells are accepted
+    pairs, stats = normalise(df)  # {"bytes": ...} image cells are accepted
     assert stats["kept"] == 3 and all(colour_of(b) == RED for b in pairs["jpg_w"])
 
 
-# --- normalise_pairs -----------------------------------------------------------------------
+# --- normalising: what is kept and why ---------------------------------------------------
 
 
 def test_normalise_puts_winner_first_and_counts_every_drop(raw):
-    pairs, stats = P.normalise_pairs(raw)
+    pairs, stats = normalise(raw)
     assert stats == {
         "input": 10,
         "kept": 3,
@@ -311,7 +343,7 @@ def test_normalise_puts_winner_first_and_counts_every_drop(raw):
 
 
 def test_keep_ties_keeps_order_and_half_label(raw):
-    pairs, stats = P.normalise_pairs(raw, drop_ties=False)
+    pairs, stats = normalise(raw, drop_ties=False)
     assert stats["ties_dropped"] == 0 and stats["kept"] == 4
     tie = pairs[pairs["caption"] == "a tie"].iloc[0]
     assert tie["label_w"] == 0.5 and tie["source_row"] == 2
@@ -323,13 +355,13 @@ def test_identical_bytes_count_as_identical_without_flag(raw):
     red = jpeg(RED)
     df = pd.DataFrame([row("x", red, red, 1.0, 0.0)]).drop(columns=["are_different"])
     with pytest.raises(ValueError, match="identical=1"):
-        P.normalise_pairs(df)
+        normalise(df)
 
 
 def test_nothing_left_reports_why(raw):
     dropped = raw.drop(index=[0, 1, 9])
     with pytest.raises(ValueError) as err:
-        P.normalise_pairs(dropped)
+        normalise(dropped)
     msg = str(err.value)
     for part in ("7 rows", "unlabelled=1", "invalid_label=1", "identical=1", "ties_dropped=1"):
         assert part in msg
@@ -339,22 +371,22 @@ def test_nothing_left_reports_why(raw):
 def test_max_pairs_is_seeded_subset():
     red, blue = jpeg(RED), jpeg(BLUE)
     df = pd.DataFrame([row(f"p{i}", red, blue, 1.0, 0.0) for i in range(20)])
-    a, stats = P.normalise_pairs(df, max_pairs=5, seed=3)
-    b, _ = P.normalise_pairs(df, max_pairs=5, seed=3)
-    c, _ = P.normalise_pairs(df, max_pairs=5, seed=4)
+    a, stats = normalise(df, max_pairs=5, seed=3)
+    b, _ = normalise(df, max_pairs=5, seed=3)
+    c, _ = normalise(df, max_pairs=5, seed=4)
     assert len(a) == 5 and list(a["pair_id"]) == list(range(5))
     assert stats["kept"] == 5 and stats["not_sampled"] == 15
     assert a.equals(b)
     assert list(a["source_row"]) != list(c["source_row"])
     assert list(a["source_row"]) == sorted(a["source_row"])
-    everything, _ = P.normalise_pairs(df, max_pairs=100)
+    everything, _ = normalise(df, max_pairs=100)
     assert len(everything) == 20
     with pytest.raises(ValueError, match="max_pairs"):
-        P.normalise_pairs(df, max_pairs=0)
+        normalise(df, max_pairs=0)
 
 
 def test_max_pairs_refills_past_unreadable(raw):
-    pairs, stats = P.normalise_pairs(raw, max_pairs=2, seed=0)
+    pairs, stats = normalise(raw, max_pairs=2, seed=0)
     assert len(pairs) == 2
     assert stats["input"] == stats["kept"] + sum(
         v for k, v in stats.items() if k not in ("input", "kept")
@@ -373,30 +405,136 @@ def test_prompt_id_is_stable_across_processes():
     assert int(out.stdout) == pinned
 
 
-# --- drop_duplicate_prompts ----------------------------------------------------------------
+# --- nodup --------------------------------------------------------------------------------
 
 
-def test_drop_duplicate_prompts_one_per_prompt_deterministic():
+def test_nodup_rows_one_per_prompt_uniform_and_seeded():
+    prompt_ids = np.array([5, 5, 5, 5, 9, 7, 5, 7])
+    picks = set()
+    for seed in range(20):
+        rows = P.nodup_rows(prompt_ids, seed)
+        assert list(rows) == sorted(rows) and sorted(prompt_ids[rows]) == [5, 7, 9]
+        assert list(P.nodup_rows(prompt_ids, seed)) == list(rows)
+        picks.add(int(rows[prompt_ids[rows] == 5][0]))
+    assert picks == {0, 1, 2, 3, 6}  # the choice really depends on the seed, over all five
+
+
+def test_write_nodup_streams_row_groups(tmp_path, monkeypatch):
     red, blue = jpeg(RED), jpeg(BLUE)
     rows = [row("same prompt", red, blue, 1.0, 0.0, rid=i) for i in range(8)]
     rows += [row("other", red, blue, 1.0, 0.0), row("third", blue, red, 0.0, 1.0)]
-    pairs, _ = P.normalise_pairs(pd.DataFrame(rows))
-    picks = {}
-    for seed in range(6):
-        nodup = P.drop_duplicate_prompts(pairs, seed=seed)
-        assert nodup["prompt_id"].is_unique and len(nodup) == 3
-        assert list(nodup["pair_id"]) == [0, 1, 2]
-        assert nodup.equals(P.drop_duplicate_prompts(pairs, seed=seed))
-        picks[seed] = int(nodup.loc[nodup["caption"] == "same prompt", "source_row"].iloc[0])
-    assert len(set(picks.values())) > 1  # the choice really depends on the seed
-    assert set(picks.values()) <= set(range(8))
+    pairs, _ = normalise(pd.DataFrame(rows))
+    monkeypatch.setattr(P, "ROW_GROUP_PAIRS", 3)  # 4 groups, most without a kept pair
+    P.write_pairs(pairs, tmp_path / "pairs.parquet")
+    stats = P.write_nodup(tmp_path / "pairs.parquet", tmp_path / "nodup.parquet", seed=4)
+    nodup = P.read_pairs(tmp_path / "nodup.parquet")
+    assert stats == {"input": 10, "kept": 3, "prompts": 3}
+    assert list(nodup["pair_id"]) == [0, 1, 2] and nodup["prompt_id"].is_unique
+    expected = pairs.iloc[P.nodup_rows(pairs["prompt_id"].to_numpy(), 4)]
+    assert list(nodup["source_row"]) == list(expected["source_row"])
+    assert list(nodup["jpg_w"]) == list(expected["jpg_w"])
+
+
+# --- scattered normalisation ---------------------------------------------------------------
+
+
+def scatter_source(tmp_path) -> dict:
+    """Two parquet files in row groups of 3 rows (14 units), every kind of row in them."""
+    rows = []
+    for i in range(4):
+        rows += [dict(r, caption=f"{r['caption']} {i}") for r in mixed_rows()]
+    for name, block in (("train-00000-of-00002", rows[:22]), ("train-00001-of-00002", rows[22:])):
+        (tmp_path / "src").mkdir(exist_ok=True)
+        pd.DataFrame(block).to_parquet(tmp_path / "src" / f"{name}.parquet", row_group_size=3)
+    return {"kind": "parquet", "path": str(tmp_path / "src"), "split": "train"}
+
+
+def run_parts(settings: P.PairSettings, parts: int, root: Path) -> tuple[bytes, dict]:
+    dirs = [root / f"parts{parts}" / str(k) for k in range(parts)]
+    for k, folder in enumerate(dirs):
+        P.normalise_part(settings, k, parts, folder)
+    out = root / f"pairs{parts}.parquet"
+    stats = P.gather_pairs(dirs, out)
+    return out.read_bytes(), stats
+
+
+@pytest.mark.parametrize("max_pairs", [None, 6])
+def test_any_number_of_parts_gives_the_same_table(tmp_path, max_pairs):
+    source = scatter_source(tmp_path)
+    assert len(S.source_units(source)) == 14
+    settings = P.PairSettings(source=source, max_pairs=max_pairs, seed=1)
+    one, stats = run_parts(settings, 1, tmp_path)
+    for parts in (3, 16):  # 16 > 14 units: two parts are empty
+        assert run_parts(settings, parts, tmp_path) == (one, stats)
+    dropped = sum(n for k, n in stats.items() if k not in ("input", "kept"))
+    assert stats["input"] == 40 == stats["kept"] + dropped
+    table = P.read_pairs(tmp_path / "pairs1.parquet")
+    assert list(table["pair_id"]) == list(range(len(table)))
+    assert list(table["source_row"]) == sorted(table["source_row"])
+    if max_pairs is None:
+        assert stats["kept"] == 12 and stats["unreadable"] == 12 and stats["not_sampled"] == 0
+
+
+def test_max_pairs_takes_the_readable_pairs_with_the_smallest_keys(tmp_path):
+    source = scatter_source(tmp_path)
+    settings = P.PairSettings(source=source, max_pairs=5, seed=3)
+    _, stats = run_parts(settings, 3, tmp_path)
+    table = P.read_pairs(tmp_path / "pairs3.parquet")
+    # Brute force over the whole source: every readable candidate with its key.
+    whole = S.load_source(source)
+    readable, unreadable = [], []
+    offset = 0
+    for unit, meta in enumerate(S.source_units(source)):
+        df = meta.read()
+        keys = P.sample_keys(3, unit, len(df))
+        for r in range(len(df)):
+            good = whole.iloc[offset + r]
+            if good["label_0"] == good["label_1"] or not good["has_label"]:
+                continue  # ties (dropped), unlabelled, invalid and identical rows
+            ok = P.image_is_readable(good["jpg_0"]) and P.image_is_readable(good["jpg_1"])
+            (readable if ok else unreadable).append((keys[r], offset + r))
+        offset += len(df)
+    chosen = sorted(readable)[:5]
+    assert list(table["source_row"]) == sorted(row for _, row in chosen)
+    cut = chosen[-1][0]
+    assert stats["unreadable"] == sum(key < cut for key, _ in unreadable)
+    # 24 candidates: 12 readable, 12 unreadable; those past the cut were never visited.
+    assert stats["kept"] == 5 and stats["not_sampled"] == 24 - 5 - stats["unreadable"]
+
+
+def test_gather_refuses_parts_that_do_not_belong_together(tmp_path):
+    source = scatter_source(tmp_path)
+    settings = P.PairSettings(source=source)
+    for k in range(2):
+        P.normalise_part(settings, k, 2, tmp_path / "a" / str(k))
+    P.normalise_part(P.PairSettings(source=source, seed=9), 1, 2, tmp_path / "b" / "1")
+    out = tmp_path / "pairs.parquet"
+    with pytest.raises(ValueError, match="settings differ"):
+        P.gather_pairs([tmp_path / "a" / "0", tmp_path / "b" / "1"], out)
+    with pytest.raises(ValueError, match="part 1 of 2, expected 0 of 1"):
+        P.gather_pairs([tmp_path / "a" / "1"], out)
+    with pytest.raises(FileNotFoundError, match="not a finished pairs part"):
+        P.gather_pairs([tmp_path / "a" / "0", tmp_path / "missing"], out)
+    assert not out.exists()
+
+
+def test_a_failed_part_leaves_no_part_behind(tmp_path, monkeypatch):
+    source = scatter_source(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(S, "_read_row_group", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        P.normalise_part(P.PairSettings(source=source), 0, 2, tmp_path / "part0")
+    assert not (tmp_path / "part0").exists()
 
 
 # --- write_pairs / read_pairs --------------------------------------------------------------
 
 
 def test_write_read_roundtrip_leaves_no_temp_files(raw, tmp_path):
-    pairs, _ = P.normalise_pairs(raw)
+    pairs, _ = normalise(raw)
     out = tmp_path / "sub" / "pairs.parquet"
     P.write_pairs(pairs, out)
     P.write_pairs(pairs, out)  # overwriting is fine too
@@ -406,7 +544,7 @@ def test_write_read_roundtrip_leaves_no_temp_files(raw, tmp_path):
 
 
 def test_failed_write_leaves_old_file_and_no_temp(raw, tmp_path, monkeypatch):
-    pairs, _ = P.normalise_pairs(raw)
+    pairs, _ = normalise(raw)
     out = tmp_path / "pairs.parquet"
     P.write_pairs(pairs.iloc[:1], out)
 
@@ -423,7 +561,7 @@ def test_failed_write_leaves_old_file_and_no_temp(raw, tmp_path, monkeypatch):
 
 def test_read_pair_rows_reads_a_slice(tmp_path, monkeypatch):
     red, blue = jpeg(RED), jpeg(BLUE)
-    pairs, _ = P.normalise_pairs(pd.DataFrame([row(f"p{i}", red, blue, 1, 0) for i in range(10)]))
+    pairs, _ = normalise(pd.DataFrame([row(f"p{i}", red, blue, 1, 0) for i in range(10)]))
     monkeypatch.setattr(P, "ROW_GROUP_PAIRS", 3)
     out = tmp_path / "pairs.parquet"
     P.write_pairs(pairs, out)
@@ -437,7 +575,7 @@ def test_read_pair_rows_reads_a_slice(tmp_path, monkeypatch):
 
 
 def test_read_and_write_check_canonical_columns(raw, tmp_path):
-    pairs, _ = P.normalise_pairs(raw)
+    pairs, _ = normalise(raw)
     bad = tmp_path / "bad.parquet"
     pairs.drop(columns=["jpg_l"]).to_parquet(bad, index=False)
     with pytest.raises(ValueError) as err:
@@ -455,5 +593,5 @@ def test_missing_flags_do_not_drop_rows():
             row("b", blue, red, 0.0, 1.0, has_label=True, are_different=True),
         ]
     )
-    pairs, stats = P.normalise_pairs(df.drop(columns=["ranking_id"]))
+    pairs, stats = normalise(df.drop(columns=["ranking_id"]))
     assert stats["kept"] == 2 and stats["unlabelled"] == stats["identical"] == 0

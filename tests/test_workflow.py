@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -99,8 +100,14 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
         "results/data/toy/preview.png",
     ):
         assert (smoke_run / produced).stat().st_size > 1000
-    pairs_log = (smoke_run / "results/logs/pairs.log").read_text()
+    pairs_log = (smoke_run / "results/logs/pairs/gather.log").read_text()
     assert '"ties_dropped"' in pairs_log and '"unreadable"' in pairs_log
+    # Two pairs parts (smoke preset), each screening one of the toy source's two row groups.
+    for part in (0, 1):
+        log = (smoke_run / f"results/logs/pairs/part{part}.log").read_text()
+        report = json.loads(log[log.index("{") :])
+        assert report["units"] == [part, part + 1] and report["input"] == 100
+    assert not (smoke_run / "results/data/pairs.parts/0").exists()  # temporary
     assert (smoke_run / "results/models/dspo_lora/pytorch_lora_weights.safetensors").exists()
     assert (smoke_run / "results/train/dspo/checkpoints").is_dir()
 

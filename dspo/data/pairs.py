@@ -1,20 +1,27 @@
-"""Load human preference pairs (Pick-a-Pic v2 schema) and normalise them to one canonical table.
+"""Normalise human preference pairs (Pick-a-Pic v2 columns) into one canonical table.
 
-Every later step (caching, training, the "nodup" ablation) reads the canonical table written by
-:func:`write_pairs`, never the raw source, so the filtering rules live here only.
+Every later step (caching, training, the "nodup" ablation) reads the canonical table, never
+the raw source, so the filtering rules live here only.
+
+Normalising is scattered: :func:`normalise_part` screens part k of N of the source's units
+(:mod:`dspo.data.sources`) into a folder of its own, holding one unit in memory at a time, and
+:func:`gather_pairs` streams the parts into the canonical table. Any N gives the same table,
+byte for byte: pairs keep their place in the source, and the ``max_pairs`` sample takes the
+readable pairs with the smallest seeded keys, drawn per (unit, row) and not per part.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
+import heapq
 import io
 import json
 import os
-import tarfile
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,188 +30,45 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageFile
+from tqdm import tqdm
 
-REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
-OPTIONAL_COLUMNS = ("has_label", "are_different", "ranking_id")
+from dspo.data.sources import check_columns, source_units
+
 CANONICAL_COLUMNS = ("pair_id", "prompt_id", "caption", "jpg_w", "jpg_l", "label_w", "source_row")
 # DDSPO's rejected images have their own (degraded) prompt; human pairs share one caption.
 REJECTED_CAPTION = "caption_l"
-
-_SOURCE_KEYS = {
-    "parquet": {"required": {"kind", "path"}, "optional": {"split"}},
-    "hub": {"required": {"kind", "id"}, "optional": {"split", "revision", "streaming"}},
-    "webdataset": {"required": {"kind", "path"}, "optional": {"split"}},
-}
-# Members of a webdataset sample that the loader reads (see _load_webdataset); others are skipped.
-_WDS_MEMBERS = ("jpg_0", "jpg_1", "json")
 _VALID_LABELS = {(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)}
+# Why a source row is not kept, in the order the checks run (each row counts once, first match).
+DROP_REASONS = ("unlabelled", "invalid_label", "identical", "ties_dropped", "unreadable")
 # Pairs per parquet row group of the canonical table: a cache part reads only the row groups of
 # its own pairs (Pick-a-Pic images are ~0.5 MB, so a group is a few hundred MB at most).
 ROW_GROUP_PAIRS = 512
+PART_MANIFEST = "part.json"
+PART_TABLE = "pairs.parquet"
 
 
-def load_source(source: Mapping[str, Any]) -> pd.DataFrame:
-    """Read the raw pair columns from a local parquet copy, webdataset shards or a hub dataset.
+@dataclass(frozen=True)
+class PairSettings:
+    """How a source becomes the canonical table (the workflow's ``pairs`` slice)."""
 
-    ``source`` is ``{"kind": "parquet", "path": ..., "split": ...}``,
-    ``{"kind": "webdataset", "path": ..., "split": ...}`` or
-    ``{"kind": "hub", "id": ..., "split": ..., "revision": ..., "streaming": ...}``.
-    Only the required and optional Pick-a-Pic columns are read.
-    """
-    kind = source.get("kind")
-    if kind not in _SOURCE_KEYS:
-        raise ValueError(f"source key 'kind' must be one of {sorted(_SOURCE_KEYS)}, got {kind!r}")
-    spec = _SOURCE_KEYS[kind]
-    for key in source:
-        if key not in spec["required"] | spec["optional"]:
-            raise ValueError(f"unknown key {key!r} for a {kind!r} source")
-    for key in sorted(spec["required"]):
-        if source.get(key) in (None, ""):
-            raise ValueError(f"a {kind!r} source needs the key {key!r}")
-    if kind == "parquet":
-        return _load_parquet(str(source["path"]), source.get("split"))
-    if kind == "webdataset":
-        return _load_webdataset(str(source["path"]), source.get("split"))
-    return _load_hub(
-        source["id"],
-        split=source.get("split") or "train",
-        revision=source.get("revision"),
-        streaming=bool(source.get("streaming", False)),
-    )
+    source: dict[str, Any]
+    drop_ties: bool = True
+    max_pairs: int | None = None
+    seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"max_pairs must be at least 1, got {self.max_pairs}")
 
-def _matches_split(file: Path, split: str, folders: tuple[str, ...]) -> bool:
-    # Pick-a-Pic shards are named "<split>-00000-of-00010[-hash].parquet" (webdataset copies
-    # "<split>-000000.tar"); the "-" matters so that "validation" does not also pick up
-    # "validation_unique-...". A split sub-folder ("train/0000.parquet") is the other common
-    # layout of copies.
-    name = file.name
-    return name.startswith(f"{split}-") or name == f"{split}{file.suffix}" or split in folders
-
-
-def _source_files(path: str, split: str | None, suffix: str) -> list[Path]:
-    """The ``suffix`` files of a file, folder (searched recursively) or glob, of one split."""
-    p = Path(path)
-    if p.is_file():
-        # An explicitly named file is taken as the caller's choice of split.
-        return [p]
-    if p.is_dir():
-        files = sorted(p.rglob(f"*{suffix}"))
-        # Only folders below the given one may name the split, not its ancestors.
-        folders = {f: f.relative_to(p).parts[:-1] for f in files}
-        where = f"folder {p}"
-    else:
-        files = sorted(Path(f) for f in glob.glob(path, recursive=True))
-        files = [f for f in files if f.is_file() and f.suffix == suffix]
-        folders = {f: () for f in files}
-        where = f"glob {path!r}"
-    if split:
-        files = [f for f in files if _matches_split(f, split, folders[f])]
-    if not files:
-        pattern = f"{split}-*{suffix}" if split else f"*{suffix}"
-        raise FileNotFoundError(f"no {suffix} file matching {pattern!r} in {where}")
-    return files
-
-
-def _load_parquet(path: str, split: str | None) -> pd.DataFrame:
-    frames = []
-    for file in _source_files(path, split, ".parquet"):
-        names = pq.read_schema(file).names
-        for col in REQUIRED_COLUMNS:
-            if col not in names:
-                raise ValueError(f"{file}: missing required column {col!r}")
-        wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
-        frames.append(pq.read_table(file, columns=wanted).to_pandas())
-    return pd.concat(frames, ignore_index=True)
-
-
-def _load_webdataset(path: str, split: str | None) -> pd.DataFrame:
-    """Read pairs from webdataset shards: tar files, selected by split as parquet files are.
-
-    The layout (webdataset's convention: a sample is the run of consecutive members that share
-    a key, the member name up to the first dot of its file name):
-
-        KEY.jpg_0   the first image (JPEG, PNG or any format PIL reads)
-        KEY.jpg_1   the second image
-        KEY.json    {"caption": ..., "label_0": ..., "label_1": ...} and optionally
-                    "has_label", "are_different", "ranking_id" (Pick-a-Pic's columns)
-
-    Other members of a sample (e.g. ``KEY.txt``) are skipped.
-    """
-    rows = []
-    for file in _source_files(path, split, ".tar"):
-        rows.extend(_tar_rows(file))
-    if not rows:
-        raise ValueError(f"no webdataset sample in {path!r}")
-    return pd.DataFrame.from_records(rows)
-
-
-def _tar_rows(file: Path) -> Iterator[dict[str, Any]]:
-    """The pair rows of one tar file, read in one sequential pass (stream mode, no index)."""
-    key, members = None, {}
-    with tarfile.open(file, "r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            folder, _, name = member.name.rpartition("/")
-            stem, _, extension = name.partition(".")
-            sample = f"{folder}/{stem}" if folder else stem
-            if sample != key:
-                if key is not None:
-                    yield _wds_row(file, key, members)
-                key, members = sample, {}
-            if extension in _WDS_MEMBERS:
-                members[extension] = tar.extractfile(member).read()
-    if key is not None:
-        yield _wds_row(file, key, members)
-
-
-def _wds_row(file: Path, key: str, members: dict[str, bytes]) -> dict[str, Any]:
-    missing = [m for m in _WDS_MEMBERS if m not in members]
-    if missing:
-        raise ValueError(f"{file}: sample {key!r} has no {', '.join(missing)} member")
-    try:
-        meta = json.loads(members["json"])
-    except ValueError as exc:
-        raise ValueError(f"{file}: {key}.json is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise ValueError(f"{file}: {key}.json must hold an object")
-    for field in ("caption", "label_0", "label_1"):
-        if field not in meta:
-            raise ValueError(f"{file}: {key}.json lacks the key {field!r}")
-    row = {"jpg_0": members["jpg_0"], "jpg_1": members["jpg_1"]}
-    for col in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
-        if col in meta:
-            row[col] = meta[col]
-    return row
-
-
-def _load_hub(
-    dataset_id: str, *, split: str, revision: str | None, streaming: bool
-) -> pd.DataFrame:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ImportError(
-            "reading a hub dataset needs the 'datasets' package: pip install dspo[hub]"
-        ) from exc
-    ds = datasets.load_dataset(dataset_id, split=split, revision=revision, streaming=streaming)
-    # Streaming datasets may not know their columns until iterated; then trust the schema.
-    names = ds.column_names
-    if names is not None:
-        for col in REQUIRED_COLUMNS:
-            if col not in names:
-                raise ValueError(f"{dataset_id} ({split}): missing required column {col!r}")
-        ds = ds.select_columns([c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in names])
-    # Copies that store images as an Image feature would otherwise be decoded to PIL objects.
-    for col in ("jpg_0", "jpg_1"):
-        if ds.features is not None and isinstance(ds.features.get(col), datasets.Image):
-            ds = ds.cast_column(col, datasets.Image(decode=False))
-    df = pd.DataFrame.from_records(iter(ds)) if streaming else ds.to_pandas()
-    for col in REQUIRED_COLUMNS:
-        if col not in df.columns:
-            raise ValueError(f"{dataset_id} ({split}): missing required column {col!r}")
-    return df
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], source: Mapping[str, Any]) -> PairSettings:
+        """The settings of a ``pairs`` slice, with its source resolved to a readable one."""
+        return cls(
+            source=dict(source),
+            drop_ties=params.get("drop_ties", True),
+            max_pairs=params.get("max_pairs"),
+            seed=params.get("nodup_seed", 0),
+        )
 
 
 def prompt_id_of(caption: str) -> int:
@@ -259,109 +123,260 @@ def _as_bool(value: Any, default: bool) -> bool:
     return bool(value)
 
 
-def normalise_pairs(
-    df: pd.DataFrame,
-    *,
-    drop_ties: bool = True,
-    max_pairs: int | None = None,
-    seed: int = 0,
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Filter raw Pick-a-Pic rows and put the preferred image first.
+def sample_keys(seed: int, unit: int, n_rows: int) -> np.ndarray:
+    """Each row's key in the seeded random order in which ``max_pairs`` takes pairs.
 
-    Each dropped row is counted once, in the first matching category, in this order:
-    ``unlabelled`` (has_label false), ``invalid_label`` (labels not (1,0), (0,1) or (0.5,0.5)),
-    ``identical`` (are_different false, or the same bytes), ``ties_dropped``, ``unreadable``
-    (either image fails to decode), ``not_sampled`` (left out by ``max_pairs``).
-    So ``input == kept + sum(dropped)``. Returns the canonical table and these counts.
+    Drawn per unit, so a row's key depends on the seed and its place in the source only.
     """
-    for col in REQUIRED_COLUMNS:
-        if col not in df.columns:
-            raise ValueError(f"input table: missing required column {col!r}")
-    if max_pairs is not None and max_pairs < 1:
-        raise ValueError(f"max_pairs must be at least 1, got {max_pairs}")
+    return np.random.default_rng([seed, unit]).random(n_rows)
 
-    stats = {
-        "input": len(df),
-        "kept": 0,
-        "unlabelled": 0,
-        "invalid_label": 0,
-        "identical": 0,
-        "ties_dropped": 0,
-        "unreadable": 0,
-        "not_sampled": 0,
-    }
-    has_label = df["has_label"].tolist() if "has_label" in df.columns else [True] * len(df)
-    different = df["are_different"].tolist() if "are_different" in df.columns else [True] * len(df)
+
+def _screen(
+    df: pd.DataFrame, drop_ties: bool
+) -> tuple[list[int], dict[str, int], list[bytes | None], list[bytes | None]]:
+    """Rows that pass the metadata checks, counts of the others, and both images' bytes."""
+    counts = dict.fromkeys(DROP_REASONS[:-1], 0)
+    n = len(df)
+    has_label = df["has_label"].tolist() if "has_label" in df.columns else [True] * n
+    different = df["are_different"].tolist() if "are_different" in df.columns else [True] * n
     label_0 = pd.to_numeric(df["label_0"], errors="coerce").to_numpy(dtype=float)
     label_1 = pd.to_numeric(df["label_1"], errors="coerce").to_numpy(dtype=float)
     jpg_0 = [_image_bytes(v) for v in df["jpg_0"].tolist()]
     jpg_1 = [_image_bytes(v) for v in df["jpg_1"].tolist()]
-    captions = [c if isinstance(c, str) else "" for c in df["caption"].tolist()]
-
-    # Cheap metadata filters first so that only surviving rows pay for image decoding.
     candidates = []
-    for row in range(len(df)):
+    for row in range(n):
         labels = (float(label_0[row]), float(label_1[row]))
         if not _as_bool(has_label[row], default=True):
-            stats["unlabelled"] += 1
+            counts["unlabelled"] += 1
         elif labels not in _VALID_LABELS:
-            stats["invalid_label"] += 1
+            counts["invalid_label"] += 1
         elif not _as_bool(different[row], default=True) or (
             jpg_0[row] is not None and jpg_0[row] == jpg_1[row]
         ):
-            stats["identical"] += 1
+            counts["identical"] += 1
         elif labels == (0.5, 0.5) and drop_ties:
-            stats["ties_dropped"] += 1
+            counts["ties_dropped"] += 1
         else:
             candidates.append(row)
+    return candidates, counts, jpg_0, jpg_1
 
-    # With max_pairs, visit candidates in a seeded random order and stop once enough readable
-    # pairs are found: a uniform subset of readable pairs without decoding the whole source.
-    order = np.asarray(candidates, dtype=np.int64)
-    if max_pairs is not None:
-        order = np.random.default_rng(seed).permutation(order)
+
+_PART_SCHEMA = pa.schema(
+    [
+        ("unit", pa.int64()),
+        ("unit_row", pa.int64()),
+        ("key", pa.float64()),
+        ("prompt_id", pa.int64()),
+        ("caption", pa.string()),
+        ("jpg_w", pa.binary()),
+        ("jpg_l", pa.binary()),
+        ("label_w", pa.float64()),
+    ]
+)
+
+
+def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path) -> dict[str, Any]:
+    """Screen part ``part`` of ``parts`` of the source into the folder ``out_dir``.
+
+    The part is a contiguous range of the source's units. Rows failing a metadata check
+    (has_label false, labels not (1,0), (0,1) or (0.5,0.5), identical images, ties when
+    dropped) are counted; the others are decoded in full and kept if both images are readable,
+    winner first. With ``max_pairs`` the candidates are visited by key and the part stops
+    decoding a unit at the first key above its ``max_pairs`` smallest readable ones so far:
+    such a pair cannot be in the sample. The folder (``pairs.parquet`` + ``part.json``) is
+    written beside its target and renamed into place whole.
+    """
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not in 0..{parts - 1}")
+    units = source_units(settings.source)
+    first, stop = part * len(units) // parts, (part + 1) * len(units) // parts
+    counts = dict.fromkeys(("input", *DROP_REASONS[:-1], "candidates", "written"), 0)
+    unit_rows, unreadable_keys = [], []
+    best: list[float] = []  # the max_pairs smallest readable keys so far, negated (a max-heap)
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with pq.ParquetWriter(tmp / PART_TABLE, _PART_SCHEMA) as writer, _strict_truncation():
+        for unit in tqdm(range(first, stop), desc=f"pairs part {part}", mininterval=5):
+            df = units[unit].read()
+            check_columns(df, units[unit].name)
+            unit_rows.append(len(df))
+            counts["input"] += len(df)
+            candidates, screened, jpg_0, jpg_1 = _screen(df, settings.drop_ties)
+            for reason, n in screened.items():
+                counts[reason] += n
+            counts["candidates"] += len(candidates)
+            keys = sample_keys(settings.seed, unit, len(df))
+            if settings.max_pairs is not None:
+                candidates = sorted(candidates, key=lambda row: keys[row])
+            kept = []
+            for row in candidates:
+                sample_full = settings.max_pairs is not None and len(best) == settings.max_pairs
+                if sample_full and keys[row] > -best[0]:
+                    break
+                if image_is_readable(jpg_0[row]) and image_is_readable(jpg_1[row]):
+                    kept.append(row)
+                    if settings.max_pairs is not None:
+                        heapq.heappush(best, -keys[row])
+                        if len(best) > settings.max_pairs:
+                            heapq.heappop(best)
+                else:
+                    unreadable_keys.append(float(keys[row]))
+            writer.write_table(_part_rows(df, unit, sorted(kept), keys, jpg_0, jpg_1))
+            counts["written"] += len(kept)
+    record = {
+        "part": part,
+        "parts": parts,
+        "settings": asdict(settings),
+        "n_units": len(units),
+        "units": [first, stop],
+        "unit_rows": unit_rows,
+        "counts": counts,
+        "unreadable_keys": unreadable_keys,
+    }
+    (tmp / PART_MANIFEST).write_text(json.dumps(record))
+    if out_dir.exists():
+        if not (out_dir / PART_MANIFEST).exists():
+            raise ValueError(f"{out_dir} exists and is not a pairs part: refusing to replace it")
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return record
+
+
+def _part_rows(
+    df: pd.DataFrame,
+    unit: int,
+    rows: list[int],
+    keys: np.ndarray,
+    jpg_0: list[bytes | None],
+    jpg_1: list[bytes | None],
+) -> pa.Table:
+    label_0 = pd.to_numeric(df["label_0"], errors="coerce").to_numpy(dtype=float)
+    label_1 = pd.to_numeric(df["label_1"], errors="coerce").to_numpy(dtype=float)
+    captions = [c if isinstance(c, str) else "" for c in df["caption"].tolist()]
+    # Ties keep the source order; otherwise the image labelled 1 goes first.
+    first_wins = [bool(label_0[r] >= label_1[r]) for r in rows]
+    columns = {
+        "unit": [unit] * len(rows),
+        "unit_row": rows,
+        "key": [float(keys[r]) for r in rows],
+        "prompt_id": [prompt_id_of(captions[r]) for r in rows],
+        "caption": [captions[r] for r in rows],
+        "jpg_w": [jpg_0[r] if w else jpg_1[r] for r, w in zip(rows, first_wins, strict=True)],
+        "jpg_l": [jpg_1[r] if w else jpg_0[r] for r, w in zip(rows, first_wins, strict=True)],
+        "label_w": [float(max(label_0[r], label_1[r])) for r in rows],
+    }
+    return pa.Table.from_pydict(columns, schema=_PART_SCHEMA)
+
+
+def _read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """Each part's record, in part order, checked to form one whole normalisation."""
     records = []
-    with _strict_truncation():
-        for position, row in enumerate(order.tolist()):
-            if max_pairs is not None and len(records) == max_pairs:
-                stats["not_sampled"] = len(order) - position
-                break
-            img_0, img_1 = jpg_0[row], jpg_1[row]
-            if not (image_is_readable(img_0) and image_is_readable(img_1)):
-                stats["unreadable"] += 1
-                continue
-            # Ties keep the source order; otherwise the image labelled 1 goes first.
-            first_wins = label_0[row] >= label_1[row]
-            caption = captions[row]
-            records.append(
-                {
-                    "prompt_id": prompt_id_of(caption),
-                    "caption": caption,
-                    "jpg_w": img_0 if first_wins else img_1,
-                    "jpg_l": img_1 if first_wins else img_0,
-                    "label_w": float(max(label_0[row], label_1[row])),
-                    "source_row": row,
-                }
+    for folder in part_dirs:
+        manifest = Path(folder) / PART_MANIFEST
+        if not manifest.exists():
+            raise FileNotFoundError(f"{folder}: not a finished pairs part (no {PART_MANIFEST})")
+        records.append(json.loads(manifest.read_text()))
+    parts = len(records)
+    expected_unit = 0
+    for index, (folder, record) in enumerate(zip(part_dirs, records, strict=True)):
+        if (record["part"], record["parts"]) != (index, parts):
+            raise ValueError(
+                f"{folder}: part {record['part']} of {record['parts']}, expected {index} of {parts}"
             )
+        for key in ("settings", "n_units"):
+            if record[key] != records[0][key]:
+                raise ValueError(f"{folder}: {key} differ from those of {part_dirs[0]}")
+        if record["units"][0] != expected_unit:
+            raise ValueError(f"{folder}: starts at unit {record['units'][0]}, not {expected_unit}")
+        expected_unit = record["units"][1]
+    if expected_unit != records[0]["n_units"]:
+        raise ValueError(f"the parts cover {expected_unit} of {records[0]['n_units']} units")
+    return records
 
-    stats["kept"] = len(records)
-    if not records:
+
+def gather_pairs(part_dirs: Sequence[Path], out: Path) -> dict[str, int]:
+    """Join the parts of :func:`normalise_part` into the canonical table ``out``.
+
+    Returns the counts of the whole source, each source row counted once, as one job visiting
+    the candidates in key order would count them: ``input == kept + sum(dropped)``, where
+    ``unreadable`` counts the candidates below the sample's largest key that failed to decode
+    and ``not_sampled`` the candidates past it. Raises before writing anything if no pair is
+    left.
+    """
+    records = _read_part_records(part_dirs)
+    max_pairs = records[0]["settings"]["max_pairs"]
+    unit_rows = np.array([n for r in records for n in r["unit_rows"]], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(unit_rows)[:-1]]).astype(np.int64)
+    keys = np.concatenate(
+        [pq.read_table(Path(d) / PART_TABLE, columns=["key"])["key"].to_numpy() for d in part_dirs]
+    )
+    threshold = np.inf
+    if max_pairs is not None and len(keys) > max_pairs:
+        threshold = float(np.partition(keys, max_pairs - 1)[max_pairs - 1])
+    stats = {"input": 0, "kept": int((keys <= threshold).sum())}
+    stats |= dict.fromkeys((*DROP_REASONS, "not_sampled"), 0)
+    candidates = 0
+    for record in records:
+        for reason in ("input", *DROP_REASONS[:-1]):
+            stats[reason] += record["counts"][reason]
+        candidates += record["counts"]["candidates"]
+        # Unreadable pairs past the threshold would not have been visited by one job either.
+        stats["unreadable"] += sum(k < threshold for k in record["unreadable_keys"])
+    stats["not_sampled"] = candidates - stats["kept"] - stats["unreadable"]
+    if stats["kept"] == 0:
         reasons = ", ".join(f"{k}={v}" for k, v in stats.items() if k not in ("input", "kept"))
         raise ValueError(f"no preference pair left out of {stats['input']} rows ({reasons})")
-    pairs = pd.DataFrame.from_records(records).sort_values("source_row", ignore_index=True)
-    pairs.insert(0, "pair_id", np.arange(len(pairs), dtype=np.int64))
-    return _canonical_dtypes(pairs), stats
+    next_id = 0
+    with PairWriter(out) as writer:
+        for folder in part_dirs:
+            table = pq.ParquetFile(Path(folder) / PART_TABLE)
+            for group in range(table.num_row_groups):
+                rows = table.read_row_group(group).to_pandas()
+                rows = rows[rows["key"] <= threshold].reset_index(drop=True)
+                rows["source_row"] = offsets[rows["unit"].to_numpy()] + rows["unit_row"]
+                rows["pair_id"] = np.arange(next_id, next_id + len(rows), dtype=np.int64)
+                next_id += len(rows)
+                writer.write(rows)
+    return stats
 
 
-def drop_duplicate_prompts(pairs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Keep one pair per prompt_id, chosen uniformly at random with ``seed`` (the "nodup" run)."""
-    _check_canonical(list(pairs.columns), "pairs table")
-    order = np.random.default_rng(seed).permutation(len(pairs))
+def nodup_rows(prompt_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Positions of one pair per prompt, chosen uniformly at random with ``seed``, in order."""
+    order = np.random.default_rng(seed).permutation(len(prompt_ids))
     # The first pair of each prompt in a random permutation is a uniform choice among its pairs.
-    kept = pairs.iloc[order].drop_duplicates("prompt_id", keep="first")
-    kept = kept.sort_values("pair_id", kind="stable").reset_index(drop=True)
-    kept["pair_id"] = np.arange(len(kept), dtype=np.int64)
-    return kept
+    _, first = np.unique(np.asarray(prompt_ids)[order], return_index=True)
+    return np.sort(order[first])
+
+
+def write_nodup(src: Path, out: Path, seed: int) -> dict[str, int]:
+    """Copy one pair per prompt (:func:`nodup_rows`) of the table ``src`` to ``out``.
+
+    Decided from the prompt ids alone, then copied one row group at a time, so memory holds
+    the ids and one group, whatever the table's size. Pair ids are renumbered from 0.
+    """
+    table = pq.ParquetFile(src)
+    names = table.schema_arrow.names
+    _check_canonical(names, str(src))
+    columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
+    prompt_ids = table.read(columns=["prompt_id"])["prompt_id"].to_numpy()
+    keep = np.zeros(len(prompt_ids), dtype=bool)
+    keep[nodup_rows(prompt_ids, seed)] = True
+    offset = next_id = 0
+    with PairWriter(out, rejected_caption=REJECTED_CAPTION in names) as writer:
+        for group in range(table.num_row_groups):
+            size = table.metadata.row_group(group).num_rows
+            mask = keep[offset : offset + size]
+            offset += size
+            if not mask.any():
+                continue
+            rows = table.read_row_group(group, columns=columns).to_pandas()
+            rows = rows[mask].reset_index(drop=True)
+            rows["pair_id"] = np.arange(next_id, next_id + len(rows), dtype=np.int64)
+            next_id += len(rows)
+            writer.write(rows)
+    return {"input": len(prompt_ids), "kept": next_id, "prompts": next_id}
 
 
 def _check_canonical(names: list[str], where: str) -> None:
@@ -395,33 +410,79 @@ _PAIRS_SCHEMA = pa.schema(
 )
 
 
-def write_pairs(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write the canonical table to parquet atomically: a temp file beside it, then os.replace."""
-    path = Path(path)
-    _check_canonical(list(df.columns), str(path))
-    columns, schema = list(CANONICAL_COLUMNS), _PAIRS_SCHEMA
-    if REJECTED_CAPTION in df.columns:
-        columns.append(REJECTED_CAPTION)
-        schema = schema.append(pa.field(REJECTED_CAPTION, pa.string()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target so os.replace is a rename on one filesystem, never a copy.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with pq.ParquetWriter(fh, schema) as writer:
-                # One row group at a time: the images are never all held twice (pandas, arrow).
-                for start in range(0, len(df), ROW_GROUP_PAIRS):
-                    batch = df.iloc[start : start + ROW_GROUP_PAIRS][columns]
-                    writer.write_table(
-                        pa.Table.from_pandas(batch, schema=schema, preserve_index=False)
-                    )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+class PairWriter:
+    """Write a canonical pair table to parquet atomically, in row groups of ROW_GROUP_PAIRS.
+
+    Rows go to a temp file beside the target, renamed over it on a clean exit and removed on
+    an error, so a reader sees the old table or the whole new one. Whatever the sizes of the
+    written batches, the groups are the same, so equal rows give the same file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], rejected_caption: bool = False) -> None:
+        self.path = Path(path)
+        self.columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if rejected_caption else [])]
+        self.schema = _PAIRS_SCHEMA
+        if rejected_caption:
+            self.schema = self.schema.append(pa.field(REJECTED_CAPTION, pa.string()))
+        self._pending: list[pa.Table] = []
+
+    def __enter__(self) -> PairWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Same folder as the target so os.replace is a rename on one filesystem, never a copy.
+        fd, self._tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        self._file = os.fdopen(fd, "wb")
+        self._writer = pq.ParquetWriter(self._file, self.schema)
+        return self
+
+    def write(self, df: pd.DataFrame) -> None:
+        _check_canonical(list(df.columns), str(self.path))
+        batch = _canonical_dtypes(df)[self.columns]
+        self._pending.append(pa.Table.from_pandas(batch, schema=self.schema, preserve_index=False))
+        if sum(t.num_rows for t in self._pending) >= ROW_GROUP_PAIRS:
+            self._flush(whole_groups_only=True)
+
+    def _flush(self, whole_groups_only: bool) -> None:
+        rows = pa.concat_tables(self._pending)
+        cut = rows.num_rows
+        if whole_groups_only:
+            cut -= cut % ROW_GROUP_PAIRS
+        for start in range(0, cut, ROW_GROUP_PAIRS):
+            self._writer.write_table(rows.slice(start, min(ROW_GROUP_PAIRS, cut - start)))
+        self._pending = [rows.slice(cut)] if cut < rows.num_rows else []
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            if exc_type is None:
+                if self._pending:
+                    self._flush(whole_groups_only=False)
+                self._writer.close()
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                os.replace(self._tmp, self.path)
+                return
+        except BaseException:
+            self._discard()
+            raise
+        self._discard()
+
+    def _discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._file.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            os.unlink(self._tmp)
+
+
+def write_pairs(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write a canonical table held in memory (e.g. DDSPO's pairs) with :class:`PairWriter`."""
+    _check_canonical(list(df.columns), str(path))
+    with PairWriter(path, rejected_caption=REJECTED_CAPTION in df.columns) as writer:
+        # One row group at a time: the images are never all held twice (pandas, arrow).
+        for start in range(0, len(df), ROW_GROUP_PAIRS):
+            writer.write(df.iloc[start : start + ROW_GROUP_PAIRS])
 
 
 def read_pairs(path: str | os.PathLike[str]) -> pd.DataFrame:

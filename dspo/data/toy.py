@@ -241,6 +241,8 @@ def _blur(x: np.ndarray, sigma_px: float | np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- rendering
 
 _SUPERSAMPLE = 4
+# Rows per parquet row group of the toy pairs (Pick-a-Pic's hub files hold a few hundred).
+TOY_ROW_GROUP = 100
 _CHUNK = 1024  # images per supersampled coverage block, to bound memory
 
 
@@ -719,7 +721,8 @@ def editing_set(
 def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
     """Write the pairs parquet and the evaluation prompt sets; return summary statistics.
 
-    Files: ``out_dir/pairs/train-00000-of-00001.parquet`` (Pick-a-Pic v2 columns),
+    Files: ``out_dir/pairs/train-00000-of-00001.parquet`` (Pick-a-Pic v2 columns, in row
+    groups of ``TOY_ROW_GROUP`` rows: the units that the scattered normalisation splits),
     ``out_dir/prompts.parquet`` (prompt_set, prompt_id, prompt) with the prompt sets
     "heldout_captions", "unseen_combinations" and "new_templates", and
     ``out_dir/editing.parquet`` (see `editing_set`) from held-out captions.
@@ -758,7 +761,11 @@ def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
     )
 
     (out_dir / "pairs").mkdir(parents=True, exist_ok=True)
-    pairs.to_parquet(out_dir / "pairs" / "train-00000-of-00001.parquet", index=False)
+    pairs.to_parquet(
+        out_dir / "pairs" / "train-00000-of-00001.parquet",
+        index=False,
+        row_group_size=TOY_ROW_GROUP,
+    )
     prompts_df.to_parquet(out_dir / "prompts.parquet", index=False)
     editing.to_parquet(out_dir / "editing.parquet", index=False)
 
