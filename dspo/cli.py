@@ -65,7 +65,7 @@ def pairs_part(args: argparse.Namespace) -> None:
     settings = PairSettings.from_params(args.params, source)
     record = normalise_part(settings, args.part, args.params.get("shards", 1), Path(args.out))
     unreadable = len(record["unreadable_keys"])
-    _report({"units": record["units"], **record["counts"], "unreadable_visited": unreadable})
+    _report({"units": record["blocks"], **record["counts"], "unreadable_visited": unreadable})
 
 
 @command
@@ -77,11 +77,21 @@ def pairs_gather(args: argparse.Namespace) -> None:
 
 
 @command
-def nodup(args: argparse.Namespace) -> None:
-    """Keep one pair per prompt, chosen at random with a fixed seed (the nodup ablation)."""
-    from dspo.data.pairs import write_nodup
+def nodup_part(args: argparse.Namespace) -> None:
+    """Copy one pair per prompt (seeded) of part --part of pairs.shards of a pair table."""
+    from dspo.data.pairs import nodup_part as copy_part
 
-    _report(write_nodup(Path(args.input), Path(args.out), seed=args.params["seed"]))
+    parts = args.params.get("shards", 1)
+    record = copy_part(Path(args.input), args.part, parts, args.params["seed"], Path(args.out))
+    _report({"row_groups": record["blocks"], "kept": record["kept"]})
+
+
+@command
+def nodup_gather(args: argparse.Namespace) -> None:
+    """Join the nodup parts into the pair table of the nodup ablation."""
+    from dspo.data.pairs import gather_nodup
+
+    _report(gather_nodup([Path(p) for p in args.inputs], Path(args.out)))
 
 
 @command

@@ -37,6 +37,8 @@ PAPER_TABLES = kept_tables(EVALUATION.get("tables", {}))
 BASE = config["base_model"]
 BUILD_TOY_BASE = BASE.get("build") == "toy"
 DEVICE = config["resources"]["device"]
+# The nodup table's slice: its seed, and as many parts as the normalisation.
+NODUP = {"seed": config["pairs"]["nodup_seed"], "shards": config["pairs"]["shards"]}
 
 
 
@@ -62,7 +64,12 @@ def pairs_source_input(wildcards):
 
 def pairs_parts(wildcards):
     """The folders of the pairs.shards parts that make up the canonical pair table."""
-    return expand("results/data/pairs.parts/{part}", part=range(config["pairs"].get("shards", 1)))
+    return expand("results/data/pairs.parts/{part}", part=range(config["pairs"]["shards"]))
+
+
+def nodup_parts(wildcards):
+    """The folders of the parts that make up the nodup pair table."""
+    return expand("results/data/pairs_nodup.parts/{part}", part=range(NODUP["shards"]))
 
 
 def cache_parts(wildcards):

@@ -54,20 +54,38 @@ rule pairs:
         "dspo pairs-gather --inputs {input:q} --out {output:q} > {log} 2>&1"
 
 
-rule pairs_nodup:
+# The nodup table is scattered the same way, over the row groups of the pair table.
+rule pairs_nodup_part:
     input:
         "results/data/pairs.parquet",
     output:
-        "results/data/pairs_nodup.parquet",
+        temp(directory("results/data/pairs_nodup.parts/{part}")),
+    wildcard_constraints:
+        part=r"\d+",
     params:
-        device=DEVICE,
-        cfg=as_json({"seed": config["pairs"]["nodup_seed"]}),
+        cfg=as_json(NODUP),
     conda:
         "../environment.yml"
     log:
-        "results/logs/pairs_nodup.log",
+        "results/logs/pairs_nodup/part{part}.log",
     shell:
-        "dspo nodup --params {params.cfg:q} --input {input:q} --out {output:q} > {log} 2>&1"
+        "dspo nodup-part --part {wildcards.part} --params {params.cfg:q} --input {input:q}"
+        " --out {output:q} > {log} 2>&1"
+
+
+rule pairs_nodup:
+    input:
+        nodup_parts,
+    output:
+        "results/data/pairs_nodup.parquet",
+    params:
+        cfg=as_json(NODUP),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/pairs_nodup/gather.log",
+    shell:
+        "dspo nodup-gather --inputs {input:q} --out {output:q} > {log} 2>&1"
 
 
 rule ddspo_pairs:

@@ -419,20 +419,28 @@ def test_nodup_rows_one_per_prompt_uniform_and_seeded():
     assert picks == {0, 1, 2, 3, 6}  # the choice really depends on the seed, over all five
 
 
-def test_write_nodup_streams_row_groups(tmp_path, monkeypatch):
+@pytest.mark.parametrize("parts", [1, 3, 6])  # 6 > 4 row groups: two parts are empty
+def test_nodup_parts_copy_the_chosen_pairs_row_group_by_row_group(tmp_path, monkeypatch, parts):
     red, blue = jpeg(RED), jpeg(BLUE)
     rows = [row("same prompt", red, blue, 1.0, 0.0, rid=i) for i in range(8)]
     rows += [row("other", red, blue, 1.0, 0.0), row("third", blue, red, 0.0, 1.0)]
     pairs, _ = normalise(pd.DataFrame(rows))
-    monkeypatch.setattr(P, "ROW_GROUP_PAIRS", 3)  # 4 groups, most without a kept pair
+    monkeypatch.setattr(P, "ROW_GROUP_PAIRS", 3)  # 4 groups, some without a kept pair
     P.write_pairs(pairs, tmp_path / "pairs.parquet")
-    stats = P.write_nodup(tmp_path / "pairs.parquet", tmp_path / "nodup.parquet", seed=4)
+    dirs = [tmp_path / "parts" / str(k) for k in range(parts)]
+    for k, folder in enumerate(dirs):
+        P.nodup_part(tmp_path / "pairs.parquet", k, parts, 4, folder)
+    stats = P.gather_nodup(dirs, tmp_path / "nodup.parquet")
     nodup = P.read_pairs(tmp_path / "nodup.parquet")
     assert stats == {"input": 10, "kept": 3, "prompts": 3}
     assert list(nodup["pair_id"]) == [0, 1, 2] and nodup["prompt_id"].is_unique
     expected = pairs.iloc[P.nodup_rows(pairs["prompt_id"].to_numpy(), 4)]
     assert list(nodup["source_row"]) == list(expected["source_row"])
     assert list(nodup["jpg_w"]) == list(expected["jpg_w"])
+    one_part = tmp_path / "one.parquet"
+    P.nodup_part(tmp_path / "pairs.parquet", 0, 1, 4, tmp_path / "one")
+    P.gather_nodup([tmp_path / "one"], one_part)
+    assert one_part.read_bytes() == (tmp_path / "nodup.parquet").read_bytes()
 
 
 # --- scattered normalisation ---------------------------------------------------------------
@@ -527,7 +535,7 @@ def test_a_failed_part_leaves_no_part_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "_read_row_group", broken)
     with pytest.raises(OSError, match="disk gone"):
         P.normalise_part(P.PairSettings(source=source), 0, 2, tmp_path / "part0")
-    assert not (tmp_path / "part0").exists()
+    assert not (tmp_path / "part0").exists() and not (tmp_path / ".part0.tmp").exists()
 
 
 # --- write_pairs / read_pairs --------------------------------------------------------------

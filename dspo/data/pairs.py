@@ -7,7 +7,9 @@ Normalising is scattered: :func:`normalise_part` screens part k of N of the sour
 (:mod:`dspo.data.sources`) into a folder of its own, holding one unit in memory at a time, and
 :func:`gather_pairs` streams the parts into the canonical table. Any N gives the same table,
 byte for byte: pairs keep their place in the source, and the ``max_pairs`` sample takes the
-readable pairs with the smallest seeded keys, drawn per (unit, row) and not per part.
+readable pairs with the smallest seeded keys, drawn per (unit, row) and not per part. The
+"nodup" table is scattered the same way over row groups (:func:`nodup_part`,
+:func:`gather_nodup`).
 """
 
 from __future__ import annotations
@@ -193,11 +195,11 @@ def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path)
     counts = dict.fromkeys(("input", *DROP_REASONS[:-1], "candidates", "written"), 0)
     unit_rows, unreadable_keys = [], []
     best: list[float] = []  # the max_pairs smallest readable keys so far, negated (a max-heap)
-    out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with pq.ParquetWriter(tmp / PART_TABLE, _PART_SCHEMA) as writer, _strict_truncation():
+    with (
+        _part_folder(Path(out_dir)) as (tmp, record),
+        pq.ParquetWriter(tmp / PART_TABLE, _PART_SCHEMA) as writer,
+        _strict_truncation(),
+    ):
         for unit in tqdm(range(first, stop), desc=f"pairs part {part}", mininterval=5):
             df = units[unit].read()
             check_columns(df, units[unit].name)
@@ -225,23 +227,40 @@ def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path)
                     unreadable_keys.append(float(keys[row]))
             writer.write_table(_part_rows(df, unit, sorted(kept), keys, jpg_0, jpg_1))
             counts["written"] += len(kept)
-    record = {
-        "part": part,
-        "parts": parts,
-        "settings": asdict(settings),
-        "n_units": len(units),
-        "units": [first, stop],
-        "unit_rows": unit_rows,
-        "counts": counts,
-        "unreadable_keys": unreadable_keys,
-    }
-    (tmp / PART_MANIFEST).write_text(json.dumps(record))
-    if out_dir.exists():
-        if not (out_dir / PART_MANIFEST).exists():
-            raise ValueError(f"{out_dir} exists and is not a pairs part: refusing to replace it")
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+        record |= {
+            "part": part,
+            "parts": parts,
+            "settings": asdict(settings),
+            "n_blocks": len(units),
+            "blocks": [first, stop],
+            "unit_rows": unit_rows,
+            "counts": counts,
+            "unreadable_keys": unreadable_keys,
+        }
     return record
+
+
+@contextlib.contextmanager
+def _part_folder(out_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """A folder beside ``out_dir`` to write a part into, and the part's record to fill.
+
+    On success the record is written last and the folder renamed into place whole; on an
+    error the folder is removed, so a part folder is always a finished part.
+    """
+    tmp = out_dir.parent / f".{out_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    record: dict[str, Any] = {}
+    try:
+        yield tmp, record
+        (tmp / PART_MANIFEST).write_text(json.dumps(record))
+        if out_dir.exists():
+            if not (out_dir / PART_MANIFEST).exists():
+                raise ValueError(f"{out_dir} exists and is not a pairs part: not replacing it")
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _part_rows(
@@ -271,7 +290,12 @@ def _part_rows(
 
 
 def _read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Each part's record, in part order, checked to form one whole normalisation."""
+    """Each part's record, in part order, checked to form one whole.
+
+    A part covers the blocks (source units, or row groups of a pair table) ``blocks[0]`` to
+    ``blocks[1]`` of ``n_blocks``; together the parts cover each block once, in order, under
+    one setting.
+    """
     records = []
     for folder in part_dirs:
         manifest = Path(folder) / PART_MANIFEST
@@ -279,20 +303,22 @@ def _read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"{folder}: not a finished pairs part (no {PART_MANIFEST})")
         records.append(json.loads(manifest.read_text()))
     parts = len(records)
-    expected_unit = 0
+    expected_block = 0
     for index, (folder, record) in enumerate(zip(part_dirs, records, strict=True)):
         if (record["part"], record["parts"]) != (index, parts):
             raise ValueError(
                 f"{folder}: part {record['part']} of {record['parts']}, expected {index} of {parts}"
             )
-        for key in ("settings", "n_units"):
+        for key in ("settings", "n_blocks"):
             if record[key] != records[0][key]:
                 raise ValueError(f"{folder}: {key} differ from those of {part_dirs[0]}")
-        if record["units"][0] != expected_unit:
-            raise ValueError(f"{folder}: starts at unit {record['units'][0]}, not {expected_unit}")
-        expected_unit = record["units"][1]
-    if expected_unit != records[0]["n_units"]:
-        raise ValueError(f"the parts cover {expected_unit} of {records[0]['n_units']} units")
+        if record["blocks"][0] != expected_block:
+            raise ValueError(
+                f"{folder}: starts at block {record['blocks'][0]}, not {expected_block}"
+            )
+        expected_block = record["blocks"][1]
+    if expected_block != records[0]["n_blocks"]:
+        raise ValueError(f"the parts cover {expected_block} of {records[0]['n_blocks']} blocks")
     return records
 
 
@@ -350,12 +376,15 @@ def nodup_rows(prompt_ids: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(order[first])
 
 
-def write_nodup(src: Path, out: Path, seed: int) -> dict[str, int]:
-    """Copy one pair per prompt (:func:`nodup_rows`) of the table ``src`` to ``out``.
+def nodup_part(src: Path, part: int, parts: int, seed: int, out_dir: Path) -> dict[str, Any]:
+    """Copy the pairs that :func:`nodup_rows` keeps from part ``part`` of ``parts`` of ``src``.
 
-    Decided from the prompt ids alone, then copied one row group at a time, so memory holds
-    the ids and one group, whatever the table's size. Pair ids are renumbered from 0.
+    Every part decides from the prompt ids of the whole table (8 bytes a pair), so all parts
+    agree; each then copies the kept pairs of its contiguous block of row groups, one group
+    at a time, into the folder ``out_dir`` (renamed into place whole).
     """
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not in 0..{parts - 1}")
     table = pq.ParquetFile(src)
     names = table.schema_arrow.names
     _check_canonical(names, str(src))
@@ -363,20 +392,45 @@ def write_nodup(src: Path, out: Path, seed: int) -> dict[str, int]:
     prompt_ids = table.read(columns=["prompt_id"])["prompt_id"].to_numpy()
     keep = np.zeros(len(prompt_ids), dtype=bool)
     keep[nodup_rows(prompt_ids, seed)] = True
-    offset = next_id = 0
+    groups = table.num_row_groups
+    first, stop = part * groups // parts, (part + 1) * groups // parts
+    offset = sum(table.metadata.row_group(g).num_rows for g in range(first))
+    kept = 0
+    with _part_folder(Path(out_dir)) as (tmp, record):
+        with PairWriter(tmp / PART_TABLE, rejected_caption=REJECTED_CAPTION in names) as writer:
+            for group in tqdm(range(first, stop), desc=f"nodup part {part}", mininterval=5):
+                size = table.metadata.row_group(group).num_rows
+                mask = keep[offset : offset + size]
+                offset += size
+                if mask.any():
+                    rows = table.read_row_group(group, columns=columns).to_pandas()
+                    writer.write(rows[mask])
+                    kept += int(mask.sum())
+        record |= {
+            "part": part,
+            "parts": parts,
+            "settings": {"pairs": len(prompt_ids), "seed": seed},
+            "n_blocks": groups,
+            "blocks": [first, stop],
+            "kept": kept,
+        }
+    return record
+
+
+def gather_nodup(part_dirs: Sequence[Path], out: Path) -> dict[str, int]:
+    """Join the parts of :func:`nodup_part` into one table, pair ids renumbered from 0."""
+    records = _read_part_records(part_dirs)
+    names = pq.read_schema(Path(part_dirs[0]) / PART_TABLE).names
+    next_id = 0
     with PairWriter(out, rejected_caption=REJECTED_CAPTION in names) as writer:
-        for group in range(table.num_row_groups):
-            size = table.metadata.row_group(group).num_rows
-            mask = keep[offset : offset + size]
-            offset += size
-            if not mask.any():
-                continue
-            rows = table.read_row_group(group, columns=columns).to_pandas()
-            rows = rows[mask].reset_index(drop=True)
-            rows["pair_id"] = np.arange(next_id, next_id + len(rows), dtype=np.int64)
-            next_id += len(rows)
-            writer.write(rows)
-    return {"input": len(prompt_ids), "kept": next_id, "prompts": next_id}
+        for folder in part_dirs:
+            table = pq.ParquetFile(Path(folder) / PART_TABLE)
+            for group in range(table.num_row_groups):
+                rows = table.read_row_group(group).to_pandas()
+                rows["pair_id"] = np.arange(next_id, next_id + len(rows), dtype=np.int64)
+                next_id += len(rows)
+                writer.write(rows)
+    return {"input": records[0]["settings"]["pairs"], "kept": next_id, "prompts": next_id}
 
 
 def _check_canonical(names: list[str], where: str) -> None:
