@@ -37,6 +37,9 @@ PAPER_TABLES = kept_tables(EVALUATION.get("tables", {}))
 BASE = config["base_model"]
 BUILD_TOY_BASE = BASE.get("build") == "toy"
 DEVICE = config["resources"]["device"]
+# Training and the data steps it waits on run before sampling and scoring when cores are
+# scarce: sampling fills the gaps, and no long training job is left to run alone at the end.
+TRAINING_CHAIN_PRIORITY = 1
 # The nodup table's slice: its seed, and as many parts as the normalisation.
 NODUP = {"seed": config["pairs"]["nodup_seed"], "shards": config["pairs"]["shards"]}
 

@@ -98,6 +98,7 @@ rule ddspo_pairs:
         device=DEVICE,
         cfg=as_json(config["ddspo"]),
         base=BASE["path"],
+    priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
     log:
@@ -123,6 +124,7 @@ rule cache_part:
         device=DEVICE,
         cfg=as_json(config["cache"]),
         base=BASE["path"],
+    priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
     log:
@@ -143,6 +145,7 @@ rule cache:
     params:
         cfg=as_json(config["cache"]),
         base=BASE["path"],
+    priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
     log:

@@ -10,6 +10,7 @@ rule train:
         base=BASE["path"],
         run_dir="results/train/{method}",
         launch=train_launcher,
+    priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
     log:
