@@ -30,6 +30,7 @@ rule pairs_part:
         part=r"\d+",
     params:
         cfg=as_json(config["pairs"]),
+    priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
     log:
@@ -46,6 +47,7 @@ rule pairs:
         "results/data/pairs.parquet",
     params:
         cfg=as_json(config["pairs"]),
+    priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
     log:
@@ -64,6 +66,7 @@ rule pairs_nodup_part:
         part=r"\d+",
     params:
         cfg=as_json(NODUP),
+    priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
     log:
@@ -80,6 +83,7 @@ rule pairs_nodup:
         "results/data/pairs_nodup.parquet",
     params:
         cfg=as_json(NODUP),
+    priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
     log:
