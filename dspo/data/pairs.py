@@ -163,16 +163,27 @@ def _screen(
     return candidates, counts, jpg_0, jpg_1
 
 
-_PART_SCHEMA = pa.schema(
+_PAIRS_SCHEMA = pa.schema(
     [
-        ("unit", pa.int64()),
-        ("unit_row", pa.int64()),
-        ("key", pa.float64()),
+        ("pair_id", pa.int64()),
         ("prompt_id", pa.int64()),
         ("caption", pa.string()),
         ("jpg_w", pa.binary()),
         ("jpg_l", pa.binary()),
         ("label_w", pa.float64()),
+        ("source_row", pa.int64()),
+    ]
+)
+
+
+# A part's rows: the canonical pair columns that it knows, and where each pair stands in the
+# source (its unit and row there) with its sample key; the gather turns these into ids.
+_PART_SCHEMA = pa.schema(
+    [
+        ("unit", pa.int64()),
+        ("unit_row", pa.int64()),
+        ("key", pa.float64()),
+        *(_PAIRS_SCHEMA.field(name) for name in CANONICAL_COLUMNS[1:-1]),
     ]
 )
 
@@ -449,19 +460,6 @@ def _canonical_dtypes(df: pd.DataFrame) -> pd.DataFrame:
             "source_row": "int64",
         }
     )
-
-
-_PAIRS_SCHEMA = pa.schema(
-    [
-        ("pair_id", pa.int64()),
-        ("prompt_id", pa.int64()),
-        ("caption", pa.string()),
-        ("jpg_w", pa.binary()),
-        ("jpg_l", pa.binary()),
-        ("label_w", pa.float64()),
-        ("source_row", pa.int64()),
-    ]
-)
 
 
 class PairWriter:
