@@ -316,6 +316,20 @@ def test_hub_source_with_fake_datasets(monkeypatch, streaming):
     assert stats["kept"] == 3 and all(colour_of(b) == RED for b in pairs["jpg_w"])
 
 
+def test_streamed_unit_without_a_column_is_named(monkeypatch, tmp_path):
+    # Some streaming datasets know their columns only once iterated: each unit is checked.
+    class _Unknown(_FakeDataset):
+        column_names = None
+
+    rows = [{k: v for k, v in r.items() if k != "label_1"} for r in mixed_rows()]
+    fake = types.SimpleNamespace(load_dataset=lambda *a, **k: _Unknown(rows, {}), Image=_FakeImage)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    source = {"kind": "hub", "id": "me/pickapic", "streaming": True}
+    with pytest.raises(ValueError, match=r"me/pickapic \(train\) shard 0 of 2: .*'label_1'"):
+        P.normalise_part(P.PairSettings(source=source), 0, 1, tmp_path / "part0")
+    assert not (tmp_path / "part0").exists()
+
+
 # --- normalising: what is kept and why ---------------------------------------------------
 
 

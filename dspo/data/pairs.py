@@ -213,7 +213,7 @@ def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path)
     ):
         for unit in tqdm(range(first, stop), desc=f"pairs part {part}", mininterval=5):
             df = units[unit].read()
-            check_columns(df, units[unit].name)
+            check_columns(df.columns, units[unit].name)
             unit_rows.append(len(df))
             counts["input"] += len(df)
             candidates, screened, jpg_0, jpg_1 = _screen(df, settings.drop_ties)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -85,10 +85,11 @@ def load_source(source: Mapping[str, Any]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def check_columns(df: pd.DataFrame, where: str) -> None:
-    """Fail with the unit's name if a required Pick-a-Pic column is missing."""
+def check_columns(names: Iterable[str], where: str) -> None:
+    """Fail naming the file or unit if a required Pick-a-Pic column is not in ``names``."""
+    names = set(names)
     for col in REQUIRED_COLUMNS:
-        if col not in df.columns:
+        if col not in names:
             raise ValueError(f"{where}: missing required column {col!r}")
 
 
@@ -130,7 +131,7 @@ def _parquet_units(path: str, split: str | None) -> list[SourceUnit]:
     for file in _source_files(path, split, ".parquet"):
         meta = pq.ParquetFile(file)
         names = meta.schema_arrow.names
-        check_columns(pd.DataFrame(columns=names), str(file))
+        check_columns(names, str(file))
         wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
         for group in range(meta.num_row_groups):
             read = partial(_read_row_group, file, group, wanted)
@@ -215,7 +216,7 @@ def _hub_units(
     # Streaming datasets may not know their columns until iterated; then each unit is checked.
     names = ds.column_names
     if names is not None:
-        check_columns(pd.DataFrame(columns=names), where)
+        check_columns(names, where)
         ds = ds.select_columns([c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in names])
     # Copies that store images as an Image feature would otherwise be decoded to PIL objects.
     for col in ("jpg_0", "jpg_1"):
