@@ -20,17 +20,31 @@ DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
 class HubClip:
-    """A transformers ``CLIPModel`` with its own tokenizer and (PIL) image processor."""
+    """A transformers ``CLIPModel`` with its own tokenizer and (PIL) image processor.
 
-    def __init__(self, model: str, processor: str, device: str, dtype: torch.dtype) -> None:
+    Config keys: `model` (hub id or local folder, ``default_model`` when unset) and
+    `processor` (where the tokenizer and image processor live; ``default_processor``, or the
+    model's own folder when that is None), plus the shared `dtype`.
+    """
+
+    def __init__(
+        self,
+        spec: Mapping[str, Any],
+        device: str,
+        default_model: str,
+        default_processor: str | None,
+    ) -> None:
         from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
+        check_keys(spec, {"model", "processor"})
+        self.model_name = model = spec.get("model", default_model)
+        processor = spec.get("processor", default_processor or model)
         self.device = device
         # The PIL image processor is the one the CLIP repos were evaluated with; naming it
         # keeps preprocessing identical whether or not torchvision is installed.
         self.image_processor = CLIPImageProcessorPil.from_pretrained(processor)
         self.tokenizer = AutoTokenizer.from_pretrained(processor)
-        self.model = CLIPModel.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.model = CLIPModel.from_pretrained(model, dtype=spec_dtype(spec)).to(device).eval()
 
     @torch.no_grad()
     def cosines(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
@@ -55,10 +69,8 @@ class ClipScore(HubClip):
     """CLIP score = cos(image, prompt) under a CLIP model from the hub or a local folder."""
 
     def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
-        check_keys(spec, {"model", "processor"})
-        model = spec.get("model", DEFAULT_CLIP)
-        super().__init__(model, spec.get("processor", model), device, spec_dtype(spec))
-        self.version = f"clip_score cosine {model}"
+        super().__init__(spec, device, default_model=DEFAULT_CLIP, default_processor=None)
+        self.version = f"clip_score cosine {self.model_name}"
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         return self.cosines(images, prompts).cpu().numpy().astype(np.float64)

@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from dspo.rewards.clip_score import DEFAULT_CLIP, HubClip
-from dspo.rewards.common import check_keys, spec_dtype
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 
@@ -23,10 +22,9 @@ class PickScore(HubClip):
     """PickScore from a hub id or local ``CLIPModel`` folder (`model`) and `processor`."""
 
     def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
-        check_keys(spec, {"model", "processor"})
-        model = spec.get("model", DEFAULT_MODEL)
-        super().__init__(model, spec.get("processor", DEFAULT_CLIP), device, spec_dtype(spec))
-        self.version = f"pickscore {model}"
+        # PickScore's repo holds only the model; its processor is the CLIP it was tuned from.
+        super().__init__(spec, device, default_model=DEFAULT_MODEL, default_processor=DEFAULT_CLIP)
+        self.version = f"pickscore {self.model_name}"
 
     @torch.no_grad()
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
