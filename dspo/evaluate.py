@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,30 +212,26 @@ def write_tables(
     )
     wins = _order(wins, {**orders, "method": methods})
     means = _order(mean_scores(scores, n_boot, seed, ci), {**orders, "model": [baseline, *methods]})
-    sizes = _sample_sizes(scores[scores["model"] == baseline], prompt_sets, name)
-    ci_text = f"{ci * 100:g} % percentile bootstrap CI over prompts ({n_boot} resamples)"
+    layout = _Layout(
+        baseline=baseline,
+        baseline_scores=scores[scores["model"] == baseline],
+        rewards=list(rewards),
+        prompt_sets=list(prompt_sets),
+        name=name,
+        ci_text=f"{ci * 100:g} % percentile bootstrap CI over prompts ({n_boot} resamples)",
+    )
 
     win_md = _win_table(
-        wins,
-        {"title": f"Win rate against {name(baseline)}", "methods": methods},
-        rewards,
-        prompt_sets,
-        name,
-        sizes,
-        ci_text,
-        name(baseline),
+        wins, {"title": f"Win rate against {name(baseline)}", "methods": methods}, layout
     )[1]
     mean_md = _markdown(
         means,
         "model",
         [baseline, *methods],
-        rewards,
-        prompt_sets,
-        name,
-        sizes,
+        layout,
         title="# Mean reward score",
         intro=(
-            f"Mean reward score of each model, with the {ci_text} in brackets. "
+            f"Mean reward score of each model, with the {layout.ci_text} in brackets. "
             "Highest per prompt set and reward in **bold**."
         ),
         value="mean",
@@ -249,14 +246,11 @@ def write_tables(
     tables = {
         "win_rates": (wins, win_md),
         "mean_scores": (means, mean_md),
-        "head_to_head": (matrix, _matrix_markdown(matrix, models, name, ci_text)),
+        "head_to_head": (matrix, _matrix_markdown(matrix, models, name, layout.ci_text)),
     }
     for table, spec in (paper_tables or {}).items():
         sets = [p for p in spec.get("prompt_sets", prompt_sets) if p in prompt_sets]
-        table_sizes = _sample_sizes(scores[scores["model"] == baseline], sets, name)
-        tables[table] = _win_table(
-            wins, spec, rewards, sets, name, table_sizes, ci_text, name(baseline)
-        )
+        tables[table] = _win_table(wins, spec, replace(layout, prompt_sets=sets))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -283,24 +277,48 @@ def published_results() -> pd.DataFrame:
     return pd.read_csv(Path(__file__).parent / "resources" / "paper_results.csv")
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What the Markdown tables of one run share: the baseline and its scores (for the sample
+    sizes), the rewards and prompt sets in order, display names and the interval's wording."""
+
+    baseline: str
+    baseline_scores: pd.DataFrame
+    rewards: list[str]
+    prompt_sets: list[str]
+    name: Callable[[str], str]
+    ci_text: str
+
+    def sample_sizes(self) -> dict[float, str]:
+        """Per guidance, a line giving prompts x seeds of each prompt set."""
+        lines = {}
+        for guidance, block in self.baseline_scores.groupby("guidance", sort=True):
+            parts = []
+            for prompt_set in self.prompt_sets:
+                pairs = block.loc[block["prompt_set"] == prompt_set, _PAIR].drop_duplicates()
+                n_prompts, n_seeds = pairs["prompt_id"].nunique(), pairs["seed"].nunique()
+                label = self.name(prompt_set)
+                if len(pairs) == n_prompts * n_seeds:
+                    parts.append(f"{label} {n_prompts} × {n_seeds}")
+                else:
+                    parts.append(f"{label} {len(pairs)} samples of {n_prompts} prompts")
+            lines[guidance] = "Prompts × seeds: " + ", ".join(parts) + "."
+        return lines
+
+
 def _win_table(
-    wins: pd.DataFrame,
-    spec: Mapping[str, Any],
-    rewards: Sequence[str],
-    prompt_sets: Sequence[str],
-    name: Callable[[str], str],
-    sizes: Mapping[float, str],
-    ci_text: str,
-    baseline: str,
+    wins: pd.DataFrame, spec: Mapping[str, Any], layout: _Layout
 ) -> tuple[pd.DataFrame, str]:
     """A paper-layout table of win rates for `spec` (title, methods, optional paper), with
     the published figure beside each cell when `spec` names a paper table."""
     methods = list(spec["methods"])
+    prompt_sets = layout.prompt_sets
     frame = wins[wins["method"].isin(methods) & wins["prompt_set"].isin(prompt_sets)]
-    frame = _order(frame, {"prompt_set": prompt_sets, "reward": list(rewards), "method": methods})
+    frame = _order(frame, {"prompt_set": prompt_sets, "reward": layout.rewards, "method": methods})
+    baseline = layout.name(layout.baseline)
     intro = (
         f"Win rate (%) of each method against {baseline} on the same prompt, seed and initial "
-        f"noise (ties count half), with the {ci_text} in brackets. Best per prompt set and "
+        f"noise (ties count half), with the {layout.ci_text} in brackets. Best per prompt set and "
         f"reward in **bold**. {_SIGNIFICANT} marks a sign test over prompts with p < 0.05."
     )
     note = _significance
@@ -323,14 +341,11 @@ def _win_table(
         frame,
         "method",
         methods,
-        rewards,
-        prompt_sets,
-        name,
-        sizes,
+        layout,
         title=f"# {spec['title']}",
         intro=intro,
         value="win_rate",
-        cell={r: _percent_cell for r in rewards},
+        cell={r: _percent_cell for r in layout.rewards},
         note=note,
     )
     return frame, markdown
@@ -547,24 +562,6 @@ def _order(frame: pd.DataFrame, orders: Mapping[str, Sequence[str]]) -> pd.DataF
     return frame.loc[keys.sort_values(by, kind="stable").index].reset_index(drop=True)
 
 
-def _sample_sizes(
-    base: pd.DataFrame, prompt_sets: Sequence[str], name: Callable[[str], str]
-) -> dict[float, str]:
-    """Per guidance, a line giving prompts x seeds of each prompt set."""
-    lines = {}
-    for guidance, block in base.groupby("guidance", sort=True):
-        parts = []
-        for prompt_set in prompt_sets:
-            pairs = block.loc[block["prompt_set"] == prompt_set, _PAIR].drop_duplicates()
-            n_prompts, n_seeds = pairs["prompt_id"].nunique(), pairs["seed"].nunique()
-            if len(pairs) == n_prompts * n_seeds:
-                parts.append(f"{name(prompt_set)} {n_prompts} × {n_seeds}")
-            else:
-                parts.append(f"{name(prompt_set)} {len(pairs)} samples of {n_prompts} prompts")
-        lines[guidance] = "Prompts × seeds: " + ", ".join(parts) + "."
-    return lines
-
-
 def _percent_cell(value: float, low: float, high: float) -> tuple[str, str]:
     return f"{100 * value:.1f}", f"[{100 * low:.1f}, {100 * high:.1f}]"
 
@@ -580,10 +577,7 @@ def _markdown(
     frame: pd.DataFrame,
     who: str,
     rows: Sequence[str],
-    rewards: Sequence[str],
-    prompt_sets: Sequence[str],
-    name: Callable[[str], str],
-    sizes: Mapping[float, str],
+    layout: _Layout,
     *,
     title: str,
     intro: str,
@@ -592,6 +586,7 @@ def _markdown(
     note: Callable[[str, str, str, pd.Series], str] | None = None,
 ) -> str:
     """Paper-style tables, one per guidance: rows prompt set x `who`, columns reward models."""
+    name, rewards, sizes = layout.name, layout.rewards, layout.sample_sizes()
     header = ["Prompt set", who.capitalize(), *(name(r) for r in rewards)]
     lines = [title, "", intro]
     for guidance in sorted(frame["guidance"].unique()):
@@ -600,7 +595,7 @@ def _markdown(
         lines.append("|" + "---|" * 2 + "---:|" * len(rewards))
         block = frame[frame["guidance"] == guidance].set_index(["prompt_set", who, "reward"])
         best = block.groupby(level=["prompt_set", "reward"])[value].max()
-        for prompt_set in prompt_sets:
+        for prompt_set in layout.prompt_sets:
             for i, row in enumerate(rows):
                 cells = [name(prompt_set) if i == 0 else "", name(row)]
                 for reward in rewards:
