@@ -133,18 +133,36 @@ def sample_keys(seed: int, unit: int, n_rows: int) -> np.ndarray:
     return np.random.default_rng([seed, unit]).random(n_rows)
 
 
+@dataclass(frozen=True)
+class _UnitRows:
+    """The columns of one source unit that screening and the part's rows read, parsed once."""
+
+    captions: list[str]
+    label_0: np.ndarray
+    label_1: np.ndarray
+    jpg_0: list[bytes | None]
+    jpg_1: list[bytes | None]
+
+    @classmethod
+    def of(cls, df: pd.DataFrame) -> _UnitRows:
+        return cls(
+            captions=[c if isinstance(c, str) else "" for c in df["caption"].tolist()],
+            label_0=pd.to_numeric(df["label_0"], errors="coerce").to_numpy(dtype=float),
+            label_1=pd.to_numeric(df["label_1"], errors="coerce").to_numpy(dtype=float),
+            jpg_0=[_image_bytes(v) for v in df["jpg_0"].tolist()],
+            jpg_1=[_image_bytes(v) for v in df["jpg_1"].tolist()],
+        )
+
+
 def _screen(
-    df: pd.DataFrame, drop_ties: bool
-) -> tuple[list[int], dict[str, int], list[bytes | None], list[bytes | None]]:
-    """Rows that pass the metadata checks, counts of the others, and both images' bytes."""
+    df: pd.DataFrame, parsed: _UnitRows, drop_ties: bool
+) -> tuple[list[int], dict[str, int]]:
+    """Rows that pass the metadata checks, and counts of the others by reason."""
     counts = dict.fromkeys(DROP_REASONS[:-1], 0)
     n = len(df)
     has_label = df["has_label"].tolist() if "has_label" in df.columns else [True] * n
     different = df["are_different"].tolist() if "are_different" in df.columns else [True] * n
-    label_0 = pd.to_numeric(df["label_0"], errors="coerce").to_numpy(dtype=float)
-    label_1 = pd.to_numeric(df["label_1"], errors="coerce").to_numpy(dtype=float)
-    jpg_0 = [_image_bytes(v) for v in df["jpg_0"].tolist()]
-    jpg_1 = [_image_bytes(v) for v in df["jpg_1"].tolist()]
+    label_0, label_1, jpg_0, jpg_1 = parsed.label_0, parsed.label_1, parsed.jpg_0, parsed.jpg_1
     candidates = []
     for row in range(n):
         labels = (float(label_0[row]), float(label_1[row]))
@@ -160,7 +178,7 @@ def _screen(
             counts["ties_dropped"] += 1
         else:
             candidates.append(row)
-    return candidates, counts, jpg_0, jpg_1
+    return candidates, counts
 
 
 _PAIRS_SCHEMA = pa.schema(
@@ -216,7 +234,8 @@ def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path)
             check_columns(df.columns, units[unit].name)
             unit_rows.append(len(df))
             counts["input"] += len(df)
-            candidates, screened, jpg_0, jpg_1 = _screen(df, settings.drop_ties)
+            parsed = _UnitRows.of(df)
+            candidates, screened = _screen(df, parsed, settings.drop_ties)
             for reason, n in screened.items():
                 counts[reason] += n
             counts["candidates"] += len(candidates)
@@ -228,7 +247,7 @@ def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path)
                 sample_full = settings.max_pairs is not None and len(best) == settings.max_pairs
                 if sample_full and keys[row] > -best[0]:
                     break
-                if image_is_readable(jpg_0[row]) and image_is_readable(jpg_1[row]):
+                if image_is_readable(parsed.jpg_0[row]) and image_is_readable(parsed.jpg_1[row]):
                     kept.append(row)
                     if settings.max_pairs is not None:
                         heapq.heappush(best, -keys[row])
@@ -236,7 +255,7 @@ def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path)
                             heapq.heappop(best)
                 else:
                     unreadable_keys.append(float(keys[row]))
-            writer.write_table(_part_rows(df, unit, sorted(kept), keys, jpg_0, jpg_1))
+            writer.write_table(_part_rows(parsed, unit, sorted(kept), keys))
             counts["written"] += len(kept)
         record |= {
             "part": part,
@@ -274,17 +293,10 @@ def _part_folder(out_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _part_rows(
-    df: pd.DataFrame,
-    unit: int,
-    rows: list[int],
-    keys: np.ndarray,
-    jpg_0: list[bytes | None],
-    jpg_1: list[bytes | None],
-) -> pa.Table:
-    label_0 = pd.to_numeric(df["label_0"], errors="coerce").to_numpy(dtype=float)
-    label_1 = pd.to_numeric(df["label_1"], errors="coerce").to_numpy(dtype=float)
-    captions = [c if isinstance(c, str) else "" for c in df["caption"].tolist()]
+def _part_rows(parsed: _UnitRows, unit: int, rows: list[int], keys: np.ndarray) -> pa.Table:
+    """The kept ``rows`` of one unit in the part's schema, the preferred image first."""
+    captions, label_0, label_1 = parsed.captions, parsed.label_0, parsed.label_1
+    jpg_0, jpg_1 = parsed.jpg_0, parsed.jpg_1
     # Ties keep the source order; otherwise the image labelled 1 goes first.
     first_wins = [bool(label_0[r] >= label_1[r]) for r in rows]
     columns = {
