@@ -275,7 +275,7 @@ def tables(args: argparse.Namespace) -> None:
     plot_mean_scores(
         pd.read_csv(out / "mean_scores.csv"),
         plots / "mean_scores.png",
-        ["base", *p["methods"]],
+        p["methods"],
         p["rewards"],
         p["prompt_sets"],
         p["labels"],

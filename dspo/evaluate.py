@@ -425,7 +425,8 @@ def plot_win_rates(
             ax.set_title(f"{name(prompt_set)}\nguidance {float(guidance)}", fontsize=10)
             if col == 0:
                 ax.set_ylabel(f"win rate vs {name(baseline)} (%)")
-    return _save(fig, axes, out_png, len(methods))
+    note = "Error bars: 95 % bootstrap intervals over prompts (seeds nested); dashed: parity."
+    return _save(fig, axes, out_png, len(methods), note)
 
 
 def plot_mean_scores(
@@ -444,6 +445,8 @@ def plot_mean_scores(
     replace bars because the y axis does not start at zero.
     """
     name = _labeller(labels)
+    if baseline in methods:
+        raise ValueError(f"methods include the baseline {baseline!r}: it is drawn first already")
     models = [baseline, *methods]
     guidances = sorted(mean_scores_df["guidance"].unique())
     fig, axes = _grid(len(guidances), len(rewards), panel_width=1.4 + 0.6 * len(prompt_sets))
@@ -477,7 +480,8 @@ def plot_mean_scores(
             ax.set_title(f"{name(reward)}\nguidance {float(guidance)}", fontsize=10)
             if col == 0:
                 ax.set_ylabel("mean score")
-    return _save(fig, axes, out_png, len(models))
+    note = "Error bars: 95 % bootstrap intervals over prompts (seeds nested)."
+    return _save(fig, axes, out_png, len(models), note)
 
 
 def _check_columns(frame: pd.DataFrame, source: str) -> None:
@@ -632,9 +636,15 @@ def _grid(n_rows: int, n_cols: int, panel_width: float) -> tuple[Figure, np.ndar
     return fig, axes
 
 
-def _save(fig: Figure, axes: np.ndarray, out_png: Path, n_entries: int) -> Path:
+def _save(fig: Figure, axes: np.ndarray, out_png: Path, n_entries: int, note: str) -> Path:
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside upper center", ncol=min(n_entries, 6), frameon=False)
+    # Legend columns and the note's lines fit the figure's width, so a one-panel figure
+    # clips neither.
+    width_in = fig.get_figwidth()
+    ncol = max(1, min(n_entries, 6, int(width_in / 1.2)))
+    fig.legend(handles, names, loc="outside upper center", ncol=ncol, frameon=False)
+    wrapped = textwrap.fill(note, width=max(30, int(width_in * 13)))
+    fig.supxlabel(wrapped, fontsize=8, color="0.3")  # in the layout: never over tick labels
     for ax in axes.flat:
         ax.grid(axis="y", color="0.9", linewidth=0.8)
         ax.set_axisbelow(True)

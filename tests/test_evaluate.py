@@ -294,6 +294,45 @@ def test_plots_are_written(tmp_path: Path) -> None:
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
 
 
+def test_plots_draw_each_model_once_in_the_same_colour(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.colors import to_rgba
+
+    import dspo.evaluate as evaluate
+
+    legends = {}
+
+    def keep_legend(fig, axes, out_png, n_entries, note):
+        handles, names = axes[0][0].get_legend_handles_labels()
+        colours = [
+            to_rgba(h.patches[0].get_facecolor() if hasattr(h, "patches") else h[0].get_color())
+            for h in handles
+        ]
+        legends[out_png.stem] = dict(zip(names, colours, strict=True))
+        assert "95 %" in note
+        return out_png
+
+    monkeypatch.setattr(evaluate, "_save", keep_legend)
+    methods = ["sft", "dspo", "mapo"]
+    scores = make_scores(20, methods={"sft": 0.1, "dspo": 0.4, "mapo": 0.0}, rewards=("pick",))
+    plot_win_rates(
+        win_rates(scores, n_boot=50), tmp_path / "win.png", methods, ["pick"], ["pickv2"]
+    )
+    plot_mean_scores(
+        mean_scores(scores, n_boot=50), tmp_path / "mean.png", methods, ["pick"], ["pickv2"]
+    )
+    assert list(legends["mean"]) == ["base", *methods]
+    for method in methods:
+        assert tuple(legends["mean"][method]) == tuple(legends["win"][method])
+    with pytest.raises(ValueError, match="baseline"):
+        plot_mean_scores(
+            mean_scores(scores, n_boot=50),
+            tmp_path / "m.png",
+            ["base", *methods],
+            ["pick"],
+            ["pickv2"],
+        )
+
+
 def test_binomial_two_sided_matches_hand_values() -> None:
     assert binomial_two_sided(0, 0) == 1.0
     assert binomial_two_sided(0, 10) == pytest.approx(2 / 1024)
