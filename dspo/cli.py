@@ -286,11 +286,17 @@ def tables(args: argparse.Namespace) -> None:
 @command
 def grid(args: argparse.Namespace) -> None:
     """An image grid of the first prompts at one seed, one column per model."""
+    import pandas as pd
+
     from dspo.evaluate import image_grid
 
     p = args.params
     manifests = dict(zip(p["models"], map(Path, args.inputs), strict=True))
-    image_grid(manifests, Path(args.out), p.get("labels"), n_prompts=p.get("prompts", 6))
+    # For edits, --input is the editing set: its source images become the first column.
+    sources = pd.read_parquet(args.input) if args.input else None
+    image_grid(
+        manifests, Path(args.out), p.get("labels"), n_prompts=p.get("prompts", 6), sources=sources
+    )
     _report({"grid": args.out, "models": p["models"]})
 
 

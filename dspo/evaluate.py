@@ -658,13 +658,19 @@ def image_grid(
     out_png: Path,
     labels: Mapping[str, str] | None = None,
     n_prompts: int = 6,
+    sources: pd.DataFrame | None = None,
 ) -> Path:
     """One prompt and seed per row, one model per column (like the paper's Figures 5 and 8).
 
     `manifests` maps each model (the baseline first) to its manifest parquet; images lie
     beside it. The rows are the first `n_prompts` prompts at the first seed, at every
-    guidance scale, so every column shows the same prompts from the same initial noise.
+    guidance scale, so every column shows the same prompts from the same initial noise; each
+    row names its prompt (for edits: the instruction), seed and guidance. `sources` (the
+    editing set: ``prompt_id`` and ``image`` bytes) adds a first column with the image each
+    row's edits started from, so the edit itself can be seen.
     """
+    import io
+
     from PIL import Image
 
     name = _labeller(labels)
@@ -675,9 +681,24 @@ def image_grid(
     rows = first[(first["seed"] == seed) & first["prompt_id"].isin(prompts)]
     rows = rows.sort_values(["guidance", "prompt_id"], kind="stable")
     keys = ["prompt_id", "seed", "guidance"]
-    fig = Figure(figsize=(1.3 * len(tables) + 2.6, 1.3 * len(rows) + 0.5), layout="constrained")
-    axes = fig.subplots(len(rows), len(tables), squeeze=False)
-    for col, (model, table) in enumerate(tables.items()):
+    offset = 0 if sources is None else 1
+    n_cols = len(tables) + offset
+    fig = Figure(figsize=(1.3 * n_cols + 2.6, 1.3 * len(rows) + 0.5), layout="constrained")
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    if sources is not None:
+        source_bytes = sources.set_index("prompt_id")["image"]
+        for r, row in enumerate(rows.itertuples()):
+            if row.prompt_id not in source_bytes.index:
+                raise ValueError(
+                    f"the editing set has no source image for prompt_id {row.prompt_id}"
+                )
+            ax = axes[r][0]
+            ax.imshow(Image.open(io.BytesIO(source_bytes[row.prompt_id])), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("source", fontsize=9)
+    for col, (model, table) in enumerate(tables.items(), start=offset):
         paths = table.set_index(keys)["path"]
         for r, row in enumerate(rows.itertuples()):
             key = (row.prompt_id, row.seed, row.guidance)
@@ -693,15 +714,15 @@ def image_grid(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(name(model), fontsize=9)
-            if col == 0:
-                text = "\n".join(textwrap.wrap(row.prompt, 28))
-                ax.set_ylabel(
-                    f"{text}\nguidance {row.guidance:g}",
-                    fontsize=7,
-                    rotation=0,
-                    ha="right",
-                    va="center",
-                )
+    for r, row in enumerate(rows.itertuples()):
+        text = "\n".join(textwrap.wrap(row.prompt, 28))
+        axes[r][0].set_ylabel(
+            f"{text}\nseed {row.seed}, guidance {row.guidance:g}",
+            fontsize=7,
+            rotation=0,
+            ha="right",
+            va="center",
+        )
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120)
     return out_png

@@ -2,6 +2,7 @@
 # Steps receive their config slice as a param, so editing a slice reruns that step and what
 # depends on it, and nothing else.
 import json
+import shlex
 
 
 def entries(mapping):
@@ -167,3 +168,12 @@ def tables_config():
 
 def score_files(wildcards=None):
     return expand("results/scores/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=EVAL_SETS)
+
+
+def grid_sources(wildcards):
+    """The editing set, for the editing grid's source column; nothing for prompt sets."""
+    return ["results/data/editing.parquet"] if wildcards.prompt_set == "editing" else []
+
+
+def grid_sources_option(wildcards, input):
+    return f"--input {shlex.quote(input.sources[0])}" if input.sources else ""

@@ -10,8 +10,16 @@ rule tables:
         ),
         mean_scores="results/tables/mean_scores.md",
         head_to_head="results/tables/head_to_head.md",
-        head_to_head_csv="results/tables/head_to_head.csv",
-        paper_tables=expand("results/tables/{table}.{ext}", table=PAPER_TABLES, ext=["md", "csv"]),
+        head_to_head_csv=report(
+            "results/tables/head_to_head.csv",
+            caption="../workflow/report/head_to_head.rst",
+            category="Tables",
+        ),
+        paper_tables=report(
+            expand("results/tables/{table}.{ext}", table=PAPER_TABLES, ext=["md", "csv"]),
+            caption="../workflow/report/paper_table.rst",
+            category="Paper tables",
+        ),
         mean_scores_csv=report(
             "results/tables/mean_scores.csv",
             caption="../workflow/report/mean_scores_table.rst",
@@ -40,7 +48,8 @@ rule tables:
 
 rule grid:
     input:
-        expand("results/images/{model}/{{prompt_set}}/manifest.parquet", model=MODELS),
+        manifests=expand("results/images/{model}/{{prompt_set}}/manifest.parquet", model=MODELS),
+        sources=grid_sources,
     output:
         report(
             "results/plots/grid_{prompt_set}.png",
@@ -49,9 +58,11 @@ rule grid:
         ),
     params:
         cfg=as_json({"models": MODELS, "labels": tables_config()["labels"], "prompts": 6}),
+        sources=grid_sources_option,
     conda:
         "../environment.yml"
     log:
         "results/logs/grid/{prompt_set}.log",
     shell:
-        "dspo grid --params {params.cfg:q} --inputs {input:q} --out {output:q} > {log} 2>&1"
+        "dspo grid --params {params.cfg:q} --inputs {input.manifests:q} {params.sources}"
+        " --out {output:q} > {log} 2>&1"

@@ -410,3 +410,37 @@ def test_image_grid_has_a_column_per_model(tmp_path: Path) -> None:
     pd.read_parquet(manifests["sft"]).head(1).to_parquet(manifests["sft"])
     with pytest.raises(ValueError, match="sft"):
         image_grid(manifests, tmp_path / "grid2.png", n_prompts=2)
+
+
+def test_editing_grid_shows_the_source_image_and_each_row_names_its_seed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import io
+
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    manifests = {}
+    for shade, model in enumerate(["base", "dspo"]):
+        folder = tmp_path / model
+        folder.mkdir()
+        Image.new("RGB", (16, 16), (80 * shade, 0, 0)).save(folder / "p0.png")
+        row = {"prompt_id": 0, "prompt": "make it blue", "seed": 7, "guidance": 2.0}
+        pd.DataFrame([{**row, "path": "p0.png"}]).to_parquet(folder / "manifest.parquet")
+        manifests[model] = folder / "manifest.parquet"
+    magenta = io.BytesIO()
+    Image.new("RGB", (16, 16), (255, 0, 255)).save(magenta, format="PNG")
+    sources = pd.DataFrame({"prompt_id": [0], "image": [magenta.getvalue()]})
+
+    drawn = []
+    original = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), original(fig, *a, **k))
+    )
+    image_grid(manifests, tmp_path / "edit.png", n_prompts=1, sources=sources)
+    axes = drawn[-1].axes
+    assert [ax.get_title() for ax in axes] == ["source", "base", "dspo"]
+    assert axes[0].images[0].get_array()[0, 0].tolist()[:3] == [255, 0, 255]
+    assert "seed 7" in axes[0].get_ylabel() and "make it blue" in axes[0].get_ylabel()
+    with pytest.raises(ValueError, match="prompt_id 0"):
+        image_grid(manifests, tmp_path / "e2.png", n_prompts=1, sources=sources.iloc[:0])
