@@ -245,7 +245,9 @@ def score(args: argparse.Namespace) -> None:
 @command
 def tables(args: argparse.Namespace) -> None:
     """Win rates against the base model and mean scores: tables and plots."""
-    from dspo.evaluate import load_scores, plot_mean_scores, plot_win_rates, write_tables
+    from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
+    from dspo.evaluation.statistics import load_scores
+    from dspo.evaluation.tables import write_tables
 
     p = args.params
     scores = load_scores([Path(f) for f in args.inputs])
@@ -288,7 +290,7 @@ def grid(args: argparse.Namespace) -> None:
     """An image grid of the first prompts at one seed, one column per model."""
     import pandas as pd
 
-    from dspo.evaluate import image_grid
+    from dspo.evaluation.plots import image_grid
 
     p = args.params
     manifests = dict(zip(p["models"], map(Path, args.inputs), strict=True))

@@ -9,20 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dspo.evaluate import (
+from dspo.evaluation.plots import image_grid, plot_mean_scores, plot_win_rates
+from dspo.evaluation.statistics import (
     SCORE_COLUMNS,
     binomial_two_sided,
     head_to_head,
-    image_grid,
     load_scores,
     mean_scores,
-    plot_mean_scores,
-    plot_win_rates,
-    published_results,
     sign_test,
     win_rates,
-    write_tables,
 )
+from dspo.evaluation.tables import published_results, write_tables
 
 
 def make_scores(
@@ -297,7 +294,7 @@ def test_plots_are_written(tmp_path: Path) -> None:
 def test_plots_draw_each_model_once_in_the_same_colour(tmp_path: Path, monkeypatch) -> None:
     from matplotlib.colors import to_rgba
 
-    import dspo.evaluate as evaluate
+    import dspo.evaluation.plots as plots
 
     legends = {}
 
@@ -311,7 +308,7 @@ def test_plots_draw_each_model_once_in_the_same_colour(tmp_path: Path, monkeypat
         assert "95 %" in note
         return out_png
 
-    monkeypatch.setattr(evaluate, "_save", keep_legend)
+    monkeypatch.setattr(plots, "_save", keep_legend)
     methods = ["sft", "dspo", "mapo"]
     scores = make_scores(20, methods={"sft": 0.1, "dspo": 0.4, "mapo": 0.0}, rewards=("pick",))
     plot_win_rates(

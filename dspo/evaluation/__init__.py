@@ -1,0 +1,1 @@
+"""Evaluation of generated images: statistics, tables and plots."""
