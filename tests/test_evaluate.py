@@ -198,7 +198,8 @@ def test_load_scores_concatenates_and_names_missing_column(tmp_path: Path) -> No
     scores[scores["model"] != "base"].to_parquet(paths[1])
     loaded = load_scores(paths)
     assert len(loaded) == len(scores)
-    assert list(loaded.columns) == list(SCORE_COLUMNS)
+    assert list(loaded.columns) == [*SCORE_COLUMNS, "replicate"]
+    assert (loaded["replicate"] == 0).all()  # files without the column are one replicate
 
     broken = tmp_path / "broken.parquet"
     scores.drop(columns="seed").to_parquet(broken)
@@ -256,7 +257,7 @@ def test_write_tables(tmp_path: Path) -> None:
         # DSPO has by far the largest shift, so it holds the bold best in every column.
         for row in rows:
             for cell in row[2:]:
-                assert re.fullmatch(r"(\*\*)?\d+\.\d(\*\*)? \[\d+\.\d, \d+\.\d\]( †)?", cell)
+                assert re.fullmatch(r"(\*\*)?\d+\.\d(\*\*)? \[\d+\.\d, \d+\.\d\]( [▲▼])?", cell)
                 assert cell.startswith("**") == (row[1] == "DSPO")
     header = next(line for line in markdown.splitlines() if line.startswith("| Prompt set"))
     assert header == "| Prompt set | Method | PickScore | hps |"

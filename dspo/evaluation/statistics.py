@@ -5,6 +5,12 @@ reward). Every model is sampled from the same initial noise at each (prompt, see
 guidance), so a method is compared with the baseline image of the same prompt and seed.
 Confidence intervals are percentile bootstraps over prompts: seeds of one prompt share the
 prompt and are not independent, so a prompt is resampled together with all its seeds.
+
+A trained model can come in several training replicates (the same method trained with other
+seeds), told apart by an optional ``replicate`` column. Its estimate is then the mean over
+replicates, and the bootstrap is hierarchical: each draw resamples the replicates and, crossed
+with them, the prompts (seeds nested), so the interval covers the randomness of training as
+well as that of the prompts. With one replicate it is exactly the prompt bootstrap.
 """
 
 from __future__ import annotations
@@ -34,16 +40,40 @@ BLOCK = ["prompt_set", "guidance", "reward"]
 PAIR = ["prompt_id", "seed"]
 
 
+REPLICATE = "replicate"
+
+
 def load_scores(paths: Sequence[Path]) -> pd.DataFrame:
-    """Concatenate score parquet files, checking that each has every score column."""
+    """Concatenate score parquet files, checking that each has every score column.
+
+    The ``replicate`` column is kept where a file has it, and is 0 elsewhere.
+    """
     if not paths:
         raise ValueError("load_scores needs at least one parquet file")
     frames = []
     for path in paths:
         frame = pd.read_parquet(path)
         check_columns(frame, str(path))
-        frames.append(frame[list(SCORE_COLUMNS)])
+        replicate = frame[REPLICATE] if REPLICATE in frame.columns else 0
+        frames.append(frame[list(SCORE_COLUMNS)].assign(**{REPLICATE: replicate}))
     return pd.concat(frames, ignore_index=True)
+
+
+def with_replicates(scores: pd.DataFrame) -> pd.DataFrame:
+    """``scores`` with a ``replicate`` column (0 for all rows where it has none)."""
+    return scores if REPLICATE in scores.columns else scores.assign(**{REPLICATE: 0})
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values: reject where adjusted < alpha keeps the
+    family-wise error rate at alpha over all the given tests, for any dependence."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
 
 
 def win_rates(
@@ -71,12 +101,17 @@ def win_rates(
 
 def _paired_with_baseline(scores: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Every other model's rows with the baseline's score of the same sample as `base`."""
+    scores = with_replicates(scores)
     _check_scores(scores)
     is_base = scores["model"] == baseline
     if not is_base.any():
         raise ValueError(f"no scores for the baseline model {baseline!r}")
+    # Every replicate of a method is compared with the same baseline image; a baseline in
+    # several replicates would make that pairing ambiguous.
+    if scores.loc[is_base, REPLICATE].nunique() > 1:
+        raise ValueError(f"the baseline {baseline!r} has several replicates; it needs one")
     base = scores.loc[is_base, [*BLOCK, *PAIR, "score"]].rename(columns={"score": "base"})
-    paired = scores.loc[~is_base, ["model", *BLOCK, *PAIR, "score"]].merge(
+    paired = scores.loc[~is_base, ["model", REPLICATE, *BLOCK, *PAIR, "score"]].merge(
         base, on=[*BLOCK, *PAIR], how="left"
     )
     unmatched = paired["base"].isna()
@@ -99,6 +134,7 @@ def mean_scores(
     Columns: prompt_set, guidance, reward, model, mean, ci_low, ci_high, n_prompts,
     n_samples; the bootstrap draws are those described in `win_rates`.
     """
+    scores = with_replicates(scores)
     _check_scores(scores)
     out = _bootstrap_groups(scores, "model", "score", n_boot, seed, ci)
     return out.rename(columns={"estimate": "mean"})
@@ -108,8 +144,9 @@ def sign_test(scores: pd.DataFrame, baseline: str = "base") -> pd.DataFrame:
     """Two-sided exact sign test of every other model against `baseline`, over prompts.
 
     Seeds of one prompt are not independent, so each prompt contributes one sign: that of
-    its mean score difference over seeds. Prompts with no difference are left out, as the
-    sign test does. Columns: prompt_set, guidance, reward, method, n_better, n_worse, p_value.
+    its mean score difference over seeds and training replicates. Prompts with no difference
+    are left out, as the sign test does. Columns: prompt_set, guidance, reward, method,
+    n_better, n_worse, p_value.
     """
     paired = _paired_with_baseline(scores, baseline)
     paired["diff"] = paired["score"] - paired["base"]
@@ -179,58 +216,99 @@ def _check_scores(scores: pd.DataFrame) -> None:
     check_columns(scores, "scores")
     if scores["score"].isna().any():
         raise ValueError(f"scores has {int(scores['score'].isna().sum())} NaN scores")
-    duplicated = scores.duplicated(["model", *BLOCK, *PAIR])
+    key = ["model", REPLICATE, *BLOCK, *PAIR]
+    duplicated = scores.duplicated(key)
     if duplicated.any():
         first = scores[duplicated].iloc[0]
         raise ValueError(
             f"scores has {int(duplicated.sum())} duplicated rows, first: "
-            + ", ".join(f"{c}={first[c]!r}" for c in ["model", *BLOCK, *PAIR])
+            + ", ".join(f"{c}={first[c]!r}" for c in key)
         )
 
 
 def _bootstrap_groups(
     rows: pd.DataFrame, who: str, value: str, n_boot: int, seed: int, ci: float
 ) -> pd.DataFrame:
-    """Mean of `value` per (prompt_set, guidance, reward, who) with its prompt bootstrap CI."""
+    """Mean of `value` per (prompt_set, guidance, reward, who) with its bootstrap CI.
+
+    Columns: the group, estimate, ci_low, ci_high, n_prompts, n_samples, n_replicates and
+    replicate_sd (the standard deviation of the replicates' own estimates; empty for one).
+    """
     if n_boot < 1 or not 0 < ci < 1:
         raise ValueError(f"need n_boot >= 1 and 0 < ci < 1, got n_boot={n_boot}, ci={ci}")
-    per_prompt = rows.groupby([*BLOCK, who, "prompt_id"], sort=True)[value].agg(["sum", "count"])
-    # One row per group, one column per prompt id (union over prompt sets; absent = 0 samples).
-    wide = per_prompt.unstack("prompt_id", fill_value=0)
-    sums = wide["sum"].to_numpy(dtype=float).T
-    counts = wide["count"].to_numpy(dtype=float).T
+    keys = [*BLOCK, who, REPLICATE, "prompt_id"]
+    per_prompt = rows.groupby(keys, sort=True)[value].agg(["sum", "count"])
+    # One column per group; rows are (replicate, prompt id) over the union of both, with
+    # 0 samples where a group lacks one.
+    wide = per_prompt.unstack([REPLICATE, "prompt_id"], fill_value=0).sort_index(axis=1)
+    replicates = wide["sum"].columns.get_level_values(REPLICATE).unique()
+    prompts = wide["sum"].columns.get_level_values("prompt_id").unique()
+    full = pd.MultiIndex.from_product([replicates, prompts], names=[REPLICATE, "prompt_id"])
+    shape = (len(replicates), len(prompts), len(wide))
+    sums = wide["sum"].reindex(columns=full, fill_value=0).to_numpy(dtype=float).T.reshape(shape)
+    counts = wide["count"].reindex(columns=full, fill_value=0).to_numpy(dtype=float)
+    counts = counts.T.reshape(shape)
     estimate, low, high = _bootstrap_ratio(sums, counts, n_boot, seed, ci)
     out = wide.index.to_frame(index=False)
     out["estimate"] = estimate
     out["ci_low"] = low
     out["ci_high"] = high
-    out["n_prompts"] = (counts > 0).sum(axis=0)
-    out["n_samples"] = counts.sum(axis=0).astype(int)
+    out["n_prompts"] = (counts.sum(axis=0) > 0).sum(axis=0)
+    out["n_samples"] = counts.sum(axis=(0, 1)).astype(int)
+    has = counts.sum(axis=1) > 0  # (replicates, groups)
+    out["n_replicates"] = has.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        each = np.where(has, sums.sum(axis=1) / counts.sum(axis=1), np.nan)
+    spread = np.full(len(out), np.nan)
+    several = out["n_replicates"].to_numpy() > 1
+    spread[several] = np.nanstd(each[:, several], axis=0, ddof=1)
+    out["replicate_sd"] = spread
     return out
+
+
+def _times_drawn(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """(n_boot, n): how often each of n units is drawn in each of n_boot resamples of n."""
+    draws = rng.integers(0, n, size=(n_boot, n))
+    offsets = n * np.arange(n_boot)[:, None]
+    times = np.bincount((draws + offsets).ravel(), minlength=n_boot * n).reshape(n_boot, n)
+    return times.astype(float)
 
 
 def _bootstrap_ratio(
     sums: np.ndarray, counts: np.ndarray, n_boot: int, seed: int, ci: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per column, sum(sums) / sum(counts) and its percentile bootstrap over rows (prompts).
+    """Per group (last axis), sum(sums) / sum(counts) and its percentile bootstrap.
 
-    Columns covering the same prompts share one draw made with a fresh `default_rng(seed)`,
-    so each column's interval is exactly that of resampling its own prompts alone.
+    ``sums`` and ``counts`` have shape (replicates, prompts, groups). Each resample draws the
+    group's prompts with `default_rng(seed)` and, when it has several replicates, its
+    replicates with `default_rng([seed, 1])`, crossed. Groups covering the same replicates
+    and prompts share one draw, so each group's interval is exactly that of resampling its
+    own replicates and prompts alone; with one replicate it is the plain prompt bootstrap.
     """
-    estimate = sums.sum(axis=0) / counts.sum(axis=0)
+    estimate = sums.sum(axis=(0, 1)) / counts.sum(axis=(0, 1))
     low = np.empty_like(estimate)
     high = np.empty_like(estimate)
-    coverage, which = np.unique((counts > 0).T, axis=0, return_inverse=True)
+    n_reps, n_prompts = counts.shape[:2]
+    has_rep = (counts.sum(axis=1) > 0).T  # (groups, replicates)
+    has_prompt = (counts.sum(axis=0) > 0).T  # (groups, prompts)
+    coverage, which = np.unique(
+        np.concatenate([has_rep, has_prompt], axis=1), axis=0, return_inverse=True
+    )
     which = which.ravel()
     for k, covered in enumerate(coverage):
         cols = np.flatnonzero(which == k)
-        n = int(covered.sum())
-        draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-        # How often each prompt is drawn, so the resampled sums become one matrix product.
-        offsets = n * np.arange(n_boot)[:, None]
-        times = np.bincount((draws + offsets).ravel(), minlength=n_boot * n).reshape(n_boot, n)
-        times = times.astype(float)
-        boot = (times @ sums[covered][:, cols]) / (times @ counts[covered][:, cols])
+        reps, prompts = covered[:n_reps], covered[n_reps:]
+        s = sums[reps][:, prompts][:, :, cols]
+        c = counts[reps][:, prompts][:, :, cols]
+        # How often each prompt is drawn, so the resampled sums become matrix products.
+        by_prompt = _times_drawn(np.random.default_rng(seed), int(prompts.sum()), n_boot)
+        if reps.sum() == 1:
+            boot = (by_prompt @ s[0]) / (by_prompt @ c[0])
+        else:
+            by_rep = _times_drawn(np.random.default_rng([seed, 1]), int(reps.sum()), n_boot)
+            # Replicates weight the prompts' sums first: (boot, prompts, groups), then prompts.
+            boot = np.einsum("bp,bpg->bg", by_prompt, np.einsum("br,rpg->bpg", by_rep, s))
+            boot /= np.einsum("bp,bpg->bg", by_prompt, np.einsum("br,rpg->bpg", by_rep, c))
         low[cols], high[cols] = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
     return estimate, low, high
 

@@ -16,6 +16,7 @@ from dspo.evaluation.statistics import (
     PAIR,
     check_columns,
     head_to_head,
+    holm,
     mean_scores,
     order_rows,
     sign_test,
@@ -95,12 +96,14 @@ def write_tables(
     )
 
     models = [baseline, *methods]
-    matrix = order_rows(
-        head_to_head(scores, models, n_boot, seed, ci),
-        {**orders, "model": models, "opponent": models},
+    matrix = with_holm(
+        order_rows(
+            head_to_head(scores, models, n_boot, seed, ci),
+            {**orders, "model": models, "opponent": models},
+        )
     )
     tables = {
-        "win_rates": (wins, win_md),
+        "win_rates": (with_holm(wins), win_md),
         "mean_scores": (means, mean_md),
         "head_to_head": (matrix, _matrix_markdown(matrix, models, name, layout.ci_text)),
     }
@@ -111,7 +114,9 @@ def write_tables(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     # Rounding keeps the files byte-identical even if float sums differ in the last bit.
-    stats = dict.fromkeys(["win_rate", "mean", "ci_low", "ci_high", "p_value"], 6)
+    stats = dict.fromkeys(
+        ["win_rate", "mean", "ci_low", "ci_high", "p_value", "p_holm", "replicate_sd"], 6
+    )
     for table, (frame, markdown) in tables.items():
         csv, md = out_dir / f"{table}.csv", out_dir / f"{table}.md"
         frame.round(stats).to_csv(csv, index=False, lineterminator="\n")
@@ -120,11 +125,39 @@ def write_tables(
     return paths
 
 
-_SIGNIFICANT = "†"
+ALPHA = 0.05
+_BETTER, _WORSE = "▲", "▼"
+
+
+def with_holm(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``p_holm``: its sign tests' p-values Holm-adjusted over all its rows, the
+    family of comparisons one table shows (a model against itself is no comparison)."""
+    tested = frame["p_value"].notna()
+    if "opponent" in frame.columns:
+        tested &= frame["model"] != frame["opponent"]
+    adjusted = np.full(len(frame), np.nan)
+    adjusted[tested.to_numpy()] = holm(frame.loc[tested, "p_value"].to_numpy())
+    return frame.assign(p_holm=adjusted)
+
+
+def _mark(entry: pd.Series) -> str:
+    """▲ or ▼ where the Holm-adjusted sign test rejects parity, by the side it falls on."""
+    if not entry["p_holm"] < ALPHA:
+        return ""
+    return f" {_BETTER}" if entry["win_rate"] > 0.5 else f" {_WORSE}"
+
+
+def _marks_text(against: str, n_tests: int) -> str:
+    return (
+        f"{_BETTER} / {_WORSE}: significantly better / worse than {against}: a two-sided sign "
+        f"test over prompts of the difference averaged over seeds and training replicates, "
+        f"Holm-corrected over the {n_tests} comparisons of this table (family-wise error "
+        f"{ALPHA:g})."
+    )
 
 
 def _significance(prompt_set: str, method: str, reward: str, entry: pd.Series) -> str:
-    return f" {_SIGNIFICANT}" if entry["p_value"] < 0.05 else ""
+    return _mark(entry)
 
 
 def published_results() -> pd.DataFrame:
@@ -173,11 +206,12 @@ def _win_table(
     frame = order_rows(
         frame, {"prompt_set": prompt_sets, "reward": layout.rewards, "method": methods}
     )
+    frame = with_holm(frame)
     baseline = layout.name(layout.baseline)
     intro = (
         f"Win rate (%) of each method against {baseline} on the same prompt, seed and initial "
         f"noise (ties count half), with the {layout.ci_text} in brackets. Best per prompt set and "
-        f"reward in **bold**. {_SIGNIFICANT} marks a sign test over prompts with p < 0.05."
+        f"reward in **bold**. {_marks_text(baseline, int(frame['p_holm'].notna().sum()))}"
     )
     note = _significance
     if spec.get("paper"):
@@ -217,8 +251,8 @@ def _matrix_markdown(
         "# Head to head",
         "",
         f"Win rate (%) of the row model against the column model on the same prompt, seed and "
-        f"initial noise (ties count half); {_SIGNIFICANT} marks a sign test over prompts with "
-        f"p < 0.05. Intervals ({ci_text}) are in head_to_head.csv.",
+        f"initial noise (ties count half). Intervals ({ci_text}) are in head_to_head.csv. "
+        + _marks_text("the column model", int(matrix["p_holm"].notna().sum())),
     ]
     for (prompt_set, guidance, reward), block in matrix.groupby(BLOCK, sort=False):
         cells = block.set_index(["model", "opponent"])
@@ -232,8 +266,7 @@ def _matrix_markdown(
                     values.append("–")
                     continue
                 entry = cells.loc[(row, column)]
-                mark = f" {_SIGNIFICANT}" if entry["p_value"] < 0.05 else ""
-                values.append(f"{100 * entry['win_rate']:.1f}{mark}")
+                values.append(f"{100 * entry['win_rate']:.1f}{_mark(entry)}")
             lines.append(f"| {name(row)} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
