@@ -302,6 +302,34 @@ def grid(args: argparse.Namespace) -> None:
     _report({"grid": args.out, "models": p["models"]})
 
 
+@command
+def summary(args: argparse.Namespace) -> None:
+    """The run's summary: headline win rates with intervals, the machine, time per stage."""
+    from dspo.evaluation.summary import build_summary
+
+    p = args.params
+    benchmarks = sorted(Path(p.get("benchmarks", "results/benchmarks")).glob("*/*.tsv"))
+    result = build_summary(
+        Path(args.input),
+        preset=p["preset"],
+        method=p["method"],
+        reward=p["reward"],
+        labels=p.get("labels", {}),
+        benchmarks=benchmarks,
+    )
+    Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    _report({"summary": args.out, "stages": len(result["stages"])})
+
+
+@command
+def readme_results(args: argparse.Namespace) -> None:
+    """Write the README's results block from a run summary (--input) into --out."""
+    from dspo.evaluation.summary import write_readme
+
+    changed = write_readme(Path(args.input), Path(args.out))
+    _report({"readme": args.out, "changed": changed})
+
+
 def _bench(args: argparse.Namespace) -> None:
     """Training throughput and peak memory: the cached trainer against an upstream-style loop."""
     from dspo.bench import main as run_bench

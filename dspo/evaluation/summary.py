@@ -1,0 +1,174 @@
+"""The run's own summary, and the README block written from it.
+
+A figure in the README must come from a run, not from a hand: the workflow writes
+``results/summary.json`` (the headline win rates with their intervals, the machine, the time
+each stage took), and ``dspo readme-results`` writes the README's results block from such a
+file. A test checks that the README's block is what that command writes for the summary kept
+in the repository, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import dspo
+from dspo.content import source_key
+
+START = "<!-- results: written by `make readme-results` from docs/run_summary.json -->"
+END = "<!-- results: end -->"
+_CELL_COLUMNS = ["win_rate", "ci_low", "ci_high", "n_prompts", "n_replicates", "replicate_sd"]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: they are bit-reproducible only there."""
+    import torch
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "dspo": dspo.__version__,
+        "source_key": source_key(),
+    }
+
+
+def stage_times(benchmarks: Sequence[Path]) -> dict[str, dict[str, float]]:
+    """Per stage (the folder above each Snakemake benchmark file): jobs, total and longest
+    job in seconds."""
+    stages: dict[str, dict[str, float]] = {}
+    for path in sorted(benchmarks):
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if not rows or "s" not in rows[0]:
+            raise ValueError(f"{path}: not a Snakemake benchmark file (no column 's')")
+        seconds = float(rows[-1]["s"])
+        stage = path.parent.name
+        entry = stages.setdefault(stage, {"jobs": 0, "seconds": 0.0, "longest": 0.0})
+        entry["jobs"] += 1
+        entry["seconds"] = round(entry["seconds"] + seconds, 1)
+        entry["longest"] = round(max(entry["longest"], seconds), 1)
+    return stages
+
+
+def build_summary(
+    win_rates_csv: Path,
+    *,
+    preset: str,
+    method: str,
+    reward: str,
+    labels: Mapping[str, str],
+    benchmarks: Sequence[Path] = (),
+) -> dict[str, Any]:
+    """The headline (``method`` against the base model under ``reward``, every prompt set and
+    guidance), the machine and the stage times."""
+    wins = pd.read_csv(win_rates_csv)
+    rows = wins[(wins["method"] == method) & (wins["reward"] == reward)]
+    if rows.empty:
+        raise ValueError(f"{win_rates_csv} has no rows for method {method!r} and reward {reward!r}")
+    cells = [
+        {
+            "prompt_set": r["prompt_set"],
+            "guidance": float(r["guidance"]),
+            **{c: (None if pd.isna(r[c]) else float(r[c])) for c in _CELL_COLUMNS if c in r},
+        }
+        for _, r in rows.iterrows()
+    ]
+    return {
+        "preset": preset,
+        "method": method,
+        "reward": reward,
+        "labels": dict(labels),
+        "headline": cells,
+        "machine": machine(),
+        "stages": stage_times(benchmarks),
+    }
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def render_block(summary: Mapping[str, Any]) -> str:
+    """The README's results block for ``summary``: deterministic text, markers included."""
+    name = summary["labels"]
+    label = lambda key: name.get(key, key)  # noqa: E731
+    guidances = sorted({c["guidance"] for c in summary["headline"]})
+    sets = list(dict.fromkeys(c["prompt_set"] for c in summary["headline"]))
+    cell = {(c["prompt_set"], c["guidance"]): c for c in summary["headline"]}
+    replicates = max(int(c.get("n_replicates") or 1) for c in summary["headline"])
+    over = "training replicates and prompts" if replicates > 1 else "prompts"
+    lines = [
+        START,
+        f"{label(summary['method'])} against the base model under the "
+        f"{label(summary['reward'])} reward, preset `{summary['preset']}`: win rate (%) with its "
+        f"95 % bootstrap interval over {over} (seeds nested)"
+        + (f", {replicates} replicates." if replicates > 1 else "."),
+        "",
+        "| prompt set | " + " | ".join(f"guidance {g:g}" for g in guidances) + " |",
+        "|---|" + "---|" * len(guidances),
+    ]
+    for prompt_set in sets:
+        values = []
+        for g in guidances:
+            c = cell.get((prompt_set, g))
+            if c is None:
+                values.append("–")
+                continue
+            low, high = _percent(c["ci_low"]), _percent(c["ci_high"])
+            values.append(f"{_percent(c['win_rate'])} [{low}, {high}]")
+        lines.append(f"| {label(prompt_set)} | " + " | ".join(values) + " |")
+    m = summary["machine"]
+    stages = summary["stages"]
+    lines += [
+        "",
+        f"Measured on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, "
+        f"{m['torch_threads']} threads per job), dspo {m['dspo']} (source {m['source_key']}).",
+    ]
+    if stages:
+        total = sum(s["seconds"] for s in stages.values())
+        parts = [
+            f"{stage} {s['seconds']:.0f} s ({s['jobs']:.0f} jobs)"
+            for stage, s in sorted(stages.items(), key=lambda kv: -kv[1]["seconds"])
+        ]
+        lines.append(f"Job time by stage ({total / 60:.1f} min in all): " + ", ".join(parts) + ".")
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, block: str, where: str = "README.md") -> str:
+    """``text`` with the part between the results markers replaced by ``block``."""
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END) + r"\n?", re.DOTALL)
+    if len(pattern.findall(text)) != 1:
+        raise ValueError(f"{where} needs exactly one results block between {START!r} and {END!r}")
+    return pattern.sub(lambda _: block, text)
+
+
+def write_readme(summary_json: Path, readme: Path) -> bool:
+    """Rewrite ``readme``'s results block from ``summary_json``; True if it changed."""
+    summary = json.loads(Path(summary_json).read_text())
+    old = readme.read_text()
+    new = replace_block(old, render_block(summary), str(readme))
+    if new != old:
+        readme.write_text(new)
+    return new != old

@@ -1,0 +1,88 @@
+"""The run summary and the README block written from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dspo.evaluation.summary import (
+    END,
+    START,
+    build_summary,
+    render_block,
+    replace_block,
+    stage_times,
+)
+
+
+def _win_rates(path: Path) -> Path:
+    rows = []
+    for prompt_set in ("heldout", "unseen"):
+        for guidance in (2.0, 4.0):
+            for method, rate in (("dspo", 0.7), ("sft", 0.6)):
+                rows.append(
+                    {
+                        "prompt_set": prompt_set,
+                        "guidance": guidance,
+                        "reward": "oracle",
+                        "method": method,
+                        "win_rate": rate + guidance / 100,
+                        "ci_low": rate - 0.1,
+                        "ci_high": rate + 0.1,
+                        "n_prompts": 48,
+                        "n_replicates": 3,
+                        "replicate_sd": 0.02,
+                    }
+                )
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _benchmark(path: Path, seconds: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:01\t100\n")
+    return path
+
+
+def test_summary_holds_the_headline_machine_and_stages(tmp_path: Path) -> None:
+    bench = [
+        _benchmark(tmp_path / "b" / "train" / "dspo.tsv", 60.5),
+        _benchmark(tmp_path / "b" / "train" / "sft.tsv", 30.0),
+        _benchmark(tmp_path / "b" / "base_model" / "base.tsv", 400.0),
+    ]
+    summary = build_summary(
+        _win_rates(tmp_path / "w.csv"),
+        preset="default",
+        method="dspo",
+        reward="oracle",
+        labels={"heldout": "Held-out captions", "dspo": "DSPO"},
+        benchmarks=bench,
+    )
+    assert [c["prompt_set"] for c in summary["headline"]] == ["heldout"] * 2 + ["unseen"] * 2
+    assert summary["headline"][1]["win_rate"] == pytest.approx(0.74)
+    assert summary["stages"]["train"] == {"jobs": 2, "seconds": 90.5, "longest": 60.5}
+    assert summary["machine"]["cores"] >= 1 and summary["machine"]["source_key"]
+    block = render_block(summary)
+    assert block.startswith(START) and block.rstrip().endswith(END)
+    assert "| Held-out captions | 72.0 [60.0, 80.0] | 74.0 [60.0, 80.0] |" in block
+    assert "3 replicates" in block and "training replicates and prompts" in block
+    assert "base_model 400 s (1 jobs), train 90 s (2 jobs)" in block
+    with pytest.raises(ValueError, match="no rows for method 'mapo'"):
+        build_summary(tmp_path / "w.csv", preset="d", method="mapo", reward="oracle", labels={})
+
+
+def test_block_replacement_needs_exactly_one_block() -> None:
+    text = f"intro\n{START}\nold\n{END}\nrest\n"
+    assert replace_block(text, f"{START}\nnew\n{END}\n") == f"intro\n{START}\nnew\n{END}\nrest\n"
+    with pytest.raises(ValueError, match="exactly one results block"):
+        replace_block("no block here", "x")
+
+
+def test_stage_times_refuses_other_files(tmp_path: Path) -> None:
+    bad = tmp_path / "train" / "x.tsv"
+    bad.parent.mkdir()
+    bad.write_text("a\tb\n1\t2\n")
+    with pytest.raises(ValueError, match="x.tsv"):
+        stage_times([bad])
