@@ -7,6 +7,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+# environment.yml names the package through DSPO_ROOT: Snakemake builds rule environments
+# from a copy of it, where a relative path would not reach the repository.
+os.environ.setdefault("DSPO_ROOT", workflow.basedir)
+
+
 # Anchored to this file so that `--directory` elsewhere still finds the default preset.
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
