@@ -330,6 +330,22 @@ def readme_results(args: argparse.Namespace) -> None:
     _report({"readme": args.out, "changed": changed})
 
 
+@command
+def push(args: argparse.Namespace) -> None:
+    """Upload a saved model (--model) with its card to the hub repo --name; --input adds the
+    run's win rates (results/tables/win_rates.csv) to the card first."""
+    from dspo.model_card import push as push_model
+
+    url = push_model(
+        Path(args.model),
+        args.name,
+        win_rates_csv=Path(args.input) if args.input else None,
+        private=not args.params.get("public", False),
+    )
+    Path(args.out).write_text(url + "\n")
+    _report({"pushed": args.model, "to": args.name, "commit": url})
+
+
 def _bench(args: argparse.Namespace) -> None:
     """Training throughput and peak memory: the cached trainer against an upstream-style loop."""
     from dspo.bench import main as run_bench
