@@ -1,4 +1,4 @@
-"""Model families behind one interface, on tiny models."""
+"""Model families behind one interface, and the flow-matching formulas, on tiny models."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
 )
 
@@ -19,23 +20,194 @@ from dspo.families import (
     family_of_denoiser,
     load_family,
 )
+from dspo.families.flow import (
+    FlowTimesteps,
+    interpolate,
+    score,
+    shift_sigmas,
+    velocity,
+    velocity_to_noise,
+    velocity_to_sample,
+)
 from dspo.families.sd import SDFamily
+from dspo.families.sd3 import SD3Family
 from dspo.models import load_pipeline
+from dspo.objectives import OBJECTIVES, objective_kwargs
+from tests.conftest import WORDS
 
+TINY_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "block_out_channels": [16, 32],
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 16,
+    # SD3 and FLUX latents are shifted before scaling; nonzero so the shift is exercised.
+    "shift_factor": 0.1,
+    "scaling_factor": 1.5,
+}
+CLIP = {
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
+T5 = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 2}
+TINY_SD3 = {
+    "max_length": 12,
+    "t5_max_length": 8,
+    "text_encoder": {**CLIP, "projection_dim": 8},
+    "text_encoder_2": {**CLIP, "projection_dim": 8},
+    "text_encoder_3": T5,
+    "vae": TINY_VAE,
+    "transformer": {
+        "sample_size": 8,
+        "patch_size": 2,
+        "num_layers": 2,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+    },
+    "scheduler": {"shift": 3.0},
+}
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # Family settings of the tiny models: their T5 length.
-SETTINGS: dict[str, dict] = {}
+SETTINGS = {"sd3": {"max_sequence_length": 8}}
 
 
 @pytest.fixture(scope="module")
-def models(tiny_model, tiny_sdxl_model) -> dict[str, Path]:
-    return {"sd": tiny_model, "sdxl": tiny_sdxl_model}
+def tiny_sd3(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny-sd3"
+    SD3Family.build(TINY_SD3, WORDS, seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model, tiny_sdxl_model, tiny_sd3) -> dict[str, Path]:
+    return {"sd": tiny_model, "sdxl": tiny_sdxl_model, "sd3": tiny_sd3}
+
+
+# ------------------------------------------------------------------ flow-matching formulas
+
+
+def flow_batch(n: int = 6, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(n, 4, 5, 5, generator=gen, dtype=torch.float64)
+    eps = torch.randn(n, 4, 5, 5, generator=gen, dtype=torch.float64)
+    t = torch.rand(n, generator=gen, dtype=torch.float64) * 0.98 + 0.01
+    return x0, eps, t
+
+
+def test_velocity_noise_and_sample_conversions_hold() -> None:
+    x0, eps, t = flow_batch()
+    x_t = interpolate(x0, eps, t)
+    v = velocity(x0, eps)
+    torch.testing.assert_close(velocity_to_noise(v, x_t, t), eps)
+    torch.testing.assert_close(velocity_to_sample(v, x_t, t), x0)
+    v_hat = v + torch.randn(v.shape, generator=torch.Generator().manual_seed(1), dtype=v.dtype)
+    eps_hat = velocity_to_noise(v_hat, x_t, t)
+    scale = (1 - t).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(eps_hat - eps, scale * (v_hat - v))
+    torch.testing.assert_close(
+        (eps_hat - eps).pow(2).flatten(1).mean(1),
+        (1 - t) ** 2 * (v_hat - v).pow(2).flatten(1).mean(1),
+    )
+
+
+def test_score_of_the_flow_marginal_is_minus_noise_over_t() -> None:
+    x0, eps, t = flow_batch()
+    x_t = interpolate(x0, eps, t).requires_grad_(True)
+    sigma = t.reshape(-1, 1, 1, 1)
+    mean = (1 - sigma) * x0
+    log_density = (-((x_t - mean) ** 2) / (2 * sigma**2)).sum()
+    (grad,) = torch.autograd.grad(log_density, x_t)
+    torch.testing.assert_close(grad, score(eps, t))
+
+
+# Hyper-parameters that keep every objective away from saturation, so equality is informative.
+UNSATURATED = {
+    "diffusion_dpo": {"beta": 2.0},
+    "diffusion_kto": {"beta": 2.0},
+    "mapo": {"beta": 0.5},
+    "dspo": {"lam": 0.5, "kappa": 2.0},
+    "dspo_ref": {"kappa": 2.0, "tau": 0.0},
+    "dspo_e": {"lam": 0.5},
+    "ddspo": {"beta": 2.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_noise_form_weight_makes_each_objective_its_noise_prediction_form(name: str) -> None:
+    """Velocity-space tensors scaled by (1 - t) give the loss, metrics and gradient of the
+    objective computed on the equivalent noise predictions."""
+    objective = OBJECTIVES[name]
+    family = SD3Family({"shift": 3.0}, noise_form=True)
+    n_pairs = 3
+    x0, eps, t = (x.float() for x in flow_batch(2 * n_pairs, seed=2))
+    if objective.paired or objective.preferred_only:
+        t = torch.cat([t[:n_pairs], t[:n_pairs]])  # one timestep per pair
+        eps = torch.cat([eps[:n_pairs], eps[:n_pairs]])  # and one noise
+    if objective.preferred_only:
+        x0, eps, t = x0[:n_pairs], eps[:n_pairs], t[:n_pairs]
+    x_t = interpolate(x0, eps, t)
+    gen = torch.Generator().manual_seed(3)
+    v_ref = velocity(x0, eps) + 0.3 * torch.randn(x0.shape, generator=gen)
+    v_pred = (v_ref + 0.2 * torch.randn(x0.shape, generator=gen)).requires_grad_(True)
+    v_target = v_ref.clone() if objective.reference_target else velocity(x0, eps)
+    hparams = objective_kwargs(name, UNSATURATED.get(name, {}))
+
+    loss_v, metrics_v = objective.fn(
+        *family.objective_inputs(v_pred, v_ref, v_target, t), **hparams
+    )
+    (grad_v,) = torch.autograd.grad(loss_v, v_pred)
+    noise = [family.to_noise(x, x_t, t) for x in (v_pred, v_ref, v_target)]
+    loss_e, metrics_e = objective.fn(*noise, **hparams)
+    (grad_e,) = torch.autograd.grad(loss_e, v_pred)
+
+    torch.testing.assert_close(loss_v, loss_e, rtol=1e-5, atol=1e-6)
+    assert metrics_v.keys() == metrics_e.keys()
+    for key in metrics_v:
+        torch.testing.assert_close(metrics_v[key], metrics_e[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_v, grad_e, rtol=1e-4, atol=1e-7)
+    assert grad_v.abs().sum() > 0
+    # Without the weight the velocity-space errors are other numbers.
+    family.noise_form = False
+    _, plain = objective.fn(*family.objective_inputs(v_pred, v_ref, v_target, t), **hparams)
+    assert any(not torch.isclose(plain[k], metrics_e[k], rtol=1e-3) for k in plain)
+
+
+def test_logit_normal_timesteps_follow_mean_std_and_shift() -> None:
+    gen = torch.Generator().manual_seed(0)
+    draws = FlowTimesteps(logit_mean=0.5, logit_std=0.8).draw(200_000, gen)
+    logits = torch.logit(draws.double())
+    assert abs(logits.mean().item() - 0.5) < 0.01 and abs(logits.std().item() - 0.8) < 0.01
+    # The shift is monotone, so it moves quantiles: the median goes to shift(sigmoid(mean)).
+    family = SD3Family({"shift": 3.0}, timesteps={"logit_mean": 0.0, "logit_std": 1.0})
+    t = family.sample_timesteps(200_000, torch.Generator().manual_seed(1), (4, 8, 8))
+    expected = shift_sigmas(torch.tensor(0.5), 3.0).item()
+    assert abs(t.median().item() - expected) < 0.005
+    assert t.min() > 0.0 and t.max() < 1.0
+    override = SD3Family({"shift": 3.0}, timesteps={"shift": 1.0})
+    t1 = override.sample_timesteps(200_000, torch.Generator().manual_seed(1), (4, 8, 8))
+    assert abs(t1.median().item() - 0.5) < 0.005
+
+
+def test_mode_and_uniform_timesteps_stay_in_range() -> None:
+    for weighting in ("mode", "uniform"):
+        t = FlowTimesteps(weighting=weighting).draw(10_000, torch.Generator().manual_seed(0))
+        assert t.min() >= 0.0 and t.max() <= 1.0 and t.std() > 0.1
+    with pytest.raises(ValueError, match="weighting"):
+        FlowTimesteps(weighting="cosine")
+    with pytest.raises(ValueError, match="unknown timesteps key"):
+        FlowTimesteps.from_params({"mean": 0.0})
 
 
 # ------------------------------------------------------------------ families on tiny models
 
 
-@pytest.mark.parametrize("name", ["sd", "sdxl"])
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3"])
 def test_registry_detects_family_from_folder_and_denoiser(name: str, models) -> None:
     assert detect_family(models[name]) == name
     family = load_family(models[name], **SETTINGS.get(name, {}))
@@ -59,12 +231,12 @@ def test_detection_falls_back_to_the_denoiser(tiny_sdxl_model: Path, tmp_path: P
 
 
 def test_registry_names_match_their_classes() -> None:
-    assert set(REGISTRY) == {"sd", "sdxl"}
+    assert set(REGISTRY) == {"sd", "sdxl", "sd3"}
     for name in REGISTRY:
         assert family_class(name).name == name
 
 
-@pytest.mark.parametrize("name", ["sd", "sdxl"])
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3"])
 def test_encode_noise_target_and_prediction_round_trip(name: str, models) -> None:
     path = models[name]
     family = load_family(path, **SETTINGS.get(name, {}))
@@ -120,7 +292,7 @@ def _perturb_lora(denoiser) -> None:
                 param.copy_(0.1 * torch.randn(param.shape, generator=gen))
 
 
-@pytest.mark.parametrize("name", ["sd"])
+@pytest.mark.parametrize("name", ["sd", "sd3"])
 def test_lora_saved_by_a_family_loads_into_the_stock_pipeline(
     name: str, models, tmp_path: Path
 ) -> None:
@@ -147,7 +319,21 @@ def test_lora_saved_by_a_family_loads_into_the_stock_pipeline(
     torch.testing.assert_close(loaded, trained, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["sd"])
+def test_full_denoiser_saved_by_a_family_reloads(tiny_sd3: Path, tmp_path: Path) -> None:
+    family = load_family(tiny_sd3, **SETTINGS["sd3"])
+    denoiser = family.load_denoiser(tiny_sd3)
+    with torch.no_grad():
+        next(denoiser.parameters()).add_(1.0)
+    family.save_denoiser(denoiser, str(tiny_sd3), tmp_path / "full", lora=False)
+    reloaded = StableDiffusion3Pipeline.from_pretrained(tmp_path / "full").transformer
+    for (key, a), b in zip(
+        denoiser.state_dict().items(), reloaded.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), key
+    assert detect_family(tmp_path / "full") == "sd3"
+
+
+@pytest.mark.parametrize("name", ["sd", "sd3"])
 def test_family_samples_and_edits_through_the_stock_pipeline(name: str, models) -> None:
     family = load_family(models[name], **SETTINGS.get(name, {}))
     pipe = load_pipeline(models[name])
@@ -174,6 +360,12 @@ def test_family_samples_and_edits_through_the_stock_pipeline(name: str, models) 
         generators=[torch.Generator().manual_seed(i) for i in range(2)],
     )
     assert edited.shape == (2, 16, 16, 3)
+
+
+def test_flow_family_rejects_a_ddpm_sampler(tiny_sd3: Path) -> None:
+    family = load_family(tiny_sd3, **SETTINGS["sd3"])
+    with pytest.raises(ValueError, match="expected 'euler'"):
+        family.sampling_scheduler(load_pipeline(tiny_sd3), "ddim")
 
 
 def test_sd_family_reads_stock_sd_folders(tiny_model: Path) -> None:

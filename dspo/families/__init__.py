@@ -17,6 +17,7 @@ from dspo.families.base import Family
 REGISTRY: dict[str, str] = {
     "sd": "dspo.families.sd:SDFamily",
     "sdxl": "dspo.families.sdxl:SDXLFamily",
+    "sd3": "dspo.families.sd3:SD3Family",
 }
 
 
