@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import (
+    FluxPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
 )
@@ -22,6 +24,7 @@ from dspo.families import (
 )
 from dspo.families.flow import (
     FlowTimesteps,
+    flux_shift,
     interpolate,
     score,
     shift_sigmas,
@@ -29,6 +32,7 @@ from dspo.families.flow import (
     velocity_to_noise,
     velocity_to_sample,
 )
+from dspo.families.flux import pack, unpack
 from dspo.families.sd import SDFamily
 from dspo.families.sd3 import SD3Family
 from dspo.models import load_pipeline
@@ -72,9 +76,31 @@ TINY_SD3 = {
     },
     "scheduler": {"shift": 3.0},
 }
+TINY_FLUX = {
+    "max_length": 12,
+    "t5_max_length": 8,
+    "text_encoder": CLIP,
+    "text_encoder_2": T5,
+    "vae": TINY_VAE,
+    "transformer": {
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "axes_dims_rope": [2, 2, 4],
+    },
+    "scheduler": {
+        "shift": 3.0,
+        "use_dynamic_shifting": True,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+    },
+}
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # Family settings of the tiny models: their T5 length.
-SETTINGS = {"sd3": {"max_sequence_length": 8}}
+SETTINGS = {"sd3": {"max_sequence_length": 8}, "flux": {"max_sequence_length": 8}}
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +111,15 @@ def tiny_sd3(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_model, tiny_sdxl_model, tiny_sd3) -> dict[str, Path]:
-    return {"sd": tiny_model, "sdxl": tiny_sdxl_model, "sd3": tiny_sd3}
+def tiny_flux(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny-flux"
+    family_class("flux").build(TINY_FLUX, WORDS, seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model, tiny_sdxl_model, tiny_sd3, tiny_flux) -> dict[str, Path]:
+    return {"sd": tiny_model, "sdxl": tiny_sdxl_model, "sd3": tiny_sd3, "flux": tiny_flux}
 
 
 # ------------------------------------------------------------------ flow-matching formulas
@@ -204,10 +237,18 @@ def test_mode_and_uniform_timesteps_stay_in_range() -> None:
         FlowTimesteps.from_params({"mean": 0.0})
 
 
+def test_flux_shift_depends_on_image_tokens() -> None:
+    config = TINY_FLUX["scheduler"]
+    assert math.isclose(flux_shift(256, config), math.exp(0.5))
+    assert math.isclose(flux_shift(4096, config), math.exp(1.15))
+    family = family_class("flux")(config)
+    assert math.isclose(family.shift((16, 128, 128)), math.exp(1.15))  # 64 x 64 tokens
+
+
 # ------------------------------------------------------------------ families on tiny models
 
 
-@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux"])
 def test_registry_detects_family_from_folder_and_denoiser(name: str, models) -> None:
     assert detect_family(models[name]) == name
     family = load_family(models[name], **SETTINGS.get(name, {}))
@@ -231,12 +272,12 @@ def test_detection_falls_back_to_the_denoiser(tiny_sdxl_model: Path, tmp_path: P
 
 
 def test_registry_names_match_their_classes() -> None:
-    assert set(REGISTRY) == {"sd", "sdxl", "sd3"}
+    assert set(REGISTRY) == {"sd", "sdxl", "sd3", "flux"}
     for name in REGISTRY:
         assert family_class(name).name == name
 
 
-@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux"])
 def test_encode_noise_target_and_prediction_round_trip(name: str, models) -> None:
     path = models[name]
     family = load_family(path, **SETTINGS.get(name, {}))
@@ -284,6 +325,13 @@ def test_v_prediction_converts_back_to_noise(tiny_model: Path) -> None:
     torch.testing.assert_close(family.to_noise(v_hat, x_t, t) - noise, scale * (v_hat - v))
 
 
+def test_flux_packing_matches_the_pipeline() -> None:
+    latents = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(0))
+    packed = pack(latents)
+    torch.testing.assert_close(packed, FluxPipeline._pack_latents(latents, 2, 4, 6, 8))
+    torch.testing.assert_close(unpack(packed, 6, 8), latents)
+
+
 def _perturb_lora(denoiser) -> None:
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -292,7 +340,7 @@ def _perturb_lora(denoiser) -> None:
                 param.copy_(0.1 * torch.randn(param.shape, generator=gen))
 
 
-@pytest.mark.parametrize("name", ["sd", "sd3"])
+@pytest.mark.parametrize("name", ["sd", "sd3", "flux"])
 def test_lora_saved_by_a_family_loads_into_the_stock_pipeline(
     name: str, models, tmp_path: Path
 ) -> None:
@@ -333,7 +381,7 @@ def test_full_denoiser_saved_by_a_family_reloads(tiny_sd3: Path, tmp_path: Path)
     assert detect_family(tmp_path / "full") == "sd3"
 
 
-@pytest.mark.parametrize("name", ["sd", "sd3"])
+@pytest.mark.parametrize("name", ["sd", "sd3", "flux"])
 def test_family_samples_and_edits_through_the_stock_pipeline(name: str, models) -> None:
     family = load_family(models[name], **SETTINGS.get(name, {}))
     pipe = load_pipeline(models[name])

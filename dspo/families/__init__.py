@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "sd": "dspo.families.sd:SDFamily",
     "sdxl": "dspo.families.sdxl:SDXLFamily",
     "sd3": "dspo.families.sd3:SD3Family",
+    "flux": "dspo.families.flux:FluxFamily",
 }
 
 
