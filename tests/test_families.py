@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    DDPMScheduler,
     FluxPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -35,7 +36,7 @@ from dspo.families.flow import (
 from dspo.families.flux import pack, unpack
 from dspo.families.sd import SDFamily
 from dspo.families.sd3 import SD3Family
-from dspo.models import load_pipeline
+from dspo.models import encode_text, load_pipeline
 from dspo.objectives import OBJECTIVES, objective_kwargs
 from tests.conftest import WORDS
 
@@ -269,6 +270,9 @@ def test_detection_falls_back_to_the_denoiser(tiny_sdxl_model: Path, tmp_path: P
         detect_family(tmp_path)
     with pytest.raises(KeyError, match="valid names"):
         family_class("kandinsky")
+    (tmp_path / "model_index.json").unlink()
+    with pytest.raises(ValueError, match="model_index.json does not exist"):
+        detect_family(tmp_path)
 
 
 def test_registry_names_match_their_classes() -> None:
@@ -309,6 +313,44 @@ def test_encode_noise_target_and_prediction_round_trip(name: str, models) -> Non
         other = family.predict(denoiser, x_t, t, {k: v.flip(0) for k, v in cond.items()})
     assert pred.shape == target.shape and torch.isfinite(pred).all()
     assert not torch.allclose(pred, other)  # the prediction depends on the conditions
+
+
+@pytest.mark.parametrize("name", ["sd", "sdxl"])
+def test_sd_families_make_the_calls_the_workflow_makes_today(name: str, models) -> None:
+    """The SD adapters reproduce the trainer's and cache's tensors bit for bit, so moving
+    those modules onto the interface cannot change a table."""
+    path = models[name]
+    family = load_family(path)
+    pipe = load_pipeline(path)
+    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    prompts = ["a red circle", "blue square on white"]
+    hidden, pooled = encode_text(pipe, prompts)
+    text = family.encode_prompts(pipe, prompts)
+    assert torch.equal(text["embeddings"], hidden)
+    assert pooled is None if name == "sd" else torch.equal(text["pooled"], pooled)
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    scaling = float(pipe.vae.config.scaling_factor)
+    latents = family.encode_images(pipe, pixels)
+    with torch.no_grad():
+        assert torch.equal(latents, pipe.vae.encode(pixels).latent_dist.mean * scaling)
+
+    t = family.sample_timesteps(2, torch.Generator().manual_seed(4), latents.shape[1:])
+    expected_t = torch.randint(1000, (2,), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(t, expected_t)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5))
+    x_t = family.add_noise(latents, noise, t)
+    assert torch.equal(x_t, scheduler.add_noise(latents, noise, t))
+    assert torch.equal(family.target(latents, noise, t), noise)
+    cond = dict(text)
+    added = None
+    if name == "sdxl":
+        cond.update(family.image_conditions([[16, 16], [20, 16]], [[0, 0], [2, 0]], 16))
+        added = {"text_embeds": text["pooled"], "time_ids": cond["time_ids"]}
+        time_ids = torch.tensor([[16, 16, 0, 0, 16, 16], [20, 16, 2, 0, 16, 16]]).float()
+        assert torch.equal(cond["time_ids"], time_ids)
+    with torch.no_grad():
+        pred = family.predict(pipe.unet, x_t, t, cond)
+        assert torch.equal(pred, pipe.unet(x_t, t, hidden, added_cond_kwargs=added).sample)
 
 
 def test_v_prediction_converts_back_to_noise(tiny_model: Path) -> None:

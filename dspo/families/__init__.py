@@ -34,6 +34,11 @@ def _model_index(path: str | Path) -> dict[str, Any]:
     local = Path(path) / "model_index.json"
     if local.exists():
         return json.loads(local.read_text())
+    if Path(path).is_dir():
+        raise ValueError(
+            f"{local} does not exist: {path} is not a diffusers pipeline folder "
+            "(a LoRA folder belongs to the family of its base model)"
+        )
     from diffusers import DiffusionPipeline
 
     return dict(DiffusionPipeline.load_config(str(path)))
