@@ -254,7 +254,12 @@ def test_registry_detects_family_from_folder_and_denoiser(name: str, models) -> 
     assert detect_family(models[name]) == name
     family = load_family(models[name], **SETTINGS.get(name, {}))
     assert isinstance(family, family_class(name)) and family.name == name
-    assert family_of_denoiser(family.load_denoiser(models[name])) == name
+    denoiser = family.load_denoiser(models[name])
+    assert family_of_denoiser(denoiser) == name
+    pipe = load_pipeline(models[name])
+    assert family.latent_channels(denoiser) == family.latent_shape(pipe, 16)[0]
+    with pytest.raises(ValueError, match=f"model family '{name}' has no setting"):
+        family_class(name).from_pretrained(models[name], cfg_scale=2.0)
 
 
 def test_detection_falls_back_to_the_denoiser(tiny_sdxl_model: Path, tmp_path: Path) -> None:

@@ -49,7 +49,18 @@ class Family(ABC):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **settings: Any) -> Family:
-        """The family of the pipeline at ``path``, with its training noise schedule."""
+        """The family of the pipeline at ``path``, with its training noise schedule.
+
+        ``settings`` are the family's keyword options; an unknown one is an error that names
+        the options this family takes.
+        """
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "scheduler_config"}
+        unknown = sorted(set(settings) - accepted)
+        if unknown:
+            raise ValueError(
+                f"model family {cls.name!r} has no setting(s) {unknown}; "
+                f"it takes {sorted(accepted)}"
+            )
         return cls(DiffusionPipeline.load_config(str(path), subfolder="scheduler"), **settings)
 
     @classmethod
@@ -156,6 +167,10 @@ class Family(ABC):
     @abstractmethod
     def sampling_scheduler(self, pipe: DiffusionPipeline, name: str) -> None:
         """Set the pipeline's sampler by name, keeping its noise schedule."""
+
+    def latent_channels(self, denoiser: ModelMixin) -> int:
+        """Channels of the latents the denoiser takes (checks a cache against a model)."""
+        return denoiser.config.in_channels
 
     def latent_shape(self, pipe: DiffusionPipeline, resolution: int) -> tuple[int, int, int]:
         """(C, H, W) of the initial noise for a square image of ``resolution`` pixels."""

@@ -20,7 +20,7 @@ from diffusers import (
 )
 
 from dspo.families.base import Conditions
-from dspo.families.flow import FlowFamily
+from dspo.families.flow import FlowFamily, FlowTimesteps
 from dspo.families.text import build_t5_tokenizer, clip_encoder, t5_encoder
 
 
@@ -55,8 +55,21 @@ class FluxFamily(FlowFamily):
     text_keys = ("embeddings", "pooled")
     default_max_sequence_length = 512  # the pipeline's default T5 length
 
-    def __init__(self, scheduler_config: Mapping[str, Any], *, guidance: float = 3.5, **kw) -> None:
-        super().__init__(scheduler_config, **kw)
+    def __init__(
+        self,
+        scheduler_config: Mapping[str, Any],
+        *,
+        noise_form: bool = False,
+        timesteps: FlowTimesteps | Mapping[str, Any] | None = None,
+        max_sequence_length: int | None = None,
+        guidance: float = 3.5,
+    ) -> None:
+        super().__init__(
+            scheduler_config,
+            noise_form=noise_form,
+            timesteps=timesteps,
+            max_sequence_length=max_sequence_length,
+        )
         self.guidance = guidance
 
     def encode_prompts(
@@ -93,6 +106,9 @@ class FluxFamily(FlowFamily):
             img_ids=image_ids(h, w, x_t.device, x_t.dtype),
         ).sample
         return unpack(out, h, w)
+
+    def latent_channels(self, denoiser) -> int:
+        return denoiser.config.in_channels // 4  # it reads 2x2 patches of them
 
     def latent_shape(self, pipe: DiffusionPipeline, resolution: int) -> tuple[int, int, int]:
         # Packing needs even latent sides, as the pipeline rounds them.
