@@ -412,6 +412,49 @@ def test_lora_saved_by_a_family_loads_into_the_stock_pipeline(
     with torch.no_grad():
         loaded = family.predict(getattr(pipe, family.denoiser), x_t, t, text)
     torch.testing.assert_close(loaded, trained, rtol=1e-4, atol=1e-5)
+    pipe.fuse_lora()  # as the sampler loads a LoRA model
+    with torch.no_grad():
+        fused = family.predict(getattr(pipe, family.denoiser), x_t, t, text)
+    torch.testing.assert_close(fused, trained, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_flow_family_trains_a_paired_objective_with_lora(name: str, models) -> None:
+    """The interface is all a training step needs: noise, predict policy and reference
+    (adapters off), weight, objective, backward. A fixed batch's DSPO loss must fall."""
+    path = models[name]
+    family = load_family(path, noise_form=True, **SETTINGS[name])
+    pipe = load_pipeline(path)
+    denoiser = family.load_denoiser(path)
+    family.add_lora(denoiser, rank=4, alpha=4, targets=LORA_TARGETS)
+    text = family.encode_prompts(pipe, ["a red circle", "a blue square"])
+    gen = torch.Generator().manual_seed(0)
+    shape = family.latent_shape(pipe, 16)
+    lat_w, lat_l, noise = (torch.randn(2, *shape, generator=gen) for _ in range(3))
+    t = family.sample_timesteps(2, gen, shape)
+    x = torch.cat([family.add_noise(lat_w, noise, t), family.add_noise(lat_l, noise, t)])
+    target = torch.cat([family.target(lat_w, noise, t), family.target(lat_l, noise, t)])
+    t2, cond = torch.cat([t, t]), {k: torch.cat([v, v]) for k, v in text.items()}
+    with torch.no_grad():
+        base = family.predict(getattr(pipe, family.denoiser), x, t2, cond)
+    trainable = [p for p in denoiser.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    losses = []
+    for _ in range(6):
+        pred = family.predict(denoiser, x, t2, cond)
+        with torch.no_grad():
+            denoiser.disable_adapters()
+            ref = family.predict(denoiser, x, t2, cond)
+            denoiser.enable_adapters()
+        inputs = family.objective_inputs(pred, ref, target, t2)
+        loss, _ = OBJECTIVES["dspo"].fn(*inputs, **objective_kwargs("dspo", {"lam": 0.5}))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    torch.testing.assert_close(ref, base)  # the reference stays the base model
+    assert not torch.allclose(pred.detach(), base, atol=1e-4)
 
 
 def test_full_denoiser_saved_by_a_family_reloads(tiny_sd3: Path, tmp_path: Path) -> None:
