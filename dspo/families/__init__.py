@@ -1,0 +1,89 @@
+"""Model families behind one interface (`dspo.families.base.Family`), and their registry.
+
+Adding a family is one module with a `Family` subclass plus one line in ``REGISTRY``.
+Classes are imported on first use, so naming a family does not import every model class.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from dspo.families.base import Family
+
+# family name -> "module:class"
+REGISTRY: dict[str, str] = {
+    "sd": "dspo.families.sd:SDFamily",
+    "sdxl": "dspo.families.sdxl:SDXLFamily",
+    "sd3": "dspo.families.sd3:SD3Family",
+    "flux": "dspo.families.flux:FluxFamily",
+}
+
+
+def family_class(name: str) -> type[Family]:
+    """The class of a registered family; KeyError lists the valid names."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model family {name!r}; valid names: {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _model_index(path: str | Path) -> dict[str, Any]:
+    local = Path(path) / "model_index.json"
+    if local.exists():
+        return json.loads(local.read_text())
+    if Path(path).is_dir():
+        raise ValueError(
+            f"{local} does not exist: {path} is not a diffusers pipeline folder "
+            "(a LoRA folder belongs to the family of its base model)"
+        )
+    from diffusers import DiffusionPipeline
+
+    return dict(DiffusionPipeline.load_config(str(path)))
+
+
+def _denoiser_config(path: str | Path, subfolder: str) -> dict[str, Any]:
+    local = Path(path) / subfolder / "config.json"
+    if local.exists():
+        return json.loads(local.read_text())
+    from diffusers import DiffusionPipeline
+
+    return dict(DiffusionPipeline.load_config(str(path), subfolder=subfolder))
+
+
+def detect_family(path: str | Path) -> str:
+    """The family of a pipeline folder or hub id, from its model_index.json.
+
+    The pipeline class names the family when it is a known one; otherwise the denoiser's
+    class and config decide (a UNet with SDXL's added conditions is ``sdxl``).
+    """
+    index = _model_index(path)
+    classes = {name: family_class(name) for name in REGISTRY}
+    for name, cls in classes.items():
+        if index.get("_class_name") in cls.pipeline_names:
+            return name
+    for name, cls in classes.items():
+        entry = index.get(cls.denoiser)
+        if isinstance(entry, list) and len(entry) == 2:
+            config = _denoiser_config(path, cls.denoiser)
+            if cls.matches_denoiser(entry[1], config):
+                return name
+    raise ValueError(
+        f"{path}: pipeline {index.get('_class_name')!r} is not of a known model family "
+        f"({', '.join(sorted(REGISTRY))})"
+    )
+
+
+def family_of_denoiser(denoiser) -> str:
+    """The family a loaded denoiser belongs to (checks a cache against a model)."""
+    for name in REGISTRY:
+        if family_class(name).matches_denoiser(type(denoiser).__name__, denoiser.config):
+            return name
+    raise ValueError(f"denoiser {type(denoiser).__name__} is not of a known model family")
+
+
+def load_family(path: str | Path, **settings: Any) -> Family:
+    """The family adapter of the pipeline at ``path``, with the given training settings."""
+    return family_class(detect_family(path)).from_pretrained(path, **settings)
