@@ -6,12 +6,17 @@ comparable), runs the policy (and the frozen reference when the objective needs 
 2B noisy latents, and hands the predictions to the objective from `dspo.objectives`.
 Batches, noise and timesteps are pure functions of (seed, step, place in the step), so a job
 that is killed and rerun resumes from its last checkpoint and continues exactly where it left
-off, and the same effective batch trains alike on one process or several.
+off, and the same effective batch trains alike on one process or several (the data and loss
+of a step are in `dspo.preference`).
+
+It never returns a wrong model silently: checkpoints are resumed only by the run that wrote
+them (`dspo.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1 save a
+checkpoint before exiting (`dspo.guards`), and the learning rate follows the step, once per
+optimiser step, however many processes train.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -52,9 +57,9 @@ from dspo.preference import (  # noqa: F401  (also this module's interface)
     preference_loss,
     step_rows,
 )
+from dspo.run_metrics import append_metrics, mean_over, restart_metrics
 
 MODEL_CONFIG = "dspo_config.json"
-METRICS_JSONL, METRICS_CSV = "metrics.jsonl", "metrics.csv"
 LORA_WRITERS = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 
 
@@ -110,37 +115,6 @@ def resolve_mixed_precision(requested: str) -> str:
         )
         return "no"
     return requested
-
-
-def _append_metrics(run_dir: Path, record: Mapping[str, float]) -> None:
-    """One line of metrics.jsonl and one row of metrics.csv (columns from the file's header)."""
-    with (run_dir / METRICS_JSONL).open("a") as f:
-        f.write(json.dumps(record) + "\n")
-    path = run_dir / METRICS_CSV
-    new = not path.exists() or path.stat().st_size == 0
-    if new:
-        fields = list(record)
-    else:
-        with path.open(newline="") as f:
-            fields = next(csv.reader(f))
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerow(record)
-
-
-def _restart_metrics(run_dir: Path, start_step: int) -> None:
-    """Keep the metrics of the steps before ``start_step``; a resumed run appends the rest."""
-    path = run_dir / METRICS_JSONL
-    kept = []
-    if path.exists():
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        kept = [r for r in records if r["step"] <= start_step]
-    path.unlink(missing_ok=True)
-    (run_dir / METRICS_CSV).unlink(missing_ok=True)
-    for record in kept:
-        _append_metrics(run_dir, record)
 
 
 def _build_model(
@@ -255,7 +229,7 @@ def train(
     parts = ckpt.fingerprint_parts(cfg, base_model, cache.manifest)
     start_step, skipped, last_checkpoint = _resume(accelerator, run_dir, parts, steps)
     if accelerator.is_main_process:
-        _restart_metrics(run_dir, start_step)
+        restart_metrics(run_dir, start_step)
     if cfg["report_to"]:
         accelerator.init_trackers(
             "train", config={"method": cfg.get("name", objective.name), "objective": objective.name}
@@ -335,9 +309,9 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if done % cfg["log_every"] == 0 or done == steps:
-                    record = {"step": done, "lr": lr, **_mean_over(accelerator, sums)}
+                    record = {"step": done, "lr": lr, **mean_over(accelerator, sums)}
                     if accelerator.is_main_process:
-                        _append_metrics(run_dir, record)
+                        append_metrics(run_dir, record)
                     if cfg["report_to"]:
                         accelerator.log(record, step=done)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -374,15 +348,6 @@ def train(
         ckpt.mark_finished(run_dir, parts, steps, out_dir)
     accelerator.end_training()
     return summary
-
-
-def _mean_over(accelerator: Accelerator, sums: Mapping[str, float]) -> dict[str, float]:
-    """Metrics averaged over processes (each process saw its own share of the step's pairs)."""
-    if accelerator.num_processes == 1:
-        return dict(sums)
-    values = torch.tensor(list(sums.values()), device=accelerator.device)
-    means = accelerator.reduce(values, reduction="mean").tolist()
-    return dict(zip(sums, means, strict=True))
 
 
 def save_model(unet: UNet2DConditionModel, cfg: Mapping[str, Any], base_model: str, out_dir: Path):
