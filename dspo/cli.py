@@ -387,6 +387,14 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         # Bad input is the user's to fix: say what is wrong without a traceback.
         sys.exit(f"dspo {args.command}: error: {err}")
+    except RuntimeError as err:
+        # A training job stopped by a signal has saved a checkpoint: exit non-zero, so the
+        # workflow's retry resumes it, with no traceback.
+        from dspo.guards import Preempted
+
+        if not isinstance(err, Preempted):
+            raise
+        sys.exit(f"dspo {args.command}: stopped: {err}")
 
 
 if __name__ == "__main__":

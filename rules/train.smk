@@ -16,6 +16,8 @@ rule train:
     log:
         "results/logs/train/{method}.log",
     shell:
-        "{params.launch} train --params {params.cfg:q} --input {input.cache:q} --base {params.base:q}"
+        # exec: the trainer replaces the job's shell, so a signal meant for it (SLURM's
+        # --signal, preemption) does not end that shell and the job before the checkpoint.
+        "exec env {params.launch} train --params {params.cfg:q} --input {input.cache:q} --base {params.base:q}"
         " --out {output:q} --run-dir {params.run_dir:q} --threads {threads} --device {params.device}"
         " > {log} 2>&1"

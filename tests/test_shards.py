@@ -106,7 +106,8 @@ def test_four_shards_equal_one(pair_file: Path, tiny_model: Path, tmp_path: Path
     four = _build(pair_file, tiny_model, tmp_path, parts=4)
     assert len(one) == len(four) == N_PAIRS
     for name in TENSORS:
-        assert torch.equal(getattr(one, name), getattr(four, name)), name
+        # Latents and embeddings are read from memory maps: [:] reads every row.
+        assert torch.equal(getattr(one, name)[:], getattr(four, name)[:]), name
     assert one.manifest["prompts"] == 300 and one.latents_w.dtype == torch.float16
     assert one.crop_w[:, 1].unique().numel() > 1  # the random crops really vary
     same = {k: v for k, v in one.manifest.items() if k != "parts"}

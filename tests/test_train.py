@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,13 +99,16 @@ def an_image(pipe, **kwargs) -> np.ndarray:
 
 
 DSPO = {"objective": "dspo", "params": {"lam": 0.5, "kappa": 100.0}}
+# Warm-up over three steps, then decay: a schedule that shows whether it runs at one pace
+# however many processes train.
+SCHEDULE = {"warmup_steps": 3, "lr_schedule": "inverse_sqrt"}
 
 
 @pytest.fixture(scope="module")
 def dspo_run(cache_dir: Path, tiny_model: Path, tmp_path_factory) -> Path:
     """One plain DSPO run on one process: the yardstick of the runs below."""
     root = tmp_path_factory.mktemp("dspo-run")
-    run(DSPO, cache_dir, tiny_model, root)
+    run({**DSPO, **SCHEDULE}, cache_dir, tiny_model, root)
     return root
 
 
@@ -241,8 +245,9 @@ def test_frozen_reference_can_be_held_in_half_precision(tiny_model: Path) -> Non
 def test_two_processes_train_like_one(
     dspo_run: Path, cache_dir: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    """accelerate with 2 CPU processes (gloo): same effective batch, pairs, noise and weights."""
-    cfg = {**BASE_CONFIG, **DSPO}
+    """accelerate with 2 CPU processes (gloo): same effective batch, pairs, noise, learning
+    rates and weights, with a warm-up longer than one step and a decaying schedule."""
+    cfg = {**BASE_CONFIG, **DSPO, **SCHEDULE}
     launcher = Path(sys.executable).parent / "accelerate"
     command = [
         str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -253,18 +258,27 @@ def test_two_processes_train_like_one(
     ]  # fmt: skip
     # Without CUDA, accelerate joins the processes into one gloo group only when told the CPU.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "model/dspo_config.json").read_text())
     one = json.loads((dspo_run / "model/dspo_config.json").read_text())
     assert (two["processes"], two["accumulation"]) == (2, 1)
     assert (one["processes"], one["accumulation"]) == (1, 2)
     assert two["pairs_per_step"] == one["pairs_per_step"] == 4
-    losses = [
-        [json.loads(line)["loss"] for line in (root / "run/metrics.jsonl").read_text().splitlines()]
+    records = [
+        [json.loads(line) for line in (root / "run/metrics.jsonl").read_text().splitlines()]
         for root in (dspo_run, tmp_path)
     ]
+    losses = [[r["loss"] for r in run_records] for run_records in records]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    # The rate of each step follows the schedule once per optimiser step, on 2 processes too.
+    expected = [
+        cfg["lr"] * learning_rate_factor(s, SCHEDULE["warmup_steps"], SCHEDULE["lr_schedule"])
+        for s in range(cfg["steps"])
+    ]
+    assert expected[0] < expected[2] > expected[3]  # warms up, then decays
+    for run_records in records:
+        np.testing.assert_allclose([r["lr"] for r in run_records], expected, rtol=1e-12)
     # Adam's normalised steps amplify float rounding of the gradient all-reduce: 1e-4 is a
     # fortieth of the 4 steps x lr 1e-3 the weights can move.
     assert_same_weights(dspo_run / "model", tmp_path / "model", atol=1e-4)
@@ -307,7 +321,7 @@ def test_gradient_checkpointing_and_cpu_mixed_precision(
         return real_checkpoint(*args, **kwargs)
 
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
-    cfg = {**DSPO, "gradient_checkpointing": True, "mixed_precision": "bf16"}
+    cfg = {**DSPO, **SCHEDULE, "gradient_checkpointing": True, "mixed_precision": "bf16"}
     with pytest.warns(UserWarning, match="'bf16' needs a CUDA GPU"):
         summary = run(cfg, cache_dir, tiny_model, tmp_path)
     assert summary["mixed_precision"] == "no"
@@ -345,3 +359,76 @@ def test_unet_attention_is_pytorch_sdpa(cache_dir: Path, tiny_model: Path) -> No
     )
     processors = model.unet.attn_processors
     assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
+
+
+def synthetic_cache(root: Path, pairs: int, shard_size: int = 1000) -> Path:
+    """A cache of random 64x64 latents (32 KiB an image) laid out as gather_cache writes it."""
+    from safetensors.torch import save_file
+
+    from dspo.content import file_sha256
+
+    root.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    shards = []
+    for first in range(0, pairs, shard_size):
+        n = min(shard_size, pairs - first)
+        name = f"latents-{len(shards):05d}.safetensors"
+        tensors = {
+            f"latents_{side}": torch.randn(n, 4, 64, 64, generator=gen).half() for side in "wl"
+        }
+        for side in "wl":
+            tensors[f"text_{side}"] = torch.arange(first, first + n) % 6
+            tensors[f"original_size_{side}"] = torch.full((n, 2), 512)
+            tensors[f"crop_{side}"] = torch.zeros(n, 2, dtype=torch.int64)
+        tensors["pair_id"] = torch.arange(first, first + n)
+        save_file(tensors, str(root / name))
+        shards.append({"file": name, "pairs": n, "sha256": file_sha256(root / name)})
+    text = {"embeddings": torch.randn(6, 12, 32, generator=gen), "empty": torch.zeros(1, 12, 32)}
+    save_file(text, str(root / "text.safetensors"))
+    manifest = {
+        "model": "synthetic",
+        "family": "sd",
+        "resolution": 512,
+        "latent_shape": [4, 64, 64],
+        "pairs": pairs,
+        "shards": shards,
+        "text_sha256": file_sha256(root / "text.safetensors"),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+PEAK_RSS = """
+import json, resource, sys
+from pathlib import Path
+from dspo.train import train
+cfg, cache, base, root = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
+train(cfg, cache_dir=Path(cache), base_model=base, out_dir=root / "model", run_dir=root / "run")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_trainer_memory_does_not_grow_with_the_cache(tiny_model: Path, tmp_path: Path) -> None:
+    """Ten times the rows (38 -> 384 MiB of latents), under 1.2 times the peak resident memory.
+
+    Rows are read per batch from memory-mapped shards; a cache concatenated into the process
+    would add its whole size (twice, at peak while loading).
+    """
+    cfg = {**BASE_CONFIG, **DSPO, "steps": 2, "checkpoint_every": 0}
+    peaks = []
+    for pairs in (600, 6000):
+        cache = synthetic_cache(tmp_path / f"cache-{pairs}", pairs)
+        args = [json.dumps(cfg), str(cache), str(tiny_model), str(tmp_path / f"run-{pairs}")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        peaks.append(int(done.stdout.split()[-1]))  # KiB
+        shutil.rmtree(cache)
+    print(f"peak RSS with 600 and 6000 pairs: {peaks[0] / 1024:.0f} / {peaks[1] / 1024:.0f} MiB")
+    assert peaks[1] < 1.2 * peaks[0]

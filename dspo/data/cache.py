@@ -45,10 +45,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from dspo.content import file_sha256
+
+# The reading side lives in its own module; its names are part of this module's interface.
+from dspo.data.cache_load import MANIFEST, SHARD_KEYS, PairCache, load_cache  # noqa: F401
 from dspo.data.pairs import REJECTED_CAPTION
 from dspo.models import encode_text, load_pipeline, model_family, resolve_dtype
 
-MANIFEST = "manifest.json"
 PART_MANIFEST = "part.json"
 SIDES = ("w", "l")
 # Prompts per text-encoder call. Fixed, so that parts split prompts on one grid (PartPlan).
@@ -305,7 +308,10 @@ def encode_part(
             tensors = _latent_file(pipe, load_rows, rows, (text_w, text_l), settings)
             name = f"latents-{index:05d}.safetensors"
             _save(tensors, tmp / name)
-            files.append({"file": name, "pairs": rows.stop - rows.start})
+            # The checksum is taken once, as the shard is written; every load verifies it.
+            files.append(
+                {"file": name, "pairs": rows.stop - rows.start, "sha256": file_sha256(tmp / name)}
+            )
             latent_shape = list(tensors["latents_w"].shape[1:])
         storage = resolve_dtype(settings.dtype)
         prompts = unique[plan.prompts.start : plan.prompts.stop]
@@ -411,6 +417,8 @@ def gather_cache(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
     for info in infos:
         for shard in info["files"]:
             _link_or_copy(info["dir"] / shard["file"], out_dir / shard["file"])
+    # Parts written before shards carried checksums get theirs now, from the gathered files.
+    shards = [{**s, "sha256": s.get("sha256") or file_sha256(out_dir / s["file"])} for s in shards]
     text = _gather_text(infos, out_dir)
     latent_bytes = sum((out_dir / s["file"]).stat().st_size for s in shards)
     text_bytes = text.stat().st_size
@@ -423,6 +431,7 @@ def gather_cache(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
         "latent_shape": next(i["latent_shape"] for i in infos if i["files"]),
         "text_shape": list(load_file(str(text))["empty"].shape[1:]),
         "shards": shards,
+        "text_sha256": file_sha256(text),
         # Latent files only, as training reads them per pair; the text is shared by prompts.
         "bytes_per_pair": round(latent_bytes / pairs, 1),
         "text_bytes": text_bytes,
@@ -463,80 +472,3 @@ def build_cache(
         part_dir = Path(tmp) / "part-0"
         encode_part(texts, lambda a, b: pairs.iloc[a:b], model, part_dir, settings, device=device)
         return gather_cache([part_dir], out_dir)
-
-
-@dataclass
-class PairCache:
-    """A cache loaded into memory: what the trainer samples batches from.
-
-    ``pooled`` and ``empty_pooled`` are set for SDXL caches only.
-    """
-
-    latents_w: torch.Tensor
-    latents_l: torch.Tensor
-    text_w: torch.Tensor
-    text_l: torch.Tensor
-    original_size_w: torch.Tensor
-    original_size_l: torch.Tensor
-    crop_w: torch.Tensor
-    crop_l: torch.Tensor
-    embeddings: torch.Tensor
-    empty: torch.Tensor
-    manifest: dict[str, Any]
-    pooled: torch.Tensor | None = None
-    empty_pooled: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.latents_w)
-
-    @property
-    def family(self) -> str:
-        return self.manifest["family"]
-
-
-SHARD_KEYS = (
-    "latents_w",
-    "latents_l",
-    "text_w",
-    "text_l",
-    "original_size_w",
-    "original_size_l",
-    "crop_w",
-    "crop_l",
-)
-
-
-def load_cache(cache_dir: Path) -> PairCache:
-    """Read every shard of a cache folder, checking the manifest against the files."""
-    manifest_path = cache_dir / MANIFEST
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} is missing: build the cache first")
-    manifest = json.loads(manifest_path.read_text())
-    if "family" not in manifest:
-        raise ValueError(f"{manifest_path} has no model family: rebuild the cache")
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in SHARD_KEYS}
-    for shard in manifest["shards"]:
-        path = cache_dir / shard["file"]
-        tensors = load_file(str(path))
-        missing = sorted(set(SHARD_KEYS) - set(tensors))
-        if missing:
-            raise ValueError(f"{path} lacks {missing}: rebuild the cache")
-        if len(tensors["latents_w"]) != shard["pairs"]:
-            raise ValueError(
-                f"{path}: {len(tensors['latents_w'])} pairs, manifest says {shard['pairs']}"
-            )
-        for key in parts:
-            parts[key].append(tensors[key])
-    text = load_file(str(cache_dir / "text.safetensors"))
-    if manifest["family"] == "sdxl" and "pooled" not in text:
-        raise ValueError(
-            f"{cache_dir / 'text.safetensors'} of an SDXL cache has no pooled embeddings"
-        )
-    return PairCache(
-        **{k: torch.cat(v) for k, v in parts.items()},
-        embeddings=text["embeddings"],
-        empty=text["empty"],
-        manifest=manifest,
-        pooled=text.get("pooled"),
-        empty_pooled=text.get("empty_pooled"),
-    )

@@ -1,0 +1,230 @@
+"""Training checkpoints: which run they belong to, written atomically, checked when resumed.
+
+A checkpoint is resumed only by the very run that wrote it. Its fingerprint covers the
+trajectory-relevant config and the *contents* of what the run read: the base model (its
+content key, recorded when ``dspo`` wrote it, see :mod:`dspo.content`), the cache (its
+manifest, which holds every shard's SHA-256) and the code (package version and a hash of the
+``dspo`` sources). A rebuilt base model at the same path, a rebuilt cache or an edited trainer
+therefore start afresh, and the log says which of them changed.
+
+A checkpoint folder is written under a temporary name, its ``state.json`` (step, fingerprint,
+and the size and SHA-256 of every file) last, then renamed into place. When resuming, the
+newest checkpoint whose files still match their record is used; a damaged one (an empty
+``state.json``, a truncated weights file) is reported by name and the previous one is used.
+
+A finished run leaves ``finished.json`` in its run folder. Started again with the same
+fingerprint and step count, the run is a forced rerun (Snakemake removed the model, not the
+run folder): it starts from step 0 instead of resuming a checkpoint of the run it replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from dspo.content import combined_key, content_key, file_sha256, source_key
+
+STATE = "state.json"
+FINISHED = "finished.json"
+# Keys that do not change the training trajectory up to a given step: a checkpoint stays
+# valid when only these change (e.g. more steps resume a finished run's last checkpoint; a
+# run that diverged resumes its last good checkpoint with skipping allowed).
+RESUME_NEUTRAL = frozenset(
+    {
+        "name",
+        "steps",
+        "checkpoint_every",
+        "checkpoints_kept",
+        "log_every",
+        "report_to",
+        "skip_nonfinite",
+    }
+)
+# What each fingerprint part is called in the log when it differs.
+PART_NAMES = {
+    "config": "the training config",
+    "base_model": "the base model's contents",
+    "cache": "the cache's contents",
+    "source": "the dspo version or source code",
+}
+
+
+def fingerprint_parts(
+    cfg: Mapping[str, Any], base_model: str, cache_manifest: Mapping[str, Any]
+) -> dict[str, str]:
+    """Content keys of everything that determines the trajectory, by part."""
+    relevant = {k: v for k, v in cfg.items() if k not in RESUME_NEUTRAL}
+    return {
+        "config": combined_key(config=json.dumps(relevant, sort_keys=True, default=str)),
+        "base_model": content_key(base_model),
+        "cache": combined_key(manifest=json.dumps(cache_manifest, sort_keys=True, default=str)),
+        "source": source_key(),
+    }
+
+
+def _write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(json.dumps(data, indent=1) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _files(folder: Path) -> dict[str, dict[str, Any]]:
+    return {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != STATE
+    }
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    checkpoints: Path,
+    step: int,
+    kept: int,
+    parts: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the training state of ``step`` atomically; keep the newest ``kept`` checkpoints."""
+    final = checkpoints / f"step-{step:06d}"
+    tmp = checkpoints / f".step-{step:06d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {
+            "step": step,
+            "fingerprint": combined_key(**parts),
+            "parts": dict(parts),
+            **(extra or {}),
+            "files": _files(tmp),
+        }
+        _write_json_atomic(state, tmp / STATE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        complete = sorted(p.parent for p in checkpoints.glob(f"step-*/{STATE}"))
+        for old in complete[:-kept]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _damage(folder: Path) -> tuple[str, dict[str, Any] | None]:
+    """Why a checkpoint cannot be used ('' when it can), and its state."""
+    path = folder / STATE
+    try:
+        state = json.loads(path.read_text())
+        step, files = int(state["step"]), state["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{path} is unreadable ({type(err).__name__}: {err})", None
+    if folder.name != f"step-{step:06d}":
+        return f"{path} records step {step}", None
+    for name, record in files.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{file} is missing", None
+        if file.stat().st_size != record["bytes"]:
+            return f"{file} is {file.stat().st_size} bytes, {record['bytes']} were written", None
+        if file_sha256(file) != record["sha256"]:
+            return f"{file} was changed after it was written", None
+    return "", state
+
+
+def _fingerprint_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / STATE).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _changed(parts: Mapping[str, str], old: Mapping[str, Any] | None) -> str:
+    if not isinstance(old, Mapping):
+        return "its fingerprint predates content keys"
+    names = [PART_NAMES[k] for k in PART_NAMES if old.get(k) != parts.get(k)]
+    return ", ".join(names) or "its fingerprint"
+
+
+def resumable_checkpoint(
+    checkpoints: Path,
+    parts: Mapping[str, str],
+    steps: int,
+    log: Callable[[str], None],
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest intact checkpoint of this run, removing others' and damaged ones (main process).
+
+    Checkpoints written by another run (another config, base model, cache or code) and
+    checkpoints past ``steps`` are removed, saying why. A damaged checkpoint is removed with a
+    warning naming the file, and the next older one is tried.
+    """
+    fingerprint = combined_key(**parts)
+    found = None
+    for folder in sorted(checkpoints.glob("step-*"), reverse=True):
+        if not folder.is_dir():
+            continue
+        if found is not None:
+            # Older checkpoints of this run stay (kept for fallback); others' are removed.
+            if _fingerprint_of(folder) != fingerprint:
+                shutil.rmtree(folder)
+            continue
+        why, state = _damage(folder)
+        if why:
+            if (folder / STATE).exists():
+                warnings.warn(
+                    f"damaged checkpoint: {why}; falling back to the previous one", stacklevel=2
+                )
+            shutil.rmtree(folder)
+        elif state["fingerprint"] != fingerprint:
+            log(
+                f"not resuming {folder}: written with other {_changed(parts, state.get('parts'))}"
+                "; starting afresh"
+            )
+            shutil.rmtree(folder)
+        elif state["step"] > steps:
+            log(f"not resuming {folder}: step {state['step']} is past this run's {steps} steps")
+            shutil.rmtree(folder)
+        else:
+            found = (folder, state)
+    for tmp in checkpoints.glob(".step-*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)  # cut short while being written
+    return found
+
+
+def forget_finished_run(
+    run_dir: Path, parts: Mapping[str, str], steps: int, log: Callable[[str], None]
+) -> bool:
+    """Whether this start repeats a finished run (a forced rerun); removes the finished mark.
+
+    When it does, the run's checkpoints are removed, so training starts from step 0.
+    """
+    path = run_dir / FINISHED
+    if not path.exists():
+        return False
+    try:
+        finished = json.loads(path.read_text())
+    except ValueError:
+        finished = {}
+    path.unlink()
+    again = finished.get("fingerprint") == combined_key(**parts) and finished.get("steps") == steps
+    if again:
+        log(f"{run_dir} holds a finished run of this very config: rerunning from step 0")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return again
+
+
+def mark_finished(run_dir: Path, parts: Mapping[str, str], steps: int, out_dir: Path) -> None:
+    """Record that the run finished and wrote ``out_dir`` (see :func:`forget_finished_run`)."""
+    record = {"fingerprint": combined_key(**parts), "steps": steps, "out": str(out_dir)}
+    _write_json_atomic(record, run_dir / FINISHED)
