@@ -71,7 +71,11 @@ def _check_base_model(base: Mapping[str, Any], root: Path) -> list[str]:
                 f"{path!r}, which is not under {OUTPUT_ROOT}/; to load a model of your own set "
                 f"base_model.build: null, to build the toy model give a path under {OUTPUT_ROOT}/"
             ]
-        return []
+        return [
+            f"base_model.{key}: needed to build the toy model (base_model.build: toy)"
+            for key in ("architecture", "pretrain")
+            if not base.get(key)
+        ]
     if (root / path).exists() or is_hub_id(path, root):
         return []
     return [
