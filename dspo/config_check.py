@@ -10,8 +10,9 @@ Base models: ``base_model.build: toy`` makes ``base_model.path`` a workflow outp
 workflow writes, and on a forced rerun deletes, that folder). It is therefore accepted only
 for a path under ``results/``; any other model needs ``build: null`` and is loaded as it is,
 so a user's own model folder is never an output. A path that does not exist locally is a hub
-id only when it has the hub's ``owner/name`` form; anything else (an absolute path, ``./x``,
-``a/b/c``) is a local path and must exist. Write ``./owner/name`` to force a local reading.
+id only when it has the hub's ``owner/name`` form and ``owner`` is not a local folder;
+anything else (an absolute path, ``./x``, ``a/b/c``, ``models/typo`` beside a ``models/``
+folder) is a local path and must exist. Write ``./owner/name`` to force a local reading.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def is_hub_id(value: str, root: Path, legacy: bool = False) -> bool:
     (or, with ``legacy``, an owner-less name such as ``bert-base-uncased``)."""
     if (root / value).exists():
         return False
-    return bool(_HUB_ID.match(value) or (legacy and _LEGACY_HUB_ID.match(value)))
+    if _HUB_ID.match(value):
+        # models/sd51 next to a local models/ folder is a mistyped local path.
+        return not (root / value.split("/")[0]).is_dir()
+    return bool(legacy and _LEGACY_HUB_ID.match(value))
 
 
 def local_path_exists(path: str, root: Path) -> bool:
