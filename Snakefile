@@ -1,8 +1,14 @@
 # dspo: preference alignment of text-to-image diffusion models, from pairs to paper tables.
 # The rules only wire paths and config slices to `dspo` sub-commands; see README.md.
 import os
+import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+# This checkout's package checks the config, whichever `dspo` is installed.
+sys.path.insert(0, workflow.basedir)
+from dspo.config_check import ConfigError, check_config
 
 min_version("9.0")
 
@@ -17,6 +23,12 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "config/schema.yaml")
+# What the schema cannot express (objective hyper-parameters, source paths, table names),
+# checked before any job runs; paths are relative to the working directory, as the rules'.
+try:
+    check_config(config, os.getcwd())
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 
 report: "workflow/report/workflow.rst"
@@ -30,6 +42,17 @@ wildcard_constraints:
     model="|".join(MODELS),
     prompt_set="|".join(EVAL_SETS),
     dataset="pairs|pairs_nodup|pairs_ddspo",
+
+
+# Light steps run in the Snakemake process itself, on a cluster too: a SLURM job each would
+# queue for minutes to run seconds. (The gathers move the whole pair table or cache, and stay
+# jobs.) Prompt sets from the hub download only the prompts, often possible only there.
+localrules:
+    all,
+    tables,
+    grid,
+    prompt_set,
+    editing_set,
 
 
 include: "rules/data.smk"

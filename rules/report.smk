@@ -43,7 +43,7 @@ rule tables:
         "results/logs/tables.log",
     shell:
         "dspo tables --params {params.cfg:q} --inputs {input:q} --out results/tables"
-        " --plots results/plots > {log} 2>&1"
+        " --plots results/plots > {log:q} 2>&1"
 
 
 rule grid:
@@ -65,4 +65,4 @@ rule grid:
         "results/logs/grid/{prompt_set}.log",
     shell:
         "dspo grid --params {params.cfg:q} --inputs {input.manifests:q} {params.sources}"
-        " --out {output:q} > {log} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,1 @@
+"""Fault injection: the workflow under bad config, hostile strings and damaged files."""
