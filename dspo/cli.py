@@ -99,17 +99,32 @@ def nodup_gather(args: argparse.Namespace) -> None:
 
 
 @command
-def ddspo_pairs(args: argparse.Namespace) -> None:
-    """Generate DDSPO's pairs with the reference model and degraded prompts."""
+def ddspo_part(args: argparse.Namespace) -> None:
+    """Generate part --part of ddspo.shards of DDSPO's pairs (reference model, degraded prompts)."""
     _setup_torch(args.threads)
-    from dspo.data.ddspo import make_ddspo_pairs
-    from dspo.data.pairs import read_pair_texts, write_pairs
+    from dspo.data.ddspo import make_ddspo_part
+    from dspo.data.pairs import read_pair_texts
 
-    table, stats = make_ddspo_pairs(
-        read_pair_texts(Path(args.input)), args.base, args.params, device=args.device
+    captions = read_pair_texts(Path(args.input))["caption"].tolist()
+    _report(
+        make_ddspo_part(
+            captions,
+            args.base,
+            args.params,
+            Path(args.out),
+            part=args.part,
+            parts=args.params.get("shards", 1),
+            device=args.device,
+        )
     )
-    write_pairs(table, Path(args.out))
-    _report(stats)
+
+
+@command
+def ddspo_gather(args: argparse.Namespace) -> None:
+    """Join the DDSPO parts into the pair table of the ddspo method."""
+    from dspo.data.ddspo import gather_ddspo
+
+    _report(gather_ddspo([Path(p) for p in args.inputs], Path(args.out)))
 
 
 @command
