@@ -316,6 +316,23 @@ def _bench(args: argparse.Namespace) -> None:
     run_bench(args.options)
 
 
+def _standins(args: argparse.Namespace) -> None:
+    """Random-weight checkpoints and data in the exact layouts the sd15/sdxl presets download."""
+    from dspo.standins import write_standins
+
+    _setup_torch(args.threads)
+    _report(
+        write_standins(
+            Path(args.out),
+            args.only,
+            tiny=args.tiny,
+            seed=args.seed,
+            pairs=args.pairs,
+            prompts=args.prompts,
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -340,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["train"], help="what to benchmark")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="see `dspo bench train -h`")
     bench.set_defaults(func=_bench)
+    from dspo.standins import COMPONENTS, DEFAULT_COMPONENTS
+
+    standins = sub.add_parser("standins", help=_standins.__doc__, description=_standins.__doc__)
+    standins.add_argument("--out", required=True, help="folder to write into")
+    standins.add_argument(
+        "--only",
+        nargs="+",
+        choices=COMPONENTS,
+        default=list(DEFAULT_COMPONENTS),
+        help="components to write (default: all but sdxl)",
+    )
+    standins.add_argument("--tiny", action="store_true", help="same formats, tiny widths")
+    standins.add_argument("--seed", type=int, default=0)
+    standins.add_argument("--pairs", type=int, default=96, help="Pick-a-Pic train rows")
+    standins.add_argument("--prompts", type=int, default=64, help="prompts per prompt set")
+    standins.add_argument("--threads", type=int, default=2)
+    standins.set_defaults(func=_standins)
     return parser
 
 
