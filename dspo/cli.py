@@ -212,14 +212,22 @@ def generate(args: argparse.Namespace) -> None:
 
 
 def _make_images(args: argparse.Namespace, make: Callable[..., Any], **extra: Any) -> None:
-    """Load the model, make every image of the input table with ``make``, write the manifest."""
+    """Load the model, make every image of the input table with ``make``, write the manifest.
+
+    Images whose recorded key (model and base contents, settings, code) still matches are
+    kept; the manifest's sidecar records the job's key.
+    """
     _setup_torch(args.threads)
     import pandas as pd
 
-    from dspo.sample import load_for_sampling, write_manifest
+    from dspo.sample import load_for_sampling, run_key, sampling_dtype, write_manifest
 
     p = args.params
-    pipe = load_for_sampling(args.model, args.base, device=args.device)
+    dtype = sampling_dtype(p.get("dtype", "float32"), args.device)
+    # Seeds and guidance are in each image's own key; the batch size only groups the work.
+    shared = {k: v for k, v in p.items() if k not in ("seeds", "guidance", "batch_size")}
+    key = run_key(args.model, args.base, {**shared, "dtype": dtype})
+    pipe = load_for_sampling(args.model, args.base, dtype=dtype, device=args.device)
     out = Path(args.out)
     manifest = make(
         pipe,
@@ -231,10 +239,12 @@ def _make_images(args: argparse.Namespace, make: Callable[..., Any], **extra: An
         resolution=p["resolution"],
         scheduler=p["scheduler"],
         batch_size=p["batch_size"],
+        key=key,
         **extra,
     )
-    write_manifest(manifest, out, {"model": args.model, "base": args.base, **p})
-    _report({"model": args.model, "images": len(manifest)})
+    meta = {"model": args.model, "base": args.base, **p, "sampling_dtype": dtype, "key": key}
+    write_manifest(manifest, out, meta)
+    _report({"model": args.model, "images": len(manifest), "key": key})
 
 
 @command

@@ -8,6 +8,7 @@ so every model starts its edit from the same noised source.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dspo.models import sampling_scheduler
-from dspo.sample import MANIFEST_COLUMNS, image_jobs, save_image
+from dspo.sample import MANIFEST_COLUMNS, image_jobs, reusable, save_image
 
 
 def edit_generator(prompt_id: int, seed: int) -> torch.Generator:
@@ -39,11 +40,14 @@ def edit(
     resolution: int,
     scheduler: str = "ddim",
     batch_size: int = 64,
+    key: str = "",
 ) -> pd.DataFrame:
     """Edit every source image at every (seed, guidance) into PNG files; return the manifest.
 
-    ``editing`` has the columns of `dspo.data.prompts.load_editing_set`. Images already on
-    disk are kept, so a job cut short and rerun only makes what is missing.
+    ``editing`` has the columns of `dspo.data.prompts.load_editing_set`. ``key`` is the
+    :func:`dspo.sample.run_key` of the model and settings; each image's key adds its source
+    image's hash. An image on disk is kept when its key matches and it decodes, so a job cut
+    short and rerun only makes what is missing, and anything changed or damaged is remade.
     """
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"editing strength must be in (0, 1], got {strength}")
@@ -55,8 +59,19 @@ def edit(
         .resize((resolution, resolution), Image.Resampling.BICUBIC)
         for row in editing.itertuples()
     }
-    jobs = image_jobs(editing, seeds, guidance)
-    todo = [job for job in jobs if not (out_dir / job["path"]).exists()]
+    settings = {
+        "steps": steps,
+        "strength": strength,
+        "resolution": resolution,
+        "scheduler": scheduler,
+        "dtype": pipe.unet.dtype,
+        "device": pipe.unet.device.type,
+    }
+    inputs = {
+        int(row.prompt_id): hashlib.sha256(row.image).hexdigest() for row in editing.itertuples()
+    }
+    jobs = image_jobs(editing, seeds, guidance, key=key, settings=settings, inputs=inputs)
+    todo = [job for job in jobs if not reusable(out_dir / job["path"], job["key"])]
     for start in tqdm(range(0, len(todo), batch_size), desc="edit", mininterval=5):
         chunk = todo[start : start + batch_size]
         for g in sorted({job["guidance"] for job in chunk}):
@@ -71,5 +86,5 @@ def edit(
                 output_type="np",
             ).images
             for job, image in zip(part, images, strict=True):
-                save_image(image, out_dir / job["path"])
+                save_image(image, out_dir / job["path"], job["key"])
     return pd.DataFrame(jobs, columns=MANIFEST_COLUMNS)

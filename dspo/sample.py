@@ -2,12 +2,20 @@
 
 Every model is sampled from the same initial noise at a given (prompt, seed), so a win rate
 compares two models on the same starting point rather than on luck of the draw.
+
+Every PNG carries a key (a PNG text chunk) of everything that made it: the model's and, for
+a LoRA folder, the base model's content keys, the sampling settings, the ``dspo`` source, and
+the image's own prompt, seed and guidance. An image on disk is reused only when its key
+equals the current one and it decodes in full; otherwise it is made again. Paths alone (which
+encode only guidance, prompt and seed) would keep stale images after a model or a setting
+changed at the same path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +23,45 @@ import numpy as np
 import pandas as pd
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image
+from PIL import Image, ImageFile, PngImagePlugin
 from tqdm.auto import tqdm
 
+from dspo.content import combined_key, content_key, source_key
 from dspo.models import load_pipeline, sampling_scheduler
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
-MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "seed", "guidance", "path"]
+MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "seed", "guidance", "path", "key"]
+# The PNG text chunk holding an image's key.
+KEY_CHUNK = "dspo_key"
+
+
+def is_lora_folder(model: str) -> bool:
+    path = Path(model)
+    return (path / LORA_WEIGHTS).exists() and not (path / "model_index.json").exists()
+
+
+def run_key(model: str, base_model: str | None, settings: Mapping[str, Any]) -> str:
+    """The key of what every image of a job shares: model weights, settings and code."""
+    parts: dict[str, Any] = {"model": content_key(model), "settings": dict(settings)}
+    if is_lora_folder(model):
+        # The adapters are fused onto the base: a changed base changes every image.
+        parts["base"] = content_key(base_model or "")
+    return combined_key(**parts, code=source_key())
+
+
+def sampling_dtype(dtype: str, device: str) -> str:
+    """The configured dtype on an accelerator; float32 on the CPU, where half precision is
+    emulated (slower than float32) and bfloat16 convolutions lose visible detail."""
+    return "float32" if str(device).startswith("cpu") else dtype
 
 
 def load_for_sampling(
     model: str, base_model: str, *, dtype: str = "float32", device: str = "cpu"
 ) -> DiffusionPipeline:
     """A full pipeline folder or hub id as it is; a LoRA folder fused onto the base model."""
-    path = Path(model)
-    if (path / LORA_WEIGHTS).exists() and not (path / "model_index.json").exists():
+    if is_lora_folder(model):
         pipe = load_pipeline(base_model, dtype=dtype, device=device)
-        pipe.load_lora_weights(str(path))
+        pipe.load_lora_weights(str(model))
         pipe.fuse_lora()
         return pipe
     return load_pipeline(model, dtype=dtype, device=device)
@@ -54,17 +84,22 @@ def generate(
     resolution: int,
     scheduler: str = "ddim",
     batch_size: int = 64,
+    key: str = "",
 ) -> pd.DataFrame:
     """Sample every (prompt, seed, guidance) into PNG files; return the manifest.
 
-    Images already on disk are kept, so a job cut short and rerun only makes what is missing.
+    ``key`` is the :func:`run_key` of the model and settings. An image already on disk is
+    kept when its key matches and it decodes, so a job cut short and rerun only makes what is
+    missing, and a changed model, setting or damaged file is made again.
     """
     sampling_scheduler(pipe, scheduler)
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     shape = (pipe.unet.config.in_channels, resolution // scale, resolution // scale)
-    jobs = image_jobs(prompts, seeds, guidance)
-    todo = [job for job in jobs if not (out_dir / job["path"]).exists()]
     device, dtype = pipe.unet.device, pipe.unet.dtype
+    settings = {"steps": steps, "resolution": resolution, "scheduler": scheduler}
+    settings.update(dtype=dtype, device=device.type)
+    jobs = image_jobs(prompts, seeds, guidance, key=key, settings=settings)
+    todo = [job for job in jobs if not reusable(out_dir / job["path"], job["key"])]
     for start in tqdm(range(0, len(todo), batch_size), desc="generate", mininterval=5):
         chunk = todo[start : start + batch_size]
         # One pipeline call per guidance scale: the scale is a call argument.
@@ -81,35 +116,86 @@ def generate(
                 output_type="np",
             ).images
             for job, image in zip(part, images, strict=True):
-                save_image(image, out_dir / job["path"])
+                save_image(image, out_dir / job["path"], job["key"])
     return pd.DataFrame(jobs, columns=MANIFEST_COLUMNS)
 
 
 def image_jobs(
-    prompts: pd.DataFrame, seeds: Sequence[int], guidance: Sequence[float]
+    prompts: pd.DataFrame,
+    seeds: Sequence[int],
+    guidance: Sequence[float],
+    *,
+    key: str = "",
+    settings: Mapping[str, Any] | None = None,
+    inputs: Mapping[int, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One manifest row per (guidance, seed, prompt), with the image's path in the folder."""
-    return [
-        {
-            "prompt_set": row.prompt_set,
-            "prompt_id": int(row.prompt_id),
-            "prompt": row.prompt,
-            "seed": int(seed),
-            "guidance": float(g),
-            "path": f"g{g:g}/p{int(row.prompt_id)}-s{int(seed)}.png",
-        }
-        for g in guidance
-        for seed in seeds
-        for row in prompts.itertuples()
-    ]
+    """One manifest row per (guidance, seed, prompt), with the image's path and key.
+
+    The key joins the job's ``key`` and ``settings`` with the row's prompt, seed and guidance
+    and, for edits, the hash of its source image (``inputs`` by prompt id).
+    """
+    settings = {k: str(v) for k, v in (settings or {}).items()}
+    inputs = inputs or {}
+    jobs = []
+    for g in guidance:
+        for seed in seeds:
+            for row in prompts.itertuples():
+                prompt_id = int(row.prompt_id)
+                image_key = combined_key(
+                    run=key,
+                    settings=settings,
+                    prompt=row.prompt,
+                    seed=int(seed),
+                    guidance=float(g),
+                    source=inputs.get(prompt_id),
+                )
+                jobs.append(
+                    {
+                        "prompt_set": row.prompt_set,
+                        "prompt_id": prompt_id,
+                        "prompt": row.prompt,
+                        "seed": int(seed),
+                        "guidance": float(g),
+                        "path": f"g{g:g}/p{prompt_id}-s{int(seed)}.png",
+                        "key": image_key,
+                    }
+                )
+    return jobs
 
 
-def save_image(image: np.ndarray, path: Path) -> None:
-    """An (H, W, 3) float image in [0, 1] as PNG, written atomically: a cut job leaves no
-    half-written file for the rerun to keep."""
+@contextlib.contextmanager
+def _strict_decoding() -> Iterator[None]:
+    # Other code may let PIL accept truncated files; a damaged image must fail to decode here.
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def reusable(path: Path, key: str) -> bool:
+    """True when ``path`` is a PNG made with ``key`` that decodes in full."""
+    if not path.is_file():
+        return False
+    try:
+        with _strict_decoding(), Image.open(path) as image:
+            if image.format != "PNG" or image.info.get(KEY_CHUNK) != key:
+                return False
+            image.load()
+    except (OSError, SyntaxError, ValueError):  # PIL's errors for damaged files
+        return False
+    return True
+
+
+def save_image(image: np.ndarray, path: Path, key: str = "") -> None:
+    """An (H, W, 3) float image in [0, 1] as PNG with its key, written atomically: a cut job
+    leaves no half-written file for the rerun to keep."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
-    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(KEY_CHUNK, key)
+    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp, pnginfo=info)
     tmp.replace(path)
 
 

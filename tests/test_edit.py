@@ -104,3 +104,39 @@ def test_edit_is_deterministic_and_resumable(tiny_model: Path, tmp_path: Path) -
     assert first.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="strength"):
         run(tmp_path / "c", 0.0)
+
+
+def test_edits_are_remade_when_their_inputs_change_or_break(tiny_model: Path, tmp_path: Path):
+    pipe = load_pipeline(str(tiny_model))
+    editing = pd.DataFrame(
+        {"prompt_set": "editing", "prompt_id": [0], "prompt": ["a red circle"]}
+    ).assign(image=[png((200, 30, 30))])
+
+    def run(table: pd.DataFrame, key: str = "model-a", strength: float = 0.75) -> np.ndarray:
+        manifest = edit(
+            pipe,
+            table,
+            tmp_path,
+            seeds=[0],
+            guidance=[3.0],
+            steps=4,
+            strength=strength,
+            resolution=16,
+            key=key,
+        )
+        return np.asarray(Image.open(tmp_path / manifest["path"][0]))
+
+    first = run(editing)
+    image = next(tmp_path.rglob("*.png"))
+    stamp = image.stat().st_mtime_ns
+    assert np.array_equal(run(editing), first) and image.stat().st_mtime_ns == stamp
+    # Another model key (weights, base or code): remade, even at the same path.
+    run(editing, key="model-b")
+    assert image.stat().st_mtime_ns != stamp
+    # Another source image under the same prompt id: new pixels.
+    assert not np.array_equal(run(editing.assign(image=[png((30, 30, 200))])), first)
+    assert not np.array_equal(run(editing, strength=0.5), first)
+    # A truncated PNG is detected and remade, identical to the original.
+    run(editing)
+    image.write_bytes(image.read_bytes()[:60])
+    assert np.array_equal(run(editing), first)

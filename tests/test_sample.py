@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from PIL import Image
 
+from dspo import cli
 from dspo.models import load_pipeline
-from dspo.sample import generate, initial_noise, load_for_sampling
+from dspo.sample import generate, initial_noise, load_for_sampling, sampling_dtype
 
 PROMPTS = pd.DataFrame(
     {"prompt_set": "demo", "prompt_id": [3, 7], "prompt": ["a red circle", "a blue square"]}
@@ -80,3 +84,64 @@ def test_lora_folder_is_fused_onto_the_base(tiny_model: Path, tmp_path: Path) ->
     expected = pipe.unet(x, t, text).sample
     torch.testing.assert_close(fused.unet(x, t, text).sample, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(base.unet(x, t, text).sample, expected)
+
+
+def cli_generate(model: Path, prompts: Path, out: Path, **settings: object) -> dict[str, bytes]:
+    """Run `dspo generate` as the workflow does; return each image's pixels by path."""
+    params = {
+        "seeds": [0],
+        "guidance": [2.0],
+        "steps": 2,
+        "scheduler": "ddim",
+        "resolution": 16,
+        "batch_size": 4,
+        **settings,
+    }
+    manifest = out / "manifest.parquet"
+    cli.main(
+        ["generate", "--params", json.dumps(params), "--model", str(model), "--base", str(model)]
+        + ["--input", str(prompts), "--out", str(manifest)]
+    )
+    paths = pd.read_parquet(manifest)["path"]
+    return {p: np.asarray(Image.open(out / p)).tobytes() for p in paths}
+
+
+@pytest.fixture
+def own_model(tiny_model: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny model that a test may overwrite in place."""
+    return Path(shutil.copytree(tiny_model, tmp_path / "model"))
+
+
+def test_images_follow_the_model_settings_and_damage(own_model: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.parquet"
+    PROMPTS.to_parquet(prompts)
+    out = tmp_path / "images"
+    first = cli_generate(own_model, prompts, out)
+    stamps = {p: (out / p).stat().st_mtime_ns for p in first}
+    # Same model, settings and code: every image is kept as it is.
+    assert cli_generate(own_model, prompts, out) == first
+    assert {p: (out / p).stat().st_mtime_ns for p in first} == stamps
+    # A damaged image is detected and remade, bit for bit.
+    damaged = out / next(iter(first))
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    assert cli_generate(own_model, prompts, out) == first
+    # More sampling steps: new pixels, as a fresh folder would get.
+    more_steps = cli_generate(own_model, prompts, out, steps=5)
+    assert more_steps == cli_generate(own_model, prompts, tmp_path / "fresh5", steps=5)
+    assert all(more_steps[p] != first[p] for p in first)
+    # The model's weights rewritten at the same path: new pixels again.
+    pipe = load_pipeline(str(own_model))
+    with torch.no_grad():
+        for param in pipe.unet.parameters():
+            param.mul_(1.5)
+    pipe.save_pretrained(own_model)
+    changed = cli_generate(own_model, prompts, out)
+    assert all(changed[p] != first[p] for p in first)
+    assert changed == cli_generate(own_model, prompts, tmp_path / "fresh")
+    meta = json.loads((out / "manifest.json").read_text())
+    assert meta["key"] and pd.read_parquet(out / "manifest.parquet")["key"].is_unique
+
+
+def test_sampling_runs_in_float32_on_the_cpu() -> None:
+    assert sampling_dtype("bfloat16", "cpu") == "float32"
+    assert sampling_dtype("bfloat16", "cuda:1") == "bfloat16"
