@@ -1,8 +1,14 @@
 # dspo: preference alignment of text-to-image diffusion models, from pairs to paper tables.
 # The rules only wire paths and config slices to `dspo` sub-commands; see README.md.
 import os
+import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+# This checkout's package checks the config, whichever `dspo` is installed.
+sys.path.insert(0, workflow.basedir)
+from dspo.config_check import ConfigError, check_config
 
 min_version("9.0")
 
@@ -12,6 +18,12 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "config/schema.yaml")
+# What the schema cannot express (objective hyper-parameters, source paths, table names),
+# checked before any job runs; paths are relative to the working directory, as the rules'.
+try:
+    check_config(config, os.getcwd())
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 
 report: "workflow/report/workflow.rst"
