@@ -39,6 +39,17 @@ wildcard_constraints:
     dataset="pairs|pairs_nodup|pairs_ddspo",
 
 
+# Light steps run in the Snakemake process itself, on a cluster too: a SLURM job each would
+# queue for minutes to run seconds. (The gathers move the whole pair table or cache, and stay
+# jobs.) Prompt sets from the hub download only the prompts, often possible only there.
+localrules:
+    all,
+    tables,
+    grid,
+    prompt_set,
+    editing_set,
+
+
 include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/train.smk"

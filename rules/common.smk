@@ -1,12 +1,10 @@
 # Helpers shared by the workflow: artefact paths and the config slice of each step.
 # Steps receive their config slice as a param, so editing a slice reruns that step and what
 # depends on it, and nothing else.
+import glob
 import json
 
-
-def entries(mapping):
-    """The entries of a config mapping that a preset has not dropped by setting them to null."""
-    return {name: value for name, value in mapping.items() if value is not None}
+from dspo.config_check import entries
 
 
 EVALUATION = config["evaluation"]
@@ -61,8 +59,37 @@ def base_model_input(wildcards=None):
     return [BASE["path"]] if BUILD_TOY_BASE else []
 
 
+def source_inputs(source, toy_output):
+    """What a data source reads from disk, as the step's inputs: the toy world's output, or the
+    local file, folder or glob's files (so that replacing them reruns the step); nothing for a
+    hub id, which the step fetches itself."""
+    kind = source["kind"]
+    if kind == "toy":
+        return [toy_output]
+    if kind == "hub":
+        return []
+    path = source["path"]
+    return sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+
+
+def source_arg(source, toy_output):
+    """The `--input` of a data step: the toy world's output, the local path or the hub id.
+    Always one word, so the command line is well formed for every kind of source; the step
+    reads a non-toy source's details from its --params."""
+    kind = source["kind"]
+    if kind == "toy":
+        return toy_output
+    return source["id"] if kind == "hub" else source["path"]
+
+
+PAIRS_SOURCE = config["pairs"]["source"]
+TOY_PAIRS = "results/data/toy/pairs"
+TOY_PROMPTS = "results/data/toy/prompts.parquet"
+TOY_EDITING = "results/data/toy/editing.parquet"
+
+
 def pairs_source_input(wildcards):
-    return ["results/data/toy/pairs"] if config["pairs"]["source"]["kind"] == "toy" else []
+    return source_inputs(PAIRS_SOURCE, TOY_PAIRS)
 
 
 def pairs_parts(wildcards):
@@ -87,8 +114,11 @@ def cache_parts(wildcards):
 
 
 def prompt_source_input(wildcards):
-    kind = PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"]["kind"]
-    return ["results/data/toy/prompts.parquet"] if kind == "toy" else []
+    return source_inputs(PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"], TOY_PROMPTS)
+
+
+def prompt_source_arg(wildcards):
+    return source_arg(PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"], TOY_PROMPTS)
 
 
 def method_config(method):
@@ -136,7 +166,8 @@ def model_input(wildcards):
 
 def sampling_config():
     keys = ("seeds", "guidance", "steps", "scheduler", "resolution", "batch_size")
-    return {k: EVALUATION[k] for k in keys}
+    # The compute dtype on an accelerator (the CPU samples in float32; dspo.sample says why).
+    return {**{k: EVALUATION[k] for k in keys}, "dtype": BASE.get("dtype", "float32")}
 
 
 def editing_config():
@@ -144,7 +175,7 @@ def editing_config():
 
 
 def editing_source_input(wildcards):
-    return ["results/data/toy/editing.parquet"] if EDITING["source"]["kind"] == "toy" else []
+    return source_inputs(EDITING["source"], TOY_EDITING)
 
 
 def reward_config():

@@ -9,14 +9,13 @@ rule toy_world:
             category="Data",
         ),
     params:
-        device=DEVICE,
         world=as_json(config.get("world", {})),
     conda:
         "../environment.yml"
     log:
         "results/logs/toy_world.log",
     shell:
-        "dspo toy-world --params {params.world:q} --out results/data/toy > {log} 2>&1"
+        "dspo toy-world --params {params.world:q} --out results/data/toy > {log:q} 2>&1"
 
 
 # Normalising is scattered over pairs.shards jobs, each screening a contiguous block of the
@@ -30,14 +29,15 @@ rule pairs_part:
         part=r"\d+",
     params:
         cfg=as_json(config["pairs"]),
+        source=source_arg(PAIRS_SOURCE, TOY_PAIRS),
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
     log:
         "results/logs/pairs/part{part}.log",
     shell:
-        "dspo pairs-part --part {wildcards.part} --params {params.cfg:q} --input {input:q}"
-        " --out {output:q} > {log} 2>&1"
+        "dspo pairs-part --part {wildcards.part} --params {params.cfg:q} --input {params.source:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule pairs:
@@ -53,7 +53,7 @@ rule pairs:
     log:
         "results/logs/pairs/gather.log",
     shell:
-        "dspo pairs-gather --inputs {input:q} --out {output:q} > {log} 2>&1"
+        "dspo pairs-gather --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The nodup table is scattered the same way, over the row groups of the pair table.
@@ -73,7 +73,7 @@ rule pairs_nodup_part:
         "results/logs/pairs_nodup/part{part}.log",
     shell:
         "dspo nodup-part --part {wildcards.part} --params {params.cfg:q} --input {input:q}"
-        " --out {output:q} > {log} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule pairs_nodup:
@@ -89,7 +89,7 @@ rule pairs_nodup:
     log:
         "results/logs/pairs_nodup/gather.log",
     shell:
-        "dspo nodup-gather --inputs {input:q} --out {output:q} > {log} 2>&1"
+        "dspo nodup-gather --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 # DDSPO's pairs are sampled over ddspo.shards jobs, each streaming a contiguous block of the
@@ -157,8 +157,8 @@ rule cache_part:
         "results/logs/cache/{dataset}.part{part}.log",
     shell:
         "dspo cache-part --part {wildcards.part} --params {params.cfg:q} --input {input.pairs:q}"
-        " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device}"
-        " > {log} 2>&1"
+        " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device:q}"
+        " > {log:q} 2>&1"
 
 
 rule cache:
@@ -177,7 +177,7 @@ rule cache:
     log:
         "results/logs/cache/{dataset}.log",
     shell:
-        "dspo cache-gather --inputs {input.parts:q} --out {output:q} > {log} 2>&1"
+        "dspo cache-gather --inputs {input.parts:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule prompt_set:
@@ -186,15 +186,15 @@ rule prompt_set:
     output:
         "results/data/prompts/{prompt_set}.parquet",
     params:
-        device=DEVICE,
         cfg=lambda wc: as_json(PROMPT_SET_ENTRIES[wc.prompt_set]),
+        source=prompt_source_arg,
     conda:
         "../environment.yml"
     log:
         "results/logs/prompts/{prompt_set}.log",
     shell:
-        "dspo prompts --name {wildcards.prompt_set} --params {params.cfg:q} --input {input:q}"
-        " --out {output:q} > {log} 2>&1"
+        "dspo prompts --name {wildcards.prompt_set} --params {params.cfg:q}"
+        " --input {params.source:q} --out {output:q} > {log:q} 2>&1"
 
 
 if EDITING:
@@ -206,9 +206,11 @@ if EDITING:
             "results/data/editing.parquet",
         params:
             cfg=as_json(EDITING),
+            source=source_arg(EDITING["source"], TOY_EDITING),
         conda:
             "../environment.yml"
         log:
             "results/logs/editing_set.log",
         shell:
-            "dspo editing-set --params {params.cfg:q} --input {input:q} --out {output:q} > {log} 2>&1"
+            "dspo editing-set --params {params.cfg:q} --input {params.source:q} --out {output:q}"
+            " > {log:q} 2>&1"

@@ -17,8 +17,8 @@ rule generate:
         "results/logs/generate/{model}/{prompt_set}.log",
     shell:
         "dspo generate --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
-        " --input {input.prompts:q} --out {output:q} --threads {threads} --device {params.device}"
-        " > {log} 2>&1"
+        " --input {input.prompts:q} --out {output:q} --threads {threads} --device {params.device:q}"
+        " > {log:q} 2>&1"
 
 
 if EDITING:
@@ -40,5 +40,5 @@ if EDITING:
             "results/logs/edit/{model}.log",
         shell:
             "dspo edit --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
-            " --input {input.editing:q} --out {output:q} --threads {threads} --device {params.device}"
-            " > {log} 2>&1"
+            " --input {input.editing:q} --out {output:q} --threads {threads} --device {params.device:q}"
+            " > {log:q} 2>&1"

@@ -13,4 +13,4 @@ if BUILD_TOY_BASE:
         threads: 2
         shell:
             "dspo pretrain-base --world {params.world:q} --params {params.model:q} --out {output:q}"
-            " --metrics results/train/base/metrics.jsonl --threads {threads} > {log} 2>&1"
+            " --metrics results/train/base/metrics.jsonl --threads {threads} > {log:q} 2>&1"

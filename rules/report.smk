@@ -35,7 +35,7 @@ rule tables:
         "results/logs/tables.log",
     shell:
         "dspo tables --params {params.cfg:q} --inputs {input:q} --out results/tables"
-        " --plots results/plots > {log} 2>&1"
+        " --plots results/plots > {log:q} 2>&1"
 
 
 rule grid:
@@ -54,4 +54,4 @@ rule grid:
     log:
         "results/logs/grid/{prompt_set}.log",
     shell:
-        "dspo grid --params {params.cfg:q} --inputs {input:q} --out {output:q} > {log} 2>&1"
+        "dspo grid --params {params.cfg:q} --inputs {input:q} --out {output:q} > {log:q} 2>&1"

@@ -12,4 +12,4 @@ rule score:
         "results/logs/score/{model}/{prompt_set}.log",
     shell:
         "dspo score --name {wildcards.model} --params {params.rewards:q} --input {input:q}"
-        " --out {output:q} --threads {threads} --device {params.device} > {log} 2>&1"
+        " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"

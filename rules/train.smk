@@ -17,5 +17,5 @@ rule train:
         "results/logs/train/{method}.log",
     shell:
         "{params.launch} train --params {params.cfg:q} --input {input.cache:q} --base {params.base:q}"
-        " --out {output:q} --run-dir {params.run_dir:q} --threads {threads} --device {params.device}"
-        " > {log} 2>&1"
+        " --out {output:q} --run-dir {params.run_dir:q} --threads {threads} --device {params.device:q}"
+        " > {log:q} 2>&1"
