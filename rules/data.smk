@@ -113,8 +113,8 @@ rule ddspo_part:
         "results/logs/ddspo_pairs/part{part}.log",
     shell:
         "dspo ddspo-part --part {wildcards.part} --params {params.cfg:q} --input {input.pairs:q}"
-        " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device}"
-        " > {log} 2>&1"
+        " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device:q}"
+        " > {log:q} 2>&1"
 
 
 rule ddspo_pairs:
@@ -131,7 +131,7 @@ rule ddspo_pairs:
     log:
         "results/logs/ddspo_pairs/gather.log",
     shell:
-        "dspo ddspo-gather --inputs {input:q} --out {output:q} > {log} 2>&1"
+        "dspo ddspo-gather --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The cache is scattered over cache.shards jobs, each encoding a contiguous block of the pairs
