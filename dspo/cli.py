@@ -339,6 +339,7 @@ def _standins(args: argparse.Namespace) -> None:
             seed=args.seed,
             pairs=args.pairs,
             prompts=args.prompts,
+            skip_existing=args.skip_existing,
         )
     )
 
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     standins.add_argument("--seed", type=int, default=0)
     standins.add_argument("--pairs", type=int, default=96, help="Pick-a-Pic train rows")
     standins.add_argument("--prompts", type=int, default=64, help="prompts per prompt set")
+    standins.add_argument(
+        "--skip-existing", action="store_true", help="keep components already written"
+    )
     standins.add_argument("--threads", type=int, default=2)
     standins.set_defaults(func=_standins)
     return parser

@@ -65,8 +65,13 @@ def write_standins(
     seed: int = 0,
     pairs: int = 96,
     prompts: int = 64,
+    skip_existing: bool = False,
 ) -> dict[str, Any]:
-    """Write the chosen stand-ins into ``out``; returns (and saves) what each one holds."""
+    """Write the chosen stand-ins into ``out``; returns (and saves) what each one holds.
+
+    ``skip_existing`` keeps the components the manifest already records with the same
+    ``tiny`` and ``seed`` (each is recorded once complete), so an interrupted build resumes.
+    """
     from dspo.standins import data, pipelines, rewards
 
     chosen = list(dict.fromkeys(components))
@@ -102,6 +107,9 @@ def write_standins(
     manifest_file = out / MANIFEST
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
     for name in chosen:
+        done = manifest.get(name, {})
+        if skip_existing and (done.get("tiny"), done.get("seed")) == (tiny, seed):
+            continue
         start = time.perf_counter()
         result = writers[name]()
         manifest[name] = {
