@@ -320,7 +320,11 @@ def grid(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    """Training throughput and peak memory: the cached trainer against an upstream-style loop."""
+    """Training throughput and peak memory (train); each job's peak memory in a run (memory)."""
+    if args.what == "memory":
+        from dspo.bench_memory import main as run_memory
+
+        sys.exit(run_memory(args.options))
     from dspo.bench import main as run_bench
 
     run_bench(args.options)
@@ -365,8 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu")
         p.set_defaults(func=func)
     bench = sub.add_parser("bench", help=_bench.__doc__, description=_bench.__doc__)
-    bench.add_argument("what", choices=["train"], help="what to benchmark")
-    bench.add_argument("options", nargs=argparse.REMAINDER, help="see `dspo bench train -h`")
+    bench.add_argument("what", choices=["train", "memory"], help="what to benchmark")
+    bench.add_argument(
+        "options",
+        nargs=argparse.REMAINDER,
+        help="see `dspo bench train -h`, `dspo bench memory -h`",
+    )
     bench.set_defaults(func=_bench)
     from dspo.standins import COMPONENTS, DEFAULT_COMPONENTS
 
