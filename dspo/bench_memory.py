@@ -60,8 +60,8 @@ def job_name(argv: list[str]) -> tuple[str, str] | None:
     for i, word in enumerate(argv):
         if os.path.basename(word) == "dspo" or (word == "dspo.cli" and argv[i - 1] == "-m"):
             rest = argv[i + 1 :]
-            if not rest or rest[0].startswith("-"):
-                return None
+            if not rest or rest[0].startswith("-") or rest[:2] == ["bench", "memory"]:
+                return None  # not a job (or a watcher, such as this one)
             parts = [rest[0]]
             for key in _KEYS:
                 if key in rest and rest.index(key) + 1 < len(rest):
@@ -87,15 +87,37 @@ def _argv(pid: int) -> list[str]:
         return []
 
 
-def watch(command: list[str], interval: float) -> tuple[int, dict[str, Job]]:
-    """Run ``command`` and record each dspo job's peak resident memory."""
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def watch(
+    command: list[str] | None,
+    interval: float,
+    *,
+    pid: int | None = None,
+    out: Path | None = None,
+    every: float = 10.0,
+) -> tuple[int, dict[str, Job]]:
+    """Run ``command`` (or watch the running process ``pid``) and record each dspo job's peak
+    resident memory; with ``out``, rewrite the CSV every ``every`` seconds, so a run that is
+    stopped early still leaves its table."""
     jobs: dict[str, Job] = {}
     names: dict[int, tuple[str, str] | None] = {}
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command) if command else None
+    root = process.pid if process else pid
+    written = time.monotonic()
     while True:
-        done = process.poll() is not None
+        done = process.poll() is not None if process else not _alive(root)
         now = time.monotonic()
-        for pid in _descendants(process.pid):
+        if out is not None and now - written > every:
+            write_csv(jobs, out)
+            written = now
+        for pid in _descendants(root):
             if pid not in names:
                 names[pid] = job_name(_argv(pid))
             named = names[pid]
@@ -106,7 +128,7 @@ def watch(command: list[str], interval: float) -> tuple[int, dict[str, Job]]:
             job.peak_mib = max(job.peak_mib, hwm)
             job.last_seen = now
         if done:
-            return process.returncode, jobs
+            return (process.returncode if process else 0), jobs
         time.sleep(interval)
 
 
@@ -124,12 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dspo bench memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="CSV to write")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between readings")
+    parser.add_argument("--pid", type=int, help="watch this running process instead")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the command to watch after --")
-    code, jobs = watch(command, args.interval)
+    if not command and args.pid is None:
+        parser.error("give the command to watch after --, or --pid")
+    code, jobs = watch(command or None, args.interval, pid=args.pid, out=args.out)
     write_csv(jobs, args.out)
     print(f"{len(jobs)} jobs; peak MiB by job written to {args.out}", flush=True)
     return code

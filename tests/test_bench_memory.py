@@ -16,6 +16,7 @@ def test_jobs_are_named_by_sub_command_and_what_tells_them_apart() -> None:
     assert job_name(launched) == ("train out=results/models/dspo", "train")
     assert job_name(["/usr/bin/bash", "-c", "snakemake"]) is None
     assert job_name(["/v/bin/dspo", "--help"]) is None
+    assert job_name(["/v/bin/dspo", "bench", "memory", "--out", "m.csv"]) is None
 
 
 def test_a_watched_command_records_each_job_peak(tmp_path: Path) -> None:
