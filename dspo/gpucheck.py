@@ -190,10 +190,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "method": cfg["name"],
                 "seconds": round(seconds, 1),
-                "pairs_per_s": round(pairs / seconds, 3),
+                "pairs_per_s": float(f"{pairs / seconds:.3g}"),
                 "peak_mib": round(peak),
                 # Whole call: model loading and saving included, so a lower bound.
-                "tflops_per_s": round(flops * args.steps / seconds / 1e12, 3),
+                "tflops_per_s": float(f"{flops * args.steps / seconds / 1e12:.3g}"),
                 "steps": summary["steps"],
             }
         )

@@ -221,3 +221,19 @@ def test_stand_ins_are_deterministic(standins: tuple[Path, dict], tmp_path: Path
 def test_unknown_components_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\['sd3'\]"):
         write_standins(tmp_path, ["sd15", "sd3"], tiny=True)
+
+
+def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
+    standins: tuple[Path, dict], tmp_path: Path
+) -> None:
+    from tests.test_workflow import REPO, planned_jobs, snakemake
+
+    out, _ = standins
+    (tmp_path / "standins").symlink_to(out)
+    presets = [str(REPO / "config/presets" / name) for name in ("sd15.yaml", "rehearsal.yaml")]
+    result = snakemake("-n", "all", "--configfile", *presets, cwd=tmp_path)
+    jobs = planned_jobs(result.stdout)
+    assert jobs["train"] == 10 and jobs["generate"] == 11 * 3 and jobs["edit"] == 11
+    assert jobs["score"] == 11 * 4 and jobs["tables"] == 1
+    assert jobs["pairs_part"] == 2 and jobs["ddspo_part"] == 2 and jobs["cache_part"] == 6
+    assert "base_model" not in jobs and "toy_world" not in jobs
