@@ -99,17 +99,32 @@ def nodup_gather(args: argparse.Namespace) -> None:
 
 
 @command
-def ddspo_pairs(args: argparse.Namespace) -> None:
-    """Generate DDSPO's pairs with the reference model and degraded prompts."""
+def ddspo_part(args: argparse.Namespace) -> None:
+    """Generate part --part of ddspo.shards of DDSPO's pairs (reference model, degraded prompts)."""
     _setup_torch(args.threads)
-    from dspo.data.ddspo import make_ddspo_pairs
-    from dspo.data.pairs import read_pair_texts, write_pairs
+    from dspo.data.ddspo import make_ddspo_part
+    from dspo.data.pairs import read_pair_texts
 
-    table, stats = make_ddspo_pairs(
-        read_pair_texts(Path(args.input)), args.base, args.params, device=args.device
+    captions = read_pair_texts(Path(args.input))["caption"].tolist()
+    _report(
+        make_ddspo_part(
+            captions,
+            args.base,
+            args.params,
+            Path(args.out),
+            part=args.part,
+            parts=args.params.get("shards", 1),
+            device=args.device,
+        )
     )
-    write_pairs(table, Path(args.out))
-    _report(stats)
+
+
+@command
+def ddspo_gather(args: argparse.Namespace) -> None:
+    """Join the DDSPO parts into the pair table of the ddspo method."""
+    from dspo.data.ddspo import gather_ddspo
+
+    _report(gather_ddspo([Path(p) for p in args.inputs], Path(args.out)))
 
 
 @command
@@ -357,10 +372,32 @@ def push(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    """Training throughput and peak memory: the cached trainer against an upstream-style loop."""
+    """Training throughput and peak memory (train); each job's peak memory in a run (memory)."""
+    if args.what == "memory":
+        from dspo.bench_memory import main as run_memory
+
+        sys.exit(run_memory(args.options))
     from dspo.bench import main as run_bench
 
     run_bench(args.options)
+
+
+def _standins(args: argparse.Namespace) -> None:
+    """Random-weight checkpoints and data in the exact layouts the sd15/sdxl presets download."""
+    from dspo.standins import write_standins
+
+    _setup_torch(args.threads)
+    _report(
+        write_standins(
+            Path(args.out),
+            args.only,
+            tiny=args.tiny,
+            seed=args.seed,
+            pairs=args.pairs,
+            prompts=args.prompts,
+            skip_existing=args.skip_existing,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,9 +421,33 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu")
         p.set_defaults(func=func)
     bench = sub.add_parser("bench", help=_bench.__doc__, description=_bench.__doc__)
-    bench.add_argument("what", choices=["train"], help="what to benchmark")
-    bench.add_argument("options", nargs=argparse.REMAINDER, help="see `dspo bench train -h`")
+    bench.add_argument("what", choices=["train", "memory"], help="what to benchmark")
+    bench.add_argument(
+        "options",
+        nargs=argparse.REMAINDER,
+        help="see `dspo bench train -h`, `dspo bench memory -h`",
+    )
     bench.set_defaults(func=_bench)
+    from dspo.standins import COMPONENTS, DEFAULT_COMPONENTS
+
+    standins = sub.add_parser("standins", help=_standins.__doc__, description=_standins.__doc__)
+    standins.add_argument("--out", required=True, help="folder to write into")
+    standins.add_argument(
+        "--only",
+        nargs="+",
+        choices=COMPONENTS,
+        default=list(DEFAULT_COMPONENTS),
+        help="components to write (default: all but sdxl)",
+    )
+    standins.add_argument("--tiny", action="store_true", help="same formats, tiny widths")
+    standins.add_argument("--seed", type=int, default=0)
+    standins.add_argument("--pairs", type=int, default=96, help="Pick-a-Pic train rows")
+    standins.add_argument("--prompts", type=int, default=64, help="prompts per prompt set")
+    standins.add_argument(
+        "--skip-existing", action="store_true", help="keep components already written"
+    )
+    standins.add_argument("--threads", type=int, default=2)
+    standins.set_defaults(func=_standins)
     return parser
 
 

@@ -119,7 +119,7 @@ def _check_source(where: str, kinds: Mapping[str, set[str]], source: Any, root: 
     kind = source["kind"]
     if kind not in kinds:
         return [f"{where}.kind: {kind!r} is not a source here; use one of {sorted(kinds)}"]
-    missing = sorted(kinds[kind] - set(source))
+    missing = sorted(kinds[kind] - {key for key, value in source.items() if value is not None})
     if missing:
         return [f"{where}.{key}: a {kind} source needs it" for key in missing]
     if kind in _LOCAL_KINDS and not local_path_exists(str(source["path"]), root):

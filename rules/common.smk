@@ -103,6 +103,11 @@ def nodup_parts(wildcards):
     return expand("results/data/pairs_nodup.parts/{part}", part=range(NODUP["shards"]))
 
 
+def ddspo_parts(wildcards):
+    """The folders of the ddspo.shards parts that make up DDSPO's pair table."""
+    return expand("results/data/pairs_ddspo.parts/{part}", part=range(config["ddspo"]["shards"]))
+
+
 def cache_parts(wildcards):
     """The folders of the cache.shards parts that make up one dataset's cache."""
     parts = range(config["cache"].get("shards", 1))

@@ -92,12 +92,16 @@ rule pairs_nodup:
         "dspo nodup-gather --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
-rule ddspo_pairs:
+# DDSPO's pairs are sampled over ddspo.shards jobs, each streaming a contiguous block of the
+# sampling batches to disk, and gathered into one table.
+rule ddspo_part:
     input:
         pairs="results/data/pairs.parquet",
         base=base_model_input,
     output:
-        "results/data/pairs_ddspo.parquet",
+        temp(directory("results/data/pairs_ddspo.parts/{part}")),
+    wildcard_constraints:
+        part=r"\d+",
     params:
         device=DEVICE,
         cfg=as_json(config["ddspo"]),
@@ -106,10 +110,28 @@ rule ddspo_pairs:
     conda:
         "../environment.yml"
     log:
-        "results/logs/ddspo_pairs.log",
+        "results/logs/ddspo_pairs/part{part}.log",
     shell:
-        "dspo ddspo-pairs --params {params.cfg:q} --input {input.pairs:q} --base {params.base:q}"
-        " --out {output:q} --threads {threads} --device {params.device} > {log} 2>&1"
+        "dspo ddspo-part --part {wildcards.part} --params {params.cfg:q} --input {input.pairs:q}"
+        " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device:q}"
+        " > {log:q} 2>&1"
+
+
+rule ddspo_pairs:
+    input:
+        ddspo_parts,
+    output:
+        "results/data/pairs_ddspo.parquet",
+    params:
+        cfg=as_json(config["ddspo"]),
+        base=BASE["path"],
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/ddspo_pairs/gather.log",
+    shell:
+        "dspo ddspo-gather --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 # The cache is scattered over cache.shards jobs, each encoding a contiguous block of the pairs

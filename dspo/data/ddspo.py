@@ -4,6 +4,10 @@ For each prompt c the base (reference) model samples the preferred image from c 
 rejected image from a degraded prompt c_minus, starting from the same noise, so the pair
 differs by what the prompt lost. The degrader is pluggable: the built-in one deletes a random
 40-70 % of the words (seeded); any external command (an LLM, say) can replace it.
+
+Generation is scattered over ``ddspo.shards`` part jobs (contiguous blocks of sampling
+batches) that stream their PNGs to disk, and gathered into one table, like the other data
+steps; the result does not depend on the number of parts.
 """
 
 from __future__ import annotations
@@ -12,15 +16,23 @@ import io
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dspo.data.pairs import prompt_id_of
+from dspo.data.pairs import (
+    PART_TABLE,
+    PairWriter,
+    _part_folder,
+    _read_part_records,
+    prompt_id_of,
+)
 from dspo.models import sampling_scheduler
 from dspo.sample import initial_noise, load_for_sampling
 
@@ -74,70 +86,151 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@torch.no_grad()
-def make_ddspo_pairs(
-    human_pairs: pd.DataFrame, base_model: str, cfg: Mapping[str, Any], device: str = "cpu"
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Sample DDSPO pairs for prompts drawn (seeded) from the human pairs' captions.
+def ddspo_prompts(captions: Sequence[str], cfg: Mapping[str, Any]) -> list[str]:
+    """The prompts DDSPO samples: ``cfg['prompts']`` distinct captions, drawn with its seed.
 
-    Returns the canonical pair table plus ``caption_l``, the degraded prompt of each
-    rejected image, which the cache encodes as that image's condition.
+    Every part computes the whole list (text only, a few MB at the paper's 200k prompts), so
+    all parts agree on it whatever their number.
     """
-    captions = sorted(set(human_pairs["caption"]))
+    unique = sorted(set(captions))
     rng = np.random.default_rng(cfg["seed"])
-    chosen = [captions[i] for i in rng.permutation(len(captions))[: cfg["prompts"]]]
-    degraded = degrade(chosen, cfg["degrader"], cfg["seed"])
-    pipe = load_for_sampling(base_model, base_model, device=device)
-    sampling_scheduler(pipe, "ddim")
-    resolution = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    shape = (
-        pipe.unet.config.in_channels,
-        pipe.unet.config.sample_size,
-        pipe.unet.config.sample_size,
-    )
-    rows = []
+    return [unique[i] for i in rng.permutation(len(unique))[: cfg["prompts"]]]
+
+
+def part_batches(n_prompts: int, batch_size: int, part: int, parts: int) -> tuple[int, int]:
+    """The sampling batches ``[first, stop)`` of part ``part`` of ``parts``.
+
+    Parts split at batch boundaries, so each batch holds the same prompts and noise whatever
+    the number of parts, and the images are bit-identical to a one-part run.
+    """
+    if not 0 <= part < parts:
+        raise ValueError(f"ddspo part {part} is not in 0..{parts - 1}")
+    batches = -(-n_prompts // batch_size)
+    return part * batches // parts, (part + 1) * batches // parts
+
+
+def _degraded(chosen: Sequence[str], first: int, stop: int, cfg: Mapping[str, Any]) -> list[str]:
+    """The degraded prompts of ``chosen[first:stop]``.
+
+    The built-in degrader draws from one seeded stream over every prompt (cheap, and the same
+    in every part); an external command sees only this part's prompts.
+    """
+    if cfg["degrader"]["kind"] == "drop_words":
+        return degrade(chosen, cfg["degrader"], cfg["seed"])[first:stop]
+    return degrade(chosen[first:stop], cfg["degrader"], cfg["seed"])
+
+
+@torch.no_grad()
+def make_ddspo_part(
+    captions: Sequence[str],
+    base_model: str,
+    cfg: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    part: int = 0,
+    parts: int = 1,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Sample part ``part`` of ``parts`` of DDSPO's pairs into the folder ``out_dir``.
+
+    The pairs are the canonical pair table plus ``caption_l``, the degraded prompt of each
+    rejected image, which the cache encodes as that image's condition. Each batch's PNGs go
+    to disk as soon as they are made (at most one row group is held), so memory does not grow
+    with the number of prompts.
+    """
+    chosen = ddspo_prompts(captions, cfg)
     batch = cfg["batch_size"]
-    for start in tqdm(range(0, len(chosen), batch), desc="ddspo pairs", mininterval=5):
-        good, bad = chosen[start : start + batch], degraded[start : start + batch]
-        ids = range(start, start + len(good))
-        latents = torch.stack([initial_noise(shape, i, cfg["seed"]) for i in ids]).to(device)
-        images = {}
-        for side, texts in (("w", good), ("l", bad)):
-            images[side] = pipe(
-                prompt=list(texts),
-                latents=latents.to(pipe.unet.dtype),
-                num_inference_steps=cfg["steps"],
-                guidance_scale=cfg["guidance"],
-                height=resolution,
-                width=resolution,
-                output_type="np",
-            ).images
-        for i, (c, c_minus) in enumerate(zip(good, bad, strict=True)):
-            rows.append(
-                {
-                    "pair_id": start + i,
-                    "prompt_id": prompt_id_of(c),
-                    "caption": c,
-                    "jpg_w": _png(images["w"][i]),
-                    "jpg_l": _png(images["l"][i]),
-                    "label_w": 1.0,
-                    "source_row": start + i,
-                    "caption_l": c_minus,
-                }
-            )
-    table = pd.DataFrame(rows)
-    stats = {
-        "pairs": len(table),
-        "mean_words_kept": float(
-            np.mean(
-                [
-                    len(b.split()) / max(1, len(g.split()))
-                    for g, b in zip(chosen, degraded, strict=True)
-                ]
-            )
-        ),
-        "examples": [
-            {"prompt": g, "degraded": b} for g, b in zip(chosen[:3], degraded[:3], strict=True)
-        ],
+    first_batch, stop_batch = part_batches(len(chosen), batch, part, parts)
+    first, stop = first_batch * batch, min(stop_batch * batch, len(chosen))
+    good_all, bad_all = chosen[first:stop], _degraded(chosen, first, stop, cfg)
+    pipe = None
+    if stop > first:
+        pipe = load_for_sampling(base_model, base_model, device=device)
+        sampling_scheduler(pipe, "ddim")
+    with _part_folder(Path(out_dir)) as (tmp, record):
+        with PairWriter(tmp / PART_TABLE, rejected_caption=True) as writer:
+            for start in tqdm(range(first, stop, batch), desc=f"ddspo part {part}", mininterval=5):
+                good = good_all[start - first : start - first + batch]
+                bad = bad_all[start - first : start - first + batch]
+                writer.write(_sample_batch(pipe, good, bad, start, cfg, device))
+        record |= {
+            "part": part,
+            "parts": parts,
+            "settings": {**cfg, "chosen": len(chosen)},
+            "n_blocks": -(-len(chosen) // batch),
+            "blocks": [first_batch, stop_batch],
+            "pairs": stop - first,
+        }
+    return {"part": part, "pairs": stop - first, "batches": [first_batch, stop_batch]}
+
+
+def _sample_batch(
+    pipe: Any,
+    good: Sequence[str],
+    bad: Sequence[str],
+    start: int,
+    cfg: Mapping[str, Any],
+    device: str,
+) -> pd.DataFrame:
+    """One batch of pairs: both prompts from the same per-pair noise, encoded as PNG rows."""
+    resolution = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    size = pipe.unet.config.sample_size
+    shape = (pipe.unet.config.in_channels, size, size)
+    ids = range(start, start + len(good))
+    latents = torch.stack([initial_noise(shape, i, cfg["seed"]) for i in ids]).to(device)
+    images = {}
+    for side, texts in (("w", good), ("l", bad)):
+        images[side] = pipe(
+            prompt=list(texts),
+            latents=latents.to(pipe.unet.dtype),
+            num_inference_steps=cfg["steps"],
+            guidance_scale=cfg["guidance"],
+            height=resolution,
+            width=resolution,
+            output_type="np",
+        ).images
+    return pd.DataFrame(
+        {
+            "pair_id": list(ids),
+            "prompt_id": [prompt_id_of(c) for c in good],
+            "caption": list(good),
+            "jpg_w": [_png(image) for image in images["w"]],
+            "jpg_l": [_png(image) for image in images["l"]],
+            "label_w": 1.0,
+            "source_row": list(ids),
+            "caption_l": list(bad),
+        }
+    )
+
+
+def gather_ddspo(part_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Join the parts of :func:`make_ddspo_part` into one pair table, one row group at a time.
+
+    Pair ids are the prompts' positions in the drawn list, so they run 0..n-1 already.
+    """
+    records = _read_part_records(part_dirs)
+    kept_words: list[float] = []
+    examples: list[dict[str, str]] = []
+    n = 0
+    with PairWriter(out, rejected_caption=True) as writer:
+        for folder in part_dirs:
+            table = pq.ParquetFile(Path(folder) / PART_TABLE)
+            for group in range(table.num_row_groups):
+                rows = table.read_row_group(group).to_pandas()
+                if not (rows["pair_id"].to_numpy() == np.arange(n, n + len(rows))).all():
+                    raise ValueError(f"{folder}: pair ids do not continue from {n}")
+                n += len(rows)
+                writer.write(rows)
+                pairs = zip(rows["caption"], rows["caption_l"], strict=True)
+                for good, bad in pairs:
+                    kept_words.append(len(bad.split()) / max(1, len(good.split())))
+                    if len(examples) < 3:
+                        examples.append({"prompt": good, "degraded": bad})
+    if n != records[0]["settings"]["chosen"]:
+        raise ValueError(f"the parts hold {n} pairs, expected {records[0]['settings']['chosen']}")
+    return {
+        "pairs": n,
+        "parts": len(records),
+        "mean_words_kept": float(np.mean(kept_words)) if kept_words else 0.0,
+        "examples": examples,
     }
-    return table, stats

@@ -54,8 +54,10 @@ def source_units(source: Mapping[str, Any]) -> list[SourceUnit]:
     ``source`` is ``{"kind": "parquet", "path": ..., "split": ...}``,
     ``{"kind": "webdataset", "path": ..., "split": ...}`` or
     ``{"kind": "hub", "id": ..., "split": ..., "revision": ..., "streaming": ...}``.
-    Only the required and optional Pick-a-Pic columns are read.
+    Only the required and optional Pick-a-Pic columns are read. A key set to null counts as
+    absent, so a preset merged over another can drop a key of the other's source kind.
     """
+    source = {key: value for key, value in source.items() if value is not None}
     kind = source.get("kind")
     if kind not in _SOURCE_KEYS:
         raise ValueError(f"source key 'kind' must be one of {sorted(_SOURCE_KEYS)}, got {kind!r}")

@@ -1,0 +1,123 @@
+"""Stand-ins: random-weight checkpoints and data in the exact architectures and file layouts
+that the sd15 and sdxl presets download, for rehearsing the real path offline.
+
+``dspo standins --out DIR`` writes (each part selectable with ``--only``)::
+
+    DIR/stable-diffusion-v1-5/             sd15     SD1.5 pipeline folder (859.5M UNet)
+    DIR/stable-diffusion-xl-base-1.0/      sdxl     SDXL pipeline folder, float16 (2.6B UNet)
+    DIR/PickScore_v1/                      pickscore  ViT-H-14 CLIPModel
+    DIR/CLIP-ViT-H-14-laion2B-s32B-b79K/   clip     ViT-H-14 CLIPModel + processor/tokenizer
+    DIR/HPSv2/HPS_v2.1_compressed.pt       hps      open_clip ViT-H-14 {"state_dict": ...}
+    DIR/sac+logos+ava1-l14-linearMSE.pth   aesthetics  MLP, over DIR/clip-vit-large-patch14/
+    DIR/ImageReward/                       image_reward  ImageReward.pt + med_config.json
+    DIR/bert-base-uncased/                 (with image_reward) its tokenizer
+    DIR/pickapic_v2/data/*.parquet         pickapic  train and test_unique splits
+    DIR/prompts/                           prompts  PartiPrompts.tsv, HPSv2 prompts
+    DIR/instructpix2pix-1000-samples/      editing  train.parquet
+    DIR/standins.json                      what was written, with counts and seconds
+
+Everything is seeded: the same arguments give the same files. ``--tiny`` keeps every class,
+key name, vocabulary size and file format but shrinks widths and depths (tests).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+SD15 = "stable-diffusion-v1-5"
+SDXL = "stable-diffusion-xl-base-1.0"
+LAION_CLIP = "CLIP-ViT-H-14-laion2B-s32B-b79K"
+PICKSCORE = "PickScore_v1"
+HPS_FILE = "HPSv2/HPS_v2.1_compressed.pt"
+AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+OPENAI_CLIP_L = "clip-vit-large-patch14"
+IMAGE_REWARD = "ImageReward"
+PICKAPIC = "pickapic_v2"
+PROMPTS = "prompts"
+EDITING = "instructpix2pix-1000-samples/train.parquet"
+MANIFEST = "standins.json"
+
+COMPONENTS = (
+    "sd15",
+    "sdxl",
+    "pickscore",
+    "clip",
+    "hps",
+    "aesthetics",
+    "image_reward",
+    "pickapic",
+    "prompts",
+    "editing",
+)
+# SDXL's folder is 7 GB even in float16 and only the sd15+sdxl rehearsal reads it.
+DEFAULT_COMPONENTS = tuple(c for c in COMPONENTS if c != "sdxl")
+
+
+def write_standins(
+    out: Path,
+    components: Iterable[str] = DEFAULT_COMPONENTS,
+    *,
+    tiny: bool = False,
+    seed: int = 0,
+    pairs: int = 96,
+    prompts: int = 64,
+    skip_existing: bool = False,
+) -> dict[str, Any]:
+    """Write the chosen stand-ins into ``out``; returns (and saves) what each one holds.
+
+    ``skip_existing`` keeps the components the manifest already records with the same
+    ``tiny`` and ``seed`` (each is recorded once complete), so an interrupted build resumes.
+    """
+    from dspo.standins import data, pipelines, rewards
+
+    chosen = list(dict.fromkeys(components))
+    unknown = sorted(set(chosen) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"unknown stand-in components {unknown}; expected some of {COMPONENTS}")
+    out.mkdir(parents=True, exist_ok=True)
+    vocabulary = data.words()
+    writers: dict[str, Callable[[], Any]] = {
+        "sd15": lambda: pipelines.write_sd15(out / SD15, vocabulary, tiny=tiny, seed=seed),
+        "sdxl": lambda: pipelines.write_sdxl(out / SDXL, vocabulary, tiny=tiny, seed=seed),
+        "pickscore": lambda: rewards.write_clip_folder(
+            out / PICKSCORE, rewards.VIT_H_14, vocabulary, tiny=tiny, seed=seed + 10
+        ),
+        "clip": lambda: rewards.write_clip_folder(
+            out / LAION_CLIP, rewards.VIT_H_14, vocabulary, tiny=tiny, seed=seed + 20
+        ),
+        "hps": lambda: rewards.write_hpsv2(out / HPS_FILE, tiny=tiny, seed=seed + 30),
+        "aesthetics": lambda: rewards.write_aesthetics(
+            out / AESTHETIC_FILE, out / OPENAI_CLIP_L, vocabulary, tiny=tiny, seed=seed + 40
+        ),
+        "image_reward": lambda: rewards.write_image_reward(
+            out / IMAGE_REWARD, vocabulary, tiny=tiny, seed=seed + 50
+        ),
+        "pickapic": lambda: data.write_pickapic(
+            out / PICKAPIC, {"train": pairs, "test_unique": prompts}, seed=seed
+        ),
+        "prompts": lambda: {
+            k: str(v) for k, v in data.write_prompt_files(out / PROMPTS, prompts, seed).items()
+        },
+        "editing": lambda: str(data.write_editing_set(out / EDITING, max(4, prompts // 4), seed)),
+    }
+    manifest_file = out / MANIFEST
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    for name in chosen:
+        done = manifest.get(name, {})
+        if skip_existing and (done.get("tiny"), done.get("seed")) == (tiny, seed):
+            continue
+        start = time.perf_counter()
+        result = writers[name]()
+        manifest[name] = {
+            "tiny": tiny,
+            "seed": seed,
+            "holds": result,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        # Written after each component, so an interrupted run says what is complete.
+        manifest_file.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest

@@ -1,0 +1,48 @@
+"""`dspo bench memory`: every dspo job of a watched command, named, with its peak memory."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from dspo.bench_memory import job_name, main
+
+
+def test_jobs_are_named_by_sub_command_and_what_tells_them_apart() -> None:
+    argv = ["/v/bin/python", "/v/bin/dspo", "cache-part", "--part", "3", "--out", "x/3"]
+    assert job_name(argv) == ("cache-part part=3 out=x/3", "cache-part")
+    launched = ["python", "-m", "dspo.cli", "train", "--out", "results/models/dspo"]
+    assert job_name(launched) == ("train out=results/models/dspo", "train")
+    assert job_name(["/usr/bin/bash", "-c", "snakemake"]) is None
+    assert job_name(["/v/bin/dspo", "--help"]) is None
+    assert job_name(["/v/bin/dspo", "bench", "memory", "--out", "m.csv"]) is None
+
+
+def test_a_watched_command_records_each_job_peak(tmp_path: Path) -> None:
+    out = tmp_path / "memory.csv"
+    # A dspo job below a shell, as Snakemake runs jobs, then a process that is no dspo job
+    # (200 MiB for two seconds): only the job is recorded.
+    hold = (
+        "import numpy; a = numpy.ones(200 * 2**20, dtype=numpy.uint8); import time; time.sleep(2)"
+    )
+    script = tmp_path / "job.py"
+    script.write_text(hold + "\n")
+    code = main(
+        [
+            "--out",
+            str(out),
+            "--interval",
+            "0.2",
+            "--",
+            "bash",
+            "-c",
+            f"{sys.executable} -m dspo.cli standins --out {tmp_path / 's'} --only prompts --tiny"
+            f" --prompts 4 > /dev/null && {sys.executable} {script}",
+        ]
+    )
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["command"] for r in rows] == ["standins"]
+    assert rows[0]["job"] == f"standins out={tmp_path / 's'}"
+    assert float(rows[0]["peak_mib"]) > 50  # python, numpy and torch imported at least
