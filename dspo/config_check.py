@@ -100,7 +100,7 @@ def _check_objectives(methods: Mapping[str, Any]) -> list[str]:
             continue
         defaults = _hyper_defaults(OBJECTIVES[objective].fn)
         accepted = ", ".join(sorted(defaults)) or "(none)"
-        for key, value in (entry.get("params") or {}).items():
+        for key, value in entries(entry.get("params") or {}).items():
             where = f"methods.{name}.params.{key}"
             if key not in defaults:
                 problems.append(

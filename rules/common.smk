@@ -131,7 +131,8 @@ def method_config(method):
         "name": method,
         "objective": entry["objective"],
         "data": entry.get("data", "pairs"),
-        "params": entry.get("params", {}),
+        # A param set to null is absent: a preset can drop one that deep-merge would keep.
+        "params": entries(entry.get("params") or {}),
         "lora": entry.get("lora"),
     }
 
