@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -11,9 +12,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "config" / "presets" / "smoke.yaml"
@@ -177,3 +182,30 @@ def test_rerunning_a_method_reproduces_the_tables(smoke_run: Path) -> None:
         cwd=smoke_run,
     )
     assert {f.name: f.read_bytes() for f in sorted(tables.iterdir())} == before
+
+
+def test_a_changed_model_changes_its_pixels(smoke_run: Path) -> None:
+    # New DSPO weights at the same path, its images forced to rerun (as after a code fix):
+    # every image and edit of DSPO must be made again from the new weights.
+    images = smoke_run / "results" / "images" / "dspo"
+    before = {p: p.read_bytes() for p in sorted(images.rglob("*.png"))}
+    weights = smoke_run / "results/models/dspo/unet/diffusion_pytorch_model.safetensors"
+    gen = torch.Generator().manual_seed(0)
+    save_file(
+        {
+            name: t + 0.05 * torch.randn(t.shape, generator=gen).to(t.dtype)
+            for name, t in load_file(weights).items()
+        },
+        weights,
+    )
+    forced = [f"results/images/dspo/{s}/manifest.parquet" for s in ("pickv2", "editing")]
+    snakemake(
+        "--cores", "2", "all", "--forcerun", *forced, "--configfile", str(SMOKE), cwd=smoke_run
+    )  # fmt: skip
+    after = {p: p.read_bytes() for p in sorted(images.rglob("*.png"))}
+    assert after.keys() == before.keys() and len(before) > 0
+    changed = [
+        not np.array_equal(np.asarray(Image.open(io.BytesIO(before[p]))), np.asarray(Image.open(p)))
+        for p in before
+    ]
+    assert all(changed)
