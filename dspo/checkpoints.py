@@ -41,6 +41,7 @@ RESUME_NEUTRAL = frozenset(
         "name",
         "steps",
         "checkpoint_every",
+        "keep_checkpoints",
         "checkpoints_kept",
         "log_every",
         "report_to",

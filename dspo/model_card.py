@@ -52,11 +52,11 @@ def card_text(cfg: Mapping[str, Any], base_model: str, data: str) -> str:
         "tags": tags,
     }
     lines = ["---", *(f"{k}: {_yaml_value(v)}" for k, v in meta.items()), "---", ""]
-    kind = f"LoRA adapters (rank {lora['rank']})" if lora else "a full fine-tune"
+    kind = f"LoRA adapters (rank {lora['rank']})" if lora else "A full fine-tune"
     lines += [
         f"# {cfg['name']}",
         "",
-        f"{kind.capitalize()} of `{base_model}` trained with the `{cfg['objective']}` "
+        f"{kind} of `{base_model}` trained with the `{cfg['objective']}` "
         f"objective by `dspo` on {data}.",
         "",
         "## Training",

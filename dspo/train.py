@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ from dspo.guards import (
     check_weights_finite,
     first_nonfinite,
 )
+from dspo.model_card import write_model_card
 from dspo.models import load_pipeline, model_family
 from dspo.objectives import Objective, get_objective, objective_kwargs
 from dspo.preference import (  # noqa: F401  (also this module's interface)
@@ -343,9 +345,15 @@ def train(
         check_weights_finite(final.named_parameters(), f"the model for {out_dir}")
         save_model(final, cfg, base_model, out_dir)
         (out_dir / MODEL_CONFIG).write_text(json.dumps({"config": cfg, **summary}, indent=2) + "\n")
+        data = f"{len(cache)} preference pairs (`{cfg.get('data', 'pairs')}`, cache {cache_dir})"
+        write_model_card(out_dir, {"name": summary["method"], **cfg}, base_model, data)
         # The record makes the model folder's content key (dspo.content) its weights' hash.
         write_content_record(out_dir)
         ckpt.mark_finished(run_dir, parts, steps, out_dir)
+        if not cfg.get("keep_checkpoints", False):
+            # The model is saved and its weights checked: the checkpoints (weights and
+            # optimiser state, several times the model's size) have served their purpose.
+            shutil.rmtree(checkpoints, ignore_errors=True)
     accelerator.end_training()
     return summary
 

@@ -45,6 +45,7 @@ BASE_CONFIG = {
     "gradient_checkpointing": False,
     "checkpoint_every": 2,
     "checkpoints_kept": 2,
+    "keep_checkpoints": True,
     "log_every": 1,
     "report_to": None,
     "seed": 0,
@@ -432,3 +433,19 @@ def test_trainer_memory_does_not_grow_with_the_cache(tiny_model: Path, tmp_path:
         shutil.rmtree(cache)
     print(f"peak RSS with 600 and 6000 pairs: {peaks[0] / 1024:.0f} / {peaks[1] / 1024:.0f} MiB")
     assert peaks[1] < 1.2 * peaks[0]
+
+
+def test_finished_run_drops_its_checkpoints_and_writes_a_model_card(
+    cache_dir: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    cfg = {
+        **DSPO,
+        "keep_checkpoints": False,
+        "lora": {"rank": 2, "alpha": 2.0, "target_modules": ["to_q", "to_v"]},
+    }
+    run(cfg, cache_dir, tiny_model, tmp_path)
+    assert not (tmp_path / "run/checkpoints").exists()
+    card = (tmp_path / "model/README.md").read_text()
+    assert f'base_model: "{tiny_model}"' in card and "LoRA adapters (rank 2)" in card
+    record = json.loads((tmp_path / "model/dspo_content.json").read_text())["files"]
+    assert "README.md" in record and "pytorch_lora_weights.safetensors" in record
