@@ -9,6 +9,7 @@ loading them exercises the same key mapping a real checkpoint does.
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from torch import nn
 from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
 from dspo.models import build_tokenizer
-from dspo.rewards import load_reward, score_manifest
+from dspo.rewards import load_reward, parity, score_manifest
 from dspo.rewards.common import CLIP_MEAN, CLIP_STD
 from dspo.rewards.transforms import center_crop_pixels, hpsv2_pixels, open_clip_tokens
 
@@ -523,3 +524,26 @@ def test_open_clip_tokens_clean_prompts_as_hpsv2_does() -> None:
     torch.testing.assert_close(odd, plain)
     long = open_clip_tokens([" ".join(["word"] * 100)], 77)[0]
     assert long.shape == (77,) and long[-1] == long.max() == OPEN_CLIP_VOCAB - 1
+
+
+PARITY_PYTHON = Path(
+    os.environ.get(
+        "DSPO_PARITY_PYTHON",
+        Path(__file__).resolve().parents[1] / "build/reward-parity/venv/bin/python",
+    )
+)
+
+
+@pytest.mark.skipif(
+    not PARITY_PYTHON.is_file(),
+    reason="no originals environment (make build/reward-parity/venv/.installed)",
+)
+def test_parity_with_the_original_packages(tmp_path: Path) -> None:
+    """`make reward-parity` at CI size: the originals' code paths with 1-2 layer towers."""
+    rows = {row["reward"]: row for row in parity.run(tmp_path, str(PARITY_PYTHON), "tiny")}
+    assert set(rows) == {"hpsv2", "image_reward", "laion_aesthetics", "pickscore", "clip_score"}
+    for row in rows.values():
+        assert row["ok"], row
+        assert row["max_abs_difference"] <= parity.TOLERANCE < row["spread"] / 100
+    # HPSv2's transform leaves both unreadable for its model; only they are refused.
+    assert rows["hpsv2"]["both_reject"] == ["rgba_330.png", "wide_224x150.png"]
