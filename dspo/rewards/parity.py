@@ -192,27 +192,36 @@ def write_doc(doc: Path, text: str) -> None:
     doc.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
 
 
+GROUPS = {"hpsv2": ["hpsv2"], "image_reward": ["image_reward"]}
+GROUPS |= {"aesthetics": ["laion_aesthetics"], "hub_clip": ["pickscore", "clip_score"]}
+
+
 def run(
     work: Path,
-    python: str,
+    python: str | None,
     scale: str,
     rewards: list[str] | None = None,
     doc: Path | None = None,
+    ours_done: Mapping[str, list] | None = None,
 ) -> list[dict[str, Any]]:
-    """Originals, then ours; returns the comparison rows (and fills `doc` when given)."""
+    """Originals, then ours; returns the comparison rows (and fills `doc` when given).
+
+    With `python` None the originals' scores and models of an earlier run in `work` are
+    reused; rewards in `ours_done` (our scores saved by an earlier run) are not rescored.
+    """
     pairs = write_inputs(work / "inputs")
-    groups = {"hpsv2": ["hpsv2"], "image_reward": ["image_reward"]}
-    groups |= {"aesthetics": ["laion_aesthetics"], "hub_clip": ["pickscore", "clip_score"]}
-    rewards = rewards or list(groups)
-    (work / "original_scores.json").unlink(missing_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HPS_ROOT": str(work / "hps-root")}
-    env.pop("PYTHONPATH", None)  # the originals must not see this project
-    command = [python, str(ORIGINALS), "--work", str(work), "--scale", scale, "--rewards"]
-    subprocess.run([*command, *rewards], check=True, env=env)
+    rewards = rewards or list(GROUPS)
+    if python is not None:
+        (work / "original_scores.json").unlink(missing_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HPS_ROOT": str(work / "hps-root")}
+        env.pop("PYTHONPATH", None)  # the originals must not see this project
+        command = [python, str(ORIGINALS), "--work", str(work), "--scale", scale, "--rewards"]
+        subprocess.run([*command, *rewards], check=True, env=env)
     originals = json.loads((work / "original_scores.json").read_text())
     versions = json.loads((work / "original_versions.json").read_text())
-    names = [name for group in rewards for name in groups[group]]
-    ours = our_scores(work, pairs, names)
+    names = [name for group in rewards for name in GROUPS[group]]
+    done = dict(ours_done or {})
+    ours = {**done, **our_scores(work, pairs, [n for n in names if n not in done])}
     (work / "our_scores.json").write_text(json.dumps(ours, indent=1))
     rows = compare({n: originals[n] for n in names}, ours, pairs)
     text = table(rows, scale, versions)
@@ -230,12 +239,27 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Reward scores vs the original packages")
     parser.add_argument("--work", type=Path, default=Path("build/reward-parity"))
-    parser.add_argument("--python", required=True, help="the originals' environment's python")
+    parser.add_argument("--python", help="the originals' environment's python")
+    parser.add_argument(
+        "--reuse-originals", action="store_true", help="keep the originals' scores in --work"
+    )
+    parser.add_argument("--ours", type=Path, nargs="*", default=[], help="our saved scores")
+    parser.add_argument("--only-ours", nargs="*", help="just score these rewards, into --save")
+    parser.add_argument("--save", type=Path, help="where --only-ours writes its scores")
     parser.add_argument("--scale", choices=["tiny", "full"], default="full")
     parser.add_argument("--rewards", nargs="*", help="hpsv2 image_reward aesthetics hub_clip")
     parser.add_argument("--doc", type=Path, help="markdown file whose parity block to replace")
     args = parser.parse_args(argv)
-    rows = run(args.work, args.python, args.scale, args.rewards, args.doc)
+    if args.only_ours:  # our side alone, e.g. alongside a running comparison
+        pairs = json.loads((args.work / "inputs" / "pairs.json").read_text())
+        args.save.write_text(json.dumps(our_scores(args.work, pairs, args.only_ours)))
+        return 0
+    if (args.python is None) != args.reuse_originals:
+        parser.error("give --python, or --reuse-originals to keep an earlier run's originals")
+    done: dict[str, list] = {}
+    for path in args.ours:
+        done |= json.loads(path.read_text())
+    rows = run(args.work, args.python, args.scale, args.rewards, args.doc, done)
     return 0 if all(row["ok"] for row in rows) else 1
 
 
