@@ -12,7 +12,7 @@ pip=("$venv/bin/python" -m pip install --quiet)
 "${pip[@]}" -c "$here/requirements.txt" torch torchvision
 "${pip[@]}" -r "$here/requirements.txt"
 # fairscale and clip ship as source only; they build against the torch installed above.
-"${pip[@]}" --no-build-isolation -c "$here/requirements.txt" fairscale openai-clip
+"${pip[@]}" --no-build-isolation fairscale==0.4.13 openai-clip==1.0.1
 # hpsv2 pins pytest==7.2.0 and protobuf<4 and image-reward pins diffusers, datasets and
 # accelerate for training; scoring needs none of them.
 "${pip[@]}" --no-deps hpsv2==1.2.0 image-reward==1.5
