@@ -6,7 +6,7 @@ CORES ?= all
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint clean rehearse gpu-check
+.PHONY: run test lint clean rehearse gpu-check reward-parity
 
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
@@ -38,13 +38,26 @@ standins/standins.json:
 lint: $(VENV)/.installed
 	ruff check dspo tests && ruff format --check dspo tests && snakemake --lint
 
-# torch is installed first and on its own: with torch already present, the project's
-# `torch>=2.3` needs nothing more (on a CPU machine, pip's default torch is a CUDA build).
+# torch and torchvision are installed first and on their own: with them present, the
+# project's `torch>=2.3` needs nothing more (on a CPU machine, pip's default torch is a CUDA
+# build, and torchvision must match torch's build).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch torchvision
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[workflow,test]"
+	touch $@
+
+# Reward scores vs the original packages (docs/rewards.md): builds their own environment
+# once, then random-initialised models with them; PARITY_SCALE=tiny is CI's smaller check.
+PARITY ?= build/reward-parity
+PARITY_SCALE ?= full
+reward-parity: $(VENV)/.installed $(PARITY)/venv/.installed
+	python -m dspo.rewards.parity --work $(PARITY) --python $(PARITY)/venv/bin/python \
+		--scale $(PARITY_SCALE) $(if $(filter full,$(PARITY_SCALE)),--doc docs/rewards.md)
+
+$(PARITY)/venv/.installed: scripts/reward_parity/make_env.sh scripts/reward_parity/requirements.txt
+	bash scripts/reward_parity/make_env.sh $(PARITY)/venv
 	touch $@
 
 clean:

@@ -9,6 +9,7 @@ loading them exercises the same key mapping a real checkpoint does.
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,15 +19,17 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
 from dspo.models import build_tokenizer
-from dspo.rewards import load_reward, score_manifest
-from dspo.rewards.common import pixel_batch
+from dspo.rewards import load_reward, parity, score_manifest
+from dspo.rewards.common import CLIP_MEAN, CLIP_STD
+from dspo.rewards.transforms import center_crop_pixels, hpsv2_pixels, open_clip_tokens
 
 WORDS = ["a", "red", "blue", "green", "circle", "square", "cat", "on", "the", "grass", "photo"]
 PROMPTS = ["a red circle", "a blue square on the grass", "a photo of a cat", "green"]
 WIDTH, HEADS, LAYERS, EMBED = 32, 16, 2, 16  # 16 heads: ViT-H-14's and BLIP ViT-L's count
+OPEN_CLIP_VOCAB = 49408  # open_clip's BPE vocabulary, which HPSv2 tokenizes with
 
 
 def tiny_images(n: int = 4) -> list[Image.Image]:
@@ -154,7 +157,7 @@ def hps_files(tmp_path_factory: pytest.TempPathFactory, clip_dir: Path) -> tuple
     """``HPS_v2_compressed.pt`` at tiny size: ``{"state_dict": ...}`` as the HPSv2 repo saves."""
     path = tmp_path_factory.mktemp("hps") / "HPS_v2_compressed.pt"
     torch.manual_seed(0)
-    model = OpenClip(vocab=len(build_tokenizer(WORDS, 77)))
+    model = OpenClip(vocab=OPEN_CLIP_VOCAB)
     randomise(model, 1)
     torch.save({"state_dict": model.state_dict()}, path)
     return path, model.eval()
@@ -285,12 +288,7 @@ def specs(
     return {
         "pickscore": {"kind": "pickscore", "model": str(clip_dir), "processor": str(clip_dir)},
         "clip": {"kind": "clip_score", "model": str(clip_dir)},
-        "hps": {
-            "kind": "hpsv2",
-            "version": "v2.0",
-            "checkpoint": str(hps_files[0]),
-            "tokenizer": str(clip_dir),
-        },
+        "hps": {"kind": "hpsv2", "version": "v2.0", "checkpoint": str(hps_files[0])},
         "aesthetics": {
             "kind": "laion_aesthetics",
             "checkpoint": str(aesthetic_file),
@@ -332,13 +330,12 @@ def test_pickscore_is_clip_cosine_times_learned_temperature(models: dict, clip_d
     assert np.all(np.abs(clip) <= 1)
 
 
-def test_hpsv2_equals_the_open_clip_computation(models: dict, hps_files, clip_dir: Path) -> None:
+def test_hpsv2_equals_the_open_clip_computation(models: dict, hps_files) -> None:
     _, reference = hps_files
     images = tiny_images()
-    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
-    ids = tokenizer(PROMPTS, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    ids = open_clip_tokens(PROMPTS, 77)
     with torch.no_grad():
-        image = reference.visual(pixel_batch(images, 28, mode="pad"))
+        image = reference.visual(hpsv2_pixels(images, 28))
         text = reference.encode_text(ids)
     expected = torch.nn.functional.cosine_similarity(image, text).numpy()
     np.testing.assert_allclose(models["hps"].score(images, PROMPTS), expected, rtol=1e-4, atol=1e-6)
@@ -346,7 +343,7 @@ def test_hpsv2_equals_the_open_clip_computation(models: dict, hps_files, clip_di
 
 def test_image_reward_vision_equals_blip_vit(models: dict, image_reward_files) -> None:
     reward = models["image_reward"]
-    pixels = pixel_batch(tiny_images(), 32)
+    pixels = center_crop_pixels(tiny_images(), 32)
     with torch.no_grad():
         ours = reward.vision(pixel_values=pixels).last_hidden_state
         theirs = image_reward_files["vit"](pixels)
@@ -404,7 +401,7 @@ def test_bad_inputs_are_named(specs: dict[str, dict], tmp_path: Path, clip_dir: 
     state = torch.load(specs["hps"]["checkpoint"], weights_only=True)["state_dict"]
     torch.save({k: v for k, v in state.items() if k != "visual.proj"}, broken)
     with pytest.raises(
-        ValueError, match=r"HPS_v2_compressed.pt lacks 1 expected keys: visual.proj"
+        ValueError, match=r"HPS_v2_compressed.pt lacks 1 expected weights: visual.proj"
     ):
         load_reward({**specs["hps"], "checkpoint": str(broken)})
     wide = tmp_path / "wide.pth"
@@ -416,12 +413,137 @@ def test_bad_inputs_are_named(specs: dict[str, dict], tmp_path: Path, clip_dir: 
         load_reward(specs["clip"]).score(tiny_images(2), PROMPTS[:1])
 
 
-def test_pixel_batches_follow_the_original_transforms() -> None:
+def _clip_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def _clip_copy(clip_dir: Path, target: Path, weights: dict[str, torch.Tensor]) -> Path:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(clip_dir, target)
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def test_clip_folders_missing_or_adding_weights_fail_naming_them(
+    specs: dict[str, dict], clip_dir: Path, tmp_path: Path
+) -> None:
+    weights = _clip_weights(clip_dir)
+    gone = "vision_model.encoder.layers.0.self_attn.q_proj.weight"
+    lacking = _clip_copy(
+        clip_dir, tmp_path / "lacking", {k: v for k, v in weights.items() if k != gone}
+    )
+    extra = _clip_copy(clip_dir, tmp_path / "extra", {**weights, "text_model.extra": torch.ones(2)})
+    for name in ("pickscore", "clip"):
+        with pytest.raises(ValueError, match=rf"1 missing weights: {gone}"):
+            load_reward({**specs[name], "model": str(lacking)})
+        with pytest.raises(ValueError, match="1 unexpected weights: text_model.extra"):
+            load_reward({**specs[name], "model": str(extra)})
+    with pytest.raises(ValueError, match=rf"1 missing weights: {gone}"):
+        load_reward({**specs["aesthetics"], "clip_model": str(lacking)})
+
+
+def test_checkpoint_files_missing_or_adding_weights_fail_naming_them(
+    specs: dict[str, dict], tmp_path: Path
+) -> None:
+    hps = torch.load(specs["hps"]["checkpoint"], weights_only=True)["state_dict"]
+    path = tmp_path / "HPS_v2_compressed.pt"
+    torch.save({"state_dict": {**hps, "visual.extra": torch.ones(1)}}, path)
+    with pytest.raises(ValueError, match="holds 1 unexpected weights: visual.extra"):
+        load_reward({**specs["hps"], "checkpoint": str(path)})
+    gone = "transformer.resblocks.1.attn.in_proj_weight"
+    torch.save({"state_dict": {k: v for k, v in hps.items() if k != gone}}, path)
+    with pytest.raises(ValueError, match=f"lacks the open_clip weight '{gone}'"):
+        load_reward({**specs["hps"], "checkpoint": str(path)})
+
+    image_reward = torch.load(specs["image_reward"]["checkpoint"], weights_only=True)
+    path = tmp_path / "ImageReward.pt"
+    gone = "blip.text_encoder.encoder.layer.0.crossattention.self.key.weight"
+    torch.save({k: v for k, v in image_reward.items() if k != gone}, path)
+    with pytest.raises(ValueError, match=f"lacks 1 expected weights: {gone}"):
+        load_reward({**specs["image_reward"], "checkpoint": str(path)})
+    torch.save({**image_reward, "blip.itm_head.weight": torch.ones(2, 4)}, path)
+    with pytest.raises(ValueError, match="holds 1 unexpected weights: blip.itm_head.weight"):
+        load_reward({**specs["image_reward"], "checkpoint": str(path)})
+
+    head = torch.load(specs["aesthetics"]["checkpoint"], weights_only=True)
+    path = tmp_path / "head.pth"
+    torch.save({k: v for k, v in head.items() if k != "layers.2.bias"}, path)
+    with pytest.raises(ValueError, match="lacks 1 expected weights: layers.2.bias"):
+        load_reward({**specs["aesthetics"], "checkpoint": str(path)})
+    torch.save({**head, "extra.weight": torch.ones(1)}, path)
+    with pytest.raises(ValueError, match="holds 1 unexpected weights: extra.weight"):
+        load_reward({**specs["aesthetics"], "checkpoint": str(path)})
+
+
+WHITE = (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+BLACK = -torch.tensor(CLIP_MEAN) / torch.tensor(CLIP_STD)
+
+
+@pytest.mark.parametrize("size", [(440, 440), (568, 568), (640, 720), (720, 640), (300, 224)])
+def test_centre_crop_never_reads_past_the_resized_image(size: tuple[int, int]) -> None:
+    # Sizing the short side's partner with the other rounding made 440x440 become 224x223,
+    # whose 224 crop then held a black row.
+    pixels = center_crop_pixels([Image.new("RGB", size, (255, 255, 255))], 224)[0]
+    assert pixels.shape == (3, 224, 224)
+    torch.testing.assert_close(pixels, WHITE.view(3, 1, 1).expand(3, 224, 224))
+
+
+def test_hpsv2_transform_pads_resized_images_and_rejects_what_its_model_cannot_read() -> None:
     wide = Image.new("RGB", (60, 30), (255, 255, 255))
-    padded = pixel_batch([wide], 20, mode="pad")[0]
-    black = (0 - torch.tensor([0.48145466])) / 0.26862954
-    assert padded.shape == (3, 20, 20)
-    torch.testing.assert_close(padded[0, :5, :], black.expand(5, 20))  # bars above and below
-    assert padded[0, 10, 10] > 1  # the white image in the middle
-    cropped = pixel_batch([wide], 20)[0]
-    assert cropped.shape == (3, 20, 20) and torch.all(cropped[0] > 1)
+    padded = hpsv2_pixels([wide], 20)[0]
+    torch.testing.assert_close(padded[:, :5, :], BLACK.view(3, 1, 1).expand(3, 5, 20))  # bars
+    torch.testing.assert_close(padded[:, 10, 10], WHITE)  # the white image in the middle
+    # The float tensor is resized, so bicubic overshoot at an edge is kept (a uint8 image
+    # would clip it to 0..255).
+    edge = np.zeros((40, 40, 3), np.uint8)
+    edge[:, 20:] = 255
+    values = hpsv2_pixels([Image.fromarray(edge)], 28)[0] * torch.tensor(CLIP_STD).view(3, 1, 1)
+    values = values + torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    assert values.max() > 1.003 and values.min() < -0.003
+    with pytest.raises(ValueError, match="image 1 is 28x20: .* pads only images it resizes"):
+        hpsv2_pixels([wide, Image.new("RGB", (28, 20))], 28)
+    with pytest.raises(ValueError, match="image 0 is RGBA"):
+        hpsv2_pixels([Image.new("RGBA", (40, 40))], 28)
+
+
+def test_open_clip_tokens_clean_prompts_as_hpsv2_does() -> None:
+    pairs = [
+        ("salt &amp;amp; pepper", "salt & pepper"),  # HTML unescaped twice
+        ("a cat\u2019s hat", "a cat's hat"),  # ftfy straightens curly quotes
+        ("  A\tRED \n\n circle ", "a red circle"),  # whitespace collapsed, lower case
+    ]
+    odd, plain = (
+        open_clip_tokens([p for p, _ in pairs], 77),
+        open_clip_tokens([q for _, q in pairs], 77),
+    )
+    torch.testing.assert_close(odd, plain)
+    long = open_clip_tokens([" ".join(["word"] * 100)], 77)[0]
+    assert long.shape == (77,) and long[-1] == long.max() == OPEN_CLIP_VOCAB - 1
+
+
+PARITY_PYTHON = Path(
+    os.environ.get(
+        "DSPO_PARITY_PYTHON",
+        Path(__file__).resolve().parents[1] / "build/reward-parity/venv/bin/python",
+    )
+)
+
+
+@pytest.mark.skipif(
+    not PARITY_PYTHON.is_file(),
+    reason="no originals environment (make build/reward-parity/venv/.installed)",
+)
+def test_parity_with_the_original_packages(tmp_path: Path) -> None:
+    """`make reward-parity` at CI size: the originals' code paths with 1-2 layer towers."""
+    rows = {row["reward"]: row for row in parity.run(tmp_path, str(PARITY_PYTHON), "tiny")}
+    assert set(rows) == {"hpsv2", "image_reward", "laion_aesthetics", "pickscore", "clip_score"}
+    for row in rows.values():
+        assert row["ok"], row
+        assert row["max_abs_difference"] <= parity.TOLERANCE < row["spread"] / 100
+    # HPSv2's transform leaves both unreadable for its model; only they are refused.
+    assert rows["hpsv2"]["both_reject"] == ["rgba_330.png", "wide_224x150.png"]

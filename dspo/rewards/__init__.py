@@ -85,6 +85,12 @@ def load_reward(spec: Mapping[str, Any], device: str = "cpu") -> RewardModel:
     return LOADERS[kind](spec, device)
 
 
+def open_image(path: Path) -> Image.Image:
+    image = Image.open(path)
+    image.load()  # reads the pixels and closes the file
+    return image
+
+
 def score_manifest(
     manifest: pd.DataFrame,
     image_dir: Path,
@@ -105,7 +111,9 @@ def score_manifest(
         values = []
         for start in tqdm(range(0, len(manifest), batch_size), desc=f"score {name}", mininterval=5):
             chunk = manifest.iloc[start : start + batch_size]
-            images = [Image.open(image_dir / p).convert("RGB") for p in chunk["path"]]
+            # Each scorer converts the image as its original does (some resize before
+            # dropping alpha), so images are passed in their own mode.
+            images = [open_image(image_dir / p) for p in chunk["path"]]
             values.append(np.asarray(reward.score(images, chunk["prompt"].tolist()), np.float64))
         frame = manifest.drop(columns=["path"]).copy()
         frame.insert(0, "model", model_name)

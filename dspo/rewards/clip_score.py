@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dspo.rewards.common import check_batch, check_keys, cosine, spec_dtype
+from dspo.rewards.common import check_batch, check_keys, clip_model, cosine, spec_dtype
 
 DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
@@ -34,7 +34,7 @@ class HubClip:
         default_model: str,
         default_processor: str | None,
     ) -> None:
-        from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+        from transformers import AutoTokenizer, CLIPImageProcessorPil
 
         check_keys(spec, {"model", "processor"})
         self.model_name = model = spec.get("model", default_model)
@@ -44,13 +44,16 @@ class HubClip:
         # keeps preprocessing identical whether or not torchvision is installed.
         self.image_processor = CLIPImageProcessorPil.from_pretrained(processor)
         self.tokenizer = AutoTokenizer.from_pretrained(processor)
-        self.model = CLIPModel.from_pretrained(model, dtype=spec_dtype(spec)).to(device).eval()
+        self.model = clip_model(model, spec_dtype(spec)).to(device).eval()
 
     @torch.no_grad()
     def cosines(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         """Cosine of each image with its prompt (float32, on the model's device)."""
         check_batch(images, prompts)
-        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        # PIL's plain RGB conversion (alpha dropped), as the processors of transformers 4.x
+        # that PickScore was published with did; transformers 5 composites RGBA onto white.
+        rgb = [image.convert("RGB") for image in images]
+        pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
         text = self.tokenizer(
             list(prompts),
             padding=True,

@@ -1,8 +1,9 @@
-"""Shared pieces of the paper's reward models: config checks, files, preprocessing, heads.
+"""Shared pieces of the paper's reward models: config checks, files, strict loading, heads.
 
-The preprocessing here re-implements, on PIL alone, the torchvision pipelines the original
-projects score with (OpenAI CLIP's and BLIP's ``Resize -> CenterCrop``, open_clip's
-``ResizeMaxSize`` used by HPSv2), so no torchvision is needed.
+Every loader is strict: a checkpoint missing a weight the model needs, or holding one it does
+not read, is an error naming the weights (the originals' ``strict=False`` loads would score with
+random or stale weights and only print a table). Image and prompt preprocessing lives in
+``dspo.rewards.transforms``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -86,12 +86,54 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     }
 
 
+def _shown(keys: Sequence[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
 def require(state: Mapping[str, torch.Tensor], keys: Iterable[str], source: Path) -> None:
     """Fail with the checkpoint's name when keys of the expected architecture are absent."""
     missing = sorted(k for k in keys if k not in state)
     if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ValueError(f"{source} lacks {len(missing)} expected keys: {shown}")
+        raise ValueError(f"{source} lacks {len(missing)} expected weights: {_shown(missing)}")
+
+
+def reject_unused(
+    state: Mapping[str, torch.Tensor],
+    used: Iterable[str],
+    source: Path,
+    ignored: Iterable[str] = (),
+) -> None:
+    """Fail naming the checkpoint's tensors that no part of the model reads.
+
+    `ignored` are exact keys the original model holds but never uses when scoring (e.g.
+    ImageReward's contrastive projections); anything else unread means a different layout.
+    """
+    unused = sorted(set(state) - set(used) - set(ignored))
+    if unused:
+        raise ValueError(f"{source} holds {len(unused)} unexpected weights: {_shown(unused)}")
+
+
+def clip_model(name: str, dtype: torch.dtype) -> Any:
+    """A transformers ``CLIPModel`` from a hub id or folder, loaded strictly.
+
+    ``from_pretrained`` only logs missing and unexpected weights (a model without its q/k/v
+    weights then scores with random ones); here they are an error naming them.
+    """
+    from transformers import CLIPModel
+
+    model, info = CLIPModel.from_pretrained(name, dtype=dtype, output_loading_info=True)
+    problems = [
+        f"{len(keys)} {what} weights: {_shown(sorted(map(str, keys)))}"
+        for what, keys in [
+            ("missing", info.get("missing_keys") or []),
+            ("unexpected", info.get("unexpected_keys") or []),
+            ("mismatched", info.get("mismatched_keys") or []),
+        ]
+        if keys
+    ]
+    if problems:
+        raise ValueError(f"CLIP model {name}: " + "; ".join(problems))
+    return model
 
 
 def count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
@@ -121,53 +163,13 @@ def linear_stack(state: Mapping[str, torch.Tensor], prefix: str, source: Path) -
         out_features, in_features = state[f"{prefix}{i}.weight"].shape
         layers[i] = nn.Linear(in_features, out_features)
     head = nn.Sequential(*layers)
-    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    head.load_state_dict(weights)
+    expected = [prefix + k for k in head.state_dict()]
+    require(state, expected, source)
+    reject_unused({k: v for k, v in state.items() if k.startswith(prefix)}, expected, source)
+    head.load_state_dict({k: state[prefix + k] for k in head.state_dict()})
     if head[indices[-1]].out_features != 1:
         raise ValueError(f"{source}: the head under {prefix!r} does not end in one output")
     return head
-
-
-def pixel_batch(
-    images: Sequence[Image.Image],
-    size: int,
-    *,
-    mode: str = "crop",
-    mean: Sequence[float] = CLIP_MEAN,
-    std: Sequence[float] = CLIP_STD,
-) -> torch.Tensor:
-    """Images as a normalised ``(n, 3, size, size)`` float batch, resampled BICUBIC.
-
-    ``crop``: shorter side to `size`, then a centre crop (torchvision ``Resize(size)`` +
-    ``CenterCrop(size)``). ``pad``: longer side to `size`, then black padding around it
-    (open_clip's ``ResizeMaxSize``, HPSv2's evaluation transform).
-    """
-    transform = {"crop": _resize_crop, "pad": _resize_pad}[mode]
-    arrays = [np.asarray(transform(im.convert("RGB"), size), np.float32) / 255.0 for im in images]
-    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
-def _resize_crop(image: Image.Image, size: int) -> Image.Image:
-    width, height = image.size
-    scale = size / min(width, height)
-    # torchvision truncates the longer side and rounds the crop offsets.
-    new = (size, int(height * scale)) if width <= height else (int(width * scale), size)
-    image = image.resize(new, Image.Resampling.BICUBIC)
-    left = int(round((new[0] - size) / 2.0))
-    top = int(round((new[1] - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
-
-
-def _resize_pad(image: Image.Image, size: int) -> Image.Image:
-    width, height = image.size
-    scale = size / max(width, height)
-    new = (round(width * scale), round(height * scale))
-    canvas = Image.new("RGB", (size, size))
-    canvas.paste(
-        image.resize(new, Image.Resampling.BICUBIC), ((size - new[0]) // 2, (size - new[1]) // 2)
-    )
-    return canvas
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -25,14 +25,16 @@ B = transformer.resblocks.{i}.):
 Widths, depths, patch and image size come from the tensors; what tensors cannot tell is
 ViT-H-14's: 16 heads in both towers, exact GELU, LayerNorm eps 1e-5. The prompt embedding is
 read at the highest token id (the end-of-text token), as open_clip does. Images go through
-HPSv2's evaluation transform (longer side to 224 BICUBIC, black padding, CLIP mean/std).
+HPSv2's own ``preprocess_val`` and prompts through open_clip's tokenizer
+(``dspo.rewards.transforms``). Every tensor of the checkpoint must be read, as hpsv2's strict
+``load_state_dict`` requires.
 Score = cos(image, prompt) (about 0.2 to 0.35 on real images); papers that print 28.1 report
 100 times this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +48,17 @@ from dspo.rewards.common import (
     cosine,
     count_blocks,
     load_state_dict,
-    pixel_batch,
+    reject_unused,
     require,
     resolve_file,
     spec_dtype,
 )
+from dspo.rewards.transforms import hpsv2_pixels, open_clip_tokens
 
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 DEFAULT_REPO = "xswu/HPSv2"
-DEFAULT_TOKENIZER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+# The one tokenizer name accepted, for configs that set it: its BPE vocabulary is open_clip's.
+OPEN_CLIP_VOCAB = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 HEADS = 16  # ViT-H-14: vision width 1280 / head width 80, text 16 heads
 _TOP_KEYS = [
     "logit_scale",
@@ -86,10 +90,18 @@ def open_clip_to_transformers(state: Mapping[str, torch.Tensor], source: Path) -
         projection_dim=state["text_projection"].shape[1],
     )
     model = CLIPModel(config)
+    read: set[str] = set()
+
+    def get(key: str) -> torch.Tensor:
+        read.add(key)
+        return state[key]
+
     try:
-        converted = _convert(state, config)
+        converted = _convert(get, config)
     except KeyError as error:
-        raise ValueError(f"{source} lacks the open_clip key {error}") from error
+        raise ValueError(f"{source} lacks the open_clip weight {error}") from error
+    # Older open_clip versions saved the causal mask, a constant, with the weights.
+    reject_unused(state, read, source, ignored=["attn_mask"])
     expected = set(model.state_dict())
     require(converted, expected, source)
     model.load_state_dict({k: converted[k] for k in expected})
@@ -125,8 +137,7 @@ def _tower_config(state: Mapping[str, torch.Tensor], prefix: str, source: Path) 
     }
 
 
-def _convert(state: Mapping[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
-    get = state.__getitem__
+def _convert(get: Callable[[str], torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     out = {
         "logit_scale": get("logit_scale"),
         "visual_projection.weight": get("visual.proj").T,
@@ -151,22 +162,22 @@ def _convert(state: Mapping[str, torch.Tensor], config: Any) -> dict[str, torch.
         for i in range(layers):
             out.update(
                 _convert_block(
-                    state, f"{prefix}transformer.resblocks.{i}.", f"{tower}.encoder.layers.{i}."
+                    get, f"{prefix}transformer.resblocks.{i}.", f"{tower}.encoder.layers.{i}."
                 )
             )
     return out
 
 
 def _convert_block(
-    state: Mapping[str, torch.Tensor], src: str, dst: str
+    get: Callable[[str], torch.Tensor], src: str, dst: str
 ) -> dict[str, torch.Tensor]:
     out = {}
     for theirs, ours in _BLOCK.items():
         for param in ("weight", "bias"):
-            out[f"{dst}{ours}.{param}"] = state[f"{src}{theirs}.{param}"]
+            out[f"{dst}{ours}.{param}"] = get(f"{src}{theirs}.{param}")
     # nn.MultiheadAttention stores q, k and v stacked along the output dimension.
     for param in ("weight", "bias"):
-        q, k, v = state[f"{src}attn.in_proj_{param}"].chunk(3, dim=0)
+        q, k, v = get(f"{src}attn.in_proj_{param}").chunk(3, dim=0)
         for name, value in zip("qkv", (q, k, v), strict=True):
             out[f"{dst}self_attn.{name}_proj.{param}"] = value
     return out
@@ -176,8 +187,6 @@ class HPSv2:
     """HPSv2 score (cosine) of each image with its prompt; `version` is v2.0 or v2.1."""
 
     def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
-        from transformers import AutoTokenizer
-
         check_keys(spec, {"version", "checkpoint", "repo", "tokenizer"})
         version = spec.get("version")
         if version not in CHECKPOINTS:
@@ -194,22 +203,21 @@ class HPSv2:
         self.device = device
         self.model = open_clip_to_transformers(load_state_dict(path), path)
         self.model = self.model.to(device, spec_dtype(spec)).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.get("tokenizer", DEFAULT_TOKENIZER))
+        if spec.get("tokenizer", OPEN_CLIP_VOCAB) != OPEN_CLIP_VOCAB:
+            raise ValueError(
+                "hpsv2 tokenizes with open_clip's own tokenizer, as hpsv2 does; `tokenizer` can "
+                f"only be {OPEN_CLIP_VOCAB!r} (the same vocabulary), got {spec['tokenizer']!r}"
+            )
         self.version = f"hpsv2 {version} {spec.get('checkpoint', CHECKPOINTS[version])}"
 
     @torch.no_grad()
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         check_batch(images, prompts)
         size = self.model.config.vision_config.image_size
-        pixels = pixel_batch(images, size, mode="pad").to(self.device, self.model.dtype)
+        pixels = hpsv2_pixels(images, size).to(self.device, self.model.dtype)
         image_embeds = self.model.get_image_features(pixel_values=pixels).pooler_output
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.model.config.text_config.max_position_embeddings,
-            return_tensors="pt",
-        )["input_ids"].to(self.device)
+        context = self.model.config.text_config.max_position_embeddings
+        ids = open_clip_tokens(prompts, context).to(self.device)
         # open_clip pools at argmax(token id), not at transformers' first eos position; the
         # causal mask makes the padding after it irrelevant, so no attention mask is passed.
         hidden = self.model.text_model(input_ids=ids).last_hidden_state

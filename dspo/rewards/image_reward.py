@@ -16,11 +16,13 @@ ImageReward key -> here (E = blip.visual_encoder., V = vision., L = encoder.laye
 - mlp.layers.{0,2,4,6,7} -> head.{0,2,4,6,7}
 
 ``blip.vision_proj``/``blip.text_proj`` (unused when scoring) and the ``position_ids`` buffer
-are left out. The ViT's widths and depth come from the tensors; BLIP ViT-L's 16 heads, exact
-GELU and LayerNorm eps 1e-6 are fixed; the text model's sizes come from ``med_config.json``,
-its cross-attention reading the ViT's width. Scoring follows ``ImageReward.score``: prompts
-padded to 35 BERT tokens, image tokens as cross-attention memory, the [CLS] output through the
-MLP, then ``(raw - 0.16717362830052426) / 1.0333394966054072``.
+are left out; any other tensor the model does not read, or one it lacks, is an error naming it
+(the original loads with ``strict=False``). Images go through ImageReward's own transform
+(``dspo.rewards.transforms.center_crop``). The ViT's widths and depth come from the tensors;
+BLIP ViT-L's 16 heads, exact GELU and LayerNorm eps 1e-6 are fixed; the text model's sizes
+come from ``med_config.json``, its cross-attention reading the ViT's width. Scoring follows
+``ImageReward.score``: prompts padded to 35 BERT tokens, image tokens as cross-attention
+memory, the [CLS] output through the MLP, then ``(raw - 0.16717362830052426) / 1.0333394966054072``.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ from dspo.rewards.common import (
     count_blocks,
     linear_stack,
     load_state_dict,
-    pixel_batch,
+    reject_unused,
     require,
     resolve_file,
     spec_dtype,
 )
+from dspo.rewards.transforms import center_crop_pixels
 
 DEFAULT_REPO = "THUDM/ImageReward"
 DEFAULT_TOKENIZER = "bert-base-uncased"
@@ -54,6 +57,11 @@ MAX_TOKENS = 35
 HEADS = 16  # BLIP's vit="large"
 VISION = "blip.visual_encoder."
 TEXT = "blip.text_encoder."
+# Held by ImageReward.pt and never read when scoring: BLIP's contrastive projections and the
+# text embeddings' position-id buffer.
+UNUSED = tuple(f"blip.{p}_proj.{q}" for p in ("vision", "text") for q in ("weight", "bias")) + (
+    f"{TEXT}embeddings.position_ids",
+)
 _BLOCK = {
     "norm1": "layer_norm1",
     "norm2": "layer_norm2",
@@ -64,8 +72,13 @@ _BLOCK = {
 }
 
 
-def blip_vision(state: Mapping[str, torch.Tensor], source: Path) -> Any:
-    """transformers' ``BlipVisionModel`` holding BLIP's ViT (``blip.visual_encoder.*``)."""
+def blip_vision(
+    state: Mapping[str, torch.Tensor], source: Path, read: set[str] | None = None
+) -> Any:
+    """transformers' ``BlipVisionModel`` holding BLIP's ViT (``blip.visual_encoder.*``).
+
+    The checkpoint keys it reads are added to `read`.
+    """
     from transformers import BlipVisionConfig, BlipVisionModel
 
     require(
@@ -101,11 +114,15 @@ def blip_vision(state: Mapping[str, torch.Tensor], source: Path) -> Any:
         for theirs, mine in _BLOCK.items():
             for param in ("weight", "bias"):
                 ours[f"encoder.layers.{i}.{mine}.{param}"] = f"{VISION}blocks.{i}.{theirs}.{param}"
-    return _filled(BlipVisionModel(config), ours, state, source)
+    return _filled(BlipVisionModel(config), ours, state, source, read)
 
 
 def blip_text(
-    state: Mapping[str, torch.Tensor], med_config: Path, encoder_width: int, source: Path
+    state: Mapping[str, torch.Tensor],
+    med_config: Path,
+    encoder_width: int,
+    source: Path,
+    read: set[str] | None = None,
 ) -> Any:
     """transformers' ``BlipTextModel`` (with cross-attention) holding ``blip.text_encoder.*``."""
     from transformers import BlipTextConfig, BlipTextModel
@@ -127,13 +144,19 @@ def blip_text(
         is_decoder=True,
     )
     model = BlipTextModel(config, add_pooling_layer=False)
-    return _filled(model, {k: f"{TEXT}{k}" for k in model.state_dict()}, state, source)
+    return _filled(model, {k: f"{TEXT}{k}" for k in model.state_dict()}, state, source, read)
 
 
 def _filled(
-    model: nn.Module, names: Mapping[str, str], state: Mapping[str, torch.Tensor], source: Path
+    model: nn.Module,
+    names: Mapping[str, str],
+    state: Mapping[str, torch.Tensor],
+    source: Path,
+    read: set[str] | None,
 ) -> Any:
     require(state, names.values(), source)
+    if read is not None:
+        read.update(names.values())
     weights = {ours: state[theirs] for ours, theirs in names.items()}
     model.load_state_dict(weights)  # strict: every parameter of the model must be named
     return model
@@ -152,10 +175,14 @@ class ImageReward:
         state = load_state_dict(path)
         dtype = spec_dtype(spec)
         self.device = device
-        self.vision = blip_vision(state, path).to(device, dtype).eval()
+        read: set[str] = set()
+        self.vision = blip_vision(state, path, read).to(device, dtype).eval()
         width = self.vision.config.hidden_size
-        self.text = blip_text(state, med_config, width, path).to(device, dtype).eval()
-        self.head = linear_stack(state, "mlp.layers.", path).to(device).eval()
+        self.text = blip_text(state, med_config, width, path, read).to(device, dtype).eval()
+        head = linear_stack(state, "mlp.layers.", path)
+        read.update(f"mlp.layers.{k}" for k in head.state_dict())
+        reject_unused(state, read, path, ignored=UNUSED)
+        self.head = head.to(device).eval()
         # BLIP's tokenizer: BERT's, plus the [DEC] and [ENC] tokens its vocabulary was sized for.
         self.tokenizer = BertTokenizer.from_pretrained(spec.get("tokenizer", DEFAULT_TOKENIZER))
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]"})
@@ -171,7 +198,7 @@ class ImageReward:
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         check_batch(images, prompts)
         size = self.vision.config.image_size
-        pixels = pixel_batch(images, size).to(self.device, self.vision.dtype)
+        pixels = center_crop_pixels(images, size).to(self.device, self.vision.dtype)
         image_embeds = self.vision(pixel_values=pixels).last_hidden_state
         text = self.tokenizer(
             list(prompts),
