@@ -101,6 +101,8 @@ def _check_objectives(methods: Mapping[str, Any]) -> list[str]:
         defaults = _hyper_defaults(OBJECTIVES[objective].fn)
         accepted = ", ".join(sorted(defaults)) or "(none)"
         for key, value in (entry.get("params") or {}).items():
+            if value is None:  # unset: a preset's way to drop a parameter the default sets
+                continue
             where = f"methods.{name}.params.{key}"
             if key not in defaults:
                 problems.append(

@@ -125,7 +125,8 @@ def method_config(method):
         "name": method,
         "objective": entry["objective"],
         "data": entry.get("data", "pairs"),
-        "params": entry.get("params", {}),
+        # A null parameter is unset: how a preset drops one that the default config sets.
+        "params": {k: v for k, v in (entry.get("params") or {}).items() if v is not None},
         "lora": entry.get("lora"),
     }
 
