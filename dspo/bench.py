@@ -416,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --lora, upstream's reference: the adapters disabled (default, as the public "
         "LoRA script) or 'copy', a second full UNet that no public script holds",
     )
+    parser.add_argument(
+        "--count-only",
+        action="store_true",
+        help="only count both modes' FLOPs per pair, on the meta device (no weights, no "
+        "timing): any shape, e.g. --arch sd15 --latent 64, in seconds",
+    )
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep the model and cache here")
     return parser
@@ -428,10 +434,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     spec = BenchSpec(
         architecture=architecture,
         arch_name=name,
-        **{k: v for k, v in vars(args).items() if k not in ("arch", "json", "workdir")},
+        **{
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("arch", "json", "workdir", "count_only")
+        },
     )
-    result = run_benchmark(spec, args.workdir)
-    print(format_report(result), flush=True)
+    if args.count_only:
+        from dspo.bench_count import count_on_meta, format_count
+
+        result = count_on_meta(spec)
+        print(format_count(result), flush=True)
+    else:
+        result = run_benchmark(spec, args.workdir)
+        print(format_report(result), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -71,12 +71,10 @@ def micro_rows(spec: BenchSpec, n: int, step: int, micro: int) -> list[int]:
     return step_rows(n, spec.pairs, spec.seed, step)[micro * local : (micro + 1) * local].tolist()
 
 
-def _policy_unet(spec: BenchSpec, root: Path, frozen_dtype: torch.dtype = torch.float32):
-    """The UNet to train: LoRA on the attention projections when asked, checkpointing if set."""
-    from diffusers import UNet2DConditionModel
+def adapt_unet(unet, spec: BenchSpec, frozen_dtype: torch.dtype = torch.float32):
+    """LoRA on the attention projections when asked, and gradient checkpointing if set."""
     from peft import LoraConfig
 
-    unet = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
     if spec.lora:
         unet.requires_grad_(False)
         if frozen_dtype != torch.float32:
@@ -98,6 +96,13 @@ def _policy_unet(spec: BenchSpec, root: Path, frozen_dtype: torch.dtype = torch.
     return unet
 
 
+def _policy_unet(spec: BenchSpec, root: Path, frozen_dtype: torch.dtype = torch.float32):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
+    return adapt_unet(unet, spec, frozen_dtype)
+
+
 def build_ours(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
     """Policy + reference as the trainer builds them, and batches read from the cache."""
     from dspo.data.cache import load_cache
@@ -110,7 +115,7 @@ def build_ours(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
     model = PreferenceModel(unet, needs_reference, bool(spec.lora), reference_dtype)
     model.to(spec.device)
     cfg = {"prompt_dropout": 0.0}
-    scheduler = _scheduler(root)
+    scheduler = load_scheduler(root)
 
     def next_batch(step: int, micro: int) -> Batch:
         rows = torch.tensor(micro_rows(spec, len(cache), step, micro))
@@ -197,37 +202,14 @@ def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
         pin_memory=spec.device == "cuda",
     )
     batches: Iterator[Batch] = iter(loader)
-    scaling = vae.config.scaling_factor
-    scheduler = _scheduler(root)
-
-    @torch.no_grad()
-    def encode(data: Batch, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = torch.cat([data["pixels_w"], data["pixels_l"]]).to(spec.device, frozen)
-        latents = vae.encode(pixels).latent_dist.sample(generator=gen) * scaling
-        text = text_encoder(data["input_ids"].to(spec.device))[0]
-        return latents.float(), text.float()
+    scheduler = load_scheduler(root)
 
     def next_batch(step: int, micro: int) -> Batch:
         data = next(batches)
         if int(data["step"][0]) != step:
             raise RuntimeError(f"the loader is at step {int(data['step'][0])}, the loop at {step}")
         gen = _generator(spec.seed, step, micro)
-        if mode.counting:
-            (latents, text), flops = counted(lambda: encode(data, gen))
-            mode.data_flops += flops
-        else:
-            latents, text = encode(data, gen)
-        lat_w, lat_l = latents.chunk(2)
-        noise = torch.randn(lat_w.shape, generator=gen)
-        t = torch.randint(scheduler.config.num_train_timesteps, (len(lat_w),), generator=gen)
-        return {
-            "latents_w": lat_w,
-            "latents_l": lat_l,
-            "text_w": text,
-            "text_l": text,
-            "noise": noise.to(spec.device),
-            "t": t.to(spec.device),
-        }
+        return upstream_batch(mode, vae, text_encoder, data, gen, scheduler, spec.device)
 
     def close() -> None:
         # Ends the persistent workers now rather than at interpreter exit.
@@ -238,7 +220,35 @@ def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
     return mode
 
 
-def _scheduler(root: Path):
+@torch.no_grad()
+def _encode(vae, text_encoder, data: Batch, gen: torch.Generator | None, device):
+    pixels = torch.cat([data["pixels_w"], data["pixels_l"]]).to(device, vae.dtype)
+    latents = vae.encode(pixels).latent_dist.sample(generator=gen) * vae.config.scaling_factor
+    text = text_encoder(data["input_ids"].to(device))[0]
+    return latents.float(), text.float()
+
+
+def upstream_batch(mode: Mode, vae, text_encoder, data: Batch, gen, scheduler, device) -> Batch:
+    """What the public scripts do with a loader batch: VAE, text encoder, noise, timesteps."""
+    if mode.counting:
+        (latents, text), flops = counted(lambda: _encode(vae, text_encoder, data, gen, device))
+        mode.data_flops += flops
+    else:
+        latents, text = _encode(vae, text_encoder, data, gen, device)
+    lat_w, lat_l = latents.chunk(2)
+    noise = torch.randn(lat_w.shape, generator=gen)
+    t = torch.randint(scheduler.config.num_train_timesteps, (len(lat_w),), generator=gen)
+    return {
+        "latents_w": lat_w,
+        "latents_l": lat_l,
+        "text_w": text,
+        "text_l": text,
+        "noise": noise.to(device),
+        "t": t.to(device),
+    }
+
+
+def load_scheduler(root: Path):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_pretrained(root / "model", subfolder="scheduler")
@@ -257,14 +267,13 @@ def build_mode(spec: BenchSpec, root: Path, mode: str, needs_reference: bool) ->
     return (build_ours if mode == "ours" else build_upstream)(spec, root, needs_reference)
 
 
-def make_step(spec: BenchSpec, mode: Mode, root: Path) -> Callable[[int], float]:
+def make_step(spec: BenchSpec, mode: Mode, scheduler) -> Callable[[int], torch.Tensor]:
     """One optimiser step of ``mode``: accumulate the micro-batches, clip, AdamW; its loss."""
     from dspo.objectives import get_objective, objective_kwargs
     from dspo.train import preference_loss
 
     objective = get_objective(spec.method)
     hparams = objective_kwargs(spec.method)
-    scheduler = _scheduler(root)
     mode.model.train()
     trainable = [p for p in mode.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2)
@@ -280,7 +289,7 @@ def make_step(spec: BenchSpec, mode: Mode, root: Path) -> Callable[[int], float]
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(total)  # one host sync per optimiser step
+        return total
 
     return step
 
@@ -300,13 +309,14 @@ def measure(spec: BenchSpec, root: Path, mode_name: str) -> dict[str, Any]:
     torch.manual_seed(spec.seed)
     mode = build_mode(spec, root, mode_name, get_objective(spec.method).needs_reference)
     try:
-        step = make_step(spec, mode, root)
+        step = make_step(spec, mode, load_scheduler(root))
         for i in range(spec.warmup):
-            step(i)
+            float(step(i))
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        losses = [step(i) for i in range(spec.warmup, spec.warmup + spec.steps)]
+        # float(): one host sync per optimiser step, as the trainer logs its loss.
+        losses = [float(step(i)) for i in range(spec.warmup, spec.warmup + spec.steps)]
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started

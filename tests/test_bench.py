@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from dspo.bench import SD15_ARCHITECTURE, BenchSpec, ResidentPeak, load_architecture, prepare
-from dspo.bench_modes import build_mode, make_step, visit_order
+from dspo.bench_modes import build_mode, load_scheduler, make_step, visit_order
 from dspo.cli import main
 from dspo.flops import counted, dense_bf16_peak
 from tests.conftest import TINY_ARCHITECTURE
@@ -77,7 +77,7 @@ def bench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _step_flops(root: Path, mode: str, **changes) -> int:
     spec = dataclasses.replace(SPEC, **changes)
     built = build_mode(spec, root, mode, needs_reference=True)
-    step = make_step(spec, built, root)
+    step = make_step(spec, built, load_scheduler(root))
     return counted(lambda: step(0))[1]
 
 
@@ -95,6 +95,21 @@ def test_upstream_counts_more_flops_than_ours(bench_root: Path) -> None:
     for lora in (0, 4):
         ours = _step_flops(bench_root, "ours", lora=lora)
         assert _step_flops(bench_root, "upstream", lora=lora) > ours, lora
+
+
+def test_count_only_on_meta_equals_the_real_step(bench_root: Path) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from dspo.bench_count import count_on_meta
+
+    changes = {"lora": 4, "checkpointing": True, "accumulation": 2}
+    meta = count_on_meta(dataclasses.replace(SPEC, **changes))
+    assert meta["modes"]["upstream"]["data_flops_per_pair"] > 0
+    for mode in ("ours", "upstream"):
+        # The math kernel, as on the meta device: attention as matrix products.
+        with sdpa_kernel(SDPBackend.MATH):
+            real = _step_flops(bench_root, mode, **changes)
+        assert meta["modes"][mode]["flops_per_pair"] == real / SPEC.pairs, mode
 
 
 def _unets(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -128,7 +143,7 @@ def test_checkpointing_gives_the_same_loss_and_gradients(bench_root: Path, mode:
         built.model.train()
         assert built.model.unet.is_gradient_checkpointing == checkpointing
         batch = built.next_batch(0, 0)
-        scheduler = make_step.__globals__["_scheduler"](bench_root)
+        scheduler = load_scheduler(bench_root)
         loss, _ = preference_loss(
             built.model, batch, get_objective("dspo"), objective_kwargs("dspo"), scheduler
         )
