@@ -112,6 +112,19 @@ def test_count_only_on_meta_equals_the_real_step(bench_root: Path) -> None:
         assert meta["modes"][mode]["flops_per_pair"] == real / SPEC.pairs, mode
 
 
+def test_count_only_prints_and_writes_the_counts(tmp_path: Path, capsys) -> None:
+    arch = tmp_path / "arch.yaml"
+    arch.write_text(yaml.safe_dump(TINY_ARCHITECTURE))
+    out = tmp_path / "count.json"
+    argv = ["bench", "train", "--arch", str(arch), "--latent", "4", "--pairs", "2", "--lora", "4"]
+    main([*argv, "--count-only", "--json", str(out)])
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    ours, upstream = (result["modes"][m]["flops_per_pair"] for m in ("ours", "upstream"))
+    assert 0 < ours < upstream
+    assert f"x{upstream / ours:.3f}" in printed and "nothing timed" in printed
+
+
 def _unets(model: torch.nn.Module) -> list[torch.nn.Module]:
     from diffusers import UNet2DConditionModel
 
