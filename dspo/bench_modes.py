@@ -185,7 +185,8 @@ def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
     if frozen != torch.float32:
         vae.to(dtype=frozen)
         text_encoder.to(dtype=frozen)
-    unet = _policy_unet(spec, root, frozen)
+    # The pipeline's own UNet is the policy: loading another would hold two copies.
+    unet = adapt_unet(pipe.unet, spec, frozen)
     model = PreferenceModel(unet, needs_reference, bool(spec.lora), frozen)
     if needs_reference and spec.lora and spec.upstream_reference == "copy":
         copy = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")

@@ -125,22 +125,33 @@ def test_count_only_prints_and_writes_the_counts(tmp_path: Path, capsys) -> None
     assert f"x{upstream / ours:.3f}" in printed and "nothing timed" in printed
 
 
-def _unets(model: torch.nn.Module) -> list[torch.nn.Module]:
+def _new_unets(build) -> tuple[object, list[torch.nn.Module]]:
+    """What ``build()`` returns, and the UNets it created that are still alive afterwards."""
+    import gc
+
     from diffusers import UNet2DConditionModel
 
-    return [m for m in model.modules() if isinstance(m, UNet2DConditionModel)]
+    def alive() -> list[torch.nn.Module]:
+        gc.collect()
+        return [o for o in gc.get_objects() if isinstance(o, UNet2DConditionModel)]
+
+    before = {id(o) for o in alive()}
+    built = build()
+    return built, [o for o in alive() if id(o) not in before]
 
 
 def test_upstream_lora_reference_is_the_policy_with_adapters_disabled(bench_root: Path) -> None:
     spec = dataclasses.replace(SPEC, lora=4)
-    model = build_mode(spec, bench_root, "upstream", needs_reference=True).model
-    assert model.reference is None and _unets(model) == [model.unet]
-    base = sum(p.numel() for p in model.unet.parameters() if not p.requires_grad)
-    assert sum(p.numel() for p in model.parameters()) < 1.5 * base  # base + adapters, once
+    mode, unets = _new_unets(lambda: build_mode(spec, bench_root, "upstream", True))
+    # One UNet in memory, the policy's, whose adapters are switched off for the reference.
+    assert mode.model.reference is None and unets == [mode.model.unet]
+    base = sum(p.numel() for p in mode.model.unet.parameters() if not p.requires_grad)
+    assert sum(p.numel() for p in mode.model.parameters()) < 1.5 * base  # base + adapters, once
+    del mode, unets
     # The old way, kept behind a flag: a second full UNet.
     copy = dataclasses.replace(spec, upstream_reference="copy")
-    model = build_mode(copy, bench_root, "upstream", needs_reference=True).model
-    assert len(_unets(model)) == 2 and model.reference is not model.unet
+    mode, unets = _new_unets(lambda: build_mode(copy, bench_root, "upstream", True))
+    assert len(unets) == 2 and mode.model.reference in unets and mode.model.unet in unets
 
 
 @pytest.mark.parametrize("mode", ["ours", "upstream"])
