@@ -1,21 +1,21 @@
-"""``dspo bench train``: training throughput and peak memory, ours against upstream-style.
+"""``dspo bench train``: training throughput, counted FLOPs and peak memory, ours and upstream.
 
-Two modes do the same optimiser steps (AdamW, gradient clipping) on the same batches of B
-pairs, with one noise tensor and one timestep per pair, through `dspo.train.preference_loss`:
+Two modes (`dspo.bench_modes`) do the same optimiser steps (AdamW, gradient clipping, optional
+gradient accumulation and checkpointing) on the same batches of B pairs, with one noise tensor
+and one timestep per pair, through `dspo.train.preference_loss`:
 
-- ``ours``: batches come from the latent + text-embedding cache (`dspo.data.cache`), built
-  once before the measurement; the reference is the trainer's (a frozen copy of the UNet, or
-  the same UNet with its LoRA adapters disabled).
-- ``upstream``: what the public DSPO / Diffusion-DPO scripts do at every step: decode both
-  JPEGs, resize and crop them, VAE-encode them, tokenise and encode the caption; the reference
-  is a second full UNet loaded from the checkpoint; the VAE and text encoder stay in memory.
+- ``ours``: the trainer's loop, batches read from the latent + text-embedding cache
+  (`dspo.data.cache`), built once before the measurement.
+- ``upstream``: the public DSPO / Diffusion-DPO scripts as their launchers run them: images
+  decoded in data-loader worker processes, VAE and text encoder run at every micro-step, the
+  reference a second UNet (full fine-tuning) or the disabled adapters (LoRA).
 
 Each mode runs in a fresh worker process (``python -m dspo.bench``), so that its peak memory
 is its own: on CPU the growth of the process's resident memory over the measurement (the
 kernel's high-water mark, reset after the imports, minus the resident size then); on CUDA
-``torch.cuda.max_memory_allocated``.
-Both therefore count weights, optimiser state, activations and data. Warm-up steps are not
-timed.
+``torch.cuda.max_memory_allocated``. Warm-up steps are not timed. After the timed steps one
+more step runs under torch's flop counter (`dspo.flops`): FLOPs per pair, and from them and
+the time the achieved TFLOP/s (on CUDA also the fraction of the device's dense bf16 peak).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +44,6 @@ MODES = ("ours", "upstream")
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 SHAPES = ["circle", "square", "triangle", "star"]
 WORDS = ["a", "on", "background", *COLOURS, *SHAPES]
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 # Stable Diffusion 1.5's shapes (CLIP ViT-L/14 text tower, 4-block VAE, 860 M-parameter UNet)
 # with random weights; only the tokenizer's vocabulary is small, as no real one can be fetched.
@@ -94,6 +92,7 @@ SD15_ARCHITECTURE: dict[str, Any] = {
 # ``toy`` is the default preset's base model, read from the workflow config so it cannot drift.
 TOY_CONFIG = Path("config/config.yaml")
 AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
+UPSTREAM_REFERENCES = ("adapters", "copy")
 
 
 @dataclass(frozen=True)
@@ -112,6 +111,14 @@ class BenchSpec:
     dtype: str = "fp32"
     threads: int = 0
     seed: int = 0
+    accumulation: int = 1
+    checkpointing: bool = False
+    # Data-loader worker processes of the upstream mode; None = the launchers' 16, capped by
+    # the cores available; 0 = decode on the training thread.
+    workers: int | None = None
+    # With LoRA, how upstream computes the reference: "adapters" disabled, as the public LoRA
+    # script does, or "copy", a second full UNet (not what any public script does).
+    upstream_reference: str = "adapters"
 
     def __post_init__(self) -> None:
         from dspo.objectives import get_objective
@@ -121,11 +128,22 @@ class BenchSpec:
         if family != "sd":
             # The upstream-style loop would also need SDXL's pooled embeddings and time ids.
             raise ValueError(f"--arch {self.arch_name}: family {family!r}; only 'sd' is supported")
-        for name in ("latent", "pairs", "steps"):
+        for name in ("latent", "pairs", "steps", "accumulation"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0 or self.lora < 0 or self.threads < 0:
             raise ValueError("--warmup, --lora and --threads must not be negative")
+        if self.pairs % self.accumulation:
+            raise ValueError(
+                f"--pairs {self.pairs} is not a multiple of --accumulation {self.accumulation}"
+            )
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers must not be negative, got {self.workers}")
+        if self.upstream_reference not in UPSTREAM_REFERENCES:
+            raise ValueError(
+                f"unknown --upstream-reference {self.upstream_reference!r}; "
+                f"expected one of {UPSTREAM_REFERENCES}"
+            )
         if self.dtype not in ("fp32", *AUTOCAST):
             raise ValueError(f"unknown --dtype {self.dtype!r}; expected fp32, fp16 or bf16")
         if self.dtype != "fp32" and self.device == "cpu":
@@ -138,8 +156,14 @@ class BenchSpec:
 
     @property
     def dataset_pairs(self) -> int:
-        """Enough pairs that no row repeats during the run, as in a real epoch."""
-        return self.pairs * (self.warmup + self.steps)
+        """Enough pairs that no row repeats in the run and the counted step, as in an epoch."""
+        return self.pairs * (self.warmup + self.steps + 1)
+
+    @property
+    def resolved_workers(self) -> int:
+        from dspo.bench_modes import default_workers
+
+        return default_workers() if self.workers is None else self.workers
 
 
 def load_architecture(arch: str) -> tuple[str, dict[str, Any]]:
@@ -242,6 +266,9 @@ def run_benchmark(spec: BenchSpec, workdir: Path | None = None) -> dict[str, Any
             "peak_mib": (
                 ours["peak_mib"] / upstream["peak_mib"] if upstream["peak_mib"] else math.nan
             ),
+            # Upstream's work over ours: the speed-up the time ratio would show if both modes
+            # ran their FLOPs at the same rate.
+            "flops_upstream_over_ours": upstream["flops_per_pair"] / ours["flops_per_pair"],
         },
     }
 
@@ -249,14 +276,18 @@ def run_benchmark(spec: BenchSpec, workdir: Path | None = None) -> dict[str, Any
 def _memory_measure(device: str) -> str:
     if device == "cuda":
         return "torch.cuda.max_memory_allocated of a fresh worker process"
-    return "growth of a fresh worker process's resident memory after its imports, at its peak"
+    return (
+        "growth of a fresh worker process's resident memory after its imports, at its peak "
+        "(upstream's data-loader processes not included)"
+    )
 
 
 def _run_worker(root: Path, mode: str) -> dict[str, Any]:
     out = root / f"result-{mode}.json"
     cmd = [sys.executable, "-m", "dspo.bench", str(root), mode, str(out)]
     # Loading bars of every worker would bury the table.
-    done = subprocess.run(cmd, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
+    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(cmd, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"the {mode!r} worker failed with exit code {done.returncode}")
     return json.loads(out.read_text())
@@ -286,187 +317,58 @@ def _proc_status_mib(field: str) -> float:
     return int(kib) / 2**10
 
 
-def _add_lora(unet, rank: int) -> None:
-    """LoRA on the attention projections, as the ``dspo_lora`` method trains it."""
-    from peft import LoraConfig
-
-    unet.requires_grad_(False)
-    unet.add_adapter(
-        LoraConfig(
-            r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
+def _reference(spec: Mapping[str, Any], mode: str) -> str:
+    if not spec["lora"]:
+        return "a frozen second UNet"
+    if mode == "upstream" and spec["upstream_reference"] == "copy":
+        return (
+            "a second full UNet (--upstream-reference copy: not what the public LoRA script does)"
         )
-    )
-
-
-def _generator(seed: int, step: int):
-    import torch
-
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def _ours(spec: BenchSpec, root: Path, needs_reference: bool):
-    """Policy + reference as the trainer builds them, and batches read from the cache."""
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    from dspo.data.cache import load_cache
-    from dspo.train import PreferenceModel, make_batch, step_rows
-
-    cache = load_cache(root / "cache")
-    unet = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
-    if spec.lora:
-        _add_lora(unet, spec.lora)
-    # As the trainer does under mixed precision: the frozen reference in the half dtype.
-    reference_dtype = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
-    model = PreferenceModel(unet, needs_reference, bool(spec.lora), reference_dtype)
-    model = model.to(spec.device)
-    cfg = {"prompt_dropout": 0.0}
-
-    def next_batch(step: int, scheduler) -> dict:
-        rows = step_rows(len(cache), spec.pairs, spec.seed, step)
-        batch = make_batch(cache, rows, cfg, _generator(spec.seed, step), scheduler)
-        return {k: v.to(spec.device) for k, v in batch.items()}
-
-    return model, next_batch
-
-
-def _upstream(spec: BenchSpec, root: Path, needs_reference: bool):
-    """Policy + a second full UNet as reference, and batches encoded from JPEGs every step."""
-    import pandas as pd
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    from dspo.data.cache import prepare_image
-    from dspo.models import encode_prompts, load_pipeline
-    from dspo.train import PreferenceModel, step_rows
-
-    # The public scripts keep the frozen networks in the mixed-precision dtype.
-    frozen = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
-    pipe = load_pipeline(str(root / "model"), device=spec.device)
-    if spec.dtype != "fp32":
-        pipe.vae.to(dtype=frozen)
-        pipe.text_encoder.to(dtype=frozen)
-    unet = pipe.unet
-    if spec.lora:
-        _add_lora(unet, spec.lora)
-    model = PreferenceModel(unet, needs_reference=False, lora=bool(spec.lora))
-    if needs_reference:
-        model.reference = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
-        model.reference.requires_grad_(False).eval()
-    model.to(spec.device)
-    if needs_reference and spec.dtype != "fp32":
-        model.reference.to(dtype=frozen)
-    table = pd.read_parquet(root / "pairs.parquet")
-    scaling = pipe.vae.config.scaling_factor
-
-    @torch.no_grad()
-    def next_batch(step: int, scheduler) -> dict:
-        rows = step_rows(len(table), spec.pairs, spec.seed, step).tolist()
-        chunk = table.iloc[rows]
-        images = [*chunk["jpg_w"], *chunk["jpg_l"]]
-        pixels = torch.from_numpy(np.stack([prepare_image(b, spec.resolution) for b in images]))
-        # The posterior mean, as the cache stores: sampling it would cost the same.
-        latents = pipe.vae.encode(pixels.to(spec.device, frozen)).latent_dist.mean * scaling
-        text = encode_prompts(pipe, chunk["caption"].tolist()).float()
-        lat_w, lat_l = latents.float().chunk(2)
-        gen = _generator(spec.seed, step)
-        noise = torch.randn(lat_w.shape, generator=gen)
-        t = torch.randint(scheduler.config.num_train_timesteps, (len(rows),), generator=gen)
-        return {
-            "latents_w": lat_w,
-            "latents_l": lat_l,
-            "text_w": text,
-            "text_l": text,
-            "noise": noise.to(spec.device),
-            "t": t.to(spec.device),
-        }
-
-    return model, next_batch
-
-
-def _autocast(spec: BenchSpec):
-    """Mixed precision as the trainer uses it on CUDA: fp32 weights, half-precision compute."""
-    import torch
-
-    if spec.dtype == "fp32":
-        return nullcontext()
-    return torch.autocast(spec.device, dtype=getattr(torch, AUTOCAST[spec.dtype]))
-
-
-def measure(spec: BenchSpec, root: Path, mode: str) -> dict[str, Any]:
-    """Time ``spec.steps`` optimiser steps of one mode after ``spec.warmup`` untimed ones."""
-    import torch
-    from diffusers import DDPMScheduler
-
-    from dspo.objectives import get_objective, objective_kwargs
-    from dspo.train import preference_loss
-
-    cuda = spec.device == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        resident = ResidentPeak()
-        resident.start()
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    torch.manual_seed(spec.seed)
-    objective = get_objective(spec.method)
-    hparams = objective_kwargs(spec.method)
-    scheduler = DDPMScheduler.from_pretrained(root / "model", subfolder="scheduler")
-    build = _ours if mode == "ours" else _upstream
-    model, next_batch = build(spec, root, objective.needs_reference)
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2)
-
-    def step(i: int) -> float:
-        batch = next_batch(i, scheduler)
-        with _autocast(spec):
-            loss, _ = preference_loss(model, batch, objective, hparams, scheduler)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    for i in range(spec.warmup):
-        step(i)
-    if cuda:
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    losses = [step(i) for i in range(spec.warmup, spec.warmup + spec.steps)]
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resident.peak_mib()
-    return {
-        "seconds": seconds,
-        "s_per_step": seconds / spec.steps,
-        "pairs_per_s": spec.steps * spec.pairs / seconds,
-        "peak_mib": peak,
-        "trainable_params_m": round(sum(p.numel() for p in trainable) / 1e6, 3),
-        "last_loss": losses[-1],
-    }
+    return "the policy with its adapters disabled"
 
 
 def format_report(result: Mapping[str, Any]) -> str:
     """The table printed by ``dspo bench train``."""
     s = result["spec"]
+    modes = result["modes"]
+    cuda = s["device"] == "cuda"
     tuning = f"LoRA rank {s['lora']}" if s["lora"] else "full fine-tuning"
+    upstream = modes["upstream"]
     lines = [
         f"dspo bench train: arch {s['arch_name']} (UNet {result['unet_params_m']} M params), "
         f"latent {s['latent']}x{s['latent']} ({result['resolution']} px), "
-        f"{s['pairs']} pairs/step, method {s['method']}, {tuning}, {s['device']} {s['dtype']}",
-        f"{s['steps']} timed steps after {s['warmup']} warm-up steps",
-        f"{'mode':<10}{'s/step':>10}{'pairs/s':>10}{'peak MiB':>10}",
+        f"{s['pairs']} pairs/step in {s['accumulation']} micro-step(s), method {s['method']}, "
+        f"{tuning}, gradient checkpointing {'on' if s['checkpointing'] else 'off'}, "
+        f"{s['device']} {s['dtype']}",
+        f"ours: cached latents and text embeddings; reference = {_reference(s, 'ours')}",
+        f"upstream: {upstream['loader_workers']} data-loader worker(s) decode the JPEGs, VAE "
+        f"and text encoder every micro-step; reference = {_reference(s, 'upstream')}",
+        f"{s['steps']} timed steps after {s['warmup']} warm-up steps; FLOPs counted over one "
+        "more step",
+        f"{'mode':<10}{'s/step':>10}{'pairs/s':>10}{'peak MiB':>10}{'GFLOP/pair':>12}"
+        f"{'TFLOP/s':>11}" + (f"{'of peak':>9}" if cuda else ""),
     ]
-    for mode, m in result["modes"].items():
-        lines.append(
+    for mode, m in modes.items():
+        row = (
             f"{mode:<10}{m['s_per_step']:>10.3f}{m['pairs_per_s']:>10.2f}{m['peak_mib']:>10.0f}"
+            f"{m['flops_per_pair'] / 1e9:>12.4g}{m['tflops_per_s']:>11.3g}"
         )
+        if cuda:
+            fraction = m["peak_fraction"]
+            row += f"{fraction:>9.1%}" if fraction is not None else f"{'unknown':>9}"
+        lines.append(row)
     r = result["ratio"]
     lines += [
         f"ours/upstream: pairs/s x{r['pairs_per_s']:.2f}, peak memory x{r['peak_mib']:.2f}",
+        f"FLOPs per pair upstream/ours: x{r['flops_upstream_over_ours']:.2f} (the pairs/s "
+        f"ratio at equal FLOP rates); upstream's VAE + text encoder: "
+        f"{upstream['data_flops_per_pair'] / 1e9:.4g} GFLOP/pair",
+    ]
+    if cuda:
+        peak = upstream["dense_bf16_peak_tflops"]
+        known = f"dense bf16 peak {peak:g} TFLOP/s" if peak else "dense bf16 peak unknown"
+        lines.append(f"device: {upstream['device_name']}, {known}")
+    lines += [
         f"peak memory: {result['memory_measure']}",
         f"not timed: building the cache of {result['dataset_pairs']} pairs took "
         f"{result['cache_build_s']} s (once per dataset and model)",
@@ -480,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspo bench train", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="toy", help="toy, sd15, or a YAML file (default toy)")
     parser.add_argument("--latent", type=int, default=8, help="latent side (default 8)")
-    parser.add_argument("--pairs", type=int, default=8, help="pairs per step (default 8)")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs per optimiser step (default 8)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--method", choices=sorted(OBJECTIVES), default="dspo")
@@ -489,6 +391,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--accumulation",
+        type=int,
+        default=1,
+        help="micro-steps per optimiser step, both modes; --pairs is split among them (default 1)",
+    )
+    parser.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="gradient checkpointing of the policy UNet, both modes",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="upstream's data-loader worker processes (default: the public launchers' 16, "
+        "capped by the cores available; 0 = decode on the training thread)",
+    )
+    parser.add_argument(
+        "--upstream-reference",
+        choices=UPSTREAM_REFERENCES,
+        default="adapters",
+        help="with --lora, upstream's reference: the adapters disabled (default, as the public "
+        "LoRA script) or 'copy', a second full UNet that no public script holds",
+    )
+    parser.add_argument(
+        "--count-only",
+        action="store_true",
+        help="only count both modes' FLOPs per pair, on the meta device (no weights, no "
+        "timing): any shape, e.g. --arch sd15 --latent 64, in seconds",
+    )
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep the model and cache here")
     return parser
@@ -501,10 +434,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     spec = BenchSpec(
         architecture=architecture,
         arch_name=name,
-        **{k: v for k, v in vars(args).items() if k not in ("arch", "json", "workdir")},
+        **{
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("arch", "json", "workdir", "count_only")
+        },
     )
-    result = run_benchmark(spec, args.workdir)
-    print(format_report(result), flush=True)
+    if args.count_only:
+        from dspo.bench_count import count_on_meta, format_count
+
+        result = count_on_meta(spec)
+        print(format_count(result), flush=True)
+    else:
+        result = run_benchmark(spec, args.workdir)
+        print(format_report(result), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -515,7 +458,12 @@ def _worker_main(argv: list[str]) -> None:
     """Entry of a worker process: ``python -m dspo.bench ROOT prepare|ours|upstream OUT``."""
     root, mode, out = Path(argv[0]), argv[1], Path(argv[2])
     spec = BenchSpec(**json.loads((root / "spec.json").read_text()))
-    result = prepare(spec, root) if mode == "prepare" else measure(spec, root, mode)
+    if mode == "prepare":
+        result = prepare(spec, root)
+    else:
+        from dspo.bench_modes import measure
+
+        result = measure(spec, root, mode)
     out.write_text(json.dumps(result))
 
 

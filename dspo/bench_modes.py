@@ -1,0 +1,353 @@
+"""The two training loops `dspo bench train` times, and the measurement of one of them.
+
+``ours`` is the trainer's loop: batches from the latent + text-embedding cache, the reference
+from `dspo.train.PreferenceModel` (a frozen copy, or with LoRA the adapters disabled).
+``upstream`` is the loop of the public Diffusion-DPO / DSPO scripts as their launchers run
+it: a `torch.utils.data.DataLoader` whose worker processes decode both JPEGs, resize, crop
+and flip them (redrawn at every visit) and tokenise the caption; the training process then
+VAE-encodes the images (a posterior sample) and runs the text encoder at every micro-step.
+Its reference is a second UNet in full fine-tuning and the adapters disabled with LoRA, as in
+the public LoRA script; ``--upstream-reference copy`` holds a second full UNet instead.
+
+Both modes run the same optimiser step: ``accumulation`` micro-batches of the step's rows
+(`dspo.train.step_rows`), the loss of each divided by their number before its backward
+pass, gradient clipping at 1.0, then AdamW; gradient checkpointing applies to the policy UNet
+in both.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from dspo.bench import AUTOCAST, ResidentPeak
+from dspo.flops import counted, dense_bf16_peak
+
+if TYPE_CHECKING:
+    from dspo.bench import BenchSpec
+    from dspo.train import PreferenceModel
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# The public Diffusion-DPO launchers pass --dataloader_num_workers=16.
+UPSTREAM_WORKERS = 16
+Batch = dict[str, torch.Tensor]
+
+
+def default_workers() -> int:
+    """The launchers' worker count, capped by the cores this process may run on."""
+    return min(UPSTREAM_WORKERS, len(os.sched_getaffinity(0)))
+
+
+@dataclass
+class Mode:
+    """A policy/reference model and its batches: ``next_batch(step, micro)`` on the device."""
+
+    model: PreferenceModel
+    next_batch: Callable[[int, int], Batch]
+    close: Callable[[], None] = lambda: None
+    # FLOPs of the data path (VAE and text encoder), counted only while ``counting`` is set.
+    counting: bool = False
+    data_flops: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _generator(seed: int, step: int, micro: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_003 + micro)
+
+
+def micro_rows(spec: BenchSpec, n: int, step: int, micro: int) -> list[int]:
+    """The rows of one micro-batch: the trainer's rows for the step, split in order."""
+    from dspo.train import step_rows
+
+    local = spec.pairs // spec.accumulation
+    return step_rows(n, spec.pairs, spec.seed, step)[micro * local : (micro + 1) * local].tolist()
+
+
+def adapt_unet(unet, spec: BenchSpec, frozen_dtype: torch.dtype = torch.float32):
+    """LoRA on the attention projections when asked, and gradient checkpointing if set."""
+    from peft import LoraConfig
+
+    if spec.lora:
+        unet.requires_grad_(False)
+        if frozen_dtype != torch.float32:
+            unet.to(dtype=frozen_dtype)
+        unet.add_adapter(
+            LoraConfig(
+                r=spec.lora,
+                lora_alpha=spec.lora,
+                init_lora_weights="gaussian",
+                target_modules=LORA_TARGETS,
+            )
+        )
+        # The adapters train in fp32 over a frozen base that may be in the half dtype.
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    if spec.checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet
+
+
+def _policy_unet(spec: BenchSpec, root: Path, frozen_dtype: torch.dtype = torch.float32):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
+    return adapt_unet(unet, spec, frozen_dtype)
+
+
+def build_ours(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
+    """Policy + reference as the trainer builds them, and batches read from the cache."""
+    from dspo.data.cache import load_cache
+    from dspo.train import PreferenceModel, make_batch
+
+    cache = load_cache(root / "cache")
+    # As the trainer does under mixed precision: a frozen reference copy in the half dtype.
+    reference_dtype = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
+    unet = _policy_unet(spec, root)
+    model = PreferenceModel(unet, needs_reference, bool(spec.lora), reference_dtype)
+    model.to(spec.device)
+    cfg = {"prompt_dropout": 0.0}
+    scheduler = load_scheduler(root)
+
+    def next_batch(step: int, micro: int) -> Batch:
+        rows = torch.tensor(micro_rows(spec, len(cache), step, micro))
+        batch = make_batch(cache, rows, cfg, _generator(spec.seed, step, micro), scheduler)
+        return {k: v.to(spec.device) for k, v in batch.items()}
+
+    return Mode(model, next_batch)
+
+
+class UpstreamPairs(torch.utils.data.Dataset):
+    """One visit of a pair as the public scripts' loader prepares it, keyed by (step, row).
+
+    Crop and flip are drawn per visit from (seed, step, row), so they do not depend on the
+    number of workers.
+    """
+
+    def __init__(self, table, tokenizer, resolution: int, seed: int) -> None:
+        self.captions = table["caption"].tolist()
+        self.jpegs = {"w": table["jpg_w"].tolist(), "l": table["jpg_l"].tolist()}
+        self.tokenizer, self.resolution, self.seed = tokenizer, resolution, seed
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, key: tuple[int, int]) -> Batch:
+        from dspo.data.cache import load_image
+
+        step, row = key
+        item: Batch = {"step": torch.tensor(step)}
+        for side_index, side in enumerate("wl"):
+            rng = np.random.default_rng([self.seed, step, row, side_index])
+            image = load_image(
+                self.jpegs[side][row], self.resolution, crop="random", flip=True, rng=rng
+            )
+            item[f"pixels_{side}"] = torch.from_numpy(image.pixels)
+        item["input_ids"] = self.tokenizer(
+            self.captions[row],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids[0]
+        return item
+
+
+def visit_order(spec: BenchSpec, n: int, steps: int) -> list[list[tuple[int, int]]]:
+    """The loader's batches: one list of (step, row) per micro-step, in training order."""
+    return [
+        [(step, row) for row in micro_rows(spec, n, step, micro)]
+        for step in range(steps)
+        for micro in range(spec.accumulation)
+    ]
+
+
+def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
+    """The public scripts' loop: data-loader workers, then VAE and text encoder every step."""
+    import pandas as pd
+    from diffusers import UNet2DConditionModel
+
+    from dspo.models import load_pipeline
+    from dspo.train import PreferenceModel
+
+    # The public scripts keep the frozen networks in the mixed-precision dtype.
+    frozen = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
+    pipe = load_pipeline(str(root / "model"), device=spec.device)
+    vae, text_encoder = pipe.vae.requires_grad_(False), pipe.text_encoder.requires_grad_(False)
+    if frozen != torch.float32:
+        vae.to(dtype=frozen)
+        text_encoder.to(dtype=frozen)
+    # The pipeline's own UNet is the policy: loading another would hold two copies.
+    unet = adapt_unet(pipe.unet, spec, frozen)
+    model = PreferenceModel(unet, needs_reference, bool(spec.lora), frozen)
+    if needs_reference and spec.lora and spec.upstream_reference == "copy":
+        copy = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
+        model.reference = copy.requires_grad_(False).eval().to(dtype=frozen)
+    model.to(spec.device)
+    table = pd.read_parquet(root / "pairs.parquet")
+    dataset = UpstreamPairs(table, pipe.tokenizer, spec.resolution, spec.seed)
+    workers = spec.resolved_workers
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=visit_order(spec, len(table), spec.warmup + spec.steps + 1),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=spec.device == "cuda",
+    )
+    batches: Iterator[Batch] = iter(loader)
+    scheduler = load_scheduler(root)
+
+    def next_batch(step: int, micro: int) -> Batch:
+        data = next(batches)
+        if int(data["step"][0]) != step:
+            raise RuntimeError(f"the loader is at step {int(data['step'][0])}, the loop at {step}")
+        gen = _generator(spec.seed, step, micro)
+        return upstream_batch(mode, vae, text_encoder, data, gen, scheduler, spec.device)
+
+    def close() -> None:
+        # Ends the persistent workers now rather than at interpreter exit.
+        nonlocal batches
+        batches = iter(())
+
+    mode = Mode(model, next_batch, close, extras={"loader_workers": workers})
+    return mode
+
+
+@torch.no_grad()
+def _encode(vae, text_encoder, data: Batch, gen: torch.Generator | None, device):
+    pixels = torch.cat([data["pixels_w"], data["pixels_l"]]).to(device, vae.dtype)
+    latents = vae.encode(pixels).latent_dist.sample(generator=gen) * vae.config.scaling_factor
+    text = text_encoder(data["input_ids"].to(device))[0]
+    return latents.float(), text.float()
+
+
+def upstream_batch(mode: Mode, vae, text_encoder, data: Batch, gen, scheduler, device) -> Batch:
+    """What the public scripts do with a loader batch: VAE, text encoder, noise, timesteps."""
+    if mode.counting:
+        (latents, text), flops = counted(lambda: _encode(vae, text_encoder, data, gen, device))
+        mode.data_flops += flops
+    else:
+        latents, text = _encode(vae, text_encoder, data, gen, device)
+    lat_w, lat_l = latents.chunk(2)
+    noise = torch.randn(lat_w.shape, generator=gen)
+    t = torch.randint(scheduler.config.num_train_timesteps, (len(lat_w),), generator=gen)
+    return {
+        "latents_w": lat_w,
+        "latents_l": lat_l,
+        "text_w": text,
+        "text_l": text,
+        "noise": noise.to(device),
+        "t": t.to(device),
+    }
+
+
+def load_scheduler(root: Path):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_pretrained(root / "model", subfolder="scheduler")
+
+
+def _autocast(spec: BenchSpec):
+    """Mixed precision as the trainer uses it on CUDA: fp32 weights, half-precision compute."""
+    if spec.dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(spec.device, dtype=getattr(torch, AUTOCAST[spec.dtype]))
+
+
+def build_mode(spec: BenchSpec, root: Path, mode: str, needs_reference: bool) -> Mode:
+    if mode not in ("ours", "upstream"):
+        raise ValueError(f"unknown mode {mode!r}; expected 'ours' or 'upstream'")
+    return (build_ours if mode == "ours" else build_upstream)(spec, root, needs_reference)
+
+
+def make_step(spec: BenchSpec, mode: Mode, scheduler) -> Callable[[int], torch.Tensor]:
+    """One optimiser step of ``mode``: accumulate the micro-batches, clip, AdamW; its loss."""
+    from dspo.objectives import get_objective, objective_kwargs
+    from dspo.train import preference_loss
+
+    objective = get_objective(spec.method)
+    hparams = objective_kwargs(spec.method)
+    mode.model.train()
+    trainable = [p for p in mode.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2)
+
+    def step(i: int) -> float:
+        total = torch.zeros((), device=spec.device)
+        for micro in range(spec.accumulation):
+            batch = mode.next_batch(i, micro)
+            with _autocast(spec):
+                loss, _ = preference_loss(mode.model, batch, objective, hparams, scheduler)
+            (loss / spec.accumulation).backward()
+            total += loss.detach() / spec.accumulation
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total
+
+    return step
+
+
+def measure(spec: BenchSpec, root: Path, mode_name: str) -> dict[str, Any]:
+    """Time ``spec.steps`` optimiser steps after ``spec.warmup``, then count one step's FLOPs."""
+    from dspo.objectives import get_objective
+
+    cuda = spec.device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        resident = ResidentPeak()
+        resident.start()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    mode = build_mode(spec, root, mode_name, get_objective(spec.method).needs_reference)
+    try:
+        step = make_step(spec, mode, load_scheduler(root))
+        for i in range(spec.warmup):
+            float(step(i))
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        # float(): one host sync per optimiser step, as the trainer logs its loss.
+        losses = [float(step(i)) for i in range(spec.warmup, spec.warmup + spec.steps)]
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resident.peak_mib()
+        # One more step under the counter, after the timing: the counter slows what it sees.
+        mode.counting = True
+        _, flops = counted(lambda: step(spec.warmup + spec.steps))
+    finally:
+        mode.close()
+    trainable = sum(p.numel() for p in mode.model.parameters() if p.requires_grad)
+    pairs_per_s = spec.steps * spec.pairs / seconds
+    flops_per_pair = flops / spec.pairs
+    result = {
+        "seconds": seconds,
+        "s_per_step": seconds / spec.steps,
+        "pairs_per_s": pairs_per_s,
+        "peak_mib": peak,
+        "trainable_params_m": round(trainable / 1e6, 3),
+        "last_loss": losses[-1],
+        "flops_per_pair": flops_per_pair,
+        "data_flops_per_pair": mode.data_flops / spec.pairs,
+        "tflops_per_s": flops_per_pair * pairs_per_s / 1e12,
+        **mode.extras,
+    }
+    if cuda:
+        name = torch.cuda.get_device_name()
+        peak_tflops = dense_bf16_peak(name)
+        result.update(
+            device_name=name,
+            dense_bf16_peak_tflops=peak_tflops,
+            peak_fraction=result["tflops_per_s"] / peak_tflops if peak_tflops else None,
+        )
+    return result
