@@ -8,6 +8,7 @@ docs/rewards.md explains how each paper model is loaded.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -121,4 +122,7 @@ def score_manifest(
         frame["reward_version"] = reward.version
         frame["score"] = np.concatenate(values) if values else np.empty(0)
         frames.append(frame)
+        # Let this model go before the next one loads: two ViT-H-14 at once double the peak.
+        del reward
+        gc.collect()
     return pd.concat(frames, ignore_index=True)
