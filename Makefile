@@ -6,7 +6,7 @@ CORES ?= all
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint clean rehearse gpu-check reward-parity
+.PHONY: run test lint clean rehearse gpu-check reward-parity config-doc
 
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
@@ -34,6 +34,10 @@ gpu-check: $(VENV)/.installed standins/standins.json
 standins/standins.json:
 	if [ "$(STANDINS)" != standins ]; then mkdir -p "$(STANDINS)" && ln -sfn "$(abspath $(STANDINS))" standins; fi
 	dspo standins --out standins --skip-existing
+
+# config/README.md from the schema's descriptions and the default config.
+config-doc: $(VENV)/.installed
+	python -m dspo.config_doc
 
 lint: $(VENV)/.installed
 	ruff check dspo tests && ruff format --check dspo tests && snakemake --lint

@@ -44,3 +44,17 @@ def test_every_key_is_listed_with_type_default_and_description() -> None:
     assert "data \\| pairs" in text  # a | in a description does not split the cell
     assert "| `methods.*.objective` | `dspo` \\| `sft` |  | loss |" in text
     assert undocumented(SCHEMA) == ["training.source.kind", "methods.*"]
+
+
+def test_config_readme_is_current_and_every_key_is_described() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((repo / "config" / "schema.yaml").read_text())
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    assert undocumented(schema) == [], "describe these keys in config/schema.yaml"
+    assert (repo / "config" / "README.md").read_text() == render(schema, config), (
+        "config/README.md is stale: run `make config-doc`"
+    )
