@@ -68,3 +68,11 @@ rule all:
         rules.tables.output,
         expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
     default_target: True
+
+
+onstart:
+    # Jobs write to their logs, not the console: say where to look while a long job runs.
+    print(
+        "dspo: each job logs to results/logs/<step>/... (e.g. `tail -f results/logs/train/dspo.log`);"
+        " training metrics: results/train/<method>/metrics.jsonl"
+    )
