@@ -216,7 +216,6 @@ def _reward_specs(standins: Path) -> dict[str, dict[str, str]]:
         "hps": {
             "kind": "hpsv2",
             "version": "v2.1",
-            "tokenizer": laion,
             "checkpoint": str(standins / "HPSv2" / "HPS_v2.1_compressed.pt"),
         },
         "aesthetics": {

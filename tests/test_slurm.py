@@ -122,11 +122,19 @@ def snakemake(workdir: Path, *args: str | Path, train_gpus: int) -> subprocess.C
     )
 
 
+def local_rules() -> set[str]:
+    """The Snakefile's `localrules`: they run in the main process, not as SLURM jobs."""
+    block = re.search(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", (REPO / "Snakefile").read_text(), re.M)
+    assert block, "the Snakefile names no localrules"
+    return set(re.findall(r"\w+", block[1]))
+
+
 def planned_jobs(output: str) -> Counter:
-    """The 'Job stats' table of a run as {rule: count}, without the local target rule."""
+    """The 'Job stats' table of a run as {rule: count}, without the rules run locally."""
     table = output.split("Job stats:")[1].split("\n\n")[0]
     rows = re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
-    return Counter({rule: int(n) for rule, n in rows if rule not in ("total", "all")})
+    skip = {"total", *local_rules()}
+    return Counter({rule: int(n) for rule, n in rows if rule not in skip})
 
 
 class WorkflowRun:

@@ -103,7 +103,6 @@ def test_rewards_load_from_the_published_layouts_and_score(standins: tuple[Path,
             "kind": "hpsv2",
             "version": "v2.1",
             "checkpoint": out / HPS_FILE,
-            "tokenizer": out / LAION_CLIP,
         },
         "aesthetics": {
             "kind": "laion_aesthetics",

@@ -57,8 +57,6 @@ from dspo.rewards.transforms import hpsv2_pixels, open_clip_tokens
 
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 DEFAULT_REPO = "xswu/HPSv2"
-# The one tokenizer name accepted, for configs that set it: its BPE vocabulary is open_clip's.
-OPEN_CLIP_VOCAB = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 HEADS = 16  # ViT-H-14: vision width 1280 / head width 80, text 16 heads
 _TOP_KEYS = [
     "logit_scale",
@@ -187,7 +185,8 @@ class HPSv2:
     """HPSv2 score (cosine) of each image with its prompt; `version` is v2.0 or v2.1."""
 
     def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
-        check_keys(spec, {"version", "checkpoint", "repo", "tokenizer"})
+        # No `tokenizer` key: HPSv2 tokenizes with open_clip's own tokenizer, as hpsv2 does.
+        check_keys(spec, {"version", "checkpoint", "repo"})
         version = spec.get("version")
         if version not in CHECKPOINTS:
             raise ValueError(
@@ -203,11 +202,6 @@ class HPSv2:
         self.device = device
         self.model = open_clip_to_transformers(load_state_dict(path), path)
         self.model = self.model.to(device, spec_dtype(spec)).eval()
-        if spec.get("tokenizer", OPEN_CLIP_VOCAB) != OPEN_CLIP_VOCAB:
-            raise ValueError(
-                "hpsv2 tokenizes with open_clip's own tokenizer, as hpsv2 does; `tokenizer` can "
-                f"only be {OPEN_CLIP_VOCAB!r} (the same vocabulary), got {spec['tokenizer']!r}"
-            )
         self.version = f"hpsv2 {version} {spec.get('checkpoint', CHECKPOINTS[version])}"
 
     @torch.no_grad()
