@@ -12,6 +12,7 @@ from PIL import Image
 
 from dspo.data.pairs import prompt_id_of
 from dspo.models import build_pipeline
+from tests.workflow_run import SMOKE, snakemake
 
 TINY_ARCHITECTURE = {
     "max_length": 12,
@@ -107,3 +108,12 @@ def tiny_pairs() -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke preset's whole DAG, run once per test session: the workflow tests and the
+    report's browser test share it (several minutes on 2 CPU cores)."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    snakemake("--cores", "2", "all", "--configfile", str(SMOKE), cwd=workdir)
+    return workdir

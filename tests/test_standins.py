@@ -225,7 +225,7 @@ def test_unknown_components_are_named(tmp_path: Path) -> None:
 def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     standins: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    from tests.test_workflow import REPO, planned_jobs, snakemake
+    from tests.workflow_run import REPO, planned_jobs, snakemake
 
     out, _ = standins
     (tmp_path / "standins").symlink_to(out)

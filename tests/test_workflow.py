@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,30 +17,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "config" / "presets" / "smoke.yaml"
-
-
-def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # snakemake reports on stderr
-        text=True,
-        env=env,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}")
-    return result
-
-
-def planned_jobs(output: str) -> Counter:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = output.split("Job stats:")[1].split("\n\n")[0]
-    rows = re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
-    return Counter({rule: int(n) for rule, n in rows if rule != "total"})
+from tests.workflow_run import REPO, SMOKE, planned_jobs, snakemake
 
 
 def test_lint_is_clean() -> None:
@@ -87,13 +61,6 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     assert jobs["train"] == 10 and jobs["generate"] == 11 * 3 and jobs["edit"] == 11
     assert jobs["score"] == 11 * 4 and jobs["editing_set"] == 1
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("smoke")
-    snakemake("--cores", "2", "all", "--configfile", str(SMOKE), cwd=workdir)
-    return workdir
 
 
 def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:

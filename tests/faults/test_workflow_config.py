@@ -23,7 +23,7 @@ from snakemake.io import expand
 from snakemake.utils import validate
 
 from dspo.config_check import ConfigError, check_config, config_problems
-from tests.test_workflow import snakemake
+from tests.workflow_run import snakemake
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = str(REPO / "config" / "schema.yaml")

@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from tests.test_workflow import SMOKE, planned_jobs, snakemake
+from tests.workflow_run import SMOKE, planned_jobs, snakemake
 
 IMAGES = [
     "results/images/base/pickv2/manifest.parquet",

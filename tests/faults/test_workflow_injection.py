@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.test_workflow import SMOKE, snakemake
+from tests.workflow_run import SMOKE, snakemake
 
 MARK = "pwned"
 # Each would run `touch pwned` if it reached a shell unquoted: `#` ends the line's words.
