@@ -6,13 +6,19 @@ CORES ?= all
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint clean rehearse gpu-check reward-parity config-doc
+.PHONY: run test lint clean rehearse gpu-check reward-parity config-doc watch
 
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
 
 test: $(VENV)/.installed
 	python -m pytest
+
+# In a second terminal while `make run` runs: each running job's latest progress line,
+# refreshed every WATCH seconds.
+WATCH ?= 10
+watch: $(VENV)/.installed
+	python -m dspo.progress --watch $(WATCH)
 
 # The sd15 preset on stand-ins (`dspo standins`: real architectures and file formats, random
 # weights), every rule of its DAG, offline on CPUs. STANDINS=/path keeps the ~20 GB of

@@ -74,5 +74,6 @@ onstart:
     # Jobs write to their logs, not the console: say where to look while a long job runs.
     print(
         "dspo: each job logs to results/logs/<step>/... (e.g. `tail -f results/logs/train/dspo.log`);"
-        " training metrics: results/train/<method>/metrics.jsonl"
+        " training metrics: results/train/<method>/metrics.jsonl; each running job's progress:"
+        " `python -m dspo.progress --watch 10` (or `make watch`) in another terminal"
     )
