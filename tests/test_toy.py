@@ -317,3 +317,7 @@ def test_preview_pairs(world, tmp_path):
     toy.preview_pairs(out / PAIRS_FILE, png, n=4)
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 400
+        pixels = np.asarray(im.convert("L"))
+    # Nothing runs off the edges: the last row's score lines are inside the picture.
+    for edge in (pixels[:2], pixels[-2:], pixels[:, :2], pixels[:, -2:]):
+        assert edge.min() == 255

@@ -836,4 +836,6 @@ def preview_pairs(pairs_parquet: Path, out_png: Path, n: int = 8) -> None:
                 fontsize=9,
             )
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    # The constrained layout leaves the last row's score lines below the figure's edge;
+    # a tight bounding box keeps every label.
+    fig.savefig(out_png, dpi=100, bbox_inches="tight", pad_inches=0.1)
