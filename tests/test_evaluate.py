@@ -321,6 +321,14 @@ def test_plots_draw_each_model_once_in_the_same_colour(tmp_path: Path, monkeypat
     assert list(legends["mean"]) == ["base", *methods]
     for method in methods:
         assert tuple(legends["mean"][method]) == tuple(legends["win"][method])
+    # The baseline stands apart from every colour a method can take (ten of them).
+    ten = [f"m{i}" for i in range(10)]
+    ten_scores = make_scores(4, methods=dict.fromkeys(ten, 0.1), rewards=("pick",))
+    plot_mean_scores(
+        mean_scores(ten_scores, n_boot=10), tmp_path / "mean.png", ten, ["pick"], ["pickv2"]
+    )
+    base = np.array(legends["mean"]["base"][:3])
+    assert all(np.linalg.norm(base - np.array(legends["mean"][m][:3])) > 0.5 for m in ten)
     with pytest.raises(ValueError, match="baseline"):
         plot_mean_scores(
             mean_scores(scores, n_boot=50),

@@ -13,6 +13,10 @@ from matplotlib.figure import Figure
 
 from dspo.evaluation.tables import labeller
 
+# The methods take tab10's colours in both plots; the baseline, in the mean-score plot only,
+# is black: tab10's own grey (a method's) would be hard to tell from a grey baseline.
+BASELINE_COLOUR = "black"
+
 
 def plot_win_rates(
     win_rates_df: pd.DataFrame,
@@ -104,7 +108,7 @@ def plot_mean_scores(
                     markersize=4,
                     capsize=2,
                     elinewidth=1,
-                    color="0.35" if model == baseline else _colour(i - 1),
+                    color=BASELINE_COLOUR if model == baseline else _colour(i - 1),
                     label=name(model),
                 )
             for boundary in x[:-1] + 0.5:
