@@ -1,0 +1,150 @@
+"""The Snakemake report of the smoke run, opened in headless Chromium.
+
+Every ``report(...)`` output the workflow declares must be listed in the report under its
+category, open (images shown, tables downloaded byte for byte) and show its caption.
+Screenshots of the main page and of every opened item land in the test's folder, and also in
+$DSPO_REPORT_SHOTS when set.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.workflow_run import REPO, SMOKE, snakemake
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install chromium)"
+)
+# The report is one HTML file with its scripts and every item inlined as a data URI, so it
+# opens offline; "Other" is the report's subcategory for items that name none.
+NO_SUBCATEGORY = "Other"
+
+
+@pytest.fixture(scope="module")
+def report_html(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    snakemake("--report", str(path), "--configfile", str(SMOKE), cwd=smoke_run)
+    return path
+
+
+@pytest.fixture(scope="module")
+def declared_items(smoke_run: Path) -> dict[str, dict]:
+    """Every report(...) output of the rules as the smoke run's files (tests/report_items.py)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests" / "report_items.py"),
+            str(REPO / "Snakefile"),
+            str(smoke_run),
+            str(SMOKE),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    return json.loads(result.stdout)
+
+
+def caption_opening(caption_file: Path, words: int = 8) -> str:
+    """The first words of a caption's text, without its Jinja and reStructuredText markup."""
+    text = re.sub(r"\{%.*?%\}|\{\{.*?\}\}|\{#.*?#\}", " ", caption_file.read_text(), flags=re.S)
+    text = re.sub(r"\*\*|``|`", "", text)
+    return " ".join(text.split()[:words])
+
+
+def shown_text(element_text: str) -> str:
+    return " ".join(element_text.split())
+
+
+def save_shot(page, name: str, folder: Path) -> Path:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert Image.open(path).size[0] > 0
+    if shots := os.environ.get("DSPO_REPORT_SHOTS"):
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(shots) / path.name)
+    return path
+
+
+def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
+    report_html: Path, declared_items: dict[str, dict], smoke_run: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert declared_items, "the workflow declares no report(...) outputs"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+
+        def open_report() -> None:
+            page.goto(report_html.as_uri())
+            page.get_by_text("Results", exact=True).wait_for()
+
+        open_report()
+        save_shot(page, "report_main", tmp_path)
+        # The report's own list of items and their menu, as its page holds them.
+        categories: dict[str, dict[str, list[str]]] = page.evaluate("categories")
+        listed = {
+            path: (category, subcategory)
+            for category, subcategories in categories.items()
+            for subcategory, paths in subcategories.items()
+            for path in paths
+        }
+        assert sorted(listed) == sorted(declared_items)
+        for category in categories:
+            assert page.get_by_text(category, exact=True).is_visible(), category
+
+        for path, (category, subcategory) in sorted(listed.items()):
+            declared = declared_items[path]
+            assert category == declared["category"], path
+            open_report()
+            page.get_by_text(category, exact=True).click()
+            if subcategory != NO_SUBCATEGORY or len(categories[category]) > 1:
+                page.get_by_text(subcategory, exact=True).click()
+            row = page.locator("tr").filter(
+                has=page.locator("td", has_text=re.compile(f"^{re.escape(path)}$"))
+            )
+            view, info = row.locator("a").nth(0), row.locator("a").nth(1)
+            shot_name = "item_" + re.sub(r"\W+", "_", path.removeprefix("results/"))
+            on_disk = smoke_run / path
+            if path.endswith((".png", ".jpg", ".svg")):
+                view.click()
+                image = page.locator("img[src^='data:image']").last
+                image.wait_for()
+                width = page.evaluate("img => img.naturalWidth", image.element_handle())
+                assert width == Image.open(on_disk).size[0], path
+            else:
+                # Tables open as downloads of the file itself.
+                with page.expect_download() as download:
+                    view.click()
+                assert Path(download.value.path()).read_bytes() == on_disk.read_bytes(), path
+                assert (
+                    base64.b64decode(
+                        page.evaluate(f"results[{json.dumps(path)}].data_uri").split(",", 1)[1]
+                    )
+                    == on_disk.read_bytes()
+                )
+            info.click()
+            description = page.locator("nav").get_by_text("Description", exact=True)
+            description.wait_for()
+            caption = shown_text(page.locator("nav .prose").inner_text())
+            opening = caption_opening(Path(declared["caption"]))
+            assert opening and opening in caption, (path, opening, caption)
+            assert "{{" not in caption and "{%" not in caption, (path, caption)
+            save_shot(page, shot_name, tmp_path)
+        assert errors == []
+        browser.close()
