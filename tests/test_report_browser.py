@@ -89,6 +89,7 @@ def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
         page = browser.new_page(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        menu = page.locator("nav")  # the report's side bar: menu, item lists, item details
 
         def open_report() -> None:
             page.goto(report_html.as_uri())
@@ -106,27 +107,36 @@ def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
         }
         assert sorted(listed) == sorted(declared_items)
         for category in categories:
-            assert page.get_by_text(category, exact=True).is_visible(), category
+            assert menu.get_by_text(category, exact=True).is_visible(), category
 
         for path, (category, subcategory) in sorted(listed.items()):
             declared = declared_items[path]
             assert category == declared["category"], path
             open_report()
-            page.get_by_text(category, exact=True).click()
+            menu.get_by_text(category, exact=True).click()
             if subcategory != NO_SUBCATEGORY or len(categories[category]) > 1:
-                page.get_by_text(subcategory, exact=True).click()
-            row = page.locator("tr").filter(
-                has=page.locator("td", has_text=re.compile(f"^{re.escape(path)}$"))
-            )
+                menu.get_by_text(subcategory, exact=True).click()
+            # A row shows the item's label values if it has labels, else its path.
+            labels = page.evaluate(f"results[{json.dumps(path)}].labels") or {}
+            row = page.locator("tr")
+            for cell in [str(v) for v in labels.values()] or [path]:
+                row = row.filter(
+                    has=page.locator("td", has_text=re.compile(f"^{re.escape(cell)}$"))
+                )
             view, info = row.locator("a").nth(0), row.locator("a").nth(1)
             shot_name = "item_" + re.sub(r"\W+", "_", path.removeprefix("results/"))
             on_disk = smoke_run / path
-            if path.endswith((".png", ".jpg", ".svg")):
+            if page.evaluate(f"results[{json.dumps(path)}].mime_type").startswith("image/"):
                 view.click()
-                image = page.locator("img[src^='data:image']").last
-                image.wait_for()
-                width = page.evaluate("img => img.naturalWidth", image.element_handle())
-                assert width == Image.open(on_disk).size[0], path
+                # The item's own picture, loaded (the report's logo is an image too).
+                shown = page.wait_for_function(
+                    """path => [...document.images].find(
+                        img => img.src === results[path].data_uri && img.naturalWidth > 0)""",
+                    arg=path,
+                )
+                width = page.evaluate("img => img.naturalWidth", shown)
+                if on_disk.suffix != ".svg":  # shown at the file's own size
+                    assert width == Image.open(on_disk).size[0], path
             else:
                 # Tables open as downloads of the file itself.
                 with page.expect_download() as download:
@@ -139,9 +149,8 @@ def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
                     == on_disk.read_bytes()
                 )
             info.click()
-            description = page.locator("nav").get_by_text("Description", exact=True)
-            description.wait_for()
-            caption = shown_text(page.locator("nav .prose").inner_text())
+            menu.get_by_text("Description", exact=True).wait_for()
+            caption = shown_text(menu.locator(".prose").inner_text())
             opening = caption_opening(Path(declared["caption"]))
             assert opening and opening in caption, (path, opening, caption)
             assert "{{" not in caption and "{%" not in caption, (path, caption)
