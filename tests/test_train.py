@@ -299,7 +299,8 @@ def test_metrics_go_to_csv_and_tensorboard(
     assert list(rows[0]) == list(records[0])
     for row, record in zip(rows, records, strict=True):
         assert float(row["loss"]) == pytest.approx(record["loss"])
-    events = list((tmp_path / "run/train").glob("events.out.tfevents.*"))
+    # One project per workflow run (here the default), under it one run per method.
+    events = list((tmp_path / "run/dspo").glob("events.out.tfevents.*"))
     assert events, "no tensorboard event file"
     logged = EventAccumulator(str(events[0].parent)).Reload()
     assert [e.step for e in logged.Scalars("loss")] == [1, 2, 3]
