@@ -13,6 +13,10 @@ It never returns a wrong model silently: checkpoints are resumed only by the run
 them (`dspo.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1 save a
 checkpoint before exiting (`dspo.guards`), and the learning rate follows the step, once per
 optimiser step, however many processes train.
+
+What it shows while it runs: metrics every ``log_every`` steps (`dspo.run_metrics`),
+validation images of fixed prompts every ``validate_every`` steps (`dspo.validation`, which
+leaves the trajectory untouched), both also in the tracker (`dspo.tracking`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from dspo.run_metrics import METRICS_JSONL
@@ -54,7 +55,7 @@ def shown_steps(steps: list[int], limit: int = MAX_IMAGE_ROWS) -> list[int]:
 def _draw_curve(ax, metrics: pd.DataFrame, key: str, title: str, line: float | None) -> None:
     data = metrics[["step", key]].dropna()
     ax.plot(data["step"], data[key], color="tab:blue", linewidth=0.8, alpha=0.45, marker=".")
-    if len(data) >= 20:
+    if len(data) >= 20 and key != "lr":  # the rate follows its schedule: nothing to smooth
         # A rolling mean over a tenth of the records shows the trend through per-batch noise.
         smooth = data[key].rolling(max(2, len(data) // 10), min_periods=1).mean()
         ax.plot(data["step"], smooth, color="tab:blue", linewidth=1.6, label="rolling mean")
@@ -65,6 +66,7 @@ def _draw_curve(ax, metrics: pd.DataFrame, key: str, title: str, line: float | N
         ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=7)
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
     ax.grid(alpha=0.3)
@@ -90,17 +92,24 @@ def _draw_images(ax, run_dir: Path, index: dict[str, Any], steps: list[int], tot
     side = index["settings"]["resolution"]
     pitch = side + max(1, side // 8)
     ax.set_yticks([pitch * i + side / 2 for i in range(len(steps))], [f"step {s}" for s in steps])
-    labels = [f"{textwrap.fill(c['prompt'], 22)}\nseed {c['seed']}" for c in columns]
+    # Numbered columns, the prompts spelled out below: whole prompts overlap over small cells.
+    labels = [f"prompt {c['prompt_id'] + 1}\nseed {c['seed']}" for c in columns]
     ax.set_xticks([side * i + side / 2 for i in range(len(columns))], labels)
     ax.xaxis.tick_top()
+    for i in range(1, len(columns)):
+        ax.axvline(side * i - 0.5, color="white", linewidth=1.5)
     ax.tick_params(labelsize=7, length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
     settings = index["settings"]
     shown = f"{len(steps)} of {total} validations" if len(steps) < total else "every validation"
+    prompts = "\n".join(
+        textwrap.shorten(f"prompt {i + 1}: {prompt}", 110)
+        for i, prompt in enumerate(settings["prompts"])
+    )
     ax.set_xlabel(
         f"Validation images ({shown}; {settings['steps']} DDIM steps, "
-        f"guidance {settings['guidance']:g}, same initial noise at every step)",
+        f"guidance {settings['guidance']:g}, same initial noise at every step)\n{prompts}",
         fontsize=8,
     )
 
@@ -117,8 +126,9 @@ def plot_training_view(run_dir: Path, out_png: Path, title: str) -> dict[str, An
     image_height = 0.0
     if steps:
         n_columns = len(index["columns"])
-        # Cells about 0.8 inch wide (the image is drawn at its aspect ratio), plus labels.
-        image_height = min(width / n_columns, 1.1) * len(steps) * 1.15 + 1.2
+        # Rows of at most 0.9 inch (the images keep their aspect ratio), plus the labels.
+        n_prompts = len(index["settings"]["prompts"])
+        image_height = min(width / n_columns, 0.9) * len(steps) * 1.15 + 1.0 + 0.15 * n_prompts
     fig = Figure(figsize=(width, PANEL_HEIGHT + 0.7 + image_height), layout="constrained")
     ratios = [PANEL_HEIGHT] + ([image_height] if steps else [])
     grid = fig.add_gridspec(len(ratios), n_panels, height_ratios=ratios)
