@@ -45,6 +45,9 @@ RESUME_NEUTRAL = frozenset(
         "checkpoints_kept",
         "log_every",
         "report_to",
+        "tracker_project",
+        "validate_every",
+        "validation",
         "skip_nonfinite",
     }
 )

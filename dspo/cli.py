@@ -328,6 +328,14 @@ def grid(args: argparse.Namespace) -> None:
 
 
 @command
+def training_view(args: argparse.Namespace) -> None:
+    """One method's curves and validation images over steps, from its run folder (--input)."""
+    from dspo.evaluation.training_view import plot_training_view
+
+    _report(plot_training_view(Path(args.input), Path(args.out), args.params.get("title", "")))
+
+
+@command
 def summary(args: argparse.Namespace) -> None:
     """The run's summary: headline win rates with intervals, the machine, time per stage."""
     from dspo.evaluation.summary import build_summary

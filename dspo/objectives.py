@@ -83,6 +83,7 @@ def _pair_metrics(
         "ref_mse_w": _metric(r_w.mean()),
         "ref_mse_l": _metric(r_l.mean()),
         "implicit_acc": _metric((inside > 0).float().mean()),
+        "reward_margin": _metric(inside.mean()),
     }
 
 
@@ -185,7 +186,9 @@ def mapo(
         "loss": _metric(loss),
         "model_mse_w": _metric(m_w.mean()),
         "model_mse_l": _metric(m_l.mean()),
-        "margin_acc": _metric((margin > 0).float().mean()),
+        # MaPO's margin plays the part of the implicit reward margin of the DPO forms.
+        "implicit_acc": _metric((margin > 0).float().mean()),
+        "reward_margin": _metric(margin.mean()),
     }
     return loss, metrics
 

@@ -56,6 +56,12 @@ class PreferenceModel(torch.nn.Module):
     the weights is held; otherwise it is a frozen copy of the starting weights, stored in
     ``reference_dtype`` (the mixed-precision dtype on a GPU: it only runs forward passes, as
     the public scripts keep it, so it need not cost fp32 memory).
+
+    The copy is deliberately not a registered submodule: it stays out of ``state_dict()``, so
+    checkpoints hold the policy only (a full fine-tuning checkpoint was twice the UNet, plus
+    the optimiser state). A resumed run rebuilds it from the base model, as the copy is made
+    before the checkpoint's weights are loaded into the policy. ``_apply`` still moves it with
+    the module (``.to(device)``), and ``train()`` leaves it in eval mode.
     """
 
     def __init__(
@@ -68,10 +74,22 @@ class PreferenceModel(torch.nn.Module):
         super().__init__()
         self.unet = unet
         self.lora = lora
-        self.reference = None
+        # A tuple hides the module from nn.Module's registration (and so from state_dict).
+        self._frozen: tuple[UNet2DConditionModel, ...] = ()
         if needs_reference and not lora:
             reference = copy.deepcopy(unet).requires_grad_(False).eval()
-            self.reference = reference.to(reference_dtype)
+            self._frozen = (reference.to(reference_dtype),)
+
+    @property
+    def reference(self) -> UNet2DConditionModel | None:
+        """The frozen copy of the starting weights (full fine-tuning), else None."""
+        return self._frozen[0] if self._frozen else None
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self._frozen:
+            self._frozen[0]._apply(fn, recurse)
+        return self
 
     def policy(
         self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: Added = None

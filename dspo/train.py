@@ -13,6 +13,10 @@ It never returns a wrong model silently: checkpoints are resumed only by the run
 them (`dspo.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1 save a
 checkpoint before exiting (`dspo.guards`), and the learning rate follows the step, once per
 optimiser step, however many processes train.
+
+What it shows while it runs: metrics every ``log_every`` steps (`dspo.run_metrics`),
+validation images of fixed prompts every ``validate_every`` steps (`dspo.validation`, which
+leaves the trajectory untouched), both also in the tracker (`dspo.tracking`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import json
 import math
 import shutil
 import time
-import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -51,6 +54,12 @@ from dspo.guards import (
 from dspo.model_card import write_model_card
 from dspo.models import load_pipeline, model_family
 from dspo.objectives import Objective, get_objective, objective_kwargs
+from dspo.optimisation import (  # noqa: F401  (learning_rate_factor: also this module's interface)
+    learning_rate_factor,
+    make_optimizer,
+    resolve_mixed_precision,
+    set_learning_rate,
+)
 from dspo.preference import (  # noqa: F401  (also this module's interface)
     PreferenceModel,
     _generator,
@@ -60,6 +69,14 @@ from dspo.preference import (  # noqa: F401  (also this module's interface)
     step_rows,
 )
 from dspo.run_metrics import append_metrics, mean_over, restart_metrics
+from dspo.tracking import log_images, start_trackers
+from dspo.validation import (
+    ValidationSettings,
+    Validator,
+    is_due,
+    restart_validation,
+    save_strip,
+)
 
 MODEL_CONFIG = "dspo_config.json"
 LORA_WRITERS = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
@@ -74,49 +91,6 @@ def accumulation_steps(effective_pairs: int, local_pairs: int, processes: int) -
             f"{processes} process(es) x {local_pairs} local pairs"
         )
     return effective_pairs // per_micro
-
-
-def learning_rate_factor(step: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up, then constant or inverse-square-root decay (paper D.3)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    if schedule == "inverse_sqrt":
-        return math.sqrt(max(warmup, 1) / (step + 1))
-    raise ValueError(f"unknown lr_schedule {schedule!r}; expected 'constant' or 'inverse_sqrt'")
-
-
-def _optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(
-            params,
-            lr=cfg["lr"],
-            betas=tuple(cfg["adam_betas"]),
-            weight_decay=cfg["weight_decay"],
-            eps=cfg["adam_eps"],
-        )
-    if cfg["optimizer"] == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(
-            params, lr=cfg["lr"], scale_parameter=False, relative_step=False, warmup_init=False
-        )
-    raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; expected 'adamw' or 'adafactor'")
-
-
-def resolve_mixed_precision(requested: str) -> str:
-    """The mixed precision to train with: fp16/bf16 need a GPU; on CPU, float32 with a warning."""
-    if requested not in ("no", "fp16", "bf16"):
-        raise ValueError(f"training.mixed_precision {requested!r}; expected 'no', 'fp16' or 'bf16'")
-    if requested != "no" and not torch.cuda.is_available():
-        warnings.warn(
-            f"training.mixed_precision {requested!r} needs a CUDA GPU and none is visible: "
-            "training in float32",
-            stacklevel=2,
-        )
-        return "no"
-    return requested
 
 
 def _build_model(
@@ -151,21 +125,6 @@ def _build_model(
         unet.enable_gradient_checkpointing()
     reference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     return PreferenceModel(unet, objective.needs_reference, bool(lora), reference_dtype)
-
-
-def _set_learning_rate(
-    optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], step: int
-) -> float:
-    """Set the step's learning rate on every parameter group: a pure function of the step.
-
-    No LR scheduler goes through ``accelerator.prepare``: accelerate 1.15 steps a prepared
-    scheduler once per process at each call, so N processes ran the schedule N times too fast.
-    A rate computed from the step is also what a resumed run needs, with nothing to restore.
-    """
-    lr = cfg["lr"] * learning_rate_factor(step, cfg["warmup_steps"], cfg["lr_schedule"])
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
 
 
 def _agree(accelerator: Accelerator, *flags: bool) -> list[bool]:
@@ -224,18 +183,33 @@ def train(
     model = _build_model(cfg, objective, base_model, cache, precision)
     unet = model.unet
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = _optimizer(trainable, cfg)
+    optimizer = make_optimizer(trainable, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     steps, checkpoints = cfg["steps"], run_dir / "checkpoints"
     parts = ckpt.fingerprint_parts(cfg, base_model, cache.manifest)
     start_step, skipped, last_checkpoint = _resume(accelerator, run_dir, parts, steps)
+    method = cfg.get("name", objective.name)
+    validation = ValidationSettings.from_config(cfg, cache.manifest["resolution"])
+    validator = None
     if accelerator.is_main_process:
         restart_metrics(run_dir, start_step)
+        restart_validation(run_dir, start_step, validation)
+        if validation is not None:
+            policy = accelerator.unwrap_model(model).unet
+            validator = Validator(base_model, policy, validation, accelerator.device)
     if cfg["report_to"]:
-        accelerator.init_trackers(
-            "train", config={"method": cfg.get("name", objective.name), "objective": objective.name}
-        )
+        start_trackers(accelerator, cfg, method, start_step)
+
+    def validate(done: int) -> None:
+        """Sample the validation prompts (main process; the others go on to the next step)."""
+        if validator is None or not is_due(done, steps, cfg.get("validate_every", 0)):
+            return
+        images = validator.sample(model)
+        save_strip(run_dir, done, images)
+        if cfg["report_to"]:
+            captions = [f"{c['prompt']} (seed {c['seed']})" for c in validator.columns]
+            log_images(accelerator, images, captions, done)
 
     def all_reduce(x: torch.Tensor) -> torch.Tensor:
         return accelerator.reduce(x, reduction="mean")
@@ -256,7 +230,7 @@ def train(
         range(start_step, steps),
         initial=start_step,
         total=steps,
-        desc=f"train {cfg.get('name', objective.name)}",
+        desc=f"train {method}",
         disable=not accelerator.is_local_main_process,
         mininterval=5,
     )
@@ -265,7 +239,7 @@ def train(
     may_skip = cfg.get("skip_nonfinite", 0)
     with StopSignals() as signals:
         for step in bar:
-            lr = _set_learning_rate(optimizer, cfg, step)
+            lr = set_learning_rate(optimizer, cfg, step)
             rows = step_rows(len(cache), cfg["pairs_per_step"], cfg["seed"], step)
             sums: dict[str, float] = {}
             for micro in range(accum):
@@ -317,6 +291,7 @@ def train(
                     if cfg["report_to"]:
                         accelerator.log(record, step=done)
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
+            validate(done)
             if stopping and done < steps:
                 last_checkpoint = save(done)
                 raise Preempted(
@@ -328,7 +303,7 @@ def train(
 
     accelerator.wait_for_everyone()
     summary = {
-        "method": cfg.get("name", objective.name),
+        "method": method,
         "objective": objective.name,
         "family": cache.family,
         "steps": steps,

@@ -134,6 +134,8 @@ def method_config(method):
         # A param set to null is absent: a preset can drop one that deep-merge would keep.
         "params": entries(entry.get("params") or {}),
         "lora": entry.get("lora"),
+        # One tracker project per workflow run, one tracker run per method.
+        "tracker_project": config["training"].get("tracker_project") or f"dspo-{config['name']}",
     }
 
 

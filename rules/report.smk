@@ -66,3 +66,25 @@ rule grid:
     shell:
         "dspo grid --params {params.cfg:q} --inputs {input.manifests:q} {params.sources}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule training_view:
+    input:
+        "results/models/{method}",
+    output:
+        report(
+            "results/plots/training/{method}.png",
+            caption="../workflow/report/training_view.rst",
+            category="Training",
+            labels={"method": "{method}"},
+        ),
+    params:
+        cfg=lambda wc: as_json({"title": tables_config()["labels"].get(wc.method, wc.method)}),
+        run_dir="results/train/{method}",
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/training_view/{method}.log",
+    shell:
+        "dspo training-view --params {params.cfg:q} --input {params.run_dir:q} --out {output:q}"
+        " > {log:q} 2>&1"

@@ -258,11 +258,13 @@ def test_tiny_dpo():
     loss, m = diffusion_dpo(*tiny(), beta=2.0)
     assert loss.item() == pytest.approx(math.log(1.0 + math.exp(1.5)), rel=1e-6)  # inside = -1.5
     assert m["implicit_acc"].item() == 0.0
+    assert m["reward_margin"].item() == pytest.approx(-1.5, rel=1e-6)
     assert (m["model_mse_w"].item(), m["model_mse_l"].item()) == (1.0, 0.25)
     assert (m["ref_mse_w"].item(), m["ref_mse_l"].item()) == (0.25, 1.0)
     loss_flip, m_flip = diffusion_dpo(*tiny(), beta=-2.0)  # inside = +1.5
     assert loss_flip.item() == pytest.approx(math.log(1.0 + math.exp(-1.5)), rel=1e-6)
     assert m_flip["implicit_acc"].item() == 1.0
+    assert m_flip["reward_margin"].item() == pytest.approx(1.5, rel=1e-6)
 
 
 def test_tiny_dspo():
@@ -339,7 +341,8 @@ def test_tiny_mapo():
     pred, _, target = tiny()
     loss, m = mapo(pred, None, target, beta=beta, snr_value=a, num_train_timesteps=2)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert m["margin_acc"].item() == 0.0  # f is decreasing and m_w > m_l
+    assert m["implicit_acc"].item() == 0.0  # f is decreasing and m_w > m_l
+    assert m["reward_margin"].item() == pytest.approx(t * (f_w - f_l), rel=1e-6)
 
 
 def test_mapo_zero_error_is_finite():

@@ -16,6 +16,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
+from safetensors.torch import load_file
 
 import dspo.train as train_module
 from dspo.data.cache import build_cache, load_cache
@@ -168,6 +169,9 @@ def test_killed_job_resumes_to_the_same_weights(
         run(cfg, cache_dir, tiny_model, tmp_path / "killed")
     assert (tmp_path / "killed/run/checkpoints/step-000002/state.json").exists()
     assert not (tmp_path / "killed/model").exists()
+    # The checkpoint holds the policy only: the resumed run rebuilds the frozen reference.
+    saved = load_file(tmp_path / "killed/run/checkpoints/step-000002/model.safetensors")
+    assert saved and not any(key.startswith("reference") for key in saved)
 
     monkeypatch.setattr(train_module, "make_batch", real_make_batch)
     summary = run(cfg, cache_dir, tiny_model, tmp_path / "killed")
@@ -299,7 +303,8 @@ def test_metrics_go_to_csv_and_tensorboard(
     assert list(rows[0]) == list(records[0])
     for row, record in zip(rows, records, strict=True):
         assert float(row["loss"]) == pytest.approx(record["loss"])
-    events = list((tmp_path / "run/train").glob("events.out.tfevents.*"))
+    # One project per workflow run (here the default), under it one run per method.
+    events = list((tmp_path / "run/dspo").glob("events.out.tfevents.*"))
     assert events, "no tensorboard event file"
     logged = EventAccumulator(str(events[0].parent)).Reload()
     assert [e.step for e in logged.Scalars("loss")] == [1, 2, 3]

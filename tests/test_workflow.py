@@ -110,7 +110,16 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
     edit.write_text(yaml.safe_dump({"methods": {"dspo": {"params": {"lam": 0.5, "kappa": 0.5}}}}))
     result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
     assert planned_jobs(result.stdout) == Counter(
-        {"train": 1, "generate": 1, "edit": 1, "score": 2, "tables": 1, "grid": 2, "all": 1}
+        {
+            "train": 1,
+            "training_view": 1,
+            "generate": 1,
+            "edit": 1,
+            "score": 2,
+            "tables": 1,
+            "grid": 2,
+            "all": 1,
+        }
     )
     assert "method=dspo\n" in result.stdout + "\n"
     assert re.search(r"wildcards: model=dspo, prompt_set=pickv2", result.stdout)

@@ -1,0 +1,158 @@
+"""Validation images while training: fixed prompts and seeds sampled with the current policy.
+
+Every ``validate_every`` steps and at the end, the main process samples the configured prompts
+from the same initial noise each time (:func:`dspo.sample.initial_noise`, as evaluation does),
+so the images of one run differ between steps only by what training changed. Each call
+saves a strip (one column per prompt and seed) as ``{run_dir}/validation/step_{N:06d}.png``
+and records it in ``index.json``.
+
+Sampling leaves training exactly as it was: the policy goes back to train mode and the global
+random state is restored, so a run with validation ends with the same weights as one
+without. A resumed run keeps the images of the steps up to its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dspo.models import load_pipeline, sampling_scheduler
+from dspo.sample import initial_noise, save_image
+
+VALIDATION_DIR = "validation"
+INDEX = "index.json"
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """What every validation strip of a run is sampled with."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    guidance: float
+    resolution: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], resolution: int) -> ValidationSettings | None:
+        """The settings of a training config; None when ``validate_every`` is 0 (off)."""
+        if not cfg.get("validate_every"):
+            return None
+        block = cfg["validation"]
+        return cls(
+            prompts=tuple(block["prompts"]),
+            seeds=tuple(int(s) for s in block["seeds"]),
+            steps=int(block["steps"]),
+            guidance=float(block["guidance"]),
+            resolution=resolution,
+        )
+
+    def columns(self) -> list[dict[str, Any]]:
+        """One entry per image of a strip, left to right: each prompt at each seed."""
+        return [
+            {"prompt_id": i, "prompt": prompt, "seed": seed}
+            for i, prompt in enumerate(self.prompts)
+            for seed in self.seeds
+        ]
+
+
+def is_due(done: int, steps: int, every: int) -> bool:
+    """Whether step ``done`` is validated: every ``every`` steps and the last; never for 0."""
+    return every > 0 and (done % every == 0 or done == steps)
+
+
+def _write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_index(run_dir: Path) -> dict[str, Any] | None:
+    """The run's validation index, or None when it has none."""
+    path = run_dir / VALIDATION_DIR / INDEX
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def restart_validation(run_dir: Path, start_step: int, settings: ValidationSettings | None) -> None:
+    """Keep the strips of the steps up to ``start_step`` made with the same settings.
+
+    Strips of later steps belong to a cut run's steps that are trained again, and strips of
+    other settings cannot be compared with the new ones: both are removed.
+    """
+    folder = run_dir / VALIDATION_DIR
+    index = read_index(run_dir)
+    # Compared as JSON reads them back (tuples become lists).
+    record_of = json.loads(json.dumps(asdict(settings))) if settings is not None else None
+    same = index is not None and record_of is not None and index["settings"] == record_of
+    kept = [e for e in index["images"] if e["step"] <= start_step] if same else []
+    for png in folder.glob("step_*.png"):
+        if png.name not in {e["file"] for e in kept}:
+            png.unlink()
+    if settings is None:
+        (folder / INDEX).unlink(missing_ok=True)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"settings": asdict(settings), "columns": settings.columns(), "images": kept}
+    _write_json_atomic(record, folder / INDEX)
+
+
+class Validator:
+    """Samples the validation prompts with the policy UNet, in the base model's pipeline."""
+
+    def __init__(
+        self, base_model: str, unet: torch.nn.Module, settings: ValidationSettings, device
+    ) -> None:
+        pipe = load_pipeline(base_model)
+        sampling_scheduler(pipe, "ddim")
+        # The pipeline runs the policy itself (adapters on, for LoRA): the base UNet it loaded
+        # is dropped, so nothing but text encoder(s) and VAE is held in addition.
+        pipe.unet = unet
+        self.pipe = pipe.to(device)
+        self.settings = settings
+        scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        side = settings.resolution // scale
+        shape = (unet.config.in_channels, side, side)
+        self.columns = settings.columns()
+        self.noise = torch.stack(
+            [initial_noise(shape, c["prompt_id"], c["seed"]) for c in self.columns]
+        )
+
+    def sample(self, model: torch.nn.Module) -> np.ndarray:
+        """Images (N, H, W, 3) in [0, 1]; ``model`` (holding the policy) is in eval mode
+        meanwhile, and the global random state is the same afterwards."""
+        device = self.pipe.unet.device
+        devices = [device] if device.type == "cuda" else []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                return self.pipe(
+                    prompt=[c["prompt"] for c in self.columns],
+                    latents=self.noise.to(device, self.pipe.unet.dtype),
+                    num_inference_steps=self.settings.steps,
+                    guidance_scale=self.settings.guidance,
+                    height=self.settings.resolution,
+                    width=self.settings.resolution,
+                    output_type="np",
+                ).images
+        finally:
+            model.train(was_training)
+
+
+def save_strip(run_dir: Path, step: int, images: np.ndarray) -> Path:
+    """The images side by side as ``validation/step_{step:06d}.png``, added to the index."""
+    folder = run_dir / VALIDATION_DIR
+    path = folder / f"step_{step:06d}.png"
+    save_image(np.concatenate(list(images), axis=1), path)
+    index = json.loads((folder / INDEX).read_text())
+    entries = [e for e in index["images"] if e["step"] != step]
+    index["images"] = [*entries, {"step": step, "file": path.name}]
+    _write_json_atomic(index, folder / INDEX)
+    return path
