@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# Imported for its commands (the report stage and the tools), which register themselves.
+from dspo import cli_report  # noqa: F401
 from dspo.cli_registry import (
     BASE,
     DEVICE,
@@ -337,8 +339,19 @@ def score(args: argparse.Namespace) -> None:
     report({"model": args.name, "rows": len(scores)})
 
 
-# The report stage and the tools register themselves on import.
-from dspo import cli_report  # noqa: E402, F401
+def _step_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The step's settings: --config, then --params, then the setting flags, checked."""
+    from dspo.step_config import Source, read_config_file, resolve
+
+    sources = []
+    if args.config:
+        sources.append(Source(f"--config {args.config}", read_config_file(args.config)))
+    if args.params:
+        sources.append(Source("--params", args.params))
+    flags = settings_flags(args)
+    if flags:
+        sources.append(Source("the flags", flags))
+    return resolve(args.step, sources)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -348,16 +361,10 @@ def main(argv: list[str] | None = None) -> None:
         # Said by the sub-command's parser, so that the message shows its usage.
         args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.step:
-        from dspo.step_config import Source, StepConfigError, read_config_file, resolve
+        from dspo.step_config import StepConfigError
 
         try:
-            sources = []
-            if args.config:
-                sources.append(Source(f"--config {args.config}", read_config_file(args.config)))
-            sources += [Source("--params", args.params)] if args.params else []
-            flags = settings_flags(args)
-            sources += [Source("the flags", flags)] if flags else []
-            args.params = resolve(args.step, sources)
+            args.params = _step_settings(args)
         except StepConfigError as err:
             # A usage error like a bad option: exit status 2, before any work starts.
             args.subparser.error(str(err))

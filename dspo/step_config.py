@@ -169,12 +169,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _objective_problems(settings: Mapping[str, Any]) -> list[str]:
+def _objective_problems(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The objective's hyper-parameters (``params``) checked as the workflow checks them."""
     from dspo.config_check import _check_objectives
 
-    problems = _check_objectives({"method": settings})
-    return [p.removeprefix("methods.method.") for p in problems]
+    problems = [p.removeprefix("methods.method.") for p in _check_objectives({"method": settings})]
+    return [tuple(p.split(": ", 1)) for p in problems]
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,8 @@ class Step:
     # Functions, so that the schema and defaults are read when a command runs, not on import.
     schema: Callable[[], dict[str, Any]]
     defaults: Callable[[], dict[str, Any]] = dict
-    # Checks beyond the schema's, run on the schema-valid settings: messages naming the key.
-    check: Callable[[Mapping[str, Any]], list[str]] = lambda settings: []
+    # Checks beyond the schema's, run on schema-valid settings: (dotted key, what is wrong).
+    check: Callable[[Mapping[str, Any]], list[tuple[str, str]]] = lambda settings: []
 
 
 STEPS: dict[str, Step] = {
@@ -215,8 +215,8 @@ def resolve(step: str, sources: list[Source]) -> dict[str, Any]:
     problems = [_problem(e, origin, named) for e in errors]
     if not problems:
         problems = [
-            f"{p.split(':')[0]} (from {origin.get(p.split('.')[0], named)}):{p.split(':', 1)[1]}"
-            for p in spec.check(merged)
+            f"{key} (from {origin.get(key.split('.')[0], named)}): {message}"
+            for key, message in spec.check(merged)
         ]
     if problems:
         raise StepConfigError(f"invalid {step} settings:\n  " + "\n  ".join(problems))
