@@ -1,44 +1,53 @@
-"""The ``dspo`` command: one sub-command per workflow step.
+"""The ``dspo`` command: one sub-command per workflow step, and tools.
 
-Each sub-command takes its input and output paths plus the config slice it needs as JSON
-(``--params '{...}'``), so the Snakemake rules stay one line and the package never reads the
-workflow's config itself. Heavy libraries are imported inside the sub-commands so that the
-light steps start fast.
+Each sub-command declares its own options (``dspo COMMAND -h``); a missing or unknown option
+is a usage error (exit status 2) that names it. The steps take their input and output paths
+as options and the config slice they need as ``--params JSON``, so the Snakemake rules stay
+one line and the package never reads the workflow's config itself.
+
+``train``, ``generate``, ``edit``, ``score`` and ``tables`` also read their settings from
+``--config FILE.yaml``, for use by hand. The rule: ``--config`` first, ``--params`` on top,
+the command's setting flags (``dspo train --steps 10``) on top of both; training fills what
+none sets from the ``training`` defaults of config/config.yaml. The result is checked against
+config/schema.yaml before any work starts (`dspo.step_config`); docs/cli.md has examples.
+
+Heavy libraries are imported inside the sub-commands so that the light steps start fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {}
+# Imported for its commands (the report stage and the tools), which register themselves.
+from dspo import cli_report  # noqa: F401
+from dspo.cli_registry import (
+    BASE,
+    DEVICE,
+    INPUT,
+    INPUTS,
+    MODEL,
+    OUT,
+    PARAMS,
+    PART,
+    arg,
+    build_parser,
+    command,
+    json_mapping,
+    report,
+    setting,
+    settings_flags,
+    setup_torch,
+    threads,
+)
 
 
-def command(func: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
-    COMMANDS[func.__name__.replace("_", "-")] = func
-    return func
-
-
-def _report(stats: dict[str, Any]) -> None:
-    """Print a step's statistics as JSON; the rules send stdout to the step's log."""
-    print(json.dumps(stats, indent=2, default=str), flush=True)
-
-
-def _setup_torch(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, n))
-    # Subnormal floats are 10-100x slower on x86 CPUs. They appear late in training, in
-    # AdamW's second moments of tiny gradients: a DDSPO run slowed from 4 to 1.6 steps/s.
-    # Flushing them to zero (no effect on GPUs) changes values below 1e-38 only.
-    torch.set_flush_denormal(True)
-
-
-@command
+@command(
+    "data", arg("--params", type=json_mapping, default={}, help="toy world config as JSON"), OUT
+)
 def toy_world(args: argparse.Namespace) -> None:
     """Write the toy world's pairs, prompt sets and a preview of sample pairs."""
     from dspo.data import toy
@@ -46,19 +55,26 @@ def toy_world(args: argparse.Namespace) -> None:
     out = Path(args.out)
     stats = toy.build_world(toy.ToyWorldConfig.from_dict(args.params), out)
     toy.preview_pairs(next((out / "pairs").glob("*.parquet")), out / "preview.png")
-    _report(stats)
+    report(stats)
 
 
-@command
+@command(
+    "data",
+    arg("--world", type=json_mapping, default={}, help="toy world config as JSON"),
+    arg("--params", type=json_mapping, required=True, help="architecture and pretrain as JSON"),
+    OUT,
+    arg("--metrics", required=True, help="pre-training metrics file (JSONL)"),
+    threads(),
+)
 def pretrain_base(args: argparse.Namespace) -> None:
     """Pre-train the toy world's base model (a tiny SD-shaped pipeline)."""
-    _setup_torch(args.threads)
+    setup_torch(args.threads)
     from dspo.pretrain import pretrain_toy_base
 
-    _report(pretrain_toy_base(args.world, args.params, Path(args.out), Path(args.metrics)))
+    report(pretrain_toy_base(args.world, args.params, Path(args.out), Path(args.metrics)))
 
 
-@command
+@command("data", PART, PARAMS, arg("--input", required=True, help="pair source: path or id"), OUT)
 def pairs_part(args: argparse.Namespace) -> None:
     """Screen part --part of pairs.shards of the pair source (winner first, ties dropped)."""
     from dspo.data.pairs import PairSettings, normalise_part
@@ -69,44 +85,44 @@ def pairs_part(args: argparse.Namespace) -> None:
     settings = PairSettings.from_params(args.params, source)
     record = normalise_part(settings, args.part, args.params.get("shards", 1), Path(args.out))
     unreadable = len(record["unreadable_keys"])
-    _report({"units": record["blocks"], **record["counts"], "unreadable_visited": unreadable})
+    report({"units": record["blocks"], **record["counts"], "unreadable_visited": unreadable})
 
 
-@command
+@command("data", INPUTS, OUT)
 def pairs_gather(args: argparse.Namespace) -> None:
     """Join the pairs parts into the canonical pair table; report what was dropped and why."""
     from dspo.data.pairs import gather_pairs
 
-    _report(gather_pairs([Path(p) for p in args.inputs], Path(args.out)))
+    report(gather_pairs([Path(p) for p in args.inputs], Path(args.out)))
 
 
-@command
+@command("data", PART, PARAMS, INPUT, OUT)
 def nodup_part(args: argparse.Namespace) -> None:
     """Copy one pair per prompt (seeded) of part --part of pairs.shards of a pair table."""
     from dspo.data.pairs import nodup_part as copy_part
 
     parts = args.params.get("shards", 1)
     record = copy_part(Path(args.input), args.part, parts, args.params["seed"], Path(args.out))
-    _report({"row_groups": record["blocks"], "kept": record["kept"]})
+    report({"row_groups": record["blocks"], "kept": record["kept"]})
 
 
-@command
+@command("data", INPUTS, OUT)
 def nodup_gather(args: argparse.Namespace) -> None:
     """Join the nodup parts into the pair table of the nodup ablation."""
     from dspo.data.pairs import gather_nodup
 
-    _report(gather_nodup([Path(p) for p in args.inputs], Path(args.out)))
+    report(gather_nodup([Path(p) for p in args.inputs], Path(args.out)))
 
 
-@command
+@command("data", PART, PARAMS, INPUT, BASE, OUT, threads(), DEVICE)
 def ddspo_part(args: argparse.Namespace) -> None:
     """Generate part --part of ddspo.shards of DDSPO's pairs (reference model, degraded prompts)."""
-    _setup_torch(args.threads)
+    setup_torch(args.threads)
     from dspo.data.ddspo import make_ddspo_part
     from dspo.data.pairs import read_pair_texts
 
     captions = read_pair_texts(Path(args.input))["caption"].tolist()
-    _report(
+    report(
         make_ddspo_part(
             captions,
             args.base,
@@ -119,22 +135,50 @@ def ddspo_part(args: argparse.Namespace) -> None:
     )
 
 
-@command
+@command("data", INPUTS, OUT)
 def ddspo_gather(args: argparse.Namespace) -> None:
     """Join the DDSPO parts into the pair table of the ddspo method."""
     from dspo.data.ddspo import gather_ddspo
 
-    _report(gather_ddspo([Path(p) for p in args.inputs], Path(args.out)))
+    report(gather_ddspo([Path(p) for p in args.inputs], Path(args.out)))
 
 
-@command
+@command(
+    "data",
+    arg("--name", required=True, help="name of the prompt set"),
+    PARAMS,
+    arg("--input", help="the toy world's prompt table (toy sources)"),
+    OUT,
+)
+def prompts(args: argparse.Namespace) -> None:
+    """Write one prompt set as a table (prompt_set, prompt_id, prompt)."""
+    from dspo.data.prompts import load_prompt_set
+
+    table = load_prompt_set(args.name, args.params, toy_prompts=args.input)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(args.out, index=False)
+    report({"prompt_set": args.name, "prompts": len(table)})
+
+
+@command("data", PARAMS, arg("--input", help="editing source: path or id"), OUT)
+def editing_set(args: argparse.Namespace) -> None:
+    """Write the editing set as a table (prompt_set, prompt_id, prompt, image)."""
+    from dspo.data.prompts import load_editing_set
+
+    table = load_editing_set(args.params, toy_editing=args.input)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(args.out, index=False)
+    report({"prompt_set": "editing", "images": len(table)})
+
+
+@command("cache", PART, PARAMS, INPUT, BASE, OUT, threads(), DEVICE)
 def cache_part(args: argparse.Namespace) -> None:
     """Encode part --part of cache.shards of a pair table into latents and text embeddings."""
-    _setup_torch(args.threads)
+    setup_torch(args.threads)
     from dspo.data.cache import CacheSettings, encode_part
     from dspo.data.pairs import read_pair_rows, read_pair_texts
 
-    _report(
+    report(
         encode_part(
             read_pair_texts(args.input),
             lambda start, stop: read_pair_rows(args.input, start, stop),
@@ -148,76 +192,95 @@ def cache_part(args: argparse.Namespace) -> None:
     )
 
 
-@command
+@command("cache", INPUTS, OUT)
 def cache_gather(args: argparse.Namespace) -> None:
     """Join the cache parts into one cache folder; report its bytes per pair."""
     from dspo.data.cache import gather_cache
 
-    _report(gather_cache([Path(p) for p in args.inputs], Path(args.out)))
+    report(gather_cache([Path(p) for p in args.inputs], Path(args.out)))
 
 
-@command
+@command(
+    "train",
+    arg("--cache", required=True, help="latent cache folder (`dspo cache-gather`)"),
+    BASE,
+    arg("--out", required=True, help="folder the trained model is saved to"),
+    arg("--run-dir", help="folder for checkpoints and metrics (default: OUT.run)"),
+    setting("--objective", help="the loss (docs/objectives.md)"),
+    setting("--name", help="name of the method in outputs (default: the objective)"),
+    setting("--steps", type=int, help="optimiser steps"),
+    setting("--lr", type=float, help="learning rate"),
+    setting("--seed", type=int, help="seed of data order, noise and timesteps"),
+    threads(),
+    DEVICE,
+    config="train",
+)
 def train(args: argparse.Namespace) -> None:
     """Fine-tune the base model with one method."""
-    _setup_torch(args.threads)
+    setup_torch(args.threads)
     from dspo.train import train as run_training
 
-    _report(
+    out = Path(args.out)
+    report(
         run_training(
             args.params,
-            cache_dir=Path(args.input),
+            cache_dir=Path(args.cache),
             base_model=args.base,
-            out_dir=Path(args.out),
-            run_dir=Path(args.run_dir),
+            out_dir=out,
+            run_dir=Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run"),
         )
     )
 
 
-@command
-def prompts(args: argparse.Namespace) -> None:
-    """Write one prompt set as a table (prompt_set, prompt_id, prompt)."""
-    from dspo.data.prompts import load_prompt_set
-
-    table = load_prompt_set(args.name, args.params, toy_prompts=args.input)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(args.out, index=False)
-    _report({"prompt_set": args.name, "prompts": len(table)})
-
-
-@command
-def editing_set(args: argparse.Namespace) -> None:
-    """Write the editing set as a table (prompt_set, prompt_id, prompt, image)."""
-    from dspo.data.prompts import load_editing_set
-
-    table = load_editing_set(args.params, toy_editing=args.input)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(args.out, index=False)
-    _report({"prompt_set": "editing", "images": len(table)})
+SAMPLING_OPTIONS = (
+    MODEL,
+    BASE,
+    OUT,
+    setting("--seeds", type=int, nargs="+", help="seeds per prompt"),
+    setting("--guidance", type=float, nargs="+", help="guidance scales"),
+    setting("--steps", type=int, help="sampling steps"),
+    setting("--batch-size", type=int, help="images per sampling batch"),
+    threads(),
+    DEVICE,
+)
 
 
-@command
-def edit(args: argparse.Namespace) -> None:
-    """Edit the editing set's images with a model at every configured seed and guidance."""
-    from dspo.edit import edit as run_editing
-
-    _make_images(args, run_editing, strength=args.params["strength"])
-
-
-@command
+@command(
+    "sample",
+    arg("--prompts", required=True, help="prompt table (`dspo prompts`)"),
+    *SAMPLING_OPTIONS,
+    config="generate",
+)
 def generate(args: argparse.Namespace) -> None:
     """Sample a model on a prompt set at every configured seed and guidance scale."""
     from dspo.sample import generate as run_generation
 
-    _make_images(args, run_generation)
+    _make_images(args, args.prompts, run_generation)
 
 
-def _make_images(args: argparse.Namespace, make: Callable[..., Any], **extra: Any) -> None:
+@command(
+    "sample",
+    arg("--editing-set", required=True, help="editing table (`dspo editing-set`)"),
+    *SAMPLING_OPTIONS,
+    setting("--strength", type=float, help="share of the schedule the source is noised to"),
+    config="edit",
+)
+def edit(args: argparse.Namespace) -> None:
+    """Edit the editing set's images with a model at every configured seed and guidance."""
+    from dspo.edit import edit as run_editing
+
+    _make_images(args, args.editing_set, run_editing, strength=args.params["strength"])
+
+
+def _make_images(
+    args: argparse.Namespace, table: str, make: Callable[..., Any], **extra: Any
+) -> None:
     """Load the model, make every image of the input table with ``make``, write the manifest.
 
     Images whose recorded key (model and base contents, settings, code) still matches are
     kept; the manifest's sidecar records the job's key.
     """
-    _setup_torch(args.threads)
+    setup_torch(args.threads)
     import pandas as pd
 
     from dspo.sample import load_for_sampling, run_key, sampling_dtype, write_manifest
@@ -231,7 +294,7 @@ def _make_images(args: argparse.Namespace, make: Callable[..., Any], **extra: An
     out = Path(args.out)
     manifest = make(
         pipe,
-        pd.read_parquet(args.input),
+        pd.read_parquet(table),
         out.parent,
         seeds=p["seeds"],
         guidance=p["guidance"],
@@ -244,17 +307,26 @@ def _make_images(args: argparse.Namespace, make: Callable[..., Any], **extra: An
     )
     meta = {"model": args.model, "base": args.base, **p, "sampling_dtype": dtype, "key": key}
     write_manifest(manifest, out, meta)
-    _report({"model": args.model, "images": len(manifest), "key": key})
+    report({"model": args.model, "images": len(manifest), "key": key})
 
 
-@command
+@command(
+    "score",
+    arg("--manifest", required=True, help="image manifest (`dspo generate`)"),
+    arg("--name", required=True, help="name of the model, written into the scores"),
+    OUT,
+    threads(),
+    DEVICE,
+    config="score",
+)
 def score(args: argparse.Namespace) -> None:
     """Score a model's generated images with every reward model."""
+    setup_torch(args.threads)
     import pandas as pd
 
     from dspo.rewards import score_manifest
 
-    manifest_path = Path(args.input)
+    manifest_path = Path(args.manifest)
     scores = score_manifest(
         pd.read_parquet(manifest_path),
         manifest_path.parent,
@@ -264,203 +336,38 @@ def score(args: argparse.Namespace) -> None:
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     scores.to_parquet(args.out, index=False)
-    _report({"model": args.name, "rows": len(scores)})
+    report({"model": args.name, "rows": len(scores)})
 
 
-@command
-def tables(args: argparse.Namespace) -> None:
-    """Win rates against the base model and mean scores: tables and plots."""
-    from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
-    from dspo.evaluation.statistics import load_scores
-    from dspo.evaluation.tables import write_tables
+def _step_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The step's settings: --config, then --params, then the setting flags, checked."""
+    from dspo.step_config import Source, read_config_file, resolve
 
-    p = args.params
-    scores = load_scores([Path(f) for f in args.inputs])
-    out = Path(args.out)
-    written = write_tables(
-        scores,
-        out,
-        methods=p["methods"],
-        rewards=p["rewards"],
-        prompt_sets=p["prompt_sets"],
-        labels=p["labels"],
-        n_boot=p["bootstrap"]["samples"],
-        seed=p["bootstrap"]["seed"],
-        paper_tables=p.get("paper_tables"),
-    )
-    import pandas as pd
-
-    plots = Path(args.plots)
-    plot_win_rates(
-        pd.read_csv(out / "win_rates.csv"),
-        plots / "win_rates.png",
-        p["methods"],
-        p["rewards"],
-        p["prompt_sets"],
-        p["labels"],
-    )
-    plot_mean_scores(
-        pd.read_csv(out / "mean_scores.csv"),
-        plots / "mean_scores.png",
-        p["methods"],
-        p["rewards"],
-        p["prompt_sets"],
-        p["labels"],
-    )
-    _report({"written": [str(w) for w in written]})
-
-
-@command
-def grid(args: argparse.Namespace) -> None:
-    """An image grid of the first prompts at one seed, one column per model."""
-    import pandas as pd
-
-    from dspo.evaluation.plots import image_grid
-
-    p = args.params
-    manifests = dict(zip(p["models"], map(Path, args.inputs), strict=True))
-    # For edits, --input is the editing set: its source images become the first column.
-    sources = pd.read_parquet(args.input) if args.input else None
-    image_grid(
-        manifests, Path(args.out), p.get("labels"), n_prompts=p.get("prompts", 6), sources=sources
-    )
-    _report({"grid": args.out, "models": p["models"]})
-
-
-@command
-def training_view(args: argparse.Namespace) -> None:
-    """One method's curves and validation images over steps, from its run folder (--input)."""
-    from dspo.evaluation.training_view import plot_training_view
-
-    _report(plot_training_view(Path(args.input), Path(args.out), args.params.get("title", "")))
-
-
-@command
-def summary(args: argparse.Namespace) -> None:
-    """The run's summary: headline win rates with intervals, the machine, time per stage."""
-    from dspo.evaluation.summary import build_summary
-
-    p = args.params
-    benchmarks = sorted(Path(p.get("benchmarks", "results/benchmarks")).glob("*/*.tsv"))
-    result = build_summary(
-        Path(args.input),
-        preset=p["preset"],
-        method=p["method"],
-        reward=p["reward"],
-        labels=p.get("labels", {}),
-        benchmarks=benchmarks,
-    )
-    Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    _report({"summary": args.out, "stages": len(result["stages"])})
-
-
-@command
-def readme_results(args: argparse.Namespace) -> None:
-    """Write the README's results block from a run summary (--input) into --out."""
-    from dspo.evaluation.summary import write_readme
-
-    changed = write_readme(Path(args.input), Path(args.out))
-    _report({"readme": args.out, "changed": changed})
-
-
-@command
-def push(args: argparse.Namespace) -> None:
-    """Upload a saved model (--model) with its card to the hub repo --name; --input adds the
-    run's win rates (results/tables/win_rates.csv) to the card first."""
-    from dspo.model_card import push as push_model
-
-    url = push_model(
-        Path(args.model),
-        args.name,
-        win_rates_csv=Path(args.input) if args.input else None,
-        private=not args.params.get("public", False),
-    )
-    Path(args.out).write_text(url + "\n")
-    _report({"pushed": args.model, "to": args.name, "commit": url})
-
-
-def _bench(args: argparse.Namespace) -> None:
-    """Training throughput and peak memory (train); each job's peak memory in a run (memory)."""
-    if args.what == "memory":
-        from dspo.bench_memory import main as run_memory
-
-        sys.exit(run_memory(args.options))
-    from dspo.bench import main as run_bench
-
-    run_bench(args.options)
-
-
-def _standins(args: argparse.Namespace) -> None:
-    """Random-weight checkpoints and data in the exact layouts the sd15/sdxl presets download."""
-    from dspo.standins import write_standins
-
-    _setup_torch(args.threads)
-    _report(
-        write_standins(
-            Path(args.out),
-            args.only,
-            tiny=args.tiny,
-            seed=args.seed,
-            pairs=args.pairs,
-            prompts=args.prompts,
-            skip_existing=args.skip_existing,
-        )
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dspo", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, func in COMMANDS.items():
-        p = sub.add_parser(name, help=func.__doc__, description=func.__doc__)
-        p.add_argument("--params", type=json.loads, default={}, help="config slice as JSON")
-        p.add_argument("--input", help="main input path")
-        p.add_argument("--inputs", nargs="*", default=[], help="several input paths")
-        p.add_argument("--out", required=True, help="output path")
-        p.add_argument("--base", help="base model: hub id or local folder")
-        p.add_argument("--model", help="model to sample: hub id, local folder or LoRA folder")
-        p.add_argument("--name", help="name of the model or prompt set")
-        p.add_argument("--world", type=json.loads, default={}, help="toy world config as JSON")
-        p.add_argument("--metrics", help="metrics file (JSONL)")
-        p.add_argument("--run-dir", help="folder for checkpoints and metrics")
-        p.add_argument("--plots", help="folder for plots")
-        p.add_argument("--part", type=int, default=0, help="which part of a sharded step")
-        p.add_argument("--threads", type=int, default=1)
-        p.add_argument("--device", default="cpu")
-        p.set_defaults(func=func)
-    bench = sub.add_parser("bench", help=_bench.__doc__, description=_bench.__doc__)
-    bench.add_argument("what", choices=["train", "memory"], help="what to benchmark")
-    bench.add_argument(
-        "options",
-        nargs=argparse.REMAINDER,
-        help="see `dspo bench train -h`, `dspo bench memory -h`",
-    )
-    bench.set_defaults(func=_bench)
-    from dspo.standins import COMPONENTS, DEFAULT_COMPONENTS
-
-    standins = sub.add_parser("standins", help=_standins.__doc__, description=_standins.__doc__)
-    standins.add_argument("--out", required=True, help="folder to write into")
-    standins.add_argument(
-        "--only",
-        nargs="+",
-        choices=COMPONENTS,
-        default=list(DEFAULT_COMPONENTS),
-        help="components to write (default: all but sdxl)",
-    )
-    standins.add_argument("--tiny", action="store_true", help="same formats, tiny widths")
-    standins.add_argument("--seed", type=int, default=0)
-    standins.add_argument("--pairs", type=int, default=96, help="Pick-a-Pic train rows")
-    standins.add_argument("--prompts", type=int, default=64, help="prompts per prompt set")
-    standins.add_argument(
-        "--skip-existing", action="store_true", help="keep components already written"
-    )
-    standins.add_argument("--threads", type=int, default=2)
-    standins.set_defaults(func=_standins)
-    return parser
+    sources = []
+    if args.config:
+        sources.append(Source(f"--config {args.config}", read_config_file(args.config)))
+    if args.params:
+        sources.append(Source("--params", args.params))
+    flags = settings_flags(args)
+    if flags:
+        sources.append(Source("the flags", flags))
+    return resolve(args.step, sources)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    description = "Preference fine-tuning of diffusion models, one command per workflow step."
+    args, unknown = build_parser(description).parse_known_args(argv)
+    if unknown:
+        # Said by the sub-command's parser, so that the message shows its usage.
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.step:
+        from dspo.step_config import StepConfigError
+
+        try:
+            args.params = _step_settings(args)
+        except StepConfigError as err:
+            # A usage error like a bad option: exit status 2, before any work starts.
+            args.subparser.error(str(err))
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as err:

@@ -215,4 +215,4 @@ def grid_sources(wildcards):
 
 
 def grid_sources_option(wildcards, input):
-    return f"--input {shlex.quote(input.sources[0])}" if input.sources else ""
+    return f"--editing-set {shlex.quote(input.sources[0])}" if input.sources else ""

@@ -17,7 +17,7 @@ rule generate:
         "results/logs/generate/{model}/{prompt_set}.log",
     shell:
         "dspo generate --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
-        " --input {input.prompts:q} --out {output:q} --threads {threads} --device {params.device:q}"
+        " --prompts {input.prompts:q} --out {output:q} --threads {threads} --device {params.device:q}"
         " > {log:q} 2>&1"
 
 
@@ -40,5 +40,5 @@ if EDITING:
             "results/logs/edit/{model}.log",
         shell:
             "dspo edit --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
-            " --input {input.editing:q} --out {output:q} --threads {threads} --device {params.device:q}"
+            " --editing-set {input.editing:q} --out {output:q} --threads {threads} --device {params.device:q}"
             " > {log:q} 2>&1"

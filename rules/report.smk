@@ -42,7 +42,7 @@ rule tables:
     log:
         "results/logs/tables.log",
     shell:
-        "dspo tables --params {params.cfg:q} --inputs {input:q} --out results/tables"
+        "dspo tables --params {params.cfg:q} --scores {input:q} --out results/tables"
         " --plots results/plots > {log:q} 2>&1"
 
 
@@ -64,7 +64,7 @@ rule grid:
     log:
         "results/logs/grid/{prompt_set}.log",
     shell:
-        "dspo grid --params {params.cfg:q} --inputs {input.manifests:q} {params.sources}"
+        "dspo grid --params {params.cfg:q} --manifests {input.manifests:q} {params.sources}"
         " --out {output:q} > {log:q} 2>&1"
 
 

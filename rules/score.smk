@@ -11,5 +11,5 @@ rule score:
     log:
         "results/logs/score/{model}/{prompt_set}.log",
     shell:
-        "dspo score --name {wildcards.model} --params {params.rewards:q} --input {input:q}"
+        "dspo score --name {wildcards.model} --params {params.rewards:q} --manifest {input:q}"
         " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"

@@ -18,6 +18,6 @@ rule train:
     shell:
         # exec: the trainer replaces the job's shell, so a signal meant for it (SLURM's
         # --signal, preemption) does not end that shell and the job before the checkpoint.
-        "exec env {params.launch} train --params {params.cfg:q} --input {input.cache:q}"
+        "exec env {params.launch} train --params {params.cfg:q} --cache {input.cache:q}"
         " --base {params.base:q} --out {output:q} --run-dir {params.run_dir:q}"
         " --threads {threads} --device {params.device:q} > {log:q} 2>&1"

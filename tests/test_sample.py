@@ -100,7 +100,7 @@ def cli_generate(model: Path, prompts: Path, out: Path, **settings: object) -> d
     manifest = out / "manifest.parquet"
     cli.main(
         ["generate", "--params", json.dumps(params), "--model", str(model), "--base", str(model)]
-        + ["--input", str(prompts), "--out", str(manifest)]
+        + ["--prompts", str(prompts), "--out", str(manifest)]
     )
     paths = pd.read_parquet(manifest)["path"]
     return {p: np.asarray(Image.open(out / p)).tobytes() for p in paths}

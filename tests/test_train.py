@@ -257,7 +257,7 @@ def test_two_processes_train_like_one(
     command = [
         str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "dspo.cli", "train", "--params", json.dumps(cfg), "--input", str(cache_dir),
+        "-m", "dspo.cli", "train", "--params", json.dumps(cfg), "--cache", str(cache_dir),
         "--base", str(tiny_model), "--out", str(tmp_path / "model"),
         "--run-dir", str(tmp_path / "run"),
     ]  # fmt: skip

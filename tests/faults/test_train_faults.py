@@ -234,7 +234,7 @@ SIGNAL_STEPS = 60
 def cli(cfg: dict, cache: Path, base: Path, root: Path) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "dspo.cli", "train", "--params", json.dumps(cfg),
-        "--input", str(cache), "--base", str(base), "--out", str(root / "model"),
+        "--cache", str(cache), "--base", str(base), "--out", str(root / "model"),
         "--run-dir", str(root / "run"), "--threads", "1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
