@@ -38,9 +38,9 @@ include: "rules/common.smk"
 
 
 wildcard_constraints:
-    method="|".join(METHODS),
-    model="|".join(MODELS),
-    prompt_set="|".join(EVAL_SETS),
+    method=one_of(METHODS),
+    model=one_of(MODELS),
+    prompt_set=one_of(EVAL_SETS),
     dataset="pairs|pairs_nodup|pairs_ddspo",
 
 

@@ -170,6 +170,38 @@ def test_a_method_override_shields_it_from_the_shared_default(
     assert "method=dspo_lora\n" not in result.stdout + "\n"
 
 
+def test_adding_replicates_and_a_sweep_plans_only_the_new_models(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    edit = tmp_path / "edit.yaml"
+    sweep = {"method": "dspo", "keys": ["params.lam", "params.kappa"], "values": [0.1, 10]}
+    edit.write_text(
+        yaml.safe_dump({"training": {"replicates": 2}, "sweeps": {"lam": sweep}}), "utf-8"
+    )
+    result = snakemake(
+        "-n", "all", "--printshellcmds", "--configfile", str(SMOKE), str(edit), cwd=smoke_run
+    )
+    trained = set(re.findall(r"wildcards: method=(\S+)", result.stdout))
+    # Replicate 0 of each method is the model already trained: nothing of it reruns.
+    assert trained == {f"{m}-r1" for m in METHODS_OF_SMOKE} | {"lam-0.1", "lam-10"}
+    seeds = {m: c["seed"] for m, c in train_configs(result.stdout).items()}
+    assert seeds["dspo-r1"] == 1 and seeds["lam-10"] == 0
+    assert train_configs(result.stdout)["lam-10"]["params"]["lam"] == 10
+    assert "results/tables/sweep_lam.csv" in result.stdout
+
+
+METHODS_OF_SMOKE = [
+    "sft", "diffusion_dpo", "diffusion_kto", "mapo", "dspo", "dspo_ref", "dspo_e",
+    "dspo_nodup", "dspo_lora", "ddspo",
+]  # fmt: skip
+
+
+def train_configs(dry_run: str) -> dict[str, dict]:
+    """Each planned train job's --params config, by model name."""
+    found = [json.loads(c) for c in re.findall(r"train --params '(\{.*?\})' --input", dry_run)]
+    return {c["name"]: c for c in found}
+
+
 def test_rerunning_a_method_reproduces_the_tables(smoke_run: Path) -> None:
     tables = smoke_run / "results" / "tables"
     before = {f.name: f.read_bytes() for f in sorted(tables.iterdir())}
