@@ -272,10 +272,12 @@ def tables(args: argparse.Namespace) -> None:
     """Win rates against the base model and mean scores: tables and plots."""
     from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
     from dspo.evaluation.statistics import load_scores
+    from dspo.evaluation.sweeps import relabel_groups, reward_of, write_sweep
     from dspo.evaluation.tables import write_tables
 
     p = args.params
-    scores = load_scores([Path(f) for f in args.inputs])
+    # Replicates and sweep points are scored as models of their own: rows go to their group.
+    scores = relabel_groups(load_scores([Path(f) for f in args.inputs]), p.get("groups") or {})
     out = Path(args.out)
     written = write_tables(
         scores,
@@ -307,6 +309,18 @@ def tables(args: argparse.Namespace) -> None:
         p["prompt_sets"],
         p["labels"],
     )
+    for name, spec in (p.get("sweeps") or {}).items():
+        written += write_sweep(
+            scores,
+            name,
+            spec,
+            out,
+            plots,
+            reward_of(spec, p["rewards"]),
+            p["labels"],
+            n_boot=p["bootstrap"]["samples"],
+            seed=p["bootstrap"]["seed"],
+        )
     _report({"written": [str(w) for w in written]})
 
 

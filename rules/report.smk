@@ -35,6 +35,16 @@ rule tables:
             caption="../workflow/report/mean_scores_plot.rst",
             category="Plots",
         ),
+        sweep_tables=report(
+            expand("results/tables/sweep_{sweep}.{ext}", sweep=SWEEPS, ext=["md", "csv"]),
+            caption="../workflow/report/sweep_table.rst",
+            category="Sweeps",
+        ),
+        sweep_plots=report(
+            expand("results/plots/sweep_{sweep}.png", sweep=SWEEPS),
+            caption="../workflow/report/sweep_plot.rst",
+            category="Sweeps",
+        ),
     params:
         cfg=as_json(tables_config()),
     conda:
@@ -48,7 +58,9 @@ rule tables:
 
 rule grid:
     input:
-        manifests=expand("results/images/{model}/{{prompt_set}}/manifest.parquet", model=MODELS),
+        manifests=expand(
+            "results/images/{model}/{{prompt_set}}/manifest.parquet", model=GRID_MODELS
+        ),
         sources=grid_sources,
     output:
         report(
@@ -57,7 +69,7 @@ rule grid:
             category="Images",
         ),
     params:
-        cfg=as_json({"models": MODELS, "labels": tables_config()["labels"], "prompts": 6}),
+        cfg=as_json({"models": GRID_MODELS, "labels": tables_config()["labels"], "prompts": 6}),
         sources=grid_sources_option,
     conda:
         "../environment.yml"
