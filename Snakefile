@@ -51,6 +51,7 @@ localrules:
     all,
     tables,
     grid,
+    summary,
     prompt_set,
     editing_set,
 
@@ -67,6 +68,7 @@ rule all:
     input:
         rules.tables.output,
         expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
+        "results/summary.json",
     default_target: True
 
 

@@ -219,3 +219,15 @@ def grid_sources(wildcards):
 
 def grid_sources_option(wildcards, input):
     return f"--input {shlex.quote(input.sources[0])}" if input.sources else ""
+
+
+def summary_config():
+    """The run summary's headline: DSPO (else the first method) under the first reward."""
+    method = "dspo" if "dspo" in METHOD_ENTRIES else next(iter(METHOD_ENTRIES))
+    return {
+        "preset": config["name"],
+        "method": method,
+        "reward": next(iter(REWARD_ENTRIES)),
+        "labels": tables_config()["labels"],
+        "benchmarks": "results/benchmarks",
+    }

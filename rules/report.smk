@@ -49,6 +49,8 @@ rule tables:
         cfg=as_json(tables_config()),
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/tables/job.tsv"
     log:
         "results/logs/tables.log",
     shell:
@@ -73,8 +75,29 @@ rule grid:
         sources=grid_sources_option,
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/grid/{prompt_set}.tsv"
     log:
         "results/logs/grid/{prompt_set}.log",
     shell:
         "dspo grid --params {params.cfg:q} --inputs {input.manifests:q} {params.sources}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule summary:
+    input:
+        win_rates="results/tables/win_rates.csv",
+        grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
+    output:
+        "results/summary.json",
+    params:
+        cfg=as_json(summary_config()),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/summary.log",
+    shell:
+        # The grids are inputs only so that the summary, read from every job's benchmark
+        # file, is written after the last job.
+        "dspo summary --params {params.cfg:q} --input {input.win_rates:q} --out {output:q}"
+        " > {log:q} 2>&1"

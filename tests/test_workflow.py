@@ -133,6 +133,14 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     assert "library_name" in (smoke_run / "results/models/dspo/README.md").read_text()
 
 
+def test_the_run_writes_its_summary(smoke_run: Path) -> None:
+    summary = json.loads((smoke_run / "results/summary.json").read_text())
+    assert summary["method"] == "dspo" and len(summary["headline"]) >= 2
+    assert summary["stages"]["train"]["jobs"] == 10
+    assert {"base_model", "generate", "score", "tables"} <= set(summary["stages"])
+    assert 0 < summary["wall_seconds"] < 3600
+
+
 def test_nothing_reruns_without_an_edit(smoke_run: Path) -> None:
     result = snakemake("-n", "all", "--configfile", str(SMOKE), cwd=smoke_run)
     assert "Nothing to be done" in result.stdout
@@ -143,7 +151,16 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
     edit.write_text(yaml.safe_dump({"methods": {"dspo": {"params": {"lam": 0.5, "kappa": 0.5}}}}))
     result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
     assert planned_jobs(result.stdout) == Counter(
-        {"train": 1, "generate": 1, "edit": 1, "score": 2, "tables": 1, "grid": 2, "all": 1}
+        {
+            "train": 1,
+            "generate": 1,
+            "edit": 1,
+            "score": 2,
+            "tables": 1,
+            "grid": 2,
+            "summary": 1,
+            "all": 1,
+        }
     )
     assert "method=dspo\n" in result.stdout + "\n"
     assert re.search(r"wildcards: model=dspo, prompt_set=pickv2", result.stdout)
