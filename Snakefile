@@ -38,9 +38,9 @@ include: "rules/common.smk"
 
 
 wildcard_constraints:
-    method="|".join(METHODS),
-    model="|".join(MODELS),
-    prompt_set="|".join(EVAL_SETS),
+    method=one_of(METHODS),
+    model=one_of(MODELS),
+    prompt_set=one_of(EVAL_SETS),
     dataset="pairs|pairs_nodup|pairs_ddspo",
 
 
@@ -52,6 +52,7 @@ localrules:
     tables,
     grid,
     training_view,
+    summary,
     prompt_set,
     editing_set,
 
@@ -69,6 +70,7 @@ rule all:
         rules.tables.output,
         expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
         expand("results/plots/training/{method}.png", method=METHODS),
+        "results/summary.json",
     default_target: True
 
 

@@ -202,10 +202,49 @@ def cache_gather(args: argparse.Namespace) -> None:
 
 @command(
     "train",
+    PART,
+    PARAMS,
+    arg("--cache", required=True, help="latent cache folder (`dspo cache-gather`)"),
+    BASE,
+    OUT,
+    threads(),
+    DEVICE,
+)
+def reference_part(args: argparse.Namespace) -> None:
+    """Compute part --part of reference.shards of a method's reference outputs (no autograd)."""
+    setup_torch(args.threads)
+    from dspo.reference import compute_part
+
+    p = args.params
+    report(
+        compute_part(
+            p,
+            Path(args.cache),
+            args.base,
+            Path(args.out),
+            part=args.part,
+            parts=p.get("shards", 1),
+            batch_factor=p.get("batch_factor", 1),
+            device=args.device,
+        )
+    )
+
+
+@command("train", INPUTS, OUT)
+def reference_gather(args: argparse.Namespace) -> None:
+    """Join a method's reference parts into one folder; report its bytes per pair-visit."""
+    from dspo.reference import gather
+
+    report(gather([Path(p) for p in args.inputs], Path(args.out)))
+
+
+@command(
+    "train",
     arg("--cache", required=True, help="latent cache folder (`dspo cache-gather`)"),
     BASE,
     arg("--out", required=True, help="folder the trained model is saved to"),
     arg("--run-dir", help="folder for checkpoints and metrics (default: OUT.run)"),
+    arg("--reference", help="the method's precomputed reference (`dspo reference-gather`)"),
     setting("--objective", help="the loss (docs/objectives.md)"),
     setting("--name", help="name of the method in outputs (default: the objective)"),
     setting("--steps", type=int, help="optimiser steps"),
@@ -228,6 +267,7 @@ def train(args: argparse.Namespace) -> None:
             base_model=args.base,
             out_dir=out,
             run_dir=Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run"),
+            reference_dir=Path(args.reference) if args.reference else None,
         )
     )
 

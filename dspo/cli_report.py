@@ -23,10 +23,12 @@ def tables(args: argparse.Namespace) -> None:
 
     from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
     from dspo.evaluation.statistics import load_scores
+    from dspo.evaluation.sweeps import relabel_groups, reward_of, write_sweep
     from dspo.evaluation.tables import write_tables
 
     p = args.params
-    scores = load_scores([Path(f) for f in args.scores])
+    # Replicates and sweep points are scored as models of their own: rows go to their group.
+    scores = relabel_groups(load_scores([Path(f) for f in args.scores]), p.get("groups") or {})
     out = Path(args.out)
     written = write_tables(
         scores,
@@ -43,6 +45,12 @@ def tables(args: argparse.Namespace) -> None:
     layout = (p["methods"], p["rewards"], p["prompt_sets"], p["labels"])
     plot_win_rates(pd.read_csv(out / "win_rates.csv"), plots / "win_rates.png", *layout)
     plot_mean_scores(pd.read_csv(out / "mean_scores.csv"), plots / "mean_scores.png", *layout)
+    for name, spec in (p.get("sweeps") or {}).items():
+        reward = reward_of(spec, p["rewards"])
+        boot = p["bootstrap"]
+        written += write_sweep(
+            scores, name, spec, out, plots, reward, p["labels"], boot["samples"], boot["seed"]
+        )
     report({"written": [str(w) for w in written]})
 
 

@@ -180,6 +180,17 @@ def _check_tables(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _check_sweeps(config: Mapping[str, Any]) -> list[str]:
+    from dspo.experiments import sweep_problems
+    from dspo.objectives import OBJECTIVES, _hyper_defaults
+
+    def accepted(objective: str) -> list[str]:
+        known = OBJECTIVES.get(objective)
+        return sorted(_hyper_defaults(known.fn)) if known else []
+
+    return sweep_problems(config, accepted)
+
+
 def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[str]:
     """Every problem of a schema-valid config, each message starting with its key."""
     root = Path(root)
@@ -189,6 +200,7 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *_check_sources(config, root),
         *_check_rewards(config["evaluation"]["rewards"], root),
         *_check_tables(config),
+        *_check_sweeps(config),
     ]
 
 

@@ -116,6 +116,11 @@ def _tables_schema() -> dict[str, Any]:
             "labels": evaluation["labels"],
             "bootstrap": evaluation["bootstrap"],
             "paper_tables": evaluation["tables"],
+            "groups": {
+                "type": "object",
+                "description": "each trained model's [group, replicate] (dspo.experiments)",
+            },
+            "sweeps": {"type": "object", "description": "each sweep's method, keys and points"},
         },
         "required": ["methods", "rewards", "prompt_sets", "bootstrap"],
     }

@@ -3,17 +3,24 @@
 # depends on it, and nothing else.
 import glob
 import json
+import re
 import shlex
 
 from dspo.config_check import entries
+from dspo import experiments
 
 
 EVALUATION = config["evaluation"]
 METHOD_ENTRIES = entries(config["methods"])
 PROMPT_SET_ENTRIES = entries(EVALUATION["prompt_sets"])
 REWARD_ENTRIES = entries(EVALUATION["rewards"])
-METHODS = list(METHOD_ENTRIES)
+# Every trained model: each method, its replicates and the sweeps' points (dspo/experiments.py).
+TRAINED = experiments.trained_models(config)
+METHODS = list(TRAINED)
 MODELS = ["base", *METHODS]
+SWEEPS = list(entries(config.get("sweeps")))
+# The models the image grids show: the base model and the first replicate of each method.
+GRID_MODELS = ["base", *METHOD_ENTRIES]
 PROMPT_SETS = list(PROMPT_SET_ENTRIES)
 EDITING = EVALUATION.get("editing")
 # Sets of generated images: the prompt sets, and the edits of the editing set when enabled.
@@ -122,21 +129,17 @@ def prompt_source_arg(wildcards):
     return source_arg(PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"], TOY_PROMPTS)
 
 
-def method_config(method):
-    """One method's resolved training config: shared defaults, then the method's overrides."""
-    entry = METHOD_ENTRIES[method]
-    return {
-        **config["training"],
-        **entry.get("training", {}),
-        "name": method,
-        "objective": entry["objective"],
-        "data": entry.get("data", "pairs"),
-        # A param set to null is absent: a preset can drop one that deep-merge would keep.
-        "params": entries(entry.get("params") or {}),
-        "lora": entry.get("lora"),
-        # One tracker project per workflow run, one tracker run per method.
-        "tracker_project": config["training"].get("tracker_project") or f"dspo-{config['name']}",
-    }
+def one_of(names):
+    """A wildcard constraint matching exactly one of ``names`` (sweep values hold dots)."""
+    return "|".join(map(re.escape, names))
+
+
+def method_config(model):
+    """One trained model's resolved training config: shared defaults, the method's overrides,
+    a sweep point's value, and its replicate's seed; one tracker project per workflow run,
+    one tracker run per model."""
+    project = config["training"].get("tracker_project") or f"dspo-{config['name']}"
+    return {**experiments.method_config(config, TRAINED[model]), "tracker_project": project}
 
 
 def method_cache(wildcards):
@@ -196,7 +199,9 @@ def tables_config():
     if EDITING and "label" in EDITING:
         labels["editing"] = EDITING["label"]
     return {
-        "methods": METHODS,
+        "methods": list(METHOD_ENTRIES),
+        "groups": experiments.group_of(TRAINED),
+        "sweeps": experiments.sweep_points(config, TRAINED),
         "rewards": list(REWARD_ENTRIES),
         "prompt_sets": EVAL_SETS,
         "labels": labels,
@@ -216,3 +221,15 @@ def grid_sources(wildcards):
 
 def grid_sources_option(wildcards, input):
     return f"--editing-set {shlex.quote(input.sources[0])}" if input.sources else ""
+
+
+def summary_config():
+    """The run summary's headline: DSPO (else the first method) under the first reward."""
+    method = "dspo" if "dspo" in METHOD_ENTRIES else next(iter(METHOD_ENTRIES))
+    return {
+        "preset": config["name"],
+        "method": method,
+        "reward": next(iter(REWARD_ENTRIES)),
+        "labels": tables_config()["labels"],
+        "benchmarks": "results/benchmarks",
+    }

@@ -12,6 +12,8 @@ rule toy_world:
         world=as_json(config.get("world", {})),
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/toy_world/job.tsv"
     log:
         "results/logs/toy_world.log",
     shell:
@@ -33,6 +35,8 @@ rule pairs_part:
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/pairs_part/part{part}.tsv"
     log:
         "results/logs/pairs/part{part}.log",
     shell:
@@ -50,6 +54,8 @@ rule pairs:
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/pairs/job.tsv"
     log:
         "results/logs/pairs/gather.log",
     shell:
@@ -69,6 +75,8 @@ rule pairs_nodup_part:
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/pairs_nodup_part/part{part}.tsv"
     log:
         "results/logs/pairs_nodup/part{part}.log",
     shell:
@@ -86,6 +94,8 @@ rule pairs_nodup:
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/pairs_nodup/job.tsv"
     log:
         "results/logs/pairs_nodup/gather.log",
     shell:
@@ -109,6 +119,8 @@ rule ddspo_part:
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/ddspo_part/part{part}.tsv"
     log:
         "results/logs/ddspo_pairs/part{part}.log",
     shell:
@@ -128,6 +140,8 @@ rule ddspo_pairs:
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/ddspo_pairs/job.tsv"
     log:
         "results/logs/ddspo_pairs/gather.log",
     shell:
@@ -153,6 +167,8 @@ rule cache_part:
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/cache_part/{dataset}.part{part}.tsv"
     log:
         "results/logs/cache/{dataset}.part{part}.log",
     shell:
@@ -174,6 +190,8 @@ rule cache:
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/cache/{dataset}.tsv"
     log:
         "results/logs/cache/{dataset}.log",
     shell:
@@ -190,6 +208,8 @@ rule prompt_set:
         source=prompt_source_arg,
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/prompt_set/{prompt_set}.tsv"
     log:
         "results/logs/prompts/{prompt_set}.log",
     shell:
@@ -209,6 +229,8 @@ if EDITING:
             source=source_arg(EDITING["source"], TOY_EDITING),
         conda:
             "../environment.yml"
+        benchmark:
+            "results/benchmarks/editing_set/job.tsv"
         log:
             "results/logs/editing_set.log",
         shell:

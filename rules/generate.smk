@@ -13,6 +13,8 @@ rule generate:
         base=BASE["path"],
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/generate/{model}.{prompt_set}.tsv"
     log:
         "results/logs/generate/{model}/{prompt_set}.log",
     shell:
@@ -36,6 +38,8 @@ if EDITING:
             base=BASE["path"],
         conda:
             "../environment.yml"
+        benchmark:
+            "results/benchmarks/edit/{model}.tsv"
         log:
             "results/logs/edit/{model}.log",
         shell:

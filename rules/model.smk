@@ -8,6 +8,8 @@ if BUILD_TOY_BASE:
             model=as_json({k: BASE[k] for k in ("architecture", "pretrain")}),
         conda:
             "../environment.yml"
+        benchmark:
+            "results/benchmarks/base_model/job.tsv"
         log:
             "results/logs/base_model.log",
         threads: 2

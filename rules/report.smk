@@ -35,10 +35,22 @@ rule tables:
             caption="../workflow/report/mean_scores_plot.rst",
             category="Plots",
         ),
+        sweep_tables=report(
+            expand("results/tables/sweep_{sweep}.{ext}", sweep=SWEEPS, ext=["md", "csv"]),
+            caption="../workflow/report/sweep_table.rst",
+            category="Sweeps",
+        ),
+        sweep_plots=report(
+            expand("results/plots/sweep_{sweep}.png", sweep=SWEEPS),
+            caption="../workflow/report/sweep_plot.rst",
+            category="Sweeps",
+        ),
     params:
         cfg=as_json(tables_config()),
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/tables/job.tsv"
     log:
         "results/logs/tables.log",
     shell:
@@ -48,7 +60,9 @@ rule tables:
 
 rule grid:
     input:
-        manifests=expand("results/images/{model}/{{prompt_set}}/manifest.parquet", model=MODELS),
+        manifests=expand(
+            "results/images/{model}/{{prompt_set}}/manifest.parquet", model=GRID_MODELS
+        ),
         sources=grid_sources,
     output:
         report(
@@ -57,10 +71,12 @@ rule grid:
             category="Images",
         ),
     params:
-        cfg=as_json({"models": MODELS, "labels": tables_config()["labels"], "prompts": 6}),
+        cfg=as_json({"models": GRID_MODELS, "labels": tables_config()["labels"], "prompts": 6}),
         sources=grid_sources_option,
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/grid/{prompt_set}.tsv"
     log:
         "results/logs/grid/{prompt_set}.log",
     shell:
@@ -87,4 +103,23 @@ rule training_view:
         "results/logs/training_view/{method}.log",
     shell:
         "dspo training-view --params {params.cfg:q} --input {params.run_dir:q} --out {output:q}"
+        " > {log:q} 2>&1"
+
+
+rule summary:
+    input:
+        win_rates="results/tables/win_rates.csv",
+        grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
+    output:
+        "results/summary.json",
+    params:
+        cfg=as_json(summary_config()),
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/summary.log",
+    shell:
+        # The grids are inputs only so that the summary, read from every job's benchmark
+        # file, is written after the last job.
+        "dspo summary --params {params.cfg:q} --input {input.win_rates:q} --out {output:q}"
         " > {log:q} 2>&1"

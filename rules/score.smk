@@ -8,6 +8,8 @@ rule score:
         rewards=as_json(reward_config()),
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/score/{model}.{prompt_set}.tsv"
     log:
         "results/logs/score/{model}/{prompt_set}.log",
     shell:

@@ -13,6 +13,8 @@ rule train:
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
+    benchmark:
+        "results/benchmarks/train/{method}.tsv"
     log:
         "results/logs/train/{method}.log",
     shell:

@@ -98,11 +98,20 @@ def test_sign_test_uses_the_replicate_averaged_difference() -> None:
     assert (out["n_better"], out["n_worse"]) == (0, 12)
 
 
-def test_baseline_in_several_replicates_is_refused() -> None:
-    scores = replicate_scores([0.0])
-    twice = pd.concat([scores, scores[scores["model"] == "base"].assign(replicate=1)])
-    with pytest.raises(ValueError, match="baseline 'base' has several replicates"):
-        win_rates(twice, n_boot=10)
+def test_a_replicated_baseline_pairs_replicates_one_to_one() -> None:
+    # The head-to-head matrix makes replicated methods baselines of each other.
+    scores = replicate_scores([0.0, 1.0])
+    as_base = scores[scores["model"] == "m"].assign(model="base")
+    once = scores[scores["model"] == "base"].assign(model="once")
+    twice = scores[scores["model"] == "m"].assign(model="twice", score=lambda f: f["score"] + 1)
+    rows = win_rates(pd.concat([as_base, once, twice]), n_boot=10).set_index("method")
+    # One replicate to one: every sample of `twice` beats its own replicate's image by 1.
+    assert rows.loc["twice", "win_rate"] == 1.0 and rows.loc["twice", "n_replicates"] == 2
+    # A model trained once meets every replicate of the baseline.
+    assert rows.loc["once", "n_replicates"] == 2
+    thrice = scores[scores["model"] == "m"].assign(replicate=lambda f: f["replicate"] + 1)
+    with pytest.raises(ValueError, match="pair only one to one"):
+        win_rates(pd.concat([as_base, thrice.assign(model="x")]), n_boot=10)
 
 
 def test_holm_matches_hand_values() -> None:

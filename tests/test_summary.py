@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ from dspo.evaluation.summary import (
     render_block,
     replace_block,
     stage_times,
+    wall_seconds,
 )
 
 
@@ -69,6 +71,12 @@ def test_summary_holds_the_headline_machine_and_stages(tmp_path: Path) -> None:
     assert "| Held-out captions | 72.0 [60.0, 80.0] | 74.0 [60.0, 80.0] |" in block
     assert "3 replicates" in block and "training replicates and prompts" in block
     assert "base_model 400 s (1 jobs), train 90 s (2 jobs)" in block
+    # Wall time: from the first job's start (end minus its seconds) to the last job's end.
+    for path, end in zip(bench, (1000.0, 1100.0, 900.0), strict=True):
+        os.utime(path, (end, end))
+    assert wall_seconds(bench) == pytest.approx(1100.0 - (900.0 - 400.0))
+    summary["wall_seconds"] = wall_seconds(bench)
+    assert "Wall time of the workflow: 10 min 0 s." in render_block(summary)
     with pytest.raises(ValueError, match="no rows for method 'mapo'"):
         build_summary(tmp_path / "w.csv", preset="d", method="mapo", reward="oracle", labels={})
 

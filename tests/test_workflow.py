@@ -100,6 +100,14 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     assert "library_name" in (smoke_run / "results/models/dspo/README.md").read_text()
 
 
+def test_the_run_writes_its_summary(smoke_run: Path) -> None:
+    summary = json.loads((smoke_run / "results/summary.json").read_text())
+    assert summary["method"] == "dspo" and len(summary["headline"]) >= 2
+    assert summary["stages"]["train"]["jobs"] == 10
+    assert {"base_model", "generate", "score", "tables"} <= set(summary["stages"])
+    assert 0 < summary["wall_seconds"] < 3600
+
+
 def test_nothing_reruns_without_an_edit(smoke_run: Path) -> None:
     result = snakemake("-n", "all", "--configfile", str(SMOKE), cwd=smoke_run)
     assert "Nothing to be done" in result.stdout
@@ -118,6 +126,7 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
             "score": 2,
             "tables": 1,
             "grid": 2,
+            "summary": 1,
             "all": 1,
         }
     )
@@ -144,6 +153,38 @@ def test_a_method_override_shields_it_from_the_shared_default(
     result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
     assert planned_jobs(result.stdout)["train"] == 9
     assert "method=dspo_lora\n" not in result.stdout + "\n"
+
+
+def test_adding_replicates_and_a_sweep_plans_only_the_new_models(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    edit = tmp_path / "edit.yaml"
+    sweep = {"method": "dspo", "keys": ["params.lam", "params.kappa"], "values": [0.1, 10]}
+    edit.write_text(
+        yaml.safe_dump({"training": {"replicates": 2}, "sweeps": {"lam": sweep}}), "utf-8"
+    )
+    result = snakemake(
+        "-n", "all", "--printshellcmds", "--configfile", str(SMOKE), str(edit), cwd=smoke_run
+    )
+    trained = set(re.findall(r"wildcards: method=(\S+)", result.stdout))
+    # Replicate 0 of each method is the model already trained: nothing of it reruns.
+    assert trained == {f"{m}-r1" for m in METHODS_OF_SMOKE} | {"lam-0.1", "lam-10"}
+    seeds = {m: c["seed"] for m, c in train_configs(result.stdout).items()}
+    assert seeds["dspo-r1"] == 1 and seeds["lam-10"] == 0
+    assert train_configs(result.stdout)["lam-10"]["params"]["lam"] == 10
+    assert "results/tables/sweep_lam.csv" in result.stdout
+
+
+METHODS_OF_SMOKE = [
+    "sft", "diffusion_dpo", "diffusion_kto", "mapo", "dspo", "dspo_ref", "dspo_e",
+    "dspo_nodup", "dspo_lora", "ddspo",
+]  # fmt: skip
+
+
+def train_configs(dry_run: str) -> dict[str, dict]:
+    """Each planned train job's --params config, by model name."""
+    found = [json.loads(c) for c in re.findall(r"train --params '(\{.*?\})' --cache", dry_run)]
+    return {c["name"]: c for c in found}
 
 
 def test_rerunning_a_method_reproduces_the_tables(smoke_run: Path) -> None:

@@ -106,14 +106,28 @@ def _paired_with_baseline(scores: pd.DataFrame, baseline: str) -> pd.DataFrame:
     is_base = scores["model"] == baseline
     if not is_base.any():
         raise ValueError(f"no scores for the baseline model {baseline!r}")
-    # Every replicate of a method is compared with the same baseline image; a baseline in
-    # several replicates would make that pairing ambiguous.
-    if scores.loc[is_base, REPLICATE].nunique() > 1:
-        raise ValueError(f"the baseline {baseline!r} has several replicates; it needs one")
-    base = scores.loc[is_base, [*BLOCK, *PAIR, "score"]].rename(columns={"score": "base"})
-    paired = scores.loc[~is_base, ["model", REPLICATE, *BLOCK, *PAIR, "score"]].merge(
-        base, on=[*BLOCK, *PAIR], how="left"
-    )
+    others = scores.loc[~is_base, ["model", REPLICATE, *BLOCK, *PAIR, "score"]]
+    base_replicates = sorted(scores.loc[is_base, REPLICATE].unique())
+    on = [*BLOCK, *PAIR]
+    if len(base_replicates) > 1:
+        # A baseline trained several times (a method in the head-to-head matrix): replicate r
+        # of a model meets replicate r of the baseline (both trained with seed offset r); a
+        # model trained once meets every replicate of it.
+        on = [REPLICATE, *on]
+        counts = others.groupby("model")[REPLICATE].nunique()
+        once = others["model"].isin(counts.index[counts == 1])
+        spread = pd.concat(
+            [others[once].assign(**{REPLICATE: r}) for r in base_replicates], ignore_index=True
+        )
+        others = pd.concat([others[~once], spread], ignore_index=True)
+        for model, reps in others.groupby("model")[REPLICATE].unique().items():
+            if sorted(reps) != base_replicates:
+                raise ValueError(
+                    f"model {model!r} has replicates {sorted(reps)} and the baseline "
+                    f"{baseline!r} {base_replicates}: several replicates pair only one to one"
+                )
+    base = scores.loc[is_base, [*on, "score"]].rename(columns={"score": "base"})
+    paired = others.merge(base, on=on, how="left")
     unmatched = paired["base"].isna()
     if unmatched.any():
         first = paired[unmatched].sort_values(["model", *BLOCK, *PAIR]).iloc[0]

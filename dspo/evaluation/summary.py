@@ -71,6 +71,20 @@ def stage_times(benchmarks: Sequence[Path]) -> dict[str, dict[str, float]]:
     return stages
 
 
+def wall_seconds(benchmarks: Sequence[Path]) -> float | None:
+    """The run's wall time: from the start of its first job to the end of its last. A
+    benchmark file is written when its job ends, after the job's ``s`` seconds."""
+    spans = []
+    for path in benchmarks:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        end = path.stat().st_mtime
+        spans.append((end - float(rows[-1]["s"]), end))
+    if not spans:
+        return None
+    return round(max(e for _, e in spans) - min(s for s, _ in spans), 1)
+
+
 def build_summary(
     win_rates_csv: Path,
     *,
@@ -102,6 +116,7 @@ def build_summary(
         "headline": cells,
         "machine": machine(),
         "stages": stage_times(benchmarks),
+        "wall_seconds": wall_seconds(benchmarks),
     }
 
 
@@ -152,6 +167,9 @@ def render_block(summary: Mapping[str, Any]) -> str:
             for stage, s in sorted(stages.items(), key=lambda kv: -kv[1]["seconds"])
         ]
         lines.append(f"Job time by stage ({total / 60:.1f} min in all): " + ", ".join(parts) + ".")
+    if summary.get("wall_seconds"):
+        wall = summary["wall_seconds"]
+        lines.append(f"Wall time of the workflow: {int(wall // 60)} min {wall % 60:.0f} s.")
     lines.append(END)
     return "\n".join(lines) + "\n"
 
