@@ -169,8 +169,38 @@ def train(args: argparse.Namespace) -> None:
             base_model=args.base,
             out_dir=Path(args.out),
             run_dir=Path(args.run_dir),
+            reference_dir=Path(args.reference) if args.reference else None,
         )
     )
+
+
+@command
+def reference_part(args: argparse.Namespace) -> None:
+    """Compute part --part of reference.shards of a method's reference outputs (no autograd)."""
+    _setup_torch(args.threads)
+    from dspo.reference import compute_part
+
+    p = args.params
+    _report(
+        compute_part(
+            p,
+            Path(args.input),
+            args.base,
+            Path(args.out),
+            part=args.part,
+            parts=p.get("shards", 1),
+            batch_factor=p.get("batch_factor", 1),
+            device=args.device,
+        )
+    )
+
+
+@command
+def reference_gather(args: argparse.Namespace) -> None:
+    """Join the reference parts of a method into one folder; report its bytes per pair-visit."""
+    from dspo.reference import gather
+
+    _report(gather([Path(p) for p in args.inputs], Path(args.out)))
 
 
 @command
@@ -415,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--world", type=json.loads, default={}, help="toy world config as JSON")
         p.add_argument("--metrics", help="metrics file (JSONL)")
         p.add_argument("--run-dir", help="folder for checkpoints and metrics")
+        p.add_argument("--reference", help="precomputed reference outputs (dspo reference-part)")
         p.add_argument("--plots", help="folder for plots")
         p.add_argument("--part", type=int, default=0, help="which part of a sharded step")
         p.add_argument("--threads", type=int, default=1)

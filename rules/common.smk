@@ -6,6 +6,7 @@ import json
 import shlex
 
 from dspo.config_check import entries
+from dspo.objectives import get_objective
 
 
 EVALUATION = config["evaluation"]
@@ -135,6 +136,35 @@ def method_config(method):
         "params": entries(entry.get("params") or {}),
         "lora": entry.get("lora"),
     }
+
+
+def precomputes_reference(method):
+    """Whether the method's reference runs in jobs before training: asked for, and possible
+    for its objective (one with a reference that is not its target)."""
+    cfg = method_config(method)
+    return bool(cfg.get("precompute_reference")) and get_objective(
+        cfg["objective"]
+    ).reference_precomputable
+
+
+def reference_input(wildcards):
+    if precomputes_reference(wildcards.method):
+        return [f"results/reference/{wildcards.method}"]
+    return []
+
+
+def reference_option(wildcards, input):
+    return f"--reference {shlex.quote(input.reference[0])}" if input.reference else ""
+
+
+def reference_parts(wildcards):
+    """The folders of the reference.shards parts of one method's precomputed reference."""
+    parts = range(config["reference"]["shards"])
+    return expand("results/reference/{method}.parts/{part}", method=wildcards.method, part=parts)
+
+
+def reference_config(method):
+    return {**method_config(method), **config["reference"]}
 
 
 def method_cache(wildcards):
