@@ -119,6 +119,8 @@ class BenchSpec:
     # With LoRA, how upstream computes the reference: "adapters" disabled, as the public LoRA
     # script does, or "copy", a second full UNet (not what any public script does).
     upstream_reference: str = "adapters"
+    # Also time ours with the reference precomputed (dspo.reference): no reference forward.
+    precomputed: bool = False
 
     def __post_init__(self) -> None:
         from dspo.objectives import get_objective
@@ -253,7 +255,8 @@ def run_benchmark(spec: BenchSpec, workdir: Path | None = None) -> dict[str, Any
         (root / "spec.json").write_text(json.dumps(asdict(spec)))
         # The model is built in a worker too, so this process stays small while others measure.
         info = _run_worker(root, "prepare")
-        modes = {mode: _run_worker(root, mode) for mode in MODES}
+        extra = ("ours-pre",) if spec.precomputed else ()
+        modes = {mode: _run_worker(root, mode) for mode in (*MODES, *extra)}
     ours, upstream = modes["ours"], modes["upstream"]
     return {
         "spec": {k: v for k, v in asdict(spec).items() if k != "architecture"},
@@ -269,6 +272,11 @@ def run_benchmark(spec: BenchSpec, workdir: Path | None = None) -> dict[str, Any
             # Upstream's work over ours: the speed-up the time ratio would show if both modes
             # ran their FLOPs at the same rate.
             "flops_upstream_over_ours": upstream["flops_per_pair"] / ours["flops_per_pair"],
+            **(
+                {"precomputed_over_ours": modes["ours-pre"]["pairs_per_s"] / ours["pairs_per_s"]}
+                if "ours-pre" in modes
+                else {}
+            ),
         },
     }
 
@@ -358,6 +366,13 @@ def format_report(result: Mapping[str, Any]) -> str:
             row += f"{fraction:>9.1%}" if fraction is not None else f"{'unknown':>9}"
         lines.append(row)
     r = result["ratio"]
+    if "ours-pre" in modes:
+        pre = modes["ours-pre"]
+        lines.append(
+            f"ours-pre: ours with the reference precomputed (dspo reference-part), "
+            f"{pre['reference_bytes_per_pair_visit']} bytes per pair-visit read from "
+            f"memory-mapped files: pairs/s x{r['precomputed_over_ours']:.2f} over ours"
+        )
     lines += [
         f"ours/upstream: pairs/s x{r['pairs_per_s']:.2f}, peak memory x{r['peak_mib']:.2f}",
         f"FLOPs per pair upstream/ours: x{r['flops_upstream_over_ours']:.2f} (the pairs/s "
@@ -415,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="adapters",
         help="with --lora, upstream's reference: the adapters disabled (default, as the public "
         "LoRA script) or 'copy', a second full UNet that no public script holds",
+    )
+    parser.add_argument(
+        "--precomputed",
+        action="store_true",
+        help="also time ours with the reference precomputed before training (no reference "
+        "forward; objectives with a reference, not ddspo)",
     )
     parser.add_argument(
         "--count-only",

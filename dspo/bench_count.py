@@ -27,13 +27,16 @@ META = torch.device("meta")
 
 
 def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
+    from dspo.objectives import ReferenceStats, get_objective
     from dspo.train import PreferenceModel
 
     unet = adapt_unet(copy.deepcopy(pipe.unet), spec)
-    model = PreferenceModel(unet, needs_reference, bool(spec.lora))
+    precomputed = name == "ours-pre"
+    model = PreferenceModel(unet, needs_reference and not precomputed, bool(spec.lora))
     if name == "upstream" and needs_reference and spec.lora and spec.upstream_reference == "copy":
         model.reference = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
     local = spec.pairs // spec.accumulation
+    objective = get_objective(spec.method)
     tokens = pipe.tokenizer.model_max_length
     width = pipe.text_encoder.config.hidden_size
     channels = pipe.unet.config.in_channels
@@ -48,7 +51,7 @@ def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
             encoders = (pipe.vae, pipe.text_encoder)
             return upstream_batch(mode, *encoders, data, None, pipe.scheduler, META)
         latents = torch.empty(local, channels, spec.latent, spec.latent, device=META)
-        return {
+        batch = {
             "latents_w": latents,
             "latents_l": torch.empty_like(latents),
             "text_w": torch.empty(local, tokens, width, device=META),
@@ -56,6 +59,12 @@ def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
             "noise": torch.empty_like(latents),
             "t": torch.zeros(local, dtype=torch.long, device=META),
         }
+        if precomputed:
+            rows = local if objective.preferred_only else 2 * local
+            batch["reference"] = ReferenceStats(
+                torch.empty(rows, device=META), torch.empty_like(latents)
+            )
+        return batch
 
     mode = Mode(model, next_batch, counting=True)
     return mode
@@ -73,7 +82,7 @@ def count_on_meta(spec: BenchSpec) -> dict[str, Any]:
     pipe.text_encoder.requires_grad_(False)
     needs_reference = get_objective(spec.method).needs_reference
     modes = {}
-    for name in MODES:
+    for name in (*MODES, *(("ours-pre",) if spec.precomputed else ())):
         mode = _meta_mode(spec, pipe, name, needs_reference)
         with META:
             _, flops = counted(partial(make_step(spec, mode, pipe.scheduler), 0))
@@ -111,4 +120,10 @@ def format_count(result: dict[str, Any]) -> str:
     lines.append(
         f"FLOPs per pair upstream/ours: x{result['ratio']['flops_upstream_over_ours']:.3f}"
     )
+    if "ours-pre" in result["modes"]:
+        pre = result["modes"]["ours-pre"]["flops_per_pair"]
+        lines.append(
+            f"FLOPs per pair ours/ours-pre (reference precomputed): "
+            f"x{result['modes']['ours']['flops_per_pair'] / pre:.3f}"
+        )
     return "\n".join(lines)

@@ -103,26 +103,66 @@ def _policy_unet(spec: BenchSpec, root: Path, frozen_dtype: torch.dtype = torch.
     return adapt_unet(unet, spec, frozen_dtype)
 
 
-def build_ours(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
-    """Policy + reference as the trainer builds them, and batches read from the cache."""
+def build_ours(
+    spec: BenchSpec, root: Path, needs_reference: bool, precomputed: bool = False
+) -> Mode:
+    """Policy + reference as the trainer builds them, and batches read from the cache.
+
+    ``precomputed``: the reference ran before training (dspo.reference): no reference is
+    held or run, and each micro-batch reads what the objective uses of it, per pair-visit,
+    from memory-mapped files as the trainer does (here of random values: only the time
+    counts).
+    """
     from dspo.data.cache import load_cache
+    from dspo.objectives import get_objective
+    from dspo.reference import stats_of
     from dspo.train import PreferenceModel, make_batch
 
     cache = load_cache(root / "cache")
     # As the trainer does under mixed precision: a frozen reference copy in the half dtype.
     reference_dtype = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
     unet = _policy_unet(spec, root)
-    model = PreferenceModel(unet, needs_reference, bool(spec.lora), reference_dtype)
+    online = needs_reference and not precomputed
+    model = PreferenceModel(unet, online, bool(spec.lora), reference_dtype)
     model.to(spec.device)
     cfg = {"prompt_dropout": 0.0}
     scheduler = load_scheduler(root)
+    objective = get_objective(spec.method)
+    stored = _stored_reference(spec, root, cache, objective) if precomputed else None
 
     def next_batch(step: int, micro: int) -> Batch:
         rows = torch.tensor(micro_rows(spec, len(cache), step, micro))
         batch = make_batch(cache, rows, cfg, _generator(spec.seed, step, micro), scheduler)
-        return {k: v.to(spec.device) for k, v in batch.items()}
+        batch = {k: v.to(spec.device) for k, v in batch.items()}
+        if stored is not None:
+            local = len(rows)
+            first = (step * spec.accumulation + micro) * local % len(stored[0])
+            errors = torch.from_numpy(np.array(stored[0][first : first + local]))
+            ref = torch.from_numpy(np.array(stored[1][first : first + local]))
+            ref = ref.to(spec.device, torch.float32)
+            template = stats_of(torch.cat([ref, ref]), torch.cat([ref, ref]), objective)
+            preferred = ref if template.preferred is not None else None
+            batch["reference"] = type(template)(errors.T.reshape(-1).to(spec.device), preferred)
+        return batch
 
-    return Mode(model, next_batch)
+    extras = {"reference_bytes_per_pair_visit": stored[2]} if stored is not None else {}
+    return Mode(model, next_batch, extras=extras)
+
+
+def _stored_reference(spec: BenchSpec, root: Path, cache, objective):
+    """Memory-mapped errors (visits, 2) and predictions (visits, C, H, W) of random values
+    for every visit the benchmark makes, and their bytes per pair-visit."""
+    if not objective.reference_precomputable:
+        raise ValueError(f"objective {objective.name!r} cannot use a precomputed reference")
+    visits = (spec.warmup + spec.steps + 1) * spec.pairs
+    shape = tuple(cache.manifest["latent_shape"])
+    rng = np.random.default_rng(spec.seed)
+    errors = np.lib.format.open_memmap(root / "ref_errors.npy", "w+", np.float32, (visits, 2))
+    errors[:] = rng.random((visits, 2), dtype=np.float32)
+    preds = np.lib.format.open_memmap(root / "ref_preds.npy", "w+", np.float32, (visits, *shape))
+    preds[:] = rng.standard_normal((visits, *shape), dtype=np.float32)
+    stored = 8 + (4 * int(np.prod(shape)) if objective.uses_reference_prediction else 0)
+    return errors, preds, stored
 
 
 class UpstreamPairs(torch.utils.data.Dataset):
@@ -263,9 +303,13 @@ def _autocast(spec: BenchSpec):
 
 
 def build_mode(spec: BenchSpec, root: Path, mode: str, needs_reference: bool) -> Mode:
-    if mode not in ("ours", "upstream"):
-        raise ValueError(f"unknown mode {mode!r}; expected 'ours' or 'upstream'")
-    return (build_ours if mode == "ours" else build_upstream)(spec, root, needs_reference)
+    if mode == "ours":
+        return build_ours(spec, root, needs_reference)
+    if mode == "ours-pre":
+        return build_ours(spec, root, needs_reference, precomputed=True)
+    if mode == "upstream":
+        return build_upstream(spec, root, needs_reference)
+    raise ValueError(f"unknown mode {mode!r}; expected 'ours', 'ours-pre' or 'upstream'")
 
 
 def make_step(spec: BenchSpec, mode: Mode, scheduler) -> Callable[[int], torch.Tensor]:

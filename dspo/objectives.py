@@ -5,9 +5,10 @@ Formulas and defaults follow ``docs/objectives.md``. Every objective has the sig
     fn(pred, ref, target, *, <hyper-parameters>) -> (loss, metrics)
 
 ``pred`` is the policy's noise prediction, ``ref`` the frozen reference's (``None`` where
-unused), ``target`` the noise (for ``ddspo`` the reference's predictions). Paired inputs hold
-2B rows, the B preferred rows first; row i and row B + i are one pair. Work is done in
-float32; only ``pred`` receives gradient; metrics are detached 0-dim float32 tensors.
+unused, or a :class:`ReferenceStats` of what the objective uses of it when the reference ran
+before training), ``target`` the noise (for ``ddspo`` the reference's predictions). Paired
+inputs hold 2B rows, the B preferred rows first; row i and row B + i are one pair. Work is
+done in float32; only ``pred`` receives gradient; metrics are detached 0-dim float32 tensors.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ ObjectiveFn = Callable[..., tuple[Tensor, Metrics]]
 _RUNTIME_ARGS = frozenset({"all_reduce"})
 
 
+@dataclass(frozen=True)
+class ReferenceStats:
+    """The reference's outputs computed before training (:mod:`dspo.reference`), in place of
+    its prediction ``ref``: ``errors`` its per-row squared error against the target, shape
+    (N,), and ``preferred`` its prediction for the preferred rows, shape (B, ...), for the
+    objectives that use the prediction itself (DSPO and its variants); None for the others.
+    """
+
+    errors: Tensor
+    preferred: Tensor | None = None
+
+
+Reference = Tensor | ReferenceStats | None
+
+
 def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
     """Mean squared difference over all dims but the first, in float32: shape (N,)."""
     if a.shape != b.shape:
@@ -37,8 +53,8 @@ def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _prepare(
-    pred: Tensor, ref: Tensor | None, target: Tensor, *, paired: bool, needs_ref: bool
-) -> tuple[Tensor, Tensor | None, Tensor]:
+    pred: Tensor, ref: Reference, target: Tensor, *, paired: bool, needs_ref: bool
+) -> tuple[Tensor, Reference, Tensor]:
     """Cast to float32, detach ref/target, and check shapes."""
     if pred.dim() < 2:
         raise ValueError(f"pred needs a batch dim and at least one more, got {tuple(pred.shape)}")
@@ -46,25 +62,60 @@ def _prepare(
         raise ValueError(f"target shape {tuple(target.shape)} != pred {tuple(pred.shape)}")
     if paired and (pred.shape[0] == 0 or pred.shape[0] % 2):
         raise ValueError(f"paired objective needs an even, non-zero batch, got {pred.shape[0]}")
-    if needs_ref:
-        if ref is None:
-            raise ValueError("this objective needs the reference prediction, got ref=None")
-        if ref.shape != pred.shape:
-            raise ValueError(f"ref shape {tuple(ref.shape)} != pred {tuple(pred.shape)}")
-        ref = ref.detach().float()
+    if not needs_ref:
+        return pred.float(), None, target.detach().float()
+    if ref is None:
+        raise ValueError("this objective needs the reference prediction, got ref=None")
+    if isinstance(ref, ReferenceStats):
+        ref = _prepare_stats(ref, pred, paired)
+    elif ref.shape != pred.shape:
+        raise ValueError(f"ref shape {tuple(ref.shape)} != pred {tuple(pred.shape)}")
     else:
-        ref = None
+        ref = ref.detach().float()
     return pred.float(), ref, target.detach().float()
+
+
+def _prepare_stats(ref: ReferenceStats, pred: Tensor, paired: bool) -> ReferenceStats:
+    if ref.errors.shape != pred.shape[:1]:
+        raise ValueError(
+            f"reference errors shape {tuple(ref.errors.shape)} != ({pred.shape[0]},) rows"
+        )
+    preferred = ref.preferred
+    if preferred is not None:
+        rows = pred.shape[0] // 2 if paired else pred.shape[0]
+        if preferred.shape != (rows, *pred.shape[1:]):
+            raise ValueError(
+                f"reference prediction shape {tuple(preferred.shape)} != "
+                f"{(rows, *pred.shape[1:])} (the preferred rows)"
+            )
+        preferred = preferred.detach().float()
+    return ReferenceStats(ref.errors.detach().float(), preferred)
+
+
+def _ref_errors(ref: Tensor | ReferenceStats, target: Tensor) -> Tensor:
+    """The reference's per-row squared error (N,), computed or precomputed."""
+    if isinstance(ref, ReferenceStats):
+        return ref.errors
+    return per_sample_mse(ref, target)
+
+
+def _ref_preferred(ref: Tensor | ReferenceStats, paired: bool = True) -> Tensor:
+    """The reference's prediction for the preferred rows."""
+    if isinstance(ref, ReferenceStats):
+        if ref.preferred is None:
+            raise ValueError("this objective needs the reference's prediction; only errors given")
+        return ref.preferred
+    return ref.chunk(2)[0] if paired else ref
 
 
 def _metric(x: Tensor | float) -> Tensor:
     return torch.as_tensor(x).detach().float().reshape(())
 
 
-def _pair_errors(pred: Tensor, ref: Tensor, target: Tensor) -> tuple[Tensor, ...]:
+def _pair_errors(pred: Tensor, ref: Tensor | ReferenceStats, target: Tensor) -> tuple[Tensor, ...]:
     """(m_w, m_l, r_w, r_l): per-pair errors of policy and reference, each shape (B,)."""
     m_w, m_l = per_sample_mse(pred, target).chunk(2)
-    r_w, r_l = per_sample_mse(ref, target).chunk(2)
+    r_w, r_l = _ref_errors(ref, target).chunk(2)
     return m_w, m_l, r_w, r_l
 
 
@@ -129,7 +180,7 @@ def diffusion_kto(
     """
     pred, ref, target = _prepare(pred, ref, target, paired=True, needs_ref=True)
     m = per_sample_mse(pred, target)
-    r = per_sample_mse(ref, target)
+    r = _ref_errors(ref, target)
     g = r - m
     n_w = g.shape[0] // 2
     kl = g.detach().mean()
@@ -216,7 +267,7 @@ def dspo(
     s = torch.sigmoid(inside)
     weight = lam * gamma * (1.0 - (s.detach() if detach_weight else s))
     pred_w = pred.chunk(2)[0]
-    ref_w, _ = ref.chunk(2)
+    ref_w = _ref_preferred(ref)
     eps_w, _ = target.chunk(2)
     d_w = pred_w - ref_w
     residual = (pred_w - eps_w) - _broadcast_rows(weight, d_w) * d_w
@@ -245,7 +296,7 @@ def dspo_ref(
     inside = _inside(m_w, m_l, r_w, r_l, kappa)
     s = torch.sigmoid(inside)
     pred_w = pred.chunk(2)[0]
-    ref_w, _ = ref.chunk(2)
+    ref_w = _ref_preferred(ref)
     d_w = pred_w - ref_w
     gap = d_w.detach().pow(2).mean()
     fallback = bool(gap < tau)
@@ -270,13 +321,13 @@ def dspo_e(
 ) -> tuple[Tensor, Metrics]:
     """DSPO-E (eq. 45), preferred rows only: mean(mean_CHW((e_w - lam*gamma*d_w)^2))."""
     pred, ref, target = _prepare(pred, ref, target, paired=False, needs_ref=True)
-    d_w = pred - ref
+    d_w = pred - _ref_preferred(ref, paired=False)
     residual = (pred - target) - lam * gamma * d_w
     loss = residual.pow(2).flatten(1).mean(dim=1).mean()
     metrics = {
         "loss": _metric(loss),
         "model_mse_w": _metric(per_sample_mse(pred, target).mean()),
-        "ref_mse_w": _metric(per_sample_mse(ref, target).mean()),
+        "ref_mse_w": _metric(_ref_errors(ref, target).mean()),
         "ref_gap": _metric(d_w.pow(2).mean()),
     }
     return loss, metrics
@@ -305,6 +356,8 @@ class Objective:
     needs_reference: ``ref`` must be the frozen reference's prediction.
     preferred_only: only the B preferred rows are passed.
     reference_target: ``target`` is built from the reference (prompt c for w, c_minus for l).
+    uses_reference_prediction: the loss uses the reference's prediction itself, not only its
+    errors (what a precomputed reference must store besides the errors, dspo.reference).
     """
 
     name: str
@@ -313,6 +366,13 @@ class Objective:
     needs_reference: bool
     preferred_only: bool
     reference_target: bool = False
+    uses_reference_prediction: bool = False
+
+    @property
+    def reference_precomputable(self) -> bool:
+        """The reference can run before training: it needs the batch only, not the policy.
+        Not so for a reference target (DDSPO), whose full predictions are the targets."""
+        return self.needs_reference and not self.reference_target
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -327,9 +387,30 @@ OBJECTIVES: dict[str, Objective] = {
             "diffusion_kto", diffusion_kto, paired=False, needs_reference=True, preferred_only=False
         ),
         Objective("mapo", mapo, paired=True, needs_reference=False, preferred_only=False),
-        Objective("dspo", dspo, paired=True, needs_reference=True, preferred_only=False),
-        Objective("dspo_ref", dspo_ref, paired=True, needs_reference=True, preferred_only=False),
-        Objective("dspo_e", dspo_e, paired=False, needs_reference=True, preferred_only=True),
+        Objective(
+            "dspo",
+            dspo,
+            paired=True,
+            needs_reference=True,
+            preferred_only=False,
+            uses_reference_prediction=True,
+        ),
+        Objective(
+            "dspo_ref",
+            dspo_ref,
+            paired=True,
+            needs_reference=True,
+            preferred_only=False,
+            uses_reference_prediction=True,
+        ),
+        Objective(
+            "dspo_e",
+            dspo_e,
+            paired=False,
+            needs_reference=True,
+            preferred_only=True,
+            uses_reference_prediction=True,
+        ),
         Objective(
             "ddspo",
             ddspo,

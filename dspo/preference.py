@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -122,14 +123,30 @@ def _added(batch: Mapping[str, torch.Tensor], pooled: list[str], time_ids: list[
     }
 
 
-def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams, scheduler):
-    """Noise a batch of pairs, run policy/reference, and evaluate the objective.
+@dataclass(frozen=True)
+class NoisedInputs:
+    """What the denoisers see for one micro-batch, and what they regress onto.
+
+    Paired objectives get 2B rows (preferred first) sharing noise and timestep per pair;
+    preferred-only objectives the B preferred rows. ``target`` is None where the reference
+    makes it (DDSPO).
+    """
+
+    x: torch.Tensor
+    t: torch.Tensor
+    text: torch.Tensor
+    added: Added
+    target: torch.Tensor | None
+
+
+def noised_inputs(batch: Mapping[str, Any], objective: Objective, scheduler) -> NoisedInputs:
+    """Noise a batch of pairs as the objective needs it (also what dspo.reference replays).
 
     SDXL batches carry pooled text embeddings and per-image time ids (``pooled_w/l``,
     ``time_ids_w/l``); each image is conditioned on its own original size and crop.
     """
     lat_w, lat_l, noise, t = batch["latents_w"], batch["latents_l"], batch["noise"], batch["t"]
-    text, text_l = batch["text_w"], batch["text_l"]
+    text = batch["text_w"]
 
     def target_of(latents: torch.Tensor) -> torch.Tensor:
         if scheduler.config.prediction_type == "v_prediction":
@@ -139,22 +156,36 @@ def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams
     x_w = scheduler.add_noise(lat_w, noise, t)
     if objective.preferred_only:
         added = _added(batch, ["pooled_w"], ["time_ids_w"])
-        pred = model.policy(x_w, t, text, added)
-        ref = model.ref(x_w, t, text, added) if objective.needs_reference else None
-        return objective.fn(pred, ref, target_of(lat_w), **hparams)
-
+        return NoisedInputs(x_w, t, text, added, target_of(lat_w))
     x = torch.cat([x_w, scheduler.add_noise(lat_l, noise, t)])
     t2, text2 = torch.cat([t, t]), torch.cat([text, text])
     added = _added(batch, ["pooled_w", "pooled_w"], ["time_ids_w", "time_ids_l"])
-    pred = model.policy(x, t2, text2, added)
-    ref = model.ref(x, t2, text2, added) if objective.needs_reference else None
+    target = None
+    if not objective.reference_target:
+        target = torch.cat([target_of(lat_w), target_of(lat_l)])
+    return NoisedInputs(x, t2, text2, added, target)
+
+
+def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams, scheduler):
+    """Noise a batch of pairs, run policy/reference, and evaluate the objective.
+
+    ``batch["reference"]``, when present, is the reference's output computed before training
+    (:class:`ReferenceStats`, from dspo.reference): no reference forward runs then.
+    """
+    inputs = noised_inputs(batch, objective, scheduler)
+    pred = model.policy(inputs.x, inputs.t, inputs.text, inputs.added)
+    ref = batch.get("reference")
+    if ref is None and objective.needs_reference:
+        ref = model.ref(inputs.x, inputs.t, inputs.text, inputs.added)
+    target = inputs.target
     if objective.reference_target:
         # DDSPO: the reference's own score, given the original prompt for the preferred
         # image and the degraded prompt for the rejected one, is the regression target.
+        t = batch["t"]
         added_l = _added(batch, ["pooled_l"], ["time_ids_l"])
-        target = torch.cat([ref[: len(t)], model.ref(x[len(t) :], t, text_l, added_l)])
-    else:
-        target = torch.cat([target_of(lat_w), target_of(lat_l)])
+        target = torch.cat(
+            [ref[: len(t)], model.ref(inputs.x[len(t) :], t, batch["text_l"], added_l)]
+        )
     return objective.fn(pred, ref, target, **hparams)
 
 

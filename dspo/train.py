@@ -68,6 +68,7 @@ from dspo.preference import (  # noqa: F401  (also this module's interface)
     preference_loss,
     step_rows,
 )
+from dspo.reference import PrecomputedReference, reference_parts
 from dspo.run_metrics import append_metrics, mean_over, restart_metrics
 from dspo.tracking import log_images, start_trackers
 from dspo.validation import (
@@ -94,7 +95,12 @@ def accumulation_steps(effective_pairs: int, local_pairs: int, processes: int) -
 
 
 def _build_model(
-    cfg: Mapping[str, Any], objective: Objective, base_model: str, cache: PairCache, precision: str
+    cfg: Mapping[str, Any],
+    objective: Objective,
+    base_model: str,
+    cache: PairCache,
+    precision: str,
+    online_reference: bool = True,
 ) -> PreferenceModel:
     """The policy UNet (with LoRA when configured) and its reference, checked against the cache."""
     unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet")
@@ -124,7 +130,8 @@ def _build_model(
     if cfg["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
     reference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    return PreferenceModel(unet, objective.needs_reference, bool(lora), reference_dtype)
+    needs = objective.needs_reference and online_reference
+    return PreferenceModel(unet, needs, bool(lora), reference_dtype)
 
 
 def _agree(accelerator: Accelerator, *flags: bool) -> list[bool]:
@@ -155,14 +162,22 @@ def _resume(
 
 
 def train(
-    cfg: Mapping[str, Any], *, cache_dir: Path, base_model: str, out_dir: Path, run_dir: Path
+    cfg: Mapping[str, Any],
+    *,
+    cache_dir: Path,
+    base_model: str,
+    out_dir: Path,
+    run_dir: Path,
+    reference_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``base_model`` on the cache with one method's resolved config.
 
     Run it under ``accelerate launch`` for several processes: the effective batch
     (``pairs_per_step``) stays the same and the accumulation follows from it. Raises
     :class:`DivergenceError` on non-finite numbers and :class:`Preempted` after SIGTERM or
-    SIGUSR1 (a checkpoint written); in both cases no model is written.
+    SIGUSR1 (a checkpoint written); in both cases no model is written. ``reference_dir``
+    holds the reference's outputs computed before training (:mod:`dspo.reference`): no
+    reference forward runs and no reference copy is held.
     """
     started = time.time()
     objective = get_objective(cfg["objective"])
@@ -180,7 +195,11 @@ def train(
     cache = load_cache(cache_dir, verify=accelerator.is_local_main_process)
     accelerator.wait_for_everyone()
     scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
-    model = _build_model(cfg, objective, base_model, cache, precision)
+    precomputed = None
+    if reference_dir is not None and objective.needs_reference:
+        expected = reference_parts(cfg, objective, base_model, cache.manifest)
+        precomputed = PrecomputedReference(reference_dir, expected, cfg["pairs_per_step"])
+    model = _build_model(cfg, objective, base_model, cache, precision, precomputed is None)
     unet = model.unet
     trainable = [p for p in unet.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, cfg)
@@ -253,6 +272,8 @@ def train(
                         cache, rows[start : start + local], cfg, gen, scheduler
                     ).items()
                 }
+                if precomputed is not None:
+                    batch["reference"] = precomputed.stats(step, start, local, accelerator.device)
                 sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
                     loss, metrics = model(batch, objective, hparams, scheduler)

@@ -8,6 +8,7 @@ import shlex
 
 from dspo.config_check import entries
 from dspo import experiments
+from dspo.objectives import get_objective
 
 
 EVALUATION = config["evaluation"]
@@ -140,6 +141,35 @@ def method_config(model):
     one tracker run per model."""
     project = config["training"].get("tracker_project") or f"dspo-{config['name']}"
     return {**experiments.method_config(config, TRAINED[model]), "tracker_project": project}
+
+
+def precomputes_reference(method):
+    """Whether the method's reference runs in jobs before training: asked for, and possible
+    for its objective (one with a reference that is not its target)."""
+    cfg = method_config(method)
+    return bool(cfg.get("precompute_reference")) and get_objective(
+        cfg["objective"]
+    ).reference_precomputable
+
+
+def reference_input(wildcards):
+    if precomputes_reference(wildcards.method):
+        return [f"results/reference/{wildcards.method}"]
+    return []
+
+
+def reference_option(wildcards, input):
+    return f"--reference {shlex.quote(input.reference[0])}" if input.reference else ""
+
+
+def reference_parts(wildcards):
+    """The folders of the reference.shards parts of one method's precomputed reference."""
+    parts = range(config["reference"]["shards"])
+    return expand("results/reference/{method}.parts/{part}", method=wildcards.method, part=parts)
+
+
+def reference_config(method):
+    return {**method_config(method), **config["reference"]}
 
 
 def method_cache(wildcards):

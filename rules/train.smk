@@ -1,7 +1,49 @@
+# A method's frozen reference, precomputed along its batches (training.precompute_reference),
+# scattered over reference.shards jobs of contiguous steps.
+rule reference_part:
+    input:
+        cache=method_cache,
+        base=base_model_input,
+    output:
+        temp(directory("results/reference/{method}.parts/{part}")),
+    wildcard_constraints:
+        part=r"\d+",
+    params:
+        device=DEVICE,
+        cfg=lambda wc: as_json(reference_config(wc.method)),
+        base=BASE["path"],
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/reference/{method}.part{part}.log",
+    shell:
+        "dspo reference-part --part {wildcards.part} --params {params.cfg:q} --cache {input.cache:q}"
+        " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device:q}"
+        " > {log:q} 2>&1"
+
+
+rule reference:
+    input:
+        parts=reference_parts,
+    output:
+        directory("results/reference/{method}"),
+    params:
+        cfg=lambda wc: as_json(reference_config(wc.method)),
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/reference/{method}.log",
+    shell:
+        "dspo reference-gather --inputs {input.parts:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule train:
     input:
         cache=method_cache,
         base=base_model_input,
+        reference=reference_input,
     output:
         directory("results/models/{method}"),
     params:
@@ -10,6 +52,7 @@ rule train:
         base=BASE["path"],
         run_dir="results/train/{method}",
         launch=train_launcher,
+        reference=reference_option,
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
@@ -21,5 +64,5 @@ rule train:
         # exec: the trainer replaces the job's shell, so a signal meant for it (SLURM's
         # --signal, preemption) does not end that shell and the job before the checkpoint.
         "exec env {params.launch} train --params {params.cfg:q} --cache {input.cache:q}"
-        " --base {params.base:q} --out {output:q} --run-dir {params.run_dir:q}"
+        " --base {params.base:q} --out {output:q} --run-dir {params.run_dir:q} {params.reference}"
         " --threads {threads} --device {params.device:q} > {log:q} 2>&1"
