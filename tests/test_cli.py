@@ -65,7 +65,7 @@ def test_each_command_shows_only_its_own_options() -> None:
         for name, p in subparsers.items()
     }
     assert options["train"] == {
-        "-h", "--help", "--config", "--params", "--cache", "--base", "--out", "--run-dir",
+        "-h", "--help", "--config", "--params", "--cache", "--base", "--out", "--run-dir", "--reference",
         "--objective", "--name", "--steps", "--lr", "--seed", "--threads", "--device",
     }  # fmt: skip
     assert options["pairs-gather"] == {"-h", "--help", "--inputs", "--out"}
