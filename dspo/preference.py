@@ -86,6 +86,12 @@ class PreferenceModel(torch.nn.Module):
         """The frozen copy of the starting weights (full fine-tuning), else None."""
         return self._frozen[0] if self._frozen else None
 
+    @reference.setter
+    def reference(self, unet: UNet2DConditionModel) -> None:
+        # Without this setter nn.Module would register the UNet as a submodule the property
+        # then hides, and `ref` would silently fall back to the disabled adapters.
+        self._frozen = (unet.requires_grad_(False).eval(),)
+
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
         if self._frozen:
