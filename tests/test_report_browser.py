@@ -58,10 +58,17 @@ def declared_items(smoke_run: Path) -> dict[str, dict]:
 
 
 def caption_opening(caption_file: Path, words: int = 8) -> str:
-    """The first words of a caption's text, without its Jinja and reStructuredText markup."""
-    text = re.sub(r"\{%.*?%\}|\{\{.*?\}\}|\{#.*?#\}", " ", caption_file.read_text(), flags=re.S)
-    text = re.sub(r"\*\*|``|`", "", text)
-    return " ".join(text.split()[:words])
+    """The first words of a caption's first literal run of at least five words.
+
+    Jinja placeholders render run-specific values (a method's name, its step count), so only
+    text between them is known before the run: the opening is taken from one such run.
+    """
+    jinja = r"\{%.*?%\}|\{\{.*?\}\}|\{#.*?#\}"
+    for fragment in re.split(jinja, caption_file.read_text(), flags=re.S):
+        literal = re.sub(r"\*\*|``|`", "", fragment).split()
+        if len(literal) >= 5:
+            return " ".join(literal[:words])
+    return ""
 
 
 def shown_text(element_text: str) -> str:
