@@ -10,9 +10,10 @@ import csv
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from accelerate import Accelerator
+if TYPE_CHECKING:  # the training view reads metrics without loading torch
+    from accelerate import Accelerator
 
 METRICS_JSONL, METRICS_CSV = "metrics.jsonl", "metrics.csv"
 
@@ -52,6 +53,8 @@ def mean_over(accelerator: Accelerator, sums: Mapping[str, float]) -> dict[str, 
     """Metrics averaged over processes (each process saw its own share of the step's pairs)."""
     if accelerator.num_processes == 1:
         return dict(sums)
+    import torch
+
     values = torch.tensor(list(sums.values()), device=accelerator.device)
     means = accelerator.reduce(values, reduction="mean").tolist()
     return dict(zip(sums, means, strict=True))

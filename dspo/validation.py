@@ -18,13 +18,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from dspo.models import load_pipeline, sampling_scheduler
-from dspo.sample import initial_noise, save_image
+# torch, diffusers and the sampler load in the functions that sample: the training view
+# only reads the index, and each of its jobs would spend seconds importing them.
+if TYPE_CHECKING:
+    import torch
 
 VALIDATION_DIR = "validation"
 INDEX = "index.json"
@@ -109,6 +110,11 @@ class Validator:
     def __init__(
         self, base_model: str, unet: torch.nn.Module, settings: ValidationSettings, device
     ) -> None:
+        import torch
+
+        from dspo.models import load_pipeline, sampling_scheduler
+        from dspo.sample import initial_noise
+
         pipe = load_pipeline(base_model)
         sampling_scheduler(pipe, "ddim")
         # The pipeline runs the policy itself (adapters on, for LoRA): the base UNet it loaded
@@ -127,6 +133,8 @@ class Validator:
     def sample(self, model: torch.nn.Module) -> np.ndarray:
         """Images (N, H, W, 3) in [0, 1]; ``model`` (holding the policy) is in eval mode
         meanwhile, and the global random state is the same afterwards."""
+        import torch
+
         device = self.pipe.unet.device
         devices = [device] if device.type == "cuda" else []
         was_training = model.training
@@ -148,6 +156,8 @@ class Validator:
 
 def save_strip(run_dir: Path, step: int, images: np.ndarray) -> Path:
     """The images side by side as ``validation/step_{step:06d}.png``, added to the index."""
+    from dspo.sample import save_image
+
     folder = run_dir / VALIDATION_DIR
     path = folder / f"step_{step:06d}.png"
     save_image(np.concatenate(list(images), axis=1), path)
