@@ -65,8 +65,9 @@ def test_each_command_shows_only_its_own_options() -> None:
         for name, p in subparsers.items()
     }
     assert options["train"] == {
-        "-h", "--help", "--config", "--params", "--cache", "--base", "--out", "--run-dir", "--reference",
-        "--objective", "--name", "--steps", "--lr", "--seed", "--threads", "--device",
+        "-h", "--help", "--config", "--params", "--cache", "--base", "--out", "--run-dir",
+        "--reference", "--objective", "--name", "--steps", "--lr", "--seed", "--threads",
+        "--device",
     }  # fmt: skip
     assert options["pairs-gather"] == {"-h", "--help", "--inputs", "--out"}
     assert "--world" in options["pretrain-base"] and "--world" not in options["toy-world"]
