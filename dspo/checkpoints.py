@@ -15,6 +15,10 @@ newest checkpoint whose files still match their record is used; a damaged one (a
 A finished run leaves ``finished.json`` in its run folder. Started again with the same
 fingerprint and step count, the run is a forced rerun (Snakemake removed the model, not the
 run folder): it starts from step 0 instead of resuming a checkpoint of the run it replaces.
+
+Only trainable weights are checkpointed (:func:`trainable_weights_only`): a LoRA run's frozen
+base, which is also its reference, is rebuilt from the base model like the full fine-tuning
+reference copy, so a LoRA checkpoint holds the adapters and their optimiser state only.
 """
 
 from __future__ import annotations
@@ -232,3 +236,41 @@ def mark_finished(run_dir: Path, parts: Mapping[str, str], steps: int, out_dir: 
     """Record that the run finished and wrote ``out_dir`` (see :func:`forget_finished_run`)."""
     record = {"fingerprint": combined_key(**parts), "steps": steps, "out": str(out_dir)}
     _write_json_atomic(record, run_dir / FINISHED)
+
+
+def trainable_weights_only(accelerator: Accelerator) -> None:
+    """Checkpoint only the parameters that train; load them back checking every key.
+
+    Accelerate's save hook gets each model's state dict before writing: the frozen entries
+    are dropped there. Its load hook loads the file itself (accelerate would load strictly
+    and miss the dropped keys), refusing a file whose keys are not exactly the trainable
+    ones, and hands accelerate no model to load.
+    """
+    from safetensors.torch import load_file
+
+    def trainable_names(model) -> set[str]:
+        return {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def save_hook(models: list, weights: list, output_dir: str) -> None:
+        for model, state in zip(models, weights, strict=True):
+            keep = trainable_names(model)
+            for key in [k for k in state if k not in keep]:
+                del state[key]
+
+    def load_hook(models: list, input_dir: str) -> None:
+        for i, model in enumerate(models):
+            path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            state = load_file(path, device=str(accelerator.device))
+            expected = trainable_names(model)
+            if set(state) != expected:
+                missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+                raise ValueError(
+                    f"{path}: not this run's trainable weights "
+                    f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unexpected, "
+                    f"e.g. {extra[:1]})"
+                )
+            model.load_state_dict(state, strict=False)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

@@ -204,6 +204,7 @@ def train(
     trainable = [p for p in unet.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
+    ckpt.trainable_weights_only(accelerator)
 
     steps, checkpoints = cfg["steps"], run_dir / "checkpoints"
     parts = ckpt.fingerprint_parts(cfg, base_model, cache.manifest)

@@ -149,10 +149,18 @@ def test_every_objective_trains_and_saves_a_loadable_pipeline(
     assert saved["config"]["objective"] == objective
 
 
+LORA = {"rank": 4, "alpha": 4, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+
+
+def _final_weights(folder: Path, lora: bool) -> dict[str, torch.Tensor]:
+    return load_file(folder / "pytorch_lora_weights.safetensors") if lora else unet_weights(folder)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_killed_job_resumes_to_the_same_weights(
-    cache_dir: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cache_dir: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lora: bool
 ) -> None:
-    cfg = DSPO
+    cfg = {**DSPO, "lora": LORA, "lr": 1e-2} if lora else DSPO
     run(cfg, cache_dir, tiny_model, tmp_path / "straight")
 
     real_make_batch = train_module.make_batch
@@ -172,6 +180,8 @@ def test_killed_job_resumes_to_the_same_weights(
     # The checkpoint holds the policy only: the resumed run rebuilds the frozen reference.
     saved = load_file(tmp_path / "killed/run/checkpoints/step-000002/model.safetensors")
     assert saved and not any(key.startswith("reference") for key in saved)
+    if lora:  # the frozen base is the reference too: only the adapters are kept
+        assert all("lora_" in key for key in saved), sorted(saved)[:3]
 
     monkeypatch.setattr(train_module, "make_batch", real_make_batch)
     summary = run(cfg, cache_dir, tiny_model, tmp_path / "killed")
@@ -182,9 +192,10 @@ def test_killed_job_resumes_to_the_same_weights(
     ]
     assert steps == [1, 2, 3, 4]
     straight, resumed = (
-        unet_weights(tmp_path / "straight/model"),
-        unet_weights(tmp_path / "killed/model"),
+        _final_weights(tmp_path / "straight/model", lora),
+        _final_weights(tmp_path / "killed/model", lora),
     )
+    assert straight
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6)
 
