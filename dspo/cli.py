@@ -275,7 +275,6 @@ def train(args: argparse.Namespace) -> None:
 SAMPLING_OPTIONS = (
     MODEL,
     BASE,
-    OUT,
     setting("--seeds", type=int, nargs="+", help="seeds per prompt"),
     setting("--guidance", type=float, nargs="+", help="guidance scales"),
     setting("--steps", type=int, help="sampling steps"),
@@ -287,20 +286,26 @@ SAMPLING_OPTIONS = (
 
 @command(
     "sample",
-    arg("--prompts", required=True, help="prompt table (`dspo prompts`)"),
+    arg("--prompts", required=True, nargs="+", help="prompt tables (`dspo prompts`)"),
+    arg("--out", required=True, nargs="+", help="one manifest per prompt table, in their order"),
     *SAMPLING_OPTIONS,
     config="generate",
 )
 def generate(args: argparse.Namespace) -> None:
-    """Sample a model on a prompt set at every configured seed and guidance scale."""
+    """Sample a model on prompt sets at every configured seed and guidance scale.
+
+    Several prompt sets share one job, so the model and libraries load once per model.
+    """
     from dspo.sample import generate as run_generation
 
-    _make_images(args, args.prompts, run_generation)
+    _same_count("--prompts", args.prompts, "--out", args.out)
+    _make_images(args, list(zip(args.prompts, args.out, strict=True)), run_generation)
 
 
 @command(
     "sample",
     arg("--editing-set", required=True, help="editing table (`dspo editing-set`)"),
+    OUT,
     *SAMPLING_OPTIONS,
     setting("--strength", type=float, help="share of the schedule the source is noised to"),
     config="edit",
@@ -309,13 +314,18 @@ def edit(args: argparse.Namespace) -> None:
     """Edit the editing set's images with a model at every configured seed and guidance."""
     from dspo.edit import edit as run_editing
 
-    _make_images(args, args.editing_set, run_editing, strength=args.params["strength"])
+    jobs = [(args.editing_set, args.out)]
+    _make_images(args, jobs, run_editing, strength=args.params["strength"])
 
 
 def _make_images(
-    args: argparse.Namespace, table: str, make: Callable[..., Any], **extra: Any
+    args: argparse.Namespace,
+    jobs: list[tuple[str, str]],
+    make: Callable[..., Any],
+    **extra: Any,
 ) -> None:
-    """Load the model, make every image of the input table with ``make``, write the manifest.
+    """Load the model, make every image of each (input table, manifest) with ``make`` and
+    write the manifests.
 
     Images whose recorded key (model and base contents, settings, code) still matches are
     kept; the manifest's sidecar records the job's key.
@@ -331,52 +341,62 @@ def _make_images(
     shared = {k: v for k, v in p.items() if k not in ("seeds", "guidance", "batch_size")}
     key = run_key(args.model, args.base, {**shared, "dtype": dtype})
     pipe = load_for_sampling(args.model, args.base, dtype=dtype, device=args.device)
-    out = Path(args.out)
-    manifest = make(
-        pipe,
-        pd.read_parquet(table),
-        out.parent,
-        seeds=p["seeds"],
-        guidance=p["guidance"],
-        steps=p["steps"],
-        resolution=p["resolution"],
-        scheduler=p["scheduler"],
-        batch_size=p["batch_size"],
-        key=key,
-        **extra,
-    )
     meta = {"model": args.model, "base": args.base, **p, "sampling_dtype": dtype, "key": key}
-    write_manifest(manifest, out, meta)
-    report({"model": args.model, "images": len(manifest), "key": key})
+    images = 0
+    for table, out in jobs:
+        manifest = make(
+            pipe,
+            pd.read_parquet(table),
+            Path(out).parent,
+            seeds=p["seeds"],
+            guidance=p["guidance"],
+            steps=p["steps"],
+            resolution=p["resolution"],
+            scheduler=p["scheduler"],
+            batch_size=p["batch_size"],
+            key=key,
+            **extra,
+        )
+        write_manifest(manifest, Path(out), meta)
+        images += len(manifest)
+    report({"model": args.model, "images": images, "key": key})
 
 
 @command(
     "score",
-    arg("--manifest", required=True, help="image manifest (`dspo generate`)"),
+    arg("--manifest", required=True, nargs="+", help="image manifests (`dspo generate`, `edit`)"),
     arg("--name", required=True, help="name of the model, written into the scores"),
-    OUT,
+    arg("--out", required=True, nargs="+", help="one score table per manifest, in their order"),
     threads(),
     DEVICE,
     config="score",
 )
 def score(args: argparse.Namespace) -> None:
-    """Score a model's generated images with every reward model."""
+    """Score a model's generated images with every reward model (each loaded once)."""
+    _same_count("--manifest", args.manifest, "--out", args.out)
     setup_torch(args.threads)
     import pandas as pd
 
-    from dspo.rewards import score_manifest
+    from dspo.rewards import score_manifests
 
-    manifest_path = Path(args.manifest)
-    scores = score_manifest(
-        pd.read_parquet(manifest_path),
-        manifest_path.parent,
+    paths = [Path(m) for m in args.manifest]
+    tables = score_manifests(
+        [(pd.read_parquet(p), p.parent) for p in paths],
         args.params,
         model_name=args.name,
         device=args.device,
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    scores.to_parquet(args.out, index=False)
-    report({"model": args.name, "rows": len(scores)})
+    for scores, out in zip(tables, args.out, strict=True):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        scores.to_parquet(out, index=False)
+    report({"model": args.name, "rows": sum(len(t) for t in tables)})
+
+
+def _same_count(flag: str, values: list[str], out_flag: str, outs: list[str]) -> None:
+    if len(values) != len(outs):
+        raise SystemExit(
+            f"error: {out_flag} needs one path per {flag} value ({len(values)}), got {len(outs)}"
+        )
 
 
 def _step_settings(args: argparse.Namespace) -> dict[str, Any]:

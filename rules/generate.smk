@@ -1,11 +1,11 @@
+# One job per model samples every prompt set: the model and libraries load once, not once
+# per set (on the toy world, loading took longer than sampling a set).
 rule generate:
-    wildcard_constraints:
-        prompt_set="|".join(PROMPT_SETS),
     input:
         model=model_input,
-        prompts="results/data/prompts/{prompt_set}.parquet",
+        prompts=expand("results/data/prompts/{prompt_set}.parquet", prompt_set=PROMPT_SETS),
     output:
-        "results/images/{model}/{prompt_set}/manifest.parquet",
+        expand("results/images/{{model}}/{prompt_set}/manifest.parquet", prompt_set=PROMPT_SETS),
     params:
         device=DEVICE,
         cfg=as_json(sampling_config()),
@@ -14,9 +14,9 @@ rule generate:
     conda:
         "../environment.yml"
     benchmark:
-        "results/benchmarks/generate/{model}.{prompt_set}.tsv"
+        "results/benchmarks/generate/{model}.tsv"
     log:
-        "results/logs/generate/{model}/{prompt_set}.log",
+        "results/logs/generate/{model}.log",
     shell:
         "dspo generate --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
         " --prompts {input.prompts:q} --out {output:q} --threads {threads} --device {params.device:q}"

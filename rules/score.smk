@@ -1,17 +1,18 @@
+# One job per model scores all of its image sets, each reward model loaded once.
 rule score:
     input:
-        "results/images/{model}/{prompt_set}/manifest.parquet",
+        expand("results/images/{{model}}/{image_set}/manifest.parquet", image_set=EVAL_SETS),
     output:
-        "results/scores/{model}/{prompt_set}.parquet",
+        expand("results/scores/{{model}}/{image_set}.parquet", image_set=EVAL_SETS),
     params:
         device=DEVICE,
         rewards=as_json(reward_config()),
     conda:
         "../environment.yml"
     benchmark:
-        "results/benchmarks/score/{model}.{prompt_set}.tsv"
+        "results/benchmarks/score/{model}.tsv"
     log:
-        "results/logs/score/{model}/{prompt_set}.log",
+        "results/logs/score/{model}.log",
     shell:
         "dspo score --name {wildcards.model} --params {params.rewards:q} --manifest {input:q}"
         " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"

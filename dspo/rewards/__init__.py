@@ -106,23 +106,43 @@ def score_manifest(
     Each row carries ``reward`` (the config name) and ``reward_version`` (the model's
     ``version``: which checkpoint, e.g. HPSv2 v2.0 or v2.1, produced the score).
     """
-    frames = []
+    return score_manifests(
+        [(manifest, image_dir)], rewards, model_name=model_name, batch_size=batch_size,
+        device=device,
+    )[0]  # fmt: skip
+
+
+def score_manifests(
+    manifests: Sequence[tuple[pd.DataFrame, Path]],
+    rewards: Mapping[str, Mapping[str, Any]],
+    *,
+    model_name: str,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> list[pd.DataFrame]:
+    """:func:`score_manifest` for each (manifest, image folder), each reward model loaded once."""
+    frames: list[list[pd.DataFrame]] = [[] for _ in manifests]
     for name, spec in rewards.items():
         reward = load_reward(spec, device)
-        values = []
-        for start in tqdm(range(0, len(manifest), batch_size), desc=f"score {name}", mininterval=5):
-            chunk = manifest.iloc[start : start + batch_size]
-            # Each scorer converts the image as its original does (some resize before
-            # dropping alpha), so images are passed in their own mode.
-            images = [open_image(image_dir / p) for p in chunk["path"]]
-            values.append(np.asarray(reward.score(images, chunk["prompt"].tolist()), np.float64))
-        frame = manifest.drop(columns=["path"]).copy()
-        frame.insert(0, "model", model_name)
-        frame["reward"] = name
-        frame["reward_version"] = reward.version
-        frame["score"] = np.concatenate(values) if values else np.empty(0)
-        frames.append(frame)
+        for (manifest, image_dir), done in zip(manifests, frames, strict=True):
+            values = []
+            for start in tqdm(
+                range(0, len(manifest), batch_size), desc=f"score {name}", mininterval=5
+            ):
+                chunk = manifest.iloc[start : start + batch_size]
+                # Each scorer converts the image as its original does (some resize before
+                # dropping alpha), so images are passed in their own mode.
+                images = [open_image(image_dir / p) for p in chunk["path"]]
+                values.append(
+                    np.asarray(reward.score(images, chunk["prompt"].tolist()), np.float64)
+                )
+            frame = manifest.drop(columns=["path"]).copy()
+            frame.insert(0, "model", model_name)
+            frame["reward"] = name
+            frame["reward_version"] = reward.version
+            frame["score"] = np.concatenate(values) if values else np.empty(0)
+            done.append(frame)
         # Let this model go before the next one loads: two ViT-H-14 at once double the peak.
         del reward
         gc.collect()
-    return pd.concat(frames, ignore_index=True)
+    return [pd.concat(f, ignore_index=True) for f in frames]
