@@ -18,7 +18,20 @@ from dspo.evaluation.tables import write_tables
 from dspo.experiments import group_of, method_config, sweep_points, trained_models
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+SHIPPED = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def _one_replicate(config: dict) -> dict:
+    """``config`` with every method trained once: the tests add replicates themselves."""
+    config = copy.deepcopy(config)
+    config["training"]["replicates"] = 1
+    for entry in config["methods"].values():
+        if entry and "training" in entry:
+            entry["training"].pop("replicates", None)
+    return config
+
+
+DEFAULT = _one_replicate(SHIPPED)
 SWEEP = {"method": "dspo", "keys": ["params.lam", "params.kappa"], "values": [0.01, 1, 10]}
 
 
@@ -48,6 +61,18 @@ def test_replicates_are_models_with_shifted_seeds_and_replicate_zero_unchanged()
     assert seeds == [DEFAULT["training"]["seed"] + r for r in range(3)]
     assert "replicates" not in method_config(config, models["dspo-r2"])
     assert group_of(models)["dspo-r2"] == ["dspo", 2]
+
+
+def test_the_default_trains_three_replicates_of_table_1_and_one_of_each_ablation() -> None:
+    models = trained_models(SHIPPED)
+    for method in ("sft", "diffusion_dpo", "diffusion_kto", "mapo", "dspo", "ddspo"):
+        assert [n for n in models if n.split("-r")[0] == method] == [
+            method,
+            f"{method}-r1",
+            f"{method}-r2",
+        ]
+    for ablation in ("dspo_ref", "dspo_e", "dspo_nodup", "dspo_lora"):
+        assert ablation in models and f"{ablation}-r1" not in models
 
 
 def test_a_method_can_have_its_own_replicate_count() -> None:

@@ -58,8 +58,8 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
         "-n", "all", "--configfile", str(REPO / "config/presets/sd15.yaml"), cwd=tmp_path
     )
     jobs = planned_jobs(result.stdout)
-    assert jobs["train"] == 10 and jobs["generate"] == 11 * 3 and jobs["edit"] == 11
-    assert jobs["score"] == 11 * 4 and jobs["editing_set"] == 1
+    assert jobs["train"] == 10 and jobs["generate"] == 11 and jobs["edit"] == 11
+    assert jobs["score"] == 11 and jobs["editing_set"] == 1
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
 
 
@@ -123,7 +123,7 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
             "training_view": 1,
             "generate": 1,
             "edit": 1,
-            "score": 2,
+            "score": 1,
             "tables": 1,
             "grid": 2,
             "summary": 1,
@@ -131,7 +131,7 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
         }
     )
     assert "method=dspo\n" in result.stdout + "\n"
-    assert re.search(r"wildcards: model=dspo, prompt_set=pickv2", result.stdout)
+    assert re.search(r"wildcards: model=dspo\n", result.stdout)
 
 
 def test_editing_shared_training_defaults_reruns_every_method(
@@ -167,14 +167,17 @@ def test_adding_replicates_and_a_sweep_plans_only_the_new_models(
         "-n", "all", "--printshellcmds", "--configfile", str(SMOKE), str(edit), cwd=smoke_run
     )
     trained = set(re.findall(r"wildcards: method=(\S+)", result.stdout))
-    # Replicate 0 of each method is the model already trained: nothing of it reruns.
-    assert trained == {f"{m}-r1" for m in METHODS_OF_SMOKE} | {"lam-0.1", "lam-10"}
+    # Replicate 0 of each method is the model already trained: nothing of it reruns. The
+    # ablations set their own count (one) in config/config.yaml, which the shared one leaves.
+    replicated = [m for m in METHODS_OF_SMOKE if m not in ABLATIONS]
+    assert trained == {f"{m}-r1" for m in replicated} | {"lam-0.1", "lam-10"}
     seeds = {m: c["seed"] for m, c in train_configs(result.stdout).items()}
     assert seeds["dspo-r1"] == 1 and seeds["lam-10"] == 0
     assert train_configs(result.stdout)["lam-10"]["params"]["lam"] == 10
     assert "results/tables/sweep_lam.csv" in result.stdout
 
 
+ABLATIONS = ["dspo_ref", "dspo_e", "dspo_nodup", "dspo_lora"]
 METHODS_OF_SMOKE = [
     "sft", "diffusion_dpo", "diffusion_kto", "mapo", "dspo", "dspo_ref", "dspo_e",
     "dspo_nodup", "dspo_lora", "ddspo",
