@@ -24,6 +24,13 @@ from dspo.evaluation.statistics import (
 )
 
 
+def _resampled(scores: pd.DataFrame) -> str:
+    """What the intervals resample: training replicates too, when any model has several."""
+    if "replicate" in scores and scores.groupby("model")["replicate"].nunique().max() > 1:
+        return "training replicates and prompts (seeds nested)"
+    return "prompts"
+
+
 def write_tables(
     scores: pd.DataFrame,
     out_dir: Path,
@@ -75,7 +82,8 @@ def write_tables(
         rewards=list(rewards),
         prompt_sets=list(prompt_sets),
         name=name,
-        ci_text=f"{ci * 100:g} % percentile bootstrap CI over prompts ({n_boot} resamples)",
+        ci_text=f"{ci * 100:g} % percentile bootstrap CI over {_resampled(scores)} "
+        f"({n_boot} resamples)",
     )
 
     win_md = _win_table(
