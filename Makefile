@@ -6,7 +6,7 @@ CORES ?= all
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint clean rehearse gpu-check reward-parity config-doc watch
+.PHONY: run test lint clean rehearse gpu-check reward-parity config-doc watch readme-results
 
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
@@ -40,6 +40,17 @@ gpu-check: $(VENV)/.installed standins/standins.json
 standins/standins.json:
 	if [ "$(STANDINS)" != standins ]; then mkdir -p "$(STANDINS)" && ln -sfn "$(abspath $(STANDINS))" standins; fi
 	dspo standins --out standins --skip-existing
+
+# After `make run`: keep the run's summary as docs/run_summary.json and rewrite the README's
+# results block from it (tests/test_summary.py checks that the two agree). RERUN=other.json
+# RERUN_LABEL="with ..." adds how far the same config moved when run another way.
+SUMMARY ?= results/summary.json
+RERUN ?=
+RERUN_LABEL ?=
+readme-results: $(VENV)/.installed
+	if [ "$(SUMMARY)" != docs/run_summary.json ]; then cp "$(SUMMARY)" docs/run_summary.json; fi
+	dspo readme-results --input docs/run_summary.json --out README.md \
+		$(if $(RERUN),--rerun "$(RERUN)" --rerun-label "$(RERUN_LABEL)")
 
 # config/README.md from the schema's descriptions and the default config.
 config-doc: $(VENV)/.installed

@@ -117,12 +117,15 @@ def summary(args: argparse.Namespace) -> None:
     "report",
     arg("--input", required=True, help="a run summary (`dspo summary`)"),
     arg("--out", required=True, help="the README to update"),
+    arg("--rerun", help="the summary of the same config run another way, kept in --input"),
+    arg("--rerun-label", default="", help='how the rerun differed, e.g. "with 2 threads"'),
 )
 def readme_results(args: argparse.Namespace) -> None:
     """Write the README's results block from a run summary (--input) into --out."""
     from dspo.evaluation.summary import write_readme
 
-    changed = write_readme(Path(args.input), Path(args.out))
+    rerun = Path(args.rerun) if args.rerun else None
+    changed = write_readme(Path(args.input), Path(args.out), rerun, args.rerun_label)
     report({"readme": args.out, "changed": changed})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dspo.evaluation.summary import (
     replace_block,
     stage_times,
     wall_seconds,
+    write_readme,
 )
 
 
@@ -81,6 +83,40 @@ def test_summary_holds_the_headline_machine_and_stages(tmp_path: Path) -> None:
         build_summary(tmp_path / "w.csv", preset="d", method="mapo", reward="oracle", labels={})
 
 
+def test_a_rerun_is_kept_in_the_summary_and_compared_cell_by_cell(tmp_path: Path) -> None:
+    def summary_of(rate_shift: float, name: str) -> Path:
+        wins = pd.read_csv(_win_rates(tmp_path / f"{name}.csv"))
+        wins["win_rate"] += rate_shift
+        wins.to_csv(tmp_path / f"{name}.csv", index=False)
+        built = build_summary(
+            tmp_path / f"{name}.csv", preset="toy", method="dspo", reward="oracle", labels={}
+        )
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(built))
+        return path
+
+    first, rerun = summary_of(0.0, "first"), summary_of(-0.05, "rerun")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\n{END}\n")
+    assert write_readme(first, readme, rerun, "with 2 threads a job")
+    block = readme.read_text()
+    # dspo at guidance 4: 0.74 here, 0.69 there, inside [0.6, 0.8].
+    assert "| heldout | 67.0 (-5.0, inside) | 69.0 (-5.0, inside) |" in block
+    assert "The same run with 2 threads a job" in block
+    assert "Largest move 5.0 points; 4 of 4 cells inside the intervals above." in block
+    # The rerun now lives in the first summary: the block is a function of that file alone.
+    kept = json.loads(first.read_text())
+    assert kept["rerun"]["label"] == "with 2 threads a job"
+    assert render_block(kept) in block
+    far = summary_of(-0.2, "far")
+    write_readme(first, readme, far, "elsewhere")
+    assert "**outside**" in readme.read_text() and "0 of 4 cells inside" in readme.read_text()
+    other = json.loads(far.read_text()) | {"preset": "sd15"}
+    far.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="not a run of"):
+        write_readme(first, readme, far, "x")
+
+
 def test_block_replacement_needs_exactly_one_block() -> None:
     text = f"intro\n{START}\nold\n{END}\nrest\n"
     assert replace_block(text, f"{START}\nnew\n{END}\n") == f"intro\n{START}\nnew\n{END}\nrest\n"
@@ -94,3 +130,19 @@ def test_stage_times_refuses_other_files(tmp_path: Path) -> None:
     bad.write_text("a\tb\n1\t2\n")
     with pytest.raises(ValueError, match="x.tsv"):
         stage_times([bad])
+
+
+def test_readme_results_block_is_what_the_kept_summary_writes() -> None:
+    """The README's figures come from docs/run_summary.json (`make readme-results`)."""
+    root = Path(__file__).resolve().parents[1]
+    summary = json.loads((root / "docs" / "run_summary.json").read_text())
+    readme = (root / "README.md").read_text()
+    expected = render_block(summary)
+    assert replace_block(readme, expected) == readme, (
+        "README.md's results block differs from what `make readme-results` writes for "
+        "docs/run_summary.json"
+    )
+    # The kept summary is a default run's, with replicates and every stage timed.
+    assert summary["preset"] == "toy"
+    assert min(c["n_replicates"] for c in summary["headline"]) >= 3
+    assert summary["stages"] and summary["wall_seconds"]

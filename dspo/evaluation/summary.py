@@ -157,8 +157,8 @@ def render_block(summary: Mapping[str, Any]) -> str:
     stages = summary["stages"]
     lines += [
         "",
-        f"Measured on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, "
-        f"{m['torch_threads']} threads per job), dspo {m['dspo']} (source {m['source_key']}).",
+        f"Measured on {m['cpu']} ({m['cores']} cores, torch {m['torch']}), dspo {m['dspo']} "
+        f"(source {m['source_key']}).",
     ]
     if stages:
         total = sum(s["seconds"] for s in stages.values())
@@ -170,8 +170,47 @@ def render_block(summary: Mapping[str, Any]) -> str:
     if summary.get("wall_seconds"):
         wall = summary["wall_seconds"]
         lines.append(f"Wall time of the workflow: {int(wall // 60)} min {wall % 60:.0f} s.")
+    if summary.get("rerun"):
+        lines += ["", *_rerun_lines(summary, label, guidances, sets, cell)]
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def _rerun_lines(summary, label, guidances, sets, cell) -> list[str]:
+    """The same cells from another run of the same config (another floating-point path):
+    its estimate, how far it moved, and whether this run's interval covers it."""
+    rerun = summary["rerun"]
+    other = {(c["prompt_set"], c["guidance"]): c for c in rerun["summary"]["headline"]}
+    lines = [
+        f"The same run {rerun['label']} ({rerun['summary']['machine']['cpu']}): its estimate "
+        "per cell, the move from the table above in points, and whether the interval above "
+        "covers it.",
+        "",
+        "| prompt set | " + " | ".join(f"guidance {g:g}" for g in guidances) + " |",
+        "|---|" + "---|" * len(guidances),
+    ]
+    moves, covered, total = [], 0, 0
+    for prompt_set in sets:
+        values = []
+        for g in guidances:
+            here, there = cell.get((prompt_set, g)), other.get((prompt_set, g))
+            if here is None or there is None:
+                values.append("–")
+                continue
+            move = 100 * (there["win_rate"] - here["win_rate"])
+            inside = here["ci_low"] <= there["win_rate"] <= here["ci_high"]
+            moves.append(abs(move))
+            covered, total = covered + inside, total + 1
+            mark = "inside" if inside else "**outside**"
+            values.append(f"{_percent(there['win_rate'])} ({move:+.1f}, {mark})")
+        lines.append(f"| {label(prompt_set)} | " + " | ".join(values) + " |")
+    if total:
+        lines += [
+            "",
+            f"Largest move {max(moves):.1f} points; {covered} of {total} cells inside the "
+            "intervals above.",
+        ]
+    return lines
 
 
 def replace_block(text: str, block: str, where: str = "README.md") -> str:
@@ -182,9 +221,30 @@ def replace_block(text: str, block: str, where: str = "README.md") -> str:
     return pattern.sub(lambda _: block, text)
 
 
-def write_readme(summary_json: Path, readme: Path) -> bool:
-    """Rewrite ``readme``'s results block from ``summary_json``; True if it changed."""
+def write_readme(
+    summary_json: Path,
+    readme: Path,
+    rerun_json: Path | None = None,
+    rerun_label: str = "",
+) -> bool:
+    """Rewrite ``readme``'s results block from ``summary_json``; True if it changed.
+
+    ``rerun_json``: the summary of the same config run another way (other thread counts,
+    another machine), kept inside ``summary_json`` under ``rerun`` with ``rerun_label``
+    saying how it differed, so that the block stays a function of that one file.
+    """
     summary = json.loads(Path(summary_json).read_text())
+    if rerun_json is not None:
+        other = json.loads(Path(rerun_json).read_text())
+        other.pop("rerun", None)
+        if (other["preset"], other["method"], other["reward"]) != (
+            summary["preset"],
+            summary["method"],
+            summary["reward"],
+        ):
+            raise ValueError(f"{rerun_json} is not a run of {summary_json}'s preset and headline")
+        summary["rerun"] = {"label": rerun_label, "summary": other}
+        Path(summary_json).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     old = readme.read_text()
     new = replace_block(old, render_block(summary), str(readme))
     if new != old:
