@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dspo.models import sampling_scheduler
-from dspo.sample import MANIFEST_COLUMNS, image_jobs, reusable, save_image
+from dspo.sample import MANIFEST_COLUMNS, batches_to_make, image_jobs, save_image
 
 
 def edit_generator(prompt_id: int, seed: int) -> torch.Generator:
@@ -71,20 +71,19 @@ def edit(
         int(row.prompt_id): hashlib.sha256(row.image).hexdigest() for row in editing.itertuples()
     }
     jobs = image_jobs(editing, seeds, guidance, key=key, settings=settings, inputs=inputs)
-    todo = [job for job in jobs if not reusable(out_dir / job["path"], job["key"])]
-    for start in tqdm(range(0, len(todo), batch_size), desc="edit", mininterval=5):
-        chunk = todo[start : start + batch_size]
-        for g in sorted({job["guidance"] for job in chunk}):
-            part = [job for job in chunk if job["guidance"] == g]
-            images = img2img(
-                prompt=[j["prompt"] for j in part],
-                image=[sources[j["prompt_id"]] for j in part],
-                strength=strength,
-                num_inference_steps=steps,
-                guidance_scale=g,
-                generator=[edit_generator(j["prompt_id"], j["seed"]) for j in part],
-                output_type="np",
-            ).images
-            for job, image in zip(part, images, strict=True):
+    for part, missing in tqdm(
+        batches_to_make(jobs, out_dir, batch_size), desc="edit", mininterval=5
+    ):
+        images = img2img(
+            prompt=[j["prompt"] for j in part],
+            image=[sources[j["prompt_id"]] for j in part],
+            strength=strength,
+            num_inference_steps=steps,
+            guidance_scale=part[0]["guidance"],
+            generator=[edit_generator(j["prompt_id"], j["seed"]) for j in part],
+            output_type="np",
+        ).images
+        for job, image, write in zip(part, images, missing, strict=True):
+            if write:
                 save_image(image, out_dir / job["path"], job["key"])
     return pd.DataFrame(jobs, columns=MANIFEST_COLUMNS)

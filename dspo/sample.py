@@ -99,25 +99,46 @@ def generate(
     settings = {"steps": steps, "resolution": resolution, "scheduler": scheduler}
     settings.update(dtype=dtype, device=device.type)
     jobs = image_jobs(prompts, seeds, guidance, key=key, settings=settings)
-    todo = [job for job in jobs if not reusable(out_dir / job["path"], job["key"])]
-    for start in tqdm(range(0, len(todo), batch_size), desc="generate", mininterval=5):
-        chunk = todo[start : start + batch_size]
-        # One pipeline call per guidance scale: the scale is a call argument.
-        for g in sorted({job["guidance"] for job in chunk}):
-            part = [job for job in chunk if job["guidance"] == g]
-            latents = torch.stack([initial_noise(shape, j["prompt_id"], j["seed"]) for j in part])
-            images = pipe(
-                prompt=[j["prompt"] for j in part],
-                latents=latents.to(device, dtype),
-                num_inference_steps=steps,
-                guidance_scale=g,
-                height=resolution,
-                width=resolution,
-                output_type="np",
-            ).images
-            for job, image in zip(part, images, strict=True):
+    for part, missing in tqdm(
+        batches_to_make(jobs, out_dir, batch_size), desc="generate", mininterval=5
+    ):
+        g = part[0]["guidance"]
+        latents = torch.stack([initial_noise(shape, j["prompt_id"], j["seed"]) for j in part])
+        images = pipe(
+            prompt=[j["prompt"] for j in part],
+            latents=latents.to(device, dtype),
+            num_inference_steps=steps,
+            guidance_scale=g,
+            height=resolution,
+            width=resolution,
+            output_type="np",
+        ).images
+        for job, image, write in zip(part, images, missing, strict=True):
+            if write:
                 save_image(image, out_dir / job["path"], job["key"])
     return pd.DataFrame(jobs, columns=MANIFEST_COLUMNS)
+
+
+def batches_to_make(
+    jobs: Sequence[dict], out_dir: Path, batch_size: int
+) -> list[tuple[list[dict], list[bool]]]:
+    """The pipeline calls that make the images not yet on disk: (jobs, which to write).
+
+    A call's images depend on the batch they are computed in (float rounding differs with
+    the batch's size and contents), so calls are cut as a run from scratch cuts them: the
+    jobs in their fixed order in blocks of ``batch_size``, one call per guidance scale in a
+    block (the scale is a call argument). A call holding a missing or stale image is run
+    whole and writes only those, so a remade image equals the one a whole run makes.
+    """
+    calls = []
+    for start in range(0, len(jobs), batch_size):
+        block = jobs[start : start + batch_size]
+        for g in sorted({job["guidance"] for job in block}):
+            part = [job for job in block if job["guidance"] == g]
+            missing = [not reusable(out_dir / job["path"], job["key"]) for job in part]
+            if any(missing):
+                calls.append((part, missing))
+    return calls
 
 
 def image_jobs(

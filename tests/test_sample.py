@@ -145,3 +145,23 @@ def test_images_follow_the_model_settings_and_damage(own_model: Path, tmp_path: 
 def test_sampling_runs_in_float32_on_the_cpu() -> None:
     assert sampling_dtype("bfloat16", "cpu") == "float32"
     assert sampling_dtype("bfloat16", "cuda:1") == "bfloat16"
+
+
+def test_a_missing_image_is_remade_in_the_batch_a_whole_run_makes_it_in(tmp_path: Path) -> None:
+    from dspo.sample import batches_to_make, save_image
+
+    jobs = [
+        {"path": f"g{g}/p{p}.png", "key": f"k{g}{p}", "guidance": g}
+        for p in range(3)
+        for g in (2.0, 4.0)
+    ]
+    for job in jobs:
+        save_image(np.zeros((2, 2, 3)), tmp_path / job["path"], job["key"])
+    assert batches_to_make(jobs, tmp_path, batch_size=4) == []
+    (tmp_path / "g4.0/p1.png").write_bytes(b"\x89PNG truncated")
+    # Blocks of 4 jobs in their order, one call per guidance scale: the damaged image's
+    # call holds both guidance-4 jobs of the first block, and writes only the damaged one.
+    calls = batches_to_make(jobs, tmp_path, batch_size=4)
+    assert [([j["path"] for j in part], missing) for part, missing in calls] == [
+        (["g4.0/p0.png", "g4.0/p1.png"], [False, True])
+    ]
