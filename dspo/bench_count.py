@@ -34,7 +34,7 @@ def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
     precomputed = name == "ours-pre"
     model = PreferenceModel(unet, needs_reference and not precomputed, bool(spec.lora))
     if name == "upstream" and needs_reference and spec.lora and spec.upstream_reference == "copy":
-        model.reference = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
+        model.use_reference(copy.deepcopy(pipe.unet))
     local = spec.pairs // spec.accumulation
     objective = get_objective(spec.method)
     tokens = pipe.tokenizer.model_max_length

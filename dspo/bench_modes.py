@@ -230,7 +230,7 @@ def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
     model = PreferenceModel(unet, needs_reference, bool(spec.lora), frozen)
     if needs_reference and spec.lora and spec.upstream_reference == "copy":
         copy = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
-        model.reference = copy.requires_grad_(False).eval().to(dtype=frozen)
+        model.use_reference(copy.to(dtype=frozen))
     model.to(spec.device)
     table = pd.read_parquet(root / "pairs.parquet")
     dataset = UpstreamPairs(table, pipe.tokenizer, spec.resolution, spec.seed)

@@ -86,11 +86,19 @@ class PreferenceModel(torch.nn.Module):
         """The frozen copy of the starting weights (full fine-tuning), else None."""
         return self._frozen[0] if self._frozen else None
 
-    @reference.setter
-    def reference(self, unet: UNet2DConditionModel) -> None:
-        # Without this setter nn.Module would register the UNet as a submodule the property
-        # then hides, and `ref` would silently fall back to the disabled adapters.
+    def use_reference(self, unet: UNet2DConditionModel) -> None:
+        """Hold ``unet`` as the frozen reference (outside ``state_dict``, as the copy is).
+
+        Assigning ``model.reference = unet`` would not do: nn.Module.__setattr__ registers a
+        module value as a submodule without calling the property, which then hides it, and
+        ``ref`` would silently use the disabled adapters instead.
+        """
         self._frozen = (unet.requires_grad_(False).eval(),)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "reference":
+            raise AttributeError("set the reference with use_reference(unet)")
+        super().__setattr__(name, value)
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
