@@ -81,6 +81,13 @@ def write_sweep(
     return [csv, md, png]
 
 
+def _resampled(table: pd.DataFrame) -> str:
+    """What the intervals resample: replicates too where a model has several."""
+    if "n_replicates" in table and table["n_replicates"].max() > 1:
+        return "training replicates (where a model has several) and prompts"
+    return "prompts"
+
+
 def _markdown(
     table: pd.DataFrame, name: str, spec: Mapping[str, Any], labels: Mapping[str, str] | None
 ) -> str:
@@ -89,8 +96,8 @@ def _markdown(
     lines = [
         f"# Sweep {name}: {label(spec['method'])} over {keys}",
         "",
-        "Win rate against the base model (%), with the 95 % interval over training replicates "
-        "and prompts; p: sign test over prompts, Holm-adjusted over this table.",
+        f"Win rate against the base model (%), with the 95 % interval over {_resampled(table)}; "
+        "p: sign test over prompts, Holm-adjusted over this table.",
         "",
         "| prompt set | guidance | reward | model | value | win rate | 95 % CI | p (Holm) |",
         "|---|---|---|---|---|---|---|---|",
@@ -177,8 +184,8 @@ def plot_sweep(
         fontsize=8,
     )
     fig.supxlabel(
-        f"{label(spec['method'])} sweep {name}; bands: 95 % interval over training replicates "
-        "and prompts; dotted line: parity with the base model",
+        f"{label(spec['method'])} sweep {name}; bands: 95 % interval over {_resampled(table)}; "
+        "dotted line: parity with the base model",
         fontsize=8,
         color="0.3",
     )
