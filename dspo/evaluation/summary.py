@@ -22,6 +22,7 @@ import pandas as pd
 
 import dspo
 from dspo.content import source_key
+from dspo.evaluation.statistics import resampled_over
 
 START = "<!-- results: written by `make readme-results` from docs/run_summary.json -->"
 END = "<!-- results: end -->"
@@ -132,7 +133,7 @@ def render_block(summary: Mapping[str, Any]) -> str:
     sets = list(dict.fromkeys(c["prompt_set"] for c in summary["headline"]))
     cell = {(c["prompt_set"], c["guidance"]): c for c in summary["headline"]}
     replicates = max(int(c.get("n_replicates") or 1) for c in summary["headline"])
-    over = "training replicates and prompts" if replicates > 1 else "prompts"
+    over = resampled_over(replicates > 1)
     lines = [
         START,
         f"{label(summary['method'])} against the base model under the "

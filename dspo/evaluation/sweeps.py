@@ -16,7 +16,14 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from dspo.evaluation.statistics import BLOCK, REPLICATE, order_rows, sign_test, win_rates
+from dspo.evaluation.statistics import (
+    BLOCK,
+    REPLICATE,
+    order_rows,
+    resampled_over,
+    sign_test,
+    win_rates,
+)
 from dspo.evaluation.tables import labeller, with_holm
 
 
@@ -82,10 +89,7 @@ def write_sweep(
 
 
 def _resampled(table: pd.DataFrame) -> str:
-    """What the intervals resample: replicates too where a model has several."""
-    if "n_replicates" in table and table["n_replicates"].max() > 1:
-        return "training replicates (where a model has several) and prompts"
-    return "prompts"
+    return resampled_over("n_replicates" in table and table["n_replicates"].max() > 1)
 
 
 def _markdown(

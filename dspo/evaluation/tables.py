@@ -19,16 +19,10 @@ from dspo.evaluation.statistics import (
     holm,
     mean_scores,
     order_rows,
+    resampled_over,
     sign_test,
     win_rates,
 )
-
-
-def _resampled(scores: pd.DataFrame) -> str:
-    """What the intervals resample: training replicates too, when any model has several."""
-    if "replicate" in scores and scores.groupby("model")["replicate"].nunique().max() > 1:
-        return "training replicates and prompts (seeds nested)"
-    return "prompts"
 
 
 def write_tables(
@@ -76,13 +70,14 @@ def write_tables(
     means = order_rows(
         mean_scores(scores, n_boot, seed, ci), {**orders, "model": [baseline, *methods]}
     )
+    several = "replicate" in scores and scores.groupby("model")["replicate"].nunique().max() > 1
     layout = _Layout(
         baseline=baseline,
         baseline_scores=scores[scores["model"] == baseline],
         rewards=list(rewards),
         prompt_sets=list(prompt_sets),
         name=name,
-        ci_text=f"{ci * 100:g} % percentile bootstrap CI over {_resampled(scores)} "
+        ci_text=f"{ci * 100:g} % percentile bootstrap CI over {resampled_over(several)} "
         f"({n_boot} resamples)",
     )
 
