@@ -246,6 +246,7 @@ def trainable_weights_only(accelerator: Accelerator) -> None:
     and miss the dropped keys), refusing a file whose keys are not exactly the trainable
     ones, and hands accelerate no model to load.
     """
+    from accelerate.utils import SAFE_MODEL_NAME
     from safetensors.torch import load_file
 
     def trainable_names(model) -> set[str]:
@@ -259,7 +260,8 @@ def trainable_weights_only(accelerator: Accelerator) -> None:
 
     def load_hook(models: list, input_dir: str) -> None:
         for i, model in enumerate(models):
-            path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            name = SAFE_MODEL_NAME if i == 0 else f"{SAFE_MODEL_NAME}_{i}"  # accelerate's names
+            path = Path(input_dir) / f"{name}.safetensors"
             state = load_file(path, device=str(accelerator.device))
             expected = trainable_names(model)
             if set(state) != expected:
