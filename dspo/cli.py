@@ -288,44 +288,41 @@ SAMPLING_OPTIONS = (
     "sample",
     arg("--prompts", required=True, nargs="+", help="prompt tables (`dspo prompts`)"),
     arg("--out", required=True, nargs="+", help="one manifest per prompt table, in their order"),
+    arg("--editing-set", help="editing table (`dspo editing-set`) to edit too"),
+    arg("--editing-out", help="the edits' manifest (with --editing-set)"),
     *SAMPLING_OPTIONS,
+    setting("--strength", type=float, help="share of the schedule an edit's source is noised to"),
     config="generate",
 )
 def generate(args: argparse.Namespace) -> None:
-    """Sample a model on prompt sets at every configured seed and guidance scale.
+    """Sample a model on prompt sets, and edit the editing set with it, at every configured
+    seed and guidance scale.
 
-    Several prompt sets share one job, so the model and libraries load once per model.
+    The prompt sets and the edits share one job, so the model and libraries load once per
+    model (on the toy world, loading took longer than sampling a set).
     """
+    from dspo.edit import edit as run_editing
     from dspo.sample import generate as run_generation
 
     _same_count("--prompts", args.prompts, "--out", args.out)
-    _make_images(args, list(zip(args.prompts, args.out, strict=True)), run_generation)
-
-
-@command(
-    "sample",
-    arg("--editing-set", required=True, help="editing table (`dspo editing-set`)"),
-    OUT,
-    *SAMPLING_OPTIONS,
-    setting("--strength", type=float, help="share of the schedule the source is noised to"),
-    config="edit",
-)
-def edit(args: argparse.Namespace) -> None:
-    """Edit the editing set's images with a model at every configured seed and guidance."""
-    from dspo.edit import edit as run_editing
-
-    jobs = [(args.editing_set, args.out)]
-    _make_images(args, jobs, run_editing, strength=args.params["strength"])
+    jobs = [
+        (table, out, run_generation, {}) for table, out in zip(args.prompts, args.out, strict=True)
+    ]
+    if (args.editing_set is None) != (args.editing_out is None):
+        raise SystemExit("error: --editing-set and --editing-out go together")
+    if args.editing_set is not None:
+        if "strength" not in args.params:
+            raise SystemExit("error: editing needs the strength setting (--strength or params)")
+        strength = {"strength": args.params["strength"]}
+        jobs.append((args.editing_set, args.editing_out, run_editing, strength))
+    _make_images(args, jobs)
 
 
 def _make_images(
-    args: argparse.Namespace,
-    jobs: list[tuple[str, str]],
-    make: Callable[..., Any],
-    **extra: Any,
+    args: argparse.Namespace, jobs: list[tuple[str, str, Callable[..., Any], dict[str, Any]]]
 ) -> None:
-    """Load the model, make every image of each (input table, manifest) with ``make`` and
-    write the manifests.
+    """Load the model, make every image of each (input table, manifest, maker, its extra
+    settings) and write the manifests.
 
     Images whose recorded key (model and base contents, settings, code) still matches are
     kept; the manifest's sidecar records the job's key.
@@ -337,13 +334,15 @@ def _make_images(
 
     p = args.params
     dtype = sampling_dtype(p.get("dtype", "float32"), args.device)
-    # Seeds and guidance are in each image's own key; the batch size only groups the work.
-    shared = {k: v for k, v in p.items() if k not in ("seeds", "guidance", "batch_size")}
+    # Seeds and guidance are in each image's own key, and so is an edit's strength; the batch
+    # size only groups the work. So a changed strength remakes the edits, not the samples.
+    per_image = ("seeds", "guidance", "batch_size", "strength")
+    shared = {k: v for k, v in p.items() if k not in per_image}
     key = run_key(args.model, args.base, {**shared, "dtype": dtype})
     pipe = load_for_sampling(args.model, args.base, dtype=dtype, device=args.device)
-    meta = {"model": args.model, "base": args.base, **p, "sampling_dtype": dtype, "key": key}
+    meta = {"model": args.model, "base": args.base, **shared, "sampling_dtype": dtype, "key": key}
     images = 0
-    for table, out in jobs:
+    for table, out, make, extra in jobs:
         manifest = make(
             pipe,
             pd.read_parquet(table),
@@ -357,14 +356,15 @@ def _make_images(
             key=key,
             **extra,
         )
-        write_manifest(manifest, Path(out), meta)
+        settings = {k: p[k] for k in ("seeds", "guidance", "batch_size")} | extra
+        write_manifest(manifest, Path(out), {**meta, **settings})
         images += len(manifest)
     report({"model": args.model, "images": images, "key": key})
 
 
 @command(
     "score",
-    arg("--manifest", required=True, nargs="+", help="image manifests (`dspo generate`, `edit`)"),
+    arg("--manifest", required=True, nargs="+", help="image manifests (`dspo generate`)"),
     arg("--name", required=True, help="name of the model, written into the scores"),
     arg("--out", required=True, nargs="+", help="one score table per manifest, in their order"),
     threads(),

@@ -83,17 +83,19 @@ def _train_schema() -> dict[str, Any]:
 _SAMPLING_KEYS = ("seeds", "guidance", "steps", "scheduler", "resolution", "batch_size")
 
 
-def _sampling_schema(*extra: str) -> dict[str, Any]:
+def _sampling_schema() -> dict[str, Any]:
+    """Sampling settings, plus the editing strength (needed only when the job edits too)."""
     evaluation = _node("properties/evaluation")["properties"]
     properties = {key: evaluation[key] for key in _SAMPLING_KEYS}
     properties["dtype"] = _node("properties/base_model")["properties"]["dtype"]
-    editing = _node("properties/evaluation/properties/editing")["properties"]
-    properties.update({key: editing[key] for key in extra})
+    properties["strength"] = _node("properties/evaluation/properties/editing")["properties"][
+        "strength"
+    ]
     return {
         "type": "object",
         "additionalProperties": False,
         "properties": properties,
-        "required": [*_SAMPLING_KEYS, *extra],
+        "required": list(_SAMPLING_KEYS),
     }
 
 
@@ -198,7 +200,6 @@ STEPS: dict[str, Step] = {
         _train_schema, lambda: {**_defaults()["training"], "params": {}}, _objective_problems
     ),
     "generate": Step(_sampling_schema, lambda: {"dtype": "float32"}),
-    "edit": Step(lambda: _sampling_schema("strength"), lambda: {"dtype": "float32"}),
     "score": Step(_score_schema),
     "tables": Step(_tables_schema, lambda: {"labels": {}, "paper_tables": {}}),
 }

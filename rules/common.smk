@@ -207,8 +207,28 @@ def sampling_config():
     return {**{k: EVALUATION[k] for k in keys}, "dtype": BASE.get("dtype", "float32")}
 
 
-def editing_config():
-    return {**sampling_config(), "strength": EDITING["strength"]}
+def generation_config():
+    """The generate job's slice: sampling, and the editing strength when it edits too."""
+    return {**sampling_config(), "strength": EDITING["strength"]} if EDITING else sampling_config()
+
+
+EDITING_TABLE = "results/data/editing.parquet"
+
+
+def editing_table_input(wildcards):
+    return [EDITING_TABLE] if EDITING else []
+
+
+def editing_manifest_output():
+    return ["results/images/{model}/editing/manifest.parquet"] if EDITING else []
+
+
+def editing_options(wildcards, output):
+    """The generate job's editing flags; none when editing is off."""
+    if not EDITING:
+        return ""
+    table, manifest = shlex.quote(EDITING_TABLE), shlex.quote(output.editing[0])
+    return f"--editing-set {table} --editing-out {manifest}"
 
 
 def editing_source_input(wildcards):
@@ -246,7 +266,7 @@ def score_files(wildcards=None):
 
 def grid_sources(wildcards):
     """The editing set, for the editing grid's source column; nothing for prompt sets."""
-    return ["results/data/editing.parquet"] if wildcards.prompt_set == "editing" else []
+    return [EDITING_TABLE] if wildcards.prompt_set == "editing" else []
 
 
 def grid_sources_option(wildcards, input):

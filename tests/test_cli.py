@@ -50,7 +50,7 @@ def test_help_lists_the_commands_by_stage_in_workflow_order() -> None:
     listed = re.findall(r"^  ([a-z-]+)  +\S", text, flags=re.MULTILINE)
     assert sorted(listed) == sorted(COMMANDS)
     order = [listed.index(name) for name in ("toy-world", "cache-part", "train", "generate")]
-    order += [listed.index(name) for name in ("edit", "score", "tables", "summary", "bench")]
+    order += [listed.index(name) for name in ("score", "tables", "summary", "bench")]
     assert order == sorted(order)
     headings = [text.index(f"\n{heading}:\n") for heading in STAGES.values()]
     assert headings == sorted(headings)
@@ -164,7 +164,7 @@ def workflow_commands(workdir: Path) -> list[list[str]]:
 def test_every_workflow_command_parses_and_its_settings_validate(tmp_path: Path) -> None:
     """The rules' command lines against the parser, and their --params against the schema."""
     commands = workflow_commands(tmp_path)
-    assert {c[0] for c in commands} >= {"toy-world", "train", "generate", "edit", "score", "tables"}
+    assert {c[0] for c in commands} >= {"toy-world", "train", "generate", "score", "tables"}
     ran = []
     for argv in commands:
         args, unknown = build_parser("dspo").parse_known_args(argv)

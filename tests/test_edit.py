@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dspo import cli
 from dspo.data import toy
 from dspo.data.prompts import load_editing_set
 from dspo.edit import edit
@@ -140,3 +142,44 @@ def test_edits_are_remade_when_their_inputs_change_or_break(tiny_model: Path, tm
     run(editing)
     image.write_bytes(image.read_bytes()[:60])
     assert np.array_equal(run(editing), first)
+
+
+def test_one_generate_job_samples_and_edits(tiny_model: Path, tmp_path: Path) -> None:
+    """The workflow's generate job also edits; a new strength remakes the edits, not the samples."""
+    prompts, editing = tmp_path / "prompts.parquet", tmp_path / "editing.parquet"
+    pd.DataFrame({"prompt_set": "p", "prompt_id": [0, 1], "prompt": ["a", "b"]}).to_parquet(prompts)
+    pd.DataFrame(
+        {
+            "prompt_set": "editing",
+            "prompt_id": [0],
+            "prompt": ["a red circle"],
+            "image": [png((30, 30, 200))],
+        }
+    ).to_parquet(editing)
+    samples, edits = tmp_path / "images/p/manifest.parquet", tmp_path / "images/e/manifest.parquet"
+
+    def run(strength: float, *extra: str) -> dict[str, tuple[bytes, int]]:
+        params = {"seeds": [0], "guidance": [2.0], "steps": 4, "scheduler": "ddim"}
+        params |= {"resolution": 16, "batch_size": 4, "strength": strength}
+        cli.main(
+            ["generate", "--params", json.dumps(params), "--model", str(tiny_model)]
+            + ["--base", str(tiny_model), "--prompts", str(prompts), "--out", str(samples), *extra]
+        )
+        files = {}
+        for manifest in (samples, edits):
+            for path in pd.read_parquet(manifest)["path"]:
+                image = manifest.parent / path
+                files[str(image)] = (image.read_bytes(), image.stat().st_mtime_ns)
+        return files
+
+    flags = ("--editing-set", str(editing), "--editing-out", str(edits))
+    first = run(0.5, *flags)
+    assert len(first) == 3
+    second = run(0.9, *flags)
+    for path, (pixels, stamp) in first.items():
+        if "/e/" in path:
+            assert second[path][0] != pixels
+        else:
+            assert second[path] == (pixels, stamp)
+    with pytest.raises(SystemExit, match="go together"):
+        run(0.5, "--editing-set", str(editing))

@@ -58,7 +58,7 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
         "-n", "all", "--configfile", str(REPO / "config/presets/sd15.yaml"), cwd=tmp_path
     )
     jobs = planned_jobs(result.stdout)
-    assert jobs["train"] == 10 and jobs["generate"] == 11 and jobs["edit"] == 11
+    assert jobs["train"] == 10 and jobs["generate"] == 11 and "edit" not in jobs
     assert jobs["score"] == 11 and jobs["editing_set"] == 1
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
 
@@ -122,7 +122,6 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
             "train": 1,
             "training_view": 1,
             "generate": 1,
-            "edit": 1,
             "score": 1,
             "tables": 1,
             "grid": 2,
