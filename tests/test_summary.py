@@ -146,3 +146,30 @@ def test_readme_results_block_is_what_the_kept_summary_writes() -> None:
     assert summary["preset"] == "toy"
     assert min(c["n_replicates"] for c in summary["headline"]) >= 3
     assert summary["stages"] and summary["wall_seconds"]
+
+
+def test_readme_describes_the_default_run_as_configured() -> None:
+    """The README's sentence on what the default run does follows config/config.yaml."""
+    import yaml
+
+    from dspo import experiments
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    readme = " ".join((root / "README.md").read_text().split())
+    trained = len(experiments.trained_models(config))
+    pretrain = config["base_model"]["pretrain"]
+    evaluation = config["evaluation"]
+    image_sets = len(evaluation["prompt_sets"]) + bool(evaluation.get("editing"))
+    training = config["training"]
+    expected = [
+        f"({trained} fine-tuning runs of {training['steps']} steps of "
+        f"{training['pairs_per_step']} pairs)",
+        f"pre-trains the base model for {pretrain['unet']['steps']:,} steps on "
+        f"{pretrain['n_images']:,} renders",
+        f"samples {trained + 1} models x {image_sets} image sets x "
+        f"{config['world']['prompts_per_set']} prompts x {len(evaluation['seeds'])} seeds x "
+        f"{len(evaluation['guidance'])} guidance scales",
+    ]
+    for phrase in expected:
+        assert phrase in readme, f"README.md should say: {phrase}"
