@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dspo.content import file_sha256
@@ -50,6 +50,7 @@ from dspo.content import file_sha256
 # The reading side lives in its own module; its names are part of this module's interface.
 from dspo.data.cache_load import MANIFEST, SHARD_KEYS, PairCache, load_cache  # noqa: F401
 from dspo.data.pairs import REJECTED_CAPTION
+from dspo.data.tensor_files import concat_safetensors
 from dspo.models import encode_text, load_pipeline, model_family, resolve_dtype
 
 PART_MANIFEST = "part.json"
@@ -380,31 +381,29 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.replace(tmp, dst)
 
 
-def _gather_text(infos: list[dict[str, Any]], out_dir: Path) -> Path:
-    """Concatenate the parts' prompt embeddings into one ``text.safetensors``."""
-    blocks: dict[str, list[torch.Tensor]] = {}
+def _gather_text(infos: list[dict[str, Any]], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Join the parts' prompt embeddings into one ``text.safetensors`` on disk, a chunk at a
+    time (at full scale they are far larger than memory); return it with its header."""
     rows = 0
     for info in infos:
         start, stop = info["prompt_rows"]
         if start != rows and stop > start:
             raise ValueError(f"{info['dir']}: prompt rows start at {start}, expected {rows}")
         rows = max(rows, stop)
-        if info["text_file"]:
-            for key, value in load_file(str(info["dir"] / info["text_file"])).items():
-                blocks.setdefault(key, []).append(value)
     if rows != infos[0]["prompts"]:
         raise ValueError(f"cache parts embed {rows} prompts, expected {infos[0]['prompts']}")
     path = out_dir / "text.safetensors"
-    _save_atomic({k: torch.cat(v) for k, v in blocks.items()}, path)
-    return path
+    sources = [info["dir"] / info["text_file"] for info in infos if info["text_file"]]
+    return path, concat_safetensors(sources, path)
 
 
 def gather_cache(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
     """Join the parts written by :func:`encode_part` into one cache folder.
 
     Latent files are hard-linked (copied where links are impossible) into ``out_dir``, text
-    embeddings are concatenated, and ``manifest.json`` is written last, so a folder with a
-    manifest is always a complete cache. The manifest records ``bytes_per_pair``.
+    embeddings are joined on disk (:func:`dspo.data.tensor_files.concat_safetensors`), and
+    ``manifest.json`` is written last, so a folder with a manifest is always a complete cache.
+    The manifest records ``bytes_per_pair``.
     """
     infos = _read_parts(part_dirs)
     first = infos[0]
@@ -419,7 +418,7 @@ def gather_cache(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
             _link_or_copy(info["dir"] / shard["file"], out_dir / shard["file"])
     # Parts written before shards carried checksums get theirs now, from the gathered files.
     shards = [{**s, "sha256": s.get("sha256") or file_sha256(out_dir / s["file"])} for s in shards]
-    text = _gather_text(infos, out_dir)
+    text, text_header = _gather_text(infos, out_dir)
     latent_bytes = sum((out_dir / s["file"]).stat().st_size for s in shards)
     text_bytes = text.stat().st_size
     pairs = max(1, first["pairs"])
@@ -429,7 +428,7 @@ def gather_cache(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
         "prompts": first["prompts"],
         "parts": first["parts"],
         "latent_shape": next(i["latent_shape"] for i in infos if i["files"]),
-        "text_shape": list(load_file(str(text))["empty"].shape[1:]),
+        "text_shape": text_header["empty"]["shape"][1:],
         "shards": shards,
         "text_sha256": file_sha256(text),
         # Latent files only, as training reads them per pair; the text is shared by prompts.

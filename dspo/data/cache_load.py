@@ -45,7 +45,7 @@ _NUMPY = {
 }
 
 
-def _header(path: Path) -> tuple[int, dict[str, Any]]:
+def safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
     """Where the data starts and the tensor entries of a safetensors file, checked for size."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
@@ -165,7 +165,7 @@ def _open(path: Path, sha256: str | None, verify: bool) -> tuple[dict[str, Any],
         raise FileNotFoundError(f"{path} is missing: rebuild the cache")
     if verify:
         verify_checksum(path, sha256)
-    start, header = _header(path)
+    start, header = safetensors_header(path)
     return {key: _map(path, start, entry) for key, entry in header.items()}, header
 
 
