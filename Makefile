@@ -21,7 +21,8 @@ watch: $(VENV)/.installed
 	python -m dspo.progress --watch $(WATCH)
 
 # The sd15 preset on stand-ins (`dspo standins`: real architectures and file formats, random
-# weights), every rule of its DAG, offline on CPUs. STANDINS=/path keeps the ~20 GB of
+# weights), every rule of its DAG, offline on CPUs; each job's peak memory is written to
+# results/bench/memory_rehearsal.csv (docs/cluster.md). STANDINS=/path keeps the ~17 GB of
 # stand-ins elsewhere (./standins then links there); they are written when absent.
 STANDINS ?= standins
 REHEARSAL ?= config/presets/sd15.yaml config/presets/rehearsal.yaml
@@ -30,7 +31,8 @@ export HF_HUB_OFFLINE := 1
 
 rehearse: $(VENV)/.installed standins/standins.json
 	dspo standins --out standins --skip-existing
-	snakemake --cores $(REHEARSE_CORES) all --configfile $(REHEARSAL)
+	dspo bench memory --out results/bench/memory_rehearsal.csv -- \
+		snakemake --cores $(REHEARSE_CORES) all --configfile $(REHEARSAL)
 
 # A few steps of the SD1.5 stand-in at 512 px in bf16 on one CUDA GPU (fails at once without).
 gpu-check: $(VENV)/.installed standins/standins.json
