@@ -72,7 +72,7 @@ def test_summary_holds_the_headline_machine_and_stages(tmp_path: Path) -> None:
     assert block.startswith(START) and block.rstrip().endswith(END)
     assert "| Held-out captions | 72.0 [60.0, 80.0] | 74.0 [60.0, 80.0] |" in block
     assert "3 replicates" in block and "training replicates and prompts" in block
-    assert "base_model 400 s (1 jobs), train 90 s (2 jobs)" in block
+    assert "base_model 400 s (1 job), train 90 s (2 jobs)" in block
     # Wall time: from the first job's start (end minus its seconds) to the last job's end.
     for path, end in zip(bench, (1000.0, 1100.0, 900.0), strict=True):
         os.utime(path, (end, end))

@@ -164,7 +164,7 @@ def render_block(summary: Mapping[str, Any]) -> str:
     if stages:
         total = sum(s["seconds"] for s in stages.values())
         parts = [
-            f"{stage} {s['seconds']:.0f} s ({s['jobs']:.0f} jobs)"
+            f"{stage} {s['seconds']:.0f} s ({s['jobs']:.0f} job{'s' if s['jobs'] != 1 else ''})"
             for stage, s in sorted(stages.items(), key=lambda kv: -kv[1]["seconds"])
         ]
         lines.append(f"Job time by stage ({total / 60:.1f} min in all): " + ", ".join(parts) + ".")
