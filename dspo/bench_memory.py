@@ -87,6 +87,15 @@ def _argv(pid: int) -> list[str]:
         return []
 
 
+def _start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with the pid, names one process
+    even when the kernel reuses the pid for a later one."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -107,7 +116,8 @@ def watch(
     resident memory; with ``out``, rewrite the CSV every ``every`` seconds, so a run that is
     stopped early still leaves its table."""
     jobs: dict[str, Job] = {}
-    names: dict[int, tuple[str, str] | None] = {}
+    # By (pid, start time): a long run outlives many pids, and a reused one is another job.
+    names: dict[tuple[int, int | None], tuple[str, str] | None] = {}
     process = subprocess.Popen(command) if command else None
     root = process.pid if process else pid
     written = time.monotonic()
@@ -118,9 +128,10 @@ def watch(
             write_csv(jobs, out)
             written = now
         for pid in _descendants(root):
-            if pid not in names:
-                names[pid] = job_name(_argv(pid))
-            named = names[pid]
+            process_key = (pid, _start_time(pid))
+            if process_key not in names:
+                names[process_key] = job_name(_argv(pid))
+            named = names[process_key]
             hwm = _hwm_mib(pid) if named else None
             if named is None or hwm is None:
                 continue

@@ -46,3 +46,28 @@ def test_a_watched_command_records_each_job_peak(tmp_path: Path) -> None:
     assert [r["command"] for r in rows] == ["standins"]
     assert rows[0]["job"] == f"standins out={tmp_path / 's'}"
     assert float(rows[0]["peak_mib"]) > 50  # python, numpy and torch imported at least
+
+
+def test_a_reused_pid_is_another_job(monkeypatch) -> None:
+    """The kernel reuses pids over a long run: a later process is not the earlier job's."""
+    from dspo import bench_memory
+
+    polls = [
+        {100: (1, ["/v/bin/dspo", "cache-gather", "--out", "c"], 400.0)},
+        {100: (2, ["/v/bin/dspo", "score", "--name", "m", "--out", "s"], 6000.0)},
+    ]
+    seen: dict[int, tuple[int, list[str], float]] = {}
+
+    def descendants(root: int) -> list[int]:
+        seen.clear()
+        seen.update(polls.pop(0) if polls else {})
+        return [root, *seen]
+
+    monkeypatch.setattr(bench_memory, "_descendants", descendants)
+    monkeypatch.setattr(bench_memory, "_alive", lambda pid: bool(polls))
+    monkeypatch.setattr(bench_memory, "_start_time", lambda pid: seen[pid][0] if pid in seen else 0)
+    monkeypatch.setattr(bench_memory, "_argv", lambda pid: seen[pid][1] if pid in seen else [])
+    monkeypatch.setattr(bench_memory, "_hwm_mib", lambda pid: seen[pid][2] if pid in seen else None)
+    _, jobs = bench_memory.watch(None, 0.0, pid=1)
+    peaks = {name: job.peak_mib for name, job in jobs.items()}
+    assert peaks == {"cache-gather out=c": 400.0, "score name=m out=s": 6000.0}
