@@ -51,13 +51,11 @@ def checked(config: dict, root: Path) -> None:
     # rules/common.smk is plain Python: run it and build every slice the rules pass.
     helpers = {"config": config, "expand": expand}
     exec(compile(COMMON.read_text(), str(COMMON), "exec"), helpers)
-    helpers["sampling_config"]()
+    helpers["generation_config"]()
     helpers["reward_config"]()
     helpers["tables_config"]()
     for method in helpers["METHODS"]:
         helpers["method_config"](method)
-    if helpers["EDITING"]:
-        helpers["editing_config"]()
 
 
 FIXED_FAULTS = {
@@ -258,3 +256,10 @@ def test_snakemake_reports_config_faults_without_a_traceback(
     result = snakemake("-n", "all", "--configfile", str(config), cwd=tmp_path, check=False)
     assert result.returncode != 0 and named in result.stdout
     assert "Traceback" not in result.stdout and "dspo/" not in result.stdout
+
+
+def test_shared_training_block_requires_every_training_key() -> None:
+    """Methods fill what they do not override from `training`, so it must hold every key."""
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    required = schema["properties"]["training"]["required"]
+    assert sorted(required) == sorted(schema["$defs"]["training"]["properties"])
