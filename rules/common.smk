@@ -95,6 +95,8 @@ PAIRS_SOURCE = config["pairs"]["source"]
 TOY_PAIRS = "results/data/toy/pairs"
 TOY_PROMPTS = "results/data/toy/prompts.parquet"
 TOY_EDITING = "results/data/toy/editing.parquet"
+# The editing set every model edits (rule editing_set).
+EDITING_TABLE = "results/data/editing.parquet"
 
 
 def pairs_source_input(wildcards):
@@ -211,8 +213,6 @@ def generation_config():
     """The generate job's slice: sampling, and the editing strength when it edits too."""
     return {**sampling_config(), "strength": EDITING["strength"]} if EDITING else sampling_config()
 
-
-EDITING_TABLE = "results/data/editing.parquet"
 
 
 def editing_table_input(wildcards):

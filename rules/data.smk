@@ -223,7 +223,7 @@ if EDITING:
         input:
             editing_source_input,
         output:
-            "results/data/editing.parquet",
+            EDITING_TABLE,
         params:
             cfg=as_json(EDITING),
             source=source_arg(EDITING["source"], TOY_EDITING),
