@@ -50,7 +50,7 @@ from dspo.cli_registry import (
 )
 def toy_world(args: argparse.Namespace) -> None:
     """Write the toy world's pairs, prompt sets and a preview of sample pairs."""
-    from dspo.data import toy
+    from dspo import toy
 
     out = Path(args.out)
     stats = toy.build_world(toy.ToyWorldConfig.from_dict(args.params), out)

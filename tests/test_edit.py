@@ -12,10 +12,12 @@ import pytest
 from PIL import Image
 
 from dspo import cli
-from dspo.data import toy
 from dspo.data.prompts import load_editing_set
 from dspo.edit import edit
 from dspo.models import load_pipeline
+from dspo.toy.oracle import oracle_scores
+from dspo.toy.scenes import ATTRIBUTES, parse_caption, split_scenes
+from dspo.toy.world import editing_set
 
 
 def png(colour: tuple[int, int, int]) -> bytes:
@@ -25,17 +27,17 @@ def png(colour: tuple[int, int, int]) -> bytes:
 
 
 def test_toy_editing_set_changes_one_attribute() -> None:
-    scenes = toy.split_scenes(0)["heldout_captions"]
-    table = toy.editing_set(scenes, 12, 16, np.random.default_rng(0))
+    scenes = split_scenes(0)["heldout_captions"]
+    table = editing_set(scenes, 12, 16, np.random.default_rng(0))
     assert len(table) == 12 and list(table.columns) == ["source_prompt", "prompt", "image"]
     for row in table.itertuples():
-        source, target = toy.parse_caption(row.source_prompt), toy.parse_caption(row.prompt)
-        changed = [a for a in toy.ATTRIBUTES if getattr(source, a) != getattr(target, a)]
+        source, target = parse_caption(row.source_prompt), parse_caption(row.prompt)
+        changed = [a for a in ATTRIBUTES if getattr(source, a) != getattr(target, a)]
         assert changed in (["colour"], ["background"])
         image = np.asarray(Image.open(io.BytesIO(row.image)))
         # The source is a clean render: the oracle rates it highly against its own caption.
-        assert toy.oracle_scores(image[None], [row.source_prompt])["total"][0] > 0.8
-    again = toy.editing_set(scenes, 12, 16, np.random.default_rng(0))
+        assert oracle_scores(image[None], [row.source_prompt])["total"][0] > 0.8
+    again = editing_set(scenes, 12, 16, np.random.default_rng(0))
     assert table.equals(again)
 
 

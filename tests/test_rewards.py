@@ -9,16 +9,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dspo.data import toy
 from dspo.rewards import load_reward, score_manifest
+from dspo.toy.render import render
+from dspo.toy.scenes import parse_caption
 
 CAPTION = "a large red circle at the center on a white background"
 
 
 def images() -> list[Image.Image]:
-    scene = toy.parse_caption(CAPTION)
+    scene = parse_caption(CAPTION)
     rng = np.random.default_rng(0)
-    clean, _ = toy.render(scene, rng, 16, defect_prob=0.0)
+    clean, _ = render(scene, rng, 16, defect_prob=0.0)
     noise = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     return [Image.fromarray(clean), Image.fromarray(noise)]
 

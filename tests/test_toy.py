@@ -13,31 +13,47 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dspo.data import toy
+from dspo.toy.oracle import oracle_components, oracle_scores
+from dspo.toy.pairs import decode_jpeg, make_pairs, preview_pairs, sample_unlabelled
+from dspo.toy.render import DEFECTS, render, render_batch
+from dspo.toy.scenes import (
+    _VOCAB,
+    ATTRIBUTES,
+    BACKGROUNDS,
+    COLOURS,
+    HELDOUT_TEMPLATES,
+    TRAIN_TEMPLATES,
+    Scene,
+    all_scenes,
+    caption,
+    parse_caption,
+    split_scenes,
+)
+from dspo.toy.world import ToyWorldConfig, build_world
 
 PAIRS_FILE = Path("pairs") / "train-00000-of-00001.parquet"
 
 
 @pytest.fixture(scope="module")
-def split() -> dict[str, list[toy.Scene]]:
-    return toy.split_scenes(0)
+def split() -> dict[str, list[Scene]]:
+    return split_scenes(0)
 
 
 @pytest.fixture(scope="module")
-def batch(split: dict[str, list[toy.Scene]]) -> tuple[np.ndarray, list, list[str]]:
+def batch(split: dict[str, list[Scene]]) -> tuple[np.ndarray, list, list[str]]:
     """3000 renders of train scenes with many defects, and their captions."""
     rng = np.random.default_rng(11)
     scenes = [split["train"][i] for i in rng.integers(0, len(split["train"]), 3000)]
-    images, defects = toy.render_batch(scenes, rng, 16, defect_prob=0.3)
-    captions = [toy.caption(s, i % 2) for i, s in enumerate(scenes)]
+    images, defects = render_batch(scenes, rng, 16, defect_prob=0.3)
+    captions = [caption(s, i % 2) for i, s in enumerate(scenes)]
     return images, defects, captions
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("world")
-    cfg = toy.ToyWorldConfig(n_pairs=600, prompts_per_set=20)
-    return out, toy.build_world(cfg, out)
+    cfg = ToyWorldConfig(n_pairs=600, prompts_per_set=20)
+    return out, build_world(cfg, out)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,8 +64,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_split_is_disjoint_complete_and_deterministic(split):
-    assert toy.split_scenes(0) == split
-    assert toy.split_scenes(1) != split
+    assert split_scenes(0) == split
+    assert split_scenes(1) != split
     sets = {k: set(v) for k, v in split.items()}
     assert sum(len(v) for v in sets.values()) == len(set().union(*sets.values())) == 900
     unseen = {(s.colour, s.shape) for s in sets["unseen_combinations"]}
@@ -57,30 +73,30 @@ def test_split_is_disjoint_complete_and_deterministic(split):
     assert not any((s.colour, s.shape) in unseen for s in sets["train"] | sets["heldout_captions"])
     assert len(sets["heldout_captions"]) == 75
     # Every attribute value still occurs in training, only the combinations are new.
-    for attr in toy.ATTRIBUTES:
-        assert {getattr(s, attr) for s in sets["train"]} == set(toy._VOCAB[attr])
+    for attr in ATTRIBUTES:
+        assert {getattr(s, attr) for s in sets["train"]} == set(_VOCAB[attr])
 
 
 def test_parse_caption_round_trips_every_template_and_degraded_scene():
-    templates = toy.TRAIN_TEMPLATES + toy.HELDOUT_TEMPLATES
-    for scene, t in itertools.product(toy.all_scenes(), templates):
-        assert toy.parse_caption(toy.caption(scene, t)) == scene
-    scene = toy.Scene("orange", "triangle", "top", "small", "navy")
-    for t, dropped in itertools.product(templates, toy.ATTRIBUTES):
+    templates = TRAIN_TEMPLATES + HELDOUT_TEMPLATES
+    for scene, t in itertools.product(all_scenes(), templates):
+        assert parse_caption(caption(scene, t)) == scene
+    scene = Scene("orange", "triangle", "top", "small", "navy")
+    for t, dropped in itertools.product(templates, ATTRIBUTES):
         partial = replace(scene, **{dropped: None})
-        text = toy.caption(partial, t)
-        assert toy.parse_caption(text) == partial, text
+        text = caption(partial, t)
+        assert parse_caption(text) == partial, text
         assert "  " not in text and not text.endswith(",")
-    assert toy.parse_caption("nothing to see here") == toy.Scene()
+    assert parse_caption("nothing to see here") == Scene()
     # Held-out templates use other wording than the training ones.
-    train_words = {w for t in toy.TRAIN_TEMPLATES for w in toy.caption(scene, t).split()}
+    train_words = {w for t in TRAIN_TEMPLATES for w in caption(scene, t).split()}
     assert "backdrop" not in train_words
-    assert all("backdrop" in toy.caption(scene, t) for t in toy.HELDOUT_TEMPLATES)
+    assert all("backdrop" in caption(scene, t) for t in HELDOUT_TEMPLATES)
 
 
 def test_backgrounds_never_equal_object_colours():
-    assert not set(toy.BACKGROUNDS.values()) & set(toy.COLOURS.values())
-    assert not set(toy.BACKGROUNDS) & set(toy.COLOURS)
+    assert not set(BACKGROUNDS.values()) & set(COLOURS.values())
+    assert not set(BACKGROUNDS) & set(COLOURS)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -88,10 +104,10 @@ def test_backgrounds_never_equal_object_colours():
 
 @pytest.mark.parametrize("size", [16, 32])
 def test_render_jitters_antialiases_and_applies_defects(size):
-    scene = toy.Scene("red", "circle", "left", "large", "white")
+    scene = Scene("red", "circle", "left", "large", "white")
     rng = np.random.default_rng(0)
-    a, da = toy.render(scene, rng, size, defect_prob=0.0)
-    b, _ = toy.render(scene, rng, size, defect_prob=0.0)
+    a, da = render(scene, rng, size, defect_prob=0.0)
+    b, _ = render(scene, rng, size, defect_prob=0.0)
     assert a.shape == (size, size, 3) and a.dtype == np.uint8
     assert da == () and not np.array_equal(a, b)
     # Anti-aliased edges: more than the two flat colours.
@@ -100,20 +116,20 @@ def test_render_jitters_antialiases_and_applies_defects(size):
     dark = (255 - a.astype(int)).sum(axis=2)
     cols = dark.sum(axis=0)
     assert cols[: size // 2].sum() > 3 * cols[size // 2 :].sum()
-    _, all_defects = toy.render(scene, rng, size, defect_prob=1.0)
-    assert all_defects == toy.DEFECTS
+    _, all_defects = render(scene, rng, size, defect_prob=1.0)
+    assert all_defects == DEFECTS
 
 
 def test_render_batch_defect_rate(batch):
     _, defects, _ = batch
-    counts = {d: sum(d in ds for ds in defects) / len(defects) for d in toy.DEFECTS}
+    counts = {d: sum(d in ds for ds in defects) / len(defects) for d in DEFECTS}
     assert all(0.25 < c < 0.35 for c in counts.values()), counts
 
 
 def test_render_fills_unstated_attributes():
-    images, _ = toy.render_batch([toy.Scene(colour="blue")] * 4, np.random.default_rng(0), 16, 0)
+    images, _ = render_batch([Scene(colour="blue")] * 4, np.random.default_rng(0), 16, 0)
     assert images.shape == (4, 16, 16, 3)
-    scores = toy.oracle_scores(images, ["blue"] * 4)
+    scores = oracle_scores(images, ["blue"] * 4)
     assert scores["alignment"].min() > 0.9
 
 
@@ -124,8 +140,8 @@ def test_render_fills_unstated_attributes():
 def test_clean_renders_score_high(split, size):
     rng = np.random.default_rng(size)
     scenes = [split["train"][i] for i in rng.integers(0, len(split["train"]), 500)]
-    images, _ = toy.render_batch(scenes, rng, size, defect_prob=0.0)
-    s = toy.oracle_scores(images, [toy.caption(sc, 0) for sc in scenes])
+    images, _ = render_batch(scenes, rng, size, defect_prob=0.0)
+    s = oracle_scores(images, [caption(sc, 0) for sc in scenes])
     assert set(s) == {"alignment", "aesthetic", "total"}
     assert all(v.shape == (500,) and v.min() >= 0 and v.max() <= 1 for v in s.values())
     np.testing.assert_allclose(s["total"], 0.5 * s["alignment"] + 0.5 * s["aesthetic"])
@@ -135,7 +151,7 @@ def test_clean_renders_score_high(split, size):
 
 def test_each_defect_lowers_its_part(batch):
     images, defects, captions = batch
-    s = toy.oracle_scores(images, captions)
+    s = oracle_scores(images, captions)
     clean = np.array([d == () for d in defects])
     # Aesthetic defects leave alignment checks of colour/shape/position mostly alone and
     # vice versa; each must lower its own part clearly.
@@ -157,7 +173,7 @@ def test_each_defect_lowers_its_part(batch):
 
 def test_total_falls_with_number_of_defects(batch):
     images, defects, captions = batch
-    total = toy.oracle_scores(images, captions)["total"]
+    total = oracle_scores(images, captions)["total"]
     n_defects = np.array([len(d) for d in defects])
     assert _spearman(total, n_defects) < -0.75
 
@@ -168,47 +184,47 @@ def test_noise_and_uniform_images_score_low(batch):
     noise = rng.integers(0, 256, (200, 16, 16, 3)).astype(np.uint8)
     gray = np.full((200, 16, 16, 3), 128, np.uint8)
     for images in (noise, gray):
-        assert toy.oracle_scores(images, captions[:200])["total"].max() < 0.35
+        assert oracle_scores(images, captions[:200])["total"].max() < 0.35
 
 
 def test_oracle_is_graded():
-    scene = toy.Scene("green", "square", "center", "large", "black")
-    text = toy.caption(scene, 1)
-    img, _ = toy.render(scene, np.random.default_rng(3), 32, defect_prob=0.0)
+    scene = Scene("green", "square", "center", "large", "black")
+    text = caption(scene, 1)
+    img, _ = render(scene, np.random.default_rng(3), 32, defect_prob=0.0)
     # Sliding the object away from the stated position costs more the further it goes.
     shifted = np.stack([np.roll(img, k, axis=1) for k in range(0, 12, 2)])
-    align = toy.oracle_scores(shifted, [text] * len(shifted))["alignment"]
+    align = oracle_scores(shifted, [text] * len(shifted))["alignment"]
     assert np.all(np.diff(align) < 0) and align[1] > align[-1] + 0.1
     # A colour a quarter of the way to another colour earns partial credit.
-    bg = np.array(toy.BACKGROUNDS["black"], float)
+    bg = np.array(BACKGROUNDS["black"], float)
     mask = np.abs(img.astype(float) - bg).sum(axis=2, keepdims=True) > 60
-    near = 0.75 * np.array(toy.COLOURS["green"]) + 0.25 * np.array(toy.COLOURS["blue"])
-    far = np.array(toy.COLOURS["red"], float)
+    near = 0.75 * np.array(COLOURS["green"]) + 0.25 * np.array(COLOURS["blue"])
+    far = np.array(COLOURS["red"], float)
     recoloured = [np.where(mask, c, img).astype(np.uint8) for c in (near, far)]
-    parts = toy.oracle_components(np.stack([img, *recoloured]), [text] * 3)["colour"]
+    parts = oracle_components(np.stack([img, *recoloured]), [text] * 3)["colour"]
     assert parts[0] > 0.9 and 0.15 < parts[1] < 0.75 and parts[2] < 0.05, parts
 
 
 def test_oracle_handles_other_sizes_and_partial_captions():
-    scene = toy.Scene("yellow", "triangle", "bottom", "small", "navy")
-    img32, _ = toy.render(scene, np.random.default_rng(1), 32, defect_prob=0.0)
-    img16, _ = toy.render(scene, np.random.default_rng(1), 16, defect_prob=0.0)
-    text = toy.caption(scene, 0)
-    assert toy.oracle_scores(img32[None], [text])["total"][0] > 0.9
-    assert toy.oracle_scores(img16[None], [text])["total"][0] > 0.9
+    scene = Scene("yellow", "triangle", "bottom", "small", "navy")
+    img32, _ = render(scene, np.random.default_rng(1), 32, defect_prob=0.0)
+    img16, _ = render(scene, np.random.default_rng(1), 16, defect_prob=0.0)
+    text = caption(scene, 0)
+    assert oracle_scores(img32[None], [text])["total"][0] > 0.9
+    assert oracle_scores(img16[None], [text])["total"][0] > 0.9
     # Degraded prompts: only stated words count; a caption stating nothing is always met.
-    wrong = toy.caption(toy.Scene("red", "circle", "top", "large", "white"), 0)
-    s = toy.oracle_scores(np.stack([img16] * 3), ["yellow on navy", "nothing", wrong])
+    wrong = caption(Scene("red", "circle", "top", "large", "white"), 0)
+    s = oracle_scores(np.stack([img16] * 3), ["yellow on navy", "nothing", wrong])
     assert s["alignment"][0] > 0.9 and s["alignment"][1] == 1.0 and s["alignment"][2] < 0.2
     with pytest.raises(ValueError):
-        toy.oracle_scores(img16, [text])
+        oracle_scores(img16, [text])
 
 
 # ----------------------------------------------------------------------------- pairs, world
 
 
 def test_make_pairs_schema_labels_and_ties(split):
-    df = toy.make_pairs(split["train"], np.random.default_rng(5), 400, max_pairs_per_prompt=4)
+    df = make_pairs(split["train"], np.random.default_rng(5), 400, max_pairs_per_prompt=4)
     expected = {
         "caption": str,
         "jpg_0": bytes,
@@ -247,13 +263,13 @@ def test_make_pairs_schema_labels_and_ties(split):
     first = Image.open(io.BytesIO(df["jpg_0"].iloc[0]))
     assert first.format == "JPEG" and first.size == (16, 16) and first.mode == "RGB"
     train = set(split["train"])
-    assert all(toy.parse_caption(c) in train for c in df["caption"])
+    assert all(parse_caption(c) in train for c in df["caption"])
 
 
 def test_labels_follow_the_oracle(split):
-    df = toy.make_pairs(split["train"], np.random.default_rng(6), 800)
-    dec = [np.stack([toy.decode_jpeg(b) for b in df[f"jpg_{i}"]]) for i in (0, 1)]
-    r0, r1 = (toy.oracle_scores(d, list(df["caption"]))["total"] for d in dec)
+    df = make_pairs(split["train"], np.random.default_rng(6), 800)
+    dec = [np.stack([decode_jpeg(b) for b in df[f"jpg_{i}"]]) for i in (0, 1)]
+    r0, r1 = (oracle_scores(d, list(df["caption"]))["total"] for d in dec)
     decided = df["label_0"] != 0.5
     agreement = ((df["label_0"] == 1.0) == (r0 > r1))[decided].mean()
     assert agreement > 0.8, agreement
@@ -281,40 +297,40 @@ def test_build_world_files_and_stats(world, split):
         ("new_templates", split["heldout_captions"]),
     ):
         texts = prompts.loc[prompts["prompt_set"] == name, "prompt"]
-        assert all(toy.parse_caption(t) in set(scenes) for t in texts), name
+        assert all(parse_caption(t) in set(scenes) for t in texts), name
         assert all(("backdrop" in t) == (name == "new_templates") for t in texts), name
 
 
 def test_build_world_is_byte_deterministic(world, tmp_path):
     out, stats = world
-    again = toy.build_world(toy.ToyWorldConfig(n_pairs=600, prompts_per_set=20), tmp_path)
+    again = build_world(ToyWorldConfig(n_pairs=600, prompts_per_set=20), tmp_path)
     assert again == stats
     for rel in (PAIRS_FILE, Path("prompts.parquet")):
         assert (out / rel).read_bytes() == (tmp_path / rel).read_bytes()
 
 
 def test_config_from_dict():
-    cfg = toy.ToyWorldConfig.from_dict({"seed": 3, "image_size": 32})
-    assert cfg == toy.ToyWorldConfig(seed=3, image_size=32)
+    cfg = ToyWorldConfig.from_dict({"seed": 3, "image_size": 32})
+    assert cfg == ToyWorldConfig(seed=3, image_size=32)
     with pytest.raises(ValueError, match="n_pair"):
-        toy.ToyWorldConfig.from_dict({"n_pair": 10})
+        ToyWorldConfig.from_dict({"n_pair": 10})
     with pytest.raises(ValueError, match="image_size"):
-        toy.ToyWorldConfig(image_size=8)
+        ToyWorldConfig(image_size=8)
 
 
 def test_sample_unlabelled(split):
-    cfg = toy.ToyWorldConfig(image_size=32)
-    images, captions = toy.sample_unlabelled(cfg, np.random.default_rng(0), 64)
+    cfg = ToyWorldConfig(image_size=32)
+    images, captions = sample_unlabelled(cfg, np.random.default_rng(0), 64)
     assert images.shape == (64, 32, 32, 3) and images.dtype == np.uint8
     assert len(captions) == 64
     train = set(split["train"])
-    assert all(toy.parse_caption(c) in train and "backdrop" not in c for c in captions)
+    assert all(parse_caption(c) in train and "backdrop" not in c for c in captions)
 
 
 def test_preview_pairs(world, tmp_path):
     out, _ = world
     png = tmp_path / "preview.png"
-    toy.preview_pairs(out / PAIRS_FILE, png, n=4)
+    preview_pairs(out / PAIRS_FILE, png, n=4)
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 400
         pixels = np.asarray(im.convert("L"))

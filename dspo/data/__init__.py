@@ -1,1 +1,1 @@
-"""Preference pairs, prompt sets, the toy world and the latent cache."""
+"""Preference pairs, prompt sets and the latent cache (the toy world is `dspo.toy`)."""

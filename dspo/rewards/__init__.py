@@ -32,7 +32,7 @@ class RewardModel(Protocol):
 
 
 def _toy(spec: Mapping[str, Any], device: str) -> RewardModel:
-    from dspo.rewards.toy import ToyOracleReward
+    from dspo.toy.oracle import ToyOracleReward
 
     return ToyOracleReward(part=spec.get("part", "total"))
 
