@@ -29,6 +29,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _LEGACY_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # Folder whose contents the workflow owns: only there may it build (and delete) a model.
 OUTPUT_ROOT = "results"
+# base_model.build: toy pre-trains the tiny model at base_model.path; null loads the path.
+BASE_MODEL_BUILDS = ("toy", None)
 # Keys each source kind needs, per place a source appears, and the local-path kinds.
 _SOURCE_KINDS = {
     "pairs.source": {"toy": set(), "parquet": {"path"}, "webdataset": {"path"}, "hub": {"id"}},
@@ -67,7 +69,10 @@ def local_path_exists(path: str, root: Path) -> bool:
 
 def _check_base_model(base: Mapping[str, Any], root: Path) -> list[str]:
     path = str(base["path"])
-    if base.get("build") == "toy":
+    build = base.get("build")
+    if build not in BASE_MODEL_BUILDS:
+        return [f"base_model.build: {build!r} is not one of {BASE_MODEL_BUILDS}"]
+    if build == "toy":
         parts = Path(path).parts
         if Path(path).is_absolute() or not parts or parts[0] != OUTPUT_ROOT or ".." in parts:
             return [

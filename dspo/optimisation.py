@@ -4,46 +4,74 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+
+
+def _one_of(names: Iterable[str]) -> str:
+    """'a', 'b' or 'c'."""
+    *first, last = map(repr, names)
+    return f"{', '.join(first)} or {last}" if first else last
+
+
+# training.lr_schedule: the factor after warm-up, from (step, warmup steps).
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda step, warmup: 1.0,
+    "inverse_sqrt": lambda step, warmup: math.sqrt(max(warmup, 1) / (step + 1)),
+}
 
 
 def learning_rate_factor(step: int, warmup: int, schedule: str) -> float:
     """Linear warm-up, then constant or inverse-square-root decay (paper D.3)."""
     if step < warmup:
         return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    if schedule == "inverse_sqrt":
-        return math.sqrt(max(warmup, 1) / (step + 1))
-    raise ValueError(f"unknown lr_schedule {schedule!r}; expected 'constant' or 'inverse_sqrt'")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {schedule!r}; expected {_one_of(LR_SCHEDULES)}")
+    return LR_SCHEDULES[schedule](step, warmup)
+
+
+def _adamw(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        params,
+        lr=cfg["lr"],
+        betas=tuple(cfg["adam_betas"]),
+        weight_decay=cfg["weight_decay"],
+        eps=cfg["adam_eps"],
+    )
+
+
+def _adafactor(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    from transformers.optimization import Adafactor
+
+    return Adafactor(
+        params, lr=cfg["lr"], scale_parameter=False, relative_step=False, warmup_init=False
+    )
+
+
+# training.optimizer: each builds the optimiser from (parameters, training config).
+OPTIMIZERS: dict[str, Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]] = {
+    "adamw": _adamw,
+    "adafactor": _adafactor,
+}
+# training.mixed_precision: accelerate's names (no = float32).
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
 def make_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     """AdamW, or Adafactor with a fixed learning rate (the SDXL recipe)."""
-    if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(
-            params,
-            lr=cfg["lr"],
-            betas=tuple(cfg["adam_betas"]),
-            weight_decay=cfg["weight_decay"],
-            eps=cfg["adam_eps"],
-        )
-    if cfg["optimizer"] == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(
-            params, lr=cfg["lr"], scale_parameter=False, relative_step=False, warmup_init=False
-        )
-    raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; expected 'adamw' or 'adafactor'")
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; expected {_one_of(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg["optimizer"]](params, cfg)
 
 
 def resolve_mixed_precision(requested: str) -> str:
     """The mixed precision to train with: fp16/bf16 need a GPU; on CPU, float32 with a warning."""
-    if requested not in ("no", "fp16", "bf16"):
-        raise ValueError(f"training.mixed_precision {requested!r}; expected 'no', 'fp16' or 'bf16'")
+    if requested not in MIXED_PRECISIONS:
+        raise ValueError(
+            f"training.mixed_precision {requested!r}; expected {_one_of(MIXED_PRECISIONS)}"
+        )
     if requested != "no" and not torch.cuda.is_available():
         warnings.warn(
             f"training.mixed_precision {requested!r} needs a CUDA GPU and none is visible: "

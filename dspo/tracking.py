@@ -17,6 +17,10 @@ import numpy as np
 from accelerate import Accelerator
 
 DEFAULT_PROJECT = "dspo"
+# The trackers whose runs start_trackers configures and log_images writes images to.
+TRACKERS = ("tensorboard", "wandb")
+# training.report_to: one of them, "all" (every tracker accelerate finds installed) or None.
+REPORT_TO = (None, "all", *TRACKERS)
 Scalar = bool | int | float | str
 
 
@@ -39,6 +43,10 @@ def start_trackers(
 ) -> None:
     """Open the method's tracker run; a resumed run drops what a cut run logged after its
     checkpoint (TensorBoard's ``purge_step``), so the curves read as one run."""
+    if cfg.get("report_to") not in REPORT_TO:
+        raise ValueError(
+            f"training.report_to {cfg.get('report_to')!r}; expected one of {REPORT_TO}"
+        )
     accelerator.init_trackers(
         cfg.get("tracker_project") or DEFAULT_PROJECT,
         config=flat_config(cfg),

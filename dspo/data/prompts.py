@@ -27,6 +27,11 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise ValueError(f"prompt file {path}: unsupported format {path.suffix!r}")
 
 
+# Source kinds of prompt sets and the editing set: the toy world's, and those _read_source reads.
+_READ_KINDS = ("file", "hub")
+SOURCE_KINDS = ("toy", *_READ_KINDS)
+
+
 def _read_source(source: Mapping[str, Any], default_split: str) -> tuple[pd.DataFrame, str]:
     """A local table (kind file) or a hub dataset split (kind hub), and its name for errors."""
     if source["kind"] == "file":
@@ -57,7 +62,7 @@ def load_prompt_set(
         if table.empty:
             raise ValueError(f"{toy_prompts}: no prompts of toy split {source['split']!r}")
         prompts = table["prompt"].tolist()
-    elif kind in {"file", "hub"}:
+    elif kind in _READ_KINDS:
         column = source.get("column", "prompt")
         frame, where = _read_source(source, default_split="test")
         if column not in frame:
@@ -91,7 +96,7 @@ def load_editing_set(spec: Mapping[str, Any], toy_editing: str | None = None) ->
         if toy_editing is None:
             raise ValueError("the editing set comes from the toy world, but no toy set given")
         frame, where = pd.read_parquet(toy_editing), toy_editing
-    elif kind in {"file", "hub"}:
+    elif kind in _READ_KINDS:
         frame, where = _read_source(source, default_split="train")
     else:
         raise ValueError(f"editing set: unsupported source kind {kind!r}")
