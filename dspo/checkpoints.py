@@ -34,6 +34,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from dspo.content import combined_key, content_key, file_sha256, source_key
+from dspo.files import write_json_atomic
 
 STATE = "state.json"
 FINISHED = "finished.json"
@@ -77,15 +78,6 @@ def fingerprint_parts(
     }
 
 
-def _write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(json.dumps(data, indent=1) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _files(folder: Path) -> dict[str, dict[str, Any]]:
     return {
         str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
@@ -119,7 +111,7 @@ def save_checkpoint(
             **(extra or {}),
             "files": _files(tmp),
         }
-        _write_json_atomic(state, tmp / STATE)
+        write_json_atomic(state, tmp / STATE)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -235,7 +227,7 @@ def forget_finished_run(
 def mark_finished(run_dir: Path, parts: Mapping[str, str], steps: int, out_dir: Path) -> None:
     """Record that the run finished and wrote ``out_dir`` (see :func:`forget_finished_run`)."""
     record = {"fingerprint": combined_key(**parts), "steps": steps, "out": str(out_dir)}
-    _write_json_atomic(record, run_dir / FINISHED)
+    write_json_atomic(record, run_dir / FINISHED)
 
 
 def trainable_weights_only(accelerator: Accelerator) -> None:

@@ -20,7 +20,6 @@ import heapq
 import io
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from dspo.data.sources import check_columns, source_units
+from dspo.files import PART_RECORD, part_folder
 
 CANONICAL_COLUMNS = ("pair_id", "prompt_id", "caption", "jpg_w", "jpg_l", "label_w", "source_row")
 # DDSPO's rejected images have their own (degraded) prompt; human pairs share one caption.
@@ -45,7 +45,6 @@ DROP_REASONS = ("unlabelled", "invalid_label", "identical", "ties_dropped", "unr
 # Pairs per parquet row group of the canonical table: a cache part reads only the row groups of
 # its own pairs (Pick-a-Pic images are ~0.5 MB, so a group is a few hundred MB at most).
 ROW_GROUP_PAIRS = 512
-PART_MANIFEST = "part.json"
 PART_TABLE = "pairs.parquet"
 
 
@@ -225,7 +224,7 @@ def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path)
     unit_rows, unreadable_keys = [], []
     best: list[float] = []  # the max_pairs smallest readable keys so far, negated (a max-heap)
     with (
-        _part_folder(Path(out_dir)) as (tmp, record),
+        part_folder(Path(out_dir), "pairs") as (tmp, record),
         pq.ParquetWriter(tmp / PART_TABLE, _PART_SCHEMA) as writer,
         _strict_truncation(),
     ):
@@ -270,29 +269,6 @@ def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path)
     return record
 
 
-@contextlib.contextmanager
-def _part_folder(out_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """A folder beside ``out_dir`` to write a part into, and the part's record to fill.
-
-    On success the record is written last and the folder renamed into place whole; on an
-    error the folder is removed, so a part folder is always a finished part.
-    """
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    record: dict[str, Any] = {}
-    try:
-        yield tmp, record
-        (tmp / PART_MANIFEST).write_text(json.dumps(record))
-        if out_dir.exists():
-            if not (out_dir / PART_MANIFEST).exists():
-                raise ValueError(f"{out_dir} exists and is not a pairs part: not replacing it")
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _part_rows(parsed: _UnitRows, unit: int, rows: list[int], keys: np.ndarray) -> pa.Table:
     """The kept ``rows`` of one unit in the part's schema, the preferred image first."""
     captions, label_0, label_1 = parsed.captions, parsed.label_0, parsed.label_1
@@ -321,9 +297,9 @@ def _read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     """
     records = []
     for folder in part_dirs:
-        manifest = Path(folder) / PART_MANIFEST
+        manifest = Path(folder) / PART_RECORD
         if not manifest.exists():
-            raise FileNotFoundError(f"{folder}: not a finished pairs part (no {PART_MANIFEST})")
+            raise FileNotFoundError(f"{folder}: not a finished pairs part (no {PART_RECORD})")
         records.append(json.loads(manifest.read_text()))
     parts = len(records)
     expected_block = 0
@@ -419,7 +395,7 @@ def nodup_part(src: Path, part: int, parts: int, seed: int, out_dir: Path) -> di
     first, stop = part * groups // parts, (part + 1) * groups // parts
     offset = sum(table.metadata.row_group(g).num_rows for g in range(first))
     kept = 0
-    with _part_folder(Path(out_dir)) as (tmp, record):
+    with part_folder(Path(out_dir), "pairs") as (tmp, record):
         with PairWriter(tmp / PART_TABLE, rejected_caption=REJECTED_CAPTION in names) as writer:
             for group in tqdm(range(first, stop), desc=f"nodup part {part}", mininterval=5):
                 size = table.metadata.row_group(group).num_rows
