@@ -27,12 +27,14 @@ META = torch.device("meta")
 
 
 def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
+    from dspo.families import pipeline_family
     from dspo.objectives import ReferenceStats, get_objective
     from dspo.train import PreferenceModel
 
     unet = adapt_unet(copy.deepcopy(pipe.unet), spec)
     precomputed = name == "ours-pre"
-    model = PreferenceModel(unet, needs_reference and not precomputed, bool(spec.lora))
+    family = pipeline_family(pipe)
+    model = PreferenceModel(unet, family, needs_reference and not precomputed, bool(spec.lora))
     if name == "upstream" and needs_reference and spec.lora and spec.upstream_reference == "copy":
         model.use_reference(copy.deepcopy(pipe.unet))
     local = spec.pairs // spec.accumulation
@@ -49,7 +51,7 @@ def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
             }
             data["input_ids"] = torch.zeros(local, tokens, dtype=torch.long)
             encoders = (pipe.vae, pipe.text_encoder)
-            return upstream_batch(mode, *encoders, data, None, pipe.scheduler, META)
+            return upstream_batch(mode, *encoders, data, None, family, META)
         latents = torch.empty(local, channels, spec.latent, spec.latent, device=META)
         batch = {
             "latents_w": latents,
@@ -85,7 +87,7 @@ def count_on_meta(spec: BenchSpec) -> dict[str, Any]:
     for name in (*MODES, *(("ours-pre",) if spec.precomputed else ())):
         mode = _meta_mode(spec, pipe, name, needs_reference)
         with META:
-            _, flops = counted(partial(make_step(spec, mode, pipe.scheduler), 0))
+            _, flops = counted(partial(make_step(spec, mode), 0))
         modes[name] = {
             "flops_per_pair": flops / spec.pairs,
             "data_flops_per_pair": mode.data_flops / spec.pairs,

@@ -30,6 +30,7 @@ import torch
 
 from dspo.bench import AUTOCAST, ResidentPeak
 from dspo.flops import counted, dense_bf16_peak
+from dspo.seeding import seeded_generator
 
 if TYPE_CHECKING:
     from dspo.bench import BenchSpec
@@ -57,10 +58,6 @@ class Mode:
     counting: bool = False
     data_flops: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-def _generator(seed: int, step: int, micro: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_003 + micro)
 
 
 def micro_rows(spec: BenchSpec, n: int, step: int, micro: int) -> list[int]:
@@ -97,10 +94,7 @@ def adapt_unet(unet, spec: BenchSpec, frozen_dtype: torch.dtype = torch.float32)
 
 
 def _policy_unet(spec: BenchSpec, root: Path, frozen_dtype: torch.dtype = torch.float32):
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
-    return adapt_unet(unet, spec, frozen_dtype)
+    return adapt_unet(load_bench_family(root).load_denoiser(root / "model"), spec, frozen_dtype)
 
 
 def build_ours(
@@ -123,16 +117,16 @@ def build_ours(
     reference_dtype = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
     unet = _policy_unet(spec, root)
     online = needs_reference and not precomputed
-    model = PreferenceModel(unet, online, bool(spec.lora), reference_dtype)
+    family = load_bench_family(root)
+    model = PreferenceModel(unet, family, online, bool(spec.lora), reference_dtype)
     model.to(spec.device)
     cfg = {"prompt_dropout": 0.0}
-    scheduler = load_scheduler(root)
     objective = get_objective(spec.method)
     stored = _stored_reference(spec, root, cache, objective) if precomputed else None
 
     def next_batch(step: int, micro: int) -> Batch:
         rows = torch.tensor(micro_rows(spec, len(cache), step, micro))
-        batch = make_batch(cache, rows, cfg, _generator(spec.seed, step, micro), scheduler)
+        batch = make_batch(cache, rows, cfg, seeded_generator(spec.seed, step, micro), family)
         batch = {k: v.to(spec.device) for k, v in batch.items()}
         if stored is not None:
             local = len(rows)
@@ -213,8 +207,8 @@ def visit_order(spec: BenchSpec, n: int, steps: int) -> list[list[tuple[int, int
 def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
     """The public scripts' loop: data-loader workers, then VAE and text encoder every step."""
     import pandas as pd
-    from diffusers import UNet2DConditionModel
 
+    from dspo.families import pipeline_family
     from dspo.models import load_pipeline
     from dspo.train import PreferenceModel
 
@@ -227,9 +221,10 @@ def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
         text_encoder.to(dtype=frozen)
     # The pipeline's own UNet is the policy: loading another would hold two copies.
     unet = adapt_unet(pipe.unet, spec, frozen)
-    model = PreferenceModel(unet, needs_reference, bool(spec.lora), frozen)
+    family = pipeline_family(pipe)
+    model = PreferenceModel(unet, family, needs_reference, bool(spec.lora), frozen)
     if needs_reference and spec.lora and spec.upstream_reference == "copy":
-        copy = UNet2DConditionModel.from_pretrained(root / "model", subfolder="unet")
+        copy = family.load_denoiser(root / "model")
         model.use_reference(copy.to(dtype=frozen))
     model.to(spec.device)
     table = pd.read_parquet(root / "pairs.parquet")
@@ -243,14 +238,13 @@ def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
         pin_memory=spec.device == "cuda",
     )
     batches: Iterator[Batch] = iter(loader)
-    scheduler = load_scheduler(root)
 
     def next_batch(step: int, micro: int) -> Batch:
         data = next(batches)
         if int(data["step"][0]) != step:
             raise RuntimeError(f"the loader is at step {int(data['step'][0])}, the loop at {step}")
-        gen = _generator(spec.seed, step, micro)
-        return upstream_batch(mode, vae, text_encoder, data, gen, scheduler, spec.device)
+        gen = seeded_generator(spec.seed, step, micro)
+        return upstream_batch(mode, vae, text_encoder, data, gen, family, spec.device)
 
     def close() -> None:
         # Ends the persistent workers now rather than at interpreter exit.
@@ -269,7 +263,7 @@ def _encode(vae, text_encoder, data: Batch, gen: torch.Generator | None, device)
     return latents.float(), text.float()
 
 
-def upstream_batch(mode: Mode, vae, text_encoder, data: Batch, gen, scheduler, device) -> Batch:
+def upstream_batch(mode: Mode, vae, text_encoder, data: Batch, gen, family, device) -> Batch:
     """What the public scripts do with a loader batch: VAE, text encoder, noise, timesteps."""
     if mode.counting:
         (latents, text), flops = counted(lambda: _encode(vae, text_encoder, data, gen, device))
@@ -278,7 +272,7 @@ def upstream_batch(mode: Mode, vae, text_encoder, data: Batch, gen, scheduler, d
         latents, text = _encode(vae, text_encoder, data, gen, device)
     lat_w, lat_l = latents.chunk(2)
     noise = torch.randn(lat_w.shape, generator=gen)
-    t = torch.randint(scheduler.config.num_train_timesteps, (len(lat_w),), generator=gen)
+    t = family.sample_timesteps(len(lat_w), gen, lat_w.shape[1:])
     return {
         "latents_w": lat_w,
         "latents_l": lat_l,
@@ -289,10 +283,11 @@ def upstream_batch(mode: Mode, vae, text_encoder, data: Batch, gen, scheduler, d
     }
 
 
-def load_scheduler(root: Path):
-    from diffusers import DDPMScheduler
+def load_bench_family(root: Path):
+    """The model family of the benchmark's model folder (its noise schedule and calls)."""
+    from dspo.families import load_family
 
-    return DDPMScheduler.from_pretrained(root / "model", subfolder="scheduler")
+    return load_family(root / "model")
 
 
 def _autocast(spec: BenchSpec):
@@ -312,7 +307,7 @@ def build_mode(spec: BenchSpec, root: Path, mode: str, needs_reference: bool) ->
     raise ValueError(f"unknown mode {mode!r}; expected 'ours', 'ours-pre' or 'upstream'")
 
 
-def make_step(spec: BenchSpec, mode: Mode, scheduler) -> Callable[[int], torch.Tensor]:
+def make_step(spec: BenchSpec, mode: Mode) -> Callable[[int], torch.Tensor]:
     """One optimiser step of ``mode``: accumulate the micro-batches, clip, AdamW; its loss."""
     from dspo.objectives import get_objective, objective_kwargs
     from dspo.train import preference_loss
@@ -328,7 +323,7 @@ def make_step(spec: BenchSpec, mode: Mode, scheduler) -> Callable[[int], torch.T
         for micro in range(spec.accumulation):
             batch = mode.next_batch(i, micro)
             with _autocast(spec):
-                loss, _ = preference_loss(mode.model, batch, objective, hparams, scheduler)
+                loss, _ = preference_loss(mode.model, batch, objective, hparams)
             (loss / spec.accumulation).backward()
             total += loss.detach() / spec.accumulation
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -354,7 +349,7 @@ def measure(spec: BenchSpec, root: Path, mode_name: str) -> dict[str, Any]:
     torch.manual_seed(spec.seed)
     mode = build_mode(spec, root, mode_name, get_objective(spec.method).needs_reference)
     try:
-        step = make_step(spec, mode, load_scheduler(root))
+        step = make_step(spec, mode)
         for i in range(spec.warmup):
             float(step(i))
         if cuda:

@@ -15,17 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dspo.models import sampling_scheduler
+from dspo.families import pipeline_family
 from dspo.sample import MANIFEST_COLUMNS, batches_to_make, image_jobs, save_image
+from dspo.seeding import seeded_generator
 
 
 def edit_generator(prompt_id: int, seed: int) -> torch.Generator:
     """The generator of one (prompt, seed), identical for every model."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(prompt_id)) % (2**63 - 1))
+    return seeded_generator(seed, prompt_id)
 
 
 def edit(
@@ -51,8 +52,9 @@ def edit(
     """
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"editing strength must be in (0, 1], got {strength}")
-    sampling_scheduler(pipe, scheduler)
-    img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+    family = pipeline_family(pipe)
+    family.sampling_scheduler(pipe, scheduler)
+    denoiser = getattr(pipe, family.denoiser)
     sources = {
         int(row.prompt_id): Image.open(io.BytesIO(row.image))
         .convert("RGB")
@@ -64,8 +66,8 @@ def edit(
         "strength": strength,
         "resolution": resolution,
         "scheduler": scheduler,
-        "dtype": pipe.unet.dtype,
-        "device": pipe.unet.device.type,
+        "dtype": denoiser.dtype,
+        "device": denoiser.device.type,
     }
     inputs = {
         int(row.prompt_id): hashlib.sha256(row.image).hexdigest() for row in editing.itertuples()
@@ -74,15 +76,16 @@ def edit(
     for part, missing in tqdm(
         batches_to_make(jobs, out_dir, batch_size), desc="edit", mininterval=5
     ):
-        images = img2img(
-            prompt=[j["prompt"] for j in part],
-            image=[sources[j["prompt_id"]] for j in part],
+        images = family.edit(
+            pipe,
+            [j["prompt"] for j in part],
+            [sources[j["prompt_id"]] for j in part],
             strength=strength,
-            num_inference_steps=steps,
-            guidance_scale=part[0]["guidance"],
-            generator=[edit_generator(j["prompt_id"], j["seed"]) for j in part],
-            output_type="np",
-        ).images
+            steps=steps,
+            guidance=part[0]["guidance"],
+            resolution=resolution,
+            generators=[edit_generator(j["prompt_id"], j["seed"]) for j in part],
+        )
         for job, image, write in zip(part, images, missing, strict=True):
             if write:
                 save_image(image, out_dir / job["path"], job["key"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
+# base_model.dtype, cache.dtype, evaluation.rewards.*.dtype: config dtype names.
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -141,13 +142,12 @@ def build_pipeline(
     )
 
 
-def model_family(unet: UNet2DConditionModel) -> str:
-    """``sdxl`` when the UNet takes pooled text and time ids as added conditions, else ``sd``."""
-    return "sdxl" if unet.config.addition_embed_type == "text_time" else "sd"
-
-
 def load_pipeline(
-    path: str | os.PathLike, *, dtype: str = "float32", device: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    without: Sequence[str] = (),
 ) -> DiffusionPipeline:
     """Load a diffusers pipeline from a hub id or a local ``save_pretrained`` folder.
 
@@ -161,6 +161,9 @@ def load_pipeline(
     # SD1.x folders list a safety checker; loading it would cost memory and black out images.
     if "safety_checker" in DiffusionPipeline.load_config(text):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    # Components a job does not use are not loaded (the cache needs no denoiser: FLUX's is
+    # 24 GB in bf16).
+    kwargs.update(dict.fromkeys(without))
     pipe = DiffusionPipeline.from_pretrained(text, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -178,14 +181,17 @@ def _check_model_source(text: str) -> None:
     )
 
 
+# evaluation.scheduler: the schedulers an SD-shaped pipeline samples with.
+SAMPLING_SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+
+
 def sampling_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Swap the pipeline's scheduler for sampling, keeping its noise schedule."""
-    schedulers = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
-    if name not in schedulers:
+    if name not in SAMPLING_SCHEDULERS:
         raise ValueError(
-            f"unknown sampling scheduler {name!r}; expected one of {sorted(schedulers)}"
+            f"unknown sampling scheduler {name!r}; expected one of {sorted(SAMPLING_SCHEDULERS)}"
         )
-    pipe.scheduler = schedulers[name].from_config(pipe.scheduler.config)
+    pipe.scheduler = SAMPLING_SCHEDULERS[name].from_config(pipe.scheduler.config)
 
 
 @torch.no_grad()

@@ -352,12 +352,19 @@ def ddspo(
 class Objective:
     """A registered objective and what the trainer must feed it.
 
-    paired: input is 2B rows (preferred first) and rows i, B + i share noise and timestep.
+    The trainer reads only these fields, never an objective's name:
+
+    paired: input is 2B rows (preferred first) and the loss compares rows i and B + i;
+    unpaired objectives (KTO) treat the 2B rows as rows labelled desirable / undesirable.
     needs_reference: ``ref`` must be the frozen reference's prediction.
     preferred_only: only the B preferred rows are passed.
     reference_target: ``target`` is built from the reference (prompt c for w, c_minus for l).
     uses_reference_prediction: the loss uses the reference's prediction itself, not only its
     errors (what a precomputed reference must store besides the errors, dspo.reference).
+    shared_noise: a pair's two images get the same noise and timestep (what makes a paired
+    comparison of their errors fair); False draws the rejected image's own.
+    batch_statistics: the loss takes a statistic of the whole batch (KTO's reference point),
+    so the trainer passes ``all_reduce`` to average it over processes.
     """
 
     name: str
@@ -367,6 +374,8 @@ class Objective:
     preferred_only: bool
     reference_target: bool = False
     uses_reference_prediction: bool = False
+    shared_noise: bool = True
+    batch_statistics: bool = False
 
     @property
     def reference_precomputable(self) -> bool:
@@ -382,9 +391,15 @@ OBJECTIVES: dict[str, Objective] = {
         Objective(
             "diffusion_dpo", diffusion_dpo, paired=True, needs_reference=True, preferred_only=False
         ),
-        # KTO treats w and l as unpaired rows: 2B rows are passed, but need not share noise.
+        # KTO treats w and l as unpaired rows; they share noise as the paired objectives do,
+        # which keeps the methods' comparison on equal draws.
         Objective(
-            "diffusion_kto", diffusion_kto, paired=False, needs_reference=True, preferred_only=False
+            "diffusion_kto",
+            diffusion_kto,
+            paired=False,
+            needs_reference=True,
+            preferred_only=False,
+            batch_statistics=True,
         ),
         Objective("mapo", mapo, paired=True, needs_reference=False, preferred_only=False),
         Objective(

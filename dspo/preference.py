@@ -8,26 +8,17 @@ one process or several (see :mod:`dspo.train` for the loop).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import ModelMixin
 
 from dspo.data.cache import PairCache
-from dspo.objectives import Objective
-
-# SDXL's UNet takes pooled text embeddings and time ids; SD's takes nothing more.
-Added = dict[str, torch.Tensor] | None
-
-
-def _generator(seed: int, *parts: int) -> torch.Generator:
-    """A generator whose state depends only on the run seed and the position in the run."""
-    mixed = seed
-    for part in parts:
-        mixed = (mixed * 1_000_003 + part) % (2**63 - 1)
-    return torch.Generator().manual_seed(mixed)
+from dspo.families.base import Conditions, Family
+from dspo.objectives import Objective, ReferenceStats
+from dspo.seeding import seeded_generator
 
 
 def step_rows(n: int, pairs_per_step: int, seed: int, step: int) -> torch.Tensor:
@@ -39,7 +30,7 @@ def step_rows(n: int, pairs_per_step: int, seed: int, step: int) -> torch.Tensor
     """
     per_epoch = max(1, n // pairs_per_step)
     epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=_generator(seed, 1, epoch))
+    order = torch.randperm(n, generator=seeded_generator(seed, 1, epoch))
     if n < pairs_per_step:
         return order[torch.arange(pairs_per_step) % n]
     return order[position * pairs_per_step : (position + 1) * pairs_per_step]
@@ -51,53 +42,60 @@ def micro_batch_start(micro: int, processes: int, rank: int, local: int) -> int:
 
 
 class PreferenceModel(torch.nn.Module):
-    """The policy UNet and, when the objective needs it, its frozen reference.
+    """The policy denoiser and, when the objective needs it, its frozen reference.
 
-    With LoRA the reference is the same UNet with its adapters disabled, so no second copy of
-    the weights is held; otherwise it is a frozen copy of the starting weights, stored in
+    With LoRA the reference is the same denoiser with its adapters disabled, so no second copy
+    of the weights is held; otherwise it is a frozen copy of the starting weights, stored in
     ``reference_dtype`` (the mixed-precision dtype on a GPU: it only runs forward passes, as
-    the public scripts keep it, so it need not cost fp32 memory).
+    the public scripts keep it, so it need not cost fp32 memory). The model family
+    (:mod:`dspo.families`) runs both: this class and the loss know no model class.
 
     The copy is deliberately not a registered submodule: it stays out of ``state_dict()``, so
-    checkpoints hold the policy only (a full fine-tuning checkpoint was twice the UNet, plus
-    the optimiser state). A resumed run rebuilds it from the base model, as the copy is made
-    before the checkpoint's weights are loaded into the policy. ``_apply`` still moves it with
-    the module (``.to(device)``), and ``train()`` leaves it in eval mode.
+    checkpoints hold the policy only (a full fine-tuning checkpoint was twice the denoiser,
+    plus the optimiser state). A resumed run rebuilds it from the base model, as the copy is
+    made before the checkpoint's weights are loaded into the policy. ``_apply`` still moves it
+    with the module (``.to(device)``), and ``train()`` leaves it in eval mode.
     """
 
     def __init__(
         self,
-        unet: UNet2DConditionModel,
+        denoiser: ModelMixin,
+        family: Family,
         needs_reference: bool,
         lora: bool,
         reference_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        self.unet = unet
+        self.denoiser = denoiser
         self.lora = lora
-        # A tuple hides the module from nn.Module's registration (and so from state_dict).
-        self._frozen: tuple[UNet2DConditionModel, ...] = ()
+        # A tuple keeps the family (not a module) and the copy out of nn.Module's registration.
+        self._family: tuple[Family] = (family,)
+        self._frozen: tuple[ModelMixin, ...] = ()
         if needs_reference and not lora:
-            reference = copy.deepcopy(unet).requires_grad_(False).eval()
+            reference = copy.deepcopy(denoiser).requires_grad_(False).eval()
             self._frozen = (reference.to(reference_dtype),)
 
     @property
-    def reference(self) -> UNet2DConditionModel | None:
+    def family(self) -> Family:
+        return self._family[0]
+
+    @property
+    def reference(self) -> ModelMixin | None:
         """The frozen copy of the starting weights (full fine-tuning), else None."""
         return self._frozen[0] if self._frozen else None
 
-    def use_reference(self, unet: UNet2DConditionModel) -> None:
-        """Hold ``unet`` as the frozen reference (outside ``state_dict``, as the copy is).
+    def use_reference(self, denoiser: ModelMixin) -> None:
+        """Hold ``denoiser`` as the frozen reference (outside ``state_dict``, as the copy is).
 
-        Assigning ``model.reference = unet`` would not do: nn.Module.__setattr__ registers a
-        module value as a submodule without calling the property, which then hides it, and
+        Assigning ``model.reference = denoiser`` would not do: nn.Module.__setattr__ registers
+        a module value as a submodule without calling the property, which then hides it, and
         ``ref`` would silently use the disabled adapters instead.
         """
-        self._frozen = (unet.requires_grad_(False).eval(),)
+        self._frozen = (denoiser.requires_grad_(False).eval(),)
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "reference":
-            raise AttributeError("set the reference with use_reference(unet)")
+            raise AttributeError("set the reference with use_reference(denoiser)")
         super().__setattr__(name, value)
 
     def _apply(self, fn, recurse: bool = True):
@@ -106,35 +104,47 @@ class PreferenceModel(torch.nn.Module):
             self._frozen[0]._apply(fn, recurse)
         return self
 
-    def policy(
-        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: Added = None
-    ) -> torch.Tensor:
-        return self.unet(x, t, text, added_cond_kwargs=added).sample
+    def policy(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        return self.family.predict(self.denoiser, x, t, cond)
 
     @torch.no_grad()
-    def ref(
-        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added: Added = None
-    ) -> torch.Tensor:
+    def ref(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         if self.reference is not None:
-            return self.reference(x, t, text, added_cond_kwargs=added).sample
-        self.unet.disable_adapters()
+            return self.family.predict(self.reference, x, t, cond)
+        self.denoiser.disable_adapters()
         try:
-            return self.unet(x, t, text, added_cond_kwargs=added).sample
+            return self.family.predict(self.denoiser, x, t, cond)
         finally:
-            self.unet.enable_adapters()
+            self.denoiser.enable_adapters()
 
-    def forward(self, batch: Mapping[str, torch.Tensor], objective: Objective, hparams, scheduler):
-        return preference_loss(self, batch, objective, hparams, scheduler)
+    def forward(self, batch: Mapping[str, torch.Tensor], objective: Objective, hparams):
+        return preference_loss(self, batch, objective, hparams)
 
 
-def _added(batch: Mapping[str, torch.Tensor], pooled: list[str], time_ids: list[str]) -> Added:
-    """SDXL's added conditions for images stacked in this order; None for SD batches."""
-    if "pooled_w" not in batch:
-        return None
-    return {
-        "text_embeds": torch.cat([batch[k] for k in pooled]),
-        "time_ids": torch.cat([batch[k] for k in time_ids]),
-    }
+# A batch holds, per image side (w, l), the prompt's tensors under these prefixes (cache names
+# -> batch prefix) and the image's own conditions (the family's ``image_keys``, e.g. SDXL's
+# time ids) under their own names.
+PROMPT_TENSORS = {"embeddings": "text", "pooled": "pooled"}
+
+
+def conditions(
+    batch: Mapping[str, torch.Tensor],
+    family: Family,
+    images: Sequence[str],
+    prompts: Sequence[str],
+) -> dict[str, torch.Tensor]:
+    """The conditions of rows stacked image side by image side, each with its prompt's side.
+
+    A pair's two images share the preferred prompt (``images=("w", "l"), prompts=("w", "w")``)
+    but keep their own image conditions (each image's original size and crop).
+    """
+    cond = {}
+    for name, prefix in PROMPT_TENSORS.items():
+        if f"{prefix}_w" in batch:
+            cond[name] = torch.cat([batch[f"{prefix}_{side}"] for side in prompts])
+    for name in family.image_keys:
+        cond[name] = torch.cat([batch[f"{name}_{side}"] for side in images])
+    return cond
 
 
 @dataclass(frozen=True)
@@ -148,89 +158,99 @@ class NoisedInputs:
 
     x: torch.Tensor
     t: torch.Tensor
-    text: torch.Tensor
-    added: Added
+    cond: dict[str, torch.Tensor]
     target: torch.Tensor | None
 
 
-def noised_inputs(batch: Mapping[str, Any], objective: Objective, scheduler) -> NoisedInputs:
+def noised_inputs(batch: Mapping[str, Any], objective: Objective, family: Family) -> NoisedInputs:
     """Noise a batch of pairs as the objective needs it (also what dspo.reference replays).
 
-    SDXL batches carry pooled text embeddings and per-image time ids (``pooled_w/l``,
-    ``time_ids_w/l``); each image is conditioned on its own original size and crop.
+    Each image is conditioned on the preferred prompt and on its own image conditions.
     """
     lat_w, lat_l, noise, t = batch["latents_w"], batch["latents_l"], batch["noise"], batch["t"]
-    text = batch["text_w"]
-
-    def target_of(latents: torch.Tensor) -> torch.Tensor:
-        if scheduler.config.prediction_type == "v_prediction":
-            return scheduler.get_velocity(latents, noise, t)
-        return noise
-
-    x_w = scheduler.add_noise(lat_w, noise, t)
+    x_w = family.add_noise(lat_w, noise, t)
     if objective.preferred_only:
-        added = _added(batch, ["pooled_w"], ["time_ids_w"])
-        return NoisedInputs(x_w, t, text, added, target_of(lat_w))
-    x = torch.cat([x_w, scheduler.add_noise(lat_l, noise, t)])
-    t2, text2 = torch.cat([t, t]), torch.cat([text, text])
-    added = _added(batch, ["pooled_w", "pooled_w"], ["time_ids_w", "time_ids_l"])
+        cond = conditions(batch, family, ("w",), ("w",))
+        return NoisedInputs(x_w, t, cond, family.target(lat_w, noise, t))
+    # The rejected image's own draws where the objective does not share them.
+    noise_l, t_l = batch.get("noise_l", noise), batch.get("t_l", t)
+    x = torch.cat([x_w, family.add_noise(lat_l, noise_l, t_l)])
+    cond = conditions(batch, family, ("w", "l"), ("w", "w"))
     target = None
     if not objective.reference_target:
-        target = torch.cat([target_of(lat_w), target_of(lat_l)])
-    return NoisedInputs(x, t2, text2, added, target)
+        target = torch.cat([family.target(lat_w, noise, t), family.target(lat_l, noise_l, t_l)])
+    return NoisedInputs(x, torch.cat([t, t_l]), cond, target)
 
 
-def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams, scheduler):
+def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams):
     """Noise a batch of pairs, run policy/reference, and evaluate the objective.
 
     ``batch["reference"]``, when present, is the reference's output computed before training
-    (:class:`ReferenceStats`, from dspo.reference): no reference forward runs then.
+    (:class:`ReferenceStats`, from dspo.reference): no reference forward runs then. Errors are
+    taken in the family's target space, or in noise space when the family is set to
+    ``noise_form`` (docs/objectives.md).
     """
-    inputs = noised_inputs(batch, objective, scheduler)
-    pred = model.policy(inputs.x, inputs.t, inputs.text, inputs.added)
+    family = model.family
+    inputs = noised_inputs(batch, objective, family)
+    pred = model.policy(inputs.x, inputs.t, inputs.cond)
     ref = batch.get("reference")
     if ref is None and objective.needs_reference:
-        ref = model.ref(inputs.x, inputs.t, inputs.text, inputs.added)
+        ref = model.ref(inputs.x, inputs.t, inputs.cond)
     target = inputs.target
     if objective.reference_target:
         # DDSPO: the reference's own score, given the original prompt for the preferred
         # image and the degraded prompt for the rejected one, is the regression target.
-        t = batch["t"]
-        added_l = _added(batch, ["pooled_l"], ["time_ids_l"])
-        target = torch.cat(
-            [ref[: len(t)], model.ref(inputs.x[len(t) :], t, batch["text_l"], added_l)]
-        )
+        n = len(batch["t"])
+        rejected = conditions(batch, family, ("l",), ("l",))
+        target = torch.cat([ref[:n], model.ref(inputs.x[n:], inputs.t[n:], rejected)])
+    if isinstance(ref, ReferenceStats):
+        # A precomputed reference was stored in the form the loss takes (dspo.reference).
+        pred, _, target = family.objective_inputs(pred, None, target, inputs.t)
+    else:
+        pred, ref, target = family.objective_inputs(pred, ref, target, inputs.t)
     return objective.fn(pred, ref, target, **hparams)
 
 
 def make_batch(
-    cache: PairCache, rows: torch.Tensor, cfg: Mapping[str, Any], gen: torch.Generator, scheduler
+    cache: PairCache,
+    rows: torch.Tensor,
+    cfg: Mapping[str, Any],
+    gen: torch.Generator,
+    family: Family,
+    shared_noise: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Latents and text embeddings of the rows, with prompt dropout, noise and timesteps.
+    """Latents and prompt tensors of the rows, with prompt dropout, noise and timesteps.
 
-    For SDXL caches also pooled text embeddings and time ids: (original height, width, crop
-    top, left, target height, width) of each image, as SDXL was trained with.
+    Pooled text embeddings where the cache holds them (SDXL, SD3, FLUX), and the family's
+    image conditions: for SDXL the time ids (original height, width, crop top, left, target
+    height, width) of each image, as SDXL was trained with. Timesteps are drawn as the
+    family's training recipe draws them; without ``shared_noise`` the rejected images get
+    their own noise and timesteps (``noise_l``, ``t_l``), drawn after the shared ones so that
+    every other draw stays the same.
     """
     drop = torch.rand(len(rows), generator=gen) < cfg["prompt_dropout"]
-    batch = {}
+    batch: dict[str, torch.Tensor] = {}
     for side in ("w", "l"):
-        text = cache.embeddings[getattr(cache, f"text_{side}")[rows]].float()
+        text_rows = getattr(cache, f"text_{side}")[rows]
+        text = cache.embeddings[text_rows].float()
         text[drop] = cache.empty.float()
         batch[f"text_{side}"] = text
         batch[f"latents_{side}"] = getattr(cache, f"latents_{side}")[rows].float()
         if cache.pooled is not None:
-            pooled = cache.pooled[getattr(cache, f"text_{side}")[rows]].float()
+            pooled = cache.pooled[text_rows].float()
             pooled[drop] = cache.empty_pooled.float()
-            target = torch.tensor([cache.manifest["resolution"]] * 2).expand(len(rows), 2)
             batch[f"pooled_{side}"] = pooled
-            batch[f"time_ids_{side}"] = torch.cat(
-                [
-                    getattr(cache, f"original_size_{side}")[rows],
-                    getattr(cache, f"crop_{side}")[rows],
-                    target,
-                ],
-                dim=1,
-            ).float()
+        image = family.image_conditions(
+            getattr(cache, f"original_size_{side}")[rows],
+            getattr(cache, f"crop_{side}")[rows],
+            cache.manifest["resolution"],
+        )
+        for name, value in image.items():
+            batch[f"{name}_{side}"] = value
     batch["noise"] = torch.randn(batch["latents_w"].shape, generator=gen)
-    batch["t"] = torch.randint(scheduler.config.num_train_timesteps, (len(rows),), generator=gen)
+    shape = batch["latents_w"].shape
+    batch["t"] = family.sample_timesteps(len(rows), gen, shape[1:])
+    if not shared_noise:
+        batch["noise_l"] = torch.randn(shape, generator=gen)
+        batch["t_l"] = family.sample_timesteps(len(rows), gen, shape[1:])
     return batch

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dspo import toy
 from dspo.content import write_content_record
-from dspo.data import toy
-from dspo.models import build_pipeline
+from dspo.families import family_class
+from dspo.families.sd import SDFamily
 
 
 def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -59,40 +60,84 @@ def _encode_latents(vae, images: torch.Tensor, batch_size: int = 1024) -> torch.
     )
 
 
-def _train_denoiser(pipe, latents, captions, cfg: Mapping[str, Any], rng: torch.Generator, log):
-    unet, text_encoder, scheduler = pipe.unet, pipe.text_encoder, pipe.scheduler
-    params = [*unet.parameters(), *text_encoder.parameters()]
+class _TrainedText:
+    """SD's conditioning in pre-training: its one text encoder learns with the UNet."""
+
+    def __init__(self, pipe, captions: list[str]) -> None:
+        self.encoder = pipe.text_encoder
+
+        def ids(texts: list[str]) -> torch.Tensor:
+            return pipe.tokenizer(
+                texts,
+                padding="max_length",
+                max_length=pipe.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+
+        self.tokens, self.empty = ids(captions), ids([""])
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    def __call__(self, idx: torch.Tensor, drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        ids = self.tokens[idx].clone()
+        ids[drop] = self.empty
+        return {"embeddings": self.encoder(ids)[0]}
+
+
+class _FixedText:
+    """A flow family's conditioning in pre-training: its text encoders (two CLIPs and a T5
+    for SD3) stay as built, so each distinct caption is encoded once; only the denoiser
+    learns to read their features."""
+
+    def __init__(self, pipe, family, captions: list[str]) -> None:
+        unique = sorted(set(captions))
+        row = {c: i for i, c in enumerate(unique)}
+        self.rows = torch.tensor([row[c] for c in captions])
+        with torch.no_grad():
+            self.text = family.encode_prompts(pipe, unique)
+            self.empty = family.encode_prompts(pipe, [""])
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def __call__(self, idx: torch.Tensor, drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        cond = {}
+        for key, value in self.text.items():
+            rows = value[self.rows[idx]].clone()
+            rows[drop] = self.empty[key]
+            cond[key] = rows
+        return cond
+
+
+def _train_denoiser(
+    pipe, family, text, latents, cfg: Mapping[str, Any], rng: torch.Generator, log
+) -> None:
+    """Denoising pre-training in the family's own terms (its timesteps, noising and target)
+    of the denoiser and whatever ``text`` trains; both keep their EMA weights."""
+    denoiser = getattr(pipe, family.denoiser)
+    text_modules = [text.encoder] if isinstance(text, _TrainedText) else []
+    params = [*denoiser.parameters(), *text.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-2)
     warmup = max(1, cfg["warmup_steps"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    ema_params = [*ema_unet.parameters(), *ema_text.parameters()]
+    emas = [copy.deepcopy(m).eval() for m in (denoiser, *text_modules)]
+    ema_params = [p for m in emas for p in m.parameters()]
     for p in ema_params:
         p.requires_grad_(False)
-    tokens = pipe.tokenizer(
-        captions,
-        padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    empty = pipe.tokenizer(
-        [""], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
-    unet.train()
-    text_encoder.train()
+    for module in (denoiser, *text_modules):
+        module.train()
     running = 0.0
-    for step in tqdm(range(cfg["steps"]), desc="pretrain unet", mininterval=5):
+    for step in tqdm(range(cfg["steps"]), desc=f"pretrain {family.denoiser}", mininterval=5):
         idx = torch.randint(len(latents), (cfg["batch_size"],), generator=rng)
         x0 = latents[idx]
-        ids = tokens[idx].clone()
         # Empty captions teach the unconditional score that classifier-free guidance needs.
         drop = torch.rand(len(idx), generator=rng) < cfg["caption_dropout"]
-        ids[drop] = empty
         noise = torch.randn(x0.shape, generator=rng)
-        t = torch.randint(scheduler.config.num_train_timesteps, (len(idx),), generator=rng)
-        pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(ids)[0]).sample
-        loss = F.mse_loss(pred, noise)
+        t = family.sample_timesteps(len(idx), rng, x0.shape[1:])
+        pred = family.predict(denoiser, family.add_noise(x0, noise, t), t, text(idx, drop))
+        loss = F.mse_loss(pred, family.target(x0, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -104,7 +149,20 @@ def _train_denoiser(pipe, latents, captions, cfg: Mapping[str, Any], rng: torch.
         if (step + 1) % 100 == 0 or step == cfg["steps"] - 1:
             log({"stage": "unet", "step": step, "loss": running / ((step % 100) + 1)})
             running = 0.0
-    pipe.unet, pipe.text_encoder = ema_unet, ema_text
+    setattr(pipe, family.denoiser, emas[0])
+    if text_modules:
+        pipe.text_encoder = emas[1]
+
+
+def _architecture(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture without the keys a preset set to null (to drop another family's)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items() if v is not None}
+        return value
+
+    return clean(model["architecture"])
 
 
 def pretrain_toy_base(
@@ -120,7 +178,10 @@ def pretrain_toy_base(
         world_cfg, np.random.default_rng(cfg["seed"]), cfg["n_images"]
     )
     words = sorted({w.strip(",.()") for c in captions for w in c.split()} - {""})
-    pipe = build_pipeline(model["architecture"], words, seed=cfg["seed"])
+    architecture = _architecture(model)
+    cls = family_class(architecture.pop("family", "sd"))
+    pipe = cls.build(architecture, words, seed=cfg["seed"])
+    family = cls(dict(pipe.scheduler.config))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log_file:
 
@@ -131,17 +192,28 @@ def pretrain_toy_base(
         pixels = _images_to_tensor(images)
         _train_vae(pipe.vae, pixels, cfg["vae"], rng, log)
         latents = _encode_latents(pipe.vae, pixels)
+        if getattr(pipe.vae.config, "shift_factor", None) is not None:
+            # As SD3 and FLUX do: shift latents to zero mean before scaling them.
+            shift = float(latents.mean())
+            pipe.vae.register_to_config(shift_factor=shift)
+            latents = latents - shift
         # As SD does: scale latents to unit variance so the noise schedule fits them.
         scaling = float(1.0 / latents.std())
         pipe.vae.register_to_config(scaling_factor=scaling)
-        _train_denoiser(pipe, latents * scaling, captions, cfg["unet"], rng, log)
+        text = (
+            _TrainedText(pipe, captions)
+            if isinstance(family, SDFamily)
+            else _FixedText(pipe, family, captions)
+        )
+        _train_denoiser(pipe, family, text, latents * scaling, cfg["unet"], rng, log)
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out_dir)
     summary = {
         "images": len(images),
         "vocabulary": len(words),
         "scaling_factor": scaling,
-        "unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+        "family": family.name,
+        "denoiser_parameters": sum(p.numel() for p in getattr(pipe, family.denoiser).parameters()),
         "seconds": round(time.time() - started, 1),
     }
     (out_dir / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

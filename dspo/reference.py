@@ -38,21 +38,24 @@ import torch
 from tqdm.auto import tqdm
 
 from dspo.checkpoints import PART_NAMES, fingerprint_parts
+from dspo.families.base import Family
+from dspo.files import PART_RECORD, part_folder
 from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
-from dspo.preference import _generator, make_batch, noised_inputs, step_rows
+from dspo.preference import make_batch, noised_inputs, step_rows
+from dspo.seeding import seeded_generator
 
 MANIFEST = "reference.json"
-PART = "part.json"
 # The training config that fixes the batches the reference sees; nothing else matters to it.
-BATCH_KEYS = ("seed", "steps", "pairs_per_step", "local_pairs", "prompt_dropout")
+BATCH_KEYS = ("seed", "steps", "pairs_per_step", "local_pairs", "prompt_dropout", "family_settings")
 STORAGE = {"float32": np.float32, "float16": np.float16}
 
 
 def reference_slice(cfg: Mapping[str, Any], objective: Objective) -> dict[str, Any]:
     """What a precomputed reference depends on, besides the base model, cache and code."""
     return {
-        **{k: cfg[k] for k in BATCH_KEYS},
+        **{k: cfg.get(k) for k in BATCH_KEYS},
         "preferred_only": objective.preferred_only,
+        "shared_noise": objective.shared_noise,
         "prediction": objective.uses_reference_prediction,
         "storage": cfg.get("reference_storage", "float32"),
     }
@@ -69,11 +72,9 @@ def part_steps(steps: int, part: int, parts: int) -> range:
     return range(part * steps // parts, (part + 1) * steps // parts)
 
 
-def _reference_unet(base_model: str, device: str, dtype: torch.dtype):
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet")
-    return unet.to(device=device, dtype=dtype).requires_grad_(False).eval()
+def _reference_denoiser(family: Family, base_model: str, device: str, dtype: torch.dtype):
+    denoiser = family.load_denoiser(base_model)
+    return denoiser.to(device=device, dtype=dtype).requires_grad_(False).eval()
 
 
 @torch.no_grad()
@@ -89,10 +90,13 @@ def compute_part(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """Compute part ``part`` of ``parts`` of a method's reference outputs into ``out_dir``."""
-    from diffusers import DDPMScheduler
+    """Compute part ``part`` of ``parts`` of a method's reference outputs into ``out_dir``.
 
+    Stored in the form the loss takes: scaled to noise space when the family is set to
+    ``noise_form``, as the trainer scales its own predictions.
+    """
     from dspo.data.cache import load_cache
+    from dspo.families import load_family
 
     started = time.time()
     objective = get_objective(cfg["objective"])
@@ -102,8 +106,8 @@ def compute_part(
             f"({'its targets are the reference' if objective.needs_reference else 'it has none'})"
         )
     cache = load_cache(cache_dir)
-    scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
-    unet = _reference_unet(base_model, device, dtype)
+    family = load_family(base_model, **(cfg.get("family_settings") or {}))
+    denoiser = _reference_denoiser(family, base_model, device, dtype)
     steps, per_step, local = cfg["steps"], cfg["pairs_per_step"], cfg["local_pairs"]
     if per_step % local:
         raise ValueError(f"pairs_per_step {per_step} is not a multiple of local_pairs {local}")
@@ -111,77 +115,69 @@ def compute_part(
     visits = len(mine) * per_step
     latent = tuple(cache.manifest["latent_shape"])
     storage = STORAGE[cfg.get("reference_storage", "float32")]
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    columns = 1 if objective.preferred_only else 2
-    errors = np.lib.format.open_memmap(tmp / "errors.npy", "w+", np.float32, (visits, columns))
-    preferred = None
-    if objective.uses_reference_prediction:
-        shape = (visits, *latent)
-        preferred = np.lib.format.open_memmap(tmp / "preferred.npy", "w+", storage, shape)
-    autocast = (
-        torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-        if dtype != torch.float32
-        else nullcontext()
-    )
-    # The trainer's micro-batches of one step, in order, run `batch_factor` at a time.
-    starts = list(range(0, per_step, local))
-    groups = [starts[i : i + batch_factor] for i in range(0, len(starts), batch_factor)]
-    bar = tqdm(mine, desc=f"reference part {part}", mininterval=5)
-    for row, step in enumerate(bar):
-        rows = step_rows(len(cache), per_step, cfg["seed"], step)
-        for group in groups:
-            inputs = [
-                noised_inputs(
-                    make_batch(
-                        cache,
-                        rows[s : s + local],
-                        cfg,
-                        _generator(cfg["seed"], 2, step, s),
-                        scheduler,
-                    ),
-                    objective,
-                    scheduler,
-                )
-                for s in group
-            ]
-            stacked = {
-                k: torch.cat([getattr(i, k) for i in inputs]).to(device) for k in ("x", "t", "text")
-            }
-            added = None
-            if inputs[0].added is not None:
-                added = {
-                    k: torch.cat([i.added[k] for i in inputs]).to(device) for k in inputs[0].added
+    with part_folder(out_dir, "reference") as (tmp, record):
+        columns = 1 if objective.preferred_only else 2
+        errors = np.lib.format.open_memmap(tmp / "errors.npy", "w+", np.float32, (visits, columns))
+        preferred = None
+        if objective.uses_reference_prediction:
+            shape = (visits, *latent)
+            preferred = np.lib.format.open_memmap(tmp / "preferred.npy", "w+", storage, shape)
+        autocast = (
+            torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+            if dtype != torch.float32
+            else nullcontext()
+        )
+        # The trainer's micro-batches of one step, in order, run `batch_factor` at a time.
+        starts = list(range(0, per_step, local))
+        groups = [starts[i : i + batch_factor] for i in range(0, len(starts), batch_factor)]
+        bar = tqdm(mine, desc=f"reference part {part}", mininterval=5)
+        for row, step in enumerate(bar):
+            rows = step_rows(len(cache), per_step, cfg["seed"], step)
+            for group in groups:
+                inputs = [
+                    noised_inputs(
+                        make_batch(
+                            cache,
+                            rows[s : s + local],
+                            cfg,
+                            seeded_generator(cfg["seed"], 2, step, s),
+                            family,
+                            objective.shared_noise,
+                        ),
+                        objective,
+                        family,
+                    )
+                    for s in group
+                ]
+                x, t = (torch.cat([getattr(i, k) for i in inputs]).to(device) for k in ("x", "t"))
+                cond = {
+                    k: torch.cat([i.cond[k] for i in inputs]).to(device) for k in inputs[0].cond
                 }
-            with autocast:
-                out = unet(stacked["x"], stacked["t"], stacked["text"], added_cond_kwargs=added)
-            predictions = out.sample.float().cpu().split([len(i.x) for i in inputs])
-            for s, inp, ref in zip(group, inputs, predictions, strict=True):
-                stats = stats_of(ref, inp.target, objective)
-                first = row * per_step + s
-                errors[first : first + local] = stats.errors.reshape(columns, local).T.numpy()
-                if preferred is not None:
-                    preferred[first : first + local] = stats.preferred.numpy().astype(storage)
-    errors.flush()
-    if preferred is not None:
-        preferred.flush()
-    record = {
-        "part": part,
-        "parts": parts,
-        "steps": [mine.start, mine.stop],
-        "visits": visits,
-        "columns": columns,
-        "latent_shape": list(latent),
-        "storage": cfg.get("reference_storage", "float32"),
-        "key": reference_parts(cfg, objective, base_model, cache.manifest),
-        "batch_factor": batch_factor,
-        "seconds": round(time.time() - started, 1),
-    }
-    (tmp / PART).write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, out_dir)
+                with autocast:
+                    out = family.predict(denoiser, x, t, cond)
+                predictions = out.float().cpu().split([len(i.x) for i in inputs])
+                for s, inp, ref in zip(group, inputs, predictions, strict=True):
+                    _, ref, target = family.objective_inputs(None, ref, inp.target, inp.t)
+                    stats = stats_of(ref, target, objective)
+                    first = row * per_step + s
+                    errors[first : first + local] = stats.errors.reshape(columns, local).T.numpy()
+                    if preferred is not None:
+                        preferred[first : first + local] = stats.preferred.numpy().astype(storage)
+        errors.flush()
+        if preferred is not None:
+            preferred.flush()
+        record |= {
+            "part": part,
+            "parts": parts,
+            "steps": [mine.start, mine.stop],
+            "visits": visits,
+            "columns": columns,
+            "latent_shape": list(latent),
+            "storage": cfg.get("reference_storage", "float32"),
+            "key": reference_parts(cfg, objective, base_model, cache.manifest),
+            "batch_factor": batch_factor,
+            "seconds": round(time.time() - started, 1),
+        }
     bytes_total = sum(f.stat().st_size for f in out_dir.glob("*.npy"))
     return {**record, "bytes_per_visit": round(bytes_total / max(1, visits), 1)}
 
@@ -198,7 +194,7 @@ def stats_of(ref: torch.Tensor, target: torch.Tensor, objective: Objective) -> R
 def gather(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
     """Move the parts into one folder and write its manifest last."""
     records = sorted(
-        (json.loads((Path(d) / PART).read_text()) | {"dir": str(d)} for d in part_dirs),
+        (json.loads((Path(d) / PART_RECORD).read_text()) | {"dir": str(d)} for d in part_dirs),
         key=lambda r: r["part"],
     )
     if [r["part"] for r in records] != list(range(records[0]["parts"])):

@@ -23,11 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image, ImageFile, PngImagePlugin
+from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
 from dspo.content import combined_key, content_key, source_key
-from dspo.models import load_pipeline, sampling_scheduler
+from dspo.families import pipeline_family
+from dspo.files import png_bytes, write_bytes_atomic
+from dspo.models import load_pipeline
+from dspo.seeding import seeded_generator
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "seed", "guidance", "path", "key"]
@@ -69,7 +72,7 @@ def load_for_sampling(
 
 def initial_noise(shape: Sequence[int], prompt_id: int, seed: int) -> torch.Tensor:
     """The starting latent of one (prompt, seed), identical for every model."""
-    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(prompt_id)) % (2**63 - 1))
+    gen = seeded_generator(seed, prompt_id)
     return torch.randn(tuple(shape), generator=gen)
 
 
@@ -92,27 +95,26 @@ def generate(
     kept when its key matches and it decodes, so a job cut short and rerun only makes what is
     missing, and a changed model, setting or damaged file is made again.
     """
-    sampling_scheduler(pipe, scheduler)
-    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    shape = (pipe.unet.config.in_channels, resolution // scale, resolution // scale)
-    device, dtype = pipe.unet.device, pipe.unet.dtype
+    family = pipeline_family(pipe)
+    family.sampling_scheduler(pipe, scheduler)
+    shape = family.latent_shape(pipe, resolution)
+    denoiser = getattr(pipe, family.denoiser)
+    device, dtype = denoiser.device, denoiser.dtype
     settings = {"steps": steps, "resolution": resolution, "scheduler": scheduler}
     settings.update(dtype=dtype, device=device.type)
     jobs = image_jobs(prompts, seeds, guidance, key=key, settings=settings)
     for part, missing in tqdm(
         batches_to_make(jobs, out_dir, batch_size), desc="generate", mininterval=5
     ):
-        g = part[0]["guidance"]
         latents = torch.stack([initial_noise(shape, j["prompt_id"], j["seed"]) for j in part])
-        images = pipe(
-            prompt=[j["prompt"] for j in part],
-            latents=latents.to(device, dtype),
-            num_inference_steps=steps,
-            guidance_scale=g,
-            height=resolution,
-            width=resolution,
-            output_type="np",
-        ).images
+        images = family.sample(
+            pipe,
+            [j["prompt"] for j in part],
+            latents,
+            steps=steps,
+            guidance=part[0]["guidance"],
+            resolution=resolution,
+        )
         for job, image, write in zip(part, images, missing, strict=True):
             if write:
                 save_image(image, out_dir / job["path"], job["key"])
@@ -212,12 +214,7 @@ def reusable(path: Path, key: str) -> bool:
 def save_image(image: np.ndarray, path: Path, key: str = "") -> None:
     """An (H, W, 3) float image in [0, 1] as PNG with its key, written atomically: a cut job
     leaves no half-written file for the rerun to keep."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    info = PngImagePlugin.PngInfo()
-    info.add_text(KEY_CHUNK, key)
-    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp, pnginfo=info)
-    tmp.replace(path)
+    write_bytes_atomic(png_bytes(image, {KEY_CHUNK: key}), path)
 
 
 def write_manifest(manifest: pd.DataFrame, path: Path, meta: dict[str, Any]) -> None:

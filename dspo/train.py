@@ -33,17 +33,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from diffusers import (
-    DDPMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import ModelMixin
 from tqdm.auto import tqdm
 
 from dspo import checkpoints as ckpt
 from dspo.content import write_content_record
 from dspo.data.cache import PairCache, load_cache
+from dspo.families import load_family
+from dspo.families.base import Family
 from dspo.guards import (
     DivergenceError,
     Preempted,
@@ -52,7 +49,6 @@ from dspo.guards import (
     first_nonfinite,
 )
 from dspo.model_card import write_model_card
-from dspo.models import load_pipeline, model_family
 from dspo.objectives import Objective, get_objective, objective_kwargs
 from dspo.optimisation import (  # noqa: F401  (learning_rate_factor: also this module's interface)
     learning_rate_factor,
@@ -62,7 +58,6 @@ from dspo.optimisation import (  # noqa: F401  (learning_rate_factor: also this 
 )
 from dspo.preference import (  # noqa: F401  (also this module's interface)
     PreferenceModel,
-    _generator,
     make_batch,
     micro_batch_start,
     preference_loss,
@@ -70,6 +65,7 @@ from dspo.preference import (  # noqa: F401  (also this module's interface)
 )
 from dspo.reference import PrecomputedReference, reference_parts
 from dspo.run_metrics import append_metrics, mean_over, restart_metrics
+from dspo.seeding import seeded_generator
 from dspo.tracking import log_images, start_trackers
 from dspo.validation import (
     ValidationSettings,
@@ -80,7 +76,6 @@ from dspo.validation import (
 )
 
 MODEL_CONFIG = "dspo_config.json"
-LORA_WRITERS = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 
 
 def accumulation_steps(effective_pairs: int, local_pairs: int, processes: int) -> int:
@@ -102,36 +97,37 @@ def _build_model(
     precision: str,
     online_reference: bool = True,
 ) -> PreferenceModel:
-    """The policy UNet (with LoRA when configured) and its reference, checked against the cache."""
-    unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet")
-    if cache.manifest["latent_shape"][0] != unet.config.in_channels:
+    """The policy denoiser (LoRA when configured) and its reference, checked against the cache."""
+    family = load_family(base_model, **(cfg.get("family_settings") or {}))
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    lora = cfg.get("lora")
+    # LoRA under mixed precision (a GPU): the frozen base only runs forward passes under
+    # autocast, so it is loaded and held in the half dtype, as the public LoRA scripts hold
+    # it (FLUX's 12 B transformer: 24 GB instead of 48 per process); the adapters, which
+    # the optimiser updates, stay float32.
+    denoiser = family.load_denoiser(base_model, dtype=half if lora else None)
+    channels = family.latent_channels(denoiser)
+    if cache.manifest["latent_shape"][0] != channels:
         raise ValueError(
             f"cache of {cache.manifest['model']} has {cache.manifest['latent_shape'][0]} latent "
-            f"channels, the UNet of {base_model} expects {unet.config.in_channels}"
+            f"channels, the {family.denoiser} of {base_model} expects {channels}"
         )
-    if cache.family != model_family(unet):
+    if cache.family != family.name:
         raise ValueError(
             f"cache of {cache.manifest['model']} holds {cache.family} embeddings, "
-            f"the UNet of {base_model} is {model_family(unet)}: rebuild the cache with this model"
+            f"the {family.denoiser} of {base_model} is {family.name}: rebuild the cache with "
+            "this model"
         )
-    lora = cfg.get("lora")
     if lora:
-        from peft import LoraConfig
-
-        unet.requires_grad_(False)
-        unet.add_adapter(
-            LoraConfig(
-                r=lora["rank"],
-                lora_alpha=lora["alpha"],
-                init_lora_weights="gaussian",
-                target_modules=lora["target_modules"],
-            )
-        )
+        family.add_lora(denoiser, lora["rank"], lora["alpha"], lora["target_modules"])
+        for p in denoiser.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
     if cfg["gradient_checkpointing"]:
-        unet.enable_gradient_checkpointing()
+        denoiser.enable_gradient_checkpointing()
     reference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     needs = objective.needs_reference and online_reference
-    return PreferenceModel(unet, needs, bool(lora), reference_dtype)
+    return PreferenceModel(denoiser, family, needs, bool(lora), reference_dtype)
 
 
 def _agree(accelerator: Accelerator, *flags: bool) -> list[bool]:
@@ -194,14 +190,13 @@ def train(
     # One process per node reads every byte to verify the checksums; the others map the files.
     cache = load_cache(cache_dir, verify=accelerator.is_local_main_process)
     accelerator.wait_for_everyone()
-    scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
     precomputed = None
     if reference_dir is not None and objective.needs_reference:
         expected = reference_parts(cfg, objective, base_model, cache.manifest)
         precomputed = PrecomputedReference(reference_dir, expected, cfg["pairs_per_step"])
     model = _build_model(cfg, objective, base_model, cache, precision, precomputed is None)
-    unet = model.unet
-    trainable = [p for p in unet.parameters() if p.requires_grad]
+    family = model.family
+    trainable = [p for p in model.denoiser.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     ckpt.trainable_weights_only(accelerator)
@@ -216,7 +211,7 @@ def train(
         restart_metrics(run_dir, start_step)
         restart_validation(run_dir, start_step, validation)
         if validation is not None:
-            policy = accelerator.unwrap_model(model).unet
+            policy = accelerator.unwrap_model(model).denoiser
             validator = Validator(base_model, policy, validation, accelerator.device)
     if cfg["report_to"]:
         start_trackers(accelerator, cfg, method, start_step)
@@ -236,14 +231,15 @@ def train(
 
     def save(done: int) -> Path:
         check_weights_finite(
-            accelerator.unwrap_model(model).unet.named_parameters(), f"checkpoint of step {done}"
+            accelerator.unwrap_model(model).denoiser.named_parameters(),
+            f"checkpoint of step {done}",
         )
         extra = {"skipped": skipped}
         return ckpt.save_checkpoint(
             accelerator, checkpoints, done, cfg["checkpoints_kept"], parts, extra
         )
 
-    if objective.name == "diffusion_kto":
+    if objective.batch_statistics:
         hparams = {**hparams, "all_reduce": all_reduce}
     model.train()
     bar = tqdm(
@@ -266,18 +262,18 @@ def train(
                 start = micro_batch_start(micro, processes, accelerator.process_index, local)
                 # Noise, timesteps and dropout follow the micro-batch's place in the step, so
                 # they too are the same however the step is split across processes.
-                gen = _generator(cfg["seed"], 2, step, start)
+                gen = seeded_generator(cfg["seed"], 2, step, start)
                 batch = {
                     k: v.to(accelerator.device)
                     for k, v in make_batch(
-                        cache, rows[start : start + local], cfg, gen, scheduler
+                        cache, rows[start : start + local], cfg, gen, family, objective.shared_noise
                     ).items()
                 }
                 if precomputed is not None:
                     batch["reference"] = precomputed.stats(step, start, local, accelerator.device)
                 sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
-                    loss, metrics = model(batch, objective, hparams, scheduler)
+                    loss, metrics = model(batch, objective, hparams)
                     accelerator.backward(loss / accum)
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value) / accum
@@ -338,9 +334,9 @@ def train(
         "seconds": round(time.time() - started, 1),
     }
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model).unet
+        final = accelerator.unwrap_model(model).denoiser
         check_weights_finite(final.named_parameters(), f"the model for {out_dir}")
-        save_model(final, cfg, base_model, out_dir)
+        save_model(final, family, cfg, base_model, out_dir)
         (out_dir / MODEL_CONFIG).write_text(json.dumps({"config": cfg, **summary}, indent=2) + "\n")
         data = f"{len(cache)} preference pairs (`{cfg.get('data', 'pairs')}`, cache {cache_dir})"
         write_model_card(out_dir, {"name": summary["method"], **cfg}, base_model, data)
@@ -355,23 +351,12 @@ def train(
     return summary
 
 
-def save_model(unet: UNet2DConditionModel, cfg: Mapping[str, Any], base_model: str, out_dir: Path):
+def save_model(
+    denoiser: ModelMixin, family: Family, cfg: Mapping[str, Any], base_model: str, out_dir: Path
+) -> None:
     """Write what users load: a full diffusers pipeline, or standard LoRA safetensors.
 
-    LoRA weights are written by the pipeline class of the model family (SD or SDXL), so
-    that class's ``load_lora_weights`` reads them.
+    The model family writes LoRA weights as its pipeline class does, so that class's
+    ``load_lora_weights`` reads them.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("lora"):
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
-        pipeline_class = LORA_WRITERS[model_family(unet)]
-        pipeline_class.save_lora_weights(
-            out_dir,
-            unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
-        )
-        return
-    pipe = load_pipeline(base_model)
-    pipe.unet = unet.to(torch.float32)
-    pipe.save_pretrained(out_dir)
+    family.save_denoiser(denoiser, base_model, out_dir, lora=bool(cfg.get("lora")))

@@ -14,13 +14,14 @@ without. A resumed run keeps the images of the steps up to its checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from dspo.files import write_json_atomic
 
 # torch, diffusers and the sampler load in the functions that sample: the training view
 # only reads the index, and each of its jobs would spend seconds importing them.
@@ -69,12 +70,6 @@ def is_due(done: int, steps: int, every: int) -> bool:
     return every > 0 and (done % every == 0 or done == steps)
 
 
-def _write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def read_index(run_dir: Path) -> dict[str, Any] | None:
     """The run's validation index, or None when it has none."""
     path = run_dir / VALIDATION_DIR / INDEX
@@ -101,30 +96,31 @@ def restart_validation(run_dir: Path, start_step: int, settings: ValidationSetti
         return
     folder.mkdir(parents=True, exist_ok=True)
     record = {"settings": asdict(settings), "columns": settings.columns(), "images": kept}
-    _write_json_atomic(record, folder / INDEX)
+    write_json_atomic(record, folder / INDEX)
 
 
 class Validator:
-    """Samples the validation prompts with the policy UNet, in the base model's pipeline."""
+    """Samples the validation prompts with the policy denoiser, in the base model's pipeline."""
 
     def __init__(
-        self, base_model: str, unet: torch.nn.Module, settings: ValidationSettings, device
+        self, base_model: str, denoiser: torch.nn.Module, settings: ValidationSettings, device
     ) -> None:
         import torch
 
-        from dspo.models import load_pipeline, sampling_scheduler
+        from dspo.families import pipeline_family
+        from dspo.models import load_pipeline
         from dspo.sample import initial_noise
 
         pipe = load_pipeline(base_model)
-        sampling_scheduler(pipe, "ddim")
-        # The pipeline runs the policy itself (adapters on, for LoRA): the base UNet it loaded
-        # is dropped, so nothing but text encoder(s) and VAE is held in addition.
-        pipe.unet = unet
+        self.family = pipeline_family(pipe)
+        self.family.sampling_scheduler(pipe, self.family.default_sampler)
+        # The pipeline runs the policy itself (adapters on, for LoRA): the base denoiser it
+        # loaded is dropped, so nothing but text encoder(s) and VAE is held in addition.
+        setattr(pipe, self.family.denoiser, denoiser)
         self.pipe = pipe.to(device)
+        self.denoiser = denoiser
         self.settings = settings
-        scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        side = settings.resolution // scale
-        shape = (unet.config.in_channels, side, side)
+        shape = self.family.latent_shape(pipe, settings.resolution)
         self.columns = settings.columns()
         self.noise = torch.stack(
             [initial_noise(shape, c["prompt_id"], c["seed"]) for c in self.columns]
@@ -135,21 +131,20 @@ class Validator:
         meanwhile, and the global random state is the same afterwards."""
         import torch
 
-        device = self.pipe.unet.device
+        device = self.denoiser.device
         devices = [device] if device.type == "cuda" else []
         was_training = model.training
         model.eval()
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
-                return self.pipe(
-                    prompt=[c["prompt"] for c in self.columns],
-                    latents=self.noise.to(device, self.pipe.unet.dtype),
-                    num_inference_steps=self.settings.steps,
-                    guidance_scale=self.settings.guidance,
-                    height=self.settings.resolution,
-                    width=self.settings.resolution,
-                    output_type="np",
-                ).images
+                return self.family.sample(
+                    self.pipe,
+                    [c["prompt"] for c in self.columns],
+                    self.noise,
+                    steps=self.settings.steps,
+                    guidance=self.settings.guidance,
+                    resolution=self.settings.resolution,
+                )
         finally:
             model.train(was_training)
 
@@ -164,5 +159,5 @@ def save_strip(run_dir: Path, step: int, images: np.ndarray) -> Path:
     index = json.loads((folder / INDEX).read_text())
     entries = [e for e in index["images"] if e["step"] != step]
     index["images"] = [*entries, {"step": step, "file": path.name}]
-    _write_json_atomic(index, folder / INDEX)
+    write_json_atomic(index, folder / INDEX)
     return path

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from dspo.bench import SD15_ARCHITECTURE, BenchSpec, ResidentPeak, load_architecture, prepare
-from dspo.bench_modes import build_mode, load_scheduler, make_step, visit_order
+from dspo.bench_modes import build_mode, make_step, visit_order
 from dspo.cli import main
 from dspo.flops import counted, dense_bf16_peak
 from tests.conftest import TINY_ARCHITECTURE
@@ -77,7 +77,7 @@ def bench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _step_flops(root: Path, mode: str, **changes) -> int:
     spec = dataclasses.replace(SPEC, **changes)
     built = build_mode(spec, root, mode, needs_reference=True)
-    step = make_step(spec, built, load_scheduler(root))
+    step = make_step(spec, built)
     return counted(lambda: step(0))[1]
 
 
@@ -144,14 +144,14 @@ def test_upstream_lora_reference_is_the_policy_with_adapters_disabled(bench_root
     spec = dataclasses.replace(SPEC, lora=4)
     mode, unets = _new_unets(lambda: build_mode(spec, bench_root, "upstream", True))
     # One UNet in memory, the policy's, whose adapters are switched off for the reference.
-    assert mode.model.reference is None and unets == [mode.model.unet]
-    base = sum(p.numel() for p in mode.model.unet.parameters() if not p.requires_grad)
+    assert mode.model.reference is None and unets == [mode.model.denoiser]
+    base = sum(p.numel() for p in mode.model.denoiser.parameters() if not p.requires_grad)
     assert sum(p.numel() for p in mode.model.parameters()) < 1.5 * base  # base + adapters, once
     del mode, unets
     # The old way, kept behind a flag: a second full UNet.
     copy = dataclasses.replace(spec, upstream_reference="copy")
     mode, unets = _new_unets(lambda: build_mode(copy, bench_root, "upstream", True))
-    assert len(unets) == 2 and mode.model.reference in unets and mode.model.unet in unets
+    assert len(unets) == 2 and mode.model.reference in unets and mode.model.denoiser in unets
 
 
 @pytest.mark.parametrize("mode", ["ours", "upstream"])
@@ -165,11 +165,10 @@ def test_checkpointing_gives_the_same_loss_and_gradients(bench_root: Path, mode:
         torch.manual_seed(0)  # the same LoRA initialisation
         built = build_mode(spec, bench_root, mode, needs_reference=True)
         built.model.train()
-        assert built.model.unet.is_gradient_checkpointing == checkpointing
+        assert built.model.denoiser.is_gradient_checkpointing == checkpointing
         batch = built.next_batch(0, 0)
-        scheduler = load_scheduler(bench_root)
         loss, _ = preference_loss(
-            built.model, batch, get_objective("dspo"), objective_kwargs("dspo"), scheduler
+            built.model, batch, get_objective("dspo"), objective_kwargs("dspo")
         )
         loss.backward()
         grads = {n: p.grad for n, p in built.model.named_parameters() if p.requires_grad}

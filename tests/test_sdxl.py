@@ -13,6 +13,7 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
 from dspo.data.cache import build_cache, load_cache
+from dspo.families import load_family
 from dspo.models import load_pipeline
 from dspo.objectives import get_objective
 from dspo.sample import generate, load_for_sampling
@@ -85,8 +86,9 @@ def test_unet_is_conditioned_on_each_images_size_and_crop(
     cache = load_cache(sdxl_cache)
     pipe = load_pipeline(str(tiny_sdxl_model))
     rows = torch.tensor([0, 1, 3])
+    family = load_family(tiny_sdxl_model)
     batch = make_batch(
-        cache, rows, {"prompt_dropout": 0.0}, torch.Generator().manual_seed(0), pipe.scheduler
+        cache, rows, {"prompt_dropout": 0.0}, torch.Generator().manual_seed(0), family
     )
     expected_w = [
         [*cache.original_size_w[r].tolist(), *cache.crop_w[r].tolist(), 16, 16] for r in rows
@@ -94,14 +96,12 @@ def test_unet_is_conditioned_on_each_images_size_and_crop(
     assert batch["time_ids_w"].tolist() == expected_w
     assert batch["time_ids_l"][:, :2].tolist() == [[16, 16]] * 3
 
-    model = PreferenceModel(pipe.unet, needs_reference=True, lora=False)
+    model = PreferenceModel(pipe.unet, family, needs_reference=True, lora=False)
     seen = []
-    model.unet.register_forward_pre_hook(
+    model.denoiser.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["added_cond_kwargs"]), with_kwargs=True
     )
-    loss, _ = preference_loss(
-        model, batch, get_objective("diffusion_dpo"), {"beta": 1.0}, pipe.scheduler
-    )
+    loss, _ = preference_loss(model, batch, get_objective("diffusion_dpo"), {"beta": 1.0})
     assert torch.isfinite(loss)
     assert torch.equal(seen[0]["time_ids"], torch.cat([batch["time_ids_w"], batch["time_ids_l"]]))
     assert torch.equal(seen[0]["text_embeds"], batch["pooled_w"].repeat(2, 1))

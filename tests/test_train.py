@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 
 import dspo.train as train_module
 from dspo.data.cache import build_cache, load_cache
+from dspo.families import load_family
+from dspo.families.sd import SDFamily
 from dspo.objectives import OBJECTIVES, get_objective
 from dspo.train import (
     accumulation_steps,
@@ -244,17 +246,20 @@ def test_lora_output_loads_and_reference_is_the_base(
     for p in unet.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p)
-    model = train_module.PreferenceModel(unet, needs_reference=True, lora=True)
+    family = load_family(tiny_model)
+    model = train_module.PreferenceModel(unet, family, needs_reference=True, lora=True)
     assert model.reference is None
-    torch.testing.assert_close(model.ref(x, t, text), base_out)
-    assert not torch.allclose(model.policy(x, t, text), base_out)
+    cond = {"embeddings": text}
+    torch.testing.assert_close(model.ref(x, t, cond), base_out)
+    assert not torch.allclose(model.policy(x, t, cond), base_out)
 
 
 def test_frozen_reference_can_be_held_in_half_precision(tiny_model: Path) -> None:
     unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
-    model = train_module.PreferenceModel(unet, True, False, reference_dtype=torch.bfloat16)
+    family = load_family(tiny_model)
+    model = train_module.PreferenceModel(unet, family, True, False, reference_dtype=torch.bfloat16)
     assert {p.dtype for p in model.reference.parameters()} == {torch.bfloat16}
-    assert {p.dtype for p in model.unet.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.denoiser.parameters()} == {torch.float32}
     assert not any(p.requires_grad for p in model.reference.parameters())
 
 
@@ -351,11 +356,11 @@ def test_gradient_checkpointing_and_cpu_mixed_precision(
 def test_prompt_dropout_swaps_in_the_empty_prompt(cache_dir: Path) -> None:
     cache = load_cache(cache_dir)
     rows = torch.arange(24)
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    family = SDFamily(DDPMScheduler(num_train_timesteps=1000).config)
 
     def text_of(dropout: float) -> torch.Tensor:
         gen = torch.Generator().manual_seed(0)
-        batch = make_batch(cache, rows, {"prompt_dropout": dropout}, gen, scheduler)
+        batch = make_batch(cache, rows, {"prompt_dropout": dropout}, gen, family)
         assert torch.equal(batch["latents_w"], cache.latents_w[rows].float())
         return batch["text_w"], batch["text_l"]
 
@@ -374,7 +379,7 @@ def test_unet_attention_is_pytorch_sdpa(cache_dir: Path, tiny_model: Path) -> No
     model = train_module._build_model(
         cfg, get_objective("dspo"), str(tiny_model), load_cache(cache_dir), "no"
     )
-    processors = model.unet.attn_processors
+    processors = model.denoiser.attn_processors
     assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
 
 
@@ -465,3 +470,20 @@ def test_finished_run_drops_its_checkpoints_and_writes_a_model_card(
     assert f'base_model: "{tiny_model}"' in card and "LoRA adapters (rank 2)" in card
     record = json.loads((tmp_path / "model/dspo_content.json").read_text())["files"]
     assert "README.md" in record and "pytorch_lora_weights.safetensors" in record
+
+
+def test_lora_under_mixed_precision_holds_the_frozen_base_in_half(
+    cache_dir: Path, tiny_model: Path
+) -> None:
+    """On a GPU under bf16 the frozen base of a LoRA run (also its reference) is held in bf16,
+    and the adapters the optimiser updates stay float32; full fine-tuning stays float32."""
+    cfg = {**BASE_CONFIG, **DSPO, "lora": LORA}
+    cache = load_cache(cache_dir)
+    model = train_module._build_model(cfg, get_objective("dspo"), str(tiny_model), cache, "bf16")
+    params = list(model.denoiser.parameters())
+    assert {p.dtype for p in params if not p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for p in params if p.requires_grad} == {torch.float32}
+    full = train_module._build_model(
+        {**BASE_CONFIG, **DSPO}, get_objective("dspo"), str(tiny_model), cache, "bf16"
+    )
+    assert {p.dtype for p in full.denoiser.parameters()} == {torch.float32}

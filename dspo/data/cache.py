@@ -3,17 +3,17 @@
 Training reads latents instead of decoding JPEGs and running the VAE and text encoder at
 every step. The cache is a folder of sharded safetensors plus ``manifest.json``:
 
-- ``latents-NNNNN.safetensors``: ``latents_w``, ``latents_l`` (pairs, C, h, w), already
-  multiplied by the VAE's scaling factor; ``text_w``, ``text_l`` (pairs,) row indices into
-  the text embeddings (equal for human pairs; DDSPO's rejected image has its own prompt);
-  ``pair_id`` (pairs,).
+- ``latents-NNNNN.safetensors``: ``latents_w``, ``latents_l`` (pairs, C, h, w), as the
+  denoiser sees them (shifted and scaled as the model family does, `Family.encode_images`);
+  ``text_w``, ``text_l`` (pairs,) row indices into the text embeddings (equal for human pairs;
+  DDSPO's rejected image has its own prompt); ``pair_id`` (pairs,).
   ``original_size_w``, ``original_size_l`` (pairs, 2): each image's (height, width) before
   resizing; ``crop_w``, ``crop_l`` (pairs, 2): the (top, left) corner of its crop in the resized
   (and, when flipped, mirrored) image. SDXL's UNet is conditioned on both (its time ids).
 - ``text.safetensors``: ``embeddings`` (unique prompts, tokens, dim) and ``empty`` (1, tokens,
-  dim), the embedding of the empty prompt used for prompt dropout; for SDXL also ``pooled``
-  (unique prompts, dim) and ``empty_pooled`` (1, dim).
-- ``manifest.json``: the model, its family (``sd`` or ``sdxl``), resolution, crop and flip
+  dim), the embedding of the empty prompt used for prompt dropout; for families with pooled
+  text (SDXL, SD3, FLUX) also ``pooled`` (unique prompts, dim) and ``empty_pooled`` (1, dim).
+- ``manifest.json``: the model, its family (a name of `dspo.families`), resolution, crop and flip
   settings, dtype and scaling factor it was built with, the shards and their sizes, and the
   bytes per pair. It is written last: a folder with a manifest is a complete cache.
 
@@ -51,12 +51,16 @@ from dspo.content import file_sha256
 from dspo.data.cache_load import MANIFEST, SHARD_KEYS, PairCache, load_cache  # noqa: F401
 from dspo.data.pairs import REJECTED_CAPTION
 from dspo.data.tensor_files import concat_safetensors
-from dspo.models import encode_text, load_pipeline, model_family, resolve_dtype
+from dspo.families import load_family
+from dspo.families.base import Family
+from dspo.files import PART_RECORD, part_folder, write_json_atomic
+from dspo.models import load_pipeline, resolve_dtype
 
-PART_MANIFEST = "part.json"
 SIDES = ("w", "l")
 # Prompts per text-encoder call. Fixed, so that parts split prompts on one grid (PartPlan).
 TEXT_BATCH = 256
+# The empty prompt's tensors (prompt dropout) are stored beside the prompts' under these names.
+EMPTY_NAMES = {"embeddings": "empty", "pooled": "empty_pooled"}
 CROPS = ("center", "random")
 
 
@@ -120,18 +124,6 @@ def _image_rng(seed: int, pair_id: int, side: str) -> np.random.Generator:
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-
-
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    _save(tensors, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -198,10 +190,9 @@ def _prompt_rows(texts: pd.DataFrame) -> tuple[list[int], list[int], list[str]]:
 
 
 def _encode_side(
-    pipe, chunk: pd.DataFrame, side: str, settings: CacheSettings
+    family: Family, pipe, chunk: pd.DataFrame, side: str, settings: CacheSettings
 ) -> dict[str, torch.Tensor]:
-    """VAE latents (scaled) and size/crop records of one side of a chunk of pairs."""
-    scaling = float(pipe.vae.config.scaling_factor)
+    """VAE latents (as the denoiser sees them) and size/crop records of one side of a chunk."""
     latents, sizes, crops = [], [], []
     for b in range(0, len(chunk), settings.batch_size):
         part = chunk.iloc[b : b + settings.batch_size]
@@ -217,7 +208,7 @@ def _encode_side(
         ]
         pixels = torch.from_numpy(np.stack([im.pixels for im in images]))
         pixels = pixels.to(pipe.vae.device, pipe.vae.dtype)
-        latents.append(pipe.vae.encode(pixels).latent_dist.mean * scaling)
+        latents.append(family.encode_images(pipe, pixels))
         sizes += [im.original_size for im in images]
         crops += [im.crop_top_left for im in images]
     storage = resolve_dtype(settings.dtype)
@@ -229,6 +220,7 @@ def _encode_side(
 
 
 def _latent_file(
+    family: Family,
     pipe,
     load_rows: Callable[[int, int], pd.DataFrame],
     rows: slice,
@@ -241,7 +233,7 @@ def _latent_file(
         raise ValueError(f"pair rows {rows.start}:{rows.stop}: got {len(chunk)} rows")
     tensors = {}
     for side in SIDES:
-        tensors.update(_encode_side(pipe, chunk, side, settings))
+        tensors.update(_encode_side(family, pipe, chunk, side, settings))
     return {
         **tensors,
         "text_w": torch.tensor(text_rows[0][rows]),
@@ -250,29 +242,19 @@ def _latent_file(
     }
 
 
-def _text_tensors(pipe, prompts: list[str], storage: torch.dtype, empty: bool) -> dict:
-    """Embeddings of ``prompts`` (and of the empty prompt, for one part only)."""
+def _text_tensors(
+    family: Family, pipe, prompts: list[str], storage: torch.dtype, empty: bool
+) -> dict:
+    """The family's text tensors of ``prompts`` (and of the empty prompt, for one part only):
+    ``embeddings``, and ``pooled`` where the family has it (``empty``, ``empty_pooled``)."""
     tensors = {}
     if prompts:
-        hidden, pooled = encode_text(pipe, prompts, batch_size=TEXT_BATCH)
-        tensors["embeddings"] = hidden.to(storage)
-        if pooled is not None:
-            tensors["pooled"] = pooled.to(storage)
+        for key, value in family.encode_prompts(pipe, prompts, batch_size=TEXT_BATCH).items():
+            tensors[key] = value.to(storage)
     if empty:
-        hidden, pooled = encode_text(pipe, [""])
-        tensors["empty"] = hidden.to(storage)
-        if pooled is not None:
-            tensors["empty_pooled"] = pooled.to(storage)
+        for key, value in family.encode_prompts(pipe, [""]).items():
+            tensors[EMPTY_NAMES[key]] = value.to(storage)
     return tensors
-
-
-def _clear_part_dir(out_dir: Path) -> None:
-    # The part is renamed into place whole; only an old part or an empty folder may go first.
-    if not out_dir.exists():
-        return
-    if any(out_dir.iterdir()) and not (out_dir / PART_MANIFEST).exists():
-        raise ValueError(f"{out_dir} exists and is not a cache part: refusing to replace it")
-    shutil.rmtree(out_dir)
 
 
 @torch.no_grad()
@@ -298,15 +280,14 @@ def encode_part(
         raise ValueError(f"part {part} is not in 0..{parts - 1}")
     text_w, text_l, unique = _prompt_rows(texts)
     plan = plan_parts(len(texts), len(unique), settings.shard_size, parts)[part]
-    pipe = load_pipeline(model, device=device)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    family = load_family(model)
+    pipe = load_pipeline(model, device=device, without=(family.denoiser,))
+    with part_folder(out_dir, "cache") as (tmp, info):
         files, latent_shape = [], None
         for index in tqdm(plan.files, desc=f"cache part {part}", mininterval=5):
             start = index * settings.shard_size
             rows = slice(start, min(start + settings.shard_size, len(texts)))
-            tensors = _latent_file(pipe, load_rows, rows, (text_w, text_l), settings)
+            tensors = _latent_file(family, pipe, load_rows, rows, (text_w, text_l), settings)
             name = f"latents-{index:05d}.safetensors"
             _save(tensors, tmp / name)
             # The checksum is taken once, as the shard is written; every load verifies it.
@@ -316,13 +297,13 @@ def encode_part(
             latent_shape = list(tensors["latents_w"].shape[1:])
         storage = resolve_dtype(settings.dtype)
         prompts = unique[plan.prompts.start : plan.prompts.stop]
-        text = _text_tensors(pipe, prompts, storage, empty=part == 0)
+        text = _text_tensors(family, pipe, prompts, storage, empty=part == 0)
         text_file = f"text-{part:05d}.safetensors" if text else None
         if text_file:
             _save(text, tmp / text_file)
-        info = {
+        info |= {
             "model": str(model),
-            "family": model_family(pipe.unet),
+            "family": family.name,
             **asdict(settings),
             "scaling_factor": float(pipe.vae.config.scaling_factor),
             "part": part,
@@ -334,12 +315,6 @@ def encode_part(
             "text_file": text_file,
             "files": files,
         }
-        (tmp / PART_MANIFEST).write_text(json.dumps(info, indent=2) + "\n")
-        _clear_part_dir(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 
@@ -351,7 +326,7 @@ def _read_parts(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     """Each part's record, in part order, checked to form one whole cache."""
     infos = []
     for folder in part_dirs:
-        path = Path(folder) / PART_MANIFEST
+        path = Path(folder) / PART_RECORD
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: that cache part is incomplete")
         infos.append({**json.loads(path.read_text()), "dir": Path(folder)})
@@ -436,7 +411,7 @@ def gather_cache(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
         "text_bytes": text_bytes,
         "total_bytes_per_pair": round((latent_bytes + text_bytes) / pairs, 1),
     }
-    _write_json_atomic(manifest, out_dir / MANIFEST)
+    write_json_atomic(manifest, out_dir / MANIFEST, indent=2)
     return manifest
 
 

@@ -12,10 +12,9 @@ steps; the result does not depend on the number of parts.
 
 from __future__ import annotations
 
-import io
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +22,17 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from dspo.data.pairs import (
     PART_TABLE,
     PairWriter,
-    _part_folder,
     _read_part_records,
     prompt_id_of,
 )
-from dspo.models import sampling_scheduler
+from dspo.families import pipeline_family
+from dspo.families.base import Family
+from dspo.files import part_folder, png_bytes
 from dspo.sample import initial_noise, load_for_sampling
 
 
@@ -70,20 +69,29 @@ def command_degrader(prompts: Sequence[str], command: str) -> list[str]:
     return lines
 
 
+def _drop_words(prompts: Sequence[str], spec: Mapping[str, Any], seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return drop_words(prompts, rng, spec["min_fraction"], spec["max_fraction"])
+
+
+def _command(prompts: Sequence[str], spec: Mapping[str, Any], seed: int) -> list[str]:
+    return command_degrader(prompts, spec["command"])
+
+
+# ddspo.degrader.kind: each degrades (prompts, degrader config, seed).
+DEGRADERS: dict[str, Callable[[Sequence[str], Mapping[str, Any], int], list[str]]] = {
+    "drop_words": _drop_words,
+    "command": _command,
+}
+
+
 def degrade(prompts: Sequence[str], spec: Mapping[str, Any], seed: int) -> list[str]:
     """Apply the configured degrader."""
-    if spec["kind"] == "drop_words":
-        rng = np.random.default_rng(seed)
-        return drop_words(prompts, rng, spec["min_fraction"], spec["max_fraction"])
-    if spec["kind"] == "command":
-        return command_degrader(prompts, spec["command"])
-    raise ValueError(f"unknown degrader kind {spec['kind']!r}; expected drop_words or command")
-
-
-def _png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
+    if spec["kind"] not in DEGRADERS:
+        raise ValueError(
+            f"unknown degrader kind {spec['kind']!r}; expected {' or '.join(DEGRADERS)}"
+        )
+    return DEGRADERS[spec["kind"]](prompts, spec, seed)
 
 
 def ddspo_prompts(captions: Sequence[str], cfg: Mapping[str, Any]) -> list[str]:
@@ -143,16 +151,17 @@ def make_ddspo_part(
     first_batch, stop_batch = part_batches(len(chosen), batch, part, parts)
     first, stop = first_batch * batch, min(stop_batch * batch, len(chosen))
     good_all, bad_all = chosen[first:stop], _degraded(chosen, first, stop, cfg)
-    pipe = None
+    pipe, family = None, None
     if stop > first:
         pipe = load_for_sampling(base_model, base_model, device=device)
-        sampling_scheduler(pipe, "ddim")
-    with _part_folder(Path(out_dir)) as (tmp, record):
+        family = pipeline_family(pipe)
+        family.sampling_scheduler(pipe, family.default_sampler)
+    with part_folder(Path(out_dir), "DDSPO pairs") as (tmp, record):
         with PairWriter(tmp / PART_TABLE, rejected_caption=True) as writer:
             for start in tqdm(range(first, stop, batch), desc=f"ddspo part {part}", mininterval=5):
                 good = good_all[start - first : start - first + batch]
                 bad = bad_all[start - first : start - first + batch]
-                writer.write(_sample_batch(pipe, good, bad, start, cfg, device))
+                writer.write(_sample_batch(pipe, family, good, bad, start, cfg, device))
         record |= {
             "part": part,
             "parts": parts,
@@ -166,6 +175,7 @@ def make_ddspo_part(
 
 def _sample_batch(
     pipe: Any,
+    family: Family,
     good: Sequence[str],
     bad: Sequence[str],
     start: int,
@@ -173,29 +183,27 @@ def _sample_batch(
     device: str,
 ) -> pd.DataFrame:
     """One batch of pairs: both prompts from the same per-pair noise, encoded as PNG rows."""
-    resolution = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    size = pipe.unet.config.sample_size
-    shape = (pipe.unet.config.in_channels, size, size)
+    resolution = family.native_resolution(pipe)
+    shape = family.latent_shape(pipe, resolution)
     ids = range(start, start + len(good))
     latents = torch.stack([initial_noise(shape, i, cfg["seed"]) for i in ids]).to(device)
     images = {}
     for side, texts in (("w", good), ("l", bad)):
-        images[side] = pipe(
-            prompt=list(texts),
-            latents=latents.to(pipe.unet.dtype),
-            num_inference_steps=cfg["steps"],
-            guidance_scale=cfg["guidance"],
-            height=resolution,
-            width=resolution,
-            output_type="np",
-        ).images
+        images[side] = family.sample(
+            pipe,
+            list(texts),
+            latents,
+            steps=cfg["steps"],
+            guidance=cfg["guidance"],
+            resolution=resolution,
+        )
     return pd.DataFrame(
         {
             "pair_id": list(ids),
             "prompt_id": [prompt_id_of(c) for c in good],
             "caption": list(good),
-            "jpg_w": [_png(image) for image in images["w"]],
-            "jpg_l": [_png(image) for image in images["l"]],
+            "jpg_w": [png_bytes(image) for image in images["w"]],
+            "jpg_l": [png_bytes(image) for image in images["l"]],
             "label_w": 1.0,
             "source_row": list(ids),
             "caption_l": list(bad),

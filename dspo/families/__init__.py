@@ -84,6 +84,18 @@ def family_of_denoiser(denoiser) -> str:
     raise ValueError(f"denoiser {type(denoiser).__name__} is not of a known model family")
 
 
+def pipeline_family(pipe: Any, **settings: Any) -> Family:
+    """The family adapter of a loaded pipeline (sampling, editing), from its class."""
+    for name in REGISTRY:
+        cls = family_class(name)
+        if type(pipe).__name__ in cls.pipeline_names:
+            return cls(dict(pipe.scheduler.config), **settings)
+    raise ValueError(
+        f"pipeline {type(pipe).__name__} is not of a known model family "
+        f"({', '.join(sorted(REGISTRY))})"
+    )
+
+
 def load_family(path: str | Path, **settings: Any) -> Family:
     """The family adapter of the pipeline at ``path``, with the given training settings."""
     return family_class(detect_family(path)).from_pretrained(path, **settings)

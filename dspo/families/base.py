@@ -41,6 +41,8 @@ class Family(ABC):
     denoiser: ClassVar[str] = "unet"  # pipeline attribute and subfolder of the denoiser
     denoiser_class: ClassVar[type[ModelMixin]]
     text_keys: ClassVar[tuple[str, ...]] = ("embeddings",)  # what encode_prompts returns
+    image_keys: ClassVar[tuple[str, ...]] = ()  # what image_conditions returns
+    default_sampler: ClassVar[str] = "ddim"  # what validation images are sampled with
 
     def __init__(self, scheduler_config: Mapping[str, Any], *, noise_form: bool = False) -> None:
         self.scheduler_config = dict(scheduler_config)
@@ -74,8 +76,10 @@ class Family(ABC):
         """A random-init pipeline of this family from an architecture mapping (toy models)."""
 
     # --- the denoiser -------------------------------------------------------------------
-    def load_denoiser(self, path: str | Path) -> ModelMixin:
-        return self.denoiser_class.from_pretrained(str(path), subfolder=self.denoiser)
+    def load_denoiser(self, path: str | Path, dtype: torch.dtype | None = None) -> ModelMixin:
+        """The denoiser's weights, in ``dtype`` when given (else as stored, float32 loaded)."""
+        kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        return self.denoiser_class.from_pretrained(str(path), subfolder=self.denoiser, **kwargs)
 
     def add_lora(self, denoiser: ModelMixin, rank: int, alpha: float, targets: Sequence[str]):
         """Freeze the denoiser and add trainable LoRA adapters (peft) on ``targets``."""
@@ -186,7 +190,7 @@ class Family(ABC):
         """Initial noise (N, C, H, W) in the layout the pipeline's ``latents`` argument takes."""
         return latents
 
-    def call_kwargs(self) -> dict[str, Any]:
+    def call_kwargs(self, pipe: DiffusionPipeline) -> dict[str, Any]:
         """Extra pipeline-call arguments the family's conditioning needs."""
         return {}
 
@@ -210,7 +214,7 @@ class Family(ABC):
             height=resolution,
             width=resolution,
             output_type="np",
-            **self.call_kwargs(),
+            **self.call_kwargs(pipe),
         ).images
 
     def edit(
@@ -227,7 +231,7 @@ class Family(ABC):
     ) -> np.ndarray:
         """SDEdit: each image noised to ``strength`` and denoised under its prompt."""
         img2img = AutoPipelineForImage2Image.from_pipe(pipe)
-        kwargs = self.call_kwargs()
+        kwargs = self.call_kwargs(pipe)
         # SD3 and FLUX image-to-image default to their native size, not the source's.
         if "height" in inspect.signature(img2img.__call__).parameters:
             kwargs.update(height=resolution, width=resolution)

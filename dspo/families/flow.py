@@ -111,6 +111,8 @@ class FlowFamily(Family):
     """The flow-matching part shared by SD3 and FLUX; subclasses add conditioning."""
 
     default_max_sequence_length: int = 256
+    default_sampler = "euler"
+    t5_tokenizer: str = "tokenizer_3"  # the pipeline attribute of the T5 tokenizer
 
     def __init__(
         self,
@@ -124,7 +126,7 @@ class FlowFamily(Family):
         if not isinstance(timesteps, FlowTimesteps):
             timesteps = FlowTimesteps.from_params(timesteps)
         self.timesteps = timesteps
-        self.max_sequence_length = max_sequence_length or self.default_max_sequence_length
+        self.max_sequence_length = max_sequence_length
 
     def shift(self, shape: Sequence[int]) -> float:
         if self.timesteps.shift is not None:
@@ -156,5 +158,13 @@ class FlowFamily(Family):
             )
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
-    def call_kwargs(self) -> dict[str, Any]:
-        return {"max_sequence_length": self.max_sequence_length}
+    def sequence_length(self, pipe: DiffusionPipeline) -> int:
+        """T5 tokens per prompt: the setting, else the pipeline's default length capped by
+        what its T5 tokenizer takes (a small model's tokenizer may take fewer)."""
+        if self.max_sequence_length:
+            return self.max_sequence_length
+        tokenizer = getattr(pipe, self.t5_tokenizer)
+        return min(self.default_max_sequence_length, int(tokenizer.model_max_length))
+
+    def call_kwargs(self, pipe: DiffusionPipeline) -> dict[str, Any]:
+        return {"max_sequence_length": self.sequence_length(pipe)}

@@ -54,6 +54,7 @@ class FluxFamily(FlowFamily):
     denoiser_class = FluxTransformer2DModel
     text_keys = ("embeddings", "pooled")
     default_max_sequence_length = 512  # the pipeline's default T5 length
+    t5_tokenizer = "tokenizer_2"
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class FluxFamily(FlowFamily):
                     prompt=chunk,
                     prompt_2=chunk,
                     device=pipe.text_encoder.device,
-                    max_sequence_length=self.max_sequence_length,
+                    max_sequence_length=self.sequence_length(pipe),
                 )
                 hidden.append(embeds)
                 pooled.append(pool)

@@ -45,7 +45,7 @@ class SD3Family(FlowFamily):
                     prompt_3=chunk,
                     device=pipe.text_encoder.device,
                     do_classifier_free_guidance=False,
-                    max_sequence_length=self.max_sequence_length,
+                    max_sequence_length=self.sequence_length(pipe),
                 )
                 hidden.append(embeds)
                 pooled.append(pool)

@@ -17,6 +17,7 @@ class SDXLFamily(SDFamily):
     pipeline_class = StableDiffusionXLPipeline
     pipeline_names = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
     text_keys = ("embeddings", "pooled")
+    image_keys = ("time_ids",)
 
     @classmethod
     def matches_denoiser(cls, class_name: str, config: Mapping[str, Any]) -> bool:
