@@ -63,6 +63,20 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
 
 
+@pytest.mark.parametrize("preset", ["sd35", "flux"])
+def test_flow_matching_presets_plan_the_paper_dag(preset: str, tmp_path: Path) -> None:
+    """SD3.5 and FLUX, merged over sd15 as their headers say: the same paper DAG, every
+    method trained as LoRA under the family's timestep recipe, sampled with Euler."""
+    local_files_of_sd15(tmp_path)
+    configs = [str(REPO / f"config/presets/{name}.yaml") for name in ("sd15", preset)]
+    result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
+    jobs = planned_jobs(result.stdout)
+    assert jobs["train"] == 10 and jobs["generate"] == 11 and jobs["score"] == 11
+    assert "base_model" not in jobs and "toy_world" not in jobs
+    assert '"scheduler": "euler"' in result.stdout
+    assert '"logit_normal"' in result.stdout and '"rank": 16' in result.stdout
+
+
 def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     methods = [
         m
@@ -98,6 +112,33 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     assert (smoke_run / "results/train/dspo/finished.json").exists()
     assert not (smoke_run / "results/train/dspo/checkpoints").exists()
     assert "library_name" in (smoke_run / "results/models/dspo/README.md").read_text()
+
+
+def test_toy_flow_preset_runs_end_to_end(tmp_path: Path) -> None:
+    """The flow-matching toy world at the smoke preset's counts: a tiny SD3 pipeline built
+    and pre-trained here, every method trained by flow matching, sampled, edited and scored,
+    to the tables."""
+    flow = REPO / "config/presets/toy-flow.yaml"
+    snakemake("--cores", "2", "all", "--configfile", str(SMOKE), str(flow), cwd=tmp_path)
+    base = tmp_path / "results/models/base_flow"
+    assert json.loads((base / "model_index.json").read_text())["_class_name"] == (
+        "StableDiffusion3Pipeline"
+    )
+    methods = [
+        m
+        for m, v in yaml.safe_load((REPO / "config/config.yaml").read_text())["methods"].items()
+        if v
+    ]
+    table = pd.read_csv(tmp_path / "results/tables/win_rates.csv")
+    assert sorted(table["method"].unique()) == sorted(methods)
+    assert table["win_rate"].between(0, 1).all()
+    models = tmp_path / "results/models"
+    assert (models / "dspo/transformer/diffusion_pytorch_model.safetensors").exists()
+    assert (models / "dspo_lora/pytorch_lora_weights.safetensors").exists()
+    assert (
+        json.loads((tmp_path / "results/cache/pairs/manifest.json").read_text())["family"] == "sd3"
+    )
+    assert (tmp_path / "results/plots/grid_pickv2.png").stat().st_size > 1000
 
 
 def test_the_run_writes_its_summary(smoke_run: Path) -> None:
