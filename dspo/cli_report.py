@@ -19,20 +19,17 @@ from dspo.cli_registry import OUT, PARAMS, arg, command, json_mapping, report, s
 )
 def tables(args: argparse.Namespace) -> None:
     """Win rates against the base model and mean scores: tables and plots."""
-    import pandas as pd
-
     from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
     from dspo.evaluation.statistics import load_scores
     from dspo.evaluation.sweeps import relabel_groups, reward_of, write_sweep
-    from dspo.evaluation.tables import write_tables
+    from dspo.evaluation.tables import build_tables, save_tables
 
     p = args.params
     # Replicates and sweep points are scored as models of their own: rows go to their group.
     scores = relabel_groups(load_scores([Path(f) for f in args.scores]), p.get("groups") or {})
     out = Path(args.out)
-    written = write_tables(
+    tables = build_tables(
         scores,
-        out,
         methods=p["methods"],
         rewards=p["rewards"],
         prompt_sets=p["prompt_sets"],
@@ -41,10 +38,12 @@ def tables(args: argparse.Namespace) -> None:
         seed=p["bootstrap"]["seed"],
         paper_tables=p.get("paper_tables"),
     )
+    written = save_tables(tables, out)
     plots = Path(args.plots or args.out)
     layout = (p["methods"], p["rewards"], p["prompt_sets"], p["labels"])
-    plot_win_rates(pd.read_csv(out / "win_rates.csv"), plots / "win_rates.png", *layout)
-    plot_mean_scores(pd.read_csv(out / "mean_scores.csv"), plots / "mean_scores.png", *layout)
+    # The frames just written, not the CSVs read back.
+    plot_win_rates(tables["win_rates"][0], plots / "win_rates.png", *layout)
+    plot_mean_scores(tables["mean_scores"][0], plots / "mean_scores.png", *layout)
     for name, spec in (p.get("sweeps") or {}).items():
         reward = reward_of(spec, p["rewards"])
         boot = p["bootstrap"]

@@ -25,9 +25,13 @@ from dspo.evaluation.statistics import (
 )
 
 
-def write_tables(
+def write_tables(scores: pd.DataFrame, out_dir: Path, *args: Any, **kwargs: Any) -> list[Path]:
+    """Build the result tables (:func:`build_tables`, same arguments) and write them."""
+    return save_tables(build_tables(scores, *args, **kwargs), out_dir)
+
+
+def build_tables(
     scores: pd.DataFrame,
-    out_dir: Path,
     methods: Sequence[str],
     rewards: Sequence[str],
     prompt_sets: Sequence[str],
@@ -37,8 +41,8 @@ def write_tables(
     seed: int = 0,
     ci: float = 0.95,
     paper_tables: Mapping[str, Mapping[str, Any]] | None = None,
-) -> list[Path]:
-    """Write the result tables to `out_dir` as CSV and Markdown; return their paths.
+) -> dict[str, tuple[pd.DataFrame, str]]:
+    """The result tables by name: each one's rows as its CSV holds them, and its Markdown.
 
     win_rates (every method against `baseline`, with a sign test), mean_scores, head_to_head
     (every model against every other), and one table per entry of `paper_tables` in the
@@ -114,15 +118,20 @@ def write_tables(
         sets = [p for p in spec.get("prompt_sets", prompt_sets) if p in prompt_sets]
         tables[table] = _win_table(wins, spec, replace(layout, prompt_sets=sets))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
     # Rounding keeps the files byte-identical even if float sums differ in the last bit.
     stats = dict.fromkeys(
         ["win_rate", "mean", "ci_low", "ci_high", "p_value", "p_holm", "replicate_sd"], 6
     )
+    return {name: (frame.round(stats), markdown) for name, (frame, markdown) in tables.items()}
+
+
+def save_tables(tables: Mapping[str, tuple[pd.DataFrame, str]], out_dir: Path) -> list[Path]:
+    """Each table as ``{name}.csv`` and ``{name}.md`` in ``out_dir``; their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
     for table, (frame, markdown) in tables.items():
         csv, md = out_dir / f"{table}.csv", out_dir / f"{table}.md"
-        frame.round(stats).to_csv(csv, index=False, lineterminator="\n")
+        frame.to_csv(csv, index=False, lineterminator="\n")
         md.write_text(markdown)
         paths += [csv, md]
     return paths
