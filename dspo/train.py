@@ -130,6 +130,15 @@ def _build_model(
     return PreferenceModel(denoiser, family, needs, bool(lora), reference_dtype)
 
 
+def host_values(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Scalars summed on the device, read by the host in one transfer (one sync per
+    optimiser step, not one per metric and micro-step)."""
+    if not values:
+        return {}
+    stacked = torch.stack([torch.as_tensor(v).float().reshape(()) for v in values.values()])
+    return dict(zip(values, stacked.tolist(), strict=True))
+
+
 def _agree(accelerator: Accelerator, *flags: bool) -> list[bool]:
     """Whether any process raised each flag, so that every process takes the same branch."""
     if accelerator.num_processes == 1:
@@ -257,7 +266,7 @@ def train(
         for step in bar:
             lr = set_learning_rate(optimizer, cfg, step)
             rows = step_rows(len(cache), cfg["pairs_per_step"], cfg["seed"], step)
-            sums: dict[str, float] = {}
+            on_device: dict[str, torch.Tensor] = {}
             for micro in range(accum):
                 start = micro_batch_start(micro, processes, accelerator.process_index, local)
                 # Noise, timesteps and dropout follow the micro-batch's place in the step, so
@@ -276,11 +285,13 @@ def train(
                     loss, metrics = model(batch, objective, hparams)
                     accelerator.backward(loss / accum)
                 for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) / accum
+                    value = torch.as_tensor(value, device=accelerator.device).detach().float()
+                    on_device[key] = on_device.get(key, 0.0) + value / accum
             # Without clipping the norm is still taken (clipping at infinity leaves the
             # gradient as it is), to catch non-finite gradients.
             limit = cfg["max_grad_norm"] or math.inf
-            sums["grad_norm"] = float(accelerator.clip_grad_norm_(trainable, limit))
+            on_device["grad_norm"] = accelerator.clip_grad_norm_(trainable, limit)
+            sums = host_values(on_device)
             checked = {k: v for k, v in sums.items() if checks_gradient or k != "grad_norm"}
             metric = first_nonfinite(checked)
             bad, stopping = _agree(accelerator, metric is not None, signals.received is not None)
