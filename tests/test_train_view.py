@@ -150,7 +150,7 @@ def test_full_finetuning_checkpoint_holds_no_reference(
     saved = load_file(folder / "model.safetensors")
     assert not any(key.startswith("reference") for key in saved)
     policy = unet_weights(tiny_model)
-    assert set(saved) == {f"unet.{key}" for key in policy}
+    assert set(saved) == {f"denoiser.{key}" for key in policy}
     # The weights file holds the policy once (it held a second, frozen copy before).
     policy_bytes = sum(t.numel() * t.element_size() for t in policy.values())
     assert (folder / "model.safetensors").stat().st_size < 1.05 * policy_bytes
