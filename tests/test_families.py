@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -510,3 +511,22 @@ def test_sd_family_reads_stock_sd_folders(tiny_model: Path) -> None:
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None)
     family = load_family(tiny_model)
     assert family.native_resolution(pipe) == 16
+
+
+def test_a_loaded_family_trains_on_the_checkpoints_own_schedule(
+    tiny_model: Path, tiny_sd3: Path, tiny_flux: Path, tmp_path: Path
+) -> None:
+    """The family reads scheduler/scheduler_config.json, not the pipeline's model_index.json
+    (which gave every model diffusers' default schedule: linear betas, no shift)."""
+    folder = tmp_path / "scaled"
+    shutil.copytree(tiny_model, folder)
+    config_file = folder / "scheduler/scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    config_file.write_text(json.dumps(config))
+    expected = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    family = load_family(folder)
+    assert torch.equal(family.scheduler.alphas_cumprod, expected.alphas_cumprod)
+    assert load_family(tiny_sd3).shift((4, 8, 8)) == 3.0  # the tiny SD3's own shift
+    flux = load_family(tiny_flux)
+    assert flux.shift((16, 64, 64)) == pytest.approx(flux_shift(32 * 32, TINY_FLUX["scheduler"]))

@@ -44,13 +44,22 @@ def _model_index(path: str | Path) -> dict[str, Any]:
     return dict(DiffusionPipeline.load_config(str(path)))
 
 
-def _denoiser_config(path: str | Path, subfolder: str) -> dict[str, Any]:
-    local = Path(path) / subfolder / "config.json"
+def component_config(path: str | Path, subfolder: str, file_name: str) -> dict[str, Any]:
+    """One component's own config file (``scheduler/scheduler_config.json``,
+    ``unet/config.json``) of a pipeline folder or hub id.
+
+    Not ``DiffusionPipeline.load_config(path, subfolder=...)``: that reads the pipeline's
+    model_index.json whatever the subfolder, so a scheduler built from it silently has the
+    library's default noise schedule instead of the checkpoint's.
+    """
+    local = Path(path) / subfolder / file_name
     if local.exists():
         return json.loads(local.read_text())
-    from diffusers import DiffusionPipeline
+    if Path(path).is_dir():
+        raise ValueError(f"{local} does not exist: {path} is not a complete pipeline folder")
+    from huggingface_hub import hf_hub_download
 
-    return dict(DiffusionPipeline.load_config(str(path), subfolder=subfolder))
+    return json.loads(Path(hf_hub_download(str(path), file_name, subfolder=subfolder)).read_text())
 
 
 def detect_family(path: str | Path) -> str:
@@ -67,7 +76,7 @@ def detect_family(path: str | Path) -> str:
     for name, cls in classes.items():
         entry = index.get(cls.denoiser)
         if isinstance(entry, list) and len(entry) == 2:
-            config = _denoiser_config(path, cls.denoiser)
+            config = component_config(path, cls.denoiser, "config.json")
             if cls.matches_denoiser(entry[1], config):
                 return name
     raise ValueError(

@@ -63,7 +63,10 @@ class Family(ABC):
                 f"model family {cls.name!r} has no setting(s) {unknown}; "
                 f"it takes {sorted(accepted)}"
             )
-        return cls(DiffusionPipeline.load_config(str(path), subfolder="scheduler"), **settings)
+        from dspo.families import component_config
+
+        schedule = component_config(path, "scheduler", "scheduler_config.json")
+        return cls(schedule, **settings)
 
     @classmethod
     def matches_denoiser(cls, class_name: str, config: Mapping[str, Any]) -> bool:
