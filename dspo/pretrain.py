@@ -65,6 +65,7 @@ class _TrainedText:
 
     def __init__(self, pipe, captions: list[str]) -> None:
         self.encoder = pipe.text_encoder
+        self.modules = [self.encoder]  # trained, and kept with their EMA weights
 
         def ids(texts: list[str]) -> torch.Tensor:
             return pipe.tokenizer(
@@ -76,9 +77,6 @@ class _TrainedText:
             ).input_ids
 
         self.tokens, self.empty = ids(captions), ids([""])
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.encoder.parameters())
 
     def __call__(self, idx: torch.Tensor, drop: torch.Tensor) -> dict[str, torch.Tensor]:
         ids = self.tokens[idx].clone()
@@ -94,13 +92,11 @@ class _FixedText:
     def __init__(self, pipe, family, captions: list[str]) -> None:
         unique = sorted(set(captions))
         row = {c: i for i, c in enumerate(unique)}
+        self.modules: list[torch.nn.Module] = []
         self.rows = torch.tensor([row[c] for c in captions])
         with torch.no_grad():
             self.text = family.encode_prompts(pipe, unique)
             self.empty = family.encode_prompts(pipe, [""])
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return []
 
     def __call__(self, idx: torch.Tensor, drop: torch.Tensor) -> dict[str, torch.Tensor]:
         cond = {}
@@ -117,8 +113,8 @@ def _train_denoiser(
     """Denoising pre-training in the family's own terms (its timesteps, noising and target)
     of the denoiser and whatever ``text`` trains; both keep their EMA weights."""
     denoiser = getattr(pipe, family.denoiser)
-    text_modules = [text.encoder] if isinstance(text, _TrainedText) else []
-    params = [*denoiser.parameters(), *text.parameters()]
+    text_modules = text.modules
+    params = [p for m in (denoiser, *text_modules) for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=1e-2)
     warmup = max(1, cfg["warmup_steps"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
