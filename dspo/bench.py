@@ -2,7 +2,7 @@
 
 Two modes (`dspo.bench_modes`) do the same optimiser steps (AdamW, gradient clipping, optional
 gradient accumulation and checkpointing) on the same batches of B pairs, with one noise tensor
-and one timestep per pair, through `dspo.train.preference_loss`:
+and one timestep per pair, through `dspo.preference.preference_loss`:
 
 - ``ours``: the trainer's loop, batches read from the latent + text-embedding cache
   (`dspo.data.cache`), built once before the measurement.

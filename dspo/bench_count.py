@@ -29,7 +29,7 @@ META = torch.device("meta")
 def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
     from dspo.families import pipeline_family
     from dspo.objectives import ReferenceStats, get_objective
-    from dspo.train import PreferenceModel
+    from dspo.preference import PreferenceModel
 
     unet = adapt_unet(copy.deepcopy(pipe.unet), spec)
     precomputed = name == "ours-pre"

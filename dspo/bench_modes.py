@@ -1,7 +1,7 @@
 """The two training loops `dspo bench train` times, and the measurement of one of them.
 
 ``ours`` is the trainer's loop: batches from the latent + text-embedding cache, the reference
-from `dspo.train.PreferenceModel` (a frozen copy, or with LoRA the adapters disabled).
+from `dspo.preference.PreferenceModel` (a frozen copy, or with LoRA the adapters disabled).
 ``upstream`` is the loop of the public Diffusion-DPO / DSPO scripts as their launchers run
 it: a `torch.utils.data.DataLoader` whose worker processes decode both JPEGs, resize, crop
 and flip them (redrawn at every visit) and tokenise the caption; the training process then
@@ -10,7 +10,7 @@ Its reference is a second UNet in full fine-tuning and the adapters disabled wit
 the public LoRA script; ``--upstream-reference copy`` holds a second full UNet instead.
 
 Both modes run the same optimiser step: ``accumulation`` micro-batches of the step's rows
-(`dspo.train.step_rows`), the loss of each divided by their number before its backward
+(`dspo.preference.step_rows`), the loss of each divided by their number before its backward
 pass, gradient clipping at 1.0, then AdamW; gradient checkpointing applies to the policy UNet
 in both.
 """
@@ -34,7 +34,7 @@ from dspo.seeding import seeded_generator
 
 if TYPE_CHECKING:
     from dspo.bench import BenchSpec
-    from dspo.train import PreferenceModel
+    from dspo.preference import PreferenceModel
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # The public Diffusion-DPO launchers pass --dataloader_num_workers=16.
@@ -62,7 +62,7 @@ class Mode:
 
 def micro_rows(spec: BenchSpec, n: int, step: int, micro: int) -> list[int]:
     """The rows of one micro-batch: the trainer's rows for the step, split in order."""
-    from dspo.train import step_rows
+    from dspo.preference import step_rows
 
     local = spec.pairs // spec.accumulation
     return step_rows(n, spec.pairs, spec.seed, step)[micro * local : (micro + 1) * local].tolist()
@@ -109,8 +109,8 @@ def build_ours(
     """
     from dspo.data.cache import load_cache
     from dspo.objectives import get_objective
+    from dspo.preference import PreferenceModel, make_batch
     from dspo.reference import stats_of
-    from dspo.train import PreferenceModel, make_batch
 
     cache = load_cache(root / "cache")
     # As the trainer does under mixed precision: a frozen reference copy in the half dtype.
@@ -120,13 +120,12 @@ def build_ours(
     family = load_bench_family(root)
     model = PreferenceModel(unet, family, online, bool(spec.lora), reference_dtype)
     model.to(spec.device)
-    cfg = {"prompt_dropout": 0.0}
     objective = get_objective(spec.method)
     stored = _stored_reference(spec, root, cache, objective) if precomputed else None
 
     def next_batch(step: int, micro: int) -> Batch:
         rows = torch.tensor(micro_rows(spec, len(cache), step, micro))
-        batch = make_batch(cache, rows, cfg, seeded_generator(spec.seed, step, micro), family)
+        batch = make_batch(cache, rows, 0.0, seeded_generator(spec.seed, step, micro), family)
         batch = {k: v.to(spec.device) for k, v in batch.items()}
         if stored is not None:
             local = len(rows)
@@ -210,7 +209,7 @@ def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
 
     from dspo.families import pipeline_family
     from dspo.models import load_pipeline
-    from dspo.train import PreferenceModel
+    from dspo.preference import PreferenceModel
 
     # The public scripts keep the frozen networks in the mixed-precision dtype.
     frozen = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
@@ -310,7 +309,7 @@ def build_mode(spec: BenchSpec, root: Path, mode: str, needs_reference: bool) ->
 def make_step(spec: BenchSpec, mode: Mode) -> Callable[[int], torch.Tensor]:
     """One optimiser step of ``mode``: accumulate the micro-batches, clip, AdamW; its loss."""
     from dspo.objectives import get_objective, objective_kwargs
-    from dspo.train import preference_loss
+    from dspo.preference import preference_loss
 
     objective = get_objective(spec.method)
     hparams = objective_kwargs(spec.method)

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@dataclass(frozen=True)
+class OptimiserSettings:
+    """The optimiser and its learning-rate schedule (``training.optimizer``, ``lr``, ...)."""
+
+    name: str
+    lr: float
+    betas: tuple[float, ...]
+    eps: float
+    weight_decay: float
+    lr_schedule: str
+    warmup_steps: int
+    # 0: no clipping (the norm is still taken, to catch non-finite gradients).
+    max_grad_norm: float
 
 
 def _one_of(names: Iterable[str]) -> str:
@@ -32,26 +48,26 @@ def learning_rate_factor(step: int, warmup: int, schedule: str) -> float:
     return LR_SCHEDULES[schedule](step, warmup)
 
 
-def _adamw(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+def _adamw(params, settings: OptimiserSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
         params,
-        lr=cfg["lr"],
-        betas=tuple(cfg["adam_betas"]),
-        weight_decay=cfg["weight_decay"],
-        eps=cfg["adam_eps"],
+        lr=settings.lr,
+        betas=settings.betas,
+        weight_decay=settings.weight_decay,
+        eps=settings.eps,
     )
 
 
-def _adafactor(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+def _adafactor(params, settings: OptimiserSettings) -> torch.optim.Optimizer:
     from transformers.optimization import Adafactor
 
     return Adafactor(
-        params, lr=cfg["lr"], scale_parameter=False, relative_step=False, warmup_init=False
+        params, lr=settings.lr, scale_parameter=False, relative_step=False, warmup_init=False
     )
 
 
-# training.optimizer: each builds the optimiser from (parameters, training config).
-OPTIMIZERS: dict[str, Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]] = {
+# training.optimizer: each builds the optimiser from (parameters, settings).
+OPTIMIZERS: dict[str, Callable[[Any, OptimiserSettings], torch.optim.Optimizer]] = {
     "adamw": _adamw,
     "adafactor": _adafactor,
 }
@@ -59,11 +75,11 @@ OPTIMIZERS: dict[str, Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]]
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
-def make_optimizer(params, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(params, settings: OptimiserSettings) -> torch.optim.Optimizer:
     """AdamW, or Adafactor with a fixed learning rate (the SDXL recipe)."""
-    if cfg["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {cfg['optimizer']!r}; expected {_one_of(OPTIMIZERS)}")
-    return OPTIMIZERS[cfg["optimizer"]](params, cfg)
+    if settings.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {settings.name!r}; expected {_one_of(OPTIMIZERS)}")
+    return OPTIMIZERS[settings.name](params, settings)
 
 
 def resolve_mixed_precision(requested: str) -> str:
@@ -82,14 +98,16 @@ def resolve_mixed_precision(requested: str) -> str:
     return requested
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], step: int) -> float:
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, settings: OptimiserSettings, step: int
+) -> float:
     """Set the step's learning rate on every parameter group: a pure function of the step.
 
     No LR scheduler goes through ``accelerator.prepare``: accelerate 1.15 steps a prepared
     scheduler once per process at each call, so N processes ran the schedule N times too fast.
     A rate computed from the step is also what a resumed run needs, with nothing to restore.
     """
-    lr = cfg["lr"] * learning_rate_factor(step, cfg["warmup_steps"], cfg["lr_schedule"])
+    lr = settings.lr * learning_rate_factor(step, settings.warmup_steps, settings.lr_schedule)
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr

@@ -214,12 +214,14 @@ def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams
 def make_batch(
     cache: PairCache,
     rows: torch.Tensor,
-    cfg: Mapping[str, Any],
+    prompt_dropout: float,
     gen: torch.Generator,
     family: Family,
     shared_noise: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Latents and prompt tensors of the rows, with prompt dropout, noise and timesteps.
+
+    Each row's prompts are replaced by the empty prompt with probability ``prompt_dropout``.
 
     Pooled text embeddings where the cache holds them (SDXL, SD3, FLUX), and the family's
     image conditions: for SDXL the time ids (original height, width, crop top, left, target
@@ -228,7 +230,7 @@ def make_batch(
     their own noise and timesteps (``noise_l``, ``t_l``), drawn after the shared ones so that
     every other draw stays the same.
     """
-    drop = torch.rand(len(rows), generator=gen) < cfg["prompt_dropout"]
+    drop = torch.rand(len(rows), generator=gen) < prompt_dropout
     batch: dict[str, torch.Tensor] = {}
     for side in ("w", "l"):
         text_rows = getattr(cache, f"text_{side}")[rows]

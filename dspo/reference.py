@@ -43,11 +43,11 @@ from dspo.files import PART_RECORD, part_folder
 from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
 from dspo.preference import make_batch, noised_inputs, step_rows
 from dspo.seeding import seeded_generator
+from dspo.train_settings import REFERENCE_STORAGE, TrainSettings
 
 MANIFEST = "reference.json"
 # The training config that fixes the batches the reference sees; nothing else matters to it.
 BATCH_KEYS = ("seed", "steps", "pairs_per_step", "local_pairs", "prompt_dropout", "family_settings")
-STORAGE = {"float32": np.float32, "float16": np.float16}
 
 
 def reference_slice(cfg: Mapping[str, Any], objective: Objective) -> dict[str, Any]:
@@ -99,22 +99,21 @@ def compute_part(
     from dspo.families import load_family
 
     started = time.time()
-    objective = get_objective(cfg["objective"])
+    settings = TrainSettings.from_config(cfg)
+    objective = get_objective(settings.objective)
     if not objective.reference_precomputable:
         raise ValueError(
             f"objective {objective.name!r} cannot use a precomputed reference "
             f"({'its targets are the reference' if objective.needs_reference else 'it has none'})"
         )
     cache = load_cache(cache_dir)
-    family = load_family(base_model, **(cfg.get("family_settings") or {}))
+    family = load_family(base_model, **settings.family_settings)
     denoiser = _reference_denoiser(family, base_model, device, dtype)
-    steps, per_step, local = cfg["steps"], cfg["pairs_per_step"], cfg["local_pairs"]
-    if per_step % local:
-        raise ValueError(f"pairs_per_step {per_step} is not a multiple of local_pairs {local}")
+    steps, per_step, local = settings.steps, settings.pairs_per_step, settings.local_pairs
     mine = part_steps(steps, part, parts)
     visits = len(mine) * per_step
     latent = tuple(cache.manifest["latent_shape"])
-    storage = STORAGE[cfg.get("reference_storage", "float32")]
+    storage = REFERENCE_STORAGE[settings.reference_storage]
     with part_folder(out_dir, "reference") as (tmp, record):
         columns = 1 if objective.preferred_only else 2
         errors = np.lib.format.open_memmap(tmp / "errors.npy", "w+", np.float32, (visits, columns))
@@ -132,15 +131,15 @@ def compute_part(
         groups = [starts[i : i + batch_factor] for i in range(0, len(starts), batch_factor)]
         bar = tqdm(mine, desc=f"reference part {part}", mininterval=5)
         for row, step in enumerate(bar):
-            rows = step_rows(len(cache), per_step, cfg["seed"], step)
+            rows = step_rows(len(cache), per_step, settings.seed, step)
             for group in groups:
                 inputs = [
                     noised_inputs(
                         make_batch(
                             cache,
                             rows[s : s + local],
-                            cfg,
-                            seeded_generator(cfg["seed"], 2, step, s),
+                            settings.prompt_dropout,
+                            seeded_generator(settings.seed, 2, step, s),
                             family,
                             objective.shared_noise,
                         ),
@@ -173,7 +172,7 @@ def compute_part(
             "visits": visits,
             "columns": columns,
             "latent_shape": list(latent),
-            "storage": cfg.get("reference_storage", "float32"),
+            "storage": settings.reference_storage,
             "key": reference_parts(cfg, objective, base_model, cache.manifest),
             "batch_factor": batch_factor,
             "seconds": round(time.time() - started, 1),

@@ -33,14 +33,11 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from diffusers import ModelMixin
 from tqdm.auto import tqdm
 
 from dspo import checkpoints as ckpt
 from dspo.content import write_content_record
 from dspo.data.cache import PairCache, load_cache
-from dspo.families import load_family
-from dspo.families.base import Family
 from dspo.guards import (
     DivergenceError,
     Preempted,
@@ -49,13 +46,14 @@ from dspo.guards import (
     first_nonfinite,
 )
 from dspo.model_card import write_model_card
-from dspo.objectives import Objective, get_objective, objective_kwargs
+from dspo.objectives import get_objective, objective_kwargs
 from dspo.optimisation import (  # noqa: F401  (learning_rate_factor: also this module's interface)
     learning_rate_factor,
     make_optimizer,
     resolve_mixed_precision,
     set_learning_rate,
 )
+from dspo.policy import build_model, save_model
 from dspo.preference import (  # noqa: F401  (also this module's interface)
     PreferenceModel,
     make_batch,
@@ -67,6 +65,7 @@ from dspo.reference import PrecomputedReference, reference_parts
 from dspo.run_metrics import append_metrics, mean_over, restart_metrics
 from dspo.seeding import seeded_generator
 from dspo.tracking import log_images, start_trackers
+from dspo.train_settings import TrainSettings
 from dspo.validation import (
     ValidationSettings,
     Validator,
@@ -89,47 +88,6 @@ def accumulation_steps(effective_pairs: int, local_pairs: int, processes: int) -
     return effective_pairs // per_micro
 
 
-def _build_model(
-    cfg: Mapping[str, Any],
-    objective: Objective,
-    base_model: str,
-    cache: PairCache,
-    precision: str,
-    online_reference: bool = True,
-) -> PreferenceModel:
-    """The policy denoiser (LoRA when configured) and its reference, checked against the cache."""
-    family = load_family(base_model, **(cfg.get("family_settings") or {}))
-    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    lora = cfg.get("lora")
-    # LoRA under mixed precision (a GPU): the frozen base only runs forward passes under
-    # autocast, so it is loaded and held in the half dtype, as the public LoRA scripts hold
-    # it (FLUX's 12 B transformer: 24 GB instead of 48 per process); the adapters, which
-    # the optimiser updates, stay float32.
-    denoiser = family.load_denoiser(base_model, dtype=half if lora else None)
-    channels = family.latent_channels(denoiser)
-    if cache.manifest["latent_shape"][0] != channels:
-        raise ValueError(
-            f"cache of {cache.manifest['model']} has {cache.manifest['latent_shape'][0]} latent "
-            f"channels, the {family.denoiser} of {base_model} expects {channels}"
-        )
-    if cache.family != family.name:
-        raise ValueError(
-            f"cache of {cache.manifest['model']} holds {cache.family} embeddings, "
-            f"the {family.denoiser} of {base_model} is {family.name}: rebuild the cache with "
-            "this model"
-        )
-    if lora:
-        family.add_lora(denoiser, lora["rank"], lora["alpha"], lora["target_modules"])
-        for p in denoiser.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-    if cfg["gradient_checkpointing"]:
-        denoiser.enable_gradient_checkpointing()
-    reference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    needs = objective.needs_reference and online_reference
-    return PreferenceModel(denoiser, family, needs, bool(lora), reference_dtype)
-
-
 def host_values(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Scalars summed on the device, read by the host in one transfer (one sync per
     optimiser step, not one per metric and micro-step)."""
@@ -145,25 +103,6 @@ def _agree(accelerator: Accelerator, *flags: bool) -> list[bool]:
         return list(flags)
     raised = torch.tensor([float(f) for f in flags], device=accelerator.device)
     return [v > 0 for v in accelerator.reduce(raised, reduction="sum").tolist()]
-
-
-def _resume(
-    accelerator: Accelerator, run_dir: Path, parts: Mapping[str, str], steps: int
-) -> tuple[int, int, Path | None]:
-    """Load the newest intact checkpoint of this very run: (step, skipped steps, its folder)."""
-    found = None
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.forget_finished_run(run_dir, parts, steps, accelerator.print)
-        found = ckpt.resumable_checkpoint(run_dir / "checkpoints", parts, steps, accelerator.print)
-    if accelerator.num_processes > 1:
-        found = broadcast_object_list([found])[0]
-    if found is None:
-        return 0, 0, None
-    folder, state = found
-    accelerator.load_state(str(folder))
-    accelerator.print(f"resuming from {folder} (step {state['step']})")
-    return state["step"], state.get("skipped", 0), folder
 
 
 def train(
@@ -184,190 +123,281 @@ def train(
     holds the reference's outputs computed before training (:mod:`dspo.reference`): no
     reference forward runs and no reference copy is held.
     """
-    started = time.time()
-    objective = get_objective(cfg["objective"])
-    hparams = objective_kwargs(cfg["objective"], cfg.get("params") or {})
-    precision = resolve_mixed_precision(cfg["mixed_precision"])
-    accelerator = Accelerator(
-        mixed_precision=precision,
-        log_with=cfg["report_to"] or None,
-        project_dir=str(run_dir),
-    )
-    local, processes = cfg["local_pairs"], accelerator.num_processes
-    accum = accumulation_steps(cfg["pairs_per_step"], local, processes)
-    torch.manual_seed(cfg["seed"])
-    # One process per node reads every byte to verify the checksums; the others map the files.
-    cache = load_cache(cache_dir, verify=accelerator.is_local_main_process)
-    accelerator.wait_for_everyone()
-    precomputed = None
-    if reference_dir is not None and objective.needs_reference:
-        expected = reference_parts(cfg, objective, base_model, cache.manifest)
-        precomputed = PrecomputedReference(reference_dir, expected, cfg["pairs_per_step"])
-    model = _build_model(cfg, objective, base_model, cache, precision, precomputed is None)
-    family = model.family
-    trainable = [p for p in model.denoiser.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    ckpt.trainable_weights_only(accelerator)
-
-    steps, checkpoints = cfg["steps"], run_dir / "checkpoints"
-    parts = ckpt.fingerprint_parts(cfg, base_model, cache.manifest)
-    start_step, skipped, last_checkpoint = _resume(accelerator, run_dir, parts, steps)
-    method = cfg.get("name", objective.name)
-    validation = ValidationSettings.from_config(cfg, cache.manifest["resolution"])
-    validator = None
-    if accelerator.is_main_process:
-        restart_metrics(run_dir, start_step)
-        restart_validation(run_dir, start_step, validation)
-        if validation is not None:
-            policy = accelerator.unwrap_model(model).denoiser
-            validator = Validator(base_model, policy, validation, accelerator.device)
-    if cfg["report_to"]:
-        start_trackers(accelerator, cfg, method, start_step)
-
-    def validate(done: int) -> None:
-        """Sample the validation prompts (main process; the others go on to the next step)."""
-        if validator is None or not is_due(done, steps, cfg.get("validate_every", 0)):
-            return
-        images = validator.sample(model)
-        save_strip(run_dir, done, images)
-        if cfg["report_to"]:
-            captions = [f"{c['prompt']} (seed {c['seed']})" for c in validator.columns]
-            log_images(accelerator, images, captions, done)
-
-    def all_reduce(x: torch.Tensor) -> torch.Tensor:
-        return accelerator.reduce(x, reduction="mean")
-
-    def save(done: int) -> Path:
-        check_weights_finite(
-            accelerator.unwrap_model(model).denoiser.named_parameters(),
-            f"checkpoint of step {done}",
-        )
-        extra = {"skipped": skipped}
-        return ckpt.save_checkpoint(
-            accelerator, checkpoints, done, cfg["checkpoints_kept"], parts, extra
-        )
-
-    if objective.batch_statistics:
-        hparams = {**hparams, "all_reduce": all_reduce}
-    model.train()
+    settings = TrainSettings.from_config(cfg)
+    run = TrainingRun.set_up(settings, cache_dir, base_model, run_dir, reference_dir)
+    run.resume()
     bar = tqdm(
-        range(start_step, steps),
-        initial=start_step,
-        total=steps,
-        desc=f"train {method}",
-        disable=not accelerator.is_local_main_process,
+        range(run.start_step, settings.steps),
+        initial=run.start_step,
+        total=settings.steps,
+        desc=f"train {settings.name}",
+        disable=not run.accelerator.is_local_main_process,
         mininterval=5,
     )
-    # Under fp16 the loss scaler makes overflowing gradients on purpose and skips those steps.
-    checks_gradient = precision != "fp16"
-    may_skip = cfg.get("skip_nonfinite", 0)
     with StopSignals() as signals:
         for step in bar:
-            lr = set_learning_rate(optimizer, cfg, step)
-            rows = step_rows(len(cache), cfg["pairs_per_step"], cfg["seed"], step)
-            on_device: dict[str, torch.Tensor] = {}
-            for micro in range(accum):
-                start = micro_batch_start(micro, processes, accelerator.process_index, local)
-                # Noise, timesteps and dropout follow the micro-batch's place in the step, so
-                # they too are the same however the step is split across processes.
-                gen = seeded_generator(cfg["seed"], 2, step, start)
-                batch = {
-                    k: v.to(accelerator.device)
-                    for k, v in make_batch(
-                        cache, rows[start : start + local], cfg, gen, family, objective.shared_noise
-                    ).items()
-                }
-                if precomputed is not None:
-                    batch["reference"] = precomputed.stats(step, start, local, accelerator.device)
-                sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
-                with sync, accelerator.autocast():
-                    loss, metrics = model(batch, objective, hparams)
-                    accelerator.backward(loss / accum)
-                for key, value in metrics.items():
-                    value = torch.as_tensor(value, device=accelerator.device).detach().float()
-                    on_device[key] = on_device.get(key, 0.0) + value / accum
-            # Without clipping the norm is still taken (clipping at infinity leaves the
-            # gradient as it is), to catch non-finite gradients.
-            limit = cfg["max_grad_norm"] or math.inf
-            on_device["grad_norm"] = accelerator.clip_grad_norm_(trainable, limit)
-            sums = host_values(on_device)
-            checked = {k: v for k, v in sums.items() if checks_gradient or k != "grad_norm"}
-            metric = first_nonfinite(checked)
-            bad, stopping = _agree(accelerator, metric is not None, signals.received is not None)
-            done = step + 1
-            if bad:
-                optimizer.zero_grad(set_to_none=True)
-                what = f"{metric} is {sums[metric]}" if metric else "another process's metrics"
-                if skipped >= may_skip:
-                    kept = f"kept {last_checkpoint}" if last_checkpoint else "none was written"
-                    raise DivergenceError(
-                        f"step {done}: {what} (not finite): training stopped and no model "
-                        f"written; last good checkpoint: {kept}"
-                    )
-                skipped += 1
-                accelerator.print(
-                    f"step {done}: {what} (not finite): step skipped "
-                    f"({skipped} of training.skip_nonfinite {may_skip})"
+            loss = run.step(step, stopping=signals.received is not None, signal=signals.name)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.4f}")
+    return run.finish(out_dir)
+
+
+class TrainingRun:
+    """One training run: :meth:`set_up`, :meth:`resume`, :meth:`step` per step, :meth:`finish`."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        accelerator: Accelerator,
+        cache: PairCache,
+        model: PreferenceModel,
+        optimizer: torch.optim.Optimizer,
+        precomputed: PrecomputedReference | None,
+        paths: tuple[Path, str, Path],
+    ) -> None:
+        self.settings, self.accelerator, self.cache = settings, accelerator, cache
+        self.model, self.optimizer, self.precomputed = model, optimizer, precomputed
+        self.cache_dir, self.base_model, self.run_dir = paths
+        self.started = time.time()
+        self.objective = get_objective(settings.objective)
+        self.hparams = objective_kwargs(settings.objective, settings.params)
+        if self.objective.batch_statistics:
+            self.hparams["all_reduce"] = lambda x: accelerator.reduce(x, reduction="mean")
+        self.family = accelerator.unwrap_model(model).family
+        self.trainable = [p for p in self._policy().parameters() if p.requires_grad]
+        self.processes = accelerator.num_processes
+        self.accumulation = accumulation_steps(
+            settings.pairs_per_step, settings.local_pairs, self.processes
+        )
+        # What a checkpoint must match to be resumed (dspo.checkpoints).
+        self.parts = ckpt.fingerprint_parts(settings.resolved, self.base_model, cache.manifest)
+        self.start_step, self.skipped = 0, 0
+        self.last_checkpoint: Path | None = None
+        self.validator: Validator | None = None
+
+    @classmethod
+    def set_up(
+        cls,
+        settings: TrainSettings,
+        cache_dir: Path,
+        base_model: str,
+        run_dir: Path,
+        reference_dir: Path | None = None,
+    ) -> TrainingRun:
+        """Load the cache, the model and, where given, the precomputed reference; build the
+        optimiser. Nothing is read from ``run_dir`` yet (see :meth:`resume`)."""
+        objective = get_objective(settings.objective)
+        precision = resolve_mixed_precision(settings.mixed_precision)
+        accelerator = Accelerator(
+            mixed_precision=precision, log_with=settings.report_to, project_dir=str(run_dir)
+        )
+        accumulation_steps(settings.pairs_per_step, settings.local_pairs, accelerator.num_processes)
+        # Seeds LoRA's initialisation, the one random draw outside the step's own generators.
+        torch.manual_seed(settings.seed)
+        # One process per node reads every byte to verify the checksums; the others map them.
+        cache = load_cache(cache_dir, verify=accelerator.is_local_main_process)
+        accelerator.wait_for_everyone()
+        precomputed = None
+        if reference_dir is not None and objective.needs_reference:
+            expected = reference_parts(settings.resolved, objective, base_model, cache.manifest)
+            precomputed = PrecomputedReference(reference_dir, expected, settings.pairs_per_step)
+        model = build_model(settings, objective, base_model, cache, precision, precomputed is None)
+        trainable = [p for p in model.denoiser.parameters() if p.requires_grad]
+        optimizer = make_optimizer(trainable, settings.optimiser)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        ckpt.trainable_weights_only(accelerator)
+        return cls(
+            settings,
+            accelerator,
+            cache,
+            model,
+            optimizer,
+            precomputed,
+            (Path(cache_dir), base_model, Path(run_dir)),
+        )
+
+    def _policy(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model).denoiser
+
+    def resume(self) -> None:
+        """Continue from the newest intact checkpoint of this very run, if any; restart the
+        metrics, validation strips and trackers from that step."""
+        accelerator, settings = self.accelerator, self.settings
+        found = None
+        if accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.forget_finished_run(self.run_dir, self.parts, settings.steps, accelerator.print)
+            found = ckpt.resumable_checkpoint(
+                self.run_dir / "checkpoints", self.parts, settings.steps, accelerator.print
+            )
+        if accelerator.num_processes > 1:
+            found = broadcast_object_list([found])[0]
+        if found is not None:
+            folder, state = found
+            accelerator.load_state(str(folder))
+            accelerator.print(f"resuming from {folder} (step {state['step']})")
+            self.start_step, self.skipped = state["step"], state.get("skipped", 0)
+            self.last_checkpoint = folder
+        validation = ValidationSettings.from_config(
+            settings.validate_every, settings.validation or {}, self.cache.manifest["resolution"]
+        )
+        if accelerator.is_main_process:
+            restart_metrics(self.run_dir, self.start_step)
+            restart_validation(self.run_dir, self.start_step, validation)
+            if validation is not None:
+                self.validator = Validator(
+                    self.base_model, self._policy(), validation, accelerator.device
                 )
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if done % cfg["log_every"] == 0 or done == steps:
-                    record = {"step": done, "lr": lr, **mean_over(accelerator, sums)}
-                    if accelerator.is_main_process:
-                        append_metrics(run_dir, record)
-                    if cfg["report_to"]:
-                        accelerator.log(record, step=done)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}")
-            validate(done)
-            if stopping and done < steps:
-                last_checkpoint = save(done)
-                raise Preempted(
-                    f"{signals.name or 'a stop signal'} received: stopped after step {done} "
-                    f"of {steps}, checkpoint {last_checkpoint}; run again to resume"
-                )
-            if cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0 and done < steps:
-                last_checkpoint = save(done)
+        if settings.report_to:
+            start_trackers(accelerator, settings.resolved, settings.name, self.start_step)
+        self.model.train()
 
-    accelerator.wait_for_everyone()
-    summary = {
-        "method": method,
-        "objective": objective.name,
-        "family": cache.family,
-        "steps": steps,
-        "pairs_per_step": cfg["pairs_per_step"],
-        "accumulation": accum,
-        "processes": processes,
-        "mixed_precision": precision,
-        "resumed_from": start_step,
-        "skipped_steps": skipped,
-        "seconds": round(time.time() - started, 1),
-    }
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model).denoiser
-        check_weights_finite(final.named_parameters(), f"the model for {out_dir}")
-        save_model(final, family, cfg, base_model, out_dir)
-        (out_dir / MODEL_CONFIG).write_text(json.dumps({"config": cfg, **summary}, indent=2) + "\n")
-        data = f"{len(cache)} preference pairs (`{cfg.get('data', 'pairs')}`, cache {cache_dir})"
-        write_model_card(out_dir, {"name": summary["method"], **cfg}, base_model, data)
-        # The record makes the model folder's content key (dspo.content) its weights' hash.
-        write_content_record(out_dir)
-        ckpt.mark_finished(run_dir, parts, steps, out_dir)
-        if not cfg.get("keep_checkpoints", False):
-            # The model is saved and its weights checked: the checkpoints (weights and
-            # optimiser state, several times the model's size) have served their purpose.
-            shutil.rmtree(checkpoints, ignore_errors=True)
-    accelerator.end_training()
-    return summary
+    def step(self, step: int, stopping: bool = False, signal: str | None = None) -> float | None:
+        """Optimiser step ``step``: its micro-batches, then the update, unless a number is not
+        finite (skipped within ``skip_nonfinite``, else :class:`DivergenceError`); then
+        metrics, validation and checkpoint as due. ``stopping``: a stop signal arrived, so
+        a checkpoint is written and :class:`Preempted` raised. Returns the loss when logged."""
+        settings = self.settings
+        lr = set_learning_rate(self.optimizer, settings.optimiser, step)
+        sums = self._gradients(step)
+        # Under fp16 the loss scaler makes overflowing gradients on purpose and skips those.
+        checks_gradient = self.accelerator.mixed_precision != "fp16"
+        checked = {k: v for k, v in sums.items() if checks_gradient or k != "grad_norm"}
+        metric = first_nonfinite(checked)
+        bad, stopping = _agree(self.accelerator, metric is not None, stopping)
+        done, loss = step + 1, None
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            what = f"{metric} is {sums[metric]}" if metric else "another process's metrics"
+            self._skip(done, what)
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if done % settings.log_every == 0 or done == settings.steps:
+                loss = self._log(done, lr, sums)
+        self._validate(done)
+        if stopping and done < settings.steps:
+            self.last_checkpoint = self._save(done)
+            raise Preempted(
+                f"{signal or 'a stop signal'} received: stopped after step {done} "
+                f"of {settings.steps}, checkpoint {self.last_checkpoint}; run again to resume"
+            )
+        every = settings.checkpoint_every
+        if every and done % every == 0 and done < settings.steps:
+            self.last_checkpoint = self._save(done)
+        return loss
 
+    def _gradients(self, step: int) -> dict[str, float]:
+        """Run the step's micro-batches (backward included) and clip; the metrics summed."""
+        accelerator, settings, local = self.accelerator, self.settings, self.settings.local_pairs
+        accum = self.accumulation
+        rows = step_rows(len(self.cache), settings.pairs_per_step, settings.seed, step)
+        on_device: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            start = micro_batch_start(micro, self.processes, accelerator.process_index, local)
+            # Noise, timesteps and dropout follow the micro-batch's place in the step, so
+            # they too are the same however the step is split across processes.
+            gen = seeded_generator(settings.seed, 2, step, start)
+            batch = make_batch(
+                self.cache,
+                rows[start : start + local],
+                settings.prompt_dropout,
+                gen,
+                self.family,
+                self.objective.shared_noise,
+            )
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            if self.precomputed is not None:
+                batch["reference"] = self.precomputed.stats(step, start, local, accelerator.device)
+            sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(self.model)
+            with sync, accelerator.autocast():
+                loss, metrics = self.model(batch, self.objective, self.hparams)
+                accelerator.backward(loss / accum)
+            for key, value in metrics.items():
+                value = torch.as_tensor(value, device=accelerator.device).detach().float()
+                on_device[key] = on_device.get(key, 0.0) + value / accum
+        # Without clipping the norm is still taken (clipping at infinity leaves the
+        # gradient as it is), to catch non-finite gradients.
+        limit = settings.optimiser.max_grad_norm or math.inf
+        on_device["grad_norm"] = accelerator.clip_grad_norm_(self.trainable, limit)
+        return host_values(on_device)
 
-def save_model(
-    denoiser: ModelMixin, family: Family, cfg: Mapping[str, Any], base_model: str, out_dir: Path
-) -> None:
-    """Write what users load: a full diffusers pipeline, or standard LoRA safetensors.
+    def _skip(self, done: int, what: str) -> None:
+        may_skip = self.settings.skip_nonfinite
+        if self.skipped >= may_skip:
+            kept = f"kept {self.last_checkpoint}" if self.last_checkpoint else "none was written"
+            raise DivergenceError(
+                f"step {done}: {what} (not finite): training stopped and no model "
+                f"written; last good checkpoint: {kept}"
+            )
+        self.skipped += 1
+        self.accelerator.print(
+            f"step {done}: {what} (not finite): step skipped "
+            f"({self.skipped} of training.skip_nonfinite {may_skip})"
+        )
 
-    The model family writes LoRA weights as its pipeline class does, so that class's
-    ``load_lora_weights`` reads them.
-    """
-    family.save_denoiser(denoiser, base_model, out_dir, lora=bool(cfg.get("lora")))
+    def _log(self, done: int, lr: float, sums: Mapping[str, float]) -> float:
+        record = {"step": done, "lr": lr, **mean_over(self.accelerator, sums)}
+        if self.accelerator.is_main_process:
+            append_metrics(self.run_dir, record)
+        if self.settings.report_to:
+            self.accelerator.log(record, step=done)
+        return record["loss"]
+
+    def _validate(self, done: int) -> None:
+        """Sample the validation prompts (main process; the others go on to the next step)."""
+        settings = self.settings
+        if self.validator is None or not is_due(done, settings.steps, settings.validate_every):
+            return
+        images = self.validator.sample(self.model)
+        save_strip(self.run_dir, done, images)
+        if settings.report_to:
+            captions = [f"{c['prompt']} (seed {c['seed']})" for c in self.validator.columns]
+            log_images(self.accelerator, images, captions, done)
+
+    def _save(self, done: int) -> Path:
+        check_weights_finite(self._policy().named_parameters(), f"checkpoint of step {done}")
+        return ckpt.save_checkpoint(
+            self.accelerator,
+            self.run_dir / "checkpoints",
+            done,
+            self.settings.checkpoints_kept,
+            self.parts,
+            {"skipped": self.skipped},
+        )
+
+    def finish(self, out_dir: Path) -> dict[str, Any]:
+        """Write the model, its record and card (main process); drop the checkpoints."""
+        accelerator, settings = self.accelerator, self.settings
+        accelerator.wait_for_everyone()
+        summary = {
+            "method": settings.name,
+            "objective": self.objective.name,
+            "family": self.cache.family,
+            "steps": settings.steps,
+            "pairs_per_step": settings.pairs_per_step,
+            "accumulation": self.accumulation,
+            "processes": self.processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "resumed_from": self.start_step,
+            "skipped_steps": self.skipped,
+            "seconds": round(time.time() - self.started, 1),
+        }
+        if accelerator.is_main_process:
+            final = self._policy()
+            check_weights_finite(final.named_parameters(), f"the model for {out_dir}")
+            save_model(final, self.family, settings, self.base_model, out_dir)
+            record = {"config": dict(settings.resolved), **summary}
+            (out_dir / MODEL_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
+            data = f"{len(self.cache)} preference pairs (`{settings.data}`, cache {self.cache_dir})"
+            card = {"name": settings.name, **settings.resolved}
+            write_model_card(out_dir, card, self.base_model, data)
+            # The record makes the model folder's content key (dspo.content) its weights' hash.
+            write_content_record(out_dir)
+            ckpt.mark_finished(self.run_dir, self.parts, settings.steps, out_dir)
+            if not settings.keep_checkpoints:
+                # The model is saved and its weights checked: the checkpoints (weights and
+                # optimiser state, several times the model's size) have served their purpose.
+                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+        accelerator.end_training()
+        return summary

@@ -43,11 +43,12 @@ class ValidationSettings:
     resolution: int
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], resolution: int) -> ValidationSettings | None:
-        """The settings of a training config; None when ``validate_every`` is 0 (off)."""
-        if not cfg.get("validate_every"):
+    def from_config(
+        cls, every: int, block: Mapping[str, Any], resolution: int
+    ) -> ValidationSettings | None:
+        """``training.validate_every`` and ``training.validation``; None when ``every`` is 0."""
+        if not every:
             return None
-        block = cfg["validation"]
         return cls(
             prompts=tuple(block["prompts"]),
             seeds=tuple(int(s) for s in block["seeds"]),

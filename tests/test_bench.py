@@ -157,7 +157,7 @@ def test_upstream_lora_reference_is_the_policy_with_adapters_disabled(bench_root
 @pytest.mark.parametrize("mode", ["ours", "upstream"])
 def test_checkpointing_gives_the_same_loss_and_gradients(bench_root: Path, mode: str) -> None:
     from dspo.objectives import get_objective, objective_kwargs
-    from dspo.train import preference_loss
+    from dspo.preference import preference_loss
 
     results = []
     for checkpointing in (False, True):
@@ -181,7 +181,7 @@ def test_checkpointing_gives_the_same_loss_and_gradients(bench_root: Path, mode:
 
 
 def test_upstream_loader_visits_the_trainer_rows_in_order() -> None:
-    from dspo.train import step_rows
+    from dspo.preference import step_rows
 
     spec = dataclasses.replace(SPEC, pairs=4, accumulation=2)
     batches = visit_order(spec, 12, 3)

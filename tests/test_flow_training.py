@@ -138,9 +138,7 @@ def test_flow_timesteps_and_velocity_target_reach_the_batch(flow_world):
     model, cache_dir = flow_world["sd3"]
     cache = load_cache(cache_dir)
     family = load_family(model, timesteps={"weighting": "uniform", "shift": 1.0})
-    batch = make_batch(
-        cache, torch.arange(8), {"prompt_dropout": 0.0}, torch.Generator().manual_seed(0), family
-    )
+    batch = make_batch(cache, torch.arange(8), 0.0, torch.Generator().manual_seed(0), family)
     assert batch["t"].is_floating_point() and ((batch["t"] > 0) & (batch["t"] < 1)).all()
     inputs = noised_inputs(batch, OBJECTIVES["diffusion_dpo"], family)
     t = batch["t"].reshape(-1, 1, 1, 1)
@@ -154,8 +152,8 @@ def test_unshared_noise_draws_the_rejected_images_own(flow_world):
     cache = load_cache(cache_dir)
     family = load_family(model)
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    shared = make_batch(cache, torch.arange(4), {"prompt_dropout": 0.0}, gen(), family)
-    own = make_batch(cache, torch.arange(4), {"prompt_dropout": 0.0}, gen(), family, False)
+    shared = make_batch(cache, torch.arange(4), 0.0, gen(), family)
+    own = make_batch(cache, torch.arange(4), 0.0, gen(), family, False)
     assert torch.equal(shared["noise"], own["noise"]) and torch.equal(shared["t"], own["t"])
     assert not torch.equal(own["noise_l"], own["noise"])
     inputs = noised_inputs(own, OBJECTIVES["diffusion_kto"], family)

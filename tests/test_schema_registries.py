@@ -82,9 +82,9 @@ def report_to() -> Iterable[str | None]:
 
 
 def reference_storage() -> Iterable[str]:
-    from dspo.reference import STORAGE
+    from dspo.train_settings import REFERENCE_STORAGE
 
-    return STORAGE
+    return REFERENCE_STORAGE
 
 
 def base_model_builds() -> Iterable[str | None]:

@@ -16,8 +16,9 @@ from dspo.data.cache import build_cache, load_cache
 from dspo.families import load_family
 from dspo.models import load_pipeline
 from dspo.objectives import get_objective
+from dspo.preference import PreferenceModel, make_batch, preference_loss
 from dspo.sample import generate, load_for_sampling
-from dspo.train import PreferenceModel, make_batch, preference_loss, train
+from dspo.train import train
 from tests.conftest import jpeg
 from tests.test_train import BASE_CONFIG
 
@@ -87,9 +88,7 @@ def test_unet_is_conditioned_on_each_images_size_and_crop(
     pipe = load_pipeline(str(tiny_sdxl_model))
     rows = torch.tensor([0, 1, 3])
     family = load_family(tiny_sdxl_model)
-    batch = make_batch(
-        cache, rows, {"prompt_dropout": 0.0}, torch.Generator().manual_seed(0), family
-    )
+    batch = make_batch(cache, rows, 0.0, torch.Generator().manual_seed(0), family)
     expected_w = [
         [*cache.original_size_w[r].tolist(), *cache.crop_w[r].tolist(), 16, 16] for r in rows
     ]

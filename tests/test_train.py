@@ -23,13 +23,11 @@ from dspo.data.cache import build_cache, load_cache
 from dspo.families import load_family
 from dspo.families.sd import SDFamily
 from dspo.objectives import OBJECTIVES, get_objective
-from dspo.train import (
-    accumulation_steps,
-    learning_rate_factor,
-    make_batch,
-    resolve_mixed_precision,
-    train,
-)
+from dspo.optimisation import learning_rate_factor, resolve_mixed_precision
+from dspo.policy import build_model
+from dspo.preference import PreferenceModel, make_batch
+from dspo.train import accumulation_steps, train
+from dspo.train_settings import TrainSettings
 
 BASE_CONFIG = {
     "steps": 4,
@@ -247,7 +245,7 @@ def test_lora_output_loads_and_reference_is_the_base(
         if p.requires_grad:
             torch.nn.init.normal_(p)
     family = load_family(tiny_model)
-    model = train_module.PreferenceModel(unet, family, needs_reference=True, lora=True)
+    model = PreferenceModel(unet, family, needs_reference=True, lora=True)
     assert model.reference is None
     cond = {"embeddings": text}
     torch.testing.assert_close(model.ref(x, t, cond), base_out)
@@ -257,7 +255,7 @@ def test_lora_output_loads_and_reference_is_the_base(
 def test_frozen_reference_can_be_held_in_half_precision(tiny_model: Path) -> None:
     unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
     family = load_family(tiny_model)
-    model = train_module.PreferenceModel(unet, family, True, False, reference_dtype=torch.bfloat16)
+    model = PreferenceModel(unet, family, True, False, reference_dtype=torch.bfloat16)
     assert {p.dtype for p in model.reference.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.denoiser.parameters()} == {torch.float32}
     assert not any(p.requires_grad for p in model.reference.parameters())
@@ -360,7 +358,7 @@ def test_prompt_dropout_swaps_in_the_empty_prompt(cache_dir: Path) -> None:
 
     def text_of(dropout: float) -> torch.Tensor:
         gen = torch.Generator().manual_seed(0)
-        batch = make_batch(cache, rows, {"prompt_dropout": dropout}, gen, family)
+        batch = make_batch(cache, rows, dropout, gen, family)
         assert torch.equal(batch["latents_w"], cache.latents_w[rows].float())
         return batch["text_w"], batch["text_l"]
 
@@ -376,8 +374,12 @@ def test_prompt_dropout_swaps_in_the_empty_prompt(cache_dir: Path) -> None:
 def test_unet_attention_is_pytorch_sdpa(cache_dir: Path, tiny_model: Path) -> None:
     """diffusers' default processor is AttnProcessor2_0 (F.scaled_dot_product_attention)."""
     cfg = {**BASE_CONFIG, **DSPO}
-    model = train_module._build_model(
-        cfg, get_objective("dspo"), str(tiny_model), load_cache(cache_dir), "no"
+    model = build_model(
+        TrainSettings.from_config(cfg),
+        get_objective("dspo"),
+        str(tiny_model),
+        load_cache(cache_dir),
+        "no",
     )
     processors = model.denoiser.attn_processors
     assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
@@ -479,11 +481,17 @@ def test_lora_under_mixed_precision_holds_the_frozen_base_in_half(
     and the adapters the optimiser updates stay float32; full fine-tuning stays float32."""
     cfg = {**BASE_CONFIG, **DSPO, "lora": LORA}
     cache = load_cache(cache_dir)
-    model = train_module._build_model(cfg, get_objective("dspo"), str(tiny_model), cache, "bf16")
+    model = build_model(
+        TrainSettings.from_config(cfg), get_objective("dspo"), str(tiny_model), cache, "bf16"
+    )
     params = list(model.denoiser.parameters())
     assert {p.dtype for p in params if not p.requires_grad} == {torch.bfloat16}
     assert {p.dtype for p in params if p.requires_grad} == {torch.float32}
-    full = train_module._build_model(
-        {**BASE_CONFIG, **DSPO}, get_objective("dspo"), str(tiny_model), cache, "bf16"
+    full = build_model(
+        TrainSettings.from_config({**BASE_CONFIG, **DSPO}),
+        get_objective("dspo"),
+        str(tiny_model),
+        cache,
+        "bf16",
     )
     assert {p.dtype for p in full.denoiser.parameters()} == {torch.float32}

@@ -27,7 +27,7 @@ from dspo.content import file_sha256, write_content_record
 from dspo.data.cache import build_cache, load_cache
 from dspo.guards import DivergenceError
 from dspo.models import build_pipeline
-from dspo.train import step_rows
+from dspo.preference import step_rows
 from tests.conftest import TINY_ARCHITECTURE, WORDS
 from tests.test_train import BASE_CONFIG, DSPO, run, unet_weights
 

@@ -1,0 +1,68 @@
+"""The model a training run updates: its denoiser (full or LoRA) and reference, and how it is
+written out in the formats the stock diffusers pipelines load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import ModelMixin
+
+from dspo.data.cache import PairCache
+from dspo.families import load_family
+from dspo.families.base import Family
+from dspo.objectives import Objective
+from dspo.preference import PreferenceModel
+from dspo.train_settings import TrainSettings
+
+
+def build_model(
+    settings: TrainSettings,
+    objective: Objective,
+    base_model: str,
+    cache: PairCache,
+    precision: str,
+    online_reference: bool = True,
+) -> PreferenceModel:
+    """The policy denoiser (LoRA when configured) and its reference, checked against the cache."""
+    family = load_family(base_model, **settings.family_settings)
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    lora = settings.lora
+    # LoRA under mixed precision (a GPU): the frozen base only runs forward passes under
+    # autocast, so it is loaded and held in the half dtype, as the public LoRA scripts hold
+    # it (FLUX's 12 B transformer: 24 GB instead of 48 per process); the adapters, which
+    # the optimiser updates, stay float32.
+    denoiser = family.load_denoiser(base_model, dtype=half if lora else None)
+    channels = family.latent_channels(denoiser)
+    if cache.manifest["latent_shape"][0] != channels:
+        raise ValueError(
+            f"cache of {cache.manifest['model']} has {cache.manifest['latent_shape'][0]} latent "
+            f"channels, the {family.denoiser} of {base_model} expects {channels}"
+        )
+    if cache.family != family.name:
+        raise ValueError(
+            f"cache of {cache.manifest['model']} holds {cache.family} embeddings, "
+            f"the {family.denoiser} of {base_model} is {family.name}: rebuild the cache with "
+            "this model"
+        )
+    if lora:
+        family.add_lora(denoiser, lora.rank, lora.alpha, list(lora.target_modules))
+        for p in denoiser.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    if settings.gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    reference_dtype = half or torch.float32
+    needs = objective.needs_reference and online_reference
+    return PreferenceModel(denoiser, family, needs, bool(lora), reference_dtype)
+
+
+def save_model(
+    denoiser: ModelMixin, family: Family, settings: TrainSettings, base_model: str, out_dir: Path
+) -> None:
+    """Write what users load: a full diffusers pipeline, or standard LoRA safetensors.
+
+    The model family writes LoRA weights as its pipeline class does, so that class's
+    ``load_lora_weights`` reads them.
+    """
+    family.save_denoiser(denoiser, base_model, out_dir, lora=settings.lora is not None)
