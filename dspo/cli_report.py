@@ -152,19 +152,25 @@ def push(args: argparse.Namespace) -> None:
 
 @command(
     "tools",
-    arg("what", choices=["train", "memory"], help="what to benchmark"),
+    arg("what", choices=["train", "memory", "flip"], help="what to benchmark"),
     arg(
         "options",
         nargs=argparse.REMAINDER,
-        help="see `dspo bench train -h`, `dspo bench memory -h`",
+        help="see `dspo bench train -h`, `dspo bench memory -h`, `dspo bench flip -h`",
     ),
 )
 def bench(args: argparse.Namespace) -> None:
-    """Training throughput and peak memory (train); each job's peak memory in a run (memory)."""
+    """Training throughput and peak memory (train); each job's peak memory in a run (memory);
+    whether a VAE's latents mirror as its images do (flip)."""
     if args.what == "memory":
         from dspo.bench_memory import main as run_memory
 
         sys.exit(run_memory(args.options))
+    if args.what == "flip":
+        from dspo.bench_flip import main as run_flip
+
+        run_flip(args.options)
+        return
     from dspo.bench import main as run_bench
 
     run_bench(args.options)

@@ -211,6 +211,33 @@ def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams
     return objective.fn(pred, ref, target, **hparams)
 
 
+def visit_latents(
+    cache: PairCache, rows: torch.Tensor, side: str, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One side's latents at this visit of ``rows``, and their crop corners.
+
+    A fixed cache gives its stored latents and draws nothing. A ``per_visit`` cache
+    (`dspo.data.cache`) redraws what the upstream recipe redraws at every visit: with
+    mirrors, each image's orientation (probability 1/2, drawn first), then a posterior sample
+    ``mean + std * N(0, 1)``; both from ``gen``, so a visit stays a pure function of the seed,
+    step and place in the step.
+    """
+    latents = getattr(cache, f"latents_{side}")[rows].float()
+    crop = getattr(cache, f"crop_{side}")[rows]
+    if not cache.per_visit:
+        return latents, crop
+    std = getattr(cache, f"std_{side}")[rows].float()
+    mirror = getattr(cache, f"mirror_{side}")
+    if mirror is not None:
+        flip = torch.rand(len(rows), generator=gen) < 0.5
+        mirrored = torch.as_tensor(rows)[flip]
+        latents[flip] = mirror[mirrored].float()
+        std[flip] = getattr(cache, f"mirror_std_{side}")[mirrored].float()
+        crop = crop.clone()
+        crop[flip] = getattr(cache, f"crop_mirror_{side}")[mirrored]
+    return latents + std * torch.randn(latents.shape, generator=gen), crop
+
+
 def make_batch(
     cache: PairCache,
     rows: torch.Tensor,
@@ -221,7 +248,8 @@ def make_batch(
 ) -> dict[str, torch.Tensor]:
     """Latents and prompt tensors of the rows, with prompt dropout, noise and timesteps.
 
-    Each row's prompts are replaced by the empty prompt with probability ``prompt_dropout``.
+    Each row's prompts are replaced by the empty prompt with probability ``prompt_dropout``;
+    a ``per_visit`` cache's images are drawn for this visit (:func:`visit_latents`).
 
     Pooled text embeddings where the cache holds them (SDXL, SD3, FLUX), and the family's
     image conditions: for SDXL the time ids (original height, width, crop top, left, target
@@ -237,15 +265,14 @@ def make_batch(
         text = cache.embeddings[text_rows].float()
         text[drop] = cache.empty.float()
         batch[f"text_{side}"] = text
-        batch[f"latents_{side}"] = getattr(cache, f"latents_{side}")[rows].float()
+        latents, crop = visit_latents(cache, rows, side, gen)
+        batch[f"latents_{side}"] = latents
         if cache.pooled is not None:
             pooled = cache.pooled[text_rows].float()
             pooled[drop] = cache.empty_pooled.float()
             batch[f"pooled_{side}"] = pooled
         image = family.image_conditions(
-            getattr(cache, f"original_size_{side}")[rows],
-            getattr(cache, f"crop_{side}")[rows],
-            cache.manifest["resolution"],
+            getattr(cache, f"original_size_{side}")[rows], crop, cache.manifest["resolution"]
         )
         for name, value in image.items():
             batch[f"{name}_{side}"] = value

@@ -22,8 +22,16 @@ contiguous block of latent files and of the sorted unique prompts, see :class:`P
 its own folder with ``part.json``, renamed into place when complete; :func:`gather_cache` joins
 the N folders. The blocks follow fixed grids, so the result does not depend on N.
 
-Latents are the VAE posterior mean; SD's posterior standard deviation is negligible next to
-the noise the trainer adds.
+By default each image is encoded once, as its VAE posterior mean, with its crop and flip drawn
+once at caching time. The upstream recipe redraws all three at every visit of a pair. With
+``per_visit`` the cache keeps what the trainer needs to redraw two of them
+(`dspo.preference.make_batch`): the posterior's standard deviation (``std_w``, ``std_l``), so a
+new posterior sample is drawn at each visit; and with ``flip`` both orientations of each image
+(``mirror_w``, ``mirror_l``, ``mirror_std_w``, ``mirror_std_l``, ``crop_mirror_w``,
+``crop_mirror_l``), one chosen at each visit. The mirror is encoded from the mirrored pixels: a
+VAE encoder is not mirror-symmetric, so mirroring the latent is not the same
+(docs/benchmarks.md gives the measured difference). Storage per pair: 2 latents by default, 4
+with ``per_visit``, 8 with ``per_visit`` and ``flip``.
 """
 
 from __future__ import annotations
@@ -66,11 +74,16 @@ CROPS = ("center", "random")
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """Pixels as the VAE sees them, and where they came from (SDXL's size conditioning)."""
+    """Pixels as the VAE sees them, and where they came from (SDXL's size conditioning).
+
+    ``mirror_crop_top_left`` is the crop corner of the same pixels mirrored left to right:
+    cropping and then mirroring equals mirroring and then cropping there.
+    """
 
     pixels: np.ndarray
     original_size: tuple[int, int]
     crop_top_left: tuple[int, int]
+    mirror_crop_top_left: tuple[int, int]
 
 
 def load_image(
@@ -109,7 +122,7 @@ def load_image(
         top, left = spare_h // 2, spare_w // 2
     image = image.crop((left, top, left + resolution, top + resolution))
     pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-    return PreparedImage(pixels, original, (top, left))
+    return PreparedImage(pixels, original, (top, left), (top, spare_w - left))
 
 
 def prepare_image(data: bytes, resolution: int) -> np.ndarray:
@@ -137,6 +150,7 @@ class CacheSettings:
     crop: str = "center"
     flip: bool = False
     seed: int = 0
+    per_visit: bool = False
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
@@ -192,8 +206,14 @@ def _prompt_rows(texts: pd.DataFrame) -> tuple[list[int], list[int], list[str]]:
 def _encode_side(
     family: Family, pipe, chunk: pd.DataFrame, side: str, settings: CacheSettings
 ) -> dict[str, torch.Tensor]:
-    """VAE latents (as the denoiser sees them) and size/crop records of one side of a chunk."""
-    latents, sizes, crops = [], [], []
+    """VAE latents (as the denoiser sees them) and size/crop records of one side of a chunk;
+    with ``per_visit`` also the posterior's deviation, and with ``flip`` the mirrors."""
+    mirrors = settings.per_visit and settings.flip
+    out: dict[str, list] = {}
+
+    def keep(key: str, value) -> None:
+        out.setdefault(key, []).append(value)
+
     for b in range(0, len(chunk), settings.batch_size):
         part = chunk.iloc[b : b + settings.batch_size]
         images = [
@@ -201,22 +221,29 @@ def _encode_side(
                 data,
                 settings.resolution,
                 crop=settings.crop,
-                flip=settings.flip,
+                # Per visit, both orientations are kept; none is chosen here.
+                flip=settings.flip and not settings.per_visit,
                 rng=_image_rng(settings.seed, int(pid), side),
             )
             for data, pid in zip(part[f"jpg_{side}"], part["pair_id"], strict=True)
         ]
         pixels = torch.from_numpy(np.stack([im.pixels for im in images]))
         pixels = pixels.to(pipe.vae.device, pipe.vae.dtype)
-        latents.append(family.encode_images(pipe, pixels))
-        sizes += [im.original_size for im in images]
-        crops += [im.crop_top_left for im in images]
+        mean, std = family.encode_posterior(pipe, pixels)
+        keep(f"latents_{side}", mean)
+        keep(f"original_size_{side}", torch.tensor([im.original_size for im in images]))
+        keep(f"crop_{side}", torch.tensor([im.crop_top_left for im in images]))
+        if settings.per_visit:
+            keep(f"std_{side}", std)
+        if mirrors:
+            mean, std = family.encode_posterior(pipe, pixels.flip(-1))
+            keep(f"mirror_{side}", mean)
+            keep(f"mirror_std_{side}", std)
+            keep(f"crop_mirror_{side}", torch.tensor([im.mirror_crop_top_left for im in images]))
     storage = resolve_dtype(settings.dtype)
-    return {
-        f"latents_{side}": torch.cat(latents).to(storage).cpu(),
-        f"original_size_{side}": torch.tensor(sizes, dtype=torch.int64),
-        f"crop_{side}": torch.tensor(crops, dtype=torch.int64),
-    }
+    tensors = {key: torch.cat(values).cpu() for key, values in out.items()}
+    # Latents and deviations in the storage dtype; sizes and crop corners stay int64.
+    return {k: v.to(storage) if v.is_floating_point() else v for k, v in tensors.items()}
 
 
 def _latent_file(
@@ -337,7 +364,7 @@ def _read_parts(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         raise ValueError(f"cache parts {got} given, expected all of 0..{first['parts'] - 1}")
     for info in infos[1:]:
         for key in (*_SHARED, "parts", "pairs", "prompts"):
-            if info[key] != first[key]:
+            if info.get(key) != first.get(key):
                 raise ValueError(
                     f"{info['dir']}: {key} {info[key]!r} differs from part 0's {first[key]!r}"
                 )
@@ -429,6 +456,7 @@ def build_cache(
     crop: str = "center",
     flip: bool = False,
     seed: int = 0,
+    per_visit: bool = False,
 ) -> dict[str, Any]:
     """Encode ``pairs`` (the canonical pair table) with ``model``'s VAE and text encoder(s).
 
@@ -436,8 +464,9 @@ def build_cache(
     ``prompts_l`` gives each rejected image its own prompt (DDSPO's degraded prompts);
     by default both images of a pair share the caption. ``crop`` is ``center`` or ``random``;
     ``flip`` mirrors half the images; both are seeded per image by ``seed`` and the pair id.
+    ``per_visit`` keeps what lets the trainer redraw posterior samples and flips per visit.
     """
-    settings = CacheSettings(resolution, dtype, shard_size, batch_size, crop, flip, seed)
+    settings = CacheSettings(resolution, dtype, shard_size, batch_size, crop, flip, seed, per_visit)
     texts = pairs[["caption"]]
     if prompts_l is not None:
         texts = texts.assign(**{REJECTED_CAPTION: list(prompts_l)})

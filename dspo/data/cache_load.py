@@ -31,6 +31,23 @@ TEXT_FILE = "text.safetensors"
 ROW_KEYS = ("latents_w", "latents_l")
 SMALL_KEYS = ("text_w", "text_l", "original_size_w", "original_size_l", "crop_w", "crop_l")
 SHARD_KEYS = (*ROW_KEYS, *SMALL_KEYS)
+# cache.per_visit: the posterior's standard deviation of each latent, so that the trainer
+# draws a new posterior sample at every visit; with cache.flip also each image's mirror (its
+# posterior mean and deviation, and its crop corner), one of the two chosen at every visit.
+POSTERIOR_KEYS = ("std_w", "std_l")
+MIRROR_ROW_KEYS = ("mirror_w", "mirror_l", "mirror_std_w", "mirror_std_l")
+MIRROR_SMALL_KEYS = ("crop_mirror_w", "crop_mirror_l")
+
+
+def visit_keys(manifest: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The row keys and small keys a cache holds beyond SHARD_KEYS, by its settings."""
+    if not manifest.get("per_visit"):
+        return (), ()
+    if manifest.get("flip"):
+        return (*POSTERIOR_KEYS, *MIRROR_ROW_KEYS), MIRROR_SMALL_KEYS
+    return POSTERIOR_KEYS, ()
+
+
 _NUMPY = {
     "F16": np.float16,
     "BF16": np.int16,  # no numpy bfloat16: read the bits, reinterpret in torch
@@ -139,6 +156,15 @@ class PairCache:
     manifest: dict[str, Any]
     pooled: Rows | None = None
     empty_pooled: torch.Tensor | None = None
+    # Only in a cache.per_visit cache (see visit_keys); None otherwise.
+    std_w: Rows | None = None
+    std_l: Rows | None = None
+    mirror_w: Rows | None = None
+    mirror_l: Rows | None = None
+    mirror_std_w: Rows | None = None
+    mirror_std_l: Rows | None = None
+    crop_mirror_w: torch.Tensor | None = None
+    crop_mirror_l: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.latents_w)
@@ -146,6 +172,11 @@ class PairCache:
     @property
     def family(self) -> str:
         return self.manifest["family"]
+
+    @property
+    def per_visit(self) -> bool:
+        """Whether the trainer redraws each image's posterior sample (and mirror) per visit."""
+        return bool(self.manifest.get("per_visit"))
 
 
 def verify_checksum(path: Path, expected: str | None) -> None:
@@ -182,19 +213,21 @@ def load_cache(cache_dir: Path, *, verify: bool = True) -> PairCache:
     manifest = json.loads(manifest_path.read_text())
     if "family" not in manifest:
         raise ValueError(f"{manifest_path} has no model family: rebuild the cache")
-    maps: dict[str, list[np.ndarray]] = {k: [] for k in SHARD_KEYS}
+    visit_rows, visit_small = visit_keys(manifest)
+    row_keys, small_keys = (*ROW_KEYS, *visit_rows), (*SMALL_KEYS, *visit_small)
+    maps: dict[str, list[np.ndarray]] = {k: [] for k in (*row_keys, *small_keys)}
     dtypes: dict[str, str] = {}
     for shard in manifest["shards"]:
         path = cache_dir / shard["file"]
         tensors, header = _open(path, shard.get("sha256"), verify)
-        missing = sorted(set(SHARD_KEYS) - set(tensors))
+        missing = sorted(set(maps) - set(tensors))
         if missing:
             raise ValueError(f"{path} lacks {missing}: rebuild the cache")
         if len(tensors["latents_w"]) != shard["pairs"]:
             raise ValueError(
                 f"{path}: {len(tensors['latents_w'])} pairs, manifest says {shard['pairs']}"
             )
-        for key in SHARD_KEYS:
+        for key in maps:
             maps[key].append(tensors[key])
             dtypes[key] = header[key]["dtype"]
     text_path = cache_dir / TEXT_FILE
@@ -205,10 +238,10 @@ def load_cache(cache_dir: Path, *, verify: bool = True) -> PairCache:
     def whole(key: str, source: dict, header: dict) -> torch.Tensor:
         return _to_torch(np.array(source[key]), header[key]["dtype"])
 
-    small = {k: _to_torch(np.concatenate(maps[k]), dtypes[k]) for k in SMALL_KEYS}
+    small = {k: _to_torch(np.concatenate(maps[k]), dtypes[k]) for k in small_keys}
     pooled = "pooled" in text
     return PairCache(
-        **{k: Rows(maps[k], dtypes[k]) for k in ROW_KEYS},
+        **{k: Rows(maps[k], dtypes[k]) for k in row_keys},
         **small,
         embeddings=Rows([text["embeddings"]], text_header["embeddings"]["dtype"]),
         empty=whole("empty", text, text_header),

@@ -123,12 +123,21 @@ class Family(ABC):
     @torch.no_grad()
     def encode_images(self, pipe: DiffusionPipeline, pixels: torch.Tensor) -> torch.Tensor:
         """VAE latents as the denoiser sees them: (mean - shift_factor) * scaling_factor."""
+        return self.encode_posterior(pipe, pixels)[0]
+
+    def encode_posterior(
+        self, pipe: DiffusionPipeline, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior as the denoiser sees it: its mean, shifted and scaled as
+        :meth:`encode_images`, and its standard deviation, scaled. A posterior sample in
+        the denoiser's space is ``mean + std * N(0, 1)``."""
         config = pipe.vae.config
-        latents = pipe.vae.encode(pixels).latent_dist.mean
+        posterior = pipe.vae.encode(pixels).latent_dist
+        latents = posterior.mean
         shift = getattr(config, "shift_factor", None)
         if shift is not None:
             latents = latents - shift
-        return latents * config.scaling_factor
+        return latents * config.scaling_factor, posterior.std * config.scaling_factor
 
     def image_conditions(self, original_size, crop, resolution: int) -> dict[str, torch.Tensor]:
         """Per-image conditions beyond the text (SDXL's time ids); none by default."""
