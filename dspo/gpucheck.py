@@ -23,7 +23,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-METHODS = [("dspo", None), ("diffusion_dpo", None), ("dspo", 8), ("diffusion_dpo", 8)]
+# (objective, LoRA rank, speed switches): each plain run, then DSPO again with the GPU switches
+# of training.channels_last and training.compile, whose pairs/s say which default is faster.
+FAST = {"channels_last": True, "compile": {"policy": True, "reference": True}}
+METHODS = [
+    ("dspo", None, {}),
+    ("diffusion_dpo", None, {}),
+    ("dspo", 8, {}),
+    ("diffusion_dpo", 8, {}),
+    ("dspo", None, FAST),
+    ("dspo", 8, FAST),
+]
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -117,13 +127,15 @@ def _pairs_and_cache(standins: Path, work: Path, resolution: int, device: str) -
     return work / "cache"
 
 
-def _train_config(objective: str, lora: int | None, steps: int, precision: str) -> dict:
+def _train_config(
+    objective: str, lora: int | None, steps: int, precision: str, switches: dict
+) -> dict:
     import yaml
 
     defaults = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
     cfg = dict(defaults["training"])
     cfg.update(
-        name=objective if not lora else f"{objective}_lora",
+        name=(objective if not lora else f"{objective}_lora") + ("_fast" if switches else ""),
         objective=objective,
         data="pairs",
         params={"beta": 5000} if objective == "diffusion_dpo" else {},
@@ -137,6 +149,7 @@ def _train_config(objective: str, lora: int | None, steps: int, precision: str) 
         gradient_checkpointing=True,
         checkpoint_every=0,
         report_to=None,
+        **switches,
     )
     return cfg
 
@@ -170,8 +183,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     latent = resolution // 8
     report["train"] = []
-    for objective, lora in METHODS:
-        cfg = _train_config(objective, lora, args.steps, precision)
+    for objective, lora, switches in METHODS:
+        if device != "cuda":
+            # The CPU dry run checks the stages, not speed: torch.compile's CPU code generation
+            # would take minutes here (its CPU equivalence is tests/test_speed_switches.py).
+            switches = {k: v for k, v in switches.items() if k != "compile"}
+        cfg = _train_config(objective, lora, args.steps, precision, switches)
         out = work / "models" / cfg["name"]
 
         def fit(cfg: dict = cfg, out: Path = out) -> dict:

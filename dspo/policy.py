@@ -54,7 +54,25 @@ def build_model(
         denoiser.enable_gradient_checkpointing()
     reference_dtype = half or torch.float32
     needs = objective.needs_reference and online_reference
-    return PreferenceModel(denoiser, family, needs, bool(lora), reference_dtype)
+    model = PreferenceModel(denoiser, family, needs, bool(lora), reference_dtype)
+    speed_up(model, settings)
+    return model
+
+
+def speed_up(model: PreferenceModel, settings: TrainSettings) -> None:
+    """The GPU switches: channels-last weights and torch.compile, each off unless set.
+
+    They change how the numbers are computed, not which: weights agree with the plain run up
+    to floating-point rounding (tests/test_speed_switches.py). ``Module.compile`` compiles in
+    place, so state-dict keys, checkpoints and saved files stay those of the plain module.
+    """
+    if settings.channels_last:
+        # PreferenceModel._apply converts the frozen reference copy as well.
+        model.to(memory_format=torch.channels_last)
+    if settings.compile.policy:
+        model.denoiser.compile(mode=settings.compile.mode)
+    if settings.compile.reference and model.reference is not None:
+        model.reference.compile(mode=settings.compile.mode)
 
 
 def save_model(

@@ -72,9 +72,17 @@ def part_steps(steps: int, part: int, parts: int) -> range:
     return range(part * steps // parts, (part + 1) * steps // parts)
 
 
-def _reference_denoiser(family: Family, base_model: str, device: str, dtype: torch.dtype):
+def _reference_denoiser(
+    family: Family, base_model: str, device: str, dtype: torch.dtype, settings: TrainSettings
+):
+    """The frozen base denoiser, with the run's channels-last and reference-compile switches."""
     denoiser = family.load_denoiser(base_model)
-    return denoiser.to(device=device, dtype=dtype).requires_grad_(False).eval()
+    denoiser = denoiser.to(device=device, dtype=dtype).requires_grad_(False).eval()
+    if settings.channels_last:
+        denoiser = denoiser.to(memory_format=torch.channels_last)
+    if settings.compile.reference:
+        denoiser.compile(mode=settings.compile.mode)
+    return denoiser
 
 
 @torch.no_grad()
@@ -108,7 +116,7 @@ def compute_part(
         )
     cache = load_cache(cache_dir)
     family = load_family(base_model, **settings.family_settings)
-    denoiser = _reference_denoiser(family, base_model, device, dtype)
+    denoiser = _reference_denoiser(family, base_model, device, dtype, settings)
     steps, per_step, local = settings.steps, settings.pairs_per_step, settings.local_pairs
     mine = part_steps(steps, part, parts)
     visits = len(mine) * per_step

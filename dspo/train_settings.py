@@ -12,7 +12,7 @@ so that a checkpoint written before these settings existed still resumes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,8 @@ OPTIONAL: dict[str, Any] = {
     "validation": None,
     "precompute_reference": False,
     "reference_storage": "float32",
+    "channels_last": False,
+    "compile": None,
     # Read by the workflow, not by the trainer: how many seeds a method trains.
     "replicates": 1,
 }
@@ -71,6 +73,26 @@ class LoraSettings:
     rank: int
     alpha: float
     target_modules: tuple[str, ...]
+
+
+# training.compile.mode: torch.compile's modes (reduce-overhead: CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """torch.compile of the denoiser's forward: the policy's, the reference's, or both."""
+
+    policy: bool = False
+    reference: bool = False
+    mode: str = "default"
+
+
+def _compile_settings(block: Mapping[str, Any]) -> CompileSettings:
+    unknown = sorted(set(block) - {f.name for f in fields(CompileSettings)})
+    if unknown:
+        raise ValueError(f"training.compile has unknown key(s) {', '.join(unknown)}")
+    return CompileSettings(**block)
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,8 @@ class TrainSettings:
     validation: Mapping[str, Any] | None
     precompute_reference: bool
     reference_storage: str
+    channels_last: bool
+    compile: CompileSettings
     resolved: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -152,6 +176,8 @@ class TrainSettings:
             validation=get("validation"),
             precompute_reference=bool(get("precompute_reference")),
             reference_storage=get("reference_storage"),
+            channels_last=bool(get("channels_last")),
+            compile=_compile_settings(get("compile") or {}),
             resolved=cfg,
         )
         settings._check()
@@ -177,6 +203,7 @@ class TrainSettings:
             "mixed_precision": (self.mixed_precision, MIXED_PRECISIONS),
             "report_to": (self.report_to, REPORT_TO),
             "reference_storage": (self.reference_storage, tuple(REFERENCE_STORAGE)),
+            "compile.mode": (self.compile.mode, COMPILE_MODES),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:

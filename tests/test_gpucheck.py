@@ -35,7 +35,14 @@ def test_tiny_dry_run_runs_every_stage_on_cpu(tmp_path: Path) -> None:
     report = gpucheck.run(args)
     assert report["resolution"] == 64 and report["precision"] == "no"
     names = [row["method"] for row in report["train"]]
-    assert names == ["dspo", "diffusion_dpo", "dspo_lora", "diffusion_dpo_lora"]
+    assert names == [
+        "dspo",
+        "diffusion_dpo",
+        "dspo_lora",
+        "diffusion_dpo_lora",
+        "dspo_fast",
+        "dspo_lora_fast",
+    ]
     for row in report["train"]:
         assert row["steps"] == 1 and row["pairs_per_s"] > 0 and row["tflops_per_s"] > 0
         assert (tmp_path / "models" / row["method"]).is_dir()
