@@ -152,20 +152,26 @@ def push(args: argparse.Namespace) -> None:
 
 @command(
     "tools",
-    arg("what", choices=["train", "memory", "flip"], help="what to benchmark"),
+    arg("what", choices=["train", "memory", "activations", "flip"], help="what to benchmark"),
     arg(
         "options",
         nargs=argparse.REMAINDER,
-        help="see `dspo bench train -h`, `dspo bench memory -h`, `dspo bench flip -h`",
+        help="see `dspo bench train -h` (or memory, activations, flip)",
     ),
 )
 def bench(args: argparse.Namespace) -> None:
     """Training throughput and peak memory (train); each job's peak memory in a run (memory);
-    whether a VAE's latents mirror as its images do (flip)."""
+    a training step's memory per image (activations); whether a VAE's latents mirror as its
+    images do (flip)."""
     if args.what == "memory":
         from dspo.bench_memory import main as run_memory
 
         sys.exit(run_memory(args.options))
+    if args.what == "activations":
+        from dspo.bench_activations import main as run_activations
+
+        run_activations(args.options)
+        return
     if args.what == "flip":
         from dspo.bench_flip import main as run_flip
 
