@@ -77,6 +77,16 @@ def test_flow_matching_presets_plan_the_paper_dag(preset: str, tmp_path: Path) -
     assert '"logit_normal"' in result.stdout and '"rank": 16' in result.stdout
 
 
+def test_the_80gb_preset_trains_sd15_without_checkpointing(tmp_path: Path) -> None:
+    local_files_of_sd15(tmp_path)
+    configs = [str(REPO / f"config/presets/{name}.yaml") for name in ("sd15", "sd15-80gb")]
+    result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
+    assert planned_jobs(result.stdout)["train"] == 10
+    train = [line for line in result.stdout.splitlines() if "dspo train --params" in line]
+    assert train and all('"gradient_checkpointing": false' in line for line in train)
+    assert all('"local_pairs": 8' in line for line in train)
+
+
 def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     methods = [
         m
