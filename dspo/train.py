@@ -47,20 +47,9 @@ from dspo.guards import (
 )
 from dspo.model_card import write_model_card
 from dspo.objectives import get_objective, objective_kwargs
-from dspo.optimisation import (  # noqa: F401  (learning_rate_factor: also this module's interface)
-    learning_rate_factor,
-    make_optimizer,
-    resolve_mixed_precision,
-    set_learning_rate,
-)
+from dspo.optimisation import make_optimizer, resolve_mixed_precision, set_learning_rate
 from dspo.policy import build_model, save_model
-from dspo.preference import (  # noqa: F401  (also this module's interface)
-    PreferenceModel,
-    make_batch,
-    micro_batch_start,
-    preference_loss,
-    step_rows,
-)
+from dspo.preference import PreferenceModel, make_batch, micro_batch_start, step_rows
 from dspo.reference import PrecomputedReference, reference_parts
 from dspo.run_metrics import append_metrics, mean_over, restart_metrics
 from dspo.seeding import seeded_generator
