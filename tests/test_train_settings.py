@@ -58,3 +58,18 @@ def test_a_bad_key_is_named_before_any_model_loads(change: dict, message: str) -
         del cfg["steps"]
     with pytest.raises(ValueError, match=message):
         TrainSettings.from_config(cfg)
+
+
+def test_every_training_key_of_the_schema_is_a_setting() -> None:
+    """A key added to the schema's training block must be read here, or configs using it
+    would be refused as unknown; the method's own keys come from its entry."""
+    from pathlib import Path
+
+    import yaml
+
+    from dspo.train_settings import OPTIONAL, REQUIRED
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config/schema.yaml").read_text())
+    training = set(schema["$defs"]["training"]["properties"])
+    method_keys = {"name", "objective", "params", "data", "lora"}
+    assert set(REQUIRED) | set(OPTIONAL) == training | method_keys
