@@ -76,7 +76,9 @@ def _train_schema() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": {**training["properties"], **extra},
-        "required": [*training["properties"], "objective"],
+        # The training block's required keys; optional ones (channels_last, compile) may be
+        # absent, as they are from every config written before they existed.
+        "required": [*_schema()["properties"]["training"]["required"], "objective"],
     }
 
 

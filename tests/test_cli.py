@@ -117,6 +117,16 @@ def test_bad_settings_name_the_key_and_the_file(
     assert not Path("o").exists()
 
 
+def test_optional_training_keys_may_be_absent_or_set() -> None:
+    """channels_last and compile are optional in the schema: a method's config from before
+    they existed still trains, and a config that sets them is checked like any other."""
+    assert "compile" not in resolve("train", [Source("--params", {"objective": "sft"})])
+    switches = {"objective": "sft", "channels_last": True, "compile": {"policy": True}}
+    assert resolve("train", [Source("--params", switches)])["compile"] == {"policy": True}
+    with pytest.raises(StepConfigError, match="compile"):
+        resolve("train", [Source("--params", {"objective": "sft", "compile": {"polcy": True}})])
+
+
 def test_settings_merge_config_then_params_then_flags(tmp_path: Path) -> None:
     sources = [
         Source("--config a.yaml", {"objective": "sft", "steps": 5, "seed": 1}),
