@@ -180,6 +180,12 @@ def paper_tables() -> Iterable[str]:
     return published_results()["table"].unique()
 
 
+def compile_modes() -> Iterable[str]:
+    from dspo.train_settings import COMPILE_MODES
+
+    return COMPILE_MODES
+
+
 TRAINING = "/$defs/training/properties"
 METHOD = "/properties/methods/additionalProperties/properties"
 EVALUATION = "/properties/evaluation/properties"
@@ -192,6 +198,7 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "training.mixed_precision": (f"{TRAINING}/mixed_precision", mixed_precisions),
     "training.report_to": (f"{TRAINING}/report_to", report_to),
     "training.reference_storage": (f"{TRAINING}/reference_storage", reference_storage),
+    "training.compile.mode": (f"{TRAINING}/compile/properties/mode", compile_modes),
     "training.family_settings.timesteps.weighting": (
         f"{TRAINING}/family_settings/properties/timesteps/properties/weighting",
         flow_weightings,
