@@ -60,19 +60,24 @@ def build_model(
 
 
 def speed_up(model: PreferenceModel, settings: TrainSettings) -> None:
-    """The GPU switches: channels-last weights and torch.compile, each off unless set.
+    """The GPU switches on the policy and its frozen reference copy (see :func:`switch`)."""
+    switch(model.denoiser, settings, settings.compile.policy)
+    if model.reference is not None:
+        switch(model.reference, settings, settings.compile.reference)
 
-    They change how the numbers are computed, not which: weights agree with the plain run up
+
+def switch(denoiser: ModelMixin, settings: TrainSettings, compile_it: bool) -> ModelMixin:
+    """Channels-last weights and torch.compile, each off unless set.
+
+    They change how the numbers are computed, not which: a step agrees with the plain one up
     to floating-point rounding (tests/test_speed_switches.py). ``Module.compile`` compiles in
     place, so state-dict keys, checkpoints and saved files stay those of the plain module.
     """
     if settings.channels_last:
-        # PreferenceModel._apply converts the frozen reference copy as well.
-        model.to(memory_format=torch.channels_last)
-    if settings.compile.policy:
-        model.denoiser.compile(mode=settings.compile.mode)
-    if settings.compile.reference and model.reference is not None:
-        model.reference.compile(mode=settings.compile.mode)
+        denoiser.to(memory_format=torch.channels_last)
+    if compile_it:
+        denoiser.compile(mode=settings.compile.mode)
+    return denoiser
 
 
 def save_model(

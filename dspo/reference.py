@@ -41,6 +41,7 @@ from dspo.checkpoints import PART_NAMES, fingerprint_parts
 from dspo.families.base import Family
 from dspo.files import PART_RECORD, part_folder
 from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
+from dspo.policy import switch
 from dspo.preference import make_batch, noised_inputs, step_rows
 from dspo.seeding import seeded_generator
 from dspo.train_settings import REFERENCE_STORAGE, TrainSettings
@@ -78,11 +79,7 @@ def _reference_denoiser(
     """The frozen base denoiser, with the run's channels-last and reference-compile switches."""
     denoiser = family.load_denoiser(base_model)
     denoiser = denoiser.to(device=device, dtype=dtype).requires_grad_(False).eval()
-    if settings.channels_last:
-        denoiser = denoiser.to(memory_format=torch.channels_last)
-    if settings.compile.reference:
-        denoiser.compile(mode=settings.compile.mode)
-    return denoiser
+    return switch(denoiser, settings, settings.compile.reference)
 
 
 @torch.no_grad()
