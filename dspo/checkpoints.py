@@ -1,11 +1,18 @@
 """Training checkpoints: which run they belong to, written atomically, checked when resumed.
 
-A checkpoint is resumed only by the very run that wrote it. Its fingerprint covers the
-trajectory-relevant config and the *contents* of what the run read: the base model (its
-content key, recorded when ``dspo`` wrote it, see :mod:`dspo.content`), the cache (its
-manifest, which holds every shard's SHA-256) and the code (package version and a hash of the
-``dspo`` sources). A rebuilt base model at the same path, a rebuilt cache or an edited trainer
-therefore start afresh, and the log says which of them changed.
+A checkpoint is resumed only by the run that wrote it. Its fingerprint covers what shapes the
+trained weights, by part: the trajectory-relevant config, the *contents* of what the run read
+(the base model's content key, see :mod:`dspo.content`; the cache's manifest, which holds
+every shard's SHA-256), and the code the training step runs: the package version and the
+source of ``dspo.train`` and every ``dspo`` module it imports (:data:`TRAINING_ENTRY`; not
+evaluation, rewards, reporting, the CLI or tooling). A rebuilt base model at the same path, a
+rebuilt cache or an edited objective therefore start afresh; an edited evaluation module does
+not. ``training.resume_across_code_change`` resumes when only the code differs.
+
+Nothing is deleted for not matching: checkpoints of another run (or past this run's steps)
+move aside to ``checkpoints.stale-<time>/`` beside ``checkpoints/``, and the log says what
+differs: which config keys, the base model's or the cache's contents, which source files or
+the version (each checkpoint records its config, version and source files' hashes).
 
 A checkpoint folder is written under a temporary name, its ``state.json`` (step, fingerprint,
 and the size and SHA-256 of every file) last, then renamed into place. When resuming, the
@@ -14,7 +21,7 @@ newest checkpoint whose files still match their record is used; a damaged one (a
 
 A finished run leaves ``finished.json`` in its run folder. Started again with the same
 fingerprint and step count, the run is a forced rerun (Snakemake removed the model, not the
-run folder): it starts from step 0 instead of resuming a checkpoint of the run it replaces.
+run folder): it starts from step 0, its kept checkpoints moved aside.
 
 Only trainable weights are checkpointed (:func:`trainable_weights_only`): a LoRA run's frozen
 base, which is also its reference, is rebuilt from the base model like the full fine-tuning
@@ -26,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,49 +41,28 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from dspo.content import combined_key, content_key, file_sha256, source_key
+from dspo.content import combined_key, file_sha256
 from dspo.files import write_json_atomic
+from dspo.fingerprint import describe_change, fingerprint_details, only_code_differs
 
 STATE = "state.json"
 FINISHED = "finished.json"
-# Keys that do not change the training trajectory up to a given step: a checkpoint stays
-# valid when only these change (e.g. more steps resume a finished run's last checkpoint; a
-# run that diverged resumes its last good checkpoint with skipping allowed).
-RESUME_NEUTRAL = frozenset(
-    {
-        "name",
-        "steps",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "checkpoints_kept",
-        "log_every",
-        "report_to",
-        "tracker_project",
-        "validate_every",
-        "validation",
-        "skip_nonfinite",
-    }
-)
-# What each fingerprint part is called in the log when it differs.
-PART_NAMES = {
-    "config": "the training config",
-    "base_model": "the base model's contents",
-    "cache": "the cache's contents",
-    "source": "the dspo version or source code",
-}
+# Beside ``checkpoints/``: where checkpoints another run wrote are moved, with the time.
+STALE = "stale"
 
 
-def fingerprint_parts(
-    cfg: Mapping[str, Any], base_model: str, cache_manifest: Mapping[str, Any]
-) -> dict[str, str]:
-    """Content keys of everything that determines the trajectory, by part."""
-    relevant = {k: v for k, v in cfg.items() if k not in RESUME_NEUTRAL}
-    return {
-        "config": combined_key(config=json.dumps(relevant, sort_keys=True, default=str)),
-        "base_model": content_key(base_model),
-        "cache": combined_key(manifest=json.dumps(cache_manifest, sort_keys=True, default=str)),
-        "source": source_key(),
-    }
+def move_aside(folders: list[Path], checkpoints: Path) -> Path:
+    """Move checkpoint folders into ``checkpoints.stale-<time>/`` beside ``checkpoints``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stale = checkpoints.with_name(f"{checkpoints.name}.{STALE}-{stamp}")
+    n = 1
+    while stale.exists():
+        n += 1
+        stale = checkpoints.with_name(f"{checkpoints.name}.{STALE}-{stamp}-{n}")
+    stale.mkdir(parents=True)
+    for folder in folders:
+        os.replace(folder, stale / folder.name)
+    return stale
 
 
 def _files(folder: Path) -> dict[str, dict[str, Any]]:
@@ -143,18 +130,12 @@ def _damage(folder: Path) -> tuple[str, dict[str, Any] | None]:
     return "", state
 
 
-def _fingerprint_of(folder: Path) -> str | None:
+def _state_of(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / STATE).read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _changed(parts: Mapping[str, str], old: Mapping[str, Any] | None) -> str:
-    if not isinstance(old, Mapping):
-        return "its fingerprint predates content keys"
-    names = [PART_NAMES[k] for k in PART_NAMES if old.get(k) != parts.get(k)]
-    return ", ".join(names) or "its fingerprint"
+        state = json.loads((folder / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def resumable_checkpoint(
@@ -162,22 +143,34 @@ def resumable_checkpoint(
     parts: Mapping[str, str],
     steps: int,
     log: Callable[[str], None],
+    *,
+    config: Mapping[str, Any] | None = None,
+    across_code_change: bool = False,
 ) -> tuple[Path, dict[str, Any]] | None:
-    """The newest intact checkpoint of this run, removing others' and damaged ones (main process).
+    """The newest intact checkpoint this run may resume (main process), or None.
 
-    Checkpoints written by another run (another config, base model, cache or code) and
-    checkpoints past ``steps`` are removed, saying why. A damaged checkpoint is removed with a
-    warning naming the file, and the next older one is tried.
+    It may resume a checkpoint of the same fingerprint, and with ``across_code_change`` one
+    whose code part alone differs. Checkpoints it may not resume (another config, base model,
+    cache or code; past ``steps``) are moved aside (:func:`move_aside`), the log saying what
+    differs (``config``: this run's config, to name the keys). A damaged checkpoint is removed
+    with a warning naming the file, and the next older one is tried.
     """
     fingerprint = combined_key(**parts)
-    found = None
+    details = fingerprint_details(config or {})
+
+    def may_resume(state: Mapping[str, Any]) -> bool:
+        if state.get("fingerprint") == fingerprint:
+            return True
+        return across_code_change and only_code_differs(parts, state)
+
+    found, aside = None, []
     for folder in sorted(checkpoints.glob("step-*"), reverse=True):
         if not folder.is_dir():
             continue
         if found is not None:
-            # Older checkpoints of this run stay (kept for fallback); others' are removed.
-            if _fingerprint_of(folder) != fingerprint:
-                shutil.rmtree(folder)
+            # Older checkpoints this run may resume stay (kept for fallback).
+            if not may_resume(_state_of(folder)):
+                aside.append(folder)
             continue
         why, state = _damage(folder)
         if why:
@@ -186,17 +179,24 @@ def resumable_checkpoint(
                     f"damaged checkpoint: {why}; falling back to the previous one", stacklevel=2
                 )
             shutil.rmtree(folder)
-        elif state["fingerprint"] != fingerprint:
-            log(
-                f"not resuming {folder}: written with other {_changed(parts, state.get('parts'))}"
-                "; starting afresh"
-            )
-            shutil.rmtree(folder)
+        elif not may_resume(state):
+            what = describe_change(parts, details, state)
+            log(f"not resuming {folder}: changed since it was written: {what}")
+            aside.append(folder)
         elif state["step"] > steps:
             log(f"not resuming {folder}: step {state['step']} is past this run's {steps} steps")
-            shutil.rmtree(folder)
+            aside.append(folder)
         else:
+            if state["fingerprint"] != fingerprint:
+                what = describe_change(parts, details, state)
+                log(
+                    f"resuming {folder} across a code change ({what}): "
+                    "training.resume_across_code_change is on"
+                )
             found = (folder, state)
+    if aside:
+        stale = move_aside(aside, checkpoints)
+        log(f"moved {len(aside)} checkpoint(s) to {stale}" + ("" if found else "; starting afresh"))
     for tmp in checkpoints.glob(".step-*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)  # cut short while being written
     return found
@@ -207,7 +207,7 @@ def forget_finished_run(
 ) -> bool:
     """Whether this start repeats a finished run (a forced rerun); removes the finished mark.
 
-    When it does, the run's checkpoints are removed, so training starts from step 0.
+    When it does, the run's kept checkpoints are moved aside, so training starts from step 0.
     """
     path = run_dir / FINISHED
     if not path.exists():
@@ -219,8 +219,12 @@ def forget_finished_run(
     path.unlink()
     again = finished.get("fingerprint") == combined_key(**parts) and finished.get("steps") == steps
     if again:
-        log(f"{run_dir} holds a finished run of this very config: rerunning from step 0")
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        kept = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir())
+        moved = f"; its checkpoints moved to {move_aside(kept, run_dir / 'checkpoints')}"
+        log(
+            f"{run_dir} holds a finished run of this very config: rerunning from step 0"
+            + (moved if kept else "")
+        )
     return again
 
 

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dspo.checkpoints import PART_NAMES, fingerprint_parts
 from dspo.families.base import Family
 from dspo.files import PART_RECORD, part_folder
+from dspo.fingerprint import PART_NAMES, fingerprint_parts
 from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
 from dspo.policy import switch
 from dspo.preference import make_batch, noised_inputs, step_rows

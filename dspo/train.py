@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from dspo import checkpoints as ckpt
 from dspo.content import write_content_record
 from dspo.data.cache import PairCache, load_cache
+from dspo.fingerprint import fingerprint_details, fingerprint_parts
 from dspo.guards import (
     DivergenceError,
     Preempted,
@@ -159,7 +160,7 @@ class TrainingRun:
             settings.pairs_per_step, settings.local_pairs, self.processes
         )
         # What a checkpoint must match to be resumed (dspo.checkpoints).
-        self.parts = ckpt.fingerprint_parts(settings.resolved, self.base_model, cache.manifest)
+        self.parts = fingerprint_parts(settings.resolved, self.base_model, cache.manifest)
         self.start_step, self.skipped = 0, 0
         self.last_checkpoint: Path | None = None
         self.validator: Validator | None = None
@@ -217,7 +218,12 @@ class TrainingRun:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.forget_finished_run(self.run_dir, self.parts, settings.steps, accelerator.print)
             found = ckpt.resumable_checkpoint(
-                self.run_dir / "checkpoints", self.parts, settings.steps, accelerator.print
+                self.run_dir / "checkpoints",
+                self.parts,
+                settings.steps,
+                accelerator.print,
+                config=settings.resolved,
+                across_code_change=settings.resume_across_code_change,
             )
         if accelerator.num_processes > 1:
             found = broadcast_object_list([found])[0]
@@ -352,7 +358,7 @@ class TrainingRun:
             done,
             self.settings.checkpoints_kept,
             self.parts,
-            {"skipped": self.skipped},
+            {"skipped": self.skipped, "details": fingerprint_details(self.settings.resolved)},
         )
 
     def finish(self, out_dir: Path) -> dict[str, Any]:

@@ -51,6 +51,7 @@ OPTIONAL: dict[str, Any] = {
     "lora": None,
     "family_settings": {},
     "keep_checkpoints": False,
+    "resume_across_code_change": False,
     "skip_nonfinite": 0,
     "tracker_project": None,
     "validate_every": 0,
@@ -116,6 +117,7 @@ class TrainSettings:
     checkpoint_every: int
     checkpoints_kept: int
     keep_checkpoints: bool
+    resume_across_code_change: bool
     skip_nonfinite: int
     log_every: int
     report_to: str | None
@@ -169,6 +171,7 @@ class TrainSettings:
             checkpoint_every=int(cfg["checkpoint_every"] or 0),
             checkpoints_kept=int(cfg["checkpoints_kept"]),
             keep_checkpoints=bool(get("keep_checkpoints")),
+            resume_across_code_change=bool(get("resume_across_code_change")),
             skip_nonfinite=int(get("skip_nonfinite")),
             log_every=int(cfg["log_every"]),
             report_to=cfg["report_to"] or None,

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import dspo.checkpoints as checkpoints_module
+import dspo.content as content_module
 import dspo.train as train_module
 from dspo.content import file_sha256, write_content_record
 from dspo.data.cache import build_cache, load_cache
@@ -120,20 +120,60 @@ def test_rebuilt_cache_trains_afresh(
     assert_differ(tmp_path / "old/model", tmp_path / "job/model")
 
 
-def test_source_change_and_forced_rerun_start_from_step_zero(
-    world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the package whose sources the checkpoint keys read, to edit."""
+    copy = Path(shutil.copytree(content_module.PACKAGE, tmp_path / "src" / "dspo"))
+    monkeypatch.setattr(content_module, "PACKAGE", copy)
+    return copy
+
+
+def edit(package: Path, module: str) -> None:
+    path = package / module
+    path.write_text(path.read_text() + "\n# edited\n")
+
+
+def test_code_edits_outside_training_resume_and_training_edits_move_aside(
+    world: dict, package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     interrupted(DSPO, world["cache"], world["base"], tmp_path, monkeypatch, step=3)
-    real_key = checkpoints_module.source_key
-    monkeypatch.setattr(checkpoints_module, "source_key", lambda: "edited-" + real_key())
+    edit(package, "evaluation/tables.py")  # a git pull that touches evaluation only
+    assert run(DSPO, world["cache"], world["base"], tmp_path)["resumed_from"] == 2
+    shutil.rmtree(tmp_path / "model")
+    (tmp_path / "run" / "finished.json").unlink()
+    # An edited objective: the run starts afresh, its checkpoints kept aside, not deleted.
+    edit(package, "objectives.py")
+    capsys.readouterr()
     assert run(DSPO, world["cache"], world["base"], tmp_path)["resumed_from"] == 0
-    assert "source code" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "changed since it was written: training code (dspo/objectives.py)" in out
+    (stale,) = (tmp_path / "run").glob("checkpoints.stale-*")
+    assert (stale / "step-000002" / "state.json").is_file() and f"to {stale}" in out
+
+
+def test_the_setting_resumes_across_an_objective_edit(
+    world: dict, package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    cfg = {**DSPO, "resume_across_code_change": True}
+    interrupted(cfg, world["cache"], world["base"], tmp_path, monkeypatch, step=3)
+    edit(package, "objectives.py")
+    assert run(cfg, world["cache"], world["base"], tmp_path)["resumed_from"] == 2
+    out = capsys.readouterr().out
+    assert "across a code change (training code (dspo/objectives.py))" in out
+    assert not list((tmp_path / "run").glob("checkpoints.stale-*"))
+
+
+def test_forced_rerun_starts_from_step_zero_keeping_the_old_checkpoints(
+    world: dict, tmp_path: Path, capsys
+) -> None:
+    run(DSPO, world["cache"], world["base"], tmp_path)
     # The run finished; started again unchanged (Snakemake's --forcerun removes the model
     # folder only), it trains from step 0 rather than resume its own last checkpoint.
     assert (tmp_path / "run/checkpoints/step-000002").is_dir()
     shutil.rmtree(tmp_path / "model")
     assert run(DSPO, world["cache"], world["base"], tmp_path)["resumed_from"] == 0
     assert "rerunning from step 0" in capsys.readouterr().out
+    assert list((tmp_path / "run").glob("checkpoints.stale-*/step-000002/state.json"))
 
 
 # --- Divergence stops ----------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""Checkpoint fingerprints cover the code the training step runs, and nothing else; a
+checkpoint of another run moves aside, the log naming what changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dspo import content
+from dspo.checkpoints import STATE, resumable_checkpoint, save_checkpoint
+from dspo.fingerprint import fingerprint_details, fingerprint_parts, training_code
+
+# Packages and modules that do not shape the trained weights: their edits never stop a resume.
+NOT_TRAINING = (
+    "dspo.evaluation",
+    "dspo.rewards",
+    "dspo.bench",
+    "dspo.cli",
+    "dspo.toy",
+    "dspo.progress",
+    "dspo.standins",
+    "dspo.config_doc",
+    "dspo.gpucheck",
+    "dspo.edit",
+    "dspo.experiments",
+)
+CONFIG = {"objective": "dspo", "lr": 1e-3, "steps": 4, "seed": 0}
+MANIFEST = {"shards": [{"sha256": "0" * 64}], "resolution": 16}
+
+
+def covered() -> set[str]:
+    return {str(p.relative_to(content.PACKAGE.parent)) for p in training_code()}
+
+
+def test_every_module_the_training_step_imports_is_covered_and_no_evaluation() -> None:
+    # What a training process really imports: the trainer, and every registered family
+    # (imported by name when first used).
+    script = (
+        "import sys, dspo.train\n"
+        "from dspo.families import REGISTRY, family_class\n"
+        "for name in REGISTRY: family_class(name)\n"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items()"
+        " if n.split('.')[0] == 'dspo' and getattr(m, '__file__', None)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    imported = {str(Path(f).relative_to(content.PACKAGE.parent)) for f in out.split()}
+    assert "dspo/objectives.py" in imported and "dspo/families/sdxl.py" in imported
+    assert imported <= covered(), sorted(imported - covered())
+    modules = content.imported_modules("dspo.train")
+    for excluded in NOT_TRAINING:
+        assert not [m for m in modules if m == excluded or m.startswith(f"{excluded}.")]
+        assert not [f for f in covered() if f.startswith(excluded.replace(".", "/"))]
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the package whose sources the keys read, to edit."""
+    copy = Path(shutil.copytree(content.PACKAGE, tmp_path / "src" / "dspo"))
+    monkeypatch.setattr(content, "PACKAGE", copy)
+    return copy
+
+
+def edit(package: Path, module: str) -> None:
+    path = package / module
+    path.write_text(path.read_text() + "\n# edited\n")
+
+
+class OneProcess:
+    """What save_checkpoint asks of an accelerator, on one process."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def save_state(self, folder: str) -> None:
+        (Path(folder) / "model.safetensors").write_bytes(b"weights")
+
+
+def checkpoint(root: Path, cfg: dict, base: Path) -> Path:
+    parts = fingerprint_parts(cfg, str(base), MANIFEST)
+    extra = {"details": fingerprint_details(cfg)}
+    return save_checkpoint(OneProcess(), root / "checkpoints", 2, 2, parts, extra)
+
+
+def resume(root: Path, cfg: dict, base: Path, across: bool = False) -> tuple[object, list[str]]:
+    said: list[str] = []
+    found = resumable_checkpoint(
+        root / "checkpoints",
+        fingerprint_parts(cfg, str(base), MANIFEST),
+        4,
+        said.append,
+        config=cfg,
+        across_code_change=across,
+    )
+    return found, said
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    content.write_content_record(folder)
+    return folder
+
+
+def test_an_evaluation_edit_keeps_the_fingerprint(package: Path, base: Path, tmp_path: Path):
+    saved = checkpoint(tmp_path, CONFIG, base)
+    edit(package, "evaluation/tables.py")
+    edit(package, "rewards/common.py")
+    found, said = resume(tmp_path, CONFIG, base)
+    assert found is not None and found[0] == saved and not said
+
+
+def test_an_objective_edit_moves_the_checkpoints_aside(package: Path, base: Path, tmp_path):
+    saved = checkpoint(tmp_path, CONFIG, base)
+    edit(package, "objectives.py")
+    found, said = resume(tmp_path, CONFIG, base)
+    assert found is None and not saved.exists()
+    (stale,) = tmp_path.glob("checkpoints.stale-*")
+    state = json.loads((stale / saved.name / STATE).read_text())
+    assert state["step"] == 2 and (stale / saved.name / "model.safetensors").read_bytes()
+    assert "training code (dspo/objectives.py)" in said[0]
+    assert f"moved 1 checkpoint(s) to {stale}; starting afresh" in said[-1]
+
+
+def test_the_setting_resumes_across_a_code_change(package: Path, base: Path, tmp_path: Path):
+    saved = checkpoint(tmp_path, CONFIG, base)
+    edit(package, "objectives.py")
+    found, said = resume(tmp_path, CONFIG, base, across=True)
+    assert found is not None and found[0] == saved
+    assert "resuming" in said[0] and "across a code change" in said[0]
+    assert "dspo/objectives.py" in said[0]
+    # Only the code: another learning rate moves it aside even with the setting on.
+    found, said = resume(tmp_path, {**CONFIG, "lr": 2e-3}, base, across=True)
+    assert found is None and "config keys lr" in said[0]
+    assert list(tmp_path.glob("checkpoints.stale-*/step-000002"))
+
+
+def test_a_base_model_change_is_named(base: Path, tmp_path: Path) -> None:
+    checkpoint(tmp_path, CONFIG, base)
+    (base / "model_index.json").write_text('{"other": 1}')
+    found, said = resume(tmp_path, CONFIG, base, across=True)
+    assert found is None and "changed since it was written: the base model's contents" in said[0]
