@@ -208,13 +208,17 @@ def test_rerun_resumes_only_checkpoints_of_the_same_config(
     # More steps leave the first ones unchanged: the run continues from its last checkpoint
     # (step 2: the final step is saved as the model, not as a checkpoint).
     assert run({**DSPO, "steps": 6}, cache_dir, tiny_model, tmp_path)["resumed_from"] == 2
-    # Another lam is another run: its old checkpoints are removed, not resumed.
+    # Another lam is another run: its old checkpoints move aside, not resumed nor deleted.
     edited = {**DSPO, "params": {"lam": 0.1, "kappa": 100.0}}
     assert run(edited, cache_dir, tiny_model, tmp_path)["resumed_from"] == 0
     states = sorted((tmp_path / "run/checkpoints").glob("step-*/state.json"))
-    assert [s.parent.name for s in states] == ["step-000002"]  # step 4 of 6 was removed
+    assert [s.parent.name for s in states] == ["step-000002"]  # step 4 of 6 moved aside
     fingerprints = {json.loads(s.read_text())["fingerprint"] for s in states}
     assert len(fingerprints) == 1
+    (stale,) = (tmp_path / "run").glob("checkpoints.stale-*")
+    assert sorted(p.name for p in stale.iterdir()) == ["step-000002", "step-000004"]
+    old = json.loads((stale / "step-000004/state.json").read_text())["fingerprint"]
+    assert old not in fingerprints
 
 
 def test_lora_output_loads_and_reference_is_the_base(
