@@ -45,7 +45,8 @@ def test_recorded_key_follows_the_bytes_not_the_path(tmp_path):
 
 def test_workflow_marker_written_after_saving_keeps_the_recorded_key(tmp_path):
     # Snakemake touches `.snakemake_timestamp` inside every directory() output once the job
-    # ends (snakemake/io.py, `IOFile.touch`), after dspo wrote the folder and its record.
+    # ends (snakemake 9, snakemake/io/__init__.py: `_IOFile.touch`), after dspo wrote the
+    # folder and its record.
     a = _folder(tmp_path / "a", b"weights-1")
     recorded = content.write_content_record(a)
     (a / ".snakemake_timestamp").touch()
