@@ -17,7 +17,8 @@ the version (each checkpoint records its config, version and source files' hashe
 A checkpoint folder is written under a temporary name, its ``state.json`` (step, fingerprint,
 and the size and SHA-256 of every file) last, then renamed into place. When resuming, the
 newest checkpoint whose files still match their record is used; a damaged one (an empty
-``state.json``, a truncated weights file) is reported by name and the previous one is used.
+``state.json``, a truncated weights file) is reported by name, moved aside, and the previous
+one is used.
 
 A finished run leaves ``finished.json`` in its run folder. Started again with the same
 fingerprint and step count, the run is a forced rerun (Snakemake removed the model, not the
@@ -152,8 +153,8 @@ def resumable_checkpoint(
     It may resume a checkpoint of the same fingerprint, and with ``across_code_change`` one
     whose code part alone differs. Checkpoints it may not resume (another config, base model,
     cache or code; past ``steps``) are moved aside (:func:`move_aside`), the log saying what
-    differs (``config``: this run's config, to name the keys). A damaged checkpoint is removed
-    with a warning naming the file, and the next older one is tried.
+    differs (``config``: this run's config, to name the keys). A damaged checkpoint moves
+    aside too, with a warning naming the file, and the next older one is tried.
     """
     fingerprint = combined_key(**parts)
     details = fingerprint_details(config or {})
@@ -178,7 +179,7 @@ def resumable_checkpoint(
                 warnings.warn(
                     f"damaged checkpoint: {why}; falling back to the previous one", stacklevel=2
                 )
-            shutil.rmtree(folder)
+            aside.append(folder)
         elif not may_resume(state):
             what = describe_change(parts, details, state)
             log(f"not resuming {folder}: changed since it was written: {what}")

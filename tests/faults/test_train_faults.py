@@ -264,6 +264,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
         summary = run(cfg, world["cache"], world["base"], tmp_path)
     assert summary["resumed_from"] == 2
     assert_same(six_steps / "model", tmp_path / "model")
+    # Kept aside as it was, not deleted.
+    (kept,) = (tmp_path / "run").glob(f"checkpoints.stale-*/{latest.name}")
+    assert (kept / damaged.relative_to(latest)).exists()
 
 
 # --- Preemption saves -----------------------------------------------------------------------
