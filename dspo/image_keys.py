@@ -53,8 +53,10 @@ def image_problem(path: Path, key: str) -> str | None:
         found = stored_key(path)
     except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for damaged files
         return f"cannot be read ({type(error).__name__}: {error})"
+    if found is None:
+        return f"holds no {KEY_CHUNK} where the manifest lists {key[:16]}"
     if found != key:
-        return f"holds key {str(found)[:16]} where the manifest lists {key[:16]}"
+        return f"holds key {found[:16]} where the manifest lists {key[:16]}"
     return None
 
 

@@ -79,6 +79,10 @@ def test_an_image_copied_from_another_model_is_named_with_its_owner(
     assert f"{copied} holds key base-parti-1 where the manifest lists dspo-parti-1" in error
     assert f"it is the image of model base, prompt set parti ({sets['base']})" in error
     assert out.read_bytes() == before  # the earlier scores stay
+    # A PNG made elsewhere, without any key, is not this manifest's image either.
+    copied.write_bytes(png_bytes(np.ones((16, 16, 3))))
+    error = score_error(sets["dspo"], out)
+    assert f"{copied} holds no {KEY_CHUNK} where the manifest lists dspo-parti-1" in error
 
 
 def test_a_truncated_image_is_named_before_any_scoring(
