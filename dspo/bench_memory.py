@@ -117,7 +117,10 @@ def watch(
     stopped early still leaves its table."""
     jobs: dict[str, Job] = {}
     # By (pid, start time): a long run outlives many pids, and a reused one is another job.
-    names: dict[tuple[int, int | None], tuple[str, str] | None] = {}
+    # Only jobs are kept: a process forked to run a job shows its parent's argv (a shell,
+    # Snakemake) until it execs the job under the same pid and start time, and a loaded
+    # machine widens that window, so a process that is no job yet is read again each time.
+    names: dict[tuple[int, int | None], tuple[str, str]] = {}
     process = subprocess.Popen(command) if command else None
     root = process.pid if process else pid
     written = time.monotonic()
@@ -129,9 +132,9 @@ def watch(
             written = now
         for pid in _descendants(root):
             process_key = (pid, _start_time(pid))
-            if process_key not in names:
-                names[process_key] = job_name(_argv(pid))
-            named = names[process_key]
+            named = names.get(process_key) or job_name(_argv(pid))
+            if named is not None:
+                names[process_key] = named
             hwm = _hwm_mib(pid) if named else None
             if named is None or hwm is None:
                 continue

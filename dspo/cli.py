@@ -372,23 +372,36 @@ def _make_images(
     config="score",
 )
 def score(args: argparse.Namespace) -> None:
-    """Score a model's generated images with every reward model (each loaded once)."""
+    """Score a model's generated images with every reward model (each loaded once).
+
+    Every image is checked first (whole, and holding the key its manifest lists), so a bad
+    one fails the job before any scoring, naming the file; each table is written atomically
+    once all are scored, so earlier tables stay until the new ones are whole.
+    """
     _same_count("--manifest", args.manifest, "--out", args.out)
     setup_torch(args.threads)
+    import io
+
     import pandas as pd
 
+    from dspo.files import write_bytes_atomic
+    from dspo.image_keys import check_manifest_images
     from dspo.rewards import score_manifests
 
     paths = [Path(m) for m in args.manifest]
+    manifests = [pd.read_parquet(p) for p in paths]
+    for manifest, path in zip(manifests, paths, strict=True):
+        check_manifest_images(manifest, path, args.name)
     tables = score_manifests(
-        [(pd.read_parquet(p), p.parent) for p in paths],
+        [(m, p.parent) for m, p in zip(manifests, paths, strict=True)],
         args.params,
         model_name=args.name,
         device=args.device,
     )
     for scores, out in zip(tables, args.out, strict=True):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        scores.to_parquet(out, index=False)
+        buffer = io.BytesIO()
+        scores.to_parquet(buffer, index=False)
+        write_bytes_atomic(buffer.getvalue(), Path(out))
     report({"model": args.name, "rows": sum(len(t) for t in tables)})
 
 

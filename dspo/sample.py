@@ -13,9 +13,8 @@ changed at the same path.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,17 @@ import numpy as np
 import pandas as pd
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
 from dspo.content import combined_key, content_key, source_key
 from dspo.families import pipeline_family
 from dspo.files import png_bytes, write_bytes_atomic
+from dspo.image_keys import KEY_CHUNK, image_problem
 from dspo.models import load_pipeline
 from dspo.seeding import seeded_generator
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "seed", "guidance", "path", "key"]
-# The PNG text chunk holding an image's key.
-KEY_CHUNK = "dspo_key"
 
 
 def is_lora_folder(model: str) -> bool:
@@ -186,29 +183,9 @@ def image_jobs(
     return jobs
 
 
-@contextlib.contextmanager
-def _strict_decoding() -> Iterator[None]:
-    # Other code may let PIL accept truncated files; a damaged image must fail to decode here.
-    before = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = before
-
-
 def reusable(path: Path, key: str) -> bool:
     """True when ``path`` is a PNG made with ``key`` that decodes in full."""
-    if not path.is_file():
-        return False
-    try:
-        with _strict_decoding(), Image.open(path) as image:
-            if image.format != "PNG" or image.info.get(KEY_CHUNK) != key:
-                return False
-            image.load()
-    except (OSError, SyntaxError, ValueError):  # PIL's errors for damaged files
-        return False
-    return True
+    return image_problem(path, key) is None
 
 
 def save_image(image: np.ndarray, path: Path, key: str = "") -> None:

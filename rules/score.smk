@@ -1,4 +1,7 @@
-# One job per model scores all of its image sets, each reward model loaded once.
+# One job per model scores all of its image sets, each reward model loaded once. `dspo score`
+# checks every image against its manifest's key before scoring. Snakemake removes the old
+# tables when the job starts; `update()` would keep them, but restores them after a failure as
+# fresh copies, newer than the manifests, so stale scores would then count as current.
 rule score:
     input:
         expand("results/images/{{model}}/{image_set}/manifest.parquet", image_set=EVAL_SETS),

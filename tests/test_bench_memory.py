@@ -71,3 +71,28 @@ def test_a_reused_pid_is_another_job(monkeypatch) -> None:
     _, jobs = bench_memory.watch(None, 0.0, pid=1)
     peaks = {name: job.peak_mib for name, job in jobs.items()}
     assert peaks == {"cache-gather out=c": 400.0, "score name=m out=s": 6000.0}
+
+
+def test_a_job_first_seen_before_its_exec_is_recorded(monkeypatch) -> None:
+    """A forked process shows its parent's argv until it execs the job, under the same pid and
+    start time; a loaded machine widens that window. Whatever the watcher saw first, the job
+    it sees afterwards is recorded."""
+    from dspo import bench_memory
+
+    shell = ["bash", "-c", "dspo standins --out s"]
+    job = ["/v/bin/dspo", "standins", "--out", "s"]
+    polls = [{100: (7, shell, 3.0)}, {100: (7, [""], 3.0)}, {100: (7, job, 300.0)}]
+    seen: dict[int, tuple[int, list[str], float]] = {}
+
+    def descendants(root: int) -> list[int]:
+        seen.clear()
+        seen.update(polls.pop(0) if polls else {})
+        return [root, *seen]
+
+    monkeypatch.setattr(bench_memory, "_descendants", descendants)
+    monkeypatch.setattr(bench_memory, "_alive", lambda pid: bool(polls))
+    monkeypatch.setattr(bench_memory, "_start_time", lambda pid: seen[pid][0] if pid in seen else 0)
+    monkeypatch.setattr(bench_memory, "_argv", lambda pid: seen[pid][1] if pid in seen else [])
+    monkeypatch.setattr(bench_memory, "_hwm_mib", lambda pid: seen[pid][2] if pid in seen else None)
+    _, jobs = bench_memory.watch(None, 0.0, pid=1)
+    assert {name: job.peak_mib for name, job in jobs.items()} == {"standins out=s": 300.0}

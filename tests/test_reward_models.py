@@ -22,7 +22,7 @@ from torch import nn
 from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
 from dspo.models import build_tokenizer
-from dspo.rewards import load_reward, parity, score_manifest
+from dspo.rewards import load_reward, open_image, parity, score_manifest
 from dspo.rewards.common import CLIP_MEAN, CLIP_STD
 from dspo.rewards.transforms import center_crop_pixels, hpsv2_pixels, open_clip_tokens
 
@@ -547,3 +547,52 @@ def test_parity_with_the_original_packages(tmp_path: Path) -> None:
         assert row["max_abs_difference"] <= parity.TOLERANCE < row["spread"] / 100
     # HPSv2's transform leaves both unreadable for its model; only they are refused.
     assert rows["hpsv2"]["both_reject"] == ["rgba_330.png", "wide_224x150.png"]
+
+
+def test_a_transparent_colour_scores_as_its_plain_rgb_pixels(models: dict, tmp_path: Path) -> None:
+    """transformers 5 composites a PNG ``tRNS`` or GIF transparent colour onto white even
+    after ``convert("RGB")``; the originals (transformers 4.x, torchvision) read the pixels."""
+    pairs = parity.write_inputs(tmp_path)
+    names = ["palette_transparent_200x150.png", "rgb_transparent_180x180.png"]
+    names.append("transparent_160x120.gif")
+    assert {f"inputs/{name}" for name in names} <= {pair["image"] for pair in pairs}
+    images = [open_image(tmp_path / name) for name in names]
+    assert [image.mode for image in images] == ["P", "RGB", "P"]
+    assert all("transparency" in image.info for image in images)
+    plain = [Image.fromarray(np.asarray(image.convert("RGB"))) for image in images]
+    opaque = [image.copy() for image in images]
+    for image in opaque:
+        del image.info["transparency"]
+    for name, reward in models.items():
+        scores = reward.score(images, PROMPTS[:3])
+        np.testing.assert_array_equal(scores, reward.score(opaque, PROMPTS[:3]), err_msg=name)
+        # The CLIP processors and HPSv2 convert to RGB first; ImageReward's and the aesthetic
+        # head's transform (OpenAI CLIP's) resizes a palette image in its own mode, as the
+        # originals do, so only the RGB image scores as its plain pixels there.
+        same = [1] if name in ("aesthetics", "image_reward") else [0, 1, 2]
+        plain_scores = reward.score(plain, PROMPTS[:3])
+        np.testing.assert_array_equal(scores[same], plain_scores[same], err_msg=name)
+    assert all("transparency" in image.info for image in images)  # the caller's images kept
+
+
+def test_parity_records_any_error_a_side_raises_as_its_rejection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A 1000x2 image made our HPSv2 raise RuntimeError, which ended the whole parity run."""
+    import dspo.rewards
+
+    class Thin:
+        def score(self, images: list[Image.Image], prompts: list[str]) -> np.ndarray:
+            if min(images[0].size) < 50:
+                raise RuntimeError("Input and output sizes should be greater than 0")
+            return np.ones(1)
+
+    monkeypatch.setattr(dspo.rewards, "load_reward", lambda spec: Thin())
+    pairs = parity.write_inputs(tmp_path / "inputs")
+    scores = parity.our_scores(tmp_path, pairs, ["hpsv2"])["hpsv2"]
+    small = [i for i, pair in enumerate(pairs) if "small_48x40" in pair["image"]]
+    assert small and all(
+        scores[i] == {"error": "RuntimeError: Input and output sizes should be greater than 0"}
+        for i in small
+    )
+    assert sum(score == 1.0 for score in scores) == len(pairs) - len(small)

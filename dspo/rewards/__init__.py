@@ -18,6 +18,8 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dspo.image_keys import strict_decoding
+
 
 class RewardModel(Protocol):
     """Scores a batch of images against their prompts; higher is better.
@@ -87,8 +89,13 @@ def load_reward(spec: Mapping[str, Any], device: str = "cpu") -> RewardModel:
 
 
 def open_image(path: Path) -> Image.Image:
-    image = Image.open(path)
-    image.load()  # reads the pixels and closes the file
+    """The image at ``path``, pixels read; an unreadable file is a ``ValueError`` naming it."""
+    try:
+        with strict_decoding():
+            image = Image.open(path)
+            image.load()  # reads the pixels and closes the file
+    except (OSError, SyntaxError) as error:  # PIL's errors for missing or damaged files
+        raise ValueError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
     return image
 
 

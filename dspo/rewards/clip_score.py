@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from dspo.rewards.common import check_batch, check_keys, clip_model, cosine, spec_dtype
+from dspo.rewards.transforms import to_rgb
 
 DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
@@ -50,9 +51,10 @@ class HubClip:
     def cosines(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         """Cosine of each image with its prompt (float32, on the model's device)."""
         check_batch(images, prompts)
-        # PIL's plain RGB conversion (alpha dropped), as the processors of transformers 4.x
-        # that PickScore was published with did; transformers 5 composites RGBA onto white.
-        rgb = [image.convert("RGB") for image in images]
+        # PIL's plain RGB conversion (alpha and transparent colour dropped), as the processors
+        # of transformers 4.x that PickScore was published with did; transformers 5
+        # composites either onto white.
+        rgb = [to_rgb(image) for image in images]
         pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
         text = self.tokenizer(
             list(prompts),

@@ -1,13 +1,14 @@
 """Parity of our reward scorers with the original packages, on a fixed set of awkward inputs.
 
 ``make reward-parity`` runs this module. It writes the inputs (images whose sizes hit the
-resize rounding, 224x150, large and small, an EXIF-rotated JPEG, greyscale, RGBA; prompts with
-HTML entities, curly quotes, over 77 tokens, odd whitespace), has
-``scripts/reward_parity/originals.py`` build random-initialised models WITH THE ORIGINAL
-PACKAGES in their own environment, save them in the published layouts and score every
-(image, prompt) pair, then loads those files through ``dspo.rewards.load_reward``, scores the
-same pairs and fails when any score differs by more than the tolerance (1e-4), or when only one
-side rejects an input. The table it prints is the one in docs/rewards.md.
+resize rounding, 224x150, large and small, an EXIF-rotated JPEG, greyscale, RGBA, a transparent
+colour in a palette PNG, an RGB PNG and a GIF; prompts with HTML entities, curly quotes, over
+77 tokens, odd whitespace), has ``scripts/reward_parity/originals.py`` build random-initialised
+models WITH THE ORIGINAL PACKAGES in their own environment, save them in the published layouts
+and score every (image, prompt) pair, then loads those files through
+``dspo.rewards.load_reward``, scores the same pairs and fails when any score differs by more
+than the tolerance (1e-4), or when only one side rejects an input (any exception a side raises
+on an input is that side's rejection of it). The table it prints is the one in docs/rewards.md.
 """
 
 from __future__ import annotations
@@ -54,6 +55,32 @@ def _texture(width: int, height: int, seed: int) -> np.ndarray:
     return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
 
 
+def _palette(width: int, height: int, seed: int) -> tuple[Image.Image, int]:
+    """A 32-colour palette image of :func:`_texture` and its most frequent palette index."""
+    image = Image.fromarray(_texture(width, height, seed)).quantize(32)
+    return image, int(np.bincount(np.asarray(image).ravel()).argmax())
+
+
+def write_transparent(folder: Path) -> list[str]:
+    """Images with a transparent colour (PNG ``tRNS``, GIF's transparent index), as saved.
+
+    transformers 5 composites such a colour onto white even after ``convert("RGB")``; the
+    originals (transformers 4.x, torchvision) read the plain pixels. Returns the file names.
+    """
+    palette, index = _palette(200, 150, 11)
+    palette.save(folder / "palette_transparent_200x150.png", transparency=index)
+    rgb, index = _palette(180, 180, 12)
+    colour = tuple(rgb.getpalette()[3 * index : 3 * index + 3])
+    rgb.convert("RGB").save(folder / "rgb_transparent_180x180.png", transparency=colour)
+    gif, index = _palette(160, 120, 13)
+    gif.save(folder / "transparent_160x120.gif", transparency=index)
+    return [
+        "palette_transparent_200x150.png",
+        "rgb_transparent_180x180.png",
+        "transparent_160x120.gif",
+    ]
+
+
 def write_inputs(folder: Path) -> list[dict[str, str]]:
     """The fixed images and prompts, and the (image, prompt) pairs both sides score."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,7 +102,7 @@ def write_inputs(folder: Path) -> list[dict[str, str]]:
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(_texture(300, 200, 10)).save(folder / "exif_rotated_300x200.jpg", exif=exif)
-    names = sorted([*images, "exif_rotated_300x200.jpg"])
+    names = sorted([*images, "exif_rotated_300x200.jpg", *write_transparent(folder)])
     count = 2 * len(names)  # every image twice, every prompt at least twice
     pairs = [
         {"image": f"inputs/{names[i % len(names)]}", "prompt": PROMPTS[i % len(PROMPTS)]}
@@ -127,8 +154,8 @@ def our_scores(work: Path, pairs: list[dict[str, str]], names: list[str]) -> dic
             try:
                 image = open_image(work / pair["image"])
                 values.append(float(reward.score([image], [pair["prompt"]])[0]))
-            except ValueError as error:
-                values.append({"error": f"ValueError: {error}"})
+            except Exception as error:  # any error is this side's rejection, as for originals
+                values.append({"error": f"{type(error).__name__}: {error}"})
         scores[name] = values
         del reward
     return scores

@@ -31,8 +31,18 @@ from PIL import Image
 from dspo.rewards.common import CLIP_MEAN, CLIP_STD
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image.convert("RGB")
+def to_rgb(image: Image.Image) -> Image.Image:
+    """PIL's plain RGB conversion, which every original scorer applies, with no transparency.
+
+    PIL keeps a palette, greyscale or RGB image's transparent colour (``info["transparency"]``,
+    as PNG ``tRNS`` and GIF store it) on the converted RGB image, and transformers 5's image
+    processors composite that colour onto white; transformers 4.x, which the originals ran
+    with, and torchvision read only the pixels. Dropping the entry here makes every reward
+    score an image exactly as its plain RGB pixels. `image` itself is left as it is.
+    """
+    rgb = image.convert("RGB")
+    rgb.info.pop("transparency", None)
+    return rgb
 
 
 @cache
@@ -44,7 +54,7 @@ def center_crop(size: int) -> Callable[[Image.Image], torch.Tensor]:
         [
             T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
             T.CenterCrop(size),
-            _to_rgb,
+            to_rgb,
             T.ToTensor(),
             T.Normalize(CLIP_MEAN, CLIP_STD),
         ]
@@ -71,7 +81,7 @@ def hpsv2_pixel(image: Image.Image, size: int, index: int = 0) -> torch.Tensor:
             f"image {index} is RGBA: HPSv2's transform keeps the alpha channel, which its model "
             "cannot read; convert it to RGB first"
         )
-    pixels = F.to_tensor(image.convert("RGB"))
+    pixels = F.to_tensor(to_rgb(image))
     height, width = pixels.shape[1:]
     scale = size / float(max(height, width))
     if scale != 1.0:
