@@ -217,7 +217,8 @@ def test_dry_run_gives_gpus_to_the_rules_that_take_a_device(tmp_path: Path) -> N
             assert "slurm_partition=cpu" in resources, rule
         if rule == "train":
             assert "gpu=4" in resources
-            assert "accelerate launch --multi_gpu --num_processes 4" in shell
+            assert "python -m dspo.launch --procs-per-node 4 --cpu -- train" in shell
+            assert "srun" not in shell  # one node: no second job step
 
 
 def test_every_job_runs_on_slurm(
@@ -267,4 +268,4 @@ def test_training_on_two_gpus_runs_two_processes(rerun: WorkflowRun, workdir: Pa
     (train,) = (row for job, row in rerun.rows().items() if rerun.jobs[job] == "train")
     assert train["tres"] == "gres:gpu:fake:2"
     log = (workdir / f"results/logs/train/{METHOD}.log").read_text()
-    assert "accelerate launch" in rerun.output and '"processes": 2' in log
+    assert "dspo.launch --procs-per-node 2" in rerun.output and '"processes": 2' in log
