@@ -195,9 +195,11 @@ def train_launcher(wildcards, resources, threads):
     if nodes == 1:
         return f"{launch} --"
     # --overlap: the job step of this command already holds the first node's CPUs and GPUs.
+    # --kill-on-bad-exit: a node whose processes failed ends the others, which would wait
+    # for it in a collective; a stop signal's checkpoint is complete before any of them exits.
     srun = (
         f"srun --overlap --nodes {nodes} --ntasks-per-node 1 --cpus-per-task {threads}"
-        " --kill-on-bad-exit=0"
+        " --kill-on-bad-exit=1"
     )
     return f"{srun} {launch} --slurm --"
 
