@@ -259,7 +259,9 @@ def trainable_weights_only(accelerator: Accelerator) -> None:
         for i, model in enumerate(models):
             name = SAFE_MODEL_NAME if i == 0 else f"{SAFE_MODEL_NAME}_{i}"  # accelerate's names
             path = Path(input_dir) / f"{name}.safetensors"
-            state = load_file(path, device=str(accelerator.device))
+            # safetensors takes "cpu" but not "cpu:0", the device of a multi-process CPU run.
+            device = accelerator.device
+            state = load_file(path, device="cpu" if device.type == "cpu" else str(device))
             expected = trainable_names(model)
             if set(state) != expected:
                 missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)

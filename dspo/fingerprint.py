@@ -28,6 +28,7 @@ RESUME_NEUTRAL = frozenset(
         "name",
         "steps",
         "checkpoint_every",
+        "checkpoint_every_minutes",
         "keep_checkpoints",
         "checkpoints_kept",
         "log_every",

@@ -80,6 +80,17 @@ def switch(denoiser: ModelMixin, settings: TrainSettings, compile_it: bool) -> M
     return denoiser
 
 
+def use_tf32(enabled: bool) -> bool:
+    """Let float32 matrix products and convolutions run on TF32 tensor cores (Ampere and
+    newer NVIDIA GPUs: a 10-bit mantissa inside the product, float32 in and out), or forbid
+    it. Process-wide. Returns whether TF32 is in effect: ``enabled`` and such a GPU present.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    return enabled and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
 def save_model(
     denoiser: ModelMixin, family: Family, settings: TrainSettings, base_model: str, out_dir: Path
 ) -> None:

@@ -49,7 +49,7 @@ from dspo.guards import (
 from dspo.model_card import write_model_card
 from dspo.objectives import get_objective, objective_kwargs
 from dspo.optimisation import make_optimizer, resolve_mixed_precision, set_learning_rate
-from dspo.policy import build_model, save_model
+from dspo.policy import build_model, save_model, use_tf32
 from dspo.preference import PreferenceModel, make_batch, micro_batch_start, step_rows
 from dspo.reference import PrecomputedReference, reference_parts
 from dspo.run_metrics import append_metrics, mean_over, restart_metrics
@@ -149,6 +149,9 @@ class TrainingRun:
         self.model, self.optimizer, self.precomputed = model, optimizer, precomputed
         self.cache_dir, self.base_model, self.run_dir = paths
         self.started = time.time()
+        # The wall clock of the last checkpoint (or the start), for checkpoint_every_minutes.
+        self.saved_at = time.monotonic()
+        self.tf32 = use_tf32(settings.tf32)
         self.objective = get_objective(settings.objective)
         self.hparams = objective_kwargs(settings.objective, settings.params)
         if self.objective.batch_statistics:
@@ -246,6 +249,7 @@ class TrainingRun:
         if settings.report_to:
             start_trackers(accelerator, settings.resolved, settings.name, self.start_step)
         self.model.train()
+        self.saved_at = time.monotonic()
 
     def step(self, step: int, stopping: bool = False, signal: str | None = None) -> float | None:
         """Optimiser step ``step``: its micro-batches, then the update, unless a number is not
@@ -259,7 +263,11 @@ class TrainingRun:
         checks_gradient = self.accelerator.mixed_precision != "fp16"
         checked = {k: v for k, v in sums.items() if checks_gradient or k != "grad_norm"}
         metric = first_nonfinite(checked)
-        bad, stopping = _agree(self.accelerator, metric is not None, stopping)
+        # Every rank takes the same branches: one that got a signal, or whose clock says a
+        # checkpoint is due, makes all of them save after this step.
+        bad, stopping, clock_due = _agree(
+            self.accelerator, metric is not None, stopping, self._clock_due()
+        )
         done, loss = step + 1, None
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
@@ -278,9 +286,14 @@ class TrainingRun:
                 f"of {settings.steps}, checkpoint {self.last_checkpoint}; run again to resume"
             )
         every = settings.checkpoint_every
-        if every and done % every == 0 and done < settings.steps:
+        if (clock_due or (every and done % every == 0)) and done < settings.steps:
             self.last_checkpoint = self._save(done)
         return loss
+
+    def _clock_due(self) -> bool:
+        """Whether ``checkpoint_every_minutes`` have passed since the last checkpoint."""
+        minutes = self.settings.checkpoint_every_minutes
+        return bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
 
     def _gradients(self, step: int) -> dict[str, float]:
         """Run the step's micro-batches (backward included) and clip; the metrics summed."""
@@ -352,7 +365,8 @@ class TrainingRun:
 
     def _save(self, done: int) -> Path:
         check_weights_finite(self._policy().named_parameters(), f"checkpoint of step {done}")
-        return ckpt.save_checkpoint(
+        start = time.monotonic()
+        folder = ckpt.save_checkpoint(
             self.accelerator,
             self.run_dir / "checkpoints",
             done,
@@ -360,6 +374,13 @@ class TrainingRun:
             self.parts,
             {"skipped": self.skipped, "details": fingerprint_details(self.settings.resolved)},
         )
+        # What SLURM's signal lead must cover: the rest of a step, then this (docs/cluster.md).
+        self.accelerator.print(
+            f"checkpoint {folder.name} written in {time.monotonic() - start:.1f} s; "
+            f"{start - self.saved_at:.1f} s of training since the last one or the start"
+        )
+        self.saved_at = time.monotonic()
+        return folder
 
     def finish(self, out_dir: Path) -> dict[str, Any]:
         """Write the model, its record and card (main process); drop the checkpoints."""
@@ -374,6 +395,7 @@ class TrainingRun:
             "accumulation": self.accumulation,
             "processes": self.processes,
             "mixed_precision": accelerator.mixed_precision,
+            "tf32": self.tf32,
             "resumed_from": self.start_step,
             "skipped_steps": self.skipped,
             "seconds": round(time.time() - self.started, 1),

@@ -60,6 +60,8 @@ OPTIONAL: dict[str, Any] = {
     "reference_storage": "float32",
     "channels_last": False,
     "compile": None,
+    "checkpoint_every_minutes": 0,
+    "tf32": True,
     # Read by the workflow, not by the trainer: how many seeds a method trains.
     "replicates": 1,
 }
@@ -115,6 +117,7 @@ class TrainSettings:
     lora: LoraSettings | None
     family_settings: dict[str, Any]
     checkpoint_every: int
+    checkpoint_every_minutes: float
     checkpoints_kept: int
     keep_checkpoints: bool
     resume_across_code_change: bool
@@ -127,6 +130,7 @@ class TrainSettings:
     reference_storage: str
     channels_last: bool
     compile: CompileSettings
+    tf32: bool
     resolved: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -169,6 +173,7 @@ class TrainSettings:
             ),
             family_settings=dict(get("family_settings") or {}),
             checkpoint_every=int(cfg["checkpoint_every"] or 0),
+            checkpoint_every_minutes=float(get("checkpoint_every_minutes") or 0),
             checkpoints_kept=int(cfg["checkpoints_kept"]),
             keep_checkpoints=bool(get("keep_checkpoints")),
             resume_across_code_change=bool(get("resume_across_code_change")),
@@ -181,6 +186,7 @@ class TrainSettings:
             reference_storage=get("reference_storage"),
             channels_last=bool(get("channels_last")),
             compile=_compile_settings(get("compile") or {}),
+            tf32=bool(get("tf32")),
             resolved=cfg,
         )
         settings._check()
@@ -191,6 +197,11 @@ class TrainSettings:
         for key in ("steps", "pairs_per_step", "local_pairs", "log_every", "checkpoints_kept"):
             if getattr(self, key) < 1:
                 raise ValueError(f"training.{key} must be at least 1, got {getattr(self, key)}")
+        if self.checkpoint_every_minutes < 0:
+            raise ValueError(
+                "training.checkpoint_every_minutes must be at least 0, "
+                f"got {self.checkpoint_every_minutes}"
+            )
         if self.pairs_per_step % self.local_pairs:
             raise ValueError(
                 f"training.pairs_per_step {self.pairs_per_step} is not a multiple of "

@@ -178,19 +178,30 @@ def method_cache(wildcards):
     return f"results/cache/{method_config(wildcards.method)['data']}"
 
 
-def train_launcher(wildcards, resources):
-    """`dspo` itself, or one process per GPU when a training job holds several.
+def train_launcher(wildcards, resources, threads):
+    """The command that starts `dspo` as one process per GPU of each node (dspo/launch.py).
 
-    The trainer accumulates over processes x local pairs, so the effective batch in pairs stays
-    as configured. Being a function of `resources`, this param is no rerun trigger.
+    One node: the launcher itself. Several (resource `nodes`): srun starts one launcher per
+    node, which reads its rank and the main node from SLURM. The trainer accumulates over
+    processes x local pairs, so the effective batch in pairs stays as configured. Being a
+    function of `resources`, this param is no rerun trigger.
     """
-    gpus = int(resources.get("gpu", 0))
-    if gpus <= 1:
-        return "dspo"
-    # Without CUDA (the toy preset on a test cluster's fake GPUs), accelerate joins the
-    # processes into one CPU group only when told to use the CPU.
-    cpu = "ACCELERATE_USE_CPU=1 " if DEVICE == "cpu" else ""
-    return f"{cpu}accelerate launch --multi_gpu --num_processes {gpus} --num_machines 1 -m dspo.cli"
+    nodes = int(resources.get("nodes", 1) or 1)
+    per_node = int(resources.get("gpus_per_node", 0) or resources.get("gpu", 0) or 1)
+    # Without CUDA (the toy preset on a test cluster's fake GPUs), the processes join one CPU
+    # (gloo) group only when told.
+    cpu = " --cpu" if DEVICE == "cpu" else ""
+    launch = f"python -m dspo.launch --procs-per-node {per_node}{cpu}"
+    if nodes == 1:
+        return f"{launch} --"
+    # --overlap: the job step of this command already holds the first node's CPUs and GPUs.
+    # --kill-on-bad-exit: a node whose processes failed ends the others, which would wait
+    # for it in a collective; a stop signal's checkpoint is complete before any of them exits.
+    srun = (
+        f"srun --overlap --nodes {nodes} --ntasks-per-node 1 --cpus-per-task {threads}"
+        " --kill-on-bad-exit=1"
+    )
+    return f"{srun} {launch} --slurm --"
 
 
 def model_path(wildcards):

@@ -61,8 +61,9 @@ rule train:
     log:
         "results/logs/train/{method}.log",
     shell:
-        # exec: the trainer replaces the job's shell, so a signal meant for it (SLURM's
-        # --signal, preemption) does not end that shell and the job before the checkpoint.
+        # exec: the launcher replaces the job's shell, so a signal meant for the trainers
+        # (SLURM's --signal, preemption) does not end that shell and the job before their
+        # checkpoint; the launcher forwards it to every trainer and waits for them.
         "exec env {params.launch} train --params {params.cfg:q} --cache {input.cache:q}"
         " --base {params.base:q} --out {output:q} --run-dir {params.run_dir:q} {params.reference}"
         " --threads {threads} --device {params.device:q} > {log:q} 2>&1"

@@ -101,11 +101,14 @@ class QueueWatcher:
         return max(self.snapshots, key=lambda s: s.count("RUNNING"), default="")
 
 
-def snakemake(workdir: Path, *args: str | Path, train_gpus: int) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str | Path, train_gpus: int, site: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`snakemake --profile slurm` from the repository root, where `slurm` resolves to ./slurm."""
     env = {
         **os.environ,
         **SITE,
+        **(site or {}),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DSPO_TRAIN_GPUS": str(train_gpus),
     }
@@ -217,7 +220,40 @@ def test_dry_run_gives_gpus_to_the_rules_that_take_a_device(tmp_path: Path) -> N
             assert "slurm_partition=cpu" in resources, rule
         if rule == "train":
             assert "gpu=4" in resources
-            assert "accelerate launch --multi_gpu --num_processes 4" in shell
+            assert "python -m dspo.launch --procs-per-node 4 --cpu -- train" in shell
+            assert "srun" not in shell  # one node: no second job step
+
+
+def test_site_knobs_reach_every_request(tmp_path: Path) -> None:
+    """The variables of docs/cluster.md in the planned jobs' resources (the plugin turns
+    each into its sbatch option); two training nodes ask GPUs per node and start one
+    launcher per node."""
+    site = {
+        "DSPO_SLURM_QOS": "long",
+        "DSPO_SLURM_GPU_CONSTRAINT": "a100_80g",
+        "DSPO_SLURM_CPU_CONSTRAINT": "skylake",
+        "DSPO_SLURM_GPU_STYLE": "gres",
+        "DSPO_TRAIN_NODES": "2",
+        "DSPO_SLURM_RUNTIME_TRAIN": "720",
+        "DSPO_SLURM_RUNTIME_CPU": "60",
+        "DSPO_TRAIN_SIGNAL_LEAD": "2400",
+    }
+    result = snakemake(tmp_path, "-n", "-p", "all", train_gpus=4, site=site)
+    assert result.returncode == 0, result.stdout
+    for rule, resources, shell in planned(result.stdout):
+        assert "qos=long" in resources, rule
+        if "slurm_partition=gpu" in resources:
+            assert "constraint=a100_80g" in resources and "gpu_model" not in resources, rule
+            assert not re.search(r"\bgpu=", resources), rule  # --gres, not --gpus
+        else:
+            assert "constraint=skylake" in resources and "runtime=60" in resources, rule
+        if rule == "generate":
+            assert "gres=gpu:fake:1" in resources and "runtime=1440" in resources
+        if rule == "train":
+            assert "nodes=2" in resources and "gres=gpu:fake:4" in resources
+            assert "runtime=720" in resources and "slurm_extra=--signal=TERM@2400" in resources
+            assert "srun --overlap --nodes 2 --ntasks-per-node 1 --cpus-per-task" in shell
+            assert "python -m dspo.launch --procs-per-node 4 --cpu --slurm -- train" in shell
 
 
 def test_every_job_runs_on_slurm(
@@ -267,4 +303,4 @@ def test_training_on_two_gpus_runs_two_processes(rerun: WorkflowRun, workdir: Pa
     (train,) = (row for job, row in rerun.rows().items() if rerun.jobs[job] == "train")
     assert train["tres"] == "gres:gpu:fake:2"
     log = (workdir / f"results/logs/train/{METHOD}.log").read_text()
-    assert "accelerate launch" in rerun.output and '"processes": 2' in log
+    assert "dspo.launch --procs-per-node 2" in rerun.output and '"processes": 2' in log

@@ -82,7 +82,7 @@ def test_the_80gb_preset_trains_sd15_without_checkpointing(tmp_path: Path) -> No
     configs = [str(REPO / f"config/presets/{name}.yaml") for name in ("sd15", "sd15-80gb")]
     result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
     assert planned_jobs(result.stdout)["train"] == 10
-    train = [line for line in result.stdout.splitlines() if "dspo train --params" in line]
+    train = [line for line in result.stdout.splitlines() if "-- train --params" in line]
     assert train and all('"gradient_checkpointing": false' in line for line in train)
     assert all('"local_pairs": 8' in line for line in train)
 
