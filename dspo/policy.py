@@ -85,10 +85,14 @@ def use_tf32(enabled: bool) -> bool:
     newer NVIDIA GPUs: a 10-bit mantissa inside the product, float32 in and out), or forbid
     it. Process-wide. Returns whether TF32 is in effect: ``enabled`` and such a GPU present.
     """
+    if not torch.cuda.is_available():
+        # The process-wide precision switch also reaches oneDNN's CPU matmuls (bf16 passes on
+        # CPUs with AMX), which would move CPU results: a machine without CUDA is left as is.
+        return False
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
     torch.set_float32_matmul_precision("high" if enabled else "highest")
-    return enabled and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+    return enabled and torch.cuda.get_device_capability()[0] >= 8
 
 
 def save_model(
