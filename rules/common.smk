@@ -145,6 +145,20 @@ def method_config(model):
     return {**experiments.method_config(config, TRAINED[model]), "tracker_project": project}
 
 
+def training_view_caption(model):
+    """What the training view's caption states of one trained model: its resolved settings,
+    and where it comes from (a method, a replicate of one, or a sweep point of one)."""
+    trained, cfg = TRAINED[model], method_config(model)
+    return {
+        "method": trained.method,
+        "replicate": trained.replicate,
+        "sweep": trained.sweep,
+        "value": trained.value,
+        "keys": list(trained.overrides),
+        **{key: cfg.get(key) for key in ("objective", "steps", "log_every", "validate_every", "seed")},
+    }
+
+
 def precomputes_reference(method):
     """Whether the method's reference runs in jobs before training: asked for, and possible
     for its objective (one with a reference that is not its target)."""

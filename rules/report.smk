@@ -97,6 +97,9 @@ rule training_view:
     params:
         cfg=lambda wc: as_json({"title": tables_config()["labels"].get(wc.method, wc.method)}),
         run_dir="results/train/{method}",
+        # For the caption only (workflow/report/training_view.rst): a replicate or sweep point
+        # has no entry of its own under `methods`.
+        caption=lambda wc: training_view_caption(wc.method),
     conda:
         "../environment.yml"
     log:
