@@ -47,6 +47,8 @@ rule tables:
         ),
     params:
         cfg=as_json(tables_config()),
+        # For the captions only: what the intervals resample (workflow/report/*.rst).
+        intervals=interval_captions(),
     conda:
         "../environment.yml"
     benchmark:

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from dspo.evaluation.intervals import interval_sentence
 from dspo.experiments import trained_models
 from tests.workflow_run import REPO, SMOKE, snakemake
 
@@ -207,3 +208,38 @@ def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
     assert "objective dspo" in caption
     caption = captions["results/plots/training/lam-0.1.png"]
     assert "point 0.1 of the sweep lam over params.lam, params.kappa of the method dspo" in caption
+    # Captions, plot notes and table notes say what the intervals resample, in one wording:
+    # the default preset's methods trained 3 times (1 for the ablations), the base model once.
+    for path, (in_caption, in_file) in interval_expectations().items():
+        assert "training replicates" in in_caption or "sweep" in path, (path, in_caption)
+        assert in_caption in captions[path], (path, in_caption, captions[path])
+        if path.endswith(".png"):  # the plot's own note (PNG text keyword "Description")
+            note = Image.open(workdir / path).text["Description"]
+        else:  # the table's Markdown note
+            note = (workdir / path).with_suffix(".md").read_text()
+        assert in_file in " ".join(note.split()), (path, in_file, note)
+
+
+def interval_expectations() -> dict[str, tuple[str, str]]:
+    """Per report item of the tables step, the sentences its caption and its file's own note
+    (a plot's, or the table's Markdown) must hold: what the intervals resample, for the
+    replicates of the models shown (the base model has one)."""
+    groups = [model.group for model in trained_models(DEFAULT).values()]
+    methods = [groups.count(method) for method in DEFAULT["methods"]]
+    table1 = [
+        groups.count(method) for method in DEFAULT["evaluation"]["tables"]["table1"]["methods"]
+    ]
+    boot = yaml.safe_load(SMOKE.read_text())["evaluation"]["bootstrap"]["samples"]
+    return {
+        "results/tables/win_rates.csv": (interval_sentence(methods, n_boot=boot),) * 2,
+        "results/tables/mean_scores.csv": (interval_sentence([1, *methods], n_boot=boot),) * 2,
+        "results/tables/head_to_head.csv": (interval_sentence([1, *methods], n_boot=boot),) * 2,
+        "results/tables/sweep_lam.csv": (interval_sentence(1, n_boot=boot),) * 2,
+        "results/tables/table1.md": (
+            interval_sentence(methods, n_boot=boot),
+            interval_sentence(table1, n_boot=boot),
+        ),
+        "results/plots/win_rates.png": (interval_sentence(methods, "Error bars"),) * 2,
+        "results/plots/mean_scores.png": (interval_sentence([1, *methods], "Error bars"),) * 2,
+        "results/plots/sweep_lam.png": (interval_sentence(1, "Bands"),) * 2,
+    }
