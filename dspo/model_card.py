@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from dspo.evaluation.intervals import interval_sentence
+
 CARD = "README.md"
 _WIN_RATES_HEADING = "## Win rates against the base model"
 _TRAINING_KEYS = (
@@ -95,7 +97,8 @@ def win_rates_section(win_rates_csv: Path, method: str) -> str:
     lines = [
         _WIN_RATES_HEADING,
         "",
-        "Win rate (%) with its 95 % bootstrap interval over prompts (ties count half).",
+        "Win rate (%) with its 95 % interval in brackets (ties count half). "
+        + interval_sentence(rows.get("n_replicates", 1)),
         "",
         "| prompt set | guidance | reward | win rate |",
         "|---|---|---|---|",

@@ -5,9 +5,11 @@ import glob
 import json
 import re
 import shlex
+from collections import Counter
 
 from dspo.config_check import entries
 from dspo import experiments
+from dspo.evaluation.intervals import interval_sentence
 from dspo.objectives import get_objective
 
 
@@ -145,6 +147,20 @@ def method_config(model):
     return {**experiments.method_config(config, TRAINED[model]), "tracker_project": project}
 
 
+def training_view_caption(model):
+    """What the training view's caption states of one trained model: its resolved settings,
+    and where it comes from (a method, a replicate of one, or a sweep point of one)."""
+    trained, cfg = TRAINED[model], method_config(model)
+    return {
+        "method": trained.method,
+        "replicate": trained.replicate,
+        "sweep": trained.sweep,
+        "value": trained.value,
+        "keys": list(trained.overrides),
+        **{key: cfg.get(key) for key in ("objective", "steps", "log_every", "validate_every", "seed")},
+    }
+
+
 def precomputes_reference(method):
     """Whether the method's reference runs in jobs before training: asked for, and possible
     for its objective (one with a reference that is not its target)."""
@@ -268,6 +284,26 @@ def tables_config():
         "labels": labels,
         "bootstrap": EVALUATION["bootstrap"],
         "paper_tables": PAPER_TABLES,
+    }
+
+
+def interval_captions():
+    """What the report's captions of the tables and plots say their intervals resample: the
+    sentence the tables and plots write (dspo/evaluation/intervals.py), for the replicates of
+    the models each shows (the base model has one)."""
+    replicates = Counter(m.group for m in TRAINED.values())
+    methods = [replicates[m] for m in METHOD_ENTRIES]
+    sweeps = experiments.sweep_points(config, TRAINED).values()
+    swept = [replicates[g] for s in sweeps for g in [*s["points"], *s["compare"]]] or [1]
+    n_boot = EVALUATION["bootstrap"]["samples"]
+    return {
+        "methods": interval_sentence(methods, n_boot=n_boot),
+        "models": interval_sentence([1, *methods], n_boot=n_boot),
+        "sweeps": interval_sentence(swept, n_boot=n_boot),
+        # As the plots' own notes say it.
+        "methods_plot": interval_sentence(methods, "Error bars"),
+        "models_plot": interval_sentence([1, *methods], "Error bars"),
+        "sweeps_plot": interval_sentence(swept, "Bands"),
     }
 
 

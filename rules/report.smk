@@ -47,6 +47,8 @@ rule tables:
         ),
     params:
         cfg=as_json(tables_config()),
+        # For the captions only: what the intervals resample (workflow/report/*.rst).
+        intervals=interval_captions(),
     conda:
         "../environment.yml"
     benchmark:
@@ -97,6 +99,9 @@ rule training_view:
     params:
         cfg=lambda wc: as_json({"title": tables_config()["labels"].get(wc.method, wc.method)}),
         run_dir="results/train/{method}",
+        # For the caption only (workflow/report/training_view.rst): a replicate or sweep point
+        # has no entry of its own under `methods`.
+        caption=lambda wc: training_view_caption(wc.method),
     conda:
         "../environment.yml"
     log:

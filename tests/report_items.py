@@ -4,7 +4,7 @@ Every output flagged with ``report(...)`` in the rules, its wildcards matched ag
 run's files, with its caption file and category, printed as JSON. Snakemake's API changes
 the working directory and sets up its logging, hence a process of its own:
 
-    python tests/report_items.py SNAKEFILE WORKDIR CONFIGFILE
+    python tests/report_items.py SNAKEFILE WORKDIR CONFIGFILE [CONFIGFILE ...]
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from snakemake.io import is_flagged
 from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
 
 
-def declared_report_items(snakefile: Path, workdir: Path, configfile: Path) -> dict[str, dict]:
+def declared_report_items(
+    snakefile: Path, workdir: Path, configfiles: list[Path]
+) -> dict[str, dict]:
     """{path relative to workdir: {"caption": caption file, "category": category}}."""
     files = [str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file()]
     items: dict[str, dict] = {}
     with SnakemakeApi(OutputSettings()) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(),
-            config_settings=ConfigSettings(configfiles=[configfile]),
+            config_settings=ConfigSettings(configfiles=configfiles),
             snakefile=snakefile,
             workdir=workdir,
         )
@@ -49,5 +51,5 @@ def declared_report_items(snakefile: Path, workdir: Path, configfile: Path) -> d
 
 
 if __name__ == "__main__":
-    snakefile, workdir, configfile = (Path(arg).resolve() for arg in sys.argv[1:4])
-    print(json.dumps(declared_report_items(snakefile, workdir, configfile)))
+    snakefile, workdir, *configfiles = (Path(arg).resolve() for arg in sys.argv[1:])
+    print(json.dumps(declared_report_items(snakefile, workdir, configfiles)))

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dspo.evaluation.intervals import interval_sentence
 from dspo.evaluation.plots import image_grid, plot_mean_scores, plot_win_rates
 from dspo.evaluation.statistics import (
     SCORE_COLUMNS,
@@ -242,7 +243,7 @@ def test_write_tables(tmp_path: Path) -> None:
     assert set(wins["method"]) == {"sft", "kto", "dspo"}
 
     markdown = paths[1].read_text()
-    assert "SD1.5" in markdown and "95 % percentile bootstrap CI over prompts" in markdown
+    assert "SD1.5" in markdown and interval_sentence(1, n_boot=200) in markdown
     assert "PickV2 40 × 3, parti 40 × 3" in markdown
     for guidance in ("3.0", "7.5"):
         rows = table_rows(markdown, guidance)

@@ -1,4 +1,9 @@
-"""The Snakemake report of the smoke run, opened in headless Chromium.
+"""The Snakemake report of a run with the default preset's model ids, opened in headless Chromium.
+
+The run is the smoke preset's (tests/conftest.py) extended to the default preset's training
+replicates (config/config.yaml: ``training.replicates``, so models ``{method}-r{k}`` beside
+``{method}``) and to a one-point sensitivity sweep: only the added models train, at the smoke
+preset's scale, instead of the default run's ~16 minutes.
 
 Every ``report(...)`` output the workflow declares must be listed in the report under its
 category, open (images shown, tables downloaded byte for byte) and show its caption.
@@ -18,8 +23,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
+from dspo.evaluation.intervals import interval_sentence
+from dspo.experiments import trained_models
 from tests.workflow_run import REPO, SMOKE, snakemake
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,26 +37,41 @@ pytestmark = pytest.mark.skipif(
 # The report is one HTML file with its scripts and every item inlined as a data URI, so it
 # opens offline; "Other" is the report's subcategory for items that name none.
 NO_SUBCATEGORY = "Other"
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+# A sweep point is a model id of its own ({sweep}-{value}).
+SWEEP = {"lam": {"method": "dspo", "keys": ["params.lam", "params.kappa"], "values": [0.1]}}
 
 
 @pytest.fixture(scope="module")
-def report_html(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def report_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A copy of the smoke run carried on to the default preset's replicates and a sweep point:
+    its folder and config files."""
+    folder = tmp_path_factory.mktemp("default-ids")
+    workdir = folder / "run"
+    shutil.copytree(smoke_run, workdir, symlinks=True)  # keeps mtimes: nothing old reruns
+    overlay = folder / "default_ids.yaml"
+    replicates = DEFAULT["training"]["replicates"]
+    overlay.write_text(yaml.safe_dump({"training": {"replicates": replicates}, "sweeps": SWEEP}))
+    configs = [str(SMOKE), str(overlay)]
+    snakemake("--cores", "2", "all", "--configfile", *configs, cwd=workdir)
+    return workdir, configs
+
+
+@pytest.fixture(scope="module")
+def report_html(report_run: tuple[Path, list[str]], tmp_path_factory) -> Path:
+    workdir, configs = report_run
     path = tmp_path_factory.mktemp("report") / "report.html"
-    snakemake("--report", str(path), "--configfile", str(SMOKE), cwd=smoke_run)
+    snakemake("--report", str(path), "--configfile", *configs, cwd=workdir)
     return path
 
 
 @pytest.fixture(scope="module")
-def declared_items(smoke_run: Path) -> dict[str, dict]:
-    """Every report(...) output of the rules as the smoke run's files (tests/report_items.py)."""
+def declared_items(report_run: tuple[Path, list[str]]) -> dict[str, dict]:
+    """Every report(...) output of the rules as the run's files (tests/report_items.py)."""
+    workdir, configs = report_run
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tests" / "report_items.py"),
-            str(REPO / "Snakefile"),
-            str(smoke_run),
-            str(SMOKE),
-        ],
+        [sys.executable, str(REPO / "tests" / "report_items.py"), str(REPO / "Snakefile")]
+        + [str(workdir), *configs],
         capture_output=True,
         text=True,
         check=True,
@@ -86,10 +109,15 @@ def save_shot(page, name: str, folder: Path) -> Path:
 
 
 def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
-    report_html: Path, declared_items: dict[str, dict], smoke_run: Path, tmp_path: Path
+    report_html: Path,
+    declared_items: dict[str, dict],
+    report_run: tuple[Path, list[str]],
+    tmp_path: Path,
 ) -> None:
     from playwright.sync_api import sync_playwright
 
+    workdir = report_run[0]
+    captions: dict[str, str] = {}
     assert declared_items, "the workflow declares no report(...) outputs"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM)
@@ -132,7 +160,7 @@ def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
                 )
             view, info = row.locator("a").nth(0), row.locator("a").nth(1)
             shot_name = "item_" + re.sub(r"\W+", "_", path.removeprefix("results/"))
-            on_disk = smoke_run / path
+            on_disk = workdir / path
             if page.evaluate(f"results[{json.dumps(path)}].mime_type").startswith("image/"):
                 view.click()
                 # The item's own picture, loaded (the report's logo is an image too).
@@ -161,6 +189,57 @@ def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
             opening = caption_opening(Path(declared["caption"]))
             assert opening and opening in caption, (path, opening, caption)
             assert "{{" not in caption and "{%" not in caption, (path, caption)
+            captions[path] = caption
             save_shot(page, shot_name, tmp_path)
         assert errors == []
         browser.close()
+    # Each model of the default preset, replicates included, and the sweep point has its
+    # training view, captioned with where it comes from.
+    views = {
+        f"results/plots/training/{model}.png" for model in [*trained_models(DEFAULT), "lam-0.1"]
+    }
+    assert views <= set(captions)
+    replicate = f"dspo-r{DEFAULT['training']['replicates'] - 1}"
+    assert replicate in trained_models(DEFAULT)
+    caption = captions[f"results/plots/training/{replicate}.png"]
+    assert (
+        f"training replicate {DEFAULT['training']['replicates'] - 1} of the method dspo" in caption
+    )
+    assert "objective dspo" in caption
+    caption = captions["results/plots/training/lam-0.1.png"]
+    assert "point 0.1 of the sweep lam over params.lam, params.kappa of the method dspo" in caption
+    # Captions, plot notes and table notes say what the intervals resample, in one wording:
+    # the default preset's methods trained 3 times (1 for the ablations), the base model once.
+    for path, (in_caption, in_file) in interval_expectations().items():
+        assert "training replicates" in in_caption or "sweep" in path, (path, in_caption)
+        assert in_caption in captions[path], (path, in_caption, captions[path])
+        if path.endswith(".png"):  # the plot's own note (PNG text keyword "Description")
+            note = Image.open(workdir / path).text["Description"]
+        else:  # the table's Markdown note
+            note = (workdir / path).with_suffix(".md").read_text()
+        assert in_file in " ".join(note.split()), (path, in_file, note)
+
+
+def interval_expectations() -> dict[str, tuple[str, str]]:
+    """Per report item of the tables step, the sentences its caption and its file's own note
+    (a plot's, or the table's Markdown) must hold: what the intervals resample, for the
+    replicates of the models shown (the base model has one)."""
+    groups = [model.group for model in trained_models(DEFAULT).values()]
+    methods = [groups.count(method) for method in DEFAULT["methods"]]
+    table1 = [
+        groups.count(method) for method in DEFAULT["evaluation"]["tables"]["table1"]["methods"]
+    ]
+    boot = yaml.safe_load(SMOKE.read_text())["evaluation"]["bootstrap"]["samples"]
+    return {
+        "results/tables/win_rates.csv": (interval_sentence(methods, n_boot=boot),) * 2,
+        "results/tables/mean_scores.csv": (interval_sentence([1, *methods], n_boot=boot),) * 2,
+        "results/tables/head_to_head.csv": (interval_sentence([1, *methods], n_boot=boot),) * 2,
+        "results/tables/sweep_lam.csv": (interval_sentence(1, n_boot=boot),) * 2,
+        "results/tables/table1.md": (
+            interval_sentence(methods, n_boot=boot),
+            interval_sentence(table1, n_boot=boot),
+        ),
+        "results/plots/win_rates.png": (interval_sentence(methods, "Error bars"),) * 2,
+        "results/plots/mean_scores.png": (interval_sentence([1, *methods], "Error bars"),) * 2,
+        "results/plots/sweep_lam.png": (interval_sentence(1, "Bands"),) * 2,
+    }

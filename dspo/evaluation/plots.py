@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from dspo.evaluation.intervals import interval_sentence
 from dspo.evaluation.tables import labeller
 
 # The methods take tab10's colours in both plots; the baseline, in the mean-score plot only,
@@ -29,7 +30,8 @@ def plot_win_rates(
 ) -> Path:
     """Grouped bars of win rate (%) per reward model, one panel per prompt set and guidance.
 
-    Error bars are the bootstrap CI; the dashed line marks parity with the baseline.
+    Error bars are the bootstrap CI; the dashed line marks parity with the baseline. The note
+    under the panels, also the PNG's ``Description`` text, says what the intervals resample.
     """
     name = labeller(labels)
     guidances = sorted(win_rates_df["guidance"].unique())
@@ -63,7 +65,8 @@ def plot_win_rates(
             ax.set_title(f"{name(prompt_set)}\nguidance {float(guidance)}", fontsize=10)
             if col == 0:
                 ax.set_ylabel(f"win rate vs {name(baseline)} (%)")
-    note = "Error bars: 95 % bootstrap intervals over prompts (seeds nested); dashed: parity."
+    shown = win_rates_df[win_rates_df["method"].isin(methods)]
+    note = f"{interval_sentence(shown.get('n_replicates', 1), 'Error bars')} Dashed: parity."
     return _save(fig, axes, out_png, len(methods), note)
 
 
@@ -80,7 +83,8 @@ def plot_mean_scores(
 
     Reward models have unrelated scales, so each gets its own panel and y axis; within a
     panel the groups are prompt sets and the baseline comes first. Points with error bars
-    replace bars because the y axis does not start at zero.
+    replace bars because the y axis does not start at zero. The note under the panels, also
+    the PNG's ``Description`` text, says what the intervals resample.
     """
     name = labeller(labels)
     if baseline in methods:
@@ -118,7 +122,8 @@ def plot_mean_scores(
             ax.set_title(f"{name(reward)}\nguidance {float(guidance)}", fontsize=10)
             if col == 0:
                 ax.set_ylabel("mean score")
-    note = "Error bars: 95 % bootstrap intervals over prompts (seeds nested)."
+    shown = mean_scores_df[mean_scores_df["model"].isin(models)]
+    note = interval_sentence(shown.get("n_replicates", 1), "Error bars")
     return _save(fig, axes, out_png, len(models), note)
 
 
@@ -153,7 +158,8 @@ def _save(fig: Figure, axes: np.ndarray, out_png: Path, n_entries: int, note: st
         ax.grid(axis="y", color="0.9", linewidth=0.8)
         ax.set_axisbelow(True)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150)
+    # PNG's standard "Description" text keyword: the note, readable without the picture.
+    fig.savefig(out_png, dpi=150, metadata={"Description": note})
     return out_png
 
 

@@ -43,12 +43,6 @@ PAIR = ["prompt_id", "seed"]
 REPLICATE = "replicate"
 
 
-def resampled_over(several_replicates: bool) -> str:
-    """What a bootstrap interval resamples, for table and figure texts: training replicates
-    too when a model has several (hierarchically, then prompts), else prompts."""
-    return "training replicates and prompts" if several_replicates else "prompts"
-
-
 def load_scores(paths: Sequence[Path]) -> pd.DataFrame:
     """Concatenate score parquet files, checking that each has every score column.
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 import dspo
 from dspo.content import source_key
-from dspo.evaluation.statistics import resampled_over
+from dspo.evaluation.intervals import interval_sentence
 
 START = "<!-- results: written by `make readme-results` from docs/run_summary.json -->"
 END = "<!-- results: end -->"
@@ -132,14 +132,12 @@ def render_block(summary: Mapping[str, Any]) -> str:
     guidances = sorted({c["guidance"] for c in summary["headline"]})
     sets = list(dict.fromkeys(c["prompt_set"] for c in summary["headline"]))
     cell = {(c["prompt_set"], c["guidance"]): c for c in summary["headline"]}
-    replicates = max(int(c.get("n_replicates") or 1) for c in summary["headline"])
-    over = resampled_over(replicates > 1)
+    replicates = [int(c.get("n_replicates") or 1) for c in summary["headline"]]
     lines = [
         START,
         f"{label(summary['method'])} against the base model under the "
         f"{label(summary['reward'])} reward, preset `{summary['preset']}`: win rate (%) with its "
-        f"95 % bootstrap interval over {over} (seeds nested)"
-        + (f", {replicates} replicates." if replicates > 1 else "."),
+        f"95 % interval in brackets. {interval_sentence(replicates)}",
         "",
         "| prompt set | " + " | ".join(f"guidance {g:g}" for g in guidances) + " |",
         "|---|" + "---|" * len(guidances),

@@ -9,6 +9,7 @@ with the compared methods (e.g. SFT) as horizontal reference bands.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,11 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from dspo.evaluation.intervals import interval_sentence
 from dspo.evaluation.statistics import (
     BLOCK,
     REPLICATE,
     order_rows,
-    resampled_over,
     sign_test,
     win_rates,
 )
@@ -83,25 +84,30 @@ def write_sweep(
     csv, md = tables_dir / f"sweep_{name}.csv", tables_dir / f"sweep_{name}.md"
     stats = dict.fromkeys(["win_rate", "ci_low", "ci_high", "p_value", "p_holm", "replicate_sd"], 6)
     table.round(stats).to_csv(csv, index=False, lineterminator="\n")
-    md.write_text(_markdown(table, name, spec, labels))
+    md.write_text(_markdown(table, name, spec, labels, n_boot))
     png = plot_sweep(table, name, spec, plots_dir / f"sweep_{name}.png", reward, labels)
     return [csv, md, png]
 
 
-def _resampled(table: pd.DataFrame) -> str:
-    return resampled_over("n_replicates" in table and table["n_replicates"].max() > 1)
+def _interval(table: pd.DataFrame, subject: str, n_boot: int | None = None) -> str:
+    return interval_sentence(table["n_replicates"], subject, n_boot=n_boot)
 
 
 def _markdown(
-    table: pd.DataFrame, name: str, spec: Mapping[str, Any], labels: Mapping[str, str] | None
+    table: pd.DataFrame,
+    name: str,
+    spec: Mapping[str, Any],
+    labels: Mapping[str, str] | None,
+    n_boot: int,
 ) -> str:
     label = labeller(labels)
     keys = ", ".join(spec["keys"])
     lines = [
         f"# Sweep {name}: {label(spec['method'])} over {keys}",
         "",
-        f"Win rate against the base model (%), with the 95 % interval over {_resampled(table)}; "
-        "p: sign test over prompts, Holm-adjusted over this table.",
+        "Win rate against the base model (%), with its 95 % interval. "
+        f"{_interval(table, 'Intervals', n_boot)} p: sign test over prompts, Holm-adjusted "
+        "over this table.",
         "",
         "| prompt set | guidance | reward | model | value | win rate | 95 % CI | p (Holm) |",
         "|---|---|---|---|---|---|---|---|",
@@ -187,14 +193,15 @@ def plot_sweep(
         frameon=False,
         fontsize=8,
     )
-    fig.supxlabel(
-        f"{label(spec['method'])} sweep {name}; bands: 95 % interval over {_resampled(table)}; "
-        "dotted line: parity with the base model",
-        fontsize=8,
-        color="0.3",
+    note = (
+        f"{label(spec['method'])} sweep {name}. {_interval(rows, 'Bands')} Dotted line: parity "
+        "with the base model."
     )
+    wrapped = textwrap.fill(note, width=max(30, int(fig.get_figwidth() * 13)))
+    fig.supxlabel(wrapped, fontsize=8, color="0.3")
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=130)
+    # PNG's standard "Description" text keyword: the note, readable without the picture.
+    fig.savefig(out_png, dpi=130, metadata={"Description": note})
     return out_png
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dspo.evaluation.intervals import interval_sentence
 from dspo.evaluation.statistics import (
     BLOCK,
     PAIR,
@@ -19,7 +20,6 @@ from dspo.evaluation.statistics import (
     holm,
     mean_scores,
     order_rows,
-    resampled_over,
     sign_test,
     win_rates,
 )
@@ -74,15 +74,14 @@ def build_tables(
     means = order_rows(
         mean_scores(scores, n_boot, seed, ci), {**orders, "model": [baseline, *methods]}
     )
-    several = "replicate" in scores and scores.groupby("model")["replicate"].nunique().max() > 1
     layout = _Layout(
         baseline=baseline,
         baseline_scores=scores[scores["model"] == baseline],
         rewards=list(rewards),
         prompt_sets=list(prompt_sets),
         name=name,
-        ci_text=f"{ci * 100:g} % percentile bootstrap CI over {resampled_over(several)} "
-        f"({n_boot} resamples)",
+        interval=lambda n_replicates: interval_sentence(n_replicates, ci=ci, n_boot=n_boot),
+        level=f"{ci * 100:g} %",
     )
 
     win_md = _win_table(
@@ -95,8 +94,9 @@ def build_tables(
         layout,
         title="# Mean reward score",
         intro=(
-            f"Mean reward score of each model, with the {layout.ci_text} in brackets. "
-            "Highest per prompt set and reward in **bold**."
+            f"Mean reward score of each model, with its {layout.level} interval in brackets. "
+            f"{layout.interval(means['n_replicates'])} Highest per prompt set and reward in "
+            "**bold**."
         ),
         value="mean",
         cell={r: _score_cell(means.loc[means["reward"] == r, "mean"]) for r in rewards},
@@ -112,7 +112,10 @@ def build_tables(
     tables = {
         "win_rates": (with_holm(wins), win_md),
         "mean_scores": (means, mean_md),
-        "head_to_head": (matrix, _matrix_markdown(matrix, models, name, layout.ci_text)),
+        "head_to_head": (
+            matrix,
+            _matrix_markdown(matrix, models, name, layout.interval(means["n_replicates"])),
+        ),
     }
     for table, spec in (paper_tables or {}).items():
         sets = [p for p in spec.get("prompt_sets", prompt_sets) if p in prompt_sets]
@@ -181,14 +184,16 @@ def published_results() -> pd.DataFrame:
 @dataclass(frozen=True)
 class _Layout:
     """What the Markdown tables of one run share: the baseline and its scores (for the sample
-    sizes), the rewards and prompt sets in order, display names and the interval's wording."""
+    sizes), the rewards and prompt sets in order, display names, the intervals' level and
+    what they resample, given the replicates of the rows a table shows."""
 
     baseline: str
     baseline_scores: pd.DataFrame
     rewards: list[str]
     prompt_sets: list[str]
     name: Callable[[str], str]
-    ci_text: str
+    interval: Callable[[pd.Series], str]
+    level: str
 
     def sample_sizes(self) -> dict[float, str]:
         """Per guidance, a line giving prompts x seeds of each prompt set."""
@@ -222,8 +227,9 @@ def _win_table(
     baseline = layout.name(layout.baseline)
     intro = (
         f"Win rate (%) of each method against {baseline} on the same prompt, seed and initial "
-        f"noise (ties count half), with the {layout.ci_text} in brackets. Best per prompt set and "
-        f"reward in **bold**. {_marks_text(baseline, int(frame['p_holm'].notna().sum()))}"
+        f"noise (ties count half), with its {layout.level} interval in brackets. "
+        f"{layout.interval(frame['n_replicates'])} Best per prompt set and reward in **bold**. "
+        f"{_marks_text(baseline, int(frame['p_holm'].notna().sum()))}"
     )
     note = _significance
     if spec.get("paper"):
@@ -256,14 +262,14 @@ def _win_table(
 
 
 def _matrix_markdown(
-    matrix: pd.DataFrame, models: Sequence[str], name: Callable[[str], str], ci_text: str
+    matrix: pd.DataFrame, models: Sequence[str], name: Callable[[str], str], interval: str
 ) -> str:
     """One square table per (prompt set, guidance, reward): row model's win rate vs column's."""
     lines = [
         "# Head to head",
         "",
         f"Win rate (%) of the row model against the column model on the same prompt, seed and "
-        f"initial noise (ties count half). Intervals ({ci_text}) are in head_to_head.csv. "
+        f"initial noise (ties count half). The intervals are in head_to_head.csv. {interval} "
         + _marks_text("the column model", int(matrix["p_holm"].notna().sum())),
     ]
     for (prompt_set, guidance, reward), block in matrix.groupby(BLOCK, sort=False):
