@@ -1,7 +1,10 @@
 # One job per model scores all of its image sets, each reward model loaded once.
 rule score:
     input:
-        expand("results/images/{{model}}/{image_set}/manifest.parquet", image_set=EVAL_SETS),
+        manifests=expand(
+            "results/images/{{model}}/{image_set}/manifest.parquet", image_set=EVAL_SETS
+        ),
+        fetched=rewards_input,
     output:
         expand("results/scores/{{model}}/{image_set}.parquet", image_set=EVAL_SETS),
     params:
@@ -14,5 +17,5 @@ rule score:
     log:
         "results/logs/score/{model}.log",
     shell:
-        "dspo score --name {wildcards.model} --params {params.rewards:q} --manifest {input:q}"
+        "dspo score --name {wildcards.model} --params {params.rewards:q} --manifest {input.manifests:q}"
         " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"
