@@ -170,6 +170,21 @@ def _check_rewards(rewards: Mapping[str, Any], root: Path) -> list[str]:
     return problems
 
 
+def _check_trackers(config: Mapping[str, Any]) -> list[str]:
+    """Each named tracker (shared or a method's own) must be installed."""
+    from dspo.tracking import tracker_problem
+
+    places = {"training": config["training"]}
+    for name, entry in entries(config["methods"]).items():
+        places[f"methods.{name}.training"] = entry.get("training") or {}
+    problems = []
+    for where, block in places.items():
+        problem = tracker_problem(block.get("report_to"))
+        if problem:
+            problems.append(f"{where}.report_to: {problem}")
+    return problems
+
+
 def _check_tables(config: Mapping[str, Any]) -> list[str]:
     """Table rows and columns must name configured methods and prompt sets; entries a preset
     dropped (set to null) may disappear from tables, unknown names may not."""
@@ -207,6 +222,7 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *_check_objectives(config["methods"]),
         *_check_sources(config, root),
         *_check_rewards(config["evaluation"]["rewards"], root),
+        *_check_trackers(config),
         *_check_tables(config),
         *_check_sweeps(config),
     ]

@@ -53,7 +53,7 @@ from dspo.preference import PreferenceModel, make_batch, micro_batch_start, step
 from dspo.reference import PrecomputedReference, reference_parts
 from dspo.run_metrics import append_metrics, mean_over, restart_metrics
 from dspo.seeding import seeded_generator
-from dspo.tracking import log_images, start_trackers
+from dspo.tracking import log_images, new_run_id, start_trackers
 from dspo.train_settings import TrainSettings
 from dspo.validation import (
     ValidationSettings,
@@ -227,6 +227,8 @@ class TrainingRun:
             accelerator.print(f"resuming from {folder} (step {state['step']})")
             self.start_step, self.skipped = state["step"], state.get("skipped", 0)
             self.last_checkpoint = folder
+        # The tracker run continues across resumes: its id is kept with the checkpoints.
+        self.tracker_run_id = (found[1].get("tracker_run_id") if found else None) or new_run_id()
         validation = ValidationSettings.from_config(
             settings.validate_every, settings.validation or {}, self.cache.manifest["resolution"]
         )
@@ -238,7 +240,9 @@ class TrainingRun:
                     self.base_model, self._policy(), validation, accelerator.device
                 )
         if settings.report_to:
-            start_trackers(accelerator, settings.resolved, settings.name, self.start_step)
+            start_trackers(
+                accelerator, settings.resolved, settings.name, self.start_step, self.tracker_run_id
+            )
         self.model.train()
 
     def step(self, step: int, stopping: bool = False, signal: str | None = None) -> float | None:
@@ -352,7 +356,7 @@ class TrainingRun:
             done,
             self.settings.checkpoints_kept,
             self.parts,
-            {"skipped": self.skipped},
+            {"skipped": self.skipped, "tracker_run_id": self.tracker_run_id},
         )
 
     def finish(self, out_dir: Path) -> dict[str, Any]:
