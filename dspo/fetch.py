@@ -41,8 +41,9 @@ from typing import Any
 
 from dspo.config_check import entries, is_hub_id
 
-# Files that hold data rows in a hub dataset; a split's files are chosen among them.
-DATA_SUFFIXES = (".parquet", ".tar", ".arrow", ".jsonl", ".csv", ".tsv")
+# Files that hold data rows in a hub dataset (parquet and webdataset tars for pairs; tables
+# for prompt sets and the editing set); a split's files are chosen among them.
+DATA_SUFFIXES = (".parquet", ".tar", ".jsonl", ".json", ".csv", ".tsv")
 # Weights transformers and diffusers load (one file, or shards with an index), and the small
 # files beside them (configs, tokenizer and processor files, sentencepiece models).
 _WEIGHTS = re.compile(

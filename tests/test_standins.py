@@ -238,3 +238,4 @@ def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     assert jobs["score"] == 11 and jobs["tables"] == 1
     assert jobs["pairs_part"] == 2 and jobs["ddspo_part"] == 2 and jobs["cache_part"] == 6
     assert "base_model" not in jobs and "toy_world" not in jobs
+    assert "fetch_item" not in jobs  # every hub file of sd15 is read from the stand-ins
