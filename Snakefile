@@ -37,7 +37,14 @@ report: "workflow/report/workflow.rst"
 include: "rules/common.smk"
 
 
+# Every job but the downloads reads the local hub cache only (rules/fetch.smk); jobs run
+# this file again, under any executor, so they inherit this.
+if FETCH_ITEMS:
+    os.environ.update(HF_HUB_OFFLINE="1")
+
+
 wildcard_constraints:
+    item=one_of(FETCH_ITEMS),
     method=one_of(METHODS),
     model=one_of(MODELS),
     prompt_set=one_of(EVAL_SETS),
@@ -46,9 +53,11 @@ wildcard_constraints:
 
 # Light steps run in the Snakemake process itself, on a cluster too: a SLURM job each would
 # queue for minutes to run seconds. (The gathers move the whole pair table or cache, and stay
-# jobs.) Prompt sets from the hub download only the prompts, often possible only there.
+# jobs.) The downloads of hub artefacts need the network, which often only the login node has.
 localrules:
     all,
+    fetch_item,
+    fetch,
     tables,
     grid,
     training_view,
@@ -57,6 +66,7 @@ localrules:
     editing_set,
 
 
+include: "rules/fetch.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/train.smk"
@@ -71,6 +81,7 @@ rule all:
         expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
         expand("results/plots/training/{method}.png", method=METHODS),
         "results/summary.json",
+        rules.fetch.output if FETCH_ITEMS else [],
     default_target: True
 
 

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Imported for its commands (the report stage and the tools), which register themselves.
-from dspo import cli_report  # noqa: F401
+# Imported for their commands (the downloads, the report stage and the tools), which
+# register themselves.
+from dspo import cli_fetch, cli_report  # noqa: F401
 from dspo.cli_registry import (
     BASE,
     DEVICE,

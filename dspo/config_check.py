@@ -34,7 +34,7 @@ BASE_MODEL_BUILDS = ("toy", None)
 # Keys each source kind needs, per place a source appears, and the local-path kinds.
 _SOURCE_KINDS = {
     "pairs.source": {"toy": set(), "parquet": {"path"}, "webdataset": {"path"}, "hub": {"id"}},
-    "prompt set": {"toy": {"split"}, "file": {"path"}, "hub": {"id"}},
+    "prompt set": {"toy": {"split"}, "file": {"path"}, "hub": {"id"}, "hpsv2": set()},
     "evaluation.editing.source": {"toy": set(), "file": {"path"}, "hub": {"id"}},
 }
 _LOCAL_KINDS = {"parquet", "webdataset", "file"}
@@ -127,7 +127,10 @@ def _check_source(where: str, kinds: Mapping[str, set[str]], source: Any, root: 
     missing = sorted(kinds[kind] - {key for key, value in source.items() if value is not None})
     if missing:
         return [f"{where}.{key}: a {kind} source needs it" for key in missing]
-    if kind in _LOCAL_KINDS and not local_path_exists(str(source["path"]), root):
+    if kind == "hpsv2" and (source.get("path") is None) == (source.get("id") is None):
+        return [f"{where}: an hpsv2 source needs exactly one of `path` (a folder) and `id` (hub)"]
+    local = kind in _LOCAL_KINDS or (kind == "hpsv2" and source.get("path") is not None)
+    if local and not local_path_exists(str(source["path"]), root):
         return [f"{where}.path: {source['path']!r} does not exist (relative to {root})"]
     return []
 
@@ -152,7 +155,7 @@ def _check_rewards(rewards: Mapping[str, Any], root: Path) -> list[str]:
     problems = []
     for name, spec in entries(rewards).items():
         for key in ("checkpoint", "med_config"):
-            if key in spec and "repo" not in spec and not (root / spec[key]).exists():
+            if key in spec and spec.get("repo") is None and not (root / spec[key]).exists():
                 problems.append(
                     f"evaluation.rewards.{name}.{key}: {spec[key]!r} does not exist (relative "
                     f"to {root}); name a local file, or a file of the hub repo given as `repo`"
@@ -164,6 +167,21 @@ def _check_rewards(rewards: Mapping[str, Any], root: Path) -> list[str]:
                     f"evaluation.rewards.{name}.{key}: local folder {value!r} does not exist "
                     f"(relative to {root}); a hub id has the form owner/name"
                 )
+    return problems
+
+
+def _check_trackers(config: Mapping[str, Any]) -> list[str]:
+    """Each named tracker (shared or a method's own) must be installed."""
+    from dspo.tracking import tracker_problem
+
+    places = {"training": config["training"]}
+    for name, entry in entries(config["methods"]).items():
+        places[f"methods.{name}.training"] = entry.get("training") or {}
+    problems = []
+    for where, block in places.items():
+        problem = tracker_problem(block.get("report_to"))
+        if problem:
+            problems.append(f"{where}.report_to: {problem}")
     return problems
 
 
@@ -204,6 +222,7 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *_check_objectives(config["methods"]),
         *_check_sources(config, root),
         *_check_rewards(config["evaluation"]["rewards"], root),
+        *_check_trackers(config),
         *_check_tables(config),
         *_check_sweeps(config),
     ]

@@ -223,6 +223,8 @@ REWARDS = ["pickscore", "clip", "hps", "aesthetics", "image_reward"]
 
 
 def _reward_specs(standins: Path) -> dict[str, dict[str, str]]:
+    from dspo.standins import AESTHETIC_FILE
+
     laion = str(standins / "CLIP-ViT-H-14-laion2B-s32B-b79K")
     return {
         "pickscore": {
@@ -237,7 +239,7 @@ def _reward_specs(standins: Path) -> dict[str, dict[str, str]]:
         },
         "aesthetics": {
             "kind": "laion_aesthetics",
-            "checkpoint": str(standins / "sac+logos+ava1-l14-linearMSE.pth"),
+            "checkpoint": str(standins / AESTHETIC_FILE),
             "clip_model": str(standins / "clip-vit-large-patch14"),
         },
         "clip": {"kind": "clip_score", "model": laion},

@@ -54,7 +54,7 @@ from dspo.preference import PreferenceModel, make_batch, micro_batch_start, step
 from dspo.reference import PrecomputedReference, reference_parts
 from dspo.run_metrics import append_metrics, mean_over, restart_metrics
 from dspo.seeding import seeded_generator
-from dspo.tracking import log_images, start_trackers
+from dspo.tracking import log_images, new_run_id, start_trackers
 from dspo.train_settings import TrainSettings
 from dspo.validation import (
     ValidationSettings,
@@ -236,6 +236,8 @@ class TrainingRun:
             accelerator.print(f"resuming from {folder} (step {state['step']})")
             self.start_step, self.skipped = state["step"], state.get("skipped", 0)
             self.last_checkpoint = folder
+        # The tracker run continues across resumes: its id is kept with the checkpoints.
+        self.tracker_run_id = (found[1].get("tracker_run_id") if found else None) or new_run_id()
         validation = ValidationSettings.from_config(
             settings.validate_every, settings.validation or {}, self.cache.manifest["resolution"]
         )
@@ -247,7 +249,9 @@ class TrainingRun:
                     self.base_model, self._policy(), validation, accelerator.device
                 )
         if settings.report_to:
-            start_trackers(accelerator, settings.resolved, settings.name, self.start_step)
+            start_trackers(
+                accelerator, settings.resolved, settings.name, self.start_step, self.tracker_run_id
+            )
         self.model.train()
         self.saved_at = time.monotonic()
 
@@ -372,7 +376,11 @@ class TrainingRun:
             done,
             self.settings.checkpoints_kept,
             self.parts,
-            {"skipped": self.skipped, "details": fingerprint_details(self.settings.resolved)},
+            {
+                "skipped": self.skipped,
+                "details": fingerprint_details(self.settings.resolved),
+                "tracker_run_id": self.tracker_run_id,
+            },
         )
         # What SLURM's signal lead must cover: the rest of a step, then this (docs/cluster.md).
         self.accelerator.print(

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dspo.optimisation import LR_SCHEDULES, MIXED_PRECISIONS, OPTIMIZERS, OptimiserSettings
-from dspo.tracking import REPORT_TO
+from dspo.tracking import REPORT_TO, tracker_problem
 
 # Read by the trainer and required; the schema gives every one a default.
 REQUIRED = (
@@ -222,5 +222,8 @@ class TrainSettings:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"training.{key} {value!r}; expected one of {allowed}")
+        problem = tracker_problem(self.report_to)
+        if problem:
+            raise ValueError(f"training.report_to: {problem}")
         if self.validate_every and not self.validation:
             raise ValueError("training.validate_every is set but training.validation is empty")

@@ -10,6 +10,7 @@ from collections import Counter
 from dspo.config_check import entries
 from dspo import experiments
 from dspo.evaluation.intervals import interval_sentence
+from dspo.fetch import hub_artefacts
 from dspo.objectives import get_objective
 
 
@@ -65,9 +66,20 @@ def toy_world_used():
     return BUILD_TOY_BASE or any(s["kind"] == "toy" for s in sources)
 
 
+# The hub artefacts the config names, by item (dspo/fetch.py): rule fetch_item downloads
+# each on the login node; the jobs that read one wait for its record and then run offline.
+FETCH_ITEMS = {artefact.item: artefact.as_dict() for artefact in hub_artefacts(config)}
+
+
+def fetched(*items):
+    """The fetch records of those of ``items`` that come from the hub."""
+    return [f"results/fetch/items/{item}.json" for item in items if item in FETCH_ITEMS]
+
+
 def base_model_input(wildcards=None):
-    """The base model folder when the workflow builds it; nothing for a hub id or a local model."""
-    return [BASE["path"]] if BUILD_TOY_BASE else []
+    """The base model folder when the workflow builds it, the fetch record of a hub id;
+    nothing for a local model."""
+    return [BASE["path"]] if BUILD_TOY_BASE else fetched("base_model")
 
 
 def source_inputs(source, toy_output):
@@ -77,9 +89,9 @@ def source_inputs(source, toy_output):
     kind = source["kind"]
     if kind == "toy":
         return [toy_output]
-    if kind == "hub":
+    path = source.get("path") if kind != "hub" else None
+    if path is None:
         return []
-    path = source["path"]
     return sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
 
 
@@ -90,7 +102,7 @@ def source_arg(source, toy_output):
     kind = source["kind"]
     if kind == "toy":
         return toy_output
-    return source["id"] if kind == "hub" else source["path"]
+    return source["id"] if kind == "hub" else source.get("path") or source["id"]
 
 
 PAIRS_SOURCE = config["pairs"]["source"]
@@ -102,7 +114,7 @@ EDITING_TABLE = "results/data/editing.parquet"
 
 
 def pairs_source_input(wildcards):
-    return source_inputs(PAIRS_SOURCE, TOY_PAIRS)
+    return source_inputs(PAIRS_SOURCE, TOY_PAIRS) + fetched("pairs")
 
 
 def pairs_parts(wildcards):
@@ -127,7 +139,8 @@ def cache_parts(wildcards):
 
 
 def prompt_source_input(wildcards):
-    return source_inputs(PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"], TOY_PROMPTS)
+    source = PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"]
+    return source_inputs(source, TOY_PROMPTS) + fetched(f"prompt_set.{wildcards.prompt_set}")
 
 
 def prompt_source_arg(wildcards):
@@ -259,7 +272,12 @@ def editing_options(wildcards, output):
 
 
 def editing_source_input(wildcards):
-    return source_inputs(EDITING["source"], TOY_EDITING)
+    return source_inputs(EDITING["source"], TOY_EDITING) + fetched("editing")
+
+
+def rewards_input(wildcards):
+    """The fetch records of the reward models' hub parts."""
+    return fetched(*(item for item in FETCH_ITEMS if item.startswith("reward.")))
 
 
 def reward_config():

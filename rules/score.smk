@@ -4,7 +4,10 @@
 # fresh copies, newer than the manifests, so stale scores would then count as current.
 rule score:
     input:
-        expand("results/images/{{model}}/{image_set}/manifest.parquet", image_set=EVAL_SETS),
+        manifests=expand(
+            "results/images/{{model}}/{image_set}/manifest.parquet", image_set=EVAL_SETS
+        ),
+        fetched=rewards_input,
     output:
         expand("results/scores/{{model}}/{image_set}.parquet", image_set=EVAL_SETS),
     params:
@@ -17,5 +20,5 @@ rule score:
     log:
         "results/logs/score/{model}.log",
     shell:
-        "dspo score --name {wildcards.model} --params {params.rewards:q} --manifest {input:q}"
+        "dspo score --name {wildcards.model} --params {params.rewards:q} --manifest {input.manifests:q}"
         " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"

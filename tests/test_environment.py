@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +40,11 @@ def test_no_path_depends_on_where_the_file_lies() -> None:
                 assert word.startswith("${DSPO_ROOT}"), f"environment.yml: {line!r}"
 
 
-def test_pip_section_resolves_from_a_copy_with_the_tested_pins(tmp_path: Path) -> None:
-    """What conda does with the pip section, from another folder: pip resolves it (dry run)
-    to the package of this repository and the versions of constraints.txt."""
+def _resolve(lines: list[str], tmp_path: Path) -> dict[str, dict]:
+    """What pip installs (dry run) for requirement lines, from another folder: name -> item."""
     requirements = tmp_path / "copy" / "requirements.txt"
     requirements.parent.mkdir()
-    requirements.write_text("\n".join(_pip_lines()) + "\n")
+    requirements.write_text("\n".join(lines) + "\n")
     report = tmp_path / "report.json"
     result = subprocess.run(
         [
@@ -67,10 +67,16 @@ def test_pip_section_resolves_from_a_copy_with_the_tested_pins(tmp_path: Path) -
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    installed = {
+    return {
         item["metadata"]["name"].lower().replace("_", "-"): item
         for item in json.loads(report.read_text())["install"]
     }
+
+
+def test_pip_section_resolves_from_a_copy_with_the_tested_pins(tmp_path: Path) -> None:
+    """What conda does with the pip section, from another folder: pip resolves it (dry run)
+    to the package of this repository and the versions of constraints.txt."""
+    installed = _resolve(_pip_lines(), tmp_path)
     assert "dspo" in installed, "the package itself is not installed"
     assert installed["dspo"]["download_info"]["url"] == REPO.as_uri()
     for name, version in _pins().items():
@@ -78,3 +84,13 @@ def test_pip_section_resolves_from_a_copy_with_the_tested_pins(tmp_path: Path) -
             got = installed[name]["metadata"]["version"].split("+")[0]
             assert got == version, f"{name}: {got} instead of the tested {version}"
     assert {"torch", "snakemake", "diffusers", "datasets"} <= set(installed)
+
+
+def test_the_makefile_install_has_what_the_presets_need(tmp_path: Path) -> None:
+    """`make`'s install (the README's) gives `datasets`, which every hub source of the
+    presets reads with, at its tested version."""
+    extras = re.search(r'-e "\.\[([a-z,]+)\]"', (REPO / "Makefile").read_text())
+    assert extras, 'the Makefile installs the package with extras: -e ".[...]"'
+    lines = ["-c ${DSPO_ROOT}/constraints.txt", f"-e ${{DSPO_ROOT}}[{extras.group(1)}]"]
+    installed = _resolve(lines, tmp_path)
+    assert installed["datasets"]["metadata"]["version"] == _pins()["datasets"]

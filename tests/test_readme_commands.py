@@ -3,8 +3,8 @@
 Every command line of the shell blocks in the sections "Presets" and "Running on a cluster"
 runs in a copy of the repository. `export` lines set the environment of the lines after
 them. A command that needs GPUs and the hub (the sd15/sdxl presets) or a cluster (the slurm
-profile) runs as a dry run (`-n` added); the smoke preset runs for real. The two local files
-that the sd15 preset names (README: Presets) are given as empty stand-ins.
+profile) runs as a dry run (`-n` added); the smoke preset runs for real. No file is added to
+the copy: every input of the sd15 preset is on the hub.
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("## Presets", "## Running on a cluster")
-SD15_LOCAL_FILES = (
-    "data/hpsv2_benchmark_prompts.txt",
-    "data/rewards/sac+logos+ava1-l14-linearMSE.pth",
-)
 
 
 def section_lines(readme: str, heading: str) -> list[str]:
@@ -64,9 +60,6 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, root / name)
     (root / "slurm").symlink_to("workflow/profiles/slurm")
-    for name in SD15_LOCAL_FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text("")
     return root
 
 

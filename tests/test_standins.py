@@ -20,6 +20,7 @@ from dspo.standins import (
     AESTHETIC_FILE,
     EDITING,
     HPS_FILE,
+    HPSV2_BENCHMARK,
     IMAGE_REWARD,
     LAION_CLIP,
     OPENAI_CLIP_L,
@@ -177,7 +178,8 @@ def test_prompt_files_and_editing_set_load_as_the_preset_reads_them(
             "path": str(out / PROMPTS / "PartiPrompts.tsv"),
             "column": "Prompt",
         },
-        "hpsv2": {"kind": "file", "path": str(out / PROMPTS / "hpsv2_benchmark_prompts.txt")},
+        # zhwang/HPDv2's layout: benchmark/{anime,concept-art,paintings,photo}.json.
+        "hpsv2": {"kind": "hpsv2", "path": str(out / HPSV2_BENCHMARK)},
     }
     for name, source in sets.items():
         table = load_prompt_set(name, {"source": source})
@@ -236,3 +238,4 @@ def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     assert jobs["score"] == 11 and jobs["tables"] == 1
     assert jobs["pairs_part"] == 2 and jobs["ddspo_part"] == 2 and jobs["cache_part"] == 6
     assert "base_model" not in jobs and "toy_world" not in jobs
+    assert "fetch_item" not in jobs  # every hub file of sd15 is read from the stand-ins

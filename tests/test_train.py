@@ -499,3 +499,21 @@ def test_lora_under_mixed_precision_holds_the_frozen_base_in_half(
         "bf16",
     )
     assert {p.dtype for p in full.denoiser.parameters()} == {torch.float32}
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(
+    cache_dir: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The W&B run id is kept with the checkpoint and opened again on resume (a fake tracker
+    start records it: wandb is not installed here)."""
+    opened = []
+    monkeypatch.setattr("dspo.train_settings.tracker_problem", lambda report_to: None)
+    monkeypatch.setattr(
+        train_module, "start_trackers", lambda *args: opened.append((args[2], args[3], args[4]))
+    )
+    cfg = {**DSPO, "report_to": "wandb"}
+    run(cfg, cache_dir, tiny_model, tmp_path)
+    state = json.loads((tmp_path / "run/checkpoints/step-000002/state.json").read_text())
+    assert state["tracker_run_id"] == opened[0][2]
+    assert run({**cfg, "steps": 6}, cache_dir, tiny_model, tmp_path)["resumed_from"] == 2
+    assert opened[1] == (opened[0][0], 2, opened[0][2])  # same method, from step 2, same run

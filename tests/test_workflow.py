@@ -41,19 +41,7 @@ def test_bad_config_fails_naming_the_key(override: dict, named: str, tmp_path: P
     assert named in result.stdout
 
 
-def local_files_of_sd15(workdir: Path) -> None:
-    """Stand-ins for the two local files the sd15 preset names (not on the hub); the plan
-    checks that they exist."""
-    for name in (
-        "data/hpsv2_benchmark_prompts.txt",
-        "data/rewards/sac+logos+ava1-l14-linearMSE.pth",
-    ):
-        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
-        (workdir / name).write_text("")
-
-
 def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
-    local_files_of_sd15(tmp_path)
     result = snakemake(
         "-n", "all", "--configfile", str(REPO / "config/presets/sd15.yaml"), cwd=tmp_path
     )
@@ -61,13 +49,14 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     assert jobs["train"] == 10 and jobs["generate"] == 11 and "edit" not in jobs
     assert jobs["score"] == 11 and jobs["editing_set"] == 1
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
+    # In a bare folder: every hub artefact is downloaded first (rules/fetch.smk), once each.
+    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 15
 
 
 @pytest.mark.parametrize("preset", ["sd35", "flux"])
 def test_flow_matching_presets_plan_the_paper_dag(preset: str, tmp_path: Path) -> None:
     """SD3.5 and FLUX, merged over sd15 as their headers say: the same paper DAG, every
     method trained as LoRA under the family's timestep recipe, sampled with Euler."""
-    local_files_of_sd15(tmp_path)
     configs = [str(REPO / f"config/presets/{name}.yaml") for name in ("sd15", preset)]
     result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
     jobs = planned_jobs(result.stdout)
@@ -78,7 +67,6 @@ def test_flow_matching_presets_plan_the_paper_dag(preset: str, tmp_path: Path) -
 
 
 def test_the_80gb_preset_trains_sd15_without_checkpointing(tmp_path: Path) -> None:
-    local_files_of_sd15(tmp_path)
     configs = [str(REPO / f"config/presets/{name}.yaml") for name in ("sd15", "sd15-80gb")]
     result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
     assert planned_jobs(result.stdout)["train"] == 10

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from dspo.data.hpsv2_prompts import read_benchmark
 from dspo.data.pairs import prompt_id_of
 
 COLUMNS = ["prompt_set", "prompt_id", "prompt"]
@@ -27,9 +28,11 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise ValueError(f"prompt file {path}: unsupported format {path.suffix!r}")
 
 
-# Source kinds of prompt sets and the editing set: the toy world's, and those _read_source reads.
+# Source kinds of prompt sets and the editing set: the toy world's, and those _read_source reads;
+# prompt sets also take the HPSv2 benchmark's files (dspo.data.hpsv2_prompts).
 _READ_KINDS = ("file", "hub")
 SOURCE_KINDS = ("toy", *_READ_KINDS)
+PROMPT_SOURCE_KINDS = (*SOURCE_KINDS, "hpsv2")
 
 
 def _read_source(source: Mapping[str, Any], default_split: str) -> tuple[pd.DataFrame, str]:
@@ -62,6 +65,8 @@ def load_prompt_set(
         if table.empty:
             raise ValueError(f"{toy_prompts}: no prompts of toy split {source['split']!r}")
         prompts = table["prompt"].tolist()
+    elif kind == "hpsv2":
+        prompts = list(dict.fromkeys(read_benchmark(source)))
     elif kind in _READ_KINDS:
         column = source.get("column", "prompt")
         frame, where = _read_source(source, default_split="test")

@@ -8,11 +8,13 @@ that the sd15 and sdxl presets download, for rehearsing the real path offline.
     DIR/PickScore_v1/                      pickscore  ViT-H-14 CLIPModel
     DIR/CLIP-ViT-H-14-laion2B-s32B-b79K/   clip     ViT-H-14 CLIPModel + processor/tokenizer
     DIR/HPSv2/HPS_v2.1_compressed.pt       hps      open_clip ViT-H-14 {"state_dict": ...}
-    DIR/sac+logos+ava1-l14-linearMSE.pth   aesthetics  MLP, over DIR/clip-vit-large-patch14/
+    DIR/ddpo-aesthetic-predictor/aesthetic-model.pth
+                                           aesthetics  MLP, over DIR/clip-vit-large-patch14/
     DIR/ImageReward/                       image_reward  ImageReward.pt + med_config.json
     DIR/bert-base-uncased/                 (with image_reward) its tokenizer
     DIR/pickapic_v2/data/*.parquet         pickapic  train and test_unique splits
-    DIR/prompts/                           prompts  PartiPrompts.tsv, HPSv2 prompts
+    DIR/prompts/PartiPrompts.tsv           prompts  Parti prompts, and
+    DIR/HPDv2/benchmark/*.json                      the HPSv2 benchmark (zhwang/HPDv2's layout)
     DIR/instructpix2pix-1000-samples/      editing  train.parquet
     DIR/standins.json                      what was written, with counts and seconds
 
@@ -33,11 +35,14 @@ SDXL = "stable-diffusion-xl-base-1.0"
 LAION_CLIP = "CLIP-ViT-H-14-laion2B-s32B-b79K"
 PICKSCORE = "PickScore_v1"
 HPS_FILE = "HPSv2/HPS_v2.1_compressed.pt"
-AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+# The hub's trl-lib/ddpo-aesthetic-predictor: the LAION head under the file name used there.
+AESTHETIC_FILE = "ddpo-aesthetic-predictor/aesthetic-model.pth"
 OPENAI_CLIP_L = "clip-vit-large-patch14"
 IMAGE_REWARD = "ImageReward"
 PICKAPIC = "pickapic_v2"
 PROMPTS = "prompts"
+# The hub dataset zhwang/HPDv2, with only its benchmark/ folder.
+HPSV2_BENCHMARK = "HPDv2"
 EDITING = "instructpix2pix-1000-samples/train.parquet"
 MANIFEST = "standins.json"
 
@@ -100,7 +105,10 @@ def write_standins(
             out / PICKAPIC, {"train": pairs, "test_unique": prompts}, seed=seed
         ),
         "prompts": lambda: {
-            k: str(v) for k, v in data.write_prompt_files(out / PROMPTS, prompts, seed).items()
+            k: str(v)
+            for k, v in data.write_prompt_files(
+                out / PROMPTS, out / HPSV2_BENCHMARK, prompts, seed
+            ).items()
         },
         "editing": lambda: str(data.write_editing_set(out / EDITING, max(4, prompts // 4), seed)),
     }

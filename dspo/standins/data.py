@@ -10,6 +10,7 @@ normaliser against them.
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -173,9 +174,12 @@ def write_pickapic(
     return counts
 
 
-def write_prompt_files(out: Path, n: int, seed: int = 0) -> dict[str, Path]:
-    """Parti prompts (TSV with Prompt, Category, Challenge, Note) and the HPSv2 benchmark's
-    prompts (four styles, one a line), as the preset's prompt-set loaders read them."""
+def write_prompt_files(out: Path, hpsv2_out: Path, n: int, seed: int = 0) -> dict[str, Path]:
+    """Parti prompts (``out/PartiPrompts.tsv``: Prompt, Category, Challenge, Note) and the
+    HPSv2 benchmark in the hub dataset's layout (``hpsv2_out/benchmark/<style>.json``, each a
+    JSON list of prompts; dspo.data.hpsv2_prompts), as the preset's prompt-set loaders read them."""
+    from dspo.data.hpsv2_prompts import STYLES, benchmark_files
+
     rng = np.random.default_rng(seed + 100)
     out.mkdir(parents=True, exist_ok=True)
     parti = pd.DataFrame(
@@ -187,13 +191,11 @@ def write_prompt_files(out: Path, n: int, seed: int = 0) -> dict[str, Path]:
         }
     )
     parti.to_csv(out / "PartiPrompts.tsv", sep="\t", index=False)
-    hps = [
-        f"{prompt(rng)}, {style}"
-        for style in ("anime", "concept-art", "paintings", "photo")
-        for _ in range(max(1, n // 4))
-    ]
-    (out / "hpsv2_benchmark_prompts.txt").write_text("\n".join(hps) + "\n")
-    return {"parti": out / "PartiPrompts.tsv", "hpsv2": out / "hpsv2_benchmark_prompts.txt"}
+    for style, name in zip(STYLES, benchmark_files(), strict=True):
+        file = hpsv2_out / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps([f"{prompt(rng)}, {style}" for _ in range(max(1, n // 4))]))
+    return {"parti": out / "PartiPrompts.tsv", "hpsv2": hpsv2_out}
 
 
 def write_editing_set(out_file: Path, n: int, seed: int = 0) -> Path:
