@@ -10,7 +10,7 @@ off, and the same effective batch trains alike on one process or several (the da
 of a step are in `dspo.preference`).
 
 It never returns a wrong model silently: checkpoints are resumed only by the run that wrote
-them (`dspo.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1 save a
+them (`dspo.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1/SIGINT save a
 checkpoint before exiting (`dspo.guards`), and the learning rate follows the step, once per
 optimiser step, however many processes train.
 
@@ -107,8 +107,8 @@ def train(
 
     Run it under ``accelerate launch`` for several processes: the effective batch
     (``pairs_per_step``) stays the same and the accumulation follows from it. Raises
-    :class:`DivergenceError` on non-finite numbers and :class:`Preempted` after SIGTERM or
-    SIGUSR1 (a checkpoint written); in both cases no model is written. ``reference_dir``
+    :class:`DivergenceError` on non-finite numbers and :class:`Preempted` after SIGTERM,
+    SIGUSR1 or SIGINT (a checkpoint written); in both cases no model is written. ``reference_dir``
     holds the reference's outputs computed before training (:mod:`dspo.reference`): no
     reference forward runs and no reference copy is held.
     """
@@ -125,7 +125,7 @@ def train(
     )
     with StopSignals() as signals:
         for step in bar:
-            loss = run.step(step, stopping=signals.received is not None, signal=signals.name)
+            loss = run.step(step, stop=signals.reason)
             if loss is not None:
                 bar.set_postfix(loss=f"{loss:.4f}")
     return run.finish(out_dir)
@@ -241,11 +241,12 @@ class TrainingRun:
             start_trackers(accelerator, settings.resolved, settings.name, self.start_step)
         self.model.train()
 
-    def step(self, step: int, stopping: bool = False, signal: str | None = None) -> float | None:
+    def step(self, step: int, stop: str = "") -> float | None:
         """Optimiser step ``step``: its micro-batches, then the update, unless a number is not
         finite (skipped within ``skip_nonfinite``, else :class:`DivergenceError`); then
-        metrics, validation and checkpoint as due. ``stopping``: a stop signal arrived, so
-        a checkpoint is written and :class:`Preempted` raised. Returns the loss when logged."""
+        metrics, validation and checkpoint as due. ``stop``: why training must stop (a signal
+        arrived), so a checkpoint is written and :class:`Preempted` raised.
+        Returns the loss when logged."""
         settings = self.settings
         lr = set_learning_rate(self.optimizer, settings.optimiser, step)
         sums = self._gradients(step)
@@ -253,7 +254,7 @@ class TrainingRun:
         checks_gradient = self.accelerator.mixed_precision != "fp16"
         checked = {k: v for k, v in sums.items() if checks_gradient or k != "grad_norm"}
         metric = first_nonfinite(checked)
-        bad, stopping = _agree(self.accelerator, metric is not None, stopping)
+        bad, stopping = _agree(self.accelerator, metric is not None, bool(stop))
         done, loss = step + 1, None
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
@@ -268,7 +269,7 @@ class TrainingRun:
         if stopping and done < settings.steps:
             self.last_checkpoint = self._save(done)
             raise Preempted(
-                f"{signal or 'a stop signal'} received: stopped after step {done} "
+                f"{stop or 'another process was told to stop'}: stopped after step {done} "
                 f"of {settings.steps}, checkpoint {self.last_checkpoint}; run again to resume"
             )
         every = settings.checkpoint_every
