@@ -151,7 +151,7 @@ def write_model(
 
 def run_record(lock: RunLock) -> dict[str, Any]:
     """What the model record keeps of the run that wrote it (under :data:`RUN_KEY`)."""
-    return {RUN_KEY: {k: lock.record[k] for k in ("pid", "host", "started")}}
+    return {RUN_KEY: {k: lock.record[k] for k in ("pid", "started")}}
 
 
 @contextlib.contextmanager

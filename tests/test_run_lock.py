@@ -83,7 +83,7 @@ def test_a_newer_runs_model_is_not_overwritten(tmp_path: Path) -> None:
     out = tmp_path / "model"
     with RunLock(tmp_path / "run", HERE) as lock:
         out.mkdir()
-        newer = {"run": {"pid": 4242, "host": "h", "started": lock.started + 10}}
+        newer = {"run": {"pid": 4242, "started": lock.started + 10}}
         (out / RECORD).write_text(json.dumps(newer))
         with pytest.raises(RunConflict, match="run that started later \\(pid 4242\\)"):
             write_model(out, lock, RECORD, model_writer("this run's"))
