@@ -154,10 +154,20 @@ def run_record(lock: RunLock) -> dict[str, Any]:
     return {RUN_KEY: {k: lock.record[k] for k in ("pid", "started")}}
 
 
+def is_first_process() -> bool:
+    """Whether this is the run's first process: rank 0 of a launch (the ranks' variables that
+    accelerate reads), or the only process. Known before the processes join."""
+    for name in ("RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMI_RANK"):
+        if name in os.environ:
+            return int(os.environ[name]) == 0
+    return True
+
+
 @contextlib.contextmanager
-def held(run_dir: Path, watch: JobWatch, main: bool) -> Iterator[RunLock | None]:
-    """The run folder's lock on the main process; None on the others."""
-    if not main:
+def held(run_dir: Path, watch: JobWatch) -> Iterator[RunLock | None]:
+    """The run folder's lock on the first process (:func:`is_first_process`); None on the
+    others. Taken before any work, so that a second trainer stops at once."""
+    if not is_first_process():
         yield None
         return
     with RunLock(run_dir, watch) as lock:

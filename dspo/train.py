@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
@@ -114,7 +114,7 @@ def train(
     """
     settings = TrainSettings.from_config(cfg)
     watch = JobWatch.start()
-    with held(run_dir, watch, PartialState().is_main_process) as lock:
+    with held(run_dir, watch) as lock:
         run = TrainingRun.set_up(settings, cache_dir, base_model, run_dir, reference_dir)
         run.resume()
         bar = tqdm(

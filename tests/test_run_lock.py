@@ -15,7 +15,7 @@ import pytest
 
 from dspo.guards import Preempted
 from dspo.job_watch import JobWatch, is_launcher, parent_of
-from dspo.run_lock import LOCK, RunConflict, RunLock, run_record, write_model
+from dspo.run_lock import LOCK, RunConflict, RunLock, held, run_record, write_model
 
 RECORD = "dspo_config.json"
 HERE = JobWatch(links=(os.getppid(),))
@@ -127,3 +127,17 @@ def test_the_parent_of_a_process_is_read_from_proc() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_only_the_first_process_of_a_launch_holds_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under accelerate launch or torchrun each process has a RANK; rank 0 takes the lock."""
+    with held(tmp_path / "run", HERE) as lock:
+        assert isinstance(lock, RunLock)
+        monkeypatch.setenv("RANK", "1")
+        with held(tmp_path / "run", HERE) as other:  # no conflict: it takes none
+            assert other is None
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(RunConflict), held(tmp_path / "run", HERE):
+            pass
