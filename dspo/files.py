@@ -39,6 +39,9 @@ NEARLY_FULL = 64 << 20
 class DiskFull(OSError):
     """A write failed for lack of space; nothing that existed before it was changed."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message names the error itself
+
 
 def human_bytes(n: int) -> str:
     """``n`` bytes in the largest unit that keeps it >= 1 (``1.5 GiB``)."""
