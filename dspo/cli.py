@@ -447,6 +447,13 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:
         # Bad input is the user's to fix: say what is wrong without a traceback.
         sys.exit(f"dspo {args.command}: error: {err}")
+    except OSError as err:
+        # So is a full disk (dspo.files names the path and the space needed).
+        from dspo.files import DiskFull
+
+        if not isinstance(err, DiskFull):
+            raise
+        sys.exit(f"dspo {args.command}: error: {err}")
     except RuntimeError as err:
         # A training job stopped by a signal has saved a checkpoint: exit non-zero, so the
         # workflow's retry resumes it, with no traceback.

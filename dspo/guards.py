@@ -5,9 +5,10 @@ naming the step and the metric, the last good checkpoint stays, and no model is 
 ``training.skip_nonfinite: N`` up to N isolated bad steps are skipped (no optimiser step) and
 counted instead; the N+1st stops training.
 
-SLURM sends SIGTERM at a time limit or preemption (and, when asked, SIGUSR1 ahead of it). Either
-signal sets a flag; the trainer checks it at the next step boundary, writes a checkpoint and
-exits non-zero, so the retried job resumes from there.
+SLURM sends SIGTERM at a time limit or preemption (and, when asked, SIGUSR1 ahead of it); Ctrl-C
+sends SIGINT. Each signal sets a flag; the trainer checks it at the next step boundary, writes a
+checkpoint and exits non-zero, so the retried job resumes from there. A second Ctrl-C does not
+wait for the step: it interrupts at once (checkpoints are written whole or not at all).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from types import FrameType
 
 import torch
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class DivergenceError(ValueError):
@@ -32,8 +33,9 @@ class Preempted(RuntimeError):
 
 
 class StopSignals:
-    """Record SIGTERM and SIGUSR1 instead of dying, while the ``with`` block runs.
+    """Record SIGTERM, SIGUSR1 and SIGINT instead of dying, while the ``with`` block runs.
 
+    A second SIGINT raises :class:`KeyboardInterrupt` as Python's default handler does.
     Handlers can be installed only in the main thread; elsewhere the signals keep their
     default effect.
     """
@@ -43,6 +45,8 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            signal.default_int_handler(signum, frame)
         self.received = signum
 
     def __enter__(self) -> StopSignals:
@@ -57,8 +61,9 @@ class StopSignals:
         self._previous.clear()
 
     @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name if self.received else ""
+    def reason(self) -> str:
+        """Why training should stop ('SIGTERM received'), or '' while no signal arrived."""
+        return f"{signal.Signals(self.received).name} received" if self.received else ""
 
 
 def first_nonfinite(metrics: Mapping[str, float]) -> str | None:

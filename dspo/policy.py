@@ -3,17 +3,25 @@ written out in the formats the stock diffusers pipelines load."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import ModelMixin
 
+from dspo.content import write_content_record
 from dspo.data.cache import PairCache
 from dspo.families import load_family
 from dspo.families.base import Family
+from dspo.model_card import write_model_card
 from dspo.objectives import Objective
 from dspo.preference import PreferenceModel
 from dspo.train_settings import TrainSettings
+
+# The model folder's record of the run that wrote it: its resolved config and summary.
+MODEL_CONFIG = "dspo_config.json"
 
 
 def build_model(
@@ -104,3 +112,21 @@ def save_model(
     ``load_lora_weights`` reads them.
     """
     family.save_denoiser(denoiser, base_model, out_dir, lora=settings.lora is not None)
+
+
+def write_model_folder(
+    denoiser: ModelMixin,
+    family: Family,
+    settings: TrainSettings,
+    base_model: str,
+    record: Mapping[str, Any],
+    card: Mapping[str, Any],
+    data: str,
+    folder: Path,
+) -> None:
+    """The trained model (:func:`save_model`), its record, its card and, last, its content
+    record, which makes the folder's content key (:mod:`dspo.content`) its files' hash."""
+    save_model(denoiser, family, settings, base_model, folder)
+    (folder / MODEL_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
+    write_model_card(folder, card, base_model, data)
+    write_content_record(folder)

@@ -10,7 +10,7 @@ off, and the same effective batch trains alike on one process or several (the da
 of a step are in `dspo.preference`).
 
 It never returns a wrong model silently: checkpoints are resumed only by the run that wrote
-them (`dspo.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1 save a
+them (`dspo.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1/SIGINT save a
 checkpoint before exiting (`dspo.guards`), and the learning rate follows the step, once per
 optimiser step, however many processes train.
 
@@ -21,12 +21,12 @@ leaves the trajectory untouched), both also in the tracker (`dspo.tracking`).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from dspo import checkpoints as ckpt
-from dspo.content import write_content_record
 from dspo.data.cache import PairCache, load_cache
+from dspo.files import folder_bytes, space_for
 from dspo.fingerprint import fingerprint_details, fingerprint_parts
 from dspo.guards import (
     DivergenceError,
@@ -46,12 +46,13 @@ from dspo.guards import (
     check_weights_finite,
     first_nonfinite,
 )
-from dspo.model_card import write_model_card
+from dspo.job_watch import JobWatch
 from dspo.objectives import get_objective, objective_kwargs
 from dspo.optimisation import make_optimizer, resolve_mixed_precision, set_learning_rate
-from dspo.policy import build_model, save_model, use_tf32
+from dspo.policy import MODEL_CONFIG, build_model, use_tf32, write_model_folder
 from dspo.preference import PreferenceModel, make_batch, micro_batch_start, step_rows
 from dspo.reference import PrecomputedReference, reference_parts
+from dspo.run_lock import RunLock, held, run_record, write_model
 from dspo.run_metrics import append_metrics, mean_over, restart_metrics
 from dspo.seeding import seeded_generator
 from dspo.tracking import log_images, new_run_id, start_trackers
@@ -63,8 +64,6 @@ from dspo.validation import (
     restart_validation,
     save_strip,
 )
-
-MODEL_CONFIG = "dspo_config.json"
 
 
 def accumulation_steps(effective_pairs: int, local_pairs: int, processes: int) -> int:
@@ -108,28 +107,31 @@ def train(
 
     Run it under ``accelerate launch`` for several processes: the effective batch
     (``pairs_per_step``) stays the same and the accumulation follows from it. Raises
-    :class:`DivergenceError` on non-finite numbers and :class:`Preempted` after SIGTERM or
-    SIGUSR1 (a checkpoint written); in both cases no model is written. ``reference_dir``
-    holds the reference's outputs computed before training (:mod:`dspo.reference`): no
-    reference forward runs and no reference copy is held.
+    :class:`DivergenceError` on non-finite numbers and :class:`Preempted` after SIGTERM,
+    SIGUSR1 or SIGINT, or once the job that started it is gone (a checkpoint written); in
+    these cases no model is written. One trainer at a time holds ``run_dir``
+    (:mod:`dspo.run_lock`). ``reference_dir`` holds the reference's outputs computed before
+    training (:mod:`dspo.reference`): no reference forward runs and no reference copy is held.
     """
     settings = TrainSettings.from_config(cfg)
-    run = TrainingRun.set_up(settings, cache_dir, base_model, run_dir, reference_dir)
-    run.resume()
-    bar = tqdm(
-        range(run.start_step, settings.steps),
-        initial=run.start_step,
-        total=settings.steps,
-        desc=f"train {settings.name}",
-        disable=not run.accelerator.is_local_main_process,
-        mininterval=5,
-    )
-    with StopSignals() as signals:
-        for step in bar:
-            loss = run.step(step, stopping=signals.received is not None, signal=signals.name)
-            if loss is not None:
-                bar.set_postfix(loss=f"{loss:.4f}")
-    return run.finish(out_dir)
+    watch = JobWatch.start()
+    with held(run_dir, watch) as lock:
+        run = TrainingRun.set_up(settings, cache_dir, base_model, run_dir, reference_dir)
+        run.resume()
+        bar = tqdm(
+            range(run.start_step, settings.steps),
+            initial=run.start_step,
+            total=settings.steps,
+            desc=f"train {settings.name}",
+            disable=not run.accelerator.is_local_main_process,
+            mininterval=5,
+        )
+        with StopSignals() as signals:
+            for step in bar:
+                loss = run.step(step, stop=signals.reason or watch.gone())
+                if loss is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}")
+        return run.finish(out_dir, lock)
 
 
 class TrainingRun:
@@ -255,11 +257,12 @@ class TrainingRun:
         self.model.train()
         self.saved_at = time.monotonic()
 
-    def step(self, step: int, stopping: bool = False, signal: str | None = None) -> float | None:
+    def step(self, step: int, stop: str = "") -> float | None:
         """Optimiser step ``step``: its micro-batches, then the update, unless a number is not
         finite (skipped within ``skip_nonfinite``, else :class:`DivergenceError`); then
-        metrics, validation and checkpoint as due. ``stopping``: a stop signal arrived, so
-        a checkpoint is written and :class:`Preempted` raised. Returns the loss when logged."""
+        metrics, validation and checkpoint as due. ``stop``: why training must stop (a signal
+        arrived, the job is gone), so a checkpoint is written and :class:`Preempted` raised.
+        Returns the loss when logged."""
         settings = self.settings
         lr = set_learning_rate(self.optimizer, settings.optimiser, step)
         sums = self._gradients(step)
@@ -270,7 +273,7 @@ class TrainingRun:
         # Every rank takes the same branches: one that got a signal, or whose clock says a
         # checkpoint is due, makes all of them save after this step.
         bad, stopping, clock_due = _agree(
-            self.accelerator, metric is not None, stopping, self._clock_due()
+            self.accelerator, metric is not None, bool(stop), self._clock_due()
         )
         done, loss = step + 1, None
         if bad:
@@ -286,7 +289,7 @@ class TrainingRun:
         if stopping and done < settings.steps:
             self.last_checkpoint = self._save(done)
             raise Preempted(
-                f"{signal or 'a stop signal'} received: stopped after step {done} "
+                f"{stop or 'another process was told to stop'}: stopped after step {done} "
                 f"of {settings.steps}, checkpoint {self.last_checkpoint}; run again to resume"
             )
         every = settings.checkpoint_every
@@ -369,29 +372,34 @@ class TrainingRun:
 
     def _save(self, done: int) -> Path:
         check_weights_finite(self._policy().named_parameters(), f"checkpoint of step {done}")
+        folder = self.run_dir / "checkpoints"
+        # Every checkpoint of a run is as large as the last one.
+        needed = folder_bytes(self.last_checkpoint) if self.last_checkpoint else None
         start = time.monotonic()
-        folder = ckpt.save_checkpoint(
-            self.accelerator,
-            self.run_dir / "checkpoints",
-            done,
-            self.settings.checkpoints_kept,
-            self.parts,
-            {
-                "skipped": self.skipped,
-                "details": fingerprint_details(self.settings.resolved),
-                "tracker_run_id": self.tracker_run_id,
-            },
-        )
+        with space_for(folder / f"step-{done:06d}", needed):
+            saved = ckpt.save_checkpoint(
+                self.accelerator,
+                folder,
+                done,
+                self.settings.checkpoints_kept,
+                self.parts,
+                {
+                    "skipped": self.skipped,
+                    "details": fingerprint_details(self.settings.resolved),
+                    "tracker_run_id": self.tracker_run_id,
+                },
+            )
         # What SLURM's signal lead must cover: the rest of a step, then this (docs/cluster.md).
         self.accelerator.print(
-            f"checkpoint {folder.name} written in {time.monotonic() - start:.1f} s; "
+            f"checkpoint {saved.name} written in {time.monotonic() - start:.1f} s; "
             f"{start - self.saved_at:.1f} s of training since the last one or the start"
         )
         self.saved_at = time.monotonic()
-        return folder
+        return saved
 
-    def finish(self, out_dir: Path) -> dict[str, Any]:
-        """Write the model, its record and card (main process); drop the checkpoints."""
+    def finish(self, out_dir: Path, lock: RunLock | None) -> dict[str, Any]:
+        """Write the model, its record and card (main process, which holds ``lock``, if this
+        run still owns its folder: :func:`dspo.run_lock.write_model`); drop the checkpoints."""
         accelerator, settings = self.accelerator, self.settings
         accelerator.wait_for_everyone()
         summary = {
@@ -411,14 +419,11 @@ class TrainingRun:
         if accelerator.is_main_process:
             final = self._policy()
             check_weights_finite(final.named_parameters(), f"the model for {out_dir}")
-            save_model(final, self.family, settings, self.base_model, out_dir)
-            record = {"config": dict(settings.resolved), **summary}
-            (out_dir / MODEL_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
+            record = {"config": dict(settings.resolved), **summary, **run_record(lock)}
             data = f"{len(self.cache)} preference pairs (`{settings.data}`, cache {self.cache_dir})"
             card = {"name": settings.name, **settings.resolved}
-            write_model_card(out_dir, card, self.base_model, data)
-            # The record makes the model folder's content key (dspo.content) its weights' hash.
-            write_content_record(out_dir)
+            write = partial(write_model_folder, final, self.family, settings, self.base_model)
+            write_model(out_dir, lock, MODEL_CONFIG, partial(write, record, card, data))
             ckpt.mark_finished(self.run_dir, self.parts, settings.steps, out_dir)
             if not settings.keep_checkpoints:
                 # The model is saved and its weights checked: the checkpoints (weights and

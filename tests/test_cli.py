@@ -214,3 +214,21 @@ def test_train_by_hand_with_the_documented_config(
     assert (tmp_path / "my_model" / "unet" / "config.json").exists()
     records = (tmp_path / "my_model.run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(records[-1])["step"] == 3
+
+
+def test_a_full_disk_is_named_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that runs out of space exits with dspo.files' message, not a traceback."""
+    import errno
+
+    import dspo.data.pairs
+    from dspo.files import DiskFull
+
+    def full(inputs, out):
+        raise DiskFull(errno.ENOSPC, f"No space left on device: writing {out} failed")
+
+    monkeypatch.setattr(dspo.data.pairs, "gather_pairs", full)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pairs-gather", "--inputs", "a", "--out", "results/pairs"])
+    message = str(exit_info.value.code)
+    assert message.startswith("dspo pairs-gather: error: No space left on device")
+    assert "writing results/pairs failed" in message

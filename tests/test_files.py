@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from dspo.files import PART_RECORD, part_folder, png_bytes, write_json_atomic
+from dspo.files import (
+    PART_RECORD,
+    DiskFull,
+    part_folder,
+    png_bytes,
+    replace_folder,
+    space_for,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from dspo.seeding import seeded_generator
 
 
@@ -69,3 +80,133 @@ def test_seeded_generators_depend_on_the_position_only() -> None:
     # The sampler's historical seed of (seed, prompt): seed * 1_000_003 + prompt.
     expected = torch.Generator().manual_seed(3 * 1_000_003 + 7)
     assert torch.equal(draw(3, 7), torch.randn(3, generator=expected))
+
+
+# --- A full disk ---------------------------------------------------------------------------
+
+FREE = 12345  # bytes the simulated disk has free
+
+
+class Disk:
+    """A disk that fills on demand: then writes through ``Path.write_bytes`` and ``open``
+    for writing fail with ENOSPC as the operating system fails them, part of the bytes
+    written, and ``shutil.disk_usage`` reports :data:`FREE` bytes free."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        real_write, real_open = Path.write_bytes, open
+        usage = shutil.disk_usage(".")
+
+        def write_bytes(path: Path, data: bytes) -> int:
+            if self.full:
+                real_write(path, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(path, data)
+
+        def opened(file, mode="r", *args, **kwargs):
+            if self.full and "w" in mode:
+                real_open(file, mode, *args, **kwargs).close()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_bytes", write_bytes)
+        monkeypatch.setattr("builtins.open", opened)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=FREE))
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
+    return Disk(monkeypatch)
+
+
+def test_a_full_disk_names_the_image_and_the_space_and_keeps_the_old_one(
+    tmp_path: Path, disk: Disk
+) -> None:
+    path = tmp_path / "images/0.png"
+    write_bytes_atomic(b"old image", path)
+    disk.full = True
+    with pytest.raises(DiskFull) as raised:
+        write_bytes_atomic(b"new image!" * 10_000, path)
+    message = str(raised.value)
+    assert raised.value.errno == errno.ENOSPC
+    assert "No space left on device" in message and str(path) in message
+    assert "it needs 97.7 KiB" in message and f"{FREE / 1024:.1f} KiB were free" in message
+    # What was there is intact and nothing partial is left beside it.
+    assert path.read_bytes() == b"old image" and sorted(path.parent.iterdir()) == [path]
+    disk.full = False  # space freed: the same write now succeeds
+    write_bytes_atomic(b"new image!", path)
+    assert path.read_bytes() == b"new image!" and sorted(path.parent.iterdir()) == [path]
+
+
+def test_a_full_disk_names_the_record_and_keeps_the_old_one(tmp_path: Path, disk: Disk) -> None:
+    path = tmp_path / "record.json"
+    write_json_atomic({"a": 1}, path)
+    disk.full = True
+    with pytest.raises(DiskFull, match=f"No space left on device: writing {path} failed"):
+        write_json_atomic({"a": 2}, path)
+    assert json.loads(path.read_text()) == {"a": 1} and sorted(tmp_path.iterdir()) == [path]
+    disk.full = False
+    write_json_atomic({"a": 2}, path)
+    assert json.loads(path.read_text()) == {"a": 2}
+
+
+def test_a_full_disk_while_writing_a_part_keeps_the_finished_one(
+    tmp_path: Path, disk: Disk
+) -> None:
+    out = tmp_path / "part0"
+    with part_folder(out, "cache") as (tmp, record):
+        (tmp / "shard").write_bytes(b"old shard")
+    disk.full = True
+    failing = pytest.raises(DiskFull, match=f"writing {out} failed")
+    with failing, part_folder(out, "cache") as (tmp, record):
+        (tmp / "shard").write_bytes(b"new shard")
+    assert (out / "shard").read_bytes() == b"old shard"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part0"]
+    disk.full = False
+    with part_folder(out, "cache") as (tmp, record):
+        (tmp / "shard").write_bytes(b"new shard")
+    assert (out / "shard").read_bytes() == b"new shard"
+
+
+@pytest.mark.parametrize(
+    ("free", "reported"), [(FREE, True), (10 << 30, False)], ids=["full", "space-left"]
+)
+def test_torch_write_failures_count_as_a_full_disk_only_on_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int, reported: bool
+) -> None:
+    """torch's zip writer drops the reason: ``PytorchStreamWriter failed writing file
+    data/0: file write failed`` (torch/csrc/jit/serialization, caffe2/serialize)."""
+    usage = shutil.disk_usage(".")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free))
+    path = tmp_path / "optimizer.bin"
+
+    def save() -> None:
+        with space_for(path):
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed "
+                "writing file data/0: file write failed"
+            )
+
+    if reported:
+        with pytest.raises(DiskFull, match=f"No space left on device: writing {path}"):
+            save()
+    else:
+        with pytest.raises(RuntimeError, match="file write failed") as raised:
+            save()
+        assert not isinstance(raised.value, DiskFull)
+
+
+def test_other_write_errors_pass_through(tmp_path: Path) -> None:
+    with pytest.raises(PermissionError), space_for(tmp_path / "x"):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+
+def test_a_folder_is_replaced_whole(tmp_path: Path) -> None:
+    old, new = tmp_path / "model", tmp_path / ".model.part"
+    old.mkdir()
+    (old / "weights").write_text("old")
+    new.mkdir()
+    (new / "weights").write_text("new")
+    replace_folder(new, old)
+    assert (old / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -25,7 +25,7 @@ import dspo.content as content_module
 import dspo.train as train_module
 from dspo.content import file_sha256, write_content_record
 from dspo.data.cache import build_cache, load_cache
-from dspo.guards import DivergenceError
+from dspo.guards import DivergenceError, StopSignals
 from dspo.models import build_pipeline
 from dspo.preference import step_rows
 from tests.conftest import TINY_ARCHITECTURE, WORDS
@@ -304,7 +304,9 @@ def uninterrupted(world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path
     return root
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=["SIGTERM", "SIGUSR1", "SIGINT"]
+)
 def test_signal_checkpoints_at_the_next_step_and_the_rerun_matches(
     sig: signal.Signals, world: dict, uninterrupted: Path, tmp_path: Path
 ) -> None:
@@ -327,3 +329,13 @@ def test_signal_checkpoints_at_the_next_step_and_the_rerun_matches(
     assert again.returncode == 0, err[-2000:]
     assert json.loads(out[out.index("{") :])["resumed_from"] == stopped_at
     assert_same(uninterrupted / "model", tmp_path / "model")
+
+
+def test_a_second_ctrl_c_interrupts_at_once() -> None:
+    """The first SIGINT asks for a checkpoint at the step's end; the second does not wait."""
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.reason == "SIGINT received"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
