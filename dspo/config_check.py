@@ -178,7 +178,11 @@ def _check_tables(config: Mapping[str, Any]) -> list[str]:
     prompt_sets = set(evaluation["prompt_sets"]) | {"editing"}
     problems = []
     for table, spec in entries(evaluation.get("tables")).items():
-        for key, known in (("methods", methods), ("prompt_sets", prompt_sets)):
+        for key, known in (
+            ("methods", methods),
+            ("prompt_sets", prompt_sets),
+            ("paper_rows", methods),
+        ):
             unknown = [name for name in spec.get(key) or [] if name not in known]
             if unknown:
                 problems.append(

@@ -131,6 +131,26 @@ def test_a_released_model_gets_its_rows_in_the_tables(tmp_path: Path) -> None:
     assert len(row) == 4 and (row["win_rate"] > 0.5).all()
 
 
+def test_a_released_row_shows_the_figure_the_paper_published_for_its_method(
+    tmp_path: Path,
+) -> None:
+    scores = scores_of({"diffusion_dpo_released": 1.0})
+    scores = scores[(scores["prompt_set"] == "held") & (scores["guidance"] == 2.0)]
+    scores = scores.assign(prompt_set="pickv2", reward="pickscore")
+    spec = {
+        "title": "Table 1",
+        "methods": ["diffusion_dpo_released"],
+        "paper": "table1",
+        "paper_rows": {"diffusion_dpo_released": "diffusion_dpo"},
+    }
+    args = (["diffusion_dpo_released"], ["pickscore"], ["pickv2"])
+    write_tables(scores, tmp_path, *args, n_boot=50, paper_tables={"table1": spec})
+    table = pd.read_csv(tmp_path / "table1.csv")
+    # dspo/resources/paper_results.csv: table1, pickv2, diffusion_dpo, pickscore: 71.60
+    assert table["paper_win_rate"].tolist() == [pytest.approx(0.716)]
+    assert "(71.6)" in (tmp_path / "table1.md").read_text()
+
+
 @pytest.mark.parametrize("kind", ["pipeline", "unet"])
 def test_the_workflow_imports_samples_and_scores_a_released_model_without_training(
     kind: str, tiny_model: Path, tmp_path: Path
