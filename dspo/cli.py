@@ -273,6 +273,19 @@ def train(args: argparse.Namespace) -> None:
     )
 
 
+@command(
+    "train",
+    MODEL,
+    BASE,
+    arg("--out", required=True, help="model folder to write (results/models/<method>)"),
+)
+def import_model(args: argparse.Namespace) -> None:
+    """Import a released model (pipeline, denoiser folder or LoRA weights) without training."""
+    from dspo.released import import_model as run_import
+
+    report(run_import(args.model, args.base, Path(args.out)))
+
+
 SAMPLING_OPTIONS = (
     MODEL,
     BASE,

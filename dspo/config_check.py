@@ -3,7 +3,8 @@
 The schema checks keys and types. What it cannot see would otherwise fail only when a job
 starts, after hours of data and cache steps, or not at all: an objective's hyper-parameter
 typo, a local source path that does not exist, a paper table naming a method no preset
-defines. `check_config` finds these before any job runs, and every message starts with the
+defines, a released model (``methods.<name>.model``) that is neither a folder nor a hub
+id. `check_config` finds these before any job runs, and every message starts with the
 config key at fault (``methods.dspo.params.lamb: ...``).
 
 Base models: ``base_model.build: toy`` makes ``base_model.path`` a workflow output (the
@@ -99,7 +100,9 @@ def _check_objectives(methods: Mapping[str, Any]) -> list[str]:
 
     problems = []
     for name, entry in entries(methods).items():
-        objective = entry["objective"]
+        objective = entry.get("objective")
+        if objective is None:  # a released model, or neither (experiments.released_problems)
+            continue
         if objective not in OBJECTIVES:
             problems.append(f"methods.{name}.objective: unknown objective {objective!r}")
             continue
@@ -193,7 +196,11 @@ def _check_tables(config: Mapping[str, Any]) -> list[str]:
     prompt_sets = set(evaluation["prompt_sets"]) | {"editing"}
     problems = []
     for table, spec in entries(evaluation.get("tables")).items():
-        for key, known in (("methods", methods), ("prompt_sets", prompt_sets)):
+        for key, known in (
+            ("methods", methods),
+            ("prompt_sets", prompt_sets),
+            ("paper_rows", methods),
+        ):
             unknown = [name for name in spec.get(key) or [] if name not in known]
             if unknown:
                 problems.append(
@@ -201,6 +208,12 @@ def _check_tables(config: Mapping[str, Any]) -> list[str]:
                     f"{', '.join(map(repr, unknown))}; configured: {', '.join(sorted(known))}"
                 )
     return problems
+
+
+def _check_released(config: Mapping[str, Any], root: Path) -> list[str]:
+    from dspo.experiments import released_problems
+
+    return released_problems(config, root)
 
 
 def _check_sweeps(config: Mapping[str, Any]) -> list[str]:
@@ -224,6 +237,7 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *_check_rewards(config["evaluation"]["rewards"], root),
         *_check_trackers(config),
         *_check_tables(config),
+        *_check_released(config, root),
         *_check_sweeps(config),
     ]
 

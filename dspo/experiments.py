@@ -13,6 +13,10 @@ several trained models, each trained, sampled and scored like a method of its ow
 
 Tables report each *group* (a method, or a sweep point) as the mean over its replicates; the
 scores of a model carry its group and replicate (``group_of``).
+
+A method entry with ``model: SOURCE`` (a hub id or a local folder) names a *released* model:
+it is imported (``dspo.released``), sampled and scored like the others, but never trained, so
+it has no objective, hyper-parameters, training settings or replicates (``released_models``).
 """
 
 from __future__ import annotations
@@ -53,11 +57,23 @@ def _replicates(config: Mapping[str, Any], method: str) -> int:
     return int(own if own is not None else config["training"].get("replicates", 1))
 
 
+def released_models(config: Mapping[str, Any]) -> dict[str, str]:
+    """The method entries naming an existing model, by name: the model's hub id or folder."""
+    return {
+        name: str(entry["model"])
+        for name, entry in entries(config["methods"]).items()
+        if entry.get("model") is not None
+    }
+
+
 def trained_models(config: Mapping[str, Any]) -> dict[str, TrainedModel]:
     """Every model the config trains, by name: methods first (replicates after the first),
-    then the sweeps' points in the order of their values."""
+    then the sweeps' points in the order of their values. Released models are not trained."""
     models: dict[str, TrainedModel] = {}
+    released = released_models(config)
     for method in entries(config["methods"]):
+        if method in released:
+            continue
         for r in range(_replicates(config, method)):
             name = _replicate_name(method, r)
             models[name] = TrainedModel(name, method, method, r)
@@ -70,7 +86,7 @@ def trained_models(config: Mapping[str, Any]) -> dict[str, TrainedModel]:
                 models[name] = TrainedModel(
                     name, spec["method"], group, r, sweep, float(value), overrides
                 )
-    clashes = sorted(set(models) & {"base"})
+    clashes = sorted(set(models) & {"base", *released})
     if clashes:
         raise ValueError(f"trained model names clash with the base model: {clashes}")
     return models
@@ -105,9 +121,62 @@ def method_config(config: Mapping[str, Any], model: TrainedModel) -> dict[str, A
     }
 
 
-def group_of(models: Mapping[str, TrainedModel]) -> dict[str, list[Any]]:
-    """For the tables step: each trained model's [group, replicate] (JSON-friendly)."""
-    return {name: [m.group, m.replicate] for name, m in models.items()}
+def group_of(
+    models: Mapping[str, TrainedModel], released: Sequence[str] = ()
+) -> dict[str, list[Any]]:
+    """For the tables step: each trained model's [group, replicate] (JSON-friendly); a
+    released model is a group of its own with one replicate."""
+    groups = {name: [m.group, m.replicate] for name, m in models.items()}
+    return {**groups, **{name: [name, 0] for name in released}}
+
+
+# What a released model's entry may hold besides `model`: none of it trains anything.
+_TRAINING_KEYS = ("objective", "params", "data", "lora")
+
+
+def released_problems(config: Mapping[str, Any], root: Any) -> list[str]:
+    """Config errors of the method entries: one that names neither a model nor an objective,
+    a released model with training settings or replicates, a sweep of a released model, and
+    a released model that is neither an existing local folder nor a hub id (relative to
+    ``root``), each naming its key."""
+    from dspo.config_check import is_hub_id
+
+    problems = []
+    released = released_models(config)
+    for name, entry in entries(config["methods"]).items():
+        where = f"methods.{name}"
+        if name not in released:
+            if entry.get("objective") is None:
+                problems.append(f"{where}: give an objective to train, or a model to import")
+            continue
+        for key in _TRAINING_KEYS:
+            if entry.get(key) is not None:
+                problems.append(
+                    f"{where}.{key}: a released model ({where}.model) is not trained; remove {key}"
+                )
+        training = dict(entry.get("training") or {})
+        replicates = training.pop("replicates", None)
+        if training:
+            problems.append(
+                f"{where}.training: a released model ({where}.model) is not trained; "
+                f"remove {sorted(training)}"
+            )
+        if replicates is not None and int(replicates) > 1:
+            problems.append(
+                f"{where}.training.replicates: a released model is one model, not {replicates}"
+            )
+        source = released[name]
+        if not (root / source).exists() and not is_hub_id(source, root):
+            problems.append(
+                f"{where}.model: local model {source!r} does not exist (relative to {root}); "
+                "a hub id has the form owner/name"
+            )
+    for sweep, spec in entries(config.get("sweeps")).items():
+        if spec["method"] in released:
+            problems.append(
+                f"sweeps.{sweep}.method: {spec['method']!r} is a released model, not trained"
+            )
+    return problems
 
 
 def sweep_points(

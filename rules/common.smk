@@ -3,6 +3,7 @@
 # depends on it, and nothing else.
 import glob
 import json
+import os
 import re
 import shlex
 from collections import Counter
@@ -21,7 +22,9 @@ REWARD_ENTRIES = entries(EVALUATION["rewards"])
 # Every trained model: each method, its replicates and the sweeps' points (dspo/experiments.py).
 TRAINED = experiments.trained_models(config)
 METHODS = list(TRAINED)
-MODELS = ["base", *METHODS]
+# Method entries naming an existing model (`model:`): imported, never trained (rule import_model).
+RELEASED = experiments.released_models(config)
+MODELS = ["base", *METHODS, *RELEASED]
 SWEEPS = list(entries(config.get("sweeps")))
 # The models the image grids show: the base model and the first replicate of each method.
 GRID_MODELS = ["base", *METHOD_ENTRIES]
@@ -233,6 +236,13 @@ def train_launcher(wildcards, resources, threads):
     return f"{srun} {launch} --slurm --"
 
 
+def released_input(wildcards):
+    """A released model's local folder (so replacing it reimports); nothing for a hub id,
+    which the import fetches itself."""
+    source = RELEASED[wildcards.model]
+    return [source] if os.path.exists(source) else []
+
+
 def model_path(wildcards):
     return BASE["path"] if wildcards.model == "base" else f"results/models/{wildcards.model}"
 
@@ -295,7 +305,7 @@ def tables_config():
         labels["editing"] = EDITING["label"]
     return {
         "methods": list(METHOD_ENTRIES),
-        "groups": experiments.group_of(TRAINED),
+        "groups": experiments.group_of(TRAINED, list(RELEASED)),
         "sweeps": experiments.sweep_points(config, TRAINED),
         "rewards": list(REWARD_ENTRIES),
         "prompt_sets": EVAL_SETS,

@@ -105,10 +105,11 @@ def crops() -> Iterable[str]:
     return CROPS
 
 
-def objectives() -> Iterable[str]:
+def objectives() -> Iterable[str | None]:
     from dspo.objectives import OBJECTIVES
 
-    return OBJECTIVES
+    # null: no objective, for a method entry naming a released model (dspo/experiments.py).
+    return [None, *OBJECTIVES]
 
 
 def snakefile_datasets() -> list[str]:

@@ -46,11 +46,21 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
         "-n", "all", "--configfile", str(REPO / "config/presets/sd15.yaml"), cwd=tmp_path
     )
     jobs = planned_jobs(result.stdout)
-    assert jobs["train"] == 10 and jobs["generate"] == 11 and "edit" not in jobs
-    assert jobs["score"] == 11 and jobs["editing_set"] == 1
+    # Ten trained methods, the released Diffusion-DPO and Diffusion-KTO (imported), the base.
+    assert jobs["train"] == 10 and jobs["import_model"] == 2 and "edit" not in jobs
+    assert jobs["generate"] == 13 and jobs["score"] == 13 and jobs["editing_set"] == 1
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
     # In a bare folder: every hub artefact is downloaded first (rules/fetch.smk), once each.
     assert jobs["fetch"] == 1 and jobs["fetch_item"] == 15
+
+
+def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
+    local_files_of_sd15(tmp_path)
+    configs = [str(REPO / f"config/presets/{name}.yaml") for name in ("sd15", "sdxl")]
+    result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
+    jobs = planned_jobs(result.stdout)
+    assert jobs["import_model"] == 1 and jobs["train"] == 10 and jobs["generate"] == 12
+    assert "dspo import-model --model mhdang/dpo-sdxl-text2image-v1" in result.stdout
 
 
 @pytest.mark.parametrize("preset", ["sd35", "flux"])

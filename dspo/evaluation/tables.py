@@ -47,7 +47,8 @@ def build_tables(
     win_rates (every method against `baseline`, with a sign test), mean_scores, head_to_head
     (every model against every other), and one table per entry of `paper_tables` in the
     layout of a paper table (keys: title, methods, optional prompt_sets and paper, the id of
-    the paper table whose published numbers are shown beside the reproduced ones).
+    the paper table whose published numbers are shown beside the reproduced ones, and
+    paper_rows, a row shown with another paper row's numbers: :func:`paper_figures`).
     Only the given methods, rewards and prompt sets are kept, in the given order. CSVs use
     internal names and fractions; Markdown uses `labels` and per cent for win rates.
     """
@@ -181,6 +182,19 @@ def published_results() -> pd.DataFrame:
     return pd.read_csv(Path(__file__).parents[1] / "resources" / "paper_results.csv")
 
 
+def paper_figures(table: str, aliases: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The published win rates of one paper table. ``aliases`` (our row: the paper's row)
+    show a paper row's figures beside another row as well: a released checkpoint that the
+    paper scored under the method's name."""
+    published = published_results()
+    published = published[published["table"] == table]
+    copies = [
+        published[published["method"] == paper].assign(method=row)
+        for row, paper in (aliases or {}).items()
+    ]
+    return pd.concat([published, *copies], ignore_index=True)
+
+
 @dataclass(frozen=True)
 class _Layout:
     """What the Markdown tables of one run share: the baseline and its scores (for the sample
@@ -233,8 +247,9 @@ def _win_table(
     )
     note = _significance
     if spec.get("paper"):
-        paper = published_results()
-        paper = paper[paper["table"] == spec["paper"]].set_index(["prompt_set", "method", "reward"])
+        paper = paper_figures(spec["paper"], spec.get("paper_rows")).set_index(
+            ["prompt_set", "method", "reward"]
+        )
         frame = frame.merge(
             paper["win_rate"].div(100).rename("paper_win_rate").reset_index(),
             on=["prompt_set", "method", "reward"],
