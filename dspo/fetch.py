@@ -11,6 +11,8 @@ What the config names (:func:`hub_artefacts`), each an :class:`Artefact` named b
 - ``pairs``, ``prompt_set.<name>``, ``editing``: a ``kind: hub`` source's data files of the
   named split only (:func:`hub_source_files`): parquet files or webdataset tars;
 - ``prompt_set.<name>`` of ``kind: hpsv2`` with an ``id``: the four benchmark JSON files;
+- ``released.<name>``: a released model a method entry names (``methods.<name>.model``, a hub
+  id): the files :mod:`dspo.released` imports (:func:`released_files`);
 - ``reward.<name>.<key>``: reward models and their processors or tokenizers (config and
   tokenizer files, and the weights in one format: safetensors when the repo has them), and
   reward files (``checkpoint``, ``med_config``) of a hub ``repo``; defaults as the loaders'.
@@ -40,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from dspo.config_check import entries, is_hub_id
+from dspo.experiments import released_models
+from dspo.released import DENOISERS, LORA_WEIGHTS, MODEL_INDEX
 
 # Files that hold data rows in a hub dataset (parquet and webdataset tars for pairs; tables
 # for prompt sets and the editing set); a split's files are chosen among them.
@@ -62,7 +66,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class Artefact:
     """One hub repository and how to choose its files (``what``).
 
-    ``what``: ``pipeline`` (a diffusers pipeline), ``model`` (a transformers model folder:
+    ``what``: ``pipeline`` (a diffusers pipeline), ``released`` (a released model, in any
+    layout :mod:`dspo.released` reads), ``model`` (a transformers model folder:
     small files and weights), ``processor`` (small files only), ``files`` (exactly
     ``files``) or ``split`` (the data files of ``split``).
     """
@@ -170,6 +175,9 @@ def hub_artefacts(config: Mapping[str, Any], root: Path | str = ".") -> list[Art
         found += _data_source("editing", evaluation["editing"]["source"], "train")
     for name, spec in entries(evaluation["rewards"]).items():
         found += _reward(name, spec, root)
+    for name, source in released_models(config).items():
+        if is_hub_id(source, root):
+            found.append(Artefact(f"released.{name}", source, "released"))
     return found
 
 
@@ -232,6 +240,23 @@ def pipeline_files(listing: Sequence[str], model_index: Mapping[str, Any]) -> li
     return files
 
 
+def released_files(listing: Sequence[str], model_index: Mapping[str, Any] | None) -> list[str]:
+    """What :func:`dspo.released.import_model` reads of a released model's repo: a whole
+    pipeline's files; else the denoiser folder (``unet/`` or ``transformer/``); else the LoRA
+    weights file. Other files (data, images, notes) are not fetched."""
+    if model_index is not None:
+        return pipeline_files(listing, model_index)
+    for folder in DENOISERS:
+        if f"{folder}/config.json" in listing:
+            return folder_files(listing, folder, weights=True)
+    if LORA_WEIGHTS in listing:
+        return [LORA_WEIGHTS]
+    raise ValueError(
+        f"no {MODEL_INDEX}, {' or '.join(f'{d}/config.json' for d in DENOISERS)} or "
+        f"{LORA_WEIGHTS} in the repo"
+    )
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -270,6 +295,11 @@ def fetch_artefact(artefact: Artefact) -> dict[str, Any]:
         if artefact.what == "pipeline":
             index = json.loads(download("model_index.json").read_text())
             names = pipeline_files(listing, index)
+        elif artefact.what == "released":
+            index = (
+                json.loads(download(MODEL_INDEX).read_text()) if MODEL_INDEX in listing else None
+            )
+            names = released_files(listing, index)
         elif artefact.what in ("model", "processor"):
             names = folder_files(listing, "", weights=artefact.what == "model")
         elif artefact.what == "split":

@@ -237,10 +237,10 @@ def train_launcher(wildcards, resources, threads):
 
 
 def released_input(wildcards):
-    """A released model's local folder (so replacing it reimports); nothing for a hub id,
-    which the import fetches itself."""
+    """A released model's local folder (so replacing it reimports); the fetch record of a
+    hub id (rule fetch_item downloads it)."""
     source = RELEASED[wildcards.model]
-    return [source] if os.path.exists(source) else []
+    return [source] if os.path.exists(source) else fetched(f"released.{wildcards.model}")
 
 
 def model_path(wildcards):

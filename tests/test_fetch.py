@@ -33,6 +33,7 @@ from dspo.fetch import (
     hub_artefacts,
     hub_source_files,
     pipeline_files,
+    released_files,
     workflow_config,
 )
 from dspo.standins import AESTHETIC_FILE, HPSV2_BENCHMARK, OPENAI_CLIP_L, PICKAPIC, write_standins
@@ -264,6 +265,11 @@ def test_the_sd15_preset_names_the_public_hub_files() -> None:
     )
     assert found["reward.image_reward.tokenizer"].what == "processor"
     assert found["base_model"].what == "pipeline"
+    # The released checkpoints the sd15 preset scores as rows (methods.<name>.model).
+    assert found["released.diffusion_dpo_released"] == Artefact(
+        "released.diffusion_dpo_released", "mhdang/dpo-sd1.5-text2image-v1", "released"
+    )
+    assert found["released.diffusion_kto_released"].repo == "jacklishufan/diffusion-kto"
 
 
 def test_the_rehearsal_reads_every_hub_file_from_the_stand_ins(tmp_path: Path) -> None:
@@ -316,3 +322,17 @@ def test_weights_in_one_format_and_pipeline_components_only() -> None:
     unet = sorted(sharded[:4])
     expected = ["model_index.json", *unet, "scheduler/scheduler_config.json"]
     assert pipeline_files(sharded, index) == expected
+
+
+def test_a_released_model_fetches_what_its_import_reads() -> None:
+    # jacklishufan/diffusion-kto holds unet/ and a data/ folder (hub tree); only unet/ is read.
+    kto = ["README.md", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+    kto += ["data/train-00000-of-00001.parquet"]
+    assert released_files(kto, None) == kto[1:3]
+    lora = ["README.md", "pytorch_lora_weights.safetensors"]
+    assert released_files(lora, None) == ["pytorch_lora_weights.safetensors"]
+    pipeline = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin"]
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "U"]}
+    assert released_files(pipeline, index) == pipeline
+    with pytest.raises(ValueError, match="model_index.json, unet/config.json"):
+        released_files(["README.md", "weights.ckpt"], None)
