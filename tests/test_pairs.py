@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from dspo.data import pairs as P
+from dspo.data.dedup import caption_group, normalise_caption
 from dspo.data import sources as S
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
@@ -66,7 +67,8 @@ def mixed_rows() -> list[dict]:
         row("cut", red, truncated, 1.0, 0.0, rid=6),  # unreadable: truncated JPEG
         row("junk", b"not an image at all", blue, 1.0, 0.0, rid=7),  # unreadable: garbage
         row("none", red, None, 1.0, 0.0, rid=8),  # unreadable: missing bytes
-        row("a cat", blue, red, 0.0, 1.0, rid=9),  # kept, duplicate prompt of row 0
+        # kept: the prompt of row 0 with another losing image (a duplicate prompt, not row)
+        row("a cat", jpeg(BLUE, size=48), red, 0.0, 1.0, rid=9),
     ]
 
 
@@ -338,6 +340,11 @@ def test_normalise_puts_winner_first_and_counts_every_drop(raw):
     assert stats == {
         "input": 10,
         "kept": 3,
+        "caption_missing": 0,
+        "caption_unreadable": 0,
+        "caption_blank": 0,
+        "eval_prompt": 0,
+        "duplicate": 0,
         "unlabelled": 1,
         "invalid_label": 1,
         "identical": 1,
@@ -436,7 +443,9 @@ def test_nodup_rows_one_per_prompt_uniform_and_seeded():
 @pytest.mark.parametrize("parts", [1, 3, 6])  # 6 > 4 row groups: two parts are empty
 def test_nodup_parts_copy_the_chosen_pairs_row_group_by_row_group(tmp_path, monkeypatch, parts):
     red, blue = jpeg(RED), jpeg(BLUE)
-    rows = [row("same prompt", red, blue, 1.0, 0.0, rid=i) for i in range(8)]
+    # Eight pairs of one prompt, written four ways that normalise alike (other images each).
+    spellings = ["same prompt", "Same prompt.", " SAME   prompt ", "«same prompt»"]
+    rows = [row(spellings[i % 4], jpeg(RED, 16 + 4 * i), blue, 1.0, 0.0) for i in range(8)]
     rows += [row("other", red, blue, 1.0, 0.0), row("third", blue, red, 0.0, 1.0)]
     pairs, _ = normalise(pd.DataFrame(rows))
     monkeypatch.setattr(P, "ROW_GROUP_PAIRS", 3)  # 4 groups, some without a kept pair
@@ -446,9 +455,15 @@ def test_nodup_parts_copy_the_chosen_pairs_row_group_by_row_group(tmp_path, monk
         P.nodup_part(tmp_path / "pairs.parquet", k, parts, 4, folder)
     stats = P.gather_nodup(dirs, tmp_path / "nodup.parquet")
     nodup = P.read_pairs(tmp_path / "nodup.parquet")
-    assert stats == {"input": 10, "kept": 3, "prompts": 3}
-    assert list(nodup["pair_id"]) == [0, 1, 2] and nodup["prompt_id"].is_unique
-    expected = pairs.iloc[P.nodup_rows(pairs["prompt_id"].to_numpy(), 4)]
+    assert stats == {"input": 10, "kept": 3, "prompts": 3, "captions": 6}
+    assert list(nodup["pair_id"]) == [0, 1, 2]
+    assert sorted(normalise_caption(c) for c in nodup["caption"]) == [
+        "other",
+        "same prompt",
+        "third",
+    ]
+    groups = np.array([caption_group(c) for c in pairs["caption"]])
+    expected = pairs.iloc[P.nodup_rows(groups, 4)]
     assert list(nodup["source_row"]) == list(expected["source_row"])
     assert list(nodup["jpg_w"]) == list(expected["jpg_w"])
     one_part = tmp_path / "one.parquet"
