@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from dspo.data import pairs as P
-from dspo.data.dedup import caption_group, normalise_caption
 from dspo.data import sources as S
+from dspo.data.dedup import caption_group, normalise_caption
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 
@@ -475,11 +475,20 @@ def test_nodup_parts_copy_the_chosen_pairs_row_group_by_row_group(tmp_path, monk
 # --- scattered normalisation ---------------------------------------------------------------
 
 
-def scatter_source(tmp_path) -> dict:
-    """Two parquet files in row groups of 3 rows (14 units), every kind of row in them."""
+def swapped(r: dict) -> dict:
+    """The same pair with its two image columns (and labels) the other way round."""
+    return dict(r, jpg_0=r["jpg_1"], jpg_1=r["jpg_0"], label_0=r["label_1"], label_1=r["label_0"])
+
+
+def scatter_source(tmp_path, duplicates: bool = False) -> dict:
+    """Two parquet files in row groups of 3 rows (14 units, 15 with ``duplicates``), every kind
+    of row in them; ``duplicates`` adds to the second file copies of two kept rows (images
+    swapped) and of an unreadable one of the first."""
     rows = []
     for i in range(4):
         rows += [dict(r, caption=f"{r['caption']} {i}") for r in mixed_rows()]
+    if duplicates:
+        rows += [swapped(rows[0]), swapped(rows[1]), rows[6]]
     for name, block in (("train-00000-of-00002", rows[:22]), ("train-00001-of-00002", rows[22:])):
         (tmp_path / "src").mkdir(exist_ok=True)
         pd.DataFrame(block).to_parquet(tmp_path / "src" / f"{name}.parquet", row_group_size=3)
@@ -496,20 +505,23 @@ def run_parts(settings: P.PairSettings, parts: int, root: Path) -> tuple[bytes, 
 
 
 @pytest.mark.parametrize("max_pairs", [None, 6])
-def test_any_number_of_parts_gives_the_same_table(tmp_path, max_pairs):
-    source = scatter_source(tmp_path)
-    assert len(S.source_units(source)) == 14
-    settings = P.PairSettings(source=source, max_pairs=max_pairs, seed=1)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_any_number_of_parts_gives_the_same_table(tmp_path, max_pairs, seed):
+    # Duplicates across files: which copy stays must not depend on where the parts split.
+    source = scatter_source(tmp_path, duplicates=True)
+    assert len(S.source_units(source)) == 15
+    settings = P.PairSettings(source=source, max_pairs=max_pairs, seed=seed)
     one, stats = run_parts(settings, 1, tmp_path)
-    for parts in (3, 16):  # 16 > 14 units: two parts are empty
+    for parts in (3, 17):  # 17 > 15 units: two parts are empty
         assert run_parts(settings, parts, tmp_path) == (one, stats)
     dropped = sum(n for k, n in stats.items() if k not in ("input", "kept"))
-    assert stats["input"] == 40 == stats["kept"] + dropped
+    assert stats["input"] == 43 == stats["kept"] + dropped
     table = P.read_pairs(tmp_path / "pairs1.parquet")
     assert list(table["pair_id"]) == list(range(len(table)))
     assert list(table["source_row"]) == sorted(table["source_row"])
     if max_pairs is None:
-        assert stats["kept"] == 12 and stats["unreadable"] == 12 and stats["not_sampled"] == 0
+        assert stats["kept"] == 12 and stats["unreadable"] == 12 and stats["duplicate"] == 3
+        assert stats["not_sampled"] == 0
 
 
 def test_max_pairs_takes_the_readable_pairs_with_the_smallest_keys(tmp_path):
