@@ -106,6 +106,16 @@ def pairs_source_input(wildcards):
     return source_inputs(PAIRS_SOURCE, TOY_PAIRS)
 
 
+def nodup_report_input(wildcards):
+    """The nodup report, when a trained model learns from the one pair per prompt set."""
+    used = any(method_config(model)["data"] == "pairs_nodup" for model in TRAINED)
+    return [NODUP_REPORT] if used else []
+
+
+def nodup_report_option(wildcards, input):
+    return f"--nodup-report {shlex.quote(input.nodup_report[0])}" if input.nodup_report else ""
+
+
 def excluded_prompt_tables(wildcards):
     """The evaluation prompt tables whose prompts the training pairs must not hold."""
     if not config["pairs"]["exclude_eval_prompts"]:

@@ -1,6 +1,8 @@
 rule tables:
     input:
-        score_files,
+        scores=score_files,
+        pairs_report=PAIRS_REPORT,
+        nodup_report=nodup_report_input,
     output:
         win_rates="results/tables/win_rates.md",
         win_rates_csv=report(
@@ -47,6 +49,7 @@ rule tables:
         ),
     params:
         cfg=as_json(tables_config()),
+        nodup=nodup_report_option,
     conda:
         "../environment.yml"
     benchmark:
@@ -54,8 +57,9 @@ rule tables:
     log:
         "results/logs/tables.log",
     shell:
-        "dspo tables --params {params.cfg:q} --scores {input:q} --out results/tables"
-        " --plots results/plots > {log:q} 2>&1"
+        "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out results/tables"
+        " --plots results/plots --pairs-report {input.pairs_report:q} {params.nodup}"
+        " > {log:q} 2>&1"
 
 
 rule grid:

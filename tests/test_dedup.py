@@ -225,3 +225,26 @@ def test_pairs_note_names_each_drop():
     assert "3 duplicates of another row" in note and "1 without a caption" in note
     assert "1 whose caption is an evaluation prompt" in note
     assert pairs_note({"input": 4, "kept": 4, "duplicate": 0}).endswith("none dropped.")
+
+
+def test_every_table_notes_what_the_pairs_dropped(tmp_path):
+    from dspo.data.dedup import data_note
+    from dspo.evaluation.tables import build_tables
+    from tests.test_evaluate import make_scores
+
+    pairs = {"input": 240, "kept": 180, "duplicate": 49, "eval_prompt": 6, "caption_blank": 5}
+    (tmp_path / "pairs.json").write_text(json.dumps({"counts": pairs, "evaluation_prompts": 9}))
+    nodup = {"input": 180, "kept": 90, "prompts": 90, "captions": 97}
+    (tmp_path / "nodup.json").write_text(json.dumps({"counts": nodup}))
+    note = data_note(tmp_path / "pairs.json", tmp_path / "nodup.json")
+    assert "180 kept of 240 source rows" in note and "49 duplicates of another row" in note
+    assert "6 whose caption is an evaluation prompt" in note and "5 with a blank caption" in note
+    assert "90 of 180 pairs" in note and "97 distinct caption strings" in note
+    scores = make_scores(8, methods={"dspo": 0.5})
+    spec = {"t1": {"title": "T1", "methods": ["dspo"]}}
+    args = (scores, ["dspo"], ["pick"], ["pickv2"])
+    tables = build_tables(*args, n_boot=20, paper_tables=spec, data_note=note)
+    assert set(tables) == {"win_rates", "mean_scores", "head_to_head", "t1"}
+    assert all(md.rstrip().endswith(note) for _, md in tables.values())
+    plain = build_tables(*args, n_boot=20, paper_tables=spec)
+    assert all(note not in md for _, md in plain.values())

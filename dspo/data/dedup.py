@@ -11,6 +11,7 @@ it; only comparisons use the key.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import unicodedata
@@ -142,3 +143,21 @@ def pairs_note(counts: Mapping[str, int]) -> str:
     ]
     text = f"Training pairs: {counts['kept']} kept of {counts['input']} source rows"
     return text + (f"; dropped: {', '.join(dropped)}." if dropped else "; none dropped.")
+
+
+def nodup_note(counts: Mapping[str, int]) -> str:
+    """One sentence on the one pair per prompt set: pairs kept, prompts and captions merged."""
+    return (
+        f"One pair per prompt (nodup): {counts['kept']} of {counts['input']} pairs, one for "
+        f"each prompt after normalisation ({counts['captions']} distinct caption strings)."
+    )
+
+
+def data_note(pairs_report: str | Path | None, nodup_report: str | Path | None = None) -> str:
+    """The tables' note on the training data, from the reports the pair gathers write."""
+    sentences = []
+    if pairs_report:
+        sentences.append(pairs_note(json.loads(Path(pairs_report).read_text())["counts"]))
+    if nodup_report:
+        sentences.append(nodup_note(json.loads(Path(nodup_report).read_text())["counts"]))
+    return " ".join(sentences)
