@@ -113,7 +113,7 @@ def pairs_gather(args: argparse.Namespace) -> None:
 @command("data", PART, PARAMS, INPUT, OUT)
 def nodup_part(args: argparse.Namespace) -> None:
     """Copy one pair per prompt (seeded) of part --part of pairs.shards of a pair table."""
-    from dspo.data.pairs import nodup_part as copy_part
+    from dspo.data.nodup import nodup_part as copy_part
 
     parts = args.params.get("shards", 1)
     record = copy_part(Path(args.input), args.part, parts, args.params["seed"], Path(args.out))
@@ -123,7 +123,7 @@ def nodup_part(args: argparse.Namespace) -> None:
 @command("data", INPUTS, OUT, REPORT)
 def nodup_gather(args: argparse.Namespace) -> None:
     """Join the nodup parts into the pair table of the nodup ablation."""
-    from dspo.data.pairs import gather_nodup
+    from dspo.data.nodup import gather_nodup
 
     paths = [Path(p) for p in args.inputs]
     report(gather_nodup(paths, Path(args.out), args.report and Path(args.report)))

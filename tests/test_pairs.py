@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dspo.data import nodup as N
 from dspo.data import pairs as P
 from dspo.data import sources as S
 from dspo.data.dedup import caption_group, normalise_caption
@@ -433,9 +434,9 @@ def test_nodup_rows_one_per_prompt_uniform_and_seeded():
     prompt_ids = np.array([5, 5, 5, 5, 9, 7, 5, 7])
     picks = set()
     for seed in range(20):
-        rows = P.nodup_rows(prompt_ids, seed)
+        rows = N.nodup_rows(prompt_ids, seed)
         assert list(rows) == sorted(rows) and sorted(prompt_ids[rows]) == [5, 7, 9]
-        assert list(P.nodup_rows(prompt_ids, seed)) == list(rows)
+        assert list(N.nodup_rows(prompt_ids, seed)) == list(rows)
         picks.add(int(rows[prompt_ids[rows] == 5][0]))
     assert picks == {0, 1, 2, 3, 6}  # the choice really depends on the seed, over all five
 
@@ -452,8 +453,8 @@ def test_nodup_parts_copy_the_chosen_pairs_row_group_by_row_group(tmp_path, monk
     P.write_pairs(pairs, tmp_path / "pairs.parquet")
     dirs = [tmp_path / "parts" / str(k) for k in range(parts)]
     for k, folder in enumerate(dirs):
-        P.nodup_part(tmp_path / "pairs.parquet", k, parts, 4, folder)
-    stats = P.gather_nodup(dirs, tmp_path / "nodup.parquet")
+        N.nodup_part(tmp_path / "pairs.parquet", k, parts, 4, folder)
+    stats = N.gather_nodup(dirs, tmp_path / "nodup.parquet")
     nodup = P.read_pairs(tmp_path / "nodup.parquet")
     assert stats == {"input": 10, "kept": 3, "prompts": 3, "captions": 6}
     assert list(nodup["pair_id"]) == [0, 1, 2]
@@ -463,12 +464,12 @@ def test_nodup_parts_copy_the_chosen_pairs_row_group_by_row_group(tmp_path, monk
         "third",
     ]
     groups = np.array([caption_group(c) for c in pairs["caption"]])
-    expected = pairs.iloc[P.nodup_rows(groups, 4)]
+    expected = pairs.iloc[N.nodup_rows(groups, 4)]
     assert list(nodup["source_row"]) == list(expected["source_row"])
     assert list(nodup["jpg_w"]) == list(expected["jpg_w"])
     one_part = tmp_path / "one.parquet"
-    P.nodup_part(tmp_path / "pairs.parquet", 0, 1, 4, tmp_path / "one")
-    P.gather_nodup([tmp_path / "one"], one_part)
+    N.nodup_part(tmp_path / "pairs.parquet", 0, 1, 4, tmp_path / "one")
+    N.gather_nodup([tmp_path / "one"], one_part)
     assert one_part.read_bytes() == (tmp_path / "nodup.parquet").read_bytes()
 
 

@@ -11,14 +11,16 @@ it; only comparisons use the key.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 # Why a caption cell gives no prompt: no value (NULL), bytes that are not UTF-8 or a value that
@@ -98,6 +100,65 @@ def pair_key(caption: str, preferred: bytes, other: bytes, tie: bool) -> int:
     images = sorted((preferred, other)) if tie else [preferred, other]
     hashes = [hashlib.blake2b(image, digest_size=16).digest() for image in images]
     return _digest(normalise_caption(caption).encode("utf-8"), b"tie" if tie else b"", *hashes)
+
+
+class GroupVisits:
+    """What a pairs part learns from the candidates it visits: per duplicate group
+    (:func:`pair_key`), the smallest sample key met and whether its images are readable
+    (decoded once per group), the unreadable visits as [key, group] and the keys of
+    duplicates of a group already met with a smaller key.
+
+    The ``max_pairs`` stopping rule counts readable groups, not rows, so duplicates never
+    make a part stop before a pair that the whole table's sample takes.
+    """
+
+    def __init__(self) -> None:
+        self.smallest: dict[int, float] = {}
+        self.readable: dict[int, bool] = {}
+        self.unreadable: list[list[float | int]] = []
+        self.duplicate_keys: list[float] = []
+        self._best: list[float] = []  # the first keys of readable groups, negated (a max-heap)
+
+    def sample_full(self, max_pairs: int | None) -> bool:
+        """Whether ``max_pairs`` readable groups have been met (never, without a sample)."""
+        if max_pairs is None:
+            return False
+        while len(self._best) > max_pairs:
+            heapq.heappop(self._best)
+        return len(self._best) == max_pairs
+
+    def cut(self) -> float:
+        """The largest key of the sample so far (once :meth:`sample_full`)."""
+        return -self._best[0]
+
+    def visit(self, key: float, group: int, readable: Callable[[], bool]) -> bool:
+        """Whether the row is written: it is readable and the smallest key of its group yet.
+
+        ``readable`` decodes the row's images; it is called once per group.
+        """
+        if group in self.smallest and key >= self.smallest[group]:
+            self.duplicate_keys.append(key)
+            return False
+        new_group = group not in self.readable
+        if new_group:
+            self.readable[group] = readable()
+        self.smallest[group] = key
+        if not self.readable[group]:
+            self.unreadable.append([key, group])
+            return False
+        if new_group:
+            heapq.heappush(self._best, -key)
+        return True
+
+
+def first_of_groups(keys: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Mask of the entry with the smallest key of each group."""
+    order = np.lexsort((keys, groups))
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = groups[order][1:] != groups[order][:-1]
+    mask = np.zeros(len(keys), dtype=bool)
+    mask[order[first]] = True
+    return mask
 
 
 def evaluation_keys(prompt_files: Iterable[Path]) -> frozenset[str]:

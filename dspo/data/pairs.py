@@ -8,21 +8,20 @@ Normalising is scattered: :func:`normalise_part` screens part k of N of the sour
 :func:`gather_pairs` streams the parts into the canonical table. Any N gives the same table,
 byte for byte: pairs keep their place in the source, and the ``max_pairs`` sample takes the
 readable pairs with the smallest seeded keys, drawn per (unit, row) and not per part. The
-"nodup" table is scattered the same way over row groups (:func:`nodup_part`,
-:func:`gather_nodup`).
+"nodup" table (:mod:`dspo.data.nodup`) is scattered the same way over row groups.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import heapq
 import io
 import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,9 @@ from dspo.data.dedup import (
     CAPTION_BLANK,
     CAPTION_MISSING,
     CAPTION_UNREADABLE,
-    caption_group,
+    GroupVisits,
     caption_text,
+    first_of_groups,
     keys_digest,
     normalise_caption,
     pair_key,
@@ -283,7 +283,7 @@ def normalise_part(
     first, stop = part * len(units) // parts, (part + 1) * len(units) // parts
     counts = dict.fromkeys(("input", *SCREEN_REASONS, "candidates", "written"), 0)
     unit_rows: list[int] = []
-    visited = _Visited()
+    visited = GroupVisits()
     with (
         part_folder(Path(out_dir), "pairs") as (tmp, record),
         pq.ParquetWriter(tmp / PART_TABLE, _PART_SCHEMA) as writer,
@@ -307,7 +307,7 @@ def normalise_part(
             for row in candidates:
                 if visited.sample_full(settings.max_pairs) and keys[row] > visited.cut():
                     break
-                if visited.visit(parsed, row, float(keys[row]), groups[row]):
+                if visited.visit(float(keys[row]), groups[row], partial(_readable, parsed, row)):
                     kept.append(row)
             writer.write_table(_part_rows(parsed, unit, sorted(kept), keys, groups))
             counts["written"] += len(kept)
@@ -327,49 +327,8 @@ def normalise_part(
     return record
 
 
-class _Visited:
-    """What a part learns from the candidates it visits: per duplicate group, the smallest
-    key met and whether its images are readable (decoded once per group), the unreadable
-    visits as [key, group] and the keys of duplicates of a group met with a smaller key.
-
-    The sample's stopping rule counts readable groups, not rows, so that duplicates never
-    make a part stop before a pair that the whole table's sample takes.
-    """
-
-    def __init__(self) -> None:
-        self.smallest: dict[int, float] = {}
-        self.readable: dict[int, bool] = {}
-        self.unreadable: list[list[float | int]] = []
-        self.duplicate_keys: list[float] = []
-        self._best: list[float] = []  # smallest first keys of readable groups, negated
-
-    def sample_full(self, max_pairs: int | None) -> bool:
-        if max_pairs is None:
-            return False
-        while len(self._best) > max_pairs:
-            heapq.heappop(self._best)
-        return len(self._best) == max_pairs
-
-    def cut(self) -> float:
-        return -self._best[0]
-
-    def visit(self, parsed: _UnitRows, row: int, key: float, group: int) -> bool:
-        """Whether the row is written: it is readable and the smallest key of its group yet."""
-        if group in self.smallest and key >= self.smallest[group]:
-            self.duplicate_keys.append(key)
-            return False
-        new_group = group not in self.readable
-        if new_group:
-            self.readable[group] = image_is_readable(parsed.jpg_0[row]) and image_is_readable(
-                parsed.jpg_1[row]
-            )
-        self.smallest[group] = key
-        if not self.readable[group]:
-            self.unreadable.append([key, group])
-            return False
-        if new_group:
-            heapq.heappush(self._best, -key)
-        return True
+def _readable(parsed: _UnitRows, row: int) -> bool:
+    return image_is_readable(parsed.jpg_0[row]) and image_is_readable(parsed.jpg_1[row])
 
 
 def _part_rows(
@@ -392,7 +351,7 @@ def _part_rows(
     return pa.Table.from_pydict(columns, schema=_PART_SCHEMA)
 
 
-def _read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+def read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     """Each part's record, in part order, checked to form one whole.
 
     A part covers the blocks (source units, or row groups of a pair table) ``blocks[0]`` to
@@ -439,7 +398,7 @@ def gather_pairs(
     ``report`` (JSON) once the table is in place. Raises before writing anything if no pair
     is left.
     """
-    records = _read_part_records(part_dirs)
+    records = read_part_records(part_dirs)
     max_pairs = records[0]["settings"]["max_pairs"]
     unit_rows = np.array([n for r in records for n in r["unit_rows"]], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(unit_rows)[:-1]]).astype(np.int64)
@@ -450,7 +409,7 @@ def gather_pairs(
     u_keys = unreadable[:, 0].astype(float) if len(unreadable) else np.zeros(0)
     u_groups = unreadable[:, 1].astype(np.int64) if len(unreadable) else np.zeros(0, np.int64)
     keys = np.concatenate([w_keys, u_keys])
-    first = _first_of_groups(keys, np.concatenate([w_groups, u_groups]))
+    first = first_of_groups(keys, np.concatenate([w_groups, u_groups]))
     readable = np.arange(len(keys)) < len(w_keys)
     threshold = np.inf
     sampled_keys = keys[first & readable]
@@ -490,103 +449,7 @@ def gather_pairs(
     return stats
 
 
-def _first_of_groups(keys: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Mask of the entry with the smallest key of each group."""
-    order = np.lexsort((keys, groups))
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = groups[order][1:] != groups[order][:-1]
-    mask = np.zeros(len(keys), dtype=bool)
-    mask[order[first]] = True
-    return mask
-
-
-def nodup_rows(prompt_ids: np.ndarray, seed: int) -> np.ndarray:
-    """Positions of one pair per prompt, chosen uniformly at random with ``seed``, in order.
-
-    ``prompt_ids`` say which pairs share a prompt (:func:`~dspo.data.dedup.caption_group`).
-    """
-    order = np.random.default_rng(seed).permutation(len(prompt_ids))
-    # The first pair of each prompt in a random permutation is a uniform choice among its pairs.
-    _, first = np.unique(np.asarray(prompt_ids)[order], return_index=True)
-    return np.sort(order[first])
-
-
-def nodup_part(src: Path, part: int, parts: int, seed: int, out_dir: Path) -> dict[str, Any]:
-    """Copy the pairs that :func:`nodup_rows` keeps from part ``part`` of ``parts`` of ``src``.
-
-    Pairs share a prompt when their captions normalise alike
-    (:func:`~dspo.data.dedup.caption_group`). Every part decides from the captions of the
-    whole table (no images), so all parts agree; each then copies the kept pairs of its
-    contiguous block of row groups, one group at a time, into the folder ``out_dir``
-    (renamed into place whole).
-    """
-    if not 0 <= part < parts:
-        raise ValueError(f"part {part} is not in 0..{parts - 1}")
-    table = pq.ParquetFile(src)
-    names = table.schema_arrow.names
-    _check_canonical(names, str(src))
-    columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
-    captions = table.read(columns=["caption"])["caption"].to_pylist()
-    prompt_ids = np.array([caption_group(c) for c in captions], dtype=np.int64)
-    keep = np.zeros(len(prompt_ids), dtype=bool)
-    keep[nodup_rows(prompt_ids, seed)] = True
-    groups = table.num_row_groups
-    first, stop = part * groups // parts, (part + 1) * groups // parts
-    offset = sum(table.metadata.row_group(g).num_rows for g in range(first))
-    kept = 0
-    with part_folder(Path(out_dir), "pairs") as (tmp, record):
-        with PairWriter(tmp / PART_TABLE, rejected_caption=REJECTED_CAPTION in names) as writer:
-            for group in tqdm(range(first, stop), desc=f"nodup part {part}", mininterval=5):
-                size = table.metadata.row_group(group).num_rows
-                mask = keep[offset : offset + size]
-                offset += size
-                if mask.any():
-                    rows = table.read_row_group(group, columns=columns).to_pandas()
-                    writer.write(rows[mask])
-                    kept += int(mask.sum())
-        record |= {
-            "part": part,
-            "parts": parts,
-            "settings": {"pairs": len(prompt_ids), "seed": seed},
-            "captions": len(set(captions)),
-            "n_blocks": groups,
-            "blocks": [first, stop],
-            "kept": kept,
-        }
-    return record
-
-
-def gather_nodup(
-    part_dirs: Sequence[Path], out: Path, report: Path | None = None
-) -> dict[str, int]:
-    """Join the parts of :func:`nodup_part` into one table, pair ids renumbered from 0.
-
-    Returns (and writes to ``report``, JSON) the pairs read, those kept (one per prompt),
-    and the distinct caption strings they had before normalisation merged them into prompts.
-    """
-    records = _read_part_records(part_dirs)
-    names = pq.read_schema(Path(part_dirs[0]) / PART_TABLE).names
-    next_id = 0
-    with PairWriter(out, rejected_caption=REJECTED_CAPTION in names) as writer:
-        for folder in part_dirs:
-            table = pq.ParquetFile(Path(folder) / PART_TABLE)
-            for group in range(table.num_row_groups):
-                rows = table.read_row_group(group).to_pandas()
-                rows["pair_id"] = np.arange(next_id, next_id + len(rows), dtype=np.int64)
-                next_id += len(rows)
-                writer.write(rows)
-    stats = {
-        "input": records[0]["settings"]["pairs"],
-        "kept": next_id,
-        "prompts": next_id,
-        "captions": records[0]["captions"],
-    }
-    if report is not None:
-        write_json_atomic({"counts": stats}, Path(report))
-    return stats
-
-
-def _check_canonical(names: list[str], where: str) -> None:
+def check_canonical(names: list[str], where: str) -> None:
     for col in CANONICAL_COLUMNS:
         if col not in names:
             raise ValueError(f"{where}: missing canonical column {col!r}")
@@ -631,7 +494,7 @@ class PairWriter:
         return self
 
     def write(self, df: pd.DataFrame) -> None:
-        _check_canonical(list(df.columns), str(self.path))
+        check_canonical(list(df.columns), str(self.path))
         batch = _canonical_dtypes(df)[self.columns]
         self._pending.append(pa.Table.from_pandas(batch, schema=self.schema, preserve_index=False))
         if sum(t.num_rows for t in self._pending) >= ROW_GROUP_PAIRS:
@@ -672,7 +535,7 @@ class PairWriter:
 
 def write_pairs(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write a canonical table held in memory (e.g. DDSPO's pairs) with :class:`PairWriter`."""
-    _check_canonical(list(df.columns), str(path))
+    check_canonical(list(df.columns), str(path))
     with PairWriter(path, rejected_caption=REJECTED_CAPTION in df.columns) as writer:
         # One row group at a time: the images are never all held twice (pandas, arrow).
         for start in range(0, len(df), ROW_GROUP_PAIRS):
@@ -682,7 +545,7 @@ def write_pairs(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 def read_pairs(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a canonical pair table written by :func:`write_pairs`, checking its columns."""
     names = pq.read_schema(path).names
-    _check_canonical(names, str(path))
+    check_canonical(names, str(path))
     columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
     return _canonical_dtypes(pq.read_table(path, columns=columns).to_pandas())
 
@@ -690,7 +553,7 @@ def read_pairs(path: str | os.PathLike[str]) -> pd.DataFrame:
 def read_pair_texts(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The caption columns of a canonical pair table (no images), in pair order."""
     names = pq.read_schema(path).names
-    _check_canonical(names, str(path))
+    check_canonical(names, str(path))
     columns = ["caption", *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
     return pq.read_table(path, columns=columns).to_pandas()
 
@@ -698,7 +561,7 @@ def read_pair_texts(path: str | os.PathLike[str]) -> pd.DataFrame:
 def read_pair_rows(path: str | os.PathLike[str], start: int, stop: int) -> pd.DataFrame:
     """Rows ``start:stop`` of a canonical pair table, reading only the row groups that hold them."""
     file = pq.ParquetFile(path)
-    _check_canonical(file.schema_arrow.names, str(path))
+    check_canonical(file.schema_arrow.names, str(path))
     groups, first, offset = [], None, 0
     for group in range(file.num_row_groups):
         size = file.metadata.row_group(group).num_rows
