@@ -75,44 +75,59 @@ def pretrain_base(args: argparse.Namespace) -> None:
     report(pretrain_toy_base(args.world, args.params, Path(args.out), Path(args.metrics)))
 
 
-@command("data", PART, PARAMS, arg("--input", required=True, help="pair source: path or id"), OUT)
+@command(
+    "data",
+    PART,
+    PARAMS,
+    arg("--input", required=True, help="pair source: path or id"),
+    arg("--exclude", nargs="*", default=[], help="prompt tables whose prompts are dropped"),
+    OUT,
+)
 def pairs_part(args: argparse.Namespace) -> None:
     """Screen part --part of pairs.shards of the pair source (winner first, ties dropped)."""
+    from dspo.data.dedup import evaluation_keys
     from dspo.data.pairs import PairSettings, normalise_part
 
     source = dict(args.params["source"])
     if source["kind"] == "toy":
         source = {"kind": "parquet", "path": args.input}
     settings = PairSettings.from_params(args.params, source)
-    record = normalise_part(settings, args.part, args.params.get("shards", 1), Path(args.out))
-    unreadable = len(record["unreadable_keys"])
-    report({"units": record["blocks"], **record["counts"], "unreadable_visited": unreadable})
+    exclude = evaluation_keys(Path(p) for p in args.exclude)
+    parts = args.params.get("shards", 1)
+    record = normalise_part(settings, args.part, parts, Path(args.out), exclude)
+    visits = {"unreadable_visited": len(record["unreadable"])}
+    report({"units": record["blocks"], **record["counts"], **visits})
 
 
-@command("data", INPUTS, OUT)
+REPORT = arg("--report", help="JSON file for the counts (written once the table is in place)")
+
+
+@command("data", INPUTS, OUT, REPORT)
 def pairs_gather(args: argparse.Namespace) -> None:
     """Join the pairs parts into the canonical pair table; report what was dropped and why."""
     from dspo.data.pairs import gather_pairs
 
-    report(gather_pairs([Path(p) for p in args.inputs], Path(args.out)))
+    paths = [Path(p) for p in args.inputs]
+    report(gather_pairs(paths, Path(args.out), args.report and Path(args.report)))
 
 
 @command("data", PART, PARAMS, INPUT, OUT)
 def nodup_part(args: argparse.Namespace) -> None:
     """Copy one pair per prompt (seeded) of part --part of pairs.shards of a pair table."""
-    from dspo.data.pairs import nodup_part as copy_part
+    from dspo.data.nodup import nodup_part as copy_part
 
     parts = args.params.get("shards", 1)
     record = copy_part(Path(args.input), args.part, parts, args.params["seed"], Path(args.out))
     report({"row_groups": record["blocks"], "kept": record["kept"]})
 
 
-@command("data", INPUTS, OUT)
+@command("data", INPUTS, OUT, REPORT)
 def nodup_gather(args: argparse.Namespace) -> None:
     """Join the nodup parts into the pair table of the nodup ablation."""
-    from dspo.data.pairs import gather_nodup
+    from dspo.data.nodup import gather_nodup
 
-    report(gather_nodup([Path(p) for p in args.inputs], Path(args.out)))
+    paths = [Path(p) for p in args.inputs]
+    report(gather_nodup(paths, Path(args.out), args.report and Path(args.report)))
 
 
 @command("data", PART, PARAMS, INPUT, BASE, OUT, threads(), DEVICE)

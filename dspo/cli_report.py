@@ -15,10 +15,13 @@ from dspo.cli_registry import OUT, PARAMS, arg, command, json_mapping, report, s
     arg("--scores", nargs="+", required=True, help="score tables (`dspo score`)"),
     arg("--out", required=True, help="folder for the tables"),
     arg("--plots", help="folder for the plots (default: --out)"),
+    arg("--pairs-report", help="the pairs report (pairs-gather --report), noted in the tables"),
+    arg("--nodup-report", help="the nodup report (nodup-gather --report), noted in the tables"),
     config="tables",
 )
 def tables(args: argparse.Namespace) -> None:
     """Win rates against the base model and mean scores: tables and plots."""
+    from dspo.data.dedup import data_note
     from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
     from dspo.evaluation.statistics import load_scores
     from dspo.evaluation.sweeps import relabel_groups, reward_of, write_sweep
@@ -37,6 +40,7 @@ def tables(args: argparse.Namespace) -> None:
         n_boot=p["bootstrap"]["samples"],
         seed=p["bootstrap"]["seed"],
         paper_tables=p.get("paper_tables"),
+        data_note=data_note(args.pairs_report, args.nodup_report),
     )
     written = save_tables(tables, out)
     plots = Path(args.plots or args.out)

@@ -112,12 +112,32 @@ PAIRS_SOURCE = config["pairs"]["source"]
 TOY_PAIRS = "results/data/toy/pairs"
 TOY_PROMPTS = "results/data/toy/prompts.parquet"
 TOY_EDITING = "results/data/toy/editing.parquet"
+# What the pairs and nodup gathers dropped and why (dspo/data/pairs.py).
+PAIRS_REPORT = "results/data/pairs_report.json"
+NODUP_REPORT = "results/data/pairs_nodup_report.json"
 # The editing set every model edits (rule editing_set).
 EDITING_TABLE = "results/data/editing.parquet"
 
 
 def pairs_source_input(wildcards):
     return source_inputs(PAIRS_SOURCE, TOY_PAIRS) + fetched("pairs")
+
+
+def nodup_report_input(wildcards):
+    """The nodup report, when a trained model learns from the one pair per prompt set."""
+    used = any(method_config(model)["data"] == "pairs_nodup" for model in TRAINED)
+    return [NODUP_REPORT] if used else []
+
+
+def nodup_report_option(wildcards, input):
+    return f"--nodup-report {shlex.quote(input.nodup_report[0])}" if input.nodup_report else ""
+
+
+def excluded_prompt_tables(wildcards):
+    """The evaluation prompt tables whose prompts the training pairs must not hold."""
+    if not config["pairs"]["exclude_eval_prompts"]:
+        return []
+    return expand("results/data/prompts/{prompt_set}.parquet", prompt_set=PROMPT_SETS)
 
 
 def pairs_parts(wildcards):

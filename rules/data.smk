@@ -24,7 +24,8 @@ rule toy_world:
 # source's units into its own folder, and gathered into the canonical table.
 rule pairs_part:
     input:
-        pairs_source_input,
+        source=pairs_source_input,
+        exclude=excluded_prompt_tables,
     output:
         temp(directory("results/data/pairs.parts/{part}")),
     wildcard_constraints:
@@ -41,14 +42,15 @@ rule pairs_part:
         "results/logs/pairs/part{part}.log",
     shell:
         "dspo pairs-part --part {wildcards.part} --params {params.cfg:q} --input {params.source:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --exclude {input.exclude:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule pairs:
     input:
         pairs_parts,
     output:
-        "results/data/pairs.parquet",
+        pairs="results/data/pairs.parquet",
+        report=PAIRS_REPORT,
     params:
         cfg=as_json(config["pairs"]),
     priority: TRAINING_CHAIN_PRIORITY
@@ -59,7 +61,8 @@ rule pairs:
     log:
         "results/logs/pairs/gather.log",
     shell:
-        "dspo pairs-gather --inputs {input:q} --out {output:q} > {log:q} 2>&1"
+        "dspo pairs-gather --inputs {input:q} --out {output.pairs:q} --report {output.report:q}"
+        " > {log:q} 2>&1"
 
 
 # The nodup table is scattered the same way, over the row groups of the pair table.
@@ -88,7 +91,8 @@ rule pairs_nodup:
     input:
         nodup_parts,
     output:
-        "results/data/pairs_nodup.parquet",
+        pairs="results/data/pairs_nodup.parquet",
+        report=NODUP_REPORT,
     params:
         cfg=as_json(NODUP),
     priority: TRAINING_CHAIN_PRIORITY
@@ -99,7 +103,8 @@ rule pairs_nodup:
     log:
         "results/logs/pairs_nodup/gather.log",
     shell:
-        "dspo nodup-gather --inputs {input:q} --out {output:q} > {log:q} 2>&1"
+        "dspo nodup-gather --inputs {input:q} --out {output.pairs:q} --report {output.report:q}"
+        " > {log:q} 2>&1"
 
 
 # DDSPO's pairs are sampled over ddspo.shards jobs, each streaming a contiguous block of the

@@ -1,6 +1,8 @@
 rule tables:
     input:
-        score_files,
+        scores=score_files,
+        pairs_report=PAIRS_REPORT,
+        nodup_report=nodup_report_input,
     output:
         win_rates="results/tables/win_rates.md",
         win_rates_csv=report(
@@ -49,6 +51,7 @@ rule tables:
         cfg=as_json(tables_config()),
         # For the captions only: what the intervals resample (workflow/report/*.rst).
         intervals=interval_captions(),
+        nodup=nodup_report_option,
     conda:
         "../environment.yml"
     benchmark:
@@ -56,8 +59,9 @@ rule tables:
     log:
         "results/logs/tables.log",
     shell:
-        "dspo tables --params {params.cfg:q} --scores {input:q} --out results/tables"
-        " --plots results/plots > {log:q} 2>&1"
+        "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out results/tables"
+        " --plots results/plots --pairs-report {input.pairs_report:q} {params.nodup}"
+        " > {log:q} 2>&1"
 
 
 rule grid:

@@ -69,7 +69,7 @@ def test_each_command_shows_only_its_own_options() -> None:
         "--reference", "--objective", "--name", "--steps", "--lr", "--seed", "--threads",
         "--device",
     }  # fmt: skip
-    assert options["pairs-gather"] == {"-h", "--help", "--inputs", "--out"}
+    assert options["pairs-gather"] == {"-h", "--help", "--inputs", "--out", "--report"}
     assert "--world" in options["pretrain-base"] and "--world" not in options["toy-world"]
     for name, p in subparsers.items():
         for action in p._actions:  # noqa: SLF001

@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dspo.data import nodup as N
 from dspo.data import pairs as P
 from dspo.data import sources as S
+from dspo.data.dedup import caption_group, normalise_caption
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 
@@ -66,7 +68,8 @@ def mixed_rows() -> list[dict]:
         row("cut", red, truncated, 1.0, 0.0, rid=6),  # unreadable: truncated JPEG
         row("junk", b"not an image at all", blue, 1.0, 0.0, rid=7),  # unreadable: garbage
         row("none", red, None, 1.0, 0.0, rid=8),  # unreadable: missing bytes
-        row("a cat", blue, red, 0.0, 1.0, rid=9),  # kept, duplicate prompt of row 0
+        # kept: the prompt of row 0 with another losing image (a duplicate prompt, not row)
+        row("a cat", jpeg(BLUE, size=48), red, 0.0, 1.0, rid=9),
     ]
 
 
@@ -338,6 +341,11 @@ def test_normalise_puts_winner_first_and_counts_every_drop(raw):
     assert stats == {
         "input": 10,
         "kept": 3,
+        "caption_missing": 0,
+        "caption_unreadable": 0,
+        "caption_blank": 0,
+        "eval_prompt": 0,
+        "duplicate": 0,
         "unlabelled": 1,
         "invalid_label": 1,
         "identical": 1,
@@ -426,9 +434,9 @@ def test_nodup_rows_one_per_prompt_uniform_and_seeded():
     prompt_ids = np.array([5, 5, 5, 5, 9, 7, 5, 7])
     picks = set()
     for seed in range(20):
-        rows = P.nodup_rows(prompt_ids, seed)
+        rows = N.nodup_rows(prompt_ids, seed)
         assert list(rows) == sorted(rows) and sorted(prompt_ids[rows]) == [5, 7, 9]
-        assert list(P.nodup_rows(prompt_ids, seed)) == list(rows)
+        assert list(N.nodup_rows(prompt_ids, seed)) == list(rows)
         picks.add(int(rows[prompt_ids[rows] == 5][0]))
     assert picks == {0, 1, 2, 3, 6}  # the choice really depends on the seed, over all five
 
@@ -436,35 +444,52 @@ def test_nodup_rows_one_per_prompt_uniform_and_seeded():
 @pytest.mark.parametrize("parts", [1, 3, 6])  # 6 > 4 row groups: two parts are empty
 def test_nodup_parts_copy_the_chosen_pairs_row_group_by_row_group(tmp_path, monkeypatch, parts):
     red, blue = jpeg(RED), jpeg(BLUE)
-    rows = [row("same prompt", red, blue, 1.0, 0.0, rid=i) for i in range(8)]
+    # Eight pairs of one prompt, written four ways that normalise alike (other images each).
+    spellings = ["same prompt", "Same prompt.", " SAME   prompt ", "«same prompt»"]
+    rows = [row(spellings[i % 4], jpeg(RED, 16 + 4 * i), blue, 1.0, 0.0) for i in range(8)]
     rows += [row("other", red, blue, 1.0, 0.0), row("third", blue, red, 0.0, 1.0)]
     pairs, _ = normalise(pd.DataFrame(rows))
     monkeypatch.setattr(P, "ROW_GROUP_PAIRS", 3)  # 4 groups, some without a kept pair
     P.write_pairs(pairs, tmp_path / "pairs.parquet")
     dirs = [tmp_path / "parts" / str(k) for k in range(parts)]
     for k, folder in enumerate(dirs):
-        P.nodup_part(tmp_path / "pairs.parquet", k, parts, 4, folder)
-    stats = P.gather_nodup(dirs, tmp_path / "nodup.parquet")
+        N.nodup_part(tmp_path / "pairs.parquet", k, parts, 4, folder)
+    stats = N.gather_nodup(dirs, tmp_path / "nodup.parquet")
     nodup = P.read_pairs(tmp_path / "nodup.parquet")
-    assert stats == {"input": 10, "kept": 3, "prompts": 3}
-    assert list(nodup["pair_id"]) == [0, 1, 2] and nodup["prompt_id"].is_unique
-    expected = pairs.iloc[P.nodup_rows(pairs["prompt_id"].to_numpy(), 4)]
+    assert stats == {"input": 10, "kept": 3, "prompts": 3, "captions": 6}
+    assert list(nodup["pair_id"]) == [0, 1, 2]
+    assert sorted(normalise_caption(c) for c in nodup["caption"]) == [
+        "other",
+        "same prompt",
+        "third",
+    ]
+    groups = np.array([caption_group(c) for c in pairs["caption"]])
+    expected = pairs.iloc[N.nodup_rows(groups, 4)]
     assert list(nodup["source_row"]) == list(expected["source_row"])
     assert list(nodup["jpg_w"]) == list(expected["jpg_w"])
     one_part = tmp_path / "one.parquet"
-    P.nodup_part(tmp_path / "pairs.parquet", 0, 1, 4, tmp_path / "one")
-    P.gather_nodup([tmp_path / "one"], one_part)
+    N.nodup_part(tmp_path / "pairs.parquet", 0, 1, 4, tmp_path / "one")
+    N.gather_nodup([tmp_path / "one"], one_part)
     assert one_part.read_bytes() == (tmp_path / "nodup.parquet").read_bytes()
 
 
 # --- scattered normalisation ---------------------------------------------------------------
 
 
-def scatter_source(tmp_path) -> dict:
-    """Two parquet files in row groups of 3 rows (14 units), every kind of row in them."""
+def swapped(r: dict) -> dict:
+    """The same pair with its two image columns (and labels) the other way round."""
+    return dict(r, jpg_0=r["jpg_1"], jpg_1=r["jpg_0"], label_0=r["label_1"], label_1=r["label_0"])
+
+
+def scatter_source(tmp_path, duplicates: bool = False) -> dict:
+    """Two parquet files in row groups of 3 rows (14 units, 15 with ``duplicates``), every kind
+    of row in them; ``duplicates`` adds to the second file copies of two kept rows (images
+    swapped) and of an unreadable one of the first."""
     rows = []
     for i in range(4):
         rows += [dict(r, caption=f"{r['caption']} {i}") for r in mixed_rows()]
+    if duplicates:
+        rows += [swapped(rows[0]), swapped(rows[1]), rows[6]]
     for name, block in (("train-00000-of-00002", rows[:22]), ("train-00001-of-00002", rows[22:])):
         (tmp_path / "src").mkdir(exist_ok=True)
         pd.DataFrame(block).to_parquet(tmp_path / "src" / f"{name}.parquet", row_group_size=3)
@@ -481,20 +506,23 @@ def run_parts(settings: P.PairSettings, parts: int, root: Path) -> tuple[bytes, 
 
 
 @pytest.mark.parametrize("max_pairs", [None, 6])
-def test_any_number_of_parts_gives_the_same_table(tmp_path, max_pairs):
-    source = scatter_source(tmp_path)
-    assert len(S.source_units(source)) == 14
-    settings = P.PairSettings(source=source, max_pairs=max_pairs, seed=1)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_any_number_of_parts_gives_the_same_table(tmp_path, max_pairs, seed):
+    # Duplicates across files: which copy stays must not depend on where the parts split.
+    source = scatter_source(tmp_path, duplicates=True)
+    assert len(S.source_units(source)) == 15
+    settings = P.PairSettings(source=source, max_pairs=max_pairs, seed=seed)
     one, stats = run_parts(settings, 1, tmp_path)
-    for parts in (3, 16):  # 16 > 14 units: two parts are empty
+    for parts in (3, 17):  # 17 > 15 units: two parts are empty
         assert run_parts(settings, parts, tmp_path) == (one, stats)
     dropped = sum(n for k, n in stats.items() if k not in ("input", "kept"))
-    assert stats["input"] == 40 == stats["kept"] + dropped
+    assert stats["input"] == 43 == stats["kept"] + dropped
     table = P.read_pairs(tmp_path / "pairs1.parquet")
     assert list(table["pair_id"]) == list(range(len(table)))
     assert list(table["source_row"]) == sorted(table["source_row"])
     if max_pairs is None:
-        assert stats["kept"] == 12 and stats["unreadable"] == 12 and stats["not_sampled"] == 0
+        assert stats["kept"] == 12 and stats["unreadable"] == 12 and stats["duplicate"] == 3
+        assert stats["not_sampled"] == 0
 
 
 def test_max_pairs_takes_the_readable_pairs_with_the_smallest_keys(tmp_path):

@@ -108,6 +108,12 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
         assert (smoke_run / produced).stat().st_size > 1000
     pairs_log = (smoke_run / "results/logs/pairs/gather.log").read_text()
     assert '"ties_dropped"' in pairs_log and '"unreadable"' in pairs_log
+    counts = json.loads((smoke_run / "results/data/pairs_report.json").read_text())["counts"]
+    assert counts["input"] == 200 == sum(n for k, n in counts.items() if k != "input")
+    note = f"Training pairs: {counts['kept']} kept of 200 source rows; dropped: "
+    assert note in markdown and note in (smoke_run / "results/tables/table6.md").read_text()
+    nodup = json.loads((smoke_run / "results/data/pairs_nodup_report.json").read_text())
+    assert f"One pair per prompt (nodup): {nodup['counts']['kept']} of {counts['kept']}" in markdown
     # Two pairs parts (smoke preset), each screening one of the toy source's two row groups.
     for part in (0, 1):
         log = (smoke_run / f"results/logs/pairs/part{part}.log").read_text()

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from dspo.data.pairs import (
     PART_TABLE,
     PairWriter,
-    _read_part_records,
     prompt_id_of,
+    read_part_records,
 )
 from dspo.families import pipeline_family
 from dspo.families.base import Family
@@ -216,7 +216,7 @@ def gather_ddspo(part_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
 
     Pair ids are the prompts' positions in the drawn list, so they run 0..n-1 already.
     """
-    records = _read_part_records(part_dirs)
+    records = read_part_records(part_dirs)
     kept_words: list[float] = []
     examples: list[dict[str, str]] = []
     n = 0

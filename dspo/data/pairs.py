@@ -8,21 +8,20 @@ Normalising is scattered: :func:`normalise_part` screens part k of N of the sour
 :func:`gather_pairs` streams the parts into the canonical table. Any N gives the same table,
 byte for byte: pairs keep their place in the source, and the ``max_pairs`` sample takes the
 readable pairs with the smallest seeded keys, drawn per (unit, row) and not per part. The
-"nodup" table is scattered the same way over row groups (:func:`nodup_part`,
-:func:`gather_nodup`).
+"nodup" table (:mod:`dspo.data.nodup`) is scattered the same way over row groups.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import heapq
 import io
 import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,37 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
+from dspo.data.dedup import (
+    CAPTION_BLANK,
+    CAPTION_MISSING,
+    CAPTION_UNREADABLE,
+    GroupVisits,
+    caption_text,
+    first_of_groups,
+    keys_digest,
+    normalise_caption,
+    pair_key,
+)
 from dspo.data.sources import check_columns, source_units
-from dspo.files import PART_RECORD, part_folder
+from dspo.files import PART_RECORD, part_folder, write_json_atomic
 
 CANONICAL_COLUMNS = ("pair_id", "prompt_id", "caption", "jpg_w", "jpg_l", "label_w", "source_row")
 # DDSPO's rejected images have their own (degraded) prompt; human pairs share one caption.
 REJECTED_CAPTION = "caption_l"
 _VALID_LABELS = {(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)}
-# Why a source row is not kept, in the order the checks run (each row counts once, first match).
-DROP_REASONS = ("unlabelled", "invalid_label", "identical", "ties_dropped", "unreadable")
+# Why a source row is not kept, in the order the checks run (each row counts once, first match):
+# the checks of its metadata (SCREEN_REASONS), then of its images among the rows visited.
+SCREEN_REASONS = (
+    CAPTION_MISSING,
+    CAPTION_UNREADABLE,
+    CAPTION_BLANK,
+    "unlabelled",
+    "invalid_label",
+    "identical",
+    "ties_dropped",
+    "eval_prompt",
+)
+DROP_REASONS = (*SCREEN_REASONS, "duplicate", "unreadable")
 # Pairs per parquet row group of the canonical table: a cache part reads only the row groups of
 # its own pairs (Pick-a-Pic images are ~0.5 MB, so a group is a few hundred MB at most).
 ROW_GROUP_PAIRS = 512
@@ -134,9 +155,13 @@ def sample_keys(seed: int, unit: int, n_rows: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _UnitRows:
-    """The columns of one source unit that screening and the part's rows read, parsed once."""
+    """The columns of one source unit that screening and the part's rows read, parsed once.
+
+    ``captions`` holds each row's decoded text ("" where ``caption_issues`` gives a reason).
+    """
 
     captions: list[str]
+    caption_issues: list[str | None]
     label_0: np.ndarray
     label_1: np.ndarray
     jpg_0: list[bytes | None]
@@ -144,20 +169,40 @@ class _UnitRows:
 
     @classmethod
     def of(cls, df: pd.DataFrame) -> _UnitRows:
+        texts = [caption_text(c) for c in df["caption"].tolist()]
         return cls(
-            captions=[c if isinstance(c, str) else "" for c in df["caption"].tolist()],
+            captions=[text for text, _ in texts],
+            caption_issues=[issue for _, issue in texts],
             label_0=pd.to_numeric(df["label_0"], errors="coerce").to_numpy(dtype=float),
             label_1=pd.to_numeric(df["label_1"], errors="coerce").to_numpy(dtype=float),
             jpg_0=[_image_bytes(v) for v in df["jpg_0"].tolist()],
             jpg_1=[_image_bytes(v) for v in df["jpg_1"].tolist()],
         )
 
+    def first_wins(self, row: int) -> bool:
+        """Whether ``jpg_0`` goes first: it is preferred, or the pair is a tie (source order)."""
+        return bool(self.label_0[row] >= self.label_1[row])
+
+    def ordered(self, row: int) -> tuple[bytes | None, bytes | None]:
+        """The row's images, the preferred one first."""
+        pair = (self.jpg_0[row], self.jpg_1[row])
+        return pair if self.first_wins(row) else pair[::-1]
+
+    def pair_key(self, row: int) -> int:
+        """The row's :func:`~dspo.data.dedup.pair_key` (a missing image counts as empty)."""
+        first, second = self.ordered(row)
+        tie = bool(self.label_0[row] == self.label_1[row])
+        return pair_key(self.captions[row], first or b"", second or b"", tie)
+
 
 def _screen(
-    df: pd.DataFrame, parsed: _UnitRows, drop_ties: bool
+    df: pd.DataFrame, parsed: _UnitRows, drop_ties: bool, exclude: frozenset[str]
 ) -> tuple[list[int], dict[str, int]]:
-    """Rows that pass the metadata checks, and counts of the others by reason."""
-    counts = dict.fromkeys(DROP_REASONS[:-1], 0)
+    """Rows that pass the metadata checks, and counts of the others by reason.
+
+    ``exclude`` holds the normalised evaluation prompts: a caption among them is dropped.
+    """
+    counts = dict.fromkeys(SCREEN_REASONS, 0)
     n = len(df)
     has_label = df["has_label"].tolist() if "has_label" in df.columns else [True] * n
     different = df["are_different"].tolist() if "are_different" in df.columns else [True] * n
@@ -165,7 +210,9 @@ def _screen(
     candidates = []
     for row in range(n):
         labels = (float(label_0[row]), float(label_1[row]))
-        if not _as_bool(has_label[row], default=True):
+        if parsed.caption_issues[row] is not None:
+            counts[parsed.caption_issues[row]] += 1
+        elif not _as_bool(has_label[row], default=True):
             counts["unlabelled"] += 1
         elif labels not in _VALID_LABELS:
             counts["invalid_label"] += 1
@@ -175,6 +222,8 @@ def _screen(
             counts["identical"] += 1
         elif labels == (0.5, 0.5) and drop_ties:
             counts["ties_dropped"] += 1
+        elif exclude and normalise_caption(parsed.captions[row]) in exclude:
+            counts["eval_prompt"] += 1
         else:
             candidates.append(row)
     return candidates, counts
@@ -193,36 +242,48 @@ _PAIRS_SCHEMA = pa.schema(
 )
 
 
-# A part's rows: the canonical pair columns that it knows, and where each pair stands in the
-# source (its unit and row there) with its sample key; the gather turns these into ids.
+# A part's rows: the canonical pair columns that it knows, where each pair stands in the
+# source (its unit and row there) with its sample key, and its duplicate group (pair_key); the
+# gather turns these into ids and keeps one pair per group.
 _PART_SCHEMA = pa.schema(
     [
         ("unit", pa.int64()),
         ("unit_row", pa.int64()),
         ("key", pa.float64()),
+        ("group", pa.int64()),
         *(_PAIRS_SCHEMA.field(name) for name in CANONICAL_COLUMNS[1:-1]),
     ]
 )
 
 
-def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path) -> dict[str, Any]:
+def normalise_part(
+    settings: PairSettings,
+    part: int,
+    parts: int,
+    out_dir: Path,
+    exclude: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
     """Screen part ``part`` of ``parts`` of the source into the folder ``out_dir``.
 
-    The part is a contiguous range of the source's units. Rows failing a metadata check
-    (has_label false, labels not (1,0), (0,1) or (0.5,0.5), identical images, ties when
-    dropped) are counted; the others are decoded in full and kept if both images are readable,
-    winner first. With ``max_pairs`` the candidates are visited by key and the part stops
-    decoding a unit at the first key above its ``max_pairs`` smallest readable ones so far:
-    such a pair cannot be in the sample. The folder (``pairs.parquet`` + ``part.json``) is
-    written beside its target and renamed into place whole.
+    The part is a contiguous range of the source's units. Rows failing a metadata check (no
+    readable or a blank caption, has_label false, labels not (1,0), (0,1) or (0.5,0.5),
+    identical images, ties when dropped, a caption whose key is in ``exclude``: the
+    evaluation prompts) are counted; the others are visited, in key order with
+    ``max_pairs``. A visited row of a duplicate group (:func:`~dspo.data.dedup.pair_key`)
+    already met in this part with a smaller key is recorded as a duplicate; otherwise its
+    images are decoded in full (once per group) and it is kept if both are readable, winner
+    first. With ``max_pairs`` the part stops decoding a unit at the first key above the
+    ``max_pairs`` smallest of its readable groups so far: such a pair cannot be in the
+    sample. The folder (``pairs.parquet`` + ``part.json``) is written beside its target and
+    renamed into place whole.
     """
     if not 0 <= part < parts:
         raise ValueError(f"part {part} is not in 0..{parts - 1}")
     units = source_units(settings.source)
     first, stop = part * len(units) // parts, (part + 1) * len(units) // parts
-    counts = dict.fromkeys(("input", *DROP_REASONS[:-1], "candidates", "written"), 0)
-    unit_rows, unreadable_keys = [], []
-    best: list[float] = []  # the max_pairs smallest readable keys so far, negated (a max-heap)
+    counts = dict.fromkeys(("input", *SCREEN_REASONS, "candidates", "written"), 0)
+    unit_rows: list[int] = []
+    visited = GroupVisits()
     with (
         part_folder(Path(out_dir), "pairs") as (tmp, record),
         pq.ParquetWriter(tmp / PART_TABLE, _PART_SCHEMA) as writer,
@@ -234,61 +295,63 @@ def normalise_part(settings: PairSettings, part: int, parts: int, out_dir: Path)
             unit_rows.append(len(df))
             counts["input"] += len(df)
             parsed = _UnitRows.of(df)
-            candidates, screened = _screen(df, parsed, settings.drop_ties)
+            candidates, screened = _screen(df, parsed, settings.drop_ties, exclude)
             for reason, n in screened.items():
                 counts[reason] += n
             counts["candidates"] += len(candidates)
             keys = sample_keys(settings.seed, unit, len(df))
             if settings.max_pairs is not None:
                 candidates = sorted(candidates, key=lambda row: keys[row])
+            groups = {row: parsed.pair_key(row) for row in candidates}
             kept = []
             for row in candidates:
-                sample_full = settings.max_pairs is not None and len(best) == settings.max_pairs
-                if sample_full and keys[row] > -best[0]:
+                if visited.sample_full(settings.max_pairs) and keys[row] > visited.cut():
                     break
-                if image_is_readable(parsed.jpg_0[row]) and image_is_readable(parsed.jpg_1[row]):
+                if visited.visit(float(keys[row]), groups[row], partial(_readable, parsed, row)):
                     kept.append(row)
-                    if settings.max_pairs is not None:
-                        heapq.heappush(best, -keys[row])
-                        if len(best) > settings.max_pairs:
-                            heapq.heappop(best)
-                else:
-                    unreadable_keys.append(float(keys[row]))
-            writer.write_table(_part_rows(parsed, unit, sorted(kept), keys))
+            writer.write_table(_part_rows(parsed, unit, sorted(kept), keys, groups))
             counts["written"] += len(kept)
         record |= {
             "part": part,
             "parts": parts,
             "settings": asdict(settings),
+            "exclude": keys_digest(exclude),
+            "n_exclude": len(exclude),
             "n_blocks": len(units),
             "blocks": [first, stop],
             "unit_rows": unit_rows,
             "counts": counts,
-            "unreadable_keys": unreadable_keys,
+            "unreadable": visited.unreadable,
+            "duplicate_keys": visited.duplicate_keys,
         }
     return record
 
 
-def _part_rows(parsed: _UnitRows, unit: int, rows: list[int], keys: np.ndarray) -> pa.Table:
+def _readable(parsed: _UnitRows, row: int) -> bool:
+    return image_is_readable(parsed.jpg_0[row]) and image_is_readable(parsed.jpg_1[row])
+
+
+def _part_rows(
+    parsed: _UnitRows, unit: int, rows: list[int], keys: np.ndarray, groups: Mapping[int, int]
+) -> pa.Table:
     """The kept ``rows`` of one unit in the part's schema, the preferred image first."""
-    captions, label_0, label_1 = parsed.captions, parsed.label_0, parsed.label_1
-    jpg_0, jpg_1 = parsed.jpg_0, parsed.jpg_1
-    # Ties keep the source order; otherwise the image labelled 1 goes first.
-    first_wins = [bool(label_0[r] >= label_1[r]) for r in rows]
+    label_0, label_1 = parsed.label_0, parsed.label_1
+    ordered = [parsed.ordered(r) for r in rows]
     columns = {
         "unit": [unit] * len(rows),
         "unit_row": rows,
         "key": [float(keys[r]) for r in rows],
-        "prompt_id": [prompt_id_of(captions[r]) for r in rows],
-        "caption": [captions[r] for r in rows],
-        "jpg_w": [jpg_0[r] if w else jpg_1[r] for r, w in zip(rows, first_wins, strict=True)],
-        "jpg_l": [jpg_1[r] if w else jpg_0[r] for r, w in zip(rows, first_wins, strict=True)],
+        "group": [groups[r] for r in rows],
+        "prompt_id": [prompt_id_of(parsed.captions[r]) for r in rows],
+        "caption": [parsed.captions[r] for r in rows],
+        "jpg_w": [w for w, _ in ordered],
+        "jpg_l": [lo for _, lo in ordered],
         "label_w": [float(max(label_0[r], label_1[r])) for r in rows],
     }
     return pa.Table.from_pydict(columns, schema=_PART_SCHEMA)
 
 
-def _read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+def read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     """Each part's record, in part order, checked to form one whole.
 
     A part covers the blocks (source units, or row groups of a pair table) ``blocks[0]`` to
@@ -308,8 +371,8 @@ def _read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
             raise ValueError(
                 f"{folder}: part {record['part']} of {record['parts']}, expected {index} of {parts}"
             )
-        for key in ("settings", "n_blocks"):
-            if record[key] != records[0][key]:
+        for key in ("settings", "exclude", "n_blocks"):
+            if record.get(key) != records[0].get(key):
                 raise ValueError(f"{folder}: {key} differ from those of {part_dirs[0]}")
         if record["blocks"][0] != expected_block:
             raise ValueError(
@@ -321,118 +384,72 @@ def _read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     return records
 
 
-def gather_pairs(part_dirs: Sequence[Path], out: Path) -> dict[str, int]:
+def gather_pairs(
+    part_dirs: Sequence[Path], out: Path, report: Path | None = None
+) -> dict[str, int]:
     """Join the parts of :func:`normalise_part` into the canonical table ``out``.
 
-    Returns the counts of the whole source, each source row counted once, as one job visiting
-    the candidates in key order would count them: ``input == kept + sum(dropped)``, where
-    ``unreadable`` counts the candidates below the sample's largest key that failed to decode
-    and ``not_sampled`` the candidates past it. Raises before writing anything if no pair is
-    left.
+    Of each duplicate group the row with the smallest sample key stays, so which row stays
+    does not depend on the parts. Returns the counts of the whole source, each source row
+    counted once, as one job visiting the candidates in key order would count them:
+    ``input == kept + sum(dropped)``, where ``duplicate`` and ``unreadable`` count the
+    candidates up to the sample's largest key that repeat a group met before or fail to
+    decode, and ``not_sampled`` the candidates past it. The counts are also written to
+    ``report`` (JSON) once the table is in place. Raises before writing anything if no pair
+    is left.
     """
-    records = _read_part_records(part_dirs)
+    records = read_part_records(part_dirs)
     max_pairs = records[0]["settings"]["max_pairs"]
     unit_rows = np.array([n for r in records for n in r["unit_rows"]], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(unit_rows)[:-1]]).astype(np.int64)
-    keys = np.concatenate(
-        [pq.read_table(Path(d) / PART_TABLE, columns=["key"])["key"].to_numpy() for d in part_dirs]
-    )
+    written = [pq.read_table(Path(d) / PART_TABLE, columns=["key", "group"]) for d in part_dirs]
+    w_keys = np.concatenate([t["key"].to_numpy() for t in written])
+    w_groups = np.concatenate([t["group"].to_numpy() for t in written]).astype(np.int64)
+    unreadable = np.array([v for r in records for v in r["unreadable"]], dtype=object)
+    u_keys = unreadable[:, 0].astype(float) if len(unreadable) else np.zeros(0)
+    u_groups = unreadable[:, 1].astype(np.int64) if len(unreadable) else np.zeros(0, np.int64)
+    keys = np.concatenate([w_keys, u_keys])
+    first = first_of_groups(keys, np.concatenate([w_groups, u_groups]))
+    readable = np.arange(len(keys)) < len(w_keys)
     threshold = np.inf
-    if max_pairs is not None and len(keys) > max_pairs:
-        threshold = float(np.partition(keys, max_pairs - 1)[max_pairs - 1])
-    stats = {"input": 0, "kept": int((keys <= threshold).sum())}
+    sampled_keys = keys[first & readable]
+    if max_pairs is not None and len(sampled_keys) > max_pairs:
+        threshold = float(np.partition(sampled_keys, max_pairs - 1)[max_pairs - 1])
+    visited = keys <= threshold
+    duplicate_keys = np.array([k for r in records for k in r["duplicate_keys"]], dtype=float)
+    stats = {"input": 0, "kept": int((first & readable & visited).sum())}
     stats |= dict.fromkeys((*DROP_REASONS, "not_sampled"), 0)
+    stats["duplicate"] = int((~first & visited).sum() + (duplicate_keys <= threshold).sum())
+    stats["unreadable"] = int((first & ~readable & visited).sum())
     candidates = 0
     for record in records:
-        for reason in ("input", *DROP_REASONS[:-1]):
+        for reason in ("input", *SCREEN_REASONS):
             stats[reason] += record["counts"][reason]
         candidates += record["counts"]["candidates"]
-        # Unreadable pairs past the threshold would not have been visited by one job either.
-        stats["unreadable"] += sum(k < threshold for k in record["unreadable_keys"])
-    stats["not_sampled"] = candidates - stats["kept"] - stats["unreadable"]
+    stats["not_sampled"] = candidates - stats["kept"] - stats["duplicate"] - stats["unreadable"]
     if stats["kept"] == 0:
         reasons = ", ".join(f"{k}={v}" for k, v in stats.items() if k not in ("input", "kept"))
         raise ValueError(f"no preference pair left out of {stats['input']} rows ({reasons})")
-    next_id = 0
+    keep = (first & visited)[: len(w_keys)]
+    next_id = start = 0
     with PairWriter(out) as writer:
         for folder in part_dirs:
             table = pq.ParquetFile(Path(folder) / PART_TABLE)
             for group in range(table.num_row_groups):
                 rows = table.read_row_group(group).to_pandas()
-                rows = rows[rows["key"] <= threshold].reset_index(drop=True)
+                rows = rows[keep[start : start + len(rows)]].reset_index(drop=True)
+                start += table.metadata.row_group(group).num_rows
                 rows["source_row"] = offsets[rows["unit"].to_numpy()] + rows["unit_row"]
                 rows["pair_id"] = np.arange(next_id, next_id + len(rows), dtype=np.int64)
                 next_id += len(rows)
                 writer.write(rows)
+    if report is not None:
+        evaluation = {"evaluation_prompts": records[0].get("n_exclude", 0)}
+        write_json_atomic({"counts": stats, **evaluation}, Path(report))
     return stats
 
 
-def nodup_rows(prompt_ids: np.ndarray, seed: int) -> np.ndarray:
-    """Positions of one pair per prompt, chosen uniformly at random with ``seed``, in order."""
-    order = np.random.default_rng(seed).permutation(len(prompt_ids))
-    # The first pair of each prompt in a random permutation is a uniform choice among its pairs.
-    _, first = np.unique(np.asarray(prompt_ids)[order], return_index=True)
-    return np.sort(order[first])
-
-
-def nodup_part(src: Path, part: int, parts: int, seed: int, out_dir: Path) -> dict[str, Any]:
-    """Copy the pairs that :func:`nodup_rows` keeps from part ``part`` of ``parts`` of ``src``.
-
-    Every part decides from the prompt ids of the whole table (8 bytes a pair), so all parts
-    agree; each then copies the kept pairs of its contiguous block of row groups, one group
-    at a time, into the folder ``out_dir`` (renamed into place whole).
-    """
-    if not 0 <= part < parts:
-        raise ValueError(f"part {part} is not in 0..{parts - 1}")
-    table = pq.ParquetFile(src)
-    names = table.schema_arrow.names
-    _check_canonical(names, str(src))
-    columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
-    prompt_ids = table.read(columns=["prompt_id"])["prompt_id"].to_numpy()
-    keep = np.zeros(len(prompt_ids), dtype=bool)
-    keep[nodup_rows(prompt_ids, seed)] = True
-    groups = table.num_row_groups
-    first, stop = part * groups // parts, (part + 1) * groups // parts
-    offset = sum(table.metadata.row_group(g).num_rows for g in range(first))
-    kept = 0
-    with part_folder(Path(out_dir), "pairs") as (tmp, record):
-        with PairWriter(tmp / PART_TABLE, rejected_caption=REJECTED_CAPTION in names) as writer:
-            for group in tqdm(range(first, stop), desc=f"nodup part {part}", mininterval=5):
-                size = table.metadata.row_group(group).num_rows
-                mask = keep[offset : offset + size]
-                offset += size
-                if mask.any():
-                    rows = table.read_row_group(group, columns=columns).to_pandas()
-                    writer.write(rows[mask])
-                    kept += int(mask.sum())
-        record |= {
-            "part": part,
-            "parts": parts,
-            "settings": {"pairs": len(prompt_ids), "seed": seed},
-            "n_blocks": groups,
-            "blocks": [first, stop],
-            "kept": kept,
-        }
-    return record
-
-
-def gather_nodup(part_dirs: Sequence[Path], out: Path) -> dict[str, int]:
-    """Join the parts of :func:`nodup_part` into one table, pair ids renumbered from 0."""
-    records = _read_part_records(part_dirs)
-    names = pq.read_schema(Path(part_dirs[0]) / PART_TABLE).names
-    next_id = 0
-    with PairWriter(out, rejected_caption=REJECTED_CAPTION in names) as writer:
-        for folder in part_dirs:
-            table = pq.ParquetFile(Path(folder) / PART_TABLE)
-            for group in range(table.num_row_groups):
-                rows = table.read_row_group(group).to_pandas()
-                rows["pair_id"] = np.arange(next_id, next_id + len(rows), dtype=np.int64)
-                next_id += len(rows)
-                writer.write(rows)
-    return {"input": records[0]["settings"]["pairs"], "kept": next_id, "prompts": next_id}
-
-
-def _check_canonical(names: list[str], where: str) -> None:
+def check_canonical(names: list[str], where: str) -> None:
     for col in CANONICAL_COLUMNS:
         if col not in names:
             raise ValueError(f"{where}: missing canonical column {col!r}")
@@ -477,7 +494,7 @@ class PairWriter:
         return self
 
     def write(self, df: pd.DataFrame) -> None:
-        _check_canonical(list(df.columns), str(self.path))
+        check_canonical(list(df.columns), str(self.path))
         batch = _canonical_dtypes(df)[self.columns]
         self._pending.append(pa.Table.from_pandas(batch, schema=self.schema, preserve_index=False))
         if sum(t.num_rows for t in self._pending) >= ROW_GROUP_PAIRS:
@@ -518,7 +535,7 @@ class PairWriter:
 
 def write_pairs(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write a canonical table held in memory (e.g. DDSPO's pairs) with :class:`PairWriter`."""
-    _check_canonical(list(df.columns), str(path))
+    check_canonical(list(df.columns), str(path))
     with PairWriter(path, rejected_caption=REJECTED_CAPTION in df.columns) as writer:
         # One row group at a time: the images are never all held twice (pandas, arrow).
         for start in range(0, len(df), ROW_GROUP_PAIRS):
@@ -528,7 +545,7 @@ def write_pairs(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 def read_pairs(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a canonical pair table written by :func:`write_pairs`, checking its columns."""
     names = pq.read_schema(path).names
-    _check_canonical(names, str(path))
+    check_canonical(names, str(path))
     columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
     return _canonical_dtypes(pq.read_table(path, columns=columns).to_pandas())
 
@@ -536,7 +553,7 @@ def read_pairs(path: str | os.PathLike[str]) -> pd.DataFrame:
 def read_pair_texts(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The caption columns of a canonical pair table (no images), in pair order."""
     names = pq.read_schema(path).names
-    _check_canonical(names, str(path))
+    check_canonical(names, str(path))
     columns = ["caption", *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
     return pq.read_table(path, columns=columns).to_pandas()
 
@@ -544,7 +561,7 @@ def read_pair_texts(path: str | os.PathLike[str]) -> pd.DataFrame:
 def read_pair_rows(path: str | os.PathLike[str], start: int, stop: int) -> pd.DataFrame:
     """Rows ``start:stop`` of a canonical pair table, reading only the row groups that hold them."""
     file = pq.ParquetFile(path)
-    _check_canonical(file.schema_arrow.names, str(path))
+    check_canonical(file.schema_arrow.names, str(path))
     groups, first, offset = [], None, 0
     for group in range(file.num_row_groups):
         size = file.metadata.row_group(group).num_rows

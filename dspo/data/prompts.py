@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dspo.data.dedup import CAPTION_UNREADABLE, caption_text
 from dspo.data.hpsv2_prompts import read_benchmark
 from dspo.data.pairs import prompt_id_of
 
@@ -24,8 +26,28 @@ def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix in {".jsonl", ".json"}:
         return pd.read_json(path, lines=path.suffix == ".jsonl")
     if path.suffix == ".txt":
-        return pd.DataFrame({"prompt": [line for line in path.read_text().splitlines() if line]})
+        return pd.DataFrame({"prompt": path.read_text().splitlines()})
     raise ValueError(f"prompt file {path}: unsupported format {path.suffix!r}")
+
+
+def prompt_texts(cells: Iterable[Any], where: str) -> list[str]:
+    """The prompts of a column of cells, read as training captions are (bytes as UTF-8).
+
+    Missing and blank cells (a text file's empty or whitespace-only lines) are skipped with
+    a warning that counts them; a cell that is not text is an error naming its row.
+    """
+    prompts, skipped = [], 0
+    for row, cell in enumerate(cells):
+        text, issue = caption_text(cell)
+        if issue == CAPTION_UNREADABLE:
+            raise ValueError(f"{where} row {row}: prompt {cell!r:.60} is not UTF-8 text")
+        if issue is None:
+            prompts.append(text)
+        else:
+            skipped += 1
+    if skipped:
+        warnings.warn(f"{where}: skipped {skipped} missing or blank prompts", stacklevel=2)
+    return prompts
 
 
 # Source kinds of prompt sets and the editing set: the toy world's, and those _read_source reads;
@@ -66,14 +88,14 @@ def load_prompt_set(
             raise ValueError(f"{toy_prompts}: no prompts of toy split {source['split']!r}")
         prompts = table["prompt"].tolist()
     elif kind == "hpsv2":
-        prompts = list(dict.fromkeys(read_benchmark(source)))
+        prompts = list(dict.fromkeys(prompt_texts(read_benchmark(source), "HPSv2 benchmark")))
     elif kind in _READ_KINDS:
         column = source.get("column", "prompt")
         frame, where = _read_source(source, default_split="test")
         if column not in frame:
             raise ValueError(f"{where}: no column {column!r}; columns are {list(frame.columns)}")
         # Prompt sets such as Pick-a-Pic's repeat captions; each prompt is evaluated once.
-        prompts = list(dict.fromkeys(str(p) for p in frame[column].dropna()))
+        prompts = list(dict.fromkeys(prompt_texts(frame[column], where)))
     else:
         raise ValueError(f"prompt set {name!r}: unsupported source kind {kind!r}")
     if source.get("limit"):

@@ -41,6 +41,7 @@ def build_tables(
     seed: int = 0,
     ci: float = 0.95,
     paper_tables: Mapping[str, Mapping[str, Any]] | None = None,
+    data_note: str = "",
 ) -> dict[str, tuple[pd.DataFrame, str]]:
     """The result tables by name: each one's rows as its CSV holds them, and its Markdown.
 
@@ -51,6 +52,7 @@ def build_tables(
     paper_rows, a row shown with another paper row's numbers: :func:`paper_figures`).
     Only the given methods, rewards and prompt sets are kept, in the given order. CSVs use
     internal names and fractions; Markdown uses `labels` and per cent for win rates.
+    `data_note` (what the training data dropped) closes every Markdown table.
     """
     check_columns(scores, "scores")
     for column, wanted in (
@@ -126,7 +128,8 @@ def build_tables(
     stats = dict.fromkeys(
         ["win_rate", "mean", "ci_low", "ci_high", "p_value", "p_holm", "replicate_sd"], 6
     )
-    return {name: (frame.round(stats), markdown) for name, (frame, markdown) in tables.items()}
+    closing = f"\n{data_note}\n" if data_note else ""
+    return {name: (frame.round(stats), md + closing) for name, (frame, md) in tables.items()}
 
 
 def save_tables(tables: Mapping[str, tuple[pd.DataFrame, str]], out_dir: Path) -> list[Path]:
