@@ -51,11 +51,11 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     assert jobs["generate"] == 13 and jobs["score"] == 13 and jobs["editing_set"] == 1
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
     # In a bare folder: every hub artefact is downloaded first (rules/fetch.smk), once each.
-    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 15
+    # Two of them are the released Diffusion-DPO and Diffusion-KTO models the preset scores.
+    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 17
 
 
 def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
-    local_files_of_sd15(tmp_path)
     configs = [str(REPO / f"config/presets/{name}.yaml") for name in ("sd15", "sdxl")]
     result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
     jobs = planned_jobs(result.stdout)
