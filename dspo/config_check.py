@@ -3,8 +3,9 @@
 The schema checks keys and types. What it cannot see would otherwise fail only when a job
 starts, after hours of data and cache steps, or not at all: an objective's hyper-parameter
 typo, a local source path that does not exist, a paper table naming a method no preset
-defines. `check_config` finds these before any job runs, and every message starts with the
-config key at fault (``methods.dspo.params.lamb: ...``).
+defines, a pair source key its kind does not read or a local pair source whose files do not
+hold pairs in a layout the loader knows. `check_config` finds these before any job runs, and
+every message starts with the config key at fault (``methods.dspo.params.lamb: ...``).
 
 Base models: ``base_model.build: toy`` makes ``base_model.path`` a workflow output (the
 workflow writes, and on a forced rerun deletes, that folder). It is therefore accepted only
@@ -132,11 +133,20 @@ def _check_source(where: str, kinds: Mapping[str, set[str]], source: Any, root: 
     return []
 
 
+def _check_pair_source(source: Mapping[str, Any], root: Path) -> list[str]:
+    """The pair source's keys as the loader checks them, then a local source's layout."""
+    from dspo.data.sources import key_problems, layout_problems
+
+    problems = _check_source("pairs.source", _SOURCE_KINDS["pairs.source"], source, root)
+    if problems or source["kind"] == "toy":
+        return problems
+    problems = [f"pairs.source.{problem}" for problem in key_problems(source)]
+    return problems or [f"pairs.source: {problem}" for problem in layout_problems(source, root)]
+
+
 def _check_sources(config: Mapping[str, Any], root: Path) -> list[str]:
     evaluation = config["evaluation"]
-    problems = _check_source(
-        "pairs.source", _SOURCE_KINDS["pairs.source"], config["pairs"]["source"], root
-    )
+    problems = _check_pair_source(config["pairs"]["source"], root)
     for name, spec in entries(evaluation["prompt_sets"]).items():
         where = f"evaluation.prompt_sets.{name}.source"
         problems += _check_source(where, _SOURCE_KINDS["prompt set"], spec["source"], root)

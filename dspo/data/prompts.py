@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from dspo.data.pairs import prompt_id_of
+from dspo.data.split_files import hub_split_files
 
 COLUMNS = ["prompt_set", "prompt_id", "prompt"]
 
@@ -29,6 +30,8 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 # Source kinds of prompt sets and the editing set: the toy world's, and those _read_source reads.
 _READ_KINDS = ("file", "hub")
+# Files of a hub dataset that _read_table reads.
+_HUB_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".json")
 SOURCE_KINDS = ("toy", *_READ_KINDS)
 
 
@@ -36,14 +39,11 @@ def _read_source(source: Mapping[str, Any], default_split: str) -> tuple[pd.Data
     """A local table (kind file) or a hub dataset split (kind hub), and its name for errors."""
     if source["kind"] == "file":
         return _read_table(Path(source["path"])), source["path"]
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ImportError("hub sources need 'datasets': pip install dspo[hub]") from exc
-    frame = datasets.load_dataset(
-        source["id"], split=source.get("split", default_split), revision=source.get("revision")
-    ).to_pandas()
-    return frame, source["id"]
+    # Only the split's files are downloaded (or, offline, found in the hub cache).
+    files = hub_split_files(
+        source["id"], source.get("split", default_split), source.get("revision"), _HUB_SUFFIXES
+    )
+    return pd.concat([_read_table(file) for file in files], ignore_index=True), source["id"]
 
 
 def load_prompt_set(
