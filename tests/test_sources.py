@@ -140,7 +140,15 @@ def test_a_split_the_public_copy_does_not_name_is_refused_naming_its_tars(tmp_pa
     copy = public_copy(tmp_path / "copy")
     problems = S.layout_problems({"kind": "webdataset", "path": str(copy), "split": "train"})
     assert len(problems) == 1 and "split 'train'" in problems[0]
-    assert "found 2 (00000.tar, 00001.tar)" in problems[0]
+    assert "found 2 files (00000.tar, 00001.tar)" in problems[0]
+
+
+def test_a_file_that_is_no_tar_is_named(tmp_path: Path) -> None:
+    public_copy(tmp_path / "copy")
+    (tmp_path / "copy" / "00000.tar").write_bytes(b"an interrupted download")
+    problems = S.layout_problems({"kind": "webdataset", "path": str(tmp_path / "copy")})
+    bad = tmp_path / "copy" / "00000.tar"
+    assert len(problems) == 1 and problems[0].startswith(f"{bad}: not a readable tar file")
 
 
 def write_hub_layout(folder: Path, corrupt: tuple[str, ...] = ()) -> Path:

@@ -157,7 +157,7 @@ def _tar_members(
     files = split_files(path, split, (".tar",))
     key, suffixes = first_sample(files[0])
     found = (
-        f"webdataset {path}: found tars {listing(files, Path(path))}; the first sample "
+        f"webdataset {path}: found {listing(files, Path(path))}; the first sample "
         f"{key!r} of {files[0].name} has members {suffixes}"
     )
     if members is None:

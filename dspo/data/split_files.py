@@ -61,7 +61,7 @@ def listing(files: list[Path], root: Path) -> str:
     root = root.parent if root.is_file() else root
     names = [str(f.relative_to(root)) if f.is_relative_to(root) else str(f) for f in files]
     shown = ", ".join(names[:3]) + (f", ..., {names[-1]}" if len(names) > 3 else "")
-    return f"{len(names)} ({shown})"
+    return f"{len(names)} file{'s' if len(names) > 1 else ''} ({shown})"
 
 
 def split_patterns(split: str, suffixes: tuple[str, ...]) -> list[str]:

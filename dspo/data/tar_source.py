@@ -17,6 +17,7 @@ source's ``members`` key gives any other mapping. Members a mapping does not nam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tarfile
@@ -72,7 +73,7 @@ def mapping_problems(members: Any) -> list[str]:
 def first_sample(file: Path) -> tuple[str, list[str]]:
     """The key of the first sample of a tar file and its members' suffixes, in tar order."""
     key, suffixes = None, []
-    with tarfile.open(file, "r|*") as tar:
+    with _readable(file), tarfile.open(file, "r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -104,10 +105,20 @@ def describe_layouts() -> str:
 
 def tar_frame(file: Path, members: Mapping[str, str]) -> pd.DataFrame:
     """The pair rows of one tar file, read with the member mapping ``members``."""
-    rows = list(_tar_rows(file, members))
+    with _readable(file):
+        rows = list(_tar_rows(file, members))
     if not rows:
         return pd.DataFrame(columns=["caption", "jpg_0", "jpg_1", "label_0", "label_1"])
     return pd.DataFrame.from_records(rows)
+
+
+@contextlib.contextmanager
+def _readable(file: Path) -> Iterator[None]:
+    # tarfile's errors do not name the file.
+    try:
+        yield
+    except tarfile.TarError as exc:
+        raise ValueError(f"{file}: not a readable tar file ({exc})") from exc
 
 
 def _split_name(name: str) -> tuple[str, str]:
