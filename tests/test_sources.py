@@ -192,17 +192,34 @@ def test_split_patterns_select_exactly_one_splits_hub_files() -> None:
         assert sorted(chosen) == [f"data/{name}.parquet" for name in names]
 
 
-def hub_cache(tmp_path: Path, monkeypatch, corrupt: tuple[str, ...]) -> None:
-    """An offline hub cache holding the dataset me/pickapic_v2, as a download leaves it."""
+def cached_repo(tmp_path: Path, monkeypatch, repo_id: str) -> Path:
+    """The snapshot folder of a dataset in an offline hub cache, laid out as a download
+    (huggingface_hub's cache: datasets--owner--name/refs/main and snapshots/<commit>/)."""
     import huggingface_hub.constants as constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "datasets--me--pickapic_v2"
-    write_hub_layout(repo / "snapshots" / commit, corrupt=corrupt)
-    (repo / "refs").mkdir()
+    repo = tmp_path / "hub" / f"datasets--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return repo / "snapshots" / commit
+
+
+def hub_cache(tmp_path: Path, monkeypatch, corrupt: tuple[str, ...]) -> None:
+    """An offline hub cache holding the dataset me/pickapic_v2 (train and test_unique)."""
+    write_hub_layout(cached_repo(tmp_path, monkeypatch, "me/pickapic_v2"), corrupt=corrupt)
+
+
+def test_a_repo_whose_files_name_no_split_is_its_train_split(tmp_path, monkeypatch) -> None:
+    # nateraw/parti-prompts keeps one table at the repo's root; the hub reads it as "train".
+    snapshot = cached_repo(tmp_path, monkeypatch, "me/parti-prompts")
+    snapshot.mkdir(parents=True)
+    (snapshot / "PartiPrompts.tsv").write_text("Prompt\tCategory\na red cube\tArtifacts\n")
+    source = {"kind": "hub", "id": "me/parti-prompts", "split": "train", "column": "Prompt"}
+    assert prompts.load_prompt_set("parti", {"source": source})["prompt"].tolist() == ["a red cube"]
+    with pytest.raises(FileNotFoundError, match=r"'me/parti-prompts'.*split 'test'.*1 file \("):
+        prompts.load_prompt_set("parti", {"source": {**source, "split": "test"}})
 
 
 def test_a_hub_source_reads_only_its_splits_files(tmp_path: Path, monkeypatch) -> None:

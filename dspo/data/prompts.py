@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from dspo.data.pairs import prompt_id_of
-from dspo.data.split_files import hub_split_files
+from dspo.data.split_files import TABLE_SUFFIXES, hub_split_files
 
 COLUMNS = ["prompt_set", "prompt_id", "prompt"]
 
@@ -30,8 +30,6 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 # Source kinds of prompt sets and the editing set: the toy world's, and those _read_source reads.
 _READ_KINDS = ("file", "hub")
-# Files of a hub dataset that _read_table reads.
-_HUB_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".json")
 SOURCE_KINDS = ("toy", *_READ_KINDS)
 
 
@@ -41,7 +39,7 @@ def _read_source(source: Mapping[str, Any], default_split: str) -> tuple[pd.Data
         return _read_table(Path(source["path"])), source["path"]
     # Only the split's files are downloaded (or, offline, found in the hub cache).
     files = hub_split_files(
-        source["id"], source.get("split", default_split), source.get("revision"), _HUB_SUFFIXES
+        source["id"], source.get("split", default_split), source.get("revision"), TABLE_SUFFIXES
     )
     return pd.concat([_read_table(file) for file in files], ignore_index=True), source["id"]
 

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from dspo.data.split_files import hub_split_files, listing, split_files
+from dspo.data.split_files import PAIR_SUFFIXES, hub_split_files, listing, split_files
 from dspo.data.tar_source import (
     describe_layouts,
     first_sample,
@@ -92,7 +92,7 @@ def layout_problems(source: Mapping[str, Any], root: Path | str = ".") -> list[s
     path = str(Path(root) / str(source["path"]))
     try:
         if source["kind"] == "parquet":
-            files = split_files(path, source.get("split"), (".parquet",))
+            files = split_files(path, source.get("split"), PAIR_SUFFIXES)
             check_columns(pq.read_schema(files[0]).names, str(files[0]))
         else:
             _tar_members(path, source.get("split"), source.get("members"))
@@ -117,7 +117,7 @@ def source_units(source: Mapping[str, Any]) -> list[SourceUnit]:
     source = _present(source)
     kind = source["kind"]
     if kind == "parquet":
-        return _parquet_units(split_files(str(source["path"]), source.get("split"), (".parquet",)))
+        return _parquet_units(split_files(str(source["path"]), source.get("split"), PAIR_SUFFIXES))
     if kind == "webdataset":
         files, members = _tar_members(
             str(source["path"]), source.get("split"), source.get("members")
@@ -127,7 +127,7 @@ def source_units(source: Mapping[str, Any]) -> list[SourceUnit]:
     if source.get("streaming"):
         return _streamed_units(source["id"], split=split, revision=source.get("revision"))
     return _parquet_units(
-        hub_split_files(source["id"], split, source.get("revision"), (".parquet",))
+        hub_split_files(source["id"], split, source.get("revision"), PAIR_SUFFIXES)
     )
 
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+# Data files of a pair source, and of a prompt set or editing set (the tables prompts.py reads).
+PAIR_SUFFIXES = (".parquet",)
+TABLE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".json")
+
 
 def _matches_split(file: Path, split: str, folders: tuple[str, ...]) -> bool:
     # The "-" matters so that "validation" does not also pick up "validation_unique-...".
