@@ -285,3 +285,14 @@ def test_a_source_the_loader_refuses_fails_the_plan(tmp_path: Path, source, name
     result = snakemake("-n", "all", "--configfile", config, cwd=tmp_path, check=False)
     assert result.returncode != 0
     assert all(text in result.stdout for text in named), result.stdout
+
+
+def test_the_workflow_builds_pairs_from_the_public_webdataset_copy(tmp_path: Path) -> None:
+    public_copy(tmp_path / "pickapic_v2_webdataset")
+    source = {"kind": "webdataset", "path": "pickapic_v2_webdataset"}
+    (tmp_path / "wds.yaml").write_text(yaml.safe_dump({"pairs": {"source": source, "shards": 2}}))
+    config = str(tmp_path / "wds.yaml")
+    snakemake("results/data/pairs.parquet", "-c1", "--configfile", config, cwd=tmp_path)
+    pairs = read_pairs(tmp_path / "results/data/pairs.parquet")
+    assert sorted(pairs["caption"]) == ["a red car", "a red cat", "a red dog", "a red owl"]
+    assert all(colour_of(image) == RED for image in pairs["jpg_w"])
