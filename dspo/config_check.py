@@ -19,6 +19,7 @@ folder) is a local path and must exist. Write ``./owner/name`` to force a local 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -141,6 +142,11 @@ def _check_pair_source(source: Mapping[str, Any], root: Path) -> list[str]:
     if problems or source["kind"] == "toy":
         return problems
     problems = [f"pairs.source.{problem}" for problem in key_problems(source)]
+    if source.get("streaming") and importlib.util.find_spec("datasets") is None:
+        problems.append(
+            "pairs.source.streaming: streaming needs the 'datasets' package (pip install "
+            "dspo[hub]); without streaming only huggingface_hub is needed"
+        )
     return problems or [f"pairs.source: {problem}" for problem in layout_problems(source, root)]
 
 

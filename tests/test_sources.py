@@ -264,6 +264,22 @@ def test_every_key_the_loader_refuses_is_refused_at_plan_time(tmp_path, source, 
         S.source_units({**source, "path": str(tmp_path / source["path"])})
 
 
+def test_streaming_without_datasets_is_refused_at_plan_time(monkeypatch, tmp_path) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "datasets" else find_spec(name, *a),
+    )
+    source = {"kind": "hub", "id": "me/pickapic_v2", "split": "train"}
+    assert config_problems(pair_config(source), tmp_path) == []
+    problems = config_problems(pair_config({**source, "streaming": True}), tmp_path)
+    assert len(problems) == 1 and problems[0].startswith("pairs.source.streaming:")
+    assert "pip install dspo[hub]" in problems[0]
+
+
 @pytest.mark.parametrize(
     ("source", "named"),
     [
