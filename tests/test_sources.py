@@ -129,6 +129,7 @@ def test_other_member_names_read_through_a_mapping(tmp_path: Path) -> None:
         ({"jpg_0": "a", "jpg_1": "b", "caption": "c"}, "'label_0' (or a 'json' member"),
         ({"jpg_0": "a", "jpg_1": "b", "json": "j", "prompt": "p"}, "unknown column 'prompt'"),
         ({"jpg_1": "b", "json": "j"}, "needs 'jpg_0'"),
+        ({"jpg_0": "jpg", "jpg_1": "jpg", "json": "j"}, "'jpg' is named for more than one"),
     ],
 )
 def test_a_bad_member_mapping_is_refused_naming_the_column(members, named) -> None:

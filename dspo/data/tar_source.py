@@ -60,6 +60,11 @@ def mapping_problems(members: Any) -> list[str]:
         for field, suffix in members.items()
         if not isinstance(suffix, str) or not suffix or "/" in suffix
     ]
+    suffixes = list(members.values())
+    problems += [
+        f"member {suffix!r} is named for more than one column"
+        for suffix in sorted({s for s in suffixes if suffixes.count(s) > 1}, key=str)
+    ]
     problems += [f"needs {field!r}" for field in ("jpg_0", "jpg_1") if field not in members]
     if "json" not in members:
         problems += [
