@@ -15,8 +15,10 @@ Layouts, with where they come from:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -171,6 +173,10 @@ def write_hub_layout(folder: Path, corrupt: tuple[str, ...] = ()) -> Path:
 
 def test_hub_parquet_layout_reads_as_a_local_folder_by_split(tmp_path: Path) -> None:
     copy = write_hub_layout(tmp_path / "pickapic_v2", corrupt=("test_unique",))
+    # `hf download --local-dir` leaves its bookkeeping beside the files.
+    bookkeeping = copy / ".cache/huggingface/download/data"
+    bookkeeping.mkdir(parents=True)
+    (bookkeeping / f"{HUB_FILES['train'][0]}.parquet.metadata").write_text("0123\n")
     schema = pq.read_schema(copy / "data" / f"{HUB_FILES['train'][0]}.parquet")
     assert (
         schema.field("jpg_0").type == pa.binary() and schema.field("label_0").type == pa.float64()
@@ -207,9 +213,22 @@ def cached_repo(tmp_path: Path, monkeypatch, repo_id: str) -> Path:
     return repo / "snapshots" / commit
 
 
+def as_blobs(snapshot: Path) -> None:
+    """Each file of a snapshot moved to the cache's blobs/ and linked back, as the hub cache
+    stores them."""
+    blobs = snapshot.parent.parent / "blobs"
+    blobs.mkdir(exist_ok=True)
+    for file in sorted(f for f in snapshot.rglob("*") if f.is_file()):
+        blob = blobs / hashlib.sha256(file.read_bytes()).hexdigest()
+        file.rename(blob)
+        file.symlink_to(os.path.relpath(blob, file.parent))
+
+
 def hub_cache(tmp_path: Path, monkeypatch, corrupt: tuple[str, ...]) -> None:
     """An offline hub cache holding the dataset me/pickapic_v2 (train and test_unique)."""
-    write_hub_layout(cached_repo(tmp_path, monkeypatch, "me/pickapic_v2"), corrupt=corrupt)
+    snapshot = cached_repo(tmp_path, monkeypatch, "me/pickapic_v2")
+    write_hub_layout(snapshot, corrupt=corrupt)
+    as_blobs(snapshot)
 
 
 def test_a_repo_whose_files_name_no_split_is_its_train_split(tmp_path, monkeypatch) -> None:
@@ -217,6 +236,7 @@ def test_a_repo_whose_files_name_no_split_is_its_train_split(tmp_path, monkeypat
     snapshot = cached_repo(tmp_path, monkeypatch, "me/parti-prompts")
     snapshot.mkdir(parents=True)
     (snapshot / "PartiPrompts.tsv").write_text("Prompt\tCategory\na red cube\tArtifacts\n")
+    as_blobs(snapshot)
     source = {"kind": "hub", "id": "me/parti-prompts", "split": "train", "column": "Prompt"}
     assert prompts.load_prompt_set("parti", {"source": source})["prompt"].tolist() == ["a red cube"]
     with pytest.raises(FileNotFoundError, match=r"'me/parti-prompts'.*split 'test'.*1 file \("):
