@@ -3,8 +3,8 @@
 The schema checks keys and types. What it cannot see would otherwise fail only when a job
 starts, after hours of data and cache steps, or not at all: an objective's hyper-parameter
 typo, a local source path that does not exist, a paper table naming a method no preset
-defines, a pair source key its kind does not read or a local pair source whose files do not
-hold pairs in a layout the loader knows. `check_config` finds these before any job runs, and
+defines, a source key its loader does not read (``streaming`` on a parquet source or a prompt
+set) or a local pair source whose files do not hold pairs in a layout the loader knows. `check_config` finds these before any job runs, and
 every message starts with the config key at fault (``methods.dspo.params.lamb: ...``).
 
 Base models: ``base_model.build: toy`` makes ``base_model.path`` a workflow output (the
@@ -40,6 +40,9 @@ _SOURCE_KINDS = {
     "evaluation.editing.source": {"toy": set(), "file": {"path"}, "hub": {"id"}},
 }
 _LOCAL_KINDS = {"parquet", "webdataset", "file"}
+# Keys of the shared source schema that only the pair loader reads (prompt tables are read
+# whole, from local files or the split's hub files).
+_PAIR_ONLY_KEYS = ("streaming", "members")
 
 
 class ConfigError(ValueError):
@@ -150,16 +153,25 @@ def _check_pair_source(source: Mapping[str, Any], root: Path) -> list[str]:
     return problems or [f"pairs.source: {problem}" for problem in layout_problems(source, root)]
 
 
+def _check_table_source(where: str, place: str, source: Mapping[str, Any], root: Path) -> list[str]:
+    """A prompt set's or the editing set's source: its kind's keys, and none a pair source's."""
+    problems = [
+        f"{where}.{key}: only a pair source reads it"
+        for key in _PAIR_ONLY_KEYS
+        if source.get(key) is not None
+    ]
+    return problems + _check_source(where, _SOURCE_KINDS[place], source, root)
+
+
 def _check_sources(config: Mapping[str, Any], root: Path) -> list[str]:
     evaluation = config["evaluation"]
     problems = _check_pair_source(config["pairs"]["source"], root)
     for name, spec in entries(evaluation["prompt_sets"]).items():
         where = f"evaluation.prompt_sets.{name}.source"
-        problems += _check_source(where, _SOURCE_KINDS["prompt set"], spec["source"], root)
+        problems += _check_table_source(where, "prompt set", spec["source"], root)
     if evaluation.get("editing"):
         where = "evaluation.editing.source"
-        source = evaluation["editing"]["source"]
-        problems += _check_source(where, _SOURCE_KINDS[where], source, root)
+        problems += _check_table_source(where, where, evaluation["editing"]["source"], root)
     return problems
 
 

@@ -285,6 +285,21 @@ def test_every_key_the_loader_refuses_is_refused_at_plan_time(tmp_path, source, 
         S.source_units({**source, "path": str(tmp_path / source["path"])})
 
 
+def test_pair_only_keys_on_a_prompt_set_are_refused_at_plan_time(tmp_path: Path) -> None:
+    config = pair_config({"kind": "toy"})
+    config["evaluation"]["prompt_sets"]["pickv2"]["source"] = {
+        "kind": "hub",
+        "id": "me/pickapic_v2",
+        "split": "test_unique",
+        "streaming": True,
+        "members": None,  # null: dropped, as a preset may
+    }
+    problems = config_problems(config, tmp_path)
+    assert problems == [
+        "evaluation.prompt_sets.pickv2.source.streaming: only a pair source reads it"
+    ]
+
+
 def test_streaming_without_datasets_is_refused_at_plan_time(monkeypatch, tmp_path) -> None:
     import importlib.util
 
