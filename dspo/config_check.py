@@ -4,8 +4,9 @@ The schema checks keys and types. What it cannot see would otherwise fail only w
 starts, after hours of data and cache steps, or not at all: an objective's hyper-parameter
 typo, a local source path that does not exist, a paper table naming a method no preset
 defines, a source key its loader does not read (``streaming`` on a parquet source or a prompt
-set) or a local pair source whose files do not hold pairs in a layout the loader knows. `check_config` finds these before any job runs, and
-every message starts with the config key at fault (``methods.dspo.params.lamb: ...``).
+set) or a local pair source whose files do not hold pairs in a layout the loader knows.
+`check_config` finds these before any job runs, and every message starts with the config key
+at fault (``methods.dspo.params.lamb: ...``).
 
 Base models: ``base_model.build: toy`` makes ``base_model.path`` a workflow output (the
 workflow writes, and on a forced rerun deletes, that folder). It is therefore accepted only
