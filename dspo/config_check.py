@@ -4,8 +4,10 @@ The schema checks keys and types. What it cannot see would otherwise fail only w
 starts, after hours of data and cache steps, or not at all: an objective's hyper-parameter
 typo, a local source path that does not exist, a paper table naming a method no preset
 defines, a released model (``methods.<name>.model``) that is neither a folder nor a hub
-id. `check_config` finds these before any job runs, and every message starts with the
-config key at fault (``methods.dspo.params.lamb: ...``).
+id, a source key its loader does not read (``streaming`` on a parquet source or a prompt
+set) or a local pair source whose files do not hold pairs in a layout the loader knows.
+`check_config` finds these before any job runs, and every message starts with the config key
+at fault (``methods.dspo.params.lamb: ...``).
 
 Base models: ``base_model.build: toy`` makes ``base_model.path`` a workflow output (the
 workflow writes, and on a forced rerun deletes, that folder). It is therefore accepted only
@@ -19,6 +21,7 @@ folder) is a local path and must exist. Write ``./owner/name`` to force a local 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +42,9 @@ _SOURCE_KINDS = {
     "evaluation.editing.source": {"toy": set(), "file": {"path"}, "hub": {"id"}},
 }
 _LOCAL_KINDS = {"parquet", "webdataset", "file"}
+# Keys of the shared source schema that only the pair loader reads (prompt tables are read
+# whole, from local files or the split's hub files).
+_PAIR_ONLY_KEYS = ("streaming", "members")
 
 
 class ConfigError(ValueError):
@@ -138,18 +144,41 @@ def _check_source(where: str, kinds: Mapping[str, set[str]], source: Any, root: 
     return []
 
 
+def _check_pair_source(source: Mapping[str, Any], root: Path) -> list[str]:
+    """The pair source's keys as the loader checks them, then a local source's layout."""
+    from dspo.data.sources import key_problems, layout_problems
+
+    problems = _check_source("pairs.source", _SOURCE_KINDS["pairs.source"], source, root)
+    if problems or source["kind"] == "toy":
+        return problems
+    problems = [f"pairs.source.{problem}" for problem in key_problems(source)]
+    if source.get("streaming") and importlib.util.find_spec("datasets") is None:
+        problems.append(
+            "pairs.source.streaming: streaming needs the 'datasets' package (pip install "
+            "dspo[hub]); without streaming only huggingface_hub is needed"
+        )
+    return problems or [f"pairs.source: {problem}" for problem in layout_problems(source, root)]
+
+
+def _check_table_source(where: str, place: str, source: Mapping[str, Any], root: Path) -> list[str]:
+    """A prompt set's or the editing set's source: its kind's keys, and none a pair source's."""
+    problems = [
+        f"{where}.{key}: only a pair source reads it"
+        for key in _PAIR_ONLY_KEYS
+        if source.get(key) is not None
+    ]
+    return problems + _check_source(where, _SOURCE_KINDS[place], source, root)
+
+
 def _check_sources(config: Mapping[str, Any], root: Path) -> list[str]:
     evaluation = config["evaluation"]
-    problems = _check_source(
-        "pairs.source", _SOURCE_KINDS["pairs.source"], config["pairs"]["source"], root
-    )
+    problems = _check_pair_source(config["pairs"]["source"], root)
     for name, spec in entries(evaluation["prompt_sets"]).items():
         where = f"evaluation.prompt_sets.{name}.source"
-        problems += _check_source(where, _SOURCE_KINDS["prompt set"], spec["source"], root)
+        problems += _check_table_source(where, "prompt set", spec["source"], root)
     if evaluation.get("editing"):
         where = "evaluation.editing.source"
-        source = evaluation["editing"]["source"]
-        problems += _check_source(where, _SOURCE_KINDS[where], source, root)
+        problems += _check_table_source(where, where, evaluation["editing"]["source"], root)
     return problems
 
 

@@ -42,12 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from dspo.config_check import entries, is_hub_id
+from dspo.data.split_files import DATA_SUFFIXES, repo_split_files
 from dspo.experiments import released_models
 from dspo.released import DENOISERS, LORA_WEIGHTS, MODEL_INDEX
 
-# Files that hold data rows in a hub dataset (parquet and webdataset tars for pairs; tables
-# for prompt sets and the editing set); a split's files are chosen among them.
-DATA_SUFFIXES = (".parquet", ".tar", ".jsonl", ".json", ".csv", ".tsv")
 # Weights transformers and diffusers load (one file, or shards with an index), and the small
 # files beside them (configs, tokenizer and processor files, sentencepiece models).
 _WEIGHTS = re.compile(
@@ -181,29 +179,15 @@ def hub_artefacts(config: Mapping[str, Any], root: Path | str = ".") -> list[Art
     return found
 
 
-def _matches_split(file: str, split: str) -> bool:
-    # "<split>-00000-of-00010.parquet", "<split>.parquet" or a "<split>/" folder: the hub's
-    # split naming (as dspo.data.sources reads local copies).
-    *folders, name = file.split("/")
-    return name.startswith(f"{split}-") or name.split(".")[0] == split or split in folders
-
-
 def hub_source_files(listing: Iterable[str], split: str) -> list[str]:
-    """The data files of one split of a hub dataset, from the repo's file list.
-
-    Files named for the split (``data/train-00000-of-00645.parquet``, ``test_unique.parquet``,
-    ``train/0000.tar``); when no file is named for ``train``, every data file is ``train``
-    (the hub's rule for files without split names, as ``sayakpaul/pickapic_v2_webdataset``'s
-    ``00000.tar`` ... ``00644.tar``). A split with no file is an error naming the data files.
+    """The data files of one split of a hub dataset, from the repo's file list: exactly what
+    the readers download and read offline (:func:`dspo.data.split_files.repo_split_files`):
+    ``data/train-00000-of-00645.parquet``, ``test_unique.parquet``, ``train/0000.tar``; when
+    no file is named for ``train``, every data file is ``train`` (the hub's rule for files
+    without split names, as ``sayakpaul/pickapic_v2_webdataset``'s ``00000.tar`` ...
+    ``00644.tar``). A split with no file is an error naming the data files.
     """
-    data = sorted(f for f in listing if f.endswith(DATA_SUFFIXES))
-    chosen = [f for f in data if _matches_split(f, split)]
-    if not chosen and split == "train":
-        chosen = data
-    if not chosen:
-        shown = ", ".join(data[:8]) + (f" ... ({len(data)} in all)" if len(data) > 8 else "")
-        raise ValueError(f"no data file of split {split!r}; the repo's data files: {shown or '-'}")
-    return chosen
+    return repo_split_files(list(listing), split, DATA_SUFFIXES)
 
 
 def folder_files(listing: Iterable[str], folder: str, weights: bool) -> list[str]:

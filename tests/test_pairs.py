@@ -185,12 +185,13 @@ def test_missing_required_column_names_file_and_column(tmp_path):
 @pytest.mark.parametrize(
     ("source", "key"),
     [
-        ({"kind": "tfrecord", "path": "x"}, "'kind'"),
-        ({"kind": "webdataset", "id": "a/b", "path": "x"}, "'id'"),
-        ({"kind": "parquet", "path": "x", "splitt": "train"}, "'splitt'"),
-        ({"kind": "hub", "id": "a/b", "path": "x"}, "'path'"),
-        ({"kind": "parquet"}, "'path'"),
-        ({"kind": "hub", "split": "train"}, "'id'"),
+        ({"kind": "tfrecord", "path": "x"}, "kind: must be one of"),
+        ({"kind": "webdataset", "id": "a/b", "path": "x"}, "id: unknown key"),
+        ({"kind": "parquet", "path": "x", "splitt": "train"}, "splitt: unknown key"),
+        ({"kind": "hub", "id": "a/b", "path": "x"}, "path: unknown key"),
+        ({"kind": "parquet"}, "path: a 'parquet' source needs it"),
+        ({"kind": "hub", "split": "train"}, "id: a 'hub' source needs it"),
+        ({"kind": "parquet", "path": "x", "streaming": True}, "streaming: unknown key"),
     ],
 )
 def test_bad_source_keys(source, key):
@@ -198,10 +199,10 @@ def test_bad_source_keys(source, key):
         S.load_source(source)
 
 
-def test_hub_without_datasets_says_how_to_install(monkeypatch):
+def test_streaming_without_datasets_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(ImportError, match=r"pip install dspo\[hub\]"):
-        S.load_source({"kind": "hub", "id": "owner/pickapic_copy"})
+        S.load_source({"kind": "hub", "id": "owner/pickapic_copy", "streaming": True})
 
 
 def write_tar(path, rows, prefix="") -> None:
@@ -230,7 +231,7 @@ def test_webdataset_source_reads_like_parquet(tmp_path):
     assert stats["kept"] == 3 and stats["unreadable"] == 2
     glob_src = {"kind": "webdataset", "path": str(tmp_path / "wds" / "valid*.tar")}
     assert len(S.load_source(glob_src)) == 2
-    with pytest.raises(FileNotFoundError, match=r"'test-\*\.tar'"):
+    with pytest.raises(FileNotFoundError, match=r"split 'test' \(test-\*\.tar"):
         S.load_source({"kind": "webdataset", "path": str(tmp_path / "wds"), "split": "test"})
 
 
@@ -246,7 +247,16 @@ def test_webdataset_errors_name_file_and_sample(tmp_path):
         info = tarfile.TarInfo("000007.jpg_0")
         info.size = len(red)
         tar.addfile(info, io.BytesIO(red))
-    with pytest.raises(ValueError, match="sample '000007' has no jpg_1, json member"):
+    with pytest.raises(
+        ValueError, match=r"sample '000007' of train-000000.tar has members \['jpg_0'\]"
+    ):
+        S.load_source({"kind": "webdataset", "path": str(bad)})
+    write_tar(bad, [row("x", red, blue, 1, 0)] * 2)
+    with tarfile.open(bad, "a") as tar:  # a later sample without its json member
+        info = tarfile.TarInfo("000007.jpg_0")
+        info.size = len(red)
+        tar.addfile(info, io.BytesIO(red))
+    with pytest.raises(ValueError, match="sample '000007' has no 000007.jpg_1, 000007.json member"):
         S.load_source({"kind": "webdataset", "path": str(bad)})
 
 
@@ -294,10 +304,9 @@ class _FakeDataset:
         return iter(self.rows)
 
 
-@pytest.mark.parametrize("streaming", [False, True])
-def test_hub_source_with_fake_datasets(monkeypatch, streaming):
-    # Units: the two shard files when streaming, else blocks of HUB_BLOCK_ROWS rows.
-    monkeypatch.setattr(S, "HUB_BLOCK_ROWS", 4)
+def test_streamed_hub_source_with_fake_datasets(monkeypatch):
+    # Units: the two shard files. (Without streaming, tests/test_sources.py: no `datasets`.)
+    streaming = True
     calls = []
     rows = [dict(r, jpg_0={"bytes": r["jpg_0"], "path": None}) for r in mixed_rows()]
 
@@ -308,7 +317,7 @@ def test_hub_source_with_fake_datasets(monkeypatch, streaming):
     fake = types.SimpleNamespace(load_dataset=load_dataset, Image=_FakeImage)
     monkeypatch.setitem(sys.modules, "datasets", fake)
     src = {"kind": "hub", "id": "me/pickapic", "split": "validation", "streaming": streaming}
-    assert len(S.source_units(src)) == (2 if streaming else 3)
+    assert len(S.source_units(src)) == 2
     calls.clear()
     df = S.load_source(src)
     assert calls == [

@@ -254,10 +254,10 @@ def test_source_kinds_per_place_are_the_loaders() -> None:
     """What config_check accepts in each place is what that place's loader reads."""
     from dspo.config_check import _SOURCE_KINDS
     from dspo.data.prompts import PROMPT_SOURCE_KINDS, SOURCE_KINDS
-    from dspo.data.sources import _SOURCE_KEYS
+    from dspo.data.sources import SOURCE_KEYS
 
     # `dspo pairs-part` reads a toy source as the toy world's parquet output.
-    assert set(_SOURCE_KINDS["pairs.source"]) == {"toy", *_SOURCE_KEYS}
+    assert set(_SOURCE_KINDS["pairs.source"]) == {"toy", *SOURCE_KEYS}
     assert set(_SOURCE_KINDS["prompt set"]) == set(PROMPT_SOURCE_KINDS)
     assert set(_SOURCE_KINDS["evaluation.editing.source"]) == set(SOURCE_KINDS)
 

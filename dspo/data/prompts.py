@@ -12,6 +12,7 @@ import pandas as pd
 from dspo.data.dedup import CAPTION_UNREADABLE, caption_text
 from dspo.data.hpsv2_prompts import read_benchmark
 from dspo.data.pairs import prompt_id_of
+from dspo.data.split_files import TABLE_SUFFIXES, hub_split_files
 
 COLUMNS = ["prompt_set", "prompt_id", "prompt"]
 
@@ -61,14 +62,11 @@ def _read_source(source: Mapping[str, Any], default_split: str) -> tuple[pd.Data
     """A local table (kind file) or a hub dataset split (kind hub), and its name for errors."""
     if source["kind"] == "file":
         return _read_table(Path(source["path"])), source["path"]
-    try:
-        import datasets
-    except ImportError as exc:
-        raise ImportError("hub sources need 'datasets': pip install dspo[hub]") from exc
-    frame = datasets.load_dataset(
-        source["id"], split=source.get("split", default_split), revision=source.get("revision")
-    ).to_pandas()
-    return frame, source["id"]
+    # Only the split's files are downloaded (or, offline, found in the hub cache).
+    files = hub_split_files(
+        source["id"], source.get("split", default_split), source.get("revision"), TABLE_SUFFIXES
+    )
+    return pd.concat([_read_table(file) for file in files], ignore_index=True), source["id"]
 
 
 def load_prompt_set(

@@ -3,9 +3,16 @@
 A source is a local parquet copy, webdataset tar shards or a hub dataset. :func:`source_units`
 lists it as units, the blocks a scattered job reads one after the other:
 
-- parquet: one row group of one file (files sorted by path);
-- webdataset: one tar file;
-- hub: one shard file when streaming, else one block of ``HUB_BLOCK_ROWS`` rows.
+- parquet: one row group of one file (files sorted by path): a local folder, file or glob,
+  of one split chosen by file name (:mod:`dspo.data.split_files`);
+- webdataset: one tar file, its members read with a member mapping (:mod:`dspo.data.tar_source`);
+- hub: the split's parquet files (or webdataset tars) alone, downloaded to the hub cache (or
+  found there offline) and read as a parquet folder (or a webdataset); when streaming, one
+  shard file read over the network.
+
+Every key a source kind does not read is refused (:func:`key_problems`), and a local
+source's layout is checked from its first file (:func:`layout_problems`); the workflow runs
+both when it plans (dspo/config_check.py), before any job.
 
 The list is the same in every job, so part k of N is a contiguous range of units, and a row's
 identity (its unit and its row in the unit) does not depend on N. A job holds one unit at a
@@ -14,10 +21,7 @@ time in memory, never the whole source.
 
 from __future__ import annotations
 
-import glob
-import json
-import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,18 +30,30 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from dspo.data.split_files import (
+    HUB_PAIR_SUFFIXES,
+    PAIR_SUFFIXES,
+    hub_split_files,
+    listing,
+    split_files,
+)
+from dspo.data.tar_source import (
+    describe_layouts,
+    first_sample,
+    mapping_problems,
+    recognise,
+    tar_frame,
+)
+
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 OPTIONAL_COLUMNS = ("has_label", "are_different", "ranking_id")
-# Rows per unit of a non-streaming hub dataset (Pick-a-Pic's train split: ~240 units).
-HUB_BLOCK_ROWS = 4096
 
-_SOURCE_KEYS = {
+# Keys of each source kind; every other key is refused (by the loader and at plan time).
+SOURCE_KEYS = {
     "parquet": {"required": {"kind", "path"}, "optional": {"split"}},
     "hub": {"required": {"kind", "id"}, "optional": {"split", "revision", "streaming"}},
-    "webdataset": {"required": {"kind", "path"}, "optional": {"split"}},
+    "webdataset": {"required": {"kind", "path"}, "optional": {"split", "members"}},
 }
-# Members of a webdataset sample that the loader reads (see _tar_frame); others are skipped.
-_WDS_MEMBERS = ("jpg_0", "jpg_1", "json")
 
 
 @dataclass(frozen=True)
@@ -48,37 +64,82 @@ class SourceUnit:
     read: Callable[[], pd.DataFrame]
 
 
+def key_problems(source: Mapping[str, Any]) -> list[str]:
+    """Why the keys of a pair source are unusable, each message naming its key (empty when
+    they are usable). A key set to null counts as absent, so a preset merged over another can
+    drop a key of the other's source kind. Reads no file."""
+    source = _present(source)
+    kind = source.get("kind")
+    if kind not in SOURCE_KEYS:
+        return [f"kind: must be one of {sorted(SOURCE_KEYS)}, got {kind!r}"]
+    spec = SOURCE_KEYS[kind]
+    allowed = spec["required"] | spec["optional"]
+    problems = [
+        f"{key}: unknown key for a {kind!r} source (its keys: {', '.join(sorted(allowed))})"
+        for key in source
+        if key not in allowed
+    ]
+    problems += [
+        f"{key}: a {kind!r} source needs it"
+        for key in sorted(spec["required"])
+        if source.get(key) in (None, "")
+    ]
+    if "members" in source:
+        problems += [f"members: {p}" for p in mapping_problems(source["members"])]
+    return problems
+
+
+def layout_problems(source: Mapping[str, Any], root: Path | str = ".") -> list[str]:
+    """Why a local pair source's files do not hold pairs (empty when they do; a hub source is
+    not looked at). Reads only the first file's schema or the first tar's first sample, so
+    it is cheap enough for the plan; ``path`` is relative to ``root``."""
+    source = _present(source)
+    if key_problems(source) or source["kind"] == "hub":
+        return []
+    path = str(Path(root) / str(source["path"]))
+    try:
+        if source["kind"] == "parquet":
+            files = split_files(path, source.get("split"), PAIR_SUFFIXES)
+            check_columns(pq.read_schema(files[0]).names, str(files[0]))
+        else:
+            files = split_files(path, source.get("split"), (".tar",))
+            _tar_members(files, f"webdataset {path}", Path(path), source.get("members"))
+    except (OSError, ValueError) as exc:
+        return [str(exc)]
+    return []
+
+
 def source_units(source: Mapping[str, Any]) -> list[SourceUnit]:
     """The units of a source, in source order.
 
     ``source`` is ``{"kind": "parquet", "path": ..., "split": ...}``,
-    ``{"kind": "webdataset", "path": ..., "split": ...}`` or
-    ``{"kind": "hub", "id": ..., "split": ..., "revision": ..., "streaming": ...}``.
-    Only the required and optional Pick-a-Pic columns are read. A key set to null counts as
-    absent, so a preset merged over another can drop a key of the other's source kind.
+    ``{"kind": "webdataset", "path": ..., "split": ..., "members": ...}`` or
+    ``{"kind": "hub", "id": ..., "split": ..., "revision": ..., "streaming": ...}``
+    (:data:`SOURCE_KEYS`; a source :func:`key_problems` refuses raises ValueError).
+    Only the required and optional Pick-a-Pic columns are read. A non-streaming hub source
+    downloads only its split's files and reads them: parquet files as a parquet folder, a
+    split held in webdataset tars (the public copy's layout) as a webdataset source.
     """
-    source = {key: value for key, value in source.items() if value is not None}
-    kind = source.get("kind")
-    if kind not in _SOURCE_KEYS:
-        raise ValueError(f"source key 'kind' must be one of {sorted(_SOURCE_KEYS)}, got {kind!r}")
-    spec = _SOURCE_KEYS[kind]
-    for key in source:
-        if key not in spec["required"] | spec["optional"]:
-            raise ValueError(f"unknown key {key!r} for a {kind!r} source")
-    for key in sorted(spec["required"]):
-        if source.get(key) in (None, ""):
-            raise ValueError(f"a {kind!r} source needs the key {key!r}")
+    problems = key_problems(source)
+    if problems:
+        raise ValueError("pair source: " + "; ".join(problems))
+    source = _present(source)
+    kind = source["kind"]
     if kind == "parquet":
-        return _parquet_units(str(source["path"]), source.get("split"))
+        return _parquet_units(split_files(str(source["path"]), source.get("split"), PAIR_SUFFIXES))
     if kind == "webdataset":
-        files = _source_files(str(source["path"]), source.get("split"), ".tar")
-        return [SourceUnit(str(file), partial(_tar_frame, file)) for file in files]
-    return _hub_units(
-        source["id"],
-        split=source.get("split") or "train",
-        revision=source.get("revision"),
-        streaming=bool(source.get("streaming", False)),
-    )
+        path = str(source["path"])
+        files = split_files(path, source.get("split"), (".tar",))
+        return _tar_units(files, f"webdataset {path}", Path(path), source.get("members"))
+    split = source.get("split") or "train"
+    if source.get("streaming"):
+        return _streamed_units(source["id"], split=split, revision=source.get("revision"))
+    files = hub_split_files(source["id"], split, source.get("revision"), HUB_PAIR_SUFFIXES)
+    parquet = [f for f in files if f.suffix in PAIR_SUFFIXES]
+    if parquet:
+        return _parquet_units(parquet)
+    # A hub copy in webdataset tars (sayakpaul/pickapic_v2_webdataset): its layout recognised.
+    return _tar_units(files, f"hub dataset {source['id']}", files[0].parent, None)
 
 
 def load_source(source: Mapping[str, Any]) -> pd.DataFrame:
@@ -95,42 +156,44 @@ def check_columns(names: Iterable[str], where: str) -> None:
             raise ValueError(f"{where}: missing required column {col!r}")
 
 
-def _matches_split(file: Path, split: str, folders: tuple[str, ...]) -> bool:
-    # Pick-a-Pic shards are named "<split>-00000-of-00010[-hash].parquet" (webdataset copies
-    # "<split>-000000.tar"); the "-" matters so that "validation" does not also pick up
-    # "validation_unique-...". A split sub-folder ("train/0000.parquet") is the other common
-    # layout of copies.
-    name = file.name
-    return name.startswith(f"{split}-") or name == f"{split}{file.suffix}" or split in folders
+def _present(source: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in source.items() if value is not None}
 
 
-def _source_files(path: str, split: str | None, suffix: str) -> list[Path]:
-    """The ``suffix`` files of a file, folder (searched recursively) or glob, of one split."""
-    p = Path(path)
-    if p.is_file():
-        # An explicitly named file is taken as the caller's choice of split.
-        return [p]
-    if p.is_dir():
-        files = sorted(p.rglob(f"*{suffix}"))
-        # Only folders below the given one may name the split, not its ancestors.
-        folders = {f: f.relative_to(p).parts[:-1] for f in files}
-        where = f"folder {p}"
-    else:
-        files = sorted(Path(f) for f in glob.glob(path, recursive=True))
-        files = [f for f in files if f.is_file() and f.suffix == suffix]
-        folders = {f: () for f in files}
-        where = f"glob {path!r}"
-    if split:
-        files = [f for f in files if _matches_split(f, split, folders[f])]
-    if not files:
-        pattern = f"{split}-*{suffix}" if split else f"*{suffix}"
-        raise FileNotFoundError(f"no {suffix} file matching {pattern!r} in {where}")
-    return files
+def _tar_units(
+    files: list[Path], where: str, root: Path, members: Mapping[str, str] | None
+) -> list[SourceUnit]:
+    """One unit per tar file, read with :func:`_tar_members`' mapping."""
+    mapping = _tar_members(files, where, root, members)
+    return [SourceUnit(str(file), partial(tar_frame, file, mapping)) for file in files]
 
 
-def _parquet_units(path: str, split: str | None) -> list[SourceUnit]:
+def _tar_members(
+    files: list[Path], where: str, root: Path, members: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The member mapping of a webdataset's tar ``files``: ``members`` when given, else the
+    known layout its first tar's first sample has (ValueError naming what it found)."""
+    key, suffixes = first_sample(files[0])
+    found = (
+        f"{where}: found {listing(files, root)}; the first sample "
+        f"{key!r} of {files[0].name} has members {suffixes}"
+    )
+    if members is None:
+        members = recognise(suffixes)
+        if members is None:
+            raise ValueError(
+                f"{found}, which match no known layout ({describe_layouts()}); name the "
+                "members of each column with the source's `members` key"
+            )
+    missing = [suffix for suffix in members.values() if suffix not in suffixes]
+    if missing:
+        raise ValueError(f"{found}; expected {', '.join(missing)} (members: {dict(members)})")
+    return dict(members)
+
+
+def _parquet_units(files: list[Path]) -> list[SourceUnit]:
     units = []
-    for file in _source_files(path, split, ".parquet"):
+    for file in files:
         meta = pq.ParquetFile(file)
         names = meta.schema_arrow.names
         check_columns(names, str(file))
@@ -145,75 +208,15 @@ def _read_row_group(file: Path, group: int, columns: list[str]) -> pd.DataFrame:
     return pq.ParquetFile(file).read_row_group(group, columns=columns).to_pandas()
 
 
-def _tar_frame(file: Path) -> pd.DataFrame:
-    """The pairs of one webdataset tar file.
-
-    The layout (webdataset's convention: a sample is the run of consecutive members that share
-    a key, the member name up to the first dot of its file name):
-
-        KEY.jpg_0   the first image (JPEG, PNG or any format PIL reads)
-        KEY.jpg_1   the second image
-        KEY.json    {"caption": ..., "label_0": ..., "label_1": ...} and optionally
-                    "has_label", "are_different", "ranking_id" (Pick-a-Pic's columns)
-
-    Other members of a sample (e.g. ``KEY.txt``) are skipped.
-    """
-    rows = list(_tar_rows(file))
-    if not rows:
-        return pd.DataFrame(columns=list(REQUIRED_COLUMNS))
-    return pd.DataFrame.from_records(rows)
-
-
-def _tar_rows(file: Path) -> Iterator[dict[str, Any]]:
-    """The pair rows of one tar file, read in one sequential pass (stream mode, no index)."""
-    key, members = None, {}
-    with tarfile.open(file, "r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            folder, _, name = member.name.rpartition("/")
-            stem, _, extension = name.partition(".")
-            sample = f"{folder}/{stem}" if folder else stem
-            if sample != key:
-                if key is not None:
-                    yield _wds_row(file, key, members)
-                key, members = sample, {}
-            if extension in _WDS_MEMBERS:
-                members[extension] = tar.extractfile(member).read()
-    if key is not None:
-        yield _wds_row(file, key, members)
-
-
-def _wds_row(file: Path, key: str, members: dict[str, bytes]) -> dict[str, Any]:
-    missing = [m for m in _WDS_MEMBERS if m not in members]
-    if missing:
-        raise ValueError(f"{file}: sample {key!r} has no {', '.join(missing)} member")
-    try:
-        meta = json.loads(members["json"])
-    except ValueError as exc:
-        raise ValueError(f"{file}: {key}.json is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise ValueError(f"{file}: {key}.json must hold an object")
-    for field in ("caption", "label_0", "label_1"):
-        if field not in meta:
-            raise ValueError(f"{file}: {key}.json lacks the key {field!r}")
-    row = {"jpg_0": members["jpg_0"], "jpg_1": members["jpg_1"]}
-    for col in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
-        if col in meta:
-            row[col] = meta[col]
-    return row
-
-
-def _hub_units(
-    dataset_id: str, *, split: str, revision: str | None, streaming: bool
-) -> list[SourceUnit]:
+def _streamed_units(dataset_id: str, *, split: str, revision: str | None) -> list[SourceUnit]:
+    """A hub dataset read shard file by shard file over the network (needs ``datasets``)."""
     try:
         import datasets
     except ImportError as exc:
         raise ImportError(
-            "reading a hub dataset needs the 'datasets' package: pip install dspo[hub]"
+            "streaming a hub dataset needs the 'datasets' package: pip install dspo[hub]"
         ) from exc
-    ds = datasets.load_dataset(dataset_id, split=split, revision=revision, streaming=streaming)
+    ds = datasets.load_dataset(dataset_id, split=split, revision=revision, streaming=True)
     where = f"{dataset_id} ({split})"
     # Streaming datasets may not know their columns until iterated; then each unit is checked.
     names = ds.column_names
@@ -224,22 +227,12 @@ def _hub_units(
     for col in ("jpg_0", "jpg_1"):
         if ds.features is not None and isinstance(ds.features.get(col), datasets.Image):
             ds = ds.cast_column(col, datasets.Image(decode=False))
-    if streaming:
-        n = ds.num_shards
-        return [
-            SourceUnit(f"{where} shard {i} of {n}", partial(_hub_shard, ds, n, i)) for i in range(n)
-        ]
-    blocks = range(0, len(ds), HUB_BLOCK_ROWS)
+    n = ds.num_shards
     return [
-        SourceUnit(f"{where} rows {start}-{start + HUB_BLOCK_ROWS}", partial(_hub_block, ds, start))
-        for start in blocks
+        SourceUnit(f"{where} shard {i} of {n}", partial(_hub_shard, ds, n, i)) for i in range(n)
     ]
 
 
 def _hub_shard(ds: Any, num_shards: int, index: int) -> pd.DataFrame:
     rows = list(ds.shard(num_shards=num_shards, index=index))
     return pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
-
-
-def _hub_block(ds: Any, start: int) -> pd.DataFrame:
-    return ds.select(range(start, min(start + HUB_BLOCK_ROWS, len(ds)))).to_pandas()

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -139,13 +140,16 @@ def test_allowed_configs_pass(tmp_path: Path) -> None:
     # A hub id, a local model with build null, and tables whose methods a preset dropped.
     (tmp_path / "my-model").mkdir()
     (tmp_path / "pairs").mkdir()
+    # The plan reads a local pair source's schema: it must hold the Pick-a-Pic columns.
+    columns = {"caption": ["c"], "jpg_0": [b""], "jpg_1": [b""], "label_0": [1.0], "label_1": [0.0]}
+    pd.DataFrame(columns).to_parquet(tmp_path / "pairs" / "train-00000-of-00001.parquet")
     dropped = {"dspo_e": None, "dspo": None}
     for override in (
         {"base_model": {"path": "org/model", "build": None}},
         {"base_model": {"path": "my-model", "build": None}},
         {"methods": dropped},
         {"pairs": {"source": {"kind": "parquet", "path": "pairs"}}},
-        {"pairs": {"source": {"kind": "parquet", "path": "pair*"}}},
+        {"pairs": {"source": {"kind": "parquet", "path": "pair*/train-*.parquet"}}},
     ):
         checked(merged(**override), tmp_path)
     assert config_problems(merged(methods=dropped), tmp_path) == []
