@@ -225,6 +225,12 @@ def checkpoints_held(run: Mapping[str, Any]) -> int:
     return min(saved, kept) if kept else saved
 
 
+def cfg_factor(shapes: Mapping[str, Any], guidance: float) -> int:
+    """Denoiser batches per sampling step: classifier-free guidance above 1 runs the
+    conditional and unconditional halves; FLUX.1-dev's guidance is an embedding (one)."""
+    return 2 if guidance > 1 and shapes["family"] != "flux" else 1
+
+
 def _prompt_set_size(spec: Mapping[str, Any], config: Mapping[str, Any]) -> int:
     source = spec["source"]
     if source.get("limit"):
@@ -274,8 +280,7 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
         _stage("pair tables (peak: parts + gather)", f"{counts['pairs']:,} pairs", 2 * tables)
     )
     ddspo_png = 2 * ddspo["prompts"] * cache["resolution"] ** 2 * PNG_BYTES_PER_PIXEL
-    guided = ddspo.get("guidance", 1) > 1
-    ddspo_flops = 2 * ddspo["prompts"] * ddspo["steps"] * (2 if guided else 1)
+    ddspo_flops = 2 * ddspo["prompts"] * ddspo["steps"] * cfg_factor(shapes, ddspo["guidance"])
     out.append(
         _stage(
             "ddspo pairs (generated)",
@@ -312,7 +317,7 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
     if ev.get("editing"):
         prompts += _prompt_set_size(ev["editing"], config)
     images = (len(runs) + 1) * prompts * len(ev["seeds"]) * len(ev["guidance"])
-    cfg = sum(2 if g > 1 else 1 for g in ev["guidance"]) / len(ev["guidance"])
+    cfg = sum(cfg_factor(shapes, g) for g in ev["guidance"]) / len(ev["guidance"])
     out.append(
         _stage(
             "evaluation images",
@@ -376,4 +381,11 @@ def format_budget(result: Mapping[str, Any]) -> str:
             f"| {r['stage']} | {r['items']} | {_size(r['disk_bytes'])} | "
             f"{r['flops'] / 1e15:,.1f} | {r['gpu_hours']:,.1f} |"
         )
+    lines += [
+        "",
+        "FLOPs: counted per image by `python -m dspo.budget_count` (dspo/resources/"
+        "budget_flops.json), scaled by pixels; images as PNG at "
+        f"{PNG_BYTES_PER_PIXEL} bytes a pixel; the largest stages are held at once only if "
+        "nothing is deleted between them.",
+    ]
     return "\n".join(lines)
