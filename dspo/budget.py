@@ -95,30 +95,39 @@ def load_config(files: Sequence[Path], default: Path = DEFAULT_CONFIG) -> dict[s
     return config
 
 
-def model_shapes(path: str) -> dict[str, Any]:
-    """Family, latent channels, text (tokens, width), pooled width of a base model: read from
-    a local diffusers folder's configs, or the known hub models by their name."""
-    folder = Path(path)
+def _architecture_shapes(arch: Mapping[str, Any]) -> dict[str, Any]:
+    """Shapes of a model built from an architecture mapping (the toy base model)."""
+    return dict(
+        family=None,
+        latent=arch["vae"]["latent_channels"],
+        factor=2 ** (len(arch["vae"]["block_out_channels"]) - 1),
+        text=(arch["max_length"], arch["text_encoder"]["hidden_size"]),
+        pooled=0,
+        params=None,
+    )
+
+
+def model_shapes(base: Mapping[str, Any], root: Path = Path(".")) -> dict[str, Any]:
+    """Family, latent channels and factor, text (tokens, width), pooled width of the base
+    model: a known hub model by its name (its FLOPs are counted), else the configs of a local
+    diffusers folder or the toy architecture (no FLOPs counted: ``family`` None)."""
+    path = str(base["path"])
+    name = path.rstrip("/").split("/")[-1]
+    if name in KNOWN_MODELS:
+        return {**KNOWN_MODELS[name], "factor": 8}
+    folder = root / path
     if (folder / "model_index.json").exists():
         vae = json.loads((folder / "vae" / "config.json").read_text())
         text = json.loads((folder / "text_encoder" / "config.json").read_text())
         tok = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
-        factor = 2 ** (len(vae["block_out_channels"]) - 1)
-        return dict(
-            family="sd",
-            latent=vae["latent_channels"],
-            factor=factor,
-            text=(tok["model_max_length"], text["hidden_size"]),
-            pooled=0,
-            params=None,
-        )
-    name = path.rstrip("/").split("/")[-1]
-    if name not in KNOWN_MODELS:
-        raise ValueError(
-            f"base_model.path {path!r}: neither a local diffusers folder nor one of "
-            f"{list(KNOWN_MODELS)}"
-        )
-    return {**KNOWN_MODELS[name], "factor": 8}
+        arch = {"vae": vae, "max_length": tok["model_max_length"], "text_encoder": text}
+        return _architecture_shapes(arch)
+    if base.get("build") == "toy":
+        return _architecture_shapes(base["architecture"])
+    raise ValueError(
+        f"base_model.path {path!r}: neither a local diffusers folder, the toy build nor one of "
+        f"{list(KNOWN_MODELS)}"
+    )
 
 
 def latent_bytes(shapes: Mapping[str, Any], resolution: int, dtype: str) -> int:
@@ -168,20 +177,19 @@ def source_bytes(source: Mapping[str, Any], root: Path) -> tuple[float, str]:
         size = PICKAPIC[source["kind"]][0]
         if source["kind"] == "hub" and not source.get("streaming"):
             return 2 * size, "hub download + Arrow copy"
-        return size, "public copy"
+        return size, f"{path} not found: public copy" if path else "public copy"
     return 0.0, "generated"
 
 
-def denoiser_flops(family: str, resolution: int) -> dict[str, float]:
+def denoiser_flops(family: str | None, resolution: int) -> dict[str, float]:
     """Counted FLOPs per image of the family's denoiser and VAE, scaled to ``resolution``."""
     table = json.loads(FLOPS_TABLE.read_text())
     if family not in table:
         return {}
-    counts = table[family]
-    scale = (resolution / counts["resolution"]) ** 2
-    return {k: v * scale for k, v in counts.items() if k not in ("resolution",)} | {
-        "denoiser_params": counts["denoiser_params"]
-    }
+    counts = dict(table[family])
+    scale = (resolution / counts.pop("resolution")) ** 2
+    params = counts.pop("denoiser_params")
+    return {**{k: v * scale for k, v in counts.items()}, "denoiser_params": params}
 
 
 def train_flops_per_pair(flops: Mapping[str, float], objective: str, lora: bool, ckpt: bool):
@@ -250,8 +258,8 @@ def _stage(name: str, items: str, disk: float, flops: float = 0.0) -> dict[str, 
 
 def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, Any]]:
     """Every stage's items, disk bytes and FLOPs for ``config``."""
-    shapes = model_shapes(config["base_model"]["path"])
-    if shapes["params"] is None:  # a local folder: its weights as stored
+    shapes = model_shapes(config["base_model"], root)
+    if shapes["params"] is None:  # a local folder: its weights as stored; the toy's unknown
         folder = root / config["base_model"]["path"]
         shapes["params"] = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 4
     counts = pair_counts(config)
@@ -356,6 +364,7 @@ def budget(
         "utilisation": utilisation,
         "stages": rows,
         "total": total,
+        "flops_counted": total["flops"] > 0,
     }
 
 
@@ -381,6 +390,8 @@ def format_budget(result: Mapping[str, Any]) -> str:
             f"| {r['stage']} | {r['items']} | {_size(r['disk_bytes'])} | "
             f"{r['flops'] / 1e15:,.1f} | {r['gpu_hours']:,.1f} |"
         )
+    if not result["flops_counted"]:
+        lines += ["", "Compute not counted: FLOPs are counted for the known hub models only."]
     lines += [
         "",
         "FLOPs: counted per image by `python -m dspo.budget_count` (dspo/resources/"

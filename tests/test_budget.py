@@ -42,7 +42,7 @@ def test_predicted_cache_checkpoint_and_model_sizes_match_the_disk(
     # through the real code at a tiny scale and the budget's formulas compared with the disk.
     cache_cfg = {"resolution": 64, "dtype": "float16"}
     build_cache(tiny_pairs, str(tiny_model), tmp_path / "cache", shard_size=4096, **cache_cfg)
-    shapes = model_shapes(str(tiny_model))
+    shapes = model_shapes({"path": str(tiny_model)})
     prompts = tiny_pairs["caption"].nunique()
     predicted = cache_bytes(shapes, cache_cfg, len(tiny_pairs), prompts)
     assert _close(predicted, _disk(tmp_path / "cache")), (predicted, _disk(tmp_path / "cache"))
@@ -98,5 +98,8 @@ def test_every_preset_budgets_and_an_unknown_gpu_is_refused() -> None:
         files = [PRESETS / "sd15.yaml", PRESETS / f"{preset}.yaml"]
         result = budget(load_config(files), "h100", 0.4)
         assert result["total"]["gpu_hours"] > 0 and result["total"]["disk_bytes"] > 1e12
+    # The default (toy) config: sizes from its architecture, no FLOPs counted for its model.
+    toy = budget(load_config([]), "h100", 0.4)
+    assert not toy["flops_counted"] and toy["total"]["disk_bytes"] > 0
     with pytest.raises(ValueError, match="--gpu 'tpu'"):
         budget(load_config([PRESETS / "sd15.yaml"]), "tpu", 0.4)
