@@ -186,6 +186,30 @@ def bench(args: argparse.Namespace) -> None:
     run_bench(args.options)
 
 
+@command(
+    "tools",
+    arg(
+        "--configfile",
+        nargs="*",
+        type=Path,
+        default=[],
+        metavar="FILE.yaml",
+        help="presets deep-merged over config/config.yaml in order, as the workflow merges them",
+    ),
+    arg("--gpu", default="a100", help="GPU whose dense bf16 peak sets the hours (default a100)"),
+    arg("--utilisation", type=float, default=0.4, help="fraction of the peak (default 0.4)"),
+    arg("--json", action="store_true", help="print JSON instead of the Markdown table"),
+)
+def budget(args: argparse.Namespace) -> None:
+    """Disk and GPU-hours per stage of a config (source, tables, caches, checkpoints, models,
+    images, scores), from counted FLOPs and per-item sizes, before anything runs."""
+    from dspo.budget import budget as compute_budget
+    from dspo.budget import format_budget, load_config
+
+    result = compute_budget(load_config(args.configfile), args.gpu, args.utilisation)
+    print(json.dumps(result, indent=2) if args.json else format_budget(result), flush=True)
+
+
 def _standins_options() -> list:
     from dspo.standins import COMPONENTS, DEFAULT_COMPONENTS
 

@@ -3,8 +3,8 @@
 Every command line of the shell blocks in the sections "Presets" and "Running on a cluster"
 runs in a copy of the repository. `export` lines set the environment of the lines after
 them. A command that needs GPUs and the hub (the sd15/sdxl presets) or a cluster (the slurm
-profile) runs as a dry run (`-n` added); the smoke preset runs for real. No file is added to
-the copy: every input of the sd15 preset is on the hub.
+profile) runs as a dry run (`-n` added); the smoke preset and the `dspo` lines run for real.
+No file is added to the copy: every input of the sd15 preset is on the hub.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def test_readme_commands_run_as_written(checkout: Path) -> None:
         if words[0] == "export":
             env.update(dict(w.split("=", 1) for w in words[1:]))
             continue
-        assert words[0] == "snakemake", command
-        dry = "smoke.yaml" not in command and "-n" not in words
+        assert words[0] in ("snakemake", "dspo"), command
+        dry = words[0] == "snakemake" and "smoke.yaml" not in command and "-n" not in words
         args = [*words, "-n"] if dry else words
         result = subprocess.run(
             args, cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -83,4 +83,4 @@ def test_readme_commands_run_as_written(checkout: Path) -> None:
         assert "FileNotFoundError" not in result.stdout
         ran += 1
     assert (checkout / "results/tables/win_rates.md").exists()  # the smoke line ran for real
-    assert ran == sum(c.startswith("snakemake") for c in COMMANDS)
+    assert ran == sum(c.startswith(("snakemake", "dspo")) for c in COMMANDS)

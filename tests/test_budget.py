@@ -1,0 +1,105 @@
+"""``dspo budget``: its sizes against what the real code writes, its arithmetic by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dspo.budget import (
+    budget,
+    cache_bytes,
+    checkpoint_bytes,
+    checkpoints_held,
+    denoiser_flops,
+    load_config,
+    model_bytes,
+    model_shapes,
+    stages,
+    train_flops_per_pair,
+)
+from dspo.data.cache import build_cache
+from dspo.models import load_pipeline
+from dspo.train import train
+from tests.test_train import BASE_CONFIG
+
+PRESETS = Path("config/presets")
+
+
+def _disk(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _close(predicted: float, measured: float) -> bool:
+    return abs(predicted - measured) <= 0.1 * measured
+
+
+def test_predicted_cache_checkpoint_and_model_sizes_match_the_disk(
+    tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path: Path
+) -> None:
+    # docs/cluster.md records no disk sizes of the rehearsal, so the stages are built here
+    # through the real code at a tiny scale and the budget's formulas compared with the disk.
+    cache_cfg = {"resolution": 64, "dtype": "float16"}
+    build_cache(tiny_pairs, str(tiny_model), tmp_path / "cache", shard_size=4096, **cache_cfg)
+    shapes = model_shapes({"path": str(tiny_model)})
+    prompts = tiny_pairs["caption"].nunique()
+    predicted = cache_bytes(shapes, cache_cfg, len(tiny_pairs), prompts)
+    assert _close(predicted, _disk(tmp_path / "cache")), (predicted, _disk(tmp_path / "cache"))
+
+    # Three steps, a checkpoint after each but the last (the last step is the model).
+    run = {**BASE_CONFIG, "steps": 3, "pairs_per_step": 2, "checkpoint_every": 1}
+    run["params"] = {"lam": 0.001, "kappa": 0.001}
+    train(
+        {**run, "objective": "dspo", "name": "dspo"},
+        cache_dir=tmp_path / "cache",
+        base_model=str(tiny_model),
+        out_dir=tmp_path / "model",
+        run_dir=tmp_path / "run",
+    )
+    pipe = load_pipeline(str(tiny_model))
+    unet = sum(p.numel() for p in pipe.unet.parameters())
+    held = checkpoints_held(run)
+    assert held == len(list((tmp_path / "run" / "checkpoints").glob("step-*"))) == 2
+    measured = _disk(tmp_path / "run" / "checkpoints")
+    assert _close(held * checkpoint_bytes(unet, "adamw"), measured), measured
+    pipeline = sum(
+        p.numel() for part in (pipe.unet, pipe.vae, pipe.text_encoder) for p in part.parameters()
+    )
+    predicted = model_bytes(pipeline, unet, None, {"dtype": "float32"})
+    weights = _disk(tmp_path / "model")
+    assert _close(predicted, weights), (predicted, weights)
+
+
+def test_sd15_cache_and_training_by_hand() -> None:
+    config = load_config([PRESETS / "sd15.yaml"])
+    rows = {r["stage"]: r for r in stages(config)}
+    # 851,293 pairs x (2 latents of 4 x 64 x 64 float16 + 88 B of ids, sizes and crops)
+    # + 58,961 prompts (the empty one too) x 77 x 768 float16.
+    hand = 851_293 * (2 * 4 * 64 * 64 * 2 + 88) + 58_961 * 77 * 768 * 2
+    assert rows["cache of pairs"]["disk_bytes"] == hand
+    # Training one DSPO pair with gradient checkpointing, from the counted table: 2 images x
+    # (forward + backward 2.41 + forward recomputed 0.803 + reference forward 0.803) TFLOP,
+    # SD1.5 at 512 px (torch's flop counter, as measured before this command existed).
+    flops = denoiser_flops("sd", 512)
+    pair = train_flops_per_pair(flops, "dspo", False, True)
+    assert pair == pytest.approx(2 * (2.41 + 0.803 + 0.803) * 1e12, rel=0.005)
+    assert train_flops_per_pair(flops, "sft", False, False) == pytest.approx(2.41e12, rel=0.005)
+    # One sd15 run, 2000 steps x 2048 pairs, on an A100 (312 TFLOP/s) at 40 %: 73.2 hours.
+    assert 2000 * 2048 * pair / (312e12 * 0.4 * 3600) == pytest.approx(73.2, abs=0.2)
+    result = budget(config, "a100", 0.4)
+    train_row = next(r for r in result["stages"] if r["stage"] == "training checkpoints")
+    assert train_row["gpu_hours"] == pytest.approx(train_row["flops"] / (312e12 * 0.4 * 3600))
+    assert result["utilisation"] == 0.4 and result["peak_tflops"] == 312.0
+
+
+def test_every_preset_budgets_and_an_unknown_gpu_is_refused() -> None:
+    for preset in ("sdxl", "sd35", "flux"):
+        files = [PRESETS / "sd15.yaml", PRESETS / f"{preset}.yaml"]
+        result = budget(load_config(files), "h100", 0.4)
+        assert result["total"]["gpu_hours"] > 0 and result["total"]["disk_bytes"] > 1e12
+    # The default (toy) config: sizes from its architecture, no FLOPs counted for its model.
+    toy = budget(load_config([]), "h100", 0.4)
+    assert not toy["flops_counted"] and toy["total"]["disk_bytes"] > 0
+    with pytest.raises(ValueError, match="--gpu 'tpu'"):
+        budget(load_config([PRESETS / "sd15.yaml"]), "tpu", 0.4)
