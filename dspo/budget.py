@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from dspo.config_check import entries
-from dspo.experiments import method_config, trained_models
+from dspo.experiments import method_config, released_models, trained_models
 from dspo.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
 from dspo.objectives import get_objective
 
@@ -51,7 +51,12 @@ CACHE_PAIR_META_BYTES = 3 * 8 + 4 * 2 * 8
 PICKAPIC = {
     "webdataset": (560e9, 1_001_352),
     "parquet": (335e9, 1_000_872),
-    "hub": (335e9, 1_000_872),
+}
+# Hub copies by id; another hub id is taken as a parquet copy. A hub source downloads only
+# its split's files and reads them as they are (no second copy).
+PICKAPIC_HUB = {
+    "sayakpaul/pickapic_v2_webdataset": PICKAPIC["webdataset"],
+    "yuvalkirstain/pickapic_v2": PICKAPIC["parquet"],
 }
 PICKAPIC_TRAIN_ROWS, PICKAPIC_NO_TIES, PICKAPIC_PROMPTS = 959_040, 851_293, 58_960
 # The published prompt sets' sizes by a word of their id, path or split (no limit given):
@@ -152,10 +157,17 @@ def cache_bytes(
     return latents + (prompts + 1) * prompt_bytes(shapes, cache["dtype"])
 
 
+def pickapic_copy(source: Mapping[str, Any]) -> tuple[float, int] | None:
+    """(bytes, rows) of the public Pick-a-Pic v2 copy a pair source names; None for others."""
+    if source["kind"] == "hub":
+        return PICKAPIC_HUB.get(str(source.get("id")), PICKAPIC["parquet"])
+    return PICKAPIC.get(source["kind"])
+
+
 def pair_counts(config: Mapping[str, Any]) -> dict[str, int]:
     """Source rows, kept pairs and unique prompts of the pair table."""
     source = config["pairs"]["source"]
-    rows = PICKAPIC.get(source["kind"], (0, config["world"]["n_pairs"]))[1]
+    rows = (pickapic_copy(source) or (0, config["world"]["n_pairs"]))[1]
     if source["kind"] == "toy":
         kept, prompts = rows, min(rows, 90)
     else:
@@ -173,11 +185,11 @@ def source_bytes(source: Mapping[str, Any], root: Path) -> tuple[float, str]:
     if path and (root / path).exists():
         files = [(root / path)] if (root / path).is_file() else (root / path).rglob("*")
         return float(sum(f.stat().st_size for f in files if f.is_file())), "measured"
-    if source["kind"] in PICKAPIC:
-        size = PICKAPIC[source["kind"]][0]
-        if source["kind"] == "hub" and not source.get("streaming"):
-            return 2 * size, "hub download + Arrow copy"
-        return size, f"{path} not found: public copy" if path else "public copy"
+    copy = pickapic_copy(source)
+    if copy is not None:
+        if source["kind"] == "hub" and source.get("streaming"):
+            return 0.0, "streamed, not stored"
+        return copy[0], f"{path} not found: public copy" if path else "public copy"
     return 0.0, "generated"
 
 
@@ -245,7 +257,7 @@ def _prompt_set_size(spec: Mapping[str, Any], config: Mapping[str, Any]) -> int:
         return int(source["limit"])
     if source["kind"] == "toy":
         return int(config["world"]["prompts_per_set"])
-    name = " ".join(str(source.get(k) or "") for k in ("id", "path", "split")).lower()
+    name = " ".join(str(source.get(k) or "") for k in ("kind", "id", "path", "split")).lower()
     for key, size in PROMPT_SET_SIZES.items():
         if key in name:
             return size
@@ -267,7 +279,7 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
     flops = denoiser_flops(shapes["family"], cache["resolution"])
     denoiser = flops.get("denoiser_params", shapes["params"])
     src, how = source_bytes(config["pairs"]["source"], root)
-    jpeg_pair = PICKAPIC.get(config["pairs"]["source"]["kind"], (0, 1))
+    jpeg_pair = pickapic_copy(config["pairs"]["source"]) or (0, 1)
     per_pair = jpeg_pair[0] / jpeg_pair[1] + CAPTION_BYTES
     models = trained_models(config)
     runs = [method_config(config, m) for m in models.values()]
@@ -324,12 +336,14 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
     prompts = sum(_prompt_set_size(s, config) for s in sets.values())
     if ev.get("editing"):
         prompts += _prompt_set_size(ev["editing"], config)
-    images = (len(runs) + 1) * prompts * len(ev["seeds"]) * len(ev["guidance"])
+    # The base model, every trained model and the released models a method entry names.
+    sampled = len(runs) + 1 + len(released_models(config))
+    images = sampled * prompts * len(ev["seeds"]) * len(ev["guidance"])
     cfg = sum(cfg_factor(shapes, g) for g in ev["guidance"]) / len(ev["guidance"])
     out.append(
         _stage(
             "evaluation images",
-            f"{len(runs) + 1} models x {prompts:,} prompts x {len(ev['seeds'])} seeds x "
+            f"{sampled} models x {prompts:,} prompts x {len(ev['seeds'])} seeds x "
             f"{len(ev['guidance'])} guidance = {images:,}",
             images * ev["resolution"] ** 2 * PNG_BYTES_PER_PIXEL,
             images * ev["steps"] * cfg * flops.get("forward", 0),
