@@ -260,6 +260,10 @@ def test_the_sd15_preset_names_the_public_hub_files() -> None:
     found = {a.item: a for a in hub_artefacts(config, REPO)}
     assert found["pairs"] == Artefact("pairs", WDS, "split", "dataset", split="train")
     assert found["prompt_set.hpsv2"].repo == HPDV2
+    # Pick-a-Pic v2's repo is gone: the 500 test_unique captions of v1 are the public set.
+    assert found["prompt_set.pickv2"] == Artefact(
+        "prompt_set.pickv2", "yuvalkirstain/pickapic_v1", "split", "dataset", split="test_unique"
+    )
     assert found["reward.aesthetics.checkpoint"] == Artefact(
         "reward.aesthetics.checkpoint", AESTHETIC_REPO, "files", files=("aesthetic-model.pth",)
     )
