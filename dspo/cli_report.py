@@ -142,7 +142,7 @@ def readme_results(args: argparse.Namespace) -> None:
 )
 def push(args: argparse.Namespace) -> None:
     """Upload a saved model with its card to a hub repo (the run's win rates added first)."""
-    from dspo.model_card import push as push_model
+    from dspo.evaluation.publish import push as push_model
 
     url = push_model(
         Path(args.model),

@@ -44,8 +44,10 @@ NON_CONTENT = frozenset({RECORD, ".snakemake_timestamp", ".DS_Store", "Thumbs.db
 SIDE_RECORDS = ("dspo", "content")
 # The package's source folder, whose files make source keys.
 PACKAGE = Path(dspo.__file__).parent
-# A module named in a registry ("dspo.families.sd:SDFamily"), imported when first used.
-_MODULE_NAME = re.compile(r"dspo(\.\w+)+(:\w+)?")
+# A class named in a registry ("dspo.families.sd:SDFamily"), its module imported when first
+# used. Only that form: a plain module name in a string is a command to run (``-m dspo.cli``
+# in the launcher), not code this process runs.
+_MODULE_NAME = re.compile(r"dspo(\.\w+)+:\w+")
 _CHUNK = 1 << 22
 
 

@@ -15,10 +15,10 @@ from PIL import Image
 
 from dspo.evaluation.intervals import interval_sentence
 from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
+from dspo.evaluation.publish import win_rates_section
 from dspo.evaluation.summary import render_block
 from dspo.evaluation.sweeps import relabel_groups, write_sweep
 from dspo.evaluation.tables import write_tables
-from dspo.model_card import win_rates_section
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = "prompts (the seeds of a prompt resampled together"

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from dspo.model_card import push, win_rates_section, write_model_card
+from dspo.evaluation.publish import push, win_rates_section
+from dspo.model_card import write_model_card
 
 CFG = {
     "name": "dspo_lora",
