@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from dspo.data.sources import REQUIRED_COLUMNS as PAIR_COLUMNS
 from tests.workflow_run import SMOKE, snakemake
 
 MARK = "pwned"
@@ -40,6 +41,16 @@ RECORDER = """#!/usr/bin/env python3
 import json, os, sys
 with open(os.environ["ARGV_LOG"], "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+# The train rule starts `python -m dspo.launch ... -- ARGS` (dspo/launch.py), which runs
+# `dspo ARGS` once per process: the stand-in records ARGS as `dspo` would receive them.
+LAUNCH_RECORDER = """#!/usr/bin/env python3
+import json, os, sys
+args = sys.argv[1:]
+if args[:2] != ["-m", "dspo.launch"]:
+    os.execvp("python3", ["python3", *args])
+with open(os.environ["ARGV_LOG"], "a") as log:
+    log.write(json.dumps(args[args.index("--") + 1 :]) + "\\n")
 """
 
 
@@ -60,6 +71,9 @@ def hostile_config(workdir: Path, value: str, data: Path | None = None) -> Path:
             shutil.copy(parquet, workdir / pairs / parquet.name)
         shutil.copy(data / "editing.parquet", workdir / edits)
     else:
+        # The plan reads the first pair file's columns (dspo.data.sources.layout_problems).
+        columns = {c: [b""] if c.startswith("jpg") else ["x"] for c in PAIR_COLUMNS}
+        pd.DataFrame(columns).to_parquet(workdir / pairs / "train-0.parquet")
         (workdir / edits).write_bytes(b"")
     override = {
         "name": value,
@@ -89,10 +103,11 @@ def shell_commands(dry_run: str) -> list[str]:
 
 
 def recorders(folder: Path) -> dict[str, str]:
-    """A PATH whose `dspo` and `accelerate` only record their arguments."""
+    """A PATH whose `dspo`, `accelerate` and the training launcher only record their
+    arguments."""
     folder.mkdir()
-    for name in ("dspo", "accelerate"):
-        (folder / name).write_text(RECORDER)
+    for name, script in (("dspo", RECORDER), ("accelerate", RECORDER), ("python", LAUNCH_RECORDER)):
+        (folder / name).write_text(script)
         (folder / name).chmod((folder / name).stat().st_mode | stat.S_IEXEC)
     return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
 
