@@ -143,7 +143,8 @@ def test_local_sources_run_and_their_edits_rerun(tmp_path: Path) -> None:
     assert len(pairs) > 0 and f'"kept": {len(pairs)}' in log and '"input": 200' in log
     prompts = pd.read_parquet(tmp_path / targets[1])["prompt"].tolist()
     assert prompts == ["a red circle", "a blue square"]
-    # The local files are inputs: editing the prompt file reruns its step.
+    # The local files are inputs: editing the prompt file reruns its step, and the pairs,
+    # which leave out evaluation prompts (pairs.exclude_eval_prompts).
     (tmp_path / "local/prompts.txt").write_text("a green circle\n")
     result = snakemake("-n", *targets, "--configfile", str(SMOKE), local, cwd=tmp_path)
-    assert planned_jobs(result.stdout) == {"prompt_set": 1}
+    assert planned_jobs(result.stdout) == {"prompt_set": 1, "pairs_part": 2, "pairs": 1}
