@@ -165,7 +165,11 @@ def workflow_commands(workdir: Path) -> list[list[str]]:
     commands = []
     for line in re.findall(r"^Shell command: (.*)$", done.stdout + done.stderr, re.MULTILINE):
         words = shlex.split(line)
+        # `dspo ARGS`, `python -m dspo.cli ARGS`, or the train rule's
+        # `python -m dspo.launch ... -- ARGS`, which runs `dspo ARGS` per process.
         starts = [i + 1 for i, word in enumerate(words) if word in ("dspo", "dspo.cli")]
+        if "dspo.launch" in words:
+            starts = [words.index("--") + 1]
         if starts:  # not every rule runs dspo
             commands.append(words[starts[0] : words.index(">")])
     return commands
@@ -223,7 +227,7 @@ def test_a_full_disk_is_named_without_a_traceback(monkeypatch: pytest.MonkeyPatc
     import dspo.data.pairs
     from dspo.files import DiskFull
 
-    def full(inputs, out):
+    def full(inputs, out, report=None):
         raise DiskFull(errno.ENOSPC, f"No space left on device: writing {out} failed")
 
     monkeypatch.setattr(dspo.data.pairs, "gather_pairs", full)
