@@ -48,14 +48,11 @@ def test_a_watched_command_records_each_job_peak(tmp_path: Path) -> None:
     assert float(rows[0]["peak_mib"]) > 50  # python, numpy and torch imported at least
 
 
-def test_a_reused_pid_is_another_job(monkeypatch) -> None:
-    """The kernel reuses pids over a long run: a later process is not the earlier job's."""
+def watched(monkeypatch, polls: list[dict[int, tuple[int, list[str], float]]]) -> dict:
+    """The jobs :func:`dspo.bench_memory.watch` records over scripted polls of the process
+    table: each poll maps pid to (start time, argv, high-water mark in MiB)."""
     from dspo import bench_memory
 
-    polls = [
-        {100: (1, ["/v/bin/dspo", "cache-gather", "--out", "c"], 400.0)},
-        {100: (2, ["/v/bin/dspo", "score", "--name", "m", "--out", "s"], 6000.0)},
-    ]
     seen: dict[int, tuple[int, list[str], float]] = {}
 
     def descendants(root: int) -> list[int]:
@@ -68,7 +65,17 @@ def test_a_reused_pid_is_another_job(monkeypatch) -> None:
     monkeypatch.setattr(bench_memory, "_start_time", lambda pid: seen[pid][0] if pid in seen else 0)
     monkeypatch.setattr(bench_memory, "_argv", lambda pid: seen[pid][1] if pid in seen else [])
     monkeypatch.setattr(bench_memory, "_hwm_mib", lambda pid: seen[pid][2] if pid in seen else None)
-    _, jobs = bench_memory.watch(None, 0.0, pid=1)
+    return bench_memory.watch(None, 0.0, pid=1)[1]
+
+
+def test_a_reused_pid_is_another_job(monkeypatch) -> None:
+    """The kernel reuses pids over a long run: a later process is not the earlier job's."""
+
+    polls = [
+        {100: (1, ["/v/bin/dspo", "cache-gather", "--out", "c"], 400.0)},
+        {100: (2, ["/v/bin/dspo", "score", "--name", "m", "--out", "s"], 6000.0)},
+    ]
+    jobs = watched(monkeypatch, polls)
     peaks = {name: job.peak_mib for name, job in jobs.items()}
     assert peaks == {"cache-gather out=c": 400.0, "score name=m out=s": 6000.0}
 
@@ -77,22 +84,9 @@ def test_a_job_first_seen_before_its_exec_is_recorded(monkeypatch) -> None:
     """A forked process shows its parent's argv until it execs the job, under the same pid and
     start time; a loaded machine widens that window. Whatever the watcher saw first, the job
     it sees afterwards is recorded."""
-    from dspo import bench_memory
 
     shell = ["bash", "-c", "dspo standins --out s"]
     job = ["/v/bin/dspo", "standins", "--out", "s"]
     polls = [{100: (7, shell, 3.0)}, {100: (7, [""], 3.0)}, {100: (7, job, 300.0)}]
-    seen: dict[int, tuple[int, list[str], float]] = {}
-
-    def descendants(root: int) -> list[int]:
-        seen.clear()
-        seen.update(polls.pop(0) if polls else {})
-        return [root, *seen]
-
-    monkeypatch.setattr(bench_memory, "_descendants", descendants)
-    monkeypatch.setattr(bench_memory, "_alive", lambda pid: bool(polls))
-    monkeypatch.setattr(bench_memory, "_start_time", lambda pid: seen[pid][0] if pid in seen else 0)
-    monkeypatch.setattr(bench_memory, "_argv", lambda pid: seen[pid][1] if pid in seen else [])
-    monkeypatch.setattr(bench_memory, "_hwm_mib", lambda pid: seen[pid][2] if pid in seen else None)
-    _, jobs = bench_memory.watch(None, 0.0, pid=1)
+    jobs = watched(monkeypatch, polls)
     assert {name: job.peak_mib for name, job in jobs.items()} == {"standins out=s": 300.0}
