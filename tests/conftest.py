@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,20 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("smoke")
     snakemake("--cores", "2", "all", "--configfile", str(SMOKE), cwd=workdir)
     return workdir
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the ``dspo`` package whose sources the content and checkpoint keys read
+    (:data:`dspo.content.PACKAGE`), to edit."""
+    from dspo import content
+
+    copy = Path(shutil.copytree(content.PACKAGE, tmp_path / "src" / "dspo"))
+    monkeypatch.setattr(content, "PACKAGE", copy)
+    return copy
+
+
+def edit_source(package: Path, module: str) -> None:
+    """Change one module of a :func:`package` copy (a comment appended)."""
+    path = package / module
+    path.write_text(path.read_text() + "\n# edited\n")

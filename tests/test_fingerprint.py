@@ -4,7 +4,6 @@ checkpoint of another run moves aside, the log naming what changed."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from dspo import content
 from dspo.checkpoints import STATE, resumable_checkpoint, save_checkpoint
 from dspo.fingerprint import fingerprint_details, fingerprint_parts, training_code
+from tests.conftest import edit_source as edit
 
 # Packages and modules that do not shape the trained weights: their edits never stop a resume.
 NOT_TRAINING = (
@@ -57,19 +57,6 @@ def test_every_module_the_training_step_imports_is_covered_and_no_evaluation() -
     for excluded in NOT_TRAINING:
         assert not [m for m in modules if m == excluded or m.startswith(f"{excluded}.")]
         assert not [f for f in covered() if f.startswith(excluded.replace(".", "/"))]
-
-
-@pytest.fixture
-def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the package whose sources the keys read, to edit."""
-    copy = Path(shutil.copytree(content.PACKAGE, tmp_path / "src" / "dspo"))
-    monkeypatch.setattr(content, "PACKAGE", copy)
-    return copy
-
-
-def edit(package: Path, module: str) -> None:
-    path = package / module
-    path.write_text(path.read_text() + "\n# edited\n")
 
 
 class OneProcess:

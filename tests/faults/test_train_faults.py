@@ -21,7 +21,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import dspo.content as content_module
 import dspo.train as train_module
 from dspo.content import file_sha256, write_content_record
 from dspo.data.cache import build_cache, load_cache
@@ -29,6 +28,7 @@ from dspo.guards import DivergenceError, StopSignals
 from dspo.models import build_pipeline
 from dspo.preference import step_rows
 from tests.conftest import TINY_ARCHITECTURE, WORDS
+from tests.conftest import edit_source as edit
 from tests.test_train import BASE_CONFIG, DSPO, run, unet_weights
 
 SHARD = "latents-00000.safetensors"
@@ -118,19 +118,6 @@ def test_rebuilt_cache_trains_afresh(
     assert_same(tmp_path / "clean/model", tmp_path / "job/model")
     run(DSPO, world["cache"], world["base"], tmp_path / "old")
     assert_differ(tmp_path / "old/model", tmp_path / "job/model")
-
-
-@pytest.fixture
-def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the package whose sources the checkpoint keys read, to edit."""
-    copy = Path(shutil.copytree(content_module.PACKAGE, tmp_path / "src" / "dspo"))
-    monkeypatch.setattr(content_module, "PACKAGE", copy)
-    return copy
-
-
-def edit(package: Path, module: str) -> None:
-    path = package / module
-    path.write_text(path.read_text() + "\n# edited\n")
 
 
 def test_code_edits_outside_training_resume_and_training_edits_move_aside(
