@@ -21,32 +21,17 @@ from dspo.data.cache import build_cache
 from dspo.launch import Topology, free_port, port_of_job, slurm_topology, worker_env
 from dspo.policy import use_tf32
 from dspo.train import train
+from tests.test_train import BASE_CONFIG, DSPO, SCHEDULE
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-m", "dspo.launch"]
+# test_train's settings with DSPO's parameters, its warm-up schedule and no periodic
+# checkpoints (the stop signal writes the one these tests resume from).
 CONFIG = {
-    "objective": "dspo",
-    "params": {"lam": 0.5, "kappa": 100.0},
-    "steps": 4,
-    "pairs_per_step": 4,
-    "local_pairs": 2,
-    "lr": 1e-3,
-    "lr_schedule": "inverse_sqrt",
-    "warmup_steps": 3,
-    "optimizer": "adamw",
-    "adam_betas": [0.9, 0.999],
-    "adam_eps": 1e-8,
-    "weight_decay": 0.01,
-    "max_grad_norm": 1.0,
-    "prompt_dropout": 0.25,
-    "mixed_precision": "no",
-    "gradient_checkpointing": False,
+    **BASE_CONFIG,
+    **DSPO,
+    **SCHEDULE,
     "checkpoint_every": 0,
-    "checkpoints_kept": 2,
-    "keep_checkpoints": True,
-    "log_every": 1,
-    "report_to": None,
-    "seed": 0,
 }
 
 
