@@ -23,18 +23,15 @@ replaced). Every figure is a product of counts from the config and sizes per ite
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from dspo.config_check import entries
 from dspo.experiments import method_config, released_models, trained_models
 from dspo.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
 from dspo.objectives import get_objective
 
-DEFAULT_CONFIG = Path("config/config.yaml")
 FLOPS_TABLE = Path(__file__).parent / "resources" / "budget_flops.json"
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # PNG of a generated image, bytes per pixel: a stated figure (SD outputs at 512 px are
@@ -79,25 +76,6 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
 # and by the denoiser's size for other models and ranks (an approximation, stated).
 LORA_PARAMS_RANK4_SD15 = 0.8e6
 SD15_DENOISER = 859_520_964
-
-
-def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` merged into a copy of ``base`` as Snakemake merges ``--configfile``."""
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def load_config(files: Sequence[Path], default: Path = DEFAULT_CONFIG) -> dict[str, Any]:
-    """The default config with each of ``files`` deep-merged over it, in order."""
-    config = yaml.safe_load(default.read_text())
-    for file in files:
-        config = deep_merge(config, yaml.safe_load(Path(file).read_text()) or {})
-    return config
 
 
 def _architecture_shapes(arch: Mapping[str, Any]) -> dict[str, Any]:

@@ -204,9 +204,10 @@ def budget(args: argparse.Namespace) -> None:
     """Disk and GPU-hours per stage of a config (source, tables, caches, checkpoints, models,
     images, scores), from counted FLOPs and per-item sizes, before anything runs."""
     from dspo.budget import budget as compute_budget
-    from dspo.budget import format_budget, load_config
+    from dspo.budget import format_budget
+    from dspo.step_config import workflow_config
 
-    result = compute_budget(load_config(args.configfile), args.gpu, args.utilisation)
+    result = compute_budget(workflow_config(args.configfile), args.gpu, args.utilisation)
     print(json.dumps(result, indent=2) if args.json else format_budget(result), flush=True)
 
 

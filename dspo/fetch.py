@@ -311,27 +311,3 @@ def gather_manifest(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     by_item = {record["item"]: dict(record) for record in records}
     size = sum(f["size"] for record in by_item.values() for f in record["files"])
     return {"artefacts": [by_item[k] for k in sorted(by_item)], "bytes": size}
-
-
-def workflow_config(configfiles: Sequence[Path], default: Path | None = None) -> dict[str, Any]:
-    """The workflow's config: ``config/config.yaml`` with each file deep-merged over it in
-    order, as ``snakemake --configfile`` merges them."""
-    import yaml
-
-    import dspo
-
-    default = default or Path(dspo.__file__).resolve().parents[1] / "config" / "config.yaml"
-    config: dict[str, Any] = {}
-    for path in [default, *configfiles]:
-        config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
-    return config
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged

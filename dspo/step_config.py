@@ -15,7 +15,7 @@ wrong type are errors that name the key and where it came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -229,3 +229,24 @@ def resolve(step: str, sources: list[Source]) -> dict[str, Any]:
     if problems:
         raise StepConfigError(f"invalid {step} settings:\n  " + "\n  ".join(problems))
     return merged
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``, mappings key by key, as Snakemake merges
+    ``--configfile`` files."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def workflow_config(configfiles: Sequence[Path | str]) -> dict[str, Any]:
+    """The workflow's config: ``config/config.yaml`` with each file deep-merged over it in
+    order, as ``snakemake --configfile A B`` gives it."""
+    config: dict[str, Any] = {}
+    for path in [DEFAULTS, *configfiles]:
+        config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    return config

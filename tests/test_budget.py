@@ -13,7 +13,6 @@ from dspo.budget import (
     checkpoint_bytes,
     checkpoints_held,
     denoiser_flops,
-    load_config,
     model_bytes,
     model_shapes,
     stages,
@@ -21,6 +20,7 @@ from dspo.budget import (
 )
 from dspo.data.cache import build_cache
 from dspo.models import load_pipeline
+from dspo.step_config import workflow_config
 from dspo.train import train
 from tests.test_train import BASE_CONFIG
 
@@ -72,7 +72,7 @@ def test_predicted_cache_checkpoint_and_model_sizes_match_the_disk(
 
 
 def test_sd15_cache_and_training_by_hand() -> None:
-    config = load_config([PRESETS / "sd15.yaml"])
+    config = workflow_config([PRESETS / "sd15.yaml"])
     rows = {r["stage"]: r for r in stages(config)}
     # 851,293 pairs x (2 latents of 4 x 64 x 64 float16 + 88 B of ids, sizes and crops)
     # + 58,961 prompts (the empty one too) x 77 x 768 float16.
@@ -96,10 +96,10 @@ def test_sd15_cache_and_training_by_hand() -> None:
 def test_every_preset_budgets_and_an_unknown_gpu_is_refused() -> None:
     for preset in ("sdxl", "sd35", "flux"):
         files = [PRESETS / "sd15.yaml", PRESETS / f"{preset}.yaml"]
-        result = budget(load_config(files), "h100", 0.4)
+        result = budget(workflow_config(files), "h100", 0.4)
         assert result["total"]["gpu_hours"] > 0 and result["total"]["disk_bytes"] > 1e12
     # The default (toy) config: sizes from its architecture, no FLOPs counted for its model.
-    toy = budget(load_config([]), "h100", 0.4)
+    toy = budget(workflow_config([]), "h100", 0.4)
     assert not toy["flops_counted"] and toy["total"]["disk_bytes"] > 0
     with pytest.raises(ValueError, match="--gpu 'tpu'"):
-        budget(load_config([PRESETS / "sd15.yaml"]), "tpu", 0.4)
+        budget(workflow_config([PRESETS / "sd15.yaml"]), "tpu", 0.4)

@@ -34,9 +34,9 @@ from dspo.fetch import (
     hub_source_files,
     pipeline_files,
     released_files,
-    workflow_config,
 )
 from dspo.standins import AESTHETIC_FILE, HPSV2_BENCHMARK, OPENAI_CLIP_L, PICKAPIC, write_standins
+from dspo.step_config import workflow_config
 from tests.conftest import jpeg
 from tests.hub_server import commit_of, serve_hub
 from tests.workflow_run import REPO, snakemake
