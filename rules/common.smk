@@ -6,11 +6,10 @@ import json
 import os
 import re
 import shlex
-from collections import Counter
 
 from dspo.config_check import entries
 from dspo import experiments
-from dspo.evaluation.intervals import interval_sentence
+from dspo.evaluation.intervals import caption_sentences
 from dspo.fetch import hub_artefacts
 from dspo.objectives import get_objective
 
@@ -336,23 +335,8 @@ def tables_config():
 
 
 def interval_captions():
-    """What the report's captions of the tables and plots say their intervals resample: the
-    sentence the tables and plots write (dspo/evaluation/intervals.py), for the replicates of
-    the models each shows (the base model has one)."""
-    replicates = Counter(m.group for m in TRAINED.values())
-    methods = [replicates[m] for m in METHOD_ENTRIES]
-    sweeps = experiments.sweep_points(config, TRAINED).values()
-    swept = [replicates[g] for s in sweeps for g in [*s["points"], *s["compare"]]] or [1]
-    n_boot = EVALUATION["bootstrap"]["samples"]
-    return {
-        "methods": interval_sentence(methods, n_boot=n_boot),
-        "models": interval_sentence([1, *methods], n_boot=n_boot),
-        "sweeps": interval_sentence(swept, n_boot=n_boot),
-        # As the plots' own notes say it.
-        "methods_plot": interval_sentence(methods, "Error bars"),
-        "models_plot": interval_sentence([1, *methods], "Error bars"),
-        "sweeps_plot": interval_sentence(swept, "Bands"),
-    }
+    """What the report's captions say their intervals resample (dspo/evaluation/intervals.py)."""
+    return caption_sentences(config, TRAINED)
 
 
 def score_files(wildcards=None):

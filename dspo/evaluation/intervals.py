@@ -9,8 +9,13 @@ only on how many replicates its models have, so the sentence is a function of th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from numbers import Integral
+from typing import Any
+
+from dspo import experiments
+from dspo.config_check import entries
 
 
 def interval_sentence(
@@ -42,3 +47,24 @@ def interval_sentence(
         if min(counts) <= 1:
             over += "; a model with one replicate resamples its prompts only"
     return f"{subject}: {ci * 100:g} % percentile bootstrap over {over}."
+
+
+def caption_sentences(
+    config: Mapping[str, Any], trained: Mapping[str, experiments.TrainedModel]
+) -> dict[str, str]:
+    """The sentences of the report's captions of the tables and plots, for the replicates of
+    the models each shows (the base model has one): ``methods``, ``models`` (the base too) and
+    ``sweeps`` as the tables write them; ``*_plot`` as the plots' notes do."""
+    replicates = Counter(m.group for m in trained.values())
+    methods = [replicates[m] for m in entries(config["methods"])]
+    sweeps = experiments.sweep_points(config, trained).values()
+    swept = [replicates[g] for s in sweeps for g in [*s["points"], *s["compare"]]] or [1]
+    n_boot = config["evaluation"]["bootstrap"]["samples"]
+    return {
+        "methods": interval_sentence(methods, n_boot=n_boot),
+        "models": interval_sentence([1, *methods], n_boot=n_boot),
+        "sweeps": interval_sentence(swept, n_boot=n_boot),
+        "methods_plot": interval_sentence(methods, "Error bars"),
+        "models_plot": interval_sentence([1, *methods], "Error bars"),
+        "sweeps_plot": interval_sentence(swept, "Bands"),
+    }
