@@ -212,3 +212,17 @@ class ToyOracleReward:
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
         return oracle_scores(pixels, list(prompts))[self.part]
+
+
+class ToyPresence:
+    """The oracle's alignment part answering "is there a {phrase}?" (B-VQA's answerer).
+
+    A phrase is scored as a caption of its own: ``"a red circle"`` checks the object's colour
+    and shape, ``"a white background"`` the background; one that states no attribute is 1.
+    """
+
+    def __call__(
+        self, images: Sequence[Image.Image], which: np.ndarray, phrases: Sequence[str]
+    ) -> np.ndarray:
+        pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
+        return oracle_scores(pixels[np.asarray(which)], list(phrases))["alignment"]
