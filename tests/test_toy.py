@@ -289,7 +289,12 @@ def test_build_world_files_and_stats(world, split):
     assert list(prompts.columns) == ["prompt_set", "prompt_id", "prompt"]
     assert prompts["prompt_id"].dtype == np.int64
     sizes = prompts.groupby("prompt_set").size().to_dict()
-    assert sizes == {"heldout_captions": 20, "unseen_combinations": 20, "new_templates": 20}
+    assert sizes == {
+        "heldout_captions": 20,
+        "unseen_combinations": 20,
+        "new_templates": 20,
+        "attribute_binding": 24,
+    }
     assert not set(prompts["prompt"]) & set(pairs["caption"])
     for name, scenes in (
         ("heldout_captions", split["heldout_captions"]),
