@@ -95,6 +95,31 @@ def training_view(args: argparse.Namespace) -> None:
 @command(
     "report",
     PARAMS,
+    arg("--scores", nargs="+", required=True, help="B-VQA score tables (`dspo score`)"),
+    arg("--out", required=True, help="the table's CSV; its Markdown is written beside (.md)"),
+)
+def binding_table(args: argparse.Namespace) -> None:
+    """The attribute-binding table: mean B-VQA per model and prompt set, beside win rates."""
+    from dspo.evaluation.binding import binding_markdown
+    from dspo.evaluation.binding import binding_table as build
+    from dspo.evaluation.statistics import load_scores
+    from dspo.evaluation.sweeps import relabel_groups
+
+    p = args.params
+    boot = p["bootstrap"]
+    scores = relabel_groups(load_scores([Path(f) for f in args.scores]), p.get("groups") or {})
+    table = build(scores, p["methods"], p["prompt_sets"], n_boot=boot["samples"], seed=boot["seed"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False, lineterminator="\n")
+    markdown = binding_markdown(table, p.get("labels"), p.get("title"), n_boot=boot["samples"])
+    out.with_suffix(".md").write_text(markdown)
+    report({"written": [str(out), str(out.with_suffix(".md"))], "rows": len(table)})
+
+
+@command(
+    "report",
+    PARAMS,
     arg("--input", required=True, help="the run's win rates (results/tables/win_rates.csv)"),
     OUT,
 )

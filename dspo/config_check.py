@@ -179,6 +179,12 @@ def _check_sources(config: Mapping[str, Any], root: Path) -> list[str]:
     if evaluation.get("editing"):
         where = "evaluation.editing.source"
         problems += _check_table_source(where, where, evaluation["editing"]["source"], root)
+    binding = entries((evaluation.get("attribute_binding") or {}).get("prompt_sets"))
+    for name, spec in binding.items():
+        where = f"evaluation.attribute_binding.prompt_sets.{name}"
+        if name in entries(evaluation["prompt_sets"]) or name == "editing":
+            problems.append(f"{where}: the name is taken by another prompt set; choose another")
+        problems += _check_table_source(f"{where}.source", "prompt set", spec["source"], root)
     return problems
 
 

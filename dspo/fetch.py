@@ -16,6 +16,8 @@ What the config names (:func:`hub_artefacts`), each an :class:`Artefact` named b
 - ``reward.<name>.<key>``: reward models and their processors or tokenizers (config and
   tokenizer files, and the weights in one format: safetensors when the repo has them), and
   reward files (``checkpoint``, ``med_config``) of a hub ``repo``; defaults as the loaders'.
+- ``prompt_set.<name>`` and ``binding.model``: the attribute-binding prompt sets (as above)
+  and the B-VQA scorer's BLIP VQA model (``evaluation.attribute_binding``).
 
 Revisions: a data source's ``revision`` when set; otherwise the default branch, resolved
 once by this download (the local hub cache then points the branch at that commit, which the
@@ -120,6 +122,10 @@ def _reward_parts(spec: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         from dspo.rewards.hpsv2 import CHECKPOINTS
 
         return [("checkpoint", "files", spec.get("checkpoint", CHECKPOINTS.get(spec["version"])))]
+    if kind == "bvqa":
+        from dspo.rewards.bvqa import DEFAULT_MODEL
+
+        return [("model", "model", spec.get("model", DEFAULT_MODEL))]
     if kind == "image_reward":
         from dspo.rewards.image_reward import DEFAULT_TOKENIZER
 
@@ -146,11 +152,11 @@ def _reward_repo(spec: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _reward(name: str, spec: Mapping[str, Any], root: Path) -> list[Artefact]:
+def _reward(prefix: str, spec: Mapping[str, Any], root: Path) -> list[Artefact]:
     found = []
     repo = _reward_repo(spec)
     for key, what, value in _reward_parts(spec):
-        item = f"reward.{name}.{key}"
+        item = f"{prefix}.{key}"
         if what != "files" and value and is_hub_id(str(value), root, legacy=True):
             found.append(Artefact(item, str(value), what))
         elif what == "files" and value and repo and not (root / str(value)).is_file():
@@ -172,7 +178,12 @@ def hub_artefacts(config: Mapping[str, Any], root: Path | str = ".") -> list[Art
     if evaluation.get("editing"):
         found += _data_source("editing", evaluation["editing"]["source"], "train")
     for name, spec in entries(evaluation["rewards"]).items():
-        found += _reward(name, spec, root)
+        found += _reward(f"reward.{name}", spec, root)
+    binding = evaluation.get("attribute_binding") or {}
+    for name, spec in entries(binding.get("prompt_sets")).items():
+        found += _data_source(f"prompt_set.{name}", spec["source"], "test")
+    if binding:
+        found += _reward("binding", binding["scorer"], root)
     for name, source in released_models(config).items():
         if is_hub_id(source, root):
             found.append(Artefact(f"released.{name}", source, "released"))

@@ -31,6 +31,13 @@ PROMPT_SETS = list(PROMPT_SET_ENTRIES)
 EDITING = EVALUATION.get("editing")
 # Sets of generated images: the prompt sets, and the edits of the editing set when enabled.
 EVAL_SETS = [*PROMPT_SETS, "editing"] if EDITING else PROMPT_SETS
+# Attribute binding: its prompt sets are sampled like the others, but scored by B-VQA alone.
+BINDING = EVALUATION.get("attribute_binding") or {}
+BINDING_ENTRIES = entries(BINDING.get("prompt_sets"))
+BINDING_SETS = list(BINDING_ENTRIES)
+# Every prompt set a model samples, and its config entry.
+SAMPLED_ENTRIES = {**PROMPT_SET_ENTRIES, **BINDING_ENTRIES}
+SAMPLED_SETS = list(SAMPLED_ENTRIES)
 
 
 def kept_tables(tables):
@@ -136,7 +143,7 @@ def excluded_prompt_tables(wildcards):
     """The evaluation prompt tables whose prompts the training pairs must not hold."""
     if not config["pairs"]["exclude_eval_prompts"]:
         return []
-    return expand("results/data/prompts/{prompt_set}.parquet", prompt_set=PROMPT_SETS)
+    return expand("results/data/prompts/{prompt_set}.parquet", prompt_set=SAMPLED_SETS)
 
 
 def pairs_parts(wildcards):
@@ -161,12 +168,12 @@ def cache_parts(wildcards):
 
 
 def prompt_source_input(wildcards):
-    source = PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"]
+    source = SAMPLED_ENTRIES[wildcards.prompt_set]["source"]
     return source_inputs(source, TOY_PROMPTS) + fetched(f"prompt_set.{wildcards.prompt_set}")
 
 
 def prompt_source_arg(wildcards):
-    return source_arg(PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"], TOY_PROMPTS)
+    return source_arg(SAMPLED_ENTRIES[wildcards.prompt_set]["source"], TOY_PROMPTS)
 
 
 def one_of(names):
@@ -337,6 +344,31 @@ def tables_config():
 def interval_captions():
     """What the report's captions say their intervals resample (dspo/evaluation/intervals.py)."""
     return caption_sentences(config, TRAINED)
+
+
+def binding_config():
+    """The binding table's slice: the models, its prompt sets, labels and bootstrap."""
+    labels = {**tables_config()["labels"]}
+    labels.update({name: s["label"] for name, s in BINDING_ENTRIES.items() if "label" in s})
+    return {
+        "methods": list(METHOD_ENTRIES),
+        "groups": experiments.group_of(TRAINED, list(RELEASED)),
+        "prompt_sets": BINDING_SETS,
+        "labels": labels,
+        "bootstrap": EVALUATION["bootstrap"],
+        "title": BINDING.get("title", "Attribute binding (B-VQA)"),
+    }
+
+
+def binding_scorer():
+    """`dspo score`'s rewards: the B-VQA scorer alone, named bvqa."""
+    return {"bvqa": BINDING["scorer"]}
+
+
+def binding_score_files(wildcards=None):
+    return expand(
+        "results/scores_binding/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=BINDING_SETS
+    )
 
 
 def score_files(wildcards=None):

@@ -132,3 +132,22 @@ rule summary:
         # file, is written after the last job.
         "dspo summary --params {params.cfg:q} --input {input.win_rates:q} --out {output:q}"
         " > {log:q} 2>&1"
+
+
+if BINDING_SETS:
+
+    rule binding_table:
+        input:
+            binding_score_files,
+        output:
+            csv="results/tables/attribute_binding.csv",
+            md="results/tables/attribute_binding.md",
+        params:
+            cfg=as_json(binding_config()),
+        conda:
+            "../environment.yml"
+        log:
+            "results/logs/binding_table.log",
+        shell:
+            "dspo binding-table --params {params.cfg:q} --scores {input:q} --out {output.csv:q}"
+            " > {log:q} 2>&1"

@@ -22,3 +22,28 @@ rule score:
     shell:
         "dspo score --name {wildcards.model} --params {params.rewards:q} --manifest {input.manifests:q}"
         " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"
+
+
+# The attribute-binding sets, scored by the B-VQA scorer alone (evaluation.attribute_binding).
+if BINDING_SETS:
+
+    rule score_binding:
+        input:
+            manifests=expand(
+                "results/images/{{model}}/{prompt_set}/manifest.parquet", prompt_set=BINDING_SETS
+            ),
+            fetched=lambda wc: fetched(*(i for i in FETCH_ITEMS if i.startswith("binding."))),
+        output:
+            expand("results/scores_binding/{{model}}/{prompt_set}.parquet", prompt_set=BINDING_SETS),
+        params:
+            device=DEVICE,
+            scorer=as_json(binding_scorer()),
+        conda:
+            "../environment.yml"
+        benchmark:
+            "results/benchmarks/score_binding/{model}.tsv"
+        log:
+            "results/logs/score_binding/{model}.log",
+        shell:
+            "dspo score --name {wildcards.model} --params {params.scorer:q} --manifest {input.manifests:q}"
+            " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"

@@ -155,6 +155,13 @@ def flow_weightings() -> Iterable[str]:
     return WEIGHTINGS
 
 
+def binding_kinds() -> Iterable[str]:
+    from dspo.rewards import LOADERS
+
+    # The B-VQA reward kinds: the answerer differs, the scoring is one (dspo.rewards.bvqa).
+    return [kind for kind in LOADERS if kind.endswith("bvqa")]
+
+
 def reward_kinds() -> Iterable[str]:
     from dspo.rewards import LOADERS
 
@@ -191,6 +198,7 @@ TRAINING = "/$defs/training/properties"
 METHOD = "/properties/methods/additionalProperties/properties"
 EVALUATION = "/properties/evaluation/properties"
 REWARD = f"{EVALUATION}/rewards/additionalProperties/properties"
+BINDING = f"{EVALUATION}/attribute_binding/properties/scorer/properties"
 # config key (the test id): (JSON pointer of the enum's node, the code's registry)
 CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "source.kind": ("/$defs/source/properties/kind", source_kinds),
@@ -216,6 +224,8 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "evaluation.rewards.*.part": (f"{REWARD}/part", toy_oracle_parts),
     "evaluation.rewards.*.version": (f"{REWARD}/version", hpsv2_versions),
     "evaluation.rewards.*.dtype": (f"{REWARD}/dtype", dtypes),
+    "evaluation.attribute_binding.scorer.kind": (f"{BINDING}/kind", binding_kinds),
+    "evaluation.attribute_binding.scorer.dtype": (f"{BINDING}/dtype", dtypes),
     "evaluation.tables.*.paper": (
         f"{EVALUATION}/tables/additionalProperties/properties/paper",
         paper_tables,

@@ -51,8 +51,11 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     assert jobs["generate"] == 13 and jobs["score"] == 13 and jobs["editing_set"] == 1
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
     # In a bare folder: every hub artefact is downloaded first (rules/fetch.smk), once each.
-    # Two of them are the released Diffusion-DPO and Diffusion-KTO models the preset scores.
-    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 17
+    # Two of them are the released Diffusion-DPO and Diffusion-KTO models the preset scores;
+    # four T2I-CompBench's colour, shape and texture prompts and the BLIP VQA model.
+    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 21
+    # Attribute binding: three more prompt sets, each model's B-VQA scores, one table.
+    assert jobs["prompt_set"] == 6 and jobs["score_binding"] == 13 and jobs["binding_table"] == 1
 
 
 def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
@@ -61,6 +64,8 @@ def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
     jobs = planned_jobs(result.stdout)
     assert jobs["import_model"] == 1 and jobs["train"] == 10 and jobs["generate"] == 12
     assert "dspo import-model --model mhdang/dpo-sdxl-text2image-v1" in result.stdout
+    assert jobs["score_binding"] == 12 and jobs["binding_table"] == 1
+    assert '"kind": "bvqa", "model": "Salesforce/blip-vqa-base"' in result.stdout
 
 
 @pytest.mark.parametrize("preset", ["sd35", "flux"])
