@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 
-from dspo.config.check import entries
+from dspo.config.names import entries
 from dspo.config import experiments
 from dspo.evaluation.intervals import caption_sentences
 from dspo.hub.fetch import hub_artefacts
