@@ -62,12 +62,6 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-def toy_world_used():
-    sources = [config["pairs"]["source"]]
-    sources += [s["source"] for s in PROMPT_SET_ENTRIES.values()]
-    return BUILD_TOY_BASE or any(s["kind"] == "toy" for s in sources)
-
-
 # The hub artefacts the config names, by item (dspo/hub/fetch.py): rule fetch_item downloads
 # each on the login node; the jobs that read one wait for its record and then run offline.
 FETCH_ITEMS = {artefact.item: artefact.as_dict() for artefact in hub_artefacts(config)}
