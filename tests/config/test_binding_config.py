@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dspo.config_check import ConfigError, check_config
-from dspo.fetch import hub_artefacts
-from dspo.step_config import workflow_config
+from dspo.config.check import ConfigError, check_config
+from dspo.config.step import workflow_config
+from dspo.hub.fetch import hub_artefacts
 
 REPO = Path(__file__).resolve().parents[2]
 

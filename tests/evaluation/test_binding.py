@@ -87,7 +87,7 @@ def test_binding_table_command_writes_csv_and_markdown(tmp_path: Path) -> None:
     }  # fmt: skip
     out = tmp_path / "tables" / "attribute_binding.csv"
     subprocess.run(
-        [sys.executable, "-m", "dspo.cli", "binding-table", "--params", json.dumps(params),
+        [sys.executable, "-m", "dspo.cli.commands", "binding-table", "--params", json.dumps(params),
          "--scores", *map(str, files), "--out", str(out)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
