@@ -58,7 +58,9 @@ PICKAPIC_HUB = {
 PICKAPIC_TRAIN_ROWS, PICKAPIC_NO_TIES, PICKAPIC_PROMPTS = 959_040, 851_293, 58_960
 # The published prompt sets' sizes by a word of their id, path or split (no limit given):
 # Pick-a-Pic test_unique, PartiPrompts, the HPSv2 benchmark, InstructPix2Pix's 1000 samples.
+# T2I-CompBench: each of its colour, shape and texture validation files.
 PROMPT_SET_SIZES = {"test_unique": 500, "parti": 1632, "hps": 3200, "instructpix2pix": 1000}
+PROMPT_SET_SIZES["t2i-compbench"] = 300
 UNKNOWN_SET_SIZE = 1000
 # Known base models: family, latent channels, text (tokens, width), pooled width, and the
 # whole pipeline's parameters (docs/cluster.md; the denoiser's are counted).
@@ -233,6 +235,8 @@ def _prompt_set_size(spec: Mapping[str, Any], config: Mapping[str, Any]) -> int:
     source = spec["source"]
     if source.get("limit"):
         return int(source["limit"])
+    if source["kind"] == "toy" and source.get("split") == "attribute_binding":
+        return int(config["world"].get("binding_prompts", 24))
     if source["kind"] == "toy":
         return int(config["world"]["prompts_per_set"])
     name = " ".join(str(source.get(k) or "") for k in ("kind", "id", "path", "split")).lower()
@@ -333,6 +337,21 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
             "scores", f"{images:,} images x {rewards} rewards", images * rewards * SCORE_ROW_BYTES
         )
     )
+    binding = entries((ev.get("attribute_binding") or {}).get("prompt_sets"))
+    if binding:
+        prompts = sum(_prompt_set_size(s, config) for s in binding.values())
+        images = sampled * prompts * len(ev["seeds"]) * len(ev["guidance"])
+        out.append(
+            _stage(
+                "attribute-binding images",
+                f"{sampled} models x {prompts:,} prompts x {len(ev['seeds'])} seeds x "
+                f"{len(ev['guidance'])} guidance = {images:,}",
+                images * ev["resolution"] ** 2 * PNG_BYTES_PER_PIXEL,
+                images * ev["steps"] * cfg * flops.get("forward", 0),
+            )
+        )
+        # BLIP VQA's forwards (a few per image, ~0.4 B parameters) are not counted.
+        out.append(_stage("B-VQA scores", f"{images:,} images", images * SCORE_ROW_BYTES))
     return out
 
 
