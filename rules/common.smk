@@ -137,7 +137,7 @@ def excluded_prompt_tables(wildcards):
     """The evaluation prompt tables whose prompts the training pairs must not hold."""
     if not config["pairs"]["exclude_eval_prompts"]:
         return []
-    return expand("results/data/prompts/{prompt_set}.parquet", prompt_set=SAMPLED_SETS)
+    return expand("results/data/prompts/{prompt_set}.parquet", prompt_set=PROMPT_SETS)
 
 
 def pairs_parts(wildcards):

@@ -40,7 +40,7 @@ PAIRS = 40
 def standins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("standins")
     components = ["sd15", "sdxl", "pickscore", "clip", "hps", "aesthetics", "image_reward"]
-    components += ["pickapic", "prompts", "editing"]
+    components += ["pickapic", "prompts", "editing", "blip_vqa", "compbench"]
     manifest = write_standins(out, components, tiny=True, pairs=PAIRS, prompts=8)
     return out, manifest
 
@@ -236,6 +236,7 @@ def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     jobs = planned_jobs(result.stdout)
     assert jobs["train"] == 10 and jobs["generate"] == 11 and "edit" not in jobs
     assert jobs["score"] == 11 and jobs["tables"] == 1
+    assert jobs["score_binding"] == 11 and jobs["binding_table"] == 1
     assert jobs["pairs_part"] == 2 and jobs["ddspo_part"] == 2 and jobs["cache_part"] == 6
     assert "base_model" not in jobs and "toy_world" not in jobs
     assert "fetch_item" not in jobs  # every hub file of sd15 is read from the stand-ins
