@@ -103,6 +103,14 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
         assert f"| {label} |" in markdown
     assert table["win_rate"].between(0, 1).all() and (table["ci_low"] <= table["win_rate"]).all()
     assert "| DSPO-E |" in (smoke_run / "results/tables/table5.md").read_text()
+    # Attribute binding: every model's mean B-VQA (the toy oracle asked about each phrase)
+    # on the toy binding set, beside its win rate against the base model.
+    binding = pd.read_csv(smoke_run / "results/tables/attribute_binding.csv")
+    assert sorted(binding["model"]) == sorted(["base", *methods])
+    assert set(binding["prompt_set"]) == {"color"} and (binding["n_prompts"] == 4).all()
+    assert binding["mean"].between(0, 1).all() and binding["win_rate"].isna().sum() == 1
+    binding_md = (smoke_run / "results/tables/attribute_binding.md").read_text()
+    assert "| Model | Colour binding B-VQA | Colour binding win % |" in binding_md
     # 11 models x 10 opponents x 3 rewards x 2 image sets (pickv2 and the edits).
     assert len(pd.read_csv(smoke_run / "results/tables/head_to_head.csv")) == 11 * 10 * 3 * 2
     for produced in (

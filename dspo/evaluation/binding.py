@@ -58,20 +58,22 @@ def binding_table(
 def binding_markdown(
     table: pd.DataFrame,
     labels: Mapping[str, str] | None = None,
-    title: str = "Attribute binding (B-VQA)",
+    title: str | None = None,
     ci: float = 0.95,
     n_boot: int = 1000,
 ) -> str:
-    """The table as Markdown: per guidance, one row per model and, per prompt set, the mean
-    B-VQA [interval] and the win rate against the base model in per cent [interval]."""
+    """The table as Markdown under `title` (or a default): per guidance, one row per model
+    and, per prompt set, the mean B-VQA [interval] and the win rate against the base model
+    in per cent [interval]."""
     name = labeller(labels)
     sets = list(dict.fromkeys(table["prompt_set"]))
     lines = [
-        f"# {title}",
+        f"# {title or 'Attribute binding (B-VQA)'}",
         "",
-        "Mean B-VQA (T2I-CompBench's product of BLIP-VQA 'yes' probabilities over the prompt's "
-        f"noun phrases) with its {ci * 100:g} % interval, and the win rate (%) against the base "
-        f"model. {interval_sentence(table['n_replicates'], ci=ci, n_boot=n_boot)}",
+        "Mean B-VQA (T2I-CompBench's score: the product, over the prompt's noun phrases, of the "
+        f"probability that the answer to '<phrase>?' is yes) with its {ci * 100:g} % interval, "
+        "and the win rate (%) against the base model. "
+        + interval_sentence(table["n_replicates"], ci=ci, n_boot=n_boot),
     ]
     for guidance, block in table.groupby("guidance", sort=True):
         header = ["Model", *(f"{name(s)} B-VQA | {name(s)} win %" for s in sets)]

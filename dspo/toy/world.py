@@ -86,7 +86,7 @@ def _prompt_set(
 
 
 def binding_set(n: int, rng: np.random.Generator) -> list[str]:
-    """The toy attribute-binding set: ``"a {colour} {shape} on a {background} background"``.
+    """The toy attribute-binding set: ``"a(n) {colour} {shape} on a {background} background"``.
 
     Two noun phrases, each with its own colour (object colours and background colours share no
     word), as T2I-CompBench's colour prompts bind a colour to each of two objects. No caption
@@ -95,7 +95,8 @@ def binding_set(n: int, rng: np.random.Generator) -> list[str]:
     """
     combos = list(itertools.product(COLOURS, SHAPES, BACKGROUNDS))
     chosen = rng.choice(len(combos), n, replace=False)
-    return [f"a {c} {s} on a {b} background" for c, s, b in (combos[int(i)] for i in chosen)]
+    texts = [f"{c} {s} on a {b} background" for c, s, b in (combos[int(i)] for i in chosen)]
+    return [f"{'an' if t[0] in 'aeiou' else 'a'} {t}" for t in texts]
 
 
 def editing_set(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from dspo.cli import main
 from dspo.evaluation.binding import binding_markdown, binding_table
 from dspo.evaluation.statistics import mean_scores, win_rates
 
@@ -63,6 +62,7 @@ def test_table_holds_the_mean_and_win_rate_of_the_statistics_module() -> None:
     dspo = table[(table["model"] == "dspo") & (table["prompt_set"] == "color")].iloc[0]
     assert dspo["n_replicates"] == 2 and dspo["win_rate"] > 0.9
     markdown = binding_markdown(table, {"dspo": "DSPO", "color": "Colour"}, n_boot=200)
+    assert markdown.startswith("# Attribute binding (B-VQA)\n")  # no title given
     assert "Colour B-VQA" in markdown and "| DSPO |" in markdown
     assert f"{dspo['mean']:.3f} [{dspo['ci_low']:.3f}, {dspo['ci_high']:.3f}]" in markdown
 
@@ -86,11 +86,8 @@ def test_binding_table_command_writes_csv_and_markdown(tmp_path: Path) -> None:
         "bootstrap": {"samples": 50, "seed": 0}, "title": "Binding",
     }  # fmt: skip
     out = tmp_path / "tables" / "attribute_binding.csv"
-    subprocess.run(
-        [sys.executable, "-m", "dspo.cli.commands", "binding-table", "--params", json.dumps(params),
-         "--scores", *map(str, files), "--out", str(out)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    main(["binding-table", "--params", json.dumps(params), "--scores", *map(str, files),
+          "--out", str(out)])  # fmt: skip
     table = pd.read_csv(out)
     assert len(table) == 4 and set(table["model"]) == {"base", "dspo"}
     assert out.with_suffix(".md").read_text().startswith("# Binding")
