@@ -8,7 +8,7 @@ reference columns (:data:`REF_COLUMNS`):
 - ``image_root``: the source's root folder, as an absolute path (so any job, wherever it
   runs, finds it; a moved source is a missing file);
 - ``image_file``: the pair's file, relative to the root (both images of a pair share it);
-- ``image_key``: the file's content key (:func:`dspo.content.content_key`: its name and
+- ``image_key``: the file's content key (:func:`dspo.core.content.content_key`: its name and
   SHA-256), so a reference never stands for a path alone;
 - ``image_row``: the pair's row in the file (a parquet row; a tar's sample, in tar order);
 - ``ref_w``, ``ref_l``: where the preferred and the rejected image are in that row: the column
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from dspo.content import content_key
+from dspo.core.content import content_key
 
 REF_COLUMNS = ("image_root", "image_file", "image_key", "image_row", "ref_w", "ref_l")
 IMAGE_COLUMNS = ("jpg_w", "jpg_l")

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from dspo.core.files import part_folder, write_json_atomic
 from dspo.data.dedup import caption_group
 from dspo.data.image_refs import has_refs
 from dspo.data.pairs import (
@@ -26,7 +27,6 @@ from dspo.data.pairs import (
     read_part_records,
     table_columns,
 )
-from dspo.files import part_folder, write_json_atomic
 
 
 def nodup_rows(prompt_ids: np.ndarray, seed: int) -> np.ndarray:

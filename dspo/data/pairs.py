@@ -37,7 +37,8 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from dspo.content import content_key
+from dspo.core.content import content_key
+from dspo.core.files import PART_RECORD, part_folder, write_json_atomic
 from dspo.data.dedup import (
     CAPTION_BLANK,
     CAPTION_MISSING,
@@ -57,7 +58,6 @@ from dspo.data.image_refs import (
     resolve_images,
 )
 from dspo.data.sources import SourceUnit, check_columns, source_units
-from dspo.files import PART_RECORD, part_folder, write_json_atomic
 
 # The columns a reader of a pair table gets (the images as bytes, wherever they are stored).
 CANONICAL_COLUMNS = ("pair_id", "prompt_id", "caption", "jpg_w", "jpg_l", "label_w", "source_row")

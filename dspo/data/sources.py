@@ -12,7 +12,7 @@ lists it as units, the blocks a scattered job reads one after the other:
 
 Every key a source kind does not read is refused (:func:`key_problems`), and a local
 source's layout is checked from its first file (:func:`layout_problems`); the workflow runs
-both when it plans (dspo/config_check.py), before any job.
+both when it plans (dspo/config/check.py), before any job.
 
 A unit of a local or downloaded file names that file, so a pair table can refer to its
 images there instead of copying them (:mod:`dspo.data.image_refs`); a streamed unit cannot.

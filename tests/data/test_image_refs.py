@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dspo.cli import main as dspo_main
+from dspo.cli.commands import main as dspo_main
 from dspo.data.image_refs import IMAGE_COLUMNS, REF_COLUMNS, image_bytes
 from dspo.data.pairs import read_pair_rows, read_pairs, write_pairs
 from dspo.data.sources import load_source
