@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from dspo.core.files import part_folder, png_bytes
 from dspo.data.pairs import (
     PART_TABLE,
     PairWriter,
@@ -34,8 +35,7 @@ from dspo.data.pairs import (
 )
 from dspo.families import pipeline_family
 from dspo.families.base import Family
-from dspo.files import part_folder, png_bytes
-from dspo.sample import initial_noise, load_for_sampling
+from dspo.generation.sample import initial_noise, load_for_sampling
 
 
 def drop_words(

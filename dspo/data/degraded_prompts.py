@@ -10,7 +10,7 @@ kind, drawn with the generator of ``(seed, prompt key)`` with probability
 Every answer is cached before it is checked, in part files of the folder ``cache``: one JSON
 line per prompt, ``{"key", "answer"}``, each file written whole (atomically) after its batch.
 A key is the content of what made the answer: the model's content key
-(:func:`dspo.content.content_key`), the filled-in instruction, the decoding settings and,
+(:func:`dspo.core.content.content_key`), the filled-in instruction, the decoding settings and,
 when sampling, the seed. A killed job loses at most the batch it was decoding; a rerun, or a
 run with more prompts, decodes only the prompts without a cached answer. Changing the model,
 an instruction or the decoding settings changes the keys, so nothing stale is reused; old
@@ -36,11 +36,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from dspo.content import combined_key, content_key
+from dspo.core.content import combined_key, content_key
+from dspo.core.files import write_bytes_atomic, write_json_atomic
+from dspo.core.seeding import seeded_generator
 from dspo.data.ddspo import ddspo_prompts, drop_words
 from dspo.data.llm_degrader import Decoding, generate, load_llm, request_text
-from dspo.files import write_bytes_atomic, write_json_atomic
-from dspo.seeding import seeded_generator
 
 KINDS = ("compositional", "aesthetic")
 FALLBACKS = ("drop_words", "error")

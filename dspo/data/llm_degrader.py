@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from dspo.seeding import seeded_generator
+from dspo.core.seeding import seeded_generator
 
 PROMPT_FIELD = "{prompt}"
 # The keys of ``ddspo.degrader`` that only kind ``llm`` reads.

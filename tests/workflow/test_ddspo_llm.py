@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from dspo.cli import main
+from dspo.cli.commands import main
 from tests.data.llm_standin import write_tiny_llama
 from tests.workflow_run import REPO, SMOKE, planned_jobs, snakemake
 
