@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pandas as pd
 import pytest
+import yaml
 
 import dspo.data.degraded_prompts as degraded_prompts
 from dspo.data.degraded_prompts import (
@@ -21,6 +23,7 @@ from dspo.data.degraded_prompts import (
     read_degraded,
 )
 from tests.data.llm_standin import write_tiny_llama
+from tests.workflow_run import REPO
 
 PROMPTS = [
     f"a {c} cube on a {s} table in a bright studio"
@@ -172,3 +175,14 @@ def test_the_step_writes_the_table_and_its_report(tiny_llm: Path, tmp_path: Path
     assert written["accepted"] + written["fallback"]["used"] == 4
     assert read_degraded(out) == dict(zip(table["prompt"], table["degraded"], strict=True))
     assert all(table["degraded"].str.strip() != "") and "\n" not in "".join(table["degraded"])
+
+
+def test_the_default_instructions_are_valid_and_each_must_place_the_prompt() -> None:
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())
+    node = schema["properties"]["ddspo"]["properties"]["degrader"]
+    degrader = yaml.safe_load((REPO / "config/config.yaml").read_text())["ddspo"]["degrader"]
+    jsonschema.validate(degrader | {"kind": "llm"}, node)
+    assert all("{prompt}" in text for text in degrader["instructions"].values())
+    no_prompt = degrader["instructions"] | {"aesthetic": "Make it dull."}
+    with pytest.raises(jsonschema.ValidationError, match="prompt"):
+        jsonschema.validate(degrader | {"instructions": no_prompt}, node)
