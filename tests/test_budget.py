@@ -23,7 +23,7 @@ from dspo.bench.budget import (
     train_flops_per_pair,
 )
 from dspo.bench.disk import measure
-from dspo.cli import main as dspo_main
+from dspo.cli.commands import main as dspo_main
 from dspo.config.step import workflow_config
 from dspo.data.cache import build_cache
 from dspo.data.pairs import read_pair_texts
