@@ -218,6 +218,16 @@ def _check_tables(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _check_degrader(degrader: Mapping[str, Any], root: Path) -> list[str]:
+    model = str(degrader.get("model", ""))
+    if degrader["kind"] != "llm" or (root / model).exists() or is_hub_id(model, root):
+        return []
+    return [
+        f"ddspo.degrader.model: local model {model!r} does not exist (relative to {root}); a "
+        "hub id has the form owner/name"
+    ]
+
+
 def _check_released(config: Mapping[str, Any], root: Path) -> list[str]:
     from dspo.config.experiments import released_problems
 
@@ -246,6 +256,7 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *_check_trackers(config),
         *_check_tables(config),
         *_check_released(config, root),
+        *_check_degrader(config["ddspo"]["degrader"], root),
         *_check_sweeps(config),
     ]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dspo.cli import main
+from dspo.cli.commands import main
 from dspo.evaluation.binding import binding_markdown, binding_table
 from dspo.evaluation.statistics import mean_scores, win_rates
 
