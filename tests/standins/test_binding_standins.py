@@ -8,10 +8,10 @@ import numpy as np
 from PIL import Image
 from transformers import AutoTokenizer
 
+from dspo.config.step import workflow_config
 from dspo.data.prompts import load_prompt_set
 from dspo.rewards import load_reward
 from dspo.standins import BLIP_VQA, COMPBENCH, write_standins
-from dspo.step_config import workflow_config
 
 REPO = Path(__file__).resolve().parents[2]
 
