@@ -1,0 +1,1 @@
+"""Benchmarks and budgets: training throughput with counted FLOPs, memory, activations, the GPU check and `dspo budget`."""

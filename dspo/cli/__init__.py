@@ -1,0 +1,1 @@
+"""The ``dspo`` command: its sub-commands and how they are declared."""
