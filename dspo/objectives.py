@@ -31,7 +31,7 @@ _RUNTIME_ARGS = frozenset({"all_reduce"})
 
 @dataclass(frozen=True)
 class ReferenceStats:
-    """The reference's outputs computed before training (:mod:`dspo.reference`), in place of
+    """The reference's outputs computed before training (:mod:`dspo.training.reference`), in place of
     its prediction ``ref``: ``errors`` its per-row squared error against the target, shape
     (N,), and ``preferred`` its prediction for the preferred rows, shape (B, ...), for the
     objectives that use the prediction itself (DSPO and its variants); None for the others.
@@ -360,7 +360,7 @@ class Objective:
     preferred_only: only the B preferred rows are passed.
     reference_target: ``target`` is built from the reference (prompt c for w, c_minus for l).
     uses_reference_prediction: the loss uses the reference's prediction itself, not only its
-    errors (what a precomputed reference must store besides the errors, dspo.reference).
+    errors (what a precomputed reference must store besides the errors, dspo.training.reference).
     shared_noise: a pair's two images get the same noise and timestep (what makes a paired
     comparison of their errors fair); False draws the rejected image's own.
     batch_statistics: the loss takes a statistic of the whole batch (KTO's reference point),

@@ -7,10 +7,10 @@ import os
 import re
 import shlex
 
-from dspo.config_check import entries
-from dspo import experiments
+from dspo.config.check import entries
+from dspo.config import experiments
 from dspo.evaluation.intervals import caption_sentences
-from dspo.fetch import hub_artefacts
+from dspo.hub.fetch import hub_artefacts
 from dspo.objectives import get_objective
 
 
@@ -18,7 +18,7 @@ EVALUATION = config["evaluation"]
 METHOD_ENTRIES = entries(config["methods"])
 PROMPT_SET_ENTRIES = entries(EVALUATION["prompt_sets"])
 REWARD_ENTRIES = entries(EVALUATION["rewards"])
-# Every trained model: each method, its replicates and the sweeps' points (dspo/experiments.py).
+# Every trained model: each method, its replicates and the sweeps' points (dspo/config/experiments.py).
 TRAINED = experiments.trained_models(config)
 METHODS = list(TRAINED)
 # Method entries naming an existing model (`model:`): imported, never trained (rule import_model).
@@ -68,7 +68,7 @@ def toy_world_used():
     return BUILD_TOY_BASE or any(s["kind"] == "toy" for s in sources)
 
 
-# The hub artefacts the config names, by item (dspo/fetch.py): rule fetch_item downloads
+# The hub artefacts the config names, by item (dspo/hub/fetch.py): rule fetch_item downloads
 # each on the login node; the jobs that read one wait for its record and then run offline.
 FETCH_ITEMS = {artefact.item: artefact.as_dict() for artefact in hub_artefacts(config)}
 
@@ -230,7 +230,7 @@ def method_cache(wildcards):
 
 
 def train_launcher(wildcards, resources, threads):
-    """The command that starts `dspo` as one process per GPU of each node (dspo/launch.py).
+    """The command that starts `dspo` as one process per GPU of each node (dspo/training/launch.py).
 
     One node: the launcher itself. Several (resource `nodes`): srun starts one launcher per
     node, which reads its rank and the main node from SLURM. The trainer accumulates over
@@ -242,7 +242,7 @@ def train_launcher(wildcards, resources, threads):
     # Without CUDA (the toy preset on a test cluster's fake GPUs), the processes join one CPU
     # (gloo) group only when told.
     cpu = " --cpu" if DEVICE == "cpu" else ""
-    launch = f"python -m dspo.launch --procs-per-node {per_node}{cpu}"
+    launch = f"python -m dspo.training.launch --procs-per-node {per_node}{cpu}"
     if nodes == 1:
         return f"{launch} --"
     # --overlap: the job step of this command already holds the first node's CPUs and GPUs.
@@ -274,7 +274,7 @@ def model_input(wildcards):
 
 def sampling_config():
     keys = ("seeds", "guidance", "steps", "scheduler", "resolution", "batch_size")
-    # The compute dtype on an accelerator (the CPU samples in float32; dspo.sample says why).
+    # The compute dtype on an accelerator (the CPU samples in float32; dspo.generation.sample says why).
     return {**{k: EVALUATION[k] for k in keys}, "dtype": BASE.get("dtype", "float32")}
 
 

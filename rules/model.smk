@@ -20,7 +20,7 @@ if BUILD_TOY_BASE:
 
 # A method entry naming an existing model (`methods.<name>.model`) is imported where a trained
 # model would be saved, with no training: generate, score and the tables read it from there.
-# A denoiser-only folder is combined with the base pipeline's other parts (dspo/released.py).
+# A denoiser-only folder is combined with the base pipeline's other parts (dspo/hub/released.py).
 rule import_model:
     input:
         model=released_input,

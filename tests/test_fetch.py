@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dspo.fetch import (
+from dspo.hub.fetch import (
     Artefact,
     folder_files,
     hub_artefacts,
@@ -36,7 +36,7 @@ from dspo.fetch import (
     released_files,
 )
 from dspo.standins import AESTHETIC_FILE, HPSV2_BENCHMARK, OPENAI_CLIP_L, PICKAPIC, write_standins
-from dspo.step_config import workflow_config
+from dspo.config.step import workflow_config
 from tests.conftest import jpeg
 from tests.hub_server import commit_of, serve_hub
 from tests.workflow_run import REPO, snakemake
@@ -148,7 +148,7 @@ def fetched(hub: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     config = fetch_config(work / "fetch.yaml")
     with serve_hub(hub) as (endpoint, requests):
         result = subprocess.run(
-            [sys.executable, "-m", "dspo.cli", "fetch", "--configfile", str(config)]
+            [sys.executable, "-m", "dspo.cli.commands", "fetch", "--configfile", str(config)]
             + ["--out", str(work / "out")],
             env=hub_env(endpoint, work / "cache", offline=False),
             stdout=subprocess.PIPE,
@@ -202,7 +202,7 @@ def test_fetch_downloads_what_the_config_names_and_records_it(hub: Path, fetched
 OFFLINE_READS = """
 import json, sys
 from dspo.data.prompts import load_prompt_set
-from dspo.models import load_pipeline
+from dspo.families.sd_pipeline import load_pipeline
 from dspo.rewards.common import resolve_file
 hpsv2_id, head_repo, pipeline_id = sys.argv[1:]
 hpsv2 = load_prompt_set("hpsv2", {"source": {"kind": "hpsv2", "id": hpsv2_id}})

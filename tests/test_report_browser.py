@@ -27,7 +27,7 @@ import yaml
 from PIL import Image
 
 from dspo.evaluation.intervals import interval_sentence
-from dspo.experiments import trained_models
+from dspo.config.experiments import trained_models
 from tests.workflow_run import REPO, SMOKE, snakemake
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

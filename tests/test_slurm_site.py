@@ -1,13 +1,11 @@
-"""The SLURM profile's site settings (dspo/slurm_site.py): the requests each variable makes,
+"""The SLURM profile's site settings (dspo/config/slurm_site.py): the requests each variable makes,
 and a bad value named before anything is submitted."""
 
 from __future__ import annotations
 
 import pytest
 
-from dspo import slurm_site as site
-
-
+from dspo.config import slurm_site as site
 def test_gpus_style_asks_per_job_and_gres_per_node() -> None:
     env = {"DSPO_SLURM_GPU_MODEL": "a100"}
     assert (site.gpu(4, 1, env), site.gpu_model(4, 1, env), site.gres(4, 1, env)) == (

@@ -29,7 +29,7 @@ import torch
 
 
 def _resident_mib(field: str) -> float:
-    from dspo.bench import _proc_status_mib
+    from dspo.bench.throughput import _proc_status_mib
 
     return _proc_status_mib(field)
 
@@ -38,7 +38,7 @@ def measure_once(arch: str, latent: int, images: int, checkpointing: bool, devic
     """One forward and backward pass in this process; memory in MiB."""
     from diffusers import UNet2DConditionModel
 
-    from dspo.bench import ResidentPeak, load_architecture
+    from dspo.bench.throughput import ResidentPeak, load_architecture
 
     _, architecture = load_architecture(arch)
     unet_config = {
@@ -83,7 +83,7 @@ def measure_once(arch: str, latent: int, images: int, checkpointing: bool, devic
 def _in_fresh_process(arch: str, latent: int, images: int, checkpointing: bool, device: str):
     job = json.dumps([arch, latent, images, checkpointing, device])
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "dspo.bench_activations", "--worker", job]
+    cmd = [sys.executable, "-m", "dspo.bench.activations", "--worker", job]
     done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

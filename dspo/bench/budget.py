@@ -12,7 +12,7 @@ replaced). Every figure is a product of counts from the config and sizes per ite
   Adafactor about none), the trained models (the whole pipeline in the base dtype, or the
   LoRA adapters), the images
   (PNG bytes per pixel, a stated figure) and the score rows.
-- compute: FLOPs per image counted by `dspo.budget_count` (the project's flop counter on the
+- compute: FLOPs per image counted by `dspo.bench.budget_count` (the project's flop counter on the
   meta device; table ``dspo/resources/budget_flops.json``), scaled by pixels from the family's
   native resolution: the cache's VAE encodes, training (per pair: forward + backward of the
   policy on each image it trains on, a no-grad reference forward on each image when the
@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dspo.config_check import entries
-from dspo.experiments import method_config, released_models, trained_models
-from dspo.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
+from dspo.config.check import entries
+from dspo.config.experiments import method_config, released_models, trained_models
+from dspo.bench.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
 from dspo.objectives import get_objective
 
 FLOPS_TABLE = Path(__file__).parent / "resources" / "budget_flops.json"
@@ -209,7 +209,7 @@ def checkpoint_bytes(params: float, optimizer: str) -> float:
 def model_bytes(
     pipeline: float, trained: float, lora: Mapping[str, Any] | None, base: Mapping[str, Any]
 ) -> float:
-    """A trained model as `dspo.policy.save_model` writes it: the whole pipeline in the base
+    """A trained model as `dspo.training.policy.save_model` writes it: the whole pipeline in the base
     model's dtype (full fine-tuning), or the LoRA adapters in float32."""
     return trained * 4 if lora else pipeline * DTYPE_BYTES[base["dtype"]]
 
@@ -339,7 +339,7 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
 def budget(
     config: Mapping[str, Any], gpu: str, utilisation: float, root: Path = Path(".")
 ) -> dict[str, Any]:
-    """The stages with GPU-hours on ``gpu`` (a name in `dspo.flops`' peak table) at
+    """The stages with GPU-hours on ``gpu`` (a name in `dspo.bench.flops`' peak table) at
     ``utilisation`` of its dense bf16 peak, and the totals."""
     peak = dense_bf16_peak(gpu.upper())
     if peak is None:
@@ -386,7 +386,7 @@ def format_budget(result: Mapping[str, Any]) -> str:
         lines += ["", "Compute not counted: FLOPs are counted for the known hub models only."]
     lines += [
         "",
-        "FLOPs: counted per image by `python -m dspo.budget_count` (dspo/resources/"
+        "FLOPs: counted per image by `python -m dspo.bench.budget_count` (dspo/resources/"
         "budget_flops.json), scaled by pixels; images as PNG at "
         f"{PNG_BYTES_PER_PIXEL} bytes a pixel; the largest stages are held at once only if "
         "nothing is deleted between them.",

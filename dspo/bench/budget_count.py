@@ -1,8 +1,8 @@
-"""The counted FLOPs per image behind ``dspo budget``: ``python -m dspo.budget_count``.
+"""The counted FLOPs per image behind ``dspo budget``: ``python -m dspo.bench.budget_count``.
 
 Each family's denoiser and VAE encoder is built from its published configuration on PyTorch's
 ``meta`` device (shapes, no storage, nothing computed) and run once under the project's flop
-counter (`dspo.flops.counted`) on one image at the family's native resolution:
+counter (`dspo.bench.flops.counted`) on one image at the family's native resolution:
 
 - ``forward``: one denoiser forward (a sampling step per image; CFG runs it twice);
 - ``forward_backward``: forward and backward with every weight trained (full fine-tuning);
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from dspo.bench import SD15_ARCHITECTURE
-from dspo.flops import counted
+from dspo.bench.throughput import SD15_ARCHITECTURE
+from dspo.bench.flops import counted
 from dspo.standins.pipelines import SDXL_UNET
 
 TABLE = Path(__file__).parent / "resources" / "budget_flops.json"
@@ -171,7 +171,7 @@ def main(argv: list[str]) -> None:
     for family in argv or list(FAMILIES):
         table[family] = count_family(family)
         print(family, table[family], flush=True)
-    table["_produced_by"] = "python -m dspo.budget_count (dspo.flops.counted on the meta device)"
+    table["_produced_by"] = "python -m dspo.bench.budget_count (dspo.bench.flops.counted on the meta device)"
     TABLE.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
 
 

@@ -2,7 +2,7 @@
 
 The models are built on PyTorch's ``meta`` device, where tensors have shapes and no storage,
 and one optimiser step of each mode runs there under the flop counter: the same step code,
-objective and model wrappers as the timed benchmark (`dspo.bench_modes`), with the loader's
+objective and model wrappers as the timed benchmark (`dspo.bench.modes`), with the loader's
 and the cache's tensors replaced by meta tensors of their shapes. Nothing is computed, so
 SD1.5 at 512 px counts in seconds on a CPU. On the meta device attention is counted through
 its decomposition into matrix products, as the timed CPU run is when it uses the math kernel
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dspo.bench_modes import Batch, Mode, adapt_unet, make_step, upstream_batch
-from dspo.flops import counted
+from dspo.bench.modes import Batch, Mode, adapt_unet, make_step, upstream_batch
+from dspo.bench.flops import counted
 
 if TYPE_CHECKING:
-    from dspo.bench import BenchSpec
+    from dspo.bench.throughput import BenchSpec
 
 META = torch.device("meta")
 
@@ -29,7 +29,7 @@ META = torch.device("meta")
 def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
     from dspo.families import pipeline_family
     from dspo.objectives import ReferenceStats, get_objective
-    from dspo.preference import PreferenceModel
+    from dspo.training.preference import PreferenceModel
 
     unet = adapt_unet(copy.deepcopy(pipe.unet), spec)
     precomputed = name == "ours-pre"
@@ -74,8 +74,8 @@ def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
 
 def count_on_meta(spec: BenchSpec) -> dict[str, Any]:
     """FLOPs per pair of one optimiser step of each mode, counted on the meta device."""
-    from dspo.bench import MODES, WORDS
-    from dspo.models import build_pipeline
+    from dspo.bench.throughput import MODES, WORDS
+    from dspo.families.sd_pipeline import build_pipeline
     from dspo.objectives import get_objective
 
     with META:

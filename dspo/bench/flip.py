@@ -21,7 +21,7 @@ def measure(model: str, pairs_path: str, resolution: int, images: int) -> dict[s
     from dspo.data.cache import load_image
     from dspo.data.pairs import read_pairs
     from dspo.families import load_family
-    from dspo.models import load_pipeline
+    from dspo.families.sd_pipeline import load_pipeline
 
     family = load_family(model)
     pipe = load_pipeline(model, without=(family.denoiser,))

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise NoCuda(
             "gpu-check needs a CUDA GPU and torch sees none (torch.cuda.is_available() is "
             "False). For a dry run of the same stages on tiny stand-ins: "
-            "python -m dspo.gpucheck --device cpu --tiny"
+            "python -m dspo.bench.gpucheck --device cpu --tiny"
         )
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gpu-check-"))
     standins = Path(args.standins)
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         device, lambda: _pairs_and_cache(standins, work, resolution, device)
     )
     report["cache"] = {"seconds": round(seconds, 1), "peak_mib": round(peak)}
-    from dspo.train import train
+    from dspo.training.train import train
 
     latent = resolution // 8
     report["train"] = []
@@ -259,7 +259,7 @@ def _generate_and_score(
 
     from dspo.data.prompts import load_prompt_set
     from dspo.rewards import score_manifest
-    from dspo.sample import generate, load_for_sampling
+    from dspo.generation.sample import generate, load_for_sampling
 
     prompts = load_prompt_set(
         "parti",
@@ -305,7 +305,7 @@ def _generate_and_score(
 
 
 def _bench(device: str, tiny: bool, work: Path) -> dict[str, Any]:
-    from dspo.bench import main as bench
+    from dspo.bench.throughput import main as bench
 
     if tiny:
         argv = ["--arch", "toy", "--latent", "8", "--pairs", "2", "--steps", "1", "--warmup", "1"]
@@ -327,7 +327,7 @@ def _bench(device: str, tiny: bool, work: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dspo.gpucheck", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dspo.bench.gpucheck", description=__doc__)
     parser.add_argument("--standins", default="standins", help="folder of `dspo standins`")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny stand-ins at 64 px (CPU test)")

@@ -1,7 +1,7 @@
 """The two training loops `dspo bench train` times, and the measurement of one of them.
 
 ``ours`` is the trainer's loop: batches from the latent + text-embedding cache, the reference
-from `dspo.preference.PreferenceModel` (a frozen copy, or with LoRA the adapters disabled).
+from `dspo.training.preference.PreferenceModel` (a frozen copy, or with LoRA the adapters disabled).
 ``upstream`` is the loop of the public Diffusion-DPO / DSPO scripts as their launchers run
 it: a `torch.utils.data.DataLoader` whose worker processes decode both JPEGs, resize, crop
 and flip them (redrawn at every visit) and tokenise the caption; the training process then
@@ -10,7 +10,7 @@ Its reference is a second UNet in full fine-tuning and the adapters disabled wit
 the public LoRA script; ``--upstream-reference copy`` holds a second full UNet instead.
 
 Both modes run the same optimiser step: ``accumulation`` micro-batches of the step's rows
-(`dspo.preference.step_rows`), the loss of each divided by their number before its backward
+(`dspo.training.preference.step_rows`), the loss of each divided by their number before its backward
 pass, gradient clipping at 1.0, then AdamW; gradient checkpointing applies to the policy UNet
 in both.
 """
@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dspo.bench import AUTOCAST, ResidentPeak
-from dspo.flops import counted, dense_bf16_peak
-from dspo.seeding import seeded_generator
+from dspo.bench.throughput import AUTOCAST, ResidentPeak
+from dspo.bench.flops import counted, dense_bf16_peak
+from dspo.core.seeding import seeded_generator
 
 if TYPE_CHECKING:
-    from dspo.bench import BenchSpec
-    from dspo.preference import PreferenceModel
+    from dspo.bench.throughput import BenchSpec
+    from dspo.training.preference import PreferenceModel
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # The public Diffusion-DPO launchers pass --dataloader_num_workers=16.
@@ -62,7 +62,7 @@ class Mode:
 
 def micro_rows(spec: BenchSpec, n: int, step: int, micro: int) -> list[int]:
     """The rows of one micro-batch: the trainer's rows for the step, split in order."""
-    from dspo.preference import step_rows
+    from dspo.training.preference import step_rows
 
     local = spec.pairs // spec.accumulation
     return step_rows(n, spec.pairs, spec.seed, step)[micro * local : (micro + 1) * local].tolist()
@@ -102,15 +102,15 @@ def build_ours(
 ) -> Mode:
     """Policy + reference as the trainer builds them, and batches read from the cache.
 
-    ``precomputed``: the reference ran before training (dspo.reference): no reference is
+    ``precomputed``: the reference ran before training (dspo.training.reference): no reference is
     held or run, and each micro-batch reads what the objective uses of it, per pair-visit,
     from memory-mapped files as the trainer does (here of random values: only the time
     counts).
     """
     from dspo.data.cache import load_cache
     from dspo.objectives import get_objective
-    from dspo.preference import PreferenceModel, make_batch
-    from dspo.reference import stats_of
+    from dspo.training.preference import PreferenceModel, make_batch
+    from dspo.training.reference import stats_of
 
     cache = load_cache(root / "cache")
     # As the trainer does under mixed precision: a frozen reference copy in the half dtype.
@@ -208,8 +208,8 @@ def build_upstream(spec: BenchSpec, root: Path, needs_reference: bool) -> Mode:
     import pandas as pd
 
     from dspo.families import pipeline_family
-    from dspo.models import load_pipeline
-    from dspo.preference import PreferenceModel
+    from dspo.families.sd_pipeline import load_pipeline
+    from dspo.training.preference import PreferenceModel
 
     # The public scripts keep the frozen networks in the mixed-precision dtype.
     frozen = getattr(torch, AUTOCAST.get(spec.dtype, "float32"))
@@ -309,7 +309,7 @@ def build_mode(spec: BenchSpec, root: Path, mode: str, needs_reference: bool) ->
 def make_step(spec: BenchSpec, mode: Mode) -> Callable[[int], torch.Tensor]:
     """One optimiser step of ``mode``: accumulate the micro-batches, clip, AdamW; its loss."""
     from dspo.objectives import get_objective, objective_kwargs
-    from dspo.preference import preference_loss
+    from dspo.training.preference import preference_loss
 
     objective = get_objective(spec.method)
     hparams = objective_kwargs(spec.method)

@@ -1,8 +1,8 @@
 """``dspo bench train``: training throughput, counted FLOPs and peak memory, ours and upstream.
 
-Two modes (`dspo.bench_modes`) do the same optimiser steps (AdamW, gradient clipping, optional
+Two modes (`dspo.bench.modes`) do the same optimiser steps (AdamW, gradient clipping, optional
 gradient accumulation and checkpointing) on the same batches of B pairs, with one noise tensor
-and one timestep per pair, through `dspo.preference.preference_loss`:
+and one timestep per pair, through `dspo.training.preference.preference_loss`:
 
 - ``ours``: the trainer's loop, batches read from the latent + text-embedding cache
   (`dspo.data.cache`), built once before the measurement.
@@ -10,11 +10,11 @@ and one timestep per pair, through `dspo.preference.preference_loss`:
   decoded in data-loader worker processes, VAE and text encoder run at every micro-step, the
   reference a second UNet (full fine-tuning) or the disabled adapters (LoRA).
 
-Each mode runs in a fresh worker process (``python -m dspo.bench``), so that its peak memory
+Each mode runs in a fresh worker process (``python -m dspo.bench.throughput``), so that its peak memory
 is its own: on CPU the growth of the process's resident memory over the measurement (the
 kernel's high-water mark, reset after the imports, minus the resident size then); on CUDA
 ``torch.cuda.max_memory_allocated``. Warm-up steps are not timed. After the timed steps one
-more step runs under torch's flop counter (`dspo.flops`): FLOPs per pair, and from them and
+more step runs under torch's flop counter (`dspo.bench.flops`): FLOPs per pair, and from them and
 the time the achieved TFLOP/s (on CUDA also the fraction of the device's dense bf16 peak).
 """
 
@@ -119,7 +119,7 @@ class BenchSpec:
     # With LoRA, how upstream computes the reference: "adapters" disabled, as the public LoRA
     # script does, or "copy", a second full UNet (not what any public script does).
     upstream_reference: str = "adapters"
-    # Also time ours with the reference precomputed (dspo.reference): no reference forward.
+    # Also time ours with the reference precomputed (dspo.training.reference): no reference forward.
     precomputed: bool = False
 
     def __post_init__(self) -> None:
@@ -163,7 +163,7 @@ class BenchSpec:
 
     @property
     def resolved_workers(self) -> int:
-        from dspo.bench_modes import default_workers
+        from dspo.bench.modes import default_workers
 
         return default_workers() if self.workers is None else self.workers
 
@@ -223,7 +223,7 @@ def synthetic_pairs(n: int, resolution: int, seed: int) -> pd.DataFrame:
 def prepare(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
     """Build and save the random-init model, the pair table and (for ``ours``) the cache."""
     from dspo.data.cache import build_cache
-    from dspo.models import build_pipeline
+    from dspo.families.sd_pipeline import build_pipeline
 
     pipe = build_pipeline(spec.architecture, WORDS, seed=spec.seed)
     unet_params = sum(p.numel() for p in pipe.unet.parameters())
@@ -292,7 +292,7 @@ def _memory_measure(device: str) -> str:
 
 def _run_worker(root: Path, mode: str) -> dict[str, Any]:
     out = root / f"result-{mode}.json"
-    cmd = [sys.executable, "-m", "dspo.bench", str(root), mode, str(out)]
+    cmd = [sys.executable, "-m", "dspo.bench.throughput", str(root), mode, str(out)]
     # Loading bars of every worker would bury the table.
     env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, check=False, env=env)
@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
     )
     if args.count_only:
-        from dspo.bench_count import count_on_meta, format_count
+        from dspo.bench.count import count_on_meta, format_count
 
         result = count_on_meta(spec)
         print(format_count(result), flush=True)
@@ -476,13 +476,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _worker_main(argv: list[str]) -> None:
-    """Entry of a worker process: ``python -m dspo.bench ROOT prepare|ours|upstream OUT``."""
+    """Entry of a worker process: ``python -m dspo.bench.throughput ROOT prepare|ours|upstream OUT``."""
     root, mode, out = Path(argv[0]), argv[1], Path(argv[2])
     spec = BenchSpec(**json.loads((root / "spec.json").read_text()))
     if mode == "prepare":
         result = prepare(spec, root)
     else:
-        from dspo.bench_modes import measure
+        from dspo.bench.modes import measure
 
         result = measure(spec, root, mode)
     out.write_text(json.dumps(result))

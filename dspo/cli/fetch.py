@@ -1,4 +1,4 @@
-"""The ``dspo`` sub-commands that download the hub artefacts a config names (dspo.fetch)."""
+"""The ``dspo`` sub-commands that download the hub artefacts a config names (dspo.hub.fetch)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dspo.cli_registry import INPUTS, arg, command, json_mapping, report
+from dspo.cli.registry import INPUTS, arg, command, json_mapping, report
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -32,8 +32,8 @@ def _write_json(path: Path, value: object) -> None:
 )
 def fetch(args: argparse.Namespace) -> None:
     """Download the hub artefacts a config names, pinned, and write their manifest."""
-    from dspo.fetch import Artefact, fetch_artefact, gather_manifest, hub_artefacts
-    from dspo.step_config import workflow_config
+    from dspo.hub.fetch import Artefact, fetch_artefact, gather_manifest, hub_artefacts
+    from dspo.config.step import workflow_config
 
     if (args.configfile is None) == (args.item is None):
         args.subparser.error("give one of --configfile and --item")
@@ -59,7 +59,7 @@ def fetch(args: argparse.Namespace) -> None:
 @command("data", INPUTS, arg("--out", required=True, help="the manifest (JSON)"))
 def fetch_manifest(args: argparse.Namespace) -> None:
     """Join the records of `dspo fetch --item` into one manifest."""
-    from dspo.fetch import gather_manifest
+    from dspo.hub.fetch import gather_manifest
 
     manifest = gather_manifest(json.loads(Path(f).read_text()) for f in args.inputs)
     _write_json(Path(args.out), manifest)

@@ -9,7 +9,7 @@ one line and the package never reads the workflow's config itself.
 ``--config FILE.yaml``, for use by hand. The rule: ``--config`` first, ``--params`` on top,
 the command's setting flags (``dspo train --steps 10``) on top of both; training fills what
 none sets from the ``training`` defaults of config/config.yaml. The result is checked against
-config/schema.yaml before any work starts (`dspo.step_config`); docs/cli.md has examples.
+config/schema.yaml before any work starts (`dspo.config.step`); docs/cli.md has examples.
 
 Heavy libraries are imported inside the sub-commands so that the light steps start fast.
 """
@@ -24,8 +24,9 @@ from typing import Any
 
 # Imported for their commands (the downloads, the report stage and the tools), which
 # register themselves.
-from dspo import cli_fetch, cli_report  # noqa: F401
-from dspo.cli_registry import (
+import dspo.cli.fetch  # noqa: F401
+import dspo.cli.report  # noqa: F401
+from dspo.cli.registry import (
     BASE,
     DEVICE,
     INPUT,
@@ -70,7 +71,7 @@ def toy_world(args: argparse.Namespace) -> None:
 def pretrain_base(args: argparse.Namespace) -> None:
     """Pre-train the toy world's base model (a tiny SD-shaped pipeline)."""
     setup_torch(args.threads)
-    from dspo.pretrain import pretrain_toy_base
+    from dspo.toy.pretrain import pretrain_toy_base
 
     report(pretrain_toy_base(args.world, args.params, Path(args.out), Path(args.metrics)))
 
@@ -229,7 +230,7 @@ def cache_gather(args: argparse.Namespace) -> None:
 def reference_part(args: argparse.Namespace) -> None:
     """Compute part --part of reference.shards of a method's reference outputs (no autograd)."""
     setup_torch(args.threads)
-    from dspo.reference import compute_part
+    from dspo.training.reference import compute_part
 
     p = args.params
     report(
@@ -249,7 +250,7 @@ def reference_part(args: argparse.Namespace) -> None:
 @command("train", INPUTS, OUT)
 def reference_gather(args: argparse.Namespace) -> None:
     """Join a method's reference parts into one folder; report its bytes per pair-visit."""
-    from dspo.reference import gather
+    from dspo.training.reference import gather
 
     report(gather([Path(p) for p in args.inputs], Path(args.out)))
 
@@ -273,7 +274,7 @@ def reference_gather(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace) -> None:
     """Fine-tune the base model with one method."""
     setup_torch(args.threads)
-    from dspo.train import train as run_training
+    from dspo.training.train import train as run_training
 
     out = Path(args.out)
     report(
@@ -296,7 +297,7 @@ def train(args: argparse.Namespace) -> None:
 )
 def import_model(args: argparse.Namespace) -> None:
     """Import a released model (pipeline, denoiser folder or LoRA weights) without training."""
-    from dspo.released import import_model as run_import
+    from dspo.hub.released import import_model as run_import
 
     report(run_import(args.model, args.base, Path(args.out)))
 
@@ -330,8 +331,8 @@ def generate(args: argparse.Namespace) -> None:
     The prompt sets and the edits share one job, so the model and libraries load once per
     model (on the toy world, loading took longer than sampling a set).
     """
-    from dspo.edit import edit as run_editing
-    from dspo.sample import generate as run_generation
+    from dspo.generation.edit import edit as run_editing
+    from dspo.generation.sample import generate as run_generation
 
     _same_count("--prompts", args.prompts, "--out", args.out)
     jobs = [
@@ -359,7 +360,7 @@ def _make_images(
     setup_torch(args.threads)
     import pandas as pd
 
-    from dspo.sample import load_for_sampling, run_key, sampling_dtype, write_manifest
+    from dspo.generation.sample import load_for_sampling, run_key, sampling_dtype, write_manifest
 
     p = args.params
     dtype = sampling_dtype(p.get("dtype", "float32"), args.device)
@@ -413,8 +414,8 @@ def score(args: argparse.Namespace) -> None:
 
     import pandas as pd
 
-    from dspo.files import write_bytes_atomic
-    from dspo.image_keys import check_manifest_images
+    from dspo.core.files import write_bytes_atomic
+    from dspo.core.image_keys import check_manifest_images
     from dspo.rewards import score_manifests
 
     paths = [Path(m) for m in args.manifest]
@@ -443,7 +444,7 @@ def _same_count(flag: str, values: list[str], out_flag: str, outs: list[str]) ->
 
 def _step_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The step's settings: --config, then --params, then the setting flags, checked."""
-    from dspo.step_config import Source, read_config_file, resolve
+    from dspo.config.step import Source, read_config_file, resolve
 
     sources = []
     if args.config:
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         # Said by the sub-command's parser, so that the message shows its usage.
         args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.step:
-        from dspo.step_config import StepConfigError
+        from dspo.config.step import StepConfigError
 
         try:
             args.params = _step_settings(args)
@@ -476,8 +477,8 @@ def main(argv: list[str] | None = None) -> None:
         # Bad input is the user's to fix: say what is wrong without a traceback.
         sys.exit(f"dspo {args.command}: error: {err}")
     except OSError as err:
-        # So is a full disk (dspo.files names the path and the space needed).
-        from dspo.files import DiskFull
+        # So is a full disk (dspo.core.files names the path and the space needed).
+        from dspo.core.files import DiskFull
 
         if not isinstance(err, DiskFull):
             raise
@@ -485,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as err:
         # A training job stopped by a signal has saved a checkpoint: exit non-zero, so the
         # workflow's retry resumes it, with no traceback.
-        from dspo.guards import Preempted
+        from dspo.training.guards import Preempted
 
         if not isinstance(err, Preempted):
             raise

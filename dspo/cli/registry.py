@@ -7,7 +7,7 @@ the options it takes (``arg(...)``, the arguments of ``add_argument``)::
     def score(args): ...
 
 ``config=STEP`` gives the command ``--config FILE.yaml`` and ``--params JSON``, merged with
-its ``setting(...)`` flags and checked by `dspo.step_config` into ``args.params`` before the
+its ``setting(...)`` flags and checked by `dspo.config.step` into ``args.params`` before the
 function runs. ``dspo --help`` lists the commands by stage, in the workflow's order.
 """
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from dspo.cli_registry import OUT, PARAMS, arg, command, json_mapping, report, setup_torch, threads
+from dspo.cli.registry import OUT, PARAMS, arg, command, json_mapping, report, setup_torch, threads
 
 
 @command(
@@ -168,20 +168,20 @@ def bench(args: argparse.Namespace) -> None:
     a training step's memory per image (activations); whether a VAE's latents mirror as its
     images do (flip)."""
     if args.what == "memory":
-        from dspo.bench_memory import main as run_memory
+        from dspo.bench.memory import main as run_memory
 
         sys.exit(run_memory(args.options))
     if args.what == "activations":
-        from dspo.bench_activations import main as run_activations
+        from dspo.bench.activations import main as run_activations
 
         run_activations(args.options)
         return
     if args.what == "flip":
-        from dspo.bench_flip import main as run_flip
+        from dspo.bench.flip import main as run_flip
 
         run_flip(args.options)
         return
-    from dspo.bench import main as run_bench
+    from dspo.bench.throughput import main as run_bench
 
     run_bench(args.options)
 
@@ -203,9 +203,9 @@ def bench(args: argparse.Namespace) -> None:
 def budget(args: argparse.Namespace) -> None:
     """Disk and GPU-hours per stage of a config (source, tables, caches, checkpoints, models,
     images, scores), from counted FLOPs and per-item sizes, before anything runs."""
-    from dspo.budget import budget as compute_budget
-    from dspo.budget import format_budget
-    from dspo.step_config import workflow_config
+    from dspo.bench.budget import budget as compute_budget
+    from dspo.bench.budget import format_budget
+    from dspo.config.step import workflow_config
 
     result = compute_budget(workflow_config(args.configfile), args.gpu, args.utilisation)
     print(json.dumps(result, indent=2) if args.json else format_budget(result), flush=True)

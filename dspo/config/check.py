@@ -204,7 +204,7 @@ def _check_rewards(rewards: Mapping[str, Any], root: Path) -> list[str]:
 
 def _check_trackers(config: Mapping[str, Any]) -> list[str]:
     """Each named tracker (shared or a method's own) must be installed."""
-    from dspo.tracking import tracker_problem
+    from dspo.training.tracking import tracker_problem
 
     places = {"training": config["training"]}
     for name, entry in entries(config["methods"]).items():
@@ -240,13 +240,13 @@ def _check_tables(config: Mapping[str, Any]) -> list[str]:
 
 
 def _check_released(config: Mapping[str, Any], root: Path) -> list[str]:
-    from dspo.experiments import released_problems
+    from dspo.config.experiments import released_problems
 
     return released_problems(config, root)
 
 
 def _check_sweeps(config: Mapping[str, Any]) -> list[str]:
-    from dspo.experiments import sweep_problems
+    from dspo.config.experiments import sweep_problems
     from dspo.objectives import OBJECTIVES, _hyper_defaults
 
     def accepted(objective: str) -> list[str]:

@@ -15,7 +15,7 @@ Tables report each *group* (a method, or a sweep point) as the mean over its rep
 scores of a model carry its group and replicate (``group_of``).
 
 A method entry with ``model: SOURCE`` (a hub id or a local folder) names a *released* model:
-it is imported (``dspo.released``), sampled and scored like the others, but never trained, so
+it is imported (``dspo.hub.released``), sampled and scored like the others, but never trained, so
 it has no objective, hyper-parameters, training settings or replicates (``released_models``).
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspo.config_check import entries
+from dspo.config.check import entries
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def released_problems(config: Mapping[str, Any], root: Any) -> list[str]:
     a released model with training settings or replicates, a sweep of a released model, and
     a released model that is neither an existing local folder nor a hub id (relative to
     ``root``), each naming its key."""
-    from dspo.config_check import is_hub_id
+    from dspo.config.check import is_hub_id
 
     problems = []
     released = released_models(config)

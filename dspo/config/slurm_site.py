@@ -1,7 +1,7 @@
 """What a site changes in the SLURM profile's requests, read from environment variables.
 
 workflow/profiles/slurm/config.yaml calls these functions in its resource expressions (as
-``__import__('dspo.slurm_site').slurm_site.NAME(...)``), so that a site sets variables
+``__import__('dspo.config.slurm_site').slurm_site.NAME(...)``), so that a site sets variables
 instead of editing the profile. A function returns ``None`` for a request left to the
 cluster: Snakemake then leaves the resource unset and the SLURM plugin adds no option for it.
 docs/cluster.md lists the variables.

@@ -122,7 +122,7 @@ def _tables_schema() -> dict[str, Any]:
             "paper_tables": evaluation["tables"],
             "groups": {
                 "type": "object",
-                "description": "each trained model's [group, replicate] (dspo.experiments)",
+                "description": "each trained model's [group, replicate] (dspo.config.experiments)",
             },
             "sweeps": {"type": "object", "description": "each sweep's method, keys and points"},
         },
@@ -180,7 +180,7 @@ def _is_number(text: str) -> bool:
 
 def _objective_problems(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The objective's hyper-parameters (``params``) checked as the workflow checks them."""
-    from dspo.config_check import _check_objectives
+    from dspo.config.check import _check_objectives
 
     problems = [p.removeprefix("methods.method.") for p in _check_objectives({"method": settings})]
     return [tuple(p.split(": ", 1)) for p in problems]

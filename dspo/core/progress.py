@@ -5,7 +5,7 @@ Snakemake log (.snakemake/log/) for the jobs it started, finished or lost, and s
 the last progress bar its log holds (tqdm: step/total, elapsed<remaining) and, for training,
 the last record of its metrics.jsonl (step, loss). ``--watch SECONDS`` refreshes.
 
-    python -m dspo.progress [--workdir DIR] [--all] [--watch SECONDS]
+    python -m dspo.core.progress [--workdir DIR] [--all] [--watch SECONDS]
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def report(workdir: Path, show_all: bool = False, now: float | None = None) -> s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dspo.progress",
+        prog="python -m dspo.core.progress",
         description="Each running job of the newest Snakemake run with its latest progress.",
     )
     parser.add_argument("--workdir", type=Path, default=Path("."), help="the run's directory")

@@ -32,8 +32,8 @@ from dspo.data.pairs import (
 )
 from dspo.families import pipeline_family
 from dspo.families.base import Family
-from dspo.files import part_folder, png_bytes
-from dspo.sample import initial_noise, load_for_sampling
+from dspo.core.files import part_folder, png_bytes
+from dspo.generation.sample import initial_noise, load_for_sampling
 
 
 def drop_words(

@@ -26,7 +26,7 @@ from dspo.data.pairs import (
     check_canonical,
     read_part_records,
 )
-from dspo.files import part_folder, write_json_atomic
+from dspo.core.files import part_folder, write_json_atomic
 
 
 def nodup_rows(prompt_ids: np.ndarray, seed: int) -> np.ndarray:

@@ -107,7 +107,7 @@ class Family(ABC):
                 out_dir, **{f"{self.denoiser}_lora_layers": layers}
             )
             return
-        from dspo.models import load_pipeline
+        from dspo.families.sd_pipeline import load_pipeline
 
         pipe = load_pipeline(base_model)
         setattr(pipe, self.denoiser, denoiser.to(torch.float32))

@@ -12,7 +12,7 @@ What the config names (:func:`hub_artefacts`), each an :class:`Artefact` named b
   named split only (:func:`hub_source_files`): parquet files or webdataset tars;
 - ``prompt_set.<name>`` of ``kind: hpsv2`` with an ``id``: the four benchmark JSON files;
 - ``released.<name>``: a released model a method entry names (``methods.<name>.model``, a hub
-  id): the files :mod:`dspo.released` imports (:func:`released_files`);
+  id): the files :mod:`dspo.hub.released` imports (:func:`released_files`);
 - ``reward.<name>.<key>``: reward models and their processors or tokenizers (config and
   tokenizer files, and the weights in one format: safetensors when the repo has them), and
   reward files (``checkpoint``, ``med_config``) of a hub ``repo``; defaults as the loaders'.
@@ -41,10 +41,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dspo.config_check import entries, is_hub_id
+from dspo.config.check import entries, is_hub_id
 from dspo.data.split_files import DATA_SUFFIXES, repo_split_files
-from dspo.experiments import released_models
-from dspo.released import DENOISERS, LORA_WEIGHTS, MODEL_INDEX
+from dspo.config.experiments import released_models
+from dspo.hub.released import DENOISERS, LORA_WEIGHTS, MODEL_INDEX
 
 # Weights transformers and diffusers load (one file, or shards with an index), and the small
 # files beside them (configs, tokenizer and processor files, sentencepiece models).
@@ -55,7 +55,7 @@ _INDEX = re.compile(
     r"^(diffusion_pytorch_model|model|pytorch_model)\.(safetensors|bin)\.index\.json$"
 )
 _SMALL_SUFFIXES = (".json", ".txt", ".model")
-# Pipeline components never loaded (dspo.models passes safety_checker=None).
+# Pipeline components never loaded (dspo.families.sd_pipeline passes safety_checker=None).
 _SKIPPED_COMPONENTS = ("safety_checker",)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -65,7 +65,7 @@ class Artefact:
     """One hub repository and how to choose its files (``what``).
 
     ``what``: ``pipeline`` (a diffusers pipeline), ``released`` (a released model, in any
-    layout :mod:`dspo.released` reads), ``model`` (a transformers model folder:
+    layout :mod:`dspo.hub.released` reads), ``model`` (a transformers model folder:
     small files and weights), ``processor`` (small files only), ``files`` (exactly
     ``files``) or ``split`` (the data files of ``split``).
     """
@@ -225,7 +225,7 @@ def pipeline_files(listing: Sequence[str], model_index: Mapping[str, Any]) -> li
 
 
 def released_files(listing: Sequence[str], model_index: Mapping[str, Any] | None) -> list[str]:
-    """What :func:`dspo.released.import_model` reads of a released model's repo: a whole
+    """What :func:`dspo.hub.released.import_model` reads of a released model's repo: a whole
     pipeline's files; else the denoiser folder (``unet/`` or ``transformer/``); else the LoRA
     weights file. Other files (data, images, notes) are not fetched."""
     if model_index is not None:

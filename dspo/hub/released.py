@@ -9,7 +9,7 @@ the tables treat it like any other model. Three layouts are recognised, by their
   ``model_index.json``): the base pipeline's other parts are combined with it, as the released
   Diffusion-DPO and Diffusion-KTO checkpoints are meant to be used;
 - LoRA weights (``pytorch_lora_weights.safetensors``): copied; sampling fuses them onto the
-  base model (``dspo.sample.load_for_sampling``).
+  base model (``dspo.generation.sample.load_for_sampling``).
 
 Files are copied byte for byte (no load and save), so the imported weights equal the source's.
 The import records its source, layout and the source's content key in ``released.json``.
@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dspo.content import content_key, write_content_record
+from dspo.core.content import content_key, write_content_record
 
 MODEL_INDEX = "model_index.json"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dspo import toy
-from dspo.content import write_content_record
+from dspo.core.content import write_content_record
 from dspo.families import family_class
 from dspo.families.sd import SDFamily
 
@@ -213,7 +213,7 @@ def pretrain_toy_base(
         "seconds": round(time.time() - started, 1),
     }
     (out_dir / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    # SHA-256 of every file, once, now: the folder's content key (dspo.content) then changes
+    # SHA-256 of every file, once, now: the folder's content key (dspo.core.content) then changes
     # whenever the base is rebuilt in place, and resumed training and images follow it.
     write_content_record(out_dir)
     return summary

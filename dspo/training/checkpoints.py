@@ -2,9 +2,9 @@
 
 A checkpoint is resumed only by the run that wrote it. Its fingerprint covers what shapes the
 trained weights, by part: the trajectory-relevant config, the *contents* of what the run read
-(the base model's content key, see :mod:`dspo.content`; the cache's manifest, which holds
+(the base model's content key, see :mod:`dspo.core.content`; the cache's manifest, which holds
 every shard's SHA-256), and the code the training step runs: the package version and the
-source of ``dspo.train`` and every ``dspo`` module it imports (:data:`TRAINING_ENTRY`; not
+source of ``dspo.training.train`` and every ``dspo`` module it imports (:data:`TRAINING_ENTRY`; not
 evaluation, rewards, reporting, the CLI or tooling). A rebuilt base model at the same path, a
 rebuilt cache or an edited objective therefore start afresh; an edited evaluation module does
 not. ``training.resume_across_code_change`` resumes when only the code differs.
@@ -42,9 +42,9 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from dspo.content import combined_key, file_sha256
-from dspo.files import write_json_atomic
-from dspo.fingerprint import describe_change, fingerprint_details, only_code_differs
+from dspo.core.content import combined_key, file_sha256
+from dspo.core.files import write_json_atomic
+from dspo.training.fingerprint import describe_change, fingerprint_details, only_code_differs
 
 STATE = "state.json"
 FINISHED = "finished.json"

@@ -1,9 +1,9 @@
 """Checkpoint fingerprints: what shapes a run's trained weights, by part, and what changed.
 
-A training checkpoint (:mod:`dspo.checkpoints`) and a precomputed reference
-(:mod:`dspo.reference`) are valid only for the run they were made for. Their fingerprint has
+A training checkpoint (:mod:`dspo.training.checkpoints`) and a precomputed reference
+(:mod:`dspo.training.reference`) are valid only for the run they were made for. Their fingerprint has
 four parts: the trajectory-relevant config (every key but :data:`RESUME_NEUTRAL`), the base
-model's content key (:mod:`dspo.content`), the cache's manifest (every shard's SHA-256), and
+model's content key (:mod:`dspo.core.content`), the cache's manifest (every shard's SHA-256), and
 the code the training step runs: the package version and the source of :data:`TRAINING_ENTRY`
 and every ``dspo`` module it imports, transitively (evaluation, rewards, reporting, the CLI
 and tooling are not among them). Besides the parts' keys a checkpoint records the details
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import dspo
-from dspo.content import combined_key, content_key, source_files, source_hashes, source_key
+from dspo.core.content import combined_key, content_key, source_files, source_hashes, source_key
 
 # Keys that do not change the training trajectory up to a given step: a checkpoint stays
 # valid when only these change (e.g. more steps resume a finished run's last checkpoint; a
@@ -41,8 +41,8 @@ RESUME_NEUTRAL = frozenset(
     }
 )
 # The training step: its module and every dspo module it imports are the code a checkpoint
-# depends on (dspo.content.imported_modules), and nothing else of the package.
-TRAINING_ENTRY = "dspo.train"
+# depends on (dspo.core.content.imported_modules), and nothing else of the package.
+TRAINING_ENTRY = "dspo.training.train"
 # What each fingerprint part is called in the log when it differs.
 PART_NAMES = {
     "config": "the training config",

@@ -8,7 +8,7 @@ started, over the rerun's. So the trainer notes its parent when it starts and, a
 boundary, checks that its parent is still that process (the kernel changes a process's
 parent the moment the parent dies).
 
-Under a launcher (``python -m dspo.launch``, which the train rule uses; ``accelerate launch``,
+Under a launcher (``python -m dspo.training.launch``, which the train rule uses; ``accelerate launch``,
 ``torchrun``) the parent is the launcher, which
 starts one trainer process per GPU, and the job is the launcher's parent: both links are
 checked. The launcher's parent is read from ``/proc`` (Linux); elsewhere only the first link
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Programs that start the trainer processes on the job's behalf: the script or module name
-# in their command line (``python -m dspo.launch``, ``accelerate launch``, ``torchrun``,
+# in their command line (``python -m dspo.training.launch``, ``accelerate launch``, ``torchrun``,
 # ``python -m torch.distributed.run``).
 LAUNCHERS = frozenset(
-    {"dspo.launch", "accelerate", "torchrun", "torch.distributed.run", "torch.distributed.launch"}
+    {"dspo.training.launch", "accelerate", "torchrun", "torch.distributed.run", "torch.distributed.launch"}
 )
 
 

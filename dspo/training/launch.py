@@ -1,6 +1,6 @@
 """Start the training processes of one node and see them through a stop signal.
 
-``python -m dspo.launch [options] -- train ARGS`` runs ``dspo train ARGS`` as
+``python -m dspo.training.launch [options] -- train ARGS`` runs ``dspo train ARGS`` as
 ``--procs-per-node`` processes joined into one process group with those of the other nodes.
 It replaces ``accelerate launch``, whose torch elastic agent forwards SIGTERM to the workers
 and SIGKILLs them 30 s later (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``; pytorch/pytorch#119856),
@@ -11,7 +11,7 @@ long before a large checkpoint is written. Here:
   ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
 - TERM, USR1, INT and HUP sent to the launcher go to every worker, and the launcher waits for
   all of them however long their checkpoint takes (only SLURM's own kill ends them); the
-  trainer agrees across ranks on the step to stop after (`dspo.train`);
+  trainer agrees across ranks on the step to stop after (`dspo.training.train`);
 - no accelerate config file is read, and the caller's ``ACCELERATE_*`` variables are dropped,
   so a user's ``~/.cache/huggingface/accelerate/default_config.yaml`` or exported default
   cannot change a run;
@@ -163,7 +163,7 @@ def launch(
     topo: Topology,
     cpu: bool = False,
     grace: float = 60.0,
-    module: str = "dspo.cli",
+    module: str = "dspo.cli.commands",
 ) -> int:
     """Run ``python -m MODULE ARGV`` (``dspo ARGV``) as this node's processes; their exit
     status (see the module's doc)."""
@@ -185,7 +185,7 @@ def launch(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m dspo.launch",
+        prog="python -m dspo.training.launch",
         description="Run a dspo command as one process per GPU, on one node or several.",
     )
     parser.add_argument("--procs-per-node", type=int, default=1, help="processes on this node")
@@ -198,7 +198,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cpu", action="store_true", help="gloo on the CPU (no CUDA)")
     parser.add_argument("--grace", type=float, default=60.0, help="see the module's doc")
-    parser.add_argument("--module", default="dspo.cli", help="what each process runs")
+    parser.add_argument("--module", default="dspo.cli.commands", help="what each process runs")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the dspo command")
     args = parser.parse_args(argv)
     args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         topo = topology(args)
     except (ValueError, subprocess.CalledProcessError) as err:
-        sys.exit(f"dspo.launch: error: {err}")
+        sys.exit(f"dspo.training.launch: error: {err}")
     sys.exit(launch(args.command, topo, cpu=args.cpu, grace=args.grace, module=args.module))
 
 

@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from diffusers import ModelMixin
 
-from dspo.content import write_content_record
+from dspo.core.content import write_content_record
 from dspo.data.cache import PairCache
 from dspo.families import load_family
 from dspo.families.base import Family
-from dspo.model_card import write_model_card
+from dspo.training.model_card import write_model_card
 from dspo.objectives import Objective
-from dspo.preference import PreferenceModel
-from dspo.train_settings import TrainSettings
+from dspo.training.preference import PreferenceModel
+from dspo.training.settings import TrainSettings
 
 # The model folder's record of the run that wrote it: its resolved config and summary.
 MODEL_CONFIG = "dspo_config.json"
@@ -125,7 +125,7 @@ def write_model_folder(
     folder: Path,
 ) -> None:
     """The trained model (:func:`save_model`), its record, its card and, last, its content
-    record, which makes the folder's content key (:mod:`dspo.content`) its files' hash."""
+    record, which makes the folder's content key (:mod:`dspo.core.content`) its files' hash."""
     save_model(denoiser, family, settings, base_model, folder)
     (folder / MODEL_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     write_model_card(folder, card, base_model, data)

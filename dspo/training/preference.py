@@ -2,7 +2,7 @@
 
 Batches, noise and timesteps are pure functions of (seed, step, place in the step), so a
 resumed run continues exactly where it left off and the same effective batch trains alike on
-one process or several (see :mod:`dspo.train` for the loop).
+one process or several (see :mod:`dspo.training.train` for the loop).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from diffusers import ModelMixin
 from dspo.data.cache import PairCache
 from dspo.families.base import Conditions, Family
 from dspo.objectives import Objective, ReferenceStats
-from dspo.seeding import seeded_generator
+from dspo.core.seeding import seeded_generator
 
 
 def step_rows(n: int, pairs_per_step: int, seed: int, step: int) -> torch.Tensor:
@@ -163,7 +163,7 @@ class NoisedInputs:
 
 
 def noised_inputs(batch: Mapping[str, Any], objective: Objective, family: Family) -> NoisedInputs:
-    """Noise a batch of pairs as the objective needs it (also what dspo.reference replays).
+    """Noise a batch of pairs as the objective needs it (also what dspo.training.reference replays).
 
     Each image is conditioned on the preferred prompt and on its own image conditions.
     """
@@ -186,7 +186,7 @@ def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams
     """Noise a batch of pairs, run policy/reference, and evaluate the objective.
 
     ``batch["reference"]``, when present, is the reference's output computed before training
-    (:class:`ReferenceStats`, from dspo.reference): no reference forward runs then. Errors are
+    (:class:`ReferenceStats`, from dspo.training.reference): no reference forward runs then. Errors are
     taken in the family's target space, or in noise space when the family is set to
     ``noise_form`` (docs/objectives.md).
     """
@@ -204,7 +204,7 @@ def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams
         rejected = conditions(batch, family, ("l",), ("l",))
         target = torch.cat([ref[:n], model.ref(inputs.x[n:], inputs.t[n:], rejected)])
     if isinstance(ref, ReferenceStats):
-        # A precomputed reference was stored in the form the loss takes (dspo.reference).
+        # A precomputed reference was stored in the form the loss takes (dspo.training.reference).
         pred, _, target = family.objective_inputs(pred, None, target, inputs.t)
     else:
         pred, ref, target = family.objective_inputs(pred, ref, target, inputs.t)

@@ -1,7 +1,7 @@
 """The frozen reference's outputs, computed before training along the trainer's own batches.
 
 Every pair a run will see, at every visit, is a pure function of (seed, step, place in the
-step): its rows, prompt dropout, noise and timestep (:mod:`dspo.preference`). So the
+step): its rows, prompt dropout, noise and timestep (:mod:`dspo.training.preference`). So the
 reference, which never changes, can run in a job of its own, with no autograd and several
 of the trainer's micro-batches per forward, scattered over GPUs like the cache; training
 then runs no reference forward at all, and full fine-tuning holds no reference copy.
@@ -38,13 +38,13 @@ import torch
 from tqdm.auto import tqdm
 
 from dspo.families.base import Family
-from dspo.files import PART_RECORD, part_folder
-from dspo.fingerprint import PART_NAMES, fingerprint_parts
+from dspo.core.files import PART_RECORD, part_folder
+from dspo.training.fingerprint import PART_NAMES, fingerprint_parts
 from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
-from dspo.policy import switch
-from dspo.preference import make_batch, noised_inputs, step_rows
-from dspo.seeding import seeded_generator
-from dspo.train_settings import REFERENCE_STORAGE, TrainSettings
+from dspo.training.policy import switch
+from dspo.training.preference import make_batch, noised_inputs, step_rows
+from dspo.core.seeding import seeded_generator
+from dspo.training.settings import REFERENCE_STORAGE, TrainSettings
 
 MANIFEST = "reference.json"
 # The training config that fixes the batches the reference sees; nothing else matters to it.

@@ -9,7 +9,7 @@ file.
 
 The model is written to a hidden folder beside its destination and put in place whole
 (:func:`write_model`) only if, at that moment, this trainer still holds its run folder's lock,
-its job is still there (:mod:`dspo.job_watch`) and the destination does not hold a model of
+its job is still there (:mod:`dspo.training.job_watch`) and the destination does not hold a model of
 a run that started later. So a trainer left running after its job was killed never
 overwrites the model of the rerun that replaced it.
 """
@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dspo.files import replace_folder, space_for
-from dspo.guards import Preempted
-from dspo.job_watch import JobWatch
+from dspo.core.files import replace_folder, space_for
+from dspo.training.guards import Preempted
+from dspo.training.job_watch import JobWatch
 
 LOCK = "trainer.lock"
 # The key of the model record (``dspo_config.json``) that says which run wrote the model.
@@ -134,7 +134,7 @@ def write_model(
     """Have ``write`` fill a folder beside ``out_dir`` and put it at ``out_dir`` whole, only if
     this run still owns it (:func:`check_owner`, before and after writing).
 
-    When it does not, or the disk fills (:class:`dspo.files.DiskFull`), ``out_dir`` is left
+    When it does not, or the disk fills (:class:`dspo.core.files.DiskFull`), ``out_dir`` is left
     as it was and the partial folder is removed.
     """
     check_owner(lock, out_dir, record_name)

@@ -1,6 +1,6 @@
 """A training run's settings, typed and checked once, before any model is loaded.
 
-The workflow hands `dspo train` one method's resolved config (`dspo.experiments.method_config`:
+The workflow hands `dspo train` one method's resolved config (`dspo.config.experiments.method_config`:
 the `training` slice with the method's overrides, plus its objective, params, data and LoRA).
 :meth:`TrainSettings.from_config` turns that mapping into the values the trainer reads, and
 refuses a missing, unknown or out-of-range key by its name, so that a hand-written config fails
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from dspo.optimisation import LR_SCHEDULES, MIXED_PRECISIONS, OPTIMIZERS, OptimiserSettings
-from dspo.tracking import REPORT_TO, tracker_problem
+from dspo.training.optimisation import LR_SCHEDULES, MIXED_PRECISIONS, OPTIMIZERS, OptimiserSettings
+from dspo.training.tracking import REPORT_TO, tracker_problem
 
 # Read by the trainer and required; the schema gives every one a default.
 REQUIRED = (

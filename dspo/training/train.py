@@ -7,16 +7,16 @@ comparable), runs the policy (and the frozen reference when the objective needs 
 Batches, noise and timesteps are pure functions of (seed, step, place in the step), so a job
 that is killed and rerun resumes from its last checkpoint and continues exactly where it left
 off, and the same effective batch trains alike on one process or several (the data and loss
-of a step are in `dspo.preference`).
+of a step are in `dspo.training.preference`).
 
 It never returns a wrong model silently: checkpoints are resumed only by the run that wrote
-them (`dspo.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1/SIGINT save a
-checkpoint before exiting (`dspo.guards`), and the learning rate follows the step, once per
+them (`dspo.training.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1/SIGINT save a
+checkpoint before exiting (`dspo.training.guards`), and the learning rate follows the step, once per
 optimiser step, however many processes train.
 
-What it shows while it runs: metrics every ``log_every`` steps (`dspo.run_metrics`),
-validation images of fixed prompts every ``validate_every`` steps (`dspo.validation`, which
-leaves the trajectory untouched), both also in the tracker (`dspo.tracking`).
+What it shows while it runs: metrics every ``log_every`` steps (`dspo.training.metrics`),
+validation images of fixed prompts every ``validate_every`` steps (`dspo.training.validation`, which
+leaves the trajectory untouched), both also in the tracker (`dspo.training.tracking`).
 """
 
 from __future__ import annotations
@@ -35,29 +35,29 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from dspo import checkpoints as ckpt
+from dspo.training import checkpoints as ckpt
 from dspo.data.cache import PairCache, load_cache
-from dspo.files import folder_bytes, space_for
-from dspo.fingerprint import fingerprint_details, fingerprint_parts
-from dspo.guards import (
+from dspo.core.files import folder_bytes, space_for
+from dspo.training.fingerprint import fingerprint_details, fingerprint_parts
+from dspo.training.guards import (
     DivergenceError,
     Preempted,
     StopSignals,
     check_weights_finite,
     first_nonfinite,
 )
-from dspo.job_watch import JobWatch
+from dspo.training.job_watch import JobWatch
 from dspo.objectives import get_objective, objective_kwargs
-from dspo.optimisation import make_optimizer, resolve_mixed_precision, set_learning_rate
-from dspo.policy import MODEL_CONFIG, build_model, use_tf32, write_model_folder
-from dspo.preference import PreferenceModel, make_batch, micro_batch_start, step_rows
-from dspo.reference import PrecomputedReference, reference_parts
-from dspo.run_lock import RunLock, held, run_record, write_model
-from dspo.run_metrics import append_metrics, mean_over, restart_metrics
-from dspo.seeding import seeded_generator
-from dspo.tracking import log_images, new_run_id, start_trackers
-from dspo.train_settings import TrainSettings
-from dspo.validation import (
+from dspo.training.optimisation import make_optimizer, resolve_mixed_precision, set_learning_rate
+from dspo.training.policy import MODEL_CONFIG, build_model, use_tf32, write_model_folder
+from dspo.training.preference import PreferenceModel, make_batch, micro_batch_start, step_rows
+from dspo.training.reference import PrecomputedReference, reference_parts
+from dspo.training.run_lock import RunLock, held, run_record, write_model
+from dspo.training.metrics import append_metrics, mean_over, restart_metrics
+from dspo.core.seeding import seeded_generator
+from dspo.training.tracking import log_images, new_run_id, start_trackers
+from dspo.training.settings import TrainSettings
+from dspo.training.validation import (
     ValidationSettings,
     Validator,
     is_due,
@@ -110,8 +110,8 @@ def train(
     :class:`DivergenceError` on non-finite numbers and :class:`Preempted` after SIGTERM,
     SIGUSR1 or SIGINT, or once the job that started it is gone (a checkpoint written); in
     these cases no model is written. One trainer at a time holds ``run_dir``
-    (:mod:`dspo.run_lock`). ``reference_dir`` holds the reference's outputs computed before
-    training (:mod:`dspo.reference`): no reference forward runs and no reference copy is held.
+    (:mod:`dspo.training.run_lock`). ``reference_dir`` holds the reference's outputs computed before
+    training (:mod:`dspo.training.reference`): no reference forward runs and no reference copy is held.
     """
     settings = TrainSettings.from_config(cfg)
     watch = JobWatch.start()
@@ -164,7 +164,7 @@ class TrainingRun:
         self.accumulation = accumulation_steps(
             settings.pairs_per_step, settings.local_pairs, self.processes
         )
-        # What a checkpoint must match to be resumed (dspo.checkpoints).
+        # What a checkpoint must match to be resumed (dspo.training.checkpoints).
         self.parts = fingerprint_parts(settings.resolved, self.base_model, cache.manifest)
         self.start_step, self.skipped = 0, 0
         self.last_checkpoint: Path | None = None
@@ -399,7 +399,7 @@ class TrainingRun:
 
     def finish(self, out_dir: Path, lock: RunLock | None) -> dict[str, Any]:
         """Write the model, its record and card (main process, which holds ``lock``, if this
-        run still owns its folder: :func:`dspo.run_lock.write_model`); drop the checkpoints."""
+        run still owns its folder: :func:`dspo.training.run_lock.write_model`); drop the checkpoints."""
         accelerator, settings = self.accelerator, self.settings
         accelerator.wait_for_everyone()
         summary = {

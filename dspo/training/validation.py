@@ -1,7 +1,7 @@
 """Validation images while training: fixed prompts and seeds sampled with the current policy.
 
 Every ``validate_every`` steps and at the end, the main process samples the configured prompts
-from the same initial noise each time (:func:`dspo.sample.initial_noise`, as evaluation does),
+from the same initial noise each time (:func:`dspo.generation.sample.initial_noise`, as evaluation does),
 so the images of one run differ between steps only by what training changed. Each call
 saves a strip (one column per prompt and seed) as ``{run_dir}/validation/step_{N:06d}.png``
 and records it in ``index.json``.
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dspo.files import write_json_atomic
+from dspo.core.files import write_json_atomic
 
 # torch, diffusers and the sampler load in the functions that sample: the training view
 # only reads the index, and each of its jobs would spend seconds importing them.
@@ -109,8 +109,8 @@ class Validator:
         import torch
 
         from dspo.families import pipeline_family
-        from dspo.models import load_pipeline
-        from dspo.sample import initial_noise
+        from dspo.families.sd_pipeline import load_pipeline
+        from dspo.generation.sample import initial_noise
 
         pipe = load_pipeline(base_model)
         self.family = pipeline_family(pipe)
@@ -152,7 +152,7 @@ class Validator:
 
 def save_strip(run_dir: Path, step: int, images: np.ndarray) -> Path:
     """The images side by side as ``validation/step_{step:06d}.png``, added to the index."""
-    from dspo.sample import save_image
+    from dspo.generation.sample import save_image
 
     folder = run_dir / VALIDATION_DIR
     path = folder / f"step_{step:06d}.png"
