@@ -46,6 +46,10 @@ def kept_tables(tables):
 
 
 PAPER_TABLES = kept_tables(EVALUATION.get("tables", {}))
+# Image quality (Inception Score, FID) of the prompt sets' images; None when not configured.
+QUALITY = EVALUATION.get("quality")
+# Tables beside the paper's: DDSPO's comparison layout, and image quality when measured.
+EXTRA_TABLES = ["ddspo", "image_quality"] if QUALITY else ["ddspo"]
 BASE = config["base_model"]
 BUILD_TOY_BASE = BASE.get("build") == "toy"
 DEVICE = config["resources"]["device"]
@@ -341,6 +345,14 @@ def interval_captions():
 
 def score_files(wildcards=None):
     return expand("results/scores/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=EVAL_SETS)
+
+
+def quality_files(wildcards=None):
+    return expand("results/quality/{model}.csv", model=MODELS) if QUALITY else []
+
+
+def quality_option(wildcards, input):
+    return f"--quality {shlex.join(input.quality)}" if input.quality else ""
 
 
 def grid_sources(wildcards):

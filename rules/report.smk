@@ -3,6 +3,7 @@ rule tables:
         scores=score_files,
         pairs_report=PAIRS_REPORT,
         nodup_report=nodup_report_input,
+        quality=quality_files,
     output:
         win_rates="results/tables/win_rates.md",
         win_rates_csv=report(
@@ -37,6 +38,11 @@ rule tables:
             caption="../workflow/report/mean_scores_plot.rst",
             category="Plots",
         ),
+        extra_tables=report(
+            expand("results/tables/{table}.{ext}", table=EXTRA_TABLES, ext=["md", "csv"]),
+            caption="../workflow/report/quality_table.rst",
+            category="Tables",
+        ),
         sweep_tables=report(
             expand("results/tables/sweep_{sweep}.{ext}", sweep=SWEEPS, ext=["md", "csv"]),
             caption="../workflow/report/sweep_table.rst",
@@ -52,6 +58,7 @@ rule tables:
         # For the captions only: what the intervals resample (workflow/report/*.rst).
         intervals=interval_captions(),
         nodup=nodup_report_option,
+        quality=quality_option,
     conda:
         "../environment.yml"
     benchmark:
@@ -60,7 +67,7 @@ rule tables:
         "results/logs/tables.log",
     shell:
         "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out results/tables"
-        " --plots results/plots --pairs-report {input.pairs_report:q} {params.nodup}"
+        " --plots results/plots --pairs-report {input.pairs_report:q} {params.nodup} {params.quality}"
         " > {log:q} 2>&1"
 
 

@@ -25,6 +25,7 @@ from typing import Any
 # Imported for their commands (the downloads, the report stage and the tools), which
 # register themselves.
 import dspo.cli.fetch  # noqa: F401
+import dspo.cli.quality  # noqa: F401
 import dspo.cli.report  # noqa: F401
 from dspo.cli.registry import (
     BASE,

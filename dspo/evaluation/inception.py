@@ -16,10 +16,28 @@ Both follow the usual definitions, as torch-fidelity computes them (its
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 SPLITS = 10
 SHUFFLE_SEED = 2020
+# torch-fidelity's release of the FID Inception-v3 weights (its URL_INCEPTION_V3). The name
+# carries the first 8 hex digits of the file's SHA-256, PyTorch hub's convention.
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    "weights-inception-2015-12-05-6726825d.pth"
+)
+INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[1]
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+
+
+def inception_weights_path() -> Path:
+    """Where ``dspo fetch`` puts the Inception-v3 weights: PyTorch hub's checkpoint folder,
+    where torch-fidelity itself looks for them."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
 def inception_score(

@@ -7,14 +7,15 @@ Classifiers (``classifier``):
   ported to PyTorch) through torch-fidelity's ``FeatureExtractorInceptionV3``: images as uint8,
   resized inside to 299 x 299 as TensorFlow 1.x did; the Inception Score reads its
   ``logits_unbiased`` (1008 classes, torch-fidelity's IS layer) and FID its ``2048`` pool
-  features. The weights are ``weights`` or else torch-fidelity's release file
-  (:data:`INCEPTION_URL`), which ``dspo fetch`` downloads into PyTorch's hub checkpoint folder
-  (:func:`inception_weights_path`), where torch-fidelity itself would look for it.
+  features. The weights are ``weights`` or else torch-fidelity's release file, which
+  ``dspo fetch`` downloads into PyTorch's hub checkpoint folder
+  (:func:`dspo.evaluation.inception.inception_weights_path`).
 - ``toy``: the toy world's object classifier (:func:`dspo.toy.oracle.object_class_log_probs`,
   19 classes) gives both the logits and the features. A randomly initialised Inception-v3
   would measure nothing; this classifier is confident exactly on crisp, well-drawn objects.
 
-Output rows (one per image set and metric): ``model, prompt_set, metric`` (``inception_score``
+Output rows (one per image set, guidance scale and metric): ``model, prompt_set, guidance,
+metric`` (``inception_score``
 or ``fid``), ``value``, ``sd`` (the Inception Score's deviation over its splits; empty for
 FID), ``n_images``, ``classifier`` (what computed it, weights file included).
 """
@@ -34,19 +35,12 @@ from dspo.evaluation.inception import (
     feature_statistics,
     frechet_distance,
     inception_score,
+    inception_weights_path,
 )
 from dspo.rewards import open_image
 
-# torch-fidelity's release of the FID Inception-v3 weights (its URL_INCEPTION_V3). The name
-# carries the first 8 hex digits of the file's SHA-256, PyTorch hub's convention.
-INCEPTION_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-    "weights-inception-2015-12-05-6726825d.pth"
-)
-INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[1]
-INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-COLUMNS = ["model", "prompt_set", "metric", "value", "sd", "n_images", "classifier"]
+COLUMNS = ["model", "prompt_set", "guidance", "metric", "value", "sd", "n_images", "classifier"]
 
 
 class Classifier(Protocol):
@@ -55,13 +49,6 @@ class Classifier(Protocol):
     version: str
 
     def __call__(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def inception_weights_path() -> Path:
-    """Where ``dspo fetch`` puts the Inception-v3 weights: PyTorch hub's checkpoint folder."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
 class ToyClassifier:
@@ -162,21 +149,32 @@ def reference_images(folder: Path) -> list[Path]:
     return found
 
 
+def _groups(image_sets: Mapping[str, tuple[pd.DataFrame, Path]]) -> list[tuple[str, float, list]]:
+    """(image set, guidance, image paths) of each guidance scale of each set."""
+    groups = []
+    for name, (manifest, folder) in image_sets.items():
+        for guidance, rows in manifest.groupby("guidance", sort=True):
+            groups.append((name, float(guidance), [folder / p for p in rows["path"]]))
+    return groups
+
+
 def image_set_quality(
-    image_sets: Mapping[str, Sequence[Path]],
+    image_sets: Mapping[str, tuple[pd.DataFrame, Path]],
     spec: Mapping[str, Any],
     model_name: str,
     device: str = "cpu",
 ) -> pd.DataFrame:
-    """The quality rows (module docstring) of each named image set, the classifier and the
-    reference set's statistics computed once. An image set smaller than ``splits`` is an
-    error naming it, before any image is read."""
+    """The quality rows (module docstring) of each image set, given as (manifest, folder of
+    its images), one per guidance scale; the classifier and the reference set's statistics
+    are computed once. A group smaller than ``splits`` is an error naming it, before any
+    image is read."""
     splits = int(spec.get("splits", SPLITS))
-    small = {name: len(paths) for name, paths in image_sets.items() if len(paths) < splits}
+    groups = _groups(image_sets)
+    small = [f"{s} at guidance {g:g}: {len(p)}" for s, g, p in groups if len(p) < splits]
     if small:
         raise ValueError(
-            f"the Inception Score over {splits} splits needs >= {splits} images per set; "
-            f"{model_name} has {small}"
+            f"the Inception Score over {splits} splits needs >= {splits} images per set and "
+            f"guidance (evaluation.quality.splits); {model_name} has {'; '.join(small)}"
         )
     batch_size = int(spec.get("batch_size", 64))
     classifier = load_classifier(spec, device)
@@ -185,13 +183,14 @@ def image_set_quality(
         _, features = classify(classifier, reference_images(Path(spec["reference"])), batch_size)
         reference = feature_statistics(features)
     rows = []
-    for name, paths in image_sets.items():
+    for name, guidance, paths in groups:
         logits, features = classify(classifier, paths, batch_size)
         mean, sd = inception_score(logits, splits)
-        base = {"model": model_name, "prompt_set": name, "n_images": len(paths)}
+        base = {"model": model_name, "prompt_set": name, "guidance": guidance}
+        base["n_images"] = len(paths)
         rows.append({**base, "metric": "inception_score", "value": mean, "sd": sd})
         if reference is not None:
             fid = frechet_distance(feature_statistics(features), reference)
             rows.append({**base, "metric": "fid", "value": fid, "sd": np.nan})
-    frame = pd.DataFrame(rows).assign(classifier=classifier.version)
+    frame = pd.DataFrame(rows, columns=COLUMNS[:-1]).assign(classifier=classifier.version)
     return frame[COLUMNS]

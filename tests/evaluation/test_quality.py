@@ -6,20 +6,22 @@ torch-fidelity's release uses), and the toy world's classifier."""
 from __future__ import annotations
 
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from dspo.evaluation.inception import feature_statistics, frechet_distance, inception_score
-from dspo.evaluation.quality import (
+from dspo.evaluation.inception import (
     INCEPTION_FILE,
-    image_set_quality,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
     inception_weights_path,
-    load_classifier,
 )
+from dspo.evaluation.quality import image_set_quality, load_classifier
+from dspo.standins.inception import write_inception
 from dspo.toy.render import render_batch
 from dspo.toy.scenes import all_scenes
 
@@ -58,19 +60,10 @@ def test_fid_is_torch_fidelitys() -> None:
     )
 
 
-def _random_inception(path: Path) -> None:
-    """A random-initialised FID Inception-v3 saved as torch-fidelity's release file is: the
-    extractor's state dict (``Conv2d_1a_3x3.conv.weight`` ... ``fc.bias``), via torch.save."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    torch.manual_seed(0)
-    with (
-        mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"),
-        mock.patch("torch.load", return_value={}),
-    ):
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], "unused")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
+def _manifest(paths: list[Path], guidance: float = 7.5) -> tuple[pd.DataFrame, Path]:
+    """A set as `dspo generate` writes it: manifest paths relative to the set's folder."""
+    rows = {"path": [p.name for p in paths], "guidance": guidance}
+    return pd.DataFrame(rows), paths[0].parent
 
 
 def _images(folder: Path, n: int, seed: int, size: int = 40) -> list[Path]:
@@ -93,11 +86,11 @@ def test_inception_from_the_fetched_file_matches_torch_fidelity(tmp_path, monkey
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     weights = inception_weights_path()
     assert weights == tmp_path / "hub" / "checkpoints" / INCEPTION_FILE
-    _random_inception(weights)
+    write_inception(weights, seed=0)
     generated = _images(tmp_path / "generated", 10, seed=2)
     _images(tmp_path / "reference", 10, seed=3, size=48)
     spec = {"classifier": "inception", "reference": str(tmp_path / "reference"), "batch_size": 5}
-    rows = image_set_quality({"pickv2": generated}, spec, "base").set_index("metric")
+    rows = image_set_quality({"pickv2": _manifest(generated)}, spec, "base").set_index("metric")
     assert rows.loc["inception_score", "classifier"] == f"inception-v3 {INCEPTION_FILE}"
 
     # The library's own extraction and metrics on the same images and weights.
@@ -142,10 +135,12 @@ def test_toy_inception_score_rewards_crisp_varied_objects(tmp_path) -> None:
         sets[name] = [folder / f"{i}.png" for i in range(len(pixels))]
         for image, path in zip(pixels, sets[name], strict=True):
             Image.fromarray(image).save(path)
-    rows = image_set_quality(sets, {"classifier": "toy"}, "base").set_index("prompt_set")
+    manifests = {name: _manifest(paths, 2.0) for name, paths in sets.items()}
+    rows = image_set_quality(manifests, {"classifier": "toy"}, "base").set_index("prompt_set")
     score = rows["value"]
     assert score["crisp"] > score["damaged"] > score["one"]
     assert score["one"] == pytest.approx(1.0, abs=1e-6)
     assert (rows["metric"] == "inception_score").all() and rows["n_images"].eq(60).all()
-    with pytest.raises(ValueError, match="needs >= 10 images per set; base has"):
-        image_set_quality({"few": sets["crisp"][:3]}, {"classifier": "toy"}, "base")
+    assert rows["guidance"].eq(2.0).all()
+    with pytest.raises(ValueError, match="base has few at guidance 2: 3"):
+        image_set_quality({"few": _manifest(sets["crisp"][:3], 2.0)}, {"classifier": "toy"}, "base")
