@@ -31,8 +31,8 @@ _RUNTIME_ARGS = frozenset({"all_reduce"})
 
 @dataclass(frozen=True)
 class ReferenceStats:
-    """The reference's outputs computed before training (:mod:`dspo.training.reference`), in place of
-    its prediction ``ref``: ``errors`` its per-row squared error against the target, shape
+    """The reference's outputs computed before training (:mod:`dspo.training.reference`), in place
+    of its prediction ``ref``: ``errors`` its per-row squared error against the target, shape
     (N,), and ``preferred`` its prediction for the preferred rows, shape (B, ...), for the
     objectives that use the prediction itself (DSPO and its variants); None for the others.
     """

@@ -125,6 +125,7 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the ``dspo`` package whose sources the content and checkpoint keys read
     (:data:`dspo.core.content.PACKAGE`), to edit."""
     from dspo.core import content
+
     copy = Path(shutil.copytree(content.PACKAGE, tmp_path / "src" / "dspo"))
     monkeypatch.setattr(content, "PACKAGE", copy)
     return copy

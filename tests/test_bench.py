@@ -11,10 +11,16 @@ import pytest
 import torch
 import yaml
 
-from dspo.bench.throughput import SD15_ARCHITECTURE, BenchSpec, ResidentPeak, load_architecture, prepare
-from dspo.bench.modes import build_mode, make_step, visit_order
-from dspo.cli.commands import main
 from dspo.bench.flops import counted, dense_bf16_peak
+from dspo.bench.modes import build_mode, make_step, visit_order
+from dspo.bench.throughput import (
+    SD15_ARCHITECTURE,
+    BenchSpec,
+    ResidentPeak,
+    load_architecture,
+    prepare,
+)
+from dspo.cli.commands import main
 from tests.conftest import TINY_ARCHITECTURE
 
 

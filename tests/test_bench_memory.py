@@ -37,7 +37,8 @@ def test_a_watched_command_records_each_job_peak(tmp_path: Path) -> None:
             "--",
             "bash",
             "-c",
-            f"{sys.executable} -m dspo.cli.commands standins --out {tmp_path / 's'} --only prompts --tiny"
+            f"{sys.executable} -m dspo.cli.commands standins --out {tmp_path / 's'}"
+            " --only prompts --tiny"
             f" --prompts 4 > /dev/null && {sys.executable} {script}",
         ]
     )
@@ -51,7 +52,8 @@ def test_a_watched_command_records_each_job_peak(tmp_path: Path) -> None:
 def watched(monkeypatch, polls: list[dict[int, tuple[int, list[str], float]]]) -> dict:
     """The jobs :func:`dspo.bench.memory.watch` records over scripted polls of the process
     table: each poll maps pid to (start time, argv, high-water mark in MiB)."""
-    from dspo.bench.throughput import memory as bench_memory
+    from dspo.bench import memory as bench_memory
+
     seen: dict[int, tuple[int, list[str], float]] = {}
 
     def descendants(root: int) -> list[int]:

@@ -18,9 +18,9 @@ from dspo.bench.budget import (
     stages,
     train_flops_per_pair,
 )
+from dspo.config.step import workflow_config
 from dspo.data.cache import build_cache
 from dspo.families.sd_pipeline import load_pipeline
-from dspo.config.step import workflow_config
 from dspo.training.train import train
 from tests.test_train import BASE_CONFIG
 

@@ -16,8 +16,8 @@ import yaml
 
 from dspo.cli.commands import main
 from dspo.cli.registry import COMMANDS, STAGES, build_parser
-from dspo.data.cache import build_cache
 from dspo.config.step import Source, StepConfigError, resolve
+from dspo.data.cache import build_cache
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from dspo.core import content
+
+
 @pytest.fixture(autouse=True)
 def side_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Records of folders dspo did not write go to a cache folder of the test's own."""

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dspo.config.step import workflow_config
 from dspo.hub.fetch import (
     Artefact,
     folder_files,
@@ -36,7 +37,6 @@ from dspo.hub.fetch import (
     released_files,
 )
 from dspo.standins import AESTHETIC_FILE, HPSV2_BENCHMARK, OPENAI_CLIP_L, PICKAPIC, write_standins
-from dspo.config.step import workflow_config
 from tests.conftest import jpeg
 from tests.hub_server import commit_of, serve_hub
 from tests.workflow_run import REPO, snakemake

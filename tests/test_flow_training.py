@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from dspo.data.cache import build_cache, load_cache
 from dspo.families import family_class, load_family
+from dspo.generation.sample import generate
 from dspo.objectives import OBJECTIVES
 from dspo.training.preference import make_batch, noised_inputs
-from dspo.generation.sample import generate
 from dspo.training.train import train
 from tests.conftest import WORDS
 from tests.test_families import LORA_TARGETS, TINY_FLUX, TINY_SD3

@@ -1,5 +1,5 @@
-"""Training on a cluster: dspo.training.launch starts one process per GPU of each node, forwards stop
-signals and waits for the checkpoint; training through it survives SIGTERM and trains across
+"""Training on a cluster: dspo.training.launch starts one process per GPU of each node, forwards
+stop signals and waits for the checkpoint; training through it survives SIGTERM and trains across
 "nodes" like one process; wall-clock checkpoints; the TF32 switch."""
 
 from __future__ import annotations

@@ -253,7 +253,9 @@ def test_site_knobs_reach_every_request(tmp_path: Path) -> None:
             assert "nodes=2" in resources and "gres=gpu:fake:4" in resources
             assert "runtime=720" in resources and "slurm_extra=--signal=TERM@2400" in resources
             assert "srun --overlap --nodes 2 --ntasks-per-node 1 --cpus-per-task" in shell
-            assert "python -m dspo.training.launch --procs-per-node 4 --cpu --slurm -- train" in shell
+            assert (
+                "python -m dspo.training.launch --procs-per-node 4 --cpu --slurm -- train" in shell
+            )
 
 
 def test_every_job_runs_on_slurm(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from dspo.config import slurm_site as site
+
+
 def test_gpus_style_asks_per_job_and_gres_per_node() -> None:
     env = {"DSPO_SLURM_GPU_MODEL": "a100"}
     assert (site.gpu(4, 1, env), site.gpu_model(4, 1, env), site.gres(4, 1, env)) == (

@@ -155,6 +155,7 @@ def test_readme_describes_the_default_run_as_configured() -> None:
     import yaml
 
     from dspo.config import experiments
+
     root = Path(__file__).resolve().parents[1]
     config = yaml.safe_load((root / "config" / "config.yaml").read_text())
     readme = " ".join((root / "README.md").read_text().split())

@@ -26,8 +26,8 @@ from dspo.objectives import OBJECTIVES, get_objective
 from dspo.training.optimisation import learning_rate_factor, resolve_mixed_precision
 from dspo.training.policy import build_model
 from dspo.training.preference import PreferenceModel, make_batch
-from dspo.training.train import accumulation_steps, train
 from dspo.training.settings import TrainSettings
+from dspo.training.train import accumulation_steps, train
 
 BASE_CONFIG = {
     "steps": 4,

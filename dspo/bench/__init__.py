@@ -1,1 +1,5 @@
-"""Benchmarks and budgets: training throughput with counted FLOPs, memory, activations, the GPU check and `dspo budget`."""
+"""Benchmarks and budgets.
+
+Training throughput with counted FLOPs (`dspo bench train`), memory, activations, the
+GPU check (``make gpu-check``) and ``dspo budget``.
+"""

@@ -27,12 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dspo.bench.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
 from dspo.config.check import entries
 from dspo.config.experiments import method_config, released_models, trained_models
-from dspo.bench.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
 from dspo.objectives import get_objective
 
-FLOPS_TABLE = Path(__file__).parent / "resources" / "budget_flops.json"
+FLOPS_TABLE = Path(__file__).parents[1] / "resources" / "budget_flops.json"
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # PNG of a generated image, bytes per pixel: a stated figure (SD outputs at 512 px are
 # ~0.35-0.5 MB as 8-bit RGB PNG, about 1.5 bytes a pixel).
@@ -209,8 +209,8 @@ def checkpoint_bytes(params: float, optimizer: str) -> float:
 def model_bytes(
     pipeline: float, trained: float, lora: Mapping[str, Any] | None, base: Mapping[str, Any]
 ) -> float:
-    """A trained model as `dspo.training.policy.save_model` writes it: the whole pipeline in the base
-    model's dtype (full fine-tuning), or the LoRA adapters in float32."""
+    """A trained model as `dspo.training.policy.save_model` writes it: the whole pipeline in the
+    base model's dtype (full fine-tuning), or the LoRA adapters in float32."""
     return trained * 4 if lora else pipeline * DTYPE_BYTES[base["dtype"]]
 
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from dspo.bench.throughput import SD15_ARCHITECTURE
 from dspo.bench.flops import counted
+from dspo.bench.throughput import SD15_ARCHITECTURE
 from dspo.standins.pipelines import SDXL_UNET
 
-TABLE = Path(__file__).parent / "resources" / "budget_flops.json"
+TABLE = Path(__file__).parents[1] / "resources" / "budget_flops.json"
 META = torch.device("meta")
 
 SD_VAE = SD15_ARCHITECTURE["vae"]
@@ -171,7 +171,9 @@ def main(argv: list[str]) -> None:
     for family in argv or list(FAMILIES):
         table[family] = count_family(family)
         print(family, table[family], flush=True)
-    table["_produced_by"] = "python -m dspo.bench.budget_count (dspo.bench.flops.counted on the meta device)"
+    table["_produced_by"] = (
+        "python -m dspo.bench.budget_count (dspo.bench.flops.counted on the meta device)"
+    )
     TABLE.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
 
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dspo.bench.modes import Batch, Mode, adapt_unet, make_step, upstream_batch
 from dspo.bench.flops import counted
+from dspo.bench.modes import Batch, Mode, adapt_unet, make_step, upstream_batch
 
 if TYPE_CHECKING:
     from dspo.bench.throughput import BenchSpec

@@ -132,7 +132,7 @@ def _train_config(
 ) -> dict:
     import yaml
 
-    defaults = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    defaults = yaml.safe_load((Path(__file__).parents[2] / "config" / "config.yaml").read_text())
     cfg = dict(defaults["training"])
     cfg.update(
         name=(objective if not lora else f"{objective}_lora") + ("_fast" if switches else ""),
@@ -258,8 +258,8 @@ def _generate_and_score(
     import pandas as pd
 
     from dspo.data.prompts import load_prompt_set
-    from dspo.rewards import score_manifest
     from dspo.generation.sample import generate, load_for_sampling
+    from dspo.rewards import score_manifest
 
     prompts = load_prompt_set(
         "parti",

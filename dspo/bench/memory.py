@@ -58,7 +58,9 @@ def _descendants(root: int) -> list[int]:
 def job_name(argv: list[str]) -> tuple[str, str] | None:
     """(job, sub-command) of a ``dspo`` process's argv, or None for other processes."""
     for i, word in enumerate(argv):
-        if os.path.basename(word) == "dspo" or (word == "dspo.cli.commands" and argv[i - 1] == "-m"):
+        if os.path.basename(word) == "dspo" or (
+            word == "dspo.cli.commands" and argv[i - 1] == "-m"
+        ):
             rest = argv[i + 1 :]
             if not rest or rest[0].startswith("-") or rest[:2] == ["bench", "memory"]:
                 return None  # not a job (or a watcher, such as this one)

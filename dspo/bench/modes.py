@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dspo.bench.throughput import AUTOCAST, ResidentPeak
 from dspo.bench.flops import counted, dense_bf16_peak
+from dspo.bench.throughput import AUTOCAST, ResidentPeak
 from dspo.core.seeding import seeded_generator
 
 if TYPE_CHECKING:

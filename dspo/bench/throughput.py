@@ -10,8 +10,8 @@ and one timestep per pair, through `dspo.training.preference.preference_loss`:
   decoded in data-loader worker processes, VAE and text encoder run at every micro-step, the
   reference a second UNet (full fine-tuning) or the disabled adapters (LoRA).
 
-Each mode runs in a fresh worker process (``python -m dspo.bench.throughput``), so that its peak memory
-is its own: on CPU the growth of the process's resident memory over the measurement (the
+Each mode runs in a fresh worker process (``python -m dspo.bench.throughput``), so that its peak
+memory is its own: on CPU the growth of the process's resident memory over the measurement (the
 kernel's high-water mark, reset after the imports, minus the resident size then); on CUDA
 ``torch.cuda.max_memory_allocated``. Warm-up steps are not timed. After the timed steps one
 more step runs under torch's flop counter (`dspo.bench.flops`): FLOPs per pair, and from them and
@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _worker_main(argv: list[str]) -> None:
-    """Entry of a worker process: ``python -m dspo.bench.throughput ROOT prepare|ours|upstream OUT``."""
+    """Entry of a worker process: ``python -m dspo.bench.throughput ROOT prepare|ours|upstream
+    OUT``."""
     root, mode, out = Path(argv[0]), argv[1], Path(argv[2])
     spec = BenchSpec(**json.loads((root / "spec.json").read_text()))
     if mode == "prepare":

@@ -32,8 +32,8 @@ def _write_json(path: Path, value: object) -> None:
 )
 def fetch(args: argparse.Namespace) -> None:
     """Download the hub artefacts a config names, pinned, and write their manifest."""
-    from dspo.hub.fetch import Artefact, fetch_artefact, gather_manifest, hub_artefacts
     from dspo.config.step import workflow_config
+    from dspo.hub.fetch import Artefact, fetch_artefact, gather_manifest, hub_artefacts
 
     if (args.configfile is None) == (args.item is None):
         args.subparser.error("give one of --configfile and --item")

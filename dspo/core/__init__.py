@@ -1,1 +1,4 @@
-"""The mechanisms every stage shares: atomic files, content keys, seeding, image keys, job progress."""
+"""Mechanisms every stage shares.
+
+Atomic files, content keys, seeding, the keys of generated images, and job progress.
+"""

@@ -45,8 +45,8 @@ SIDE_RECORDS = ("dspo", "content")
 # The package's source folder, whose files make source keys.
 PACKAGE = Path(dspo.__file__).parent
 # A class named in a registry ("dspo.families.sd:SDFamily"), its module imported when first
-# used. Only that form: a plain module name in a string is a command to run (``-m dspo.cli.commands``
-# in the launcher), not code this process runs.
+# used. Only that form: a plain module name in a string is a command to run (``-m
+# dspo.cli.commands`` in the launcher), not code this process runs.
 _MODULE_NAME = re.compile(r"dspo(\.\w+)+:\w+")
 _CHUNK = 1 << 22
 

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from dspo.core.files import part_folder, png_bytes
 from dspo.data.pairs import (
     PART_TABLE,
     PairWriter,
@@ -32,7 +33,6 @@ from dspo.data.pairs import (
 )
 from dspo.families import pipeline_family
 from dspo.families.base import Family
-from dspo.core.files import part_folder, png_bytes
 from dspo.generation.sample import initial_noise, load_for_sampling
 
 

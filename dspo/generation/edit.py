@@ -19,9 +19,9 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dspo.core.seeding import seeded_generator
 from dspo.families import pipeline_family
 from dspo.generation.sample import MANIFEST_COLUMNS, batches_to_make, image_jobs, save_image
-from dspo.core.seeding import seeded_generator
 
 
 def edit_generator(prompt_id: int, seed: int) -> torch.Generator:
@@ -46,8 +46,8 @@ def edit(
     """Edit every source image at every (seed, guidance) into PNG files; return the manifest.
 
     ``editing`` has the columns of `dspo.data.prompts.load_editing_set`. ``key`` is the
-    :func:`dspo.generation.sample.run_key` of the model and settings; each image's key adds its source
-    image's hash. An image on disk is kept when its key matches and it decodes, so a job cut
+    :func:`dspo.generation.sample.run_key` of the model and settings; each image's key adds its
+    source image's hash. An image on disk is kept when its key matches and it decodes, so a job cut
     short and rerun only makes what is missing, and anything changed or damaged is remade.
     """
     if not 0.0 < strength <= 1.0:

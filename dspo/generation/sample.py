@@ -25,11 +25,11 @@ from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
 from dspo.core.content import combined_key, content_key, source_key
-from dspo.families import pipeline_family
 from dspo.core.files import png_bytes, write_bytes_atomic
 from dspo.core.image_keys import KEY_CHUNK, image_problem
-from dspo.families.sd_pipeline import load_pipeline
 from dspo.core.seeding import seeded_generator
+from dspo.families import pipeline_family
+from dspo.families.sd_pipeline import load_pipeline
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "seed", "guidance", "path", "key"]

@@ -1,1 +1,4 @@
-"""Hub artefacts: the download step with its manifest, and released models named by a method entry."""
+"""Hub artefacts.
+
+The download step with its manifest, and released models that a method entry names.
+"""

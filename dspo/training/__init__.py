@@ -1,1 +1,5 @@
-"""Preference fine-tuning: settings, batches and losses, the policy and its reference, checkpoints, guards, launch and the run's records."""
+"""Preference fine-tuning.
+
+Settings, batches and losses, the policy and its reference, checkpoints and their
+fingerprints, guards, the launcher, and the run's records.
+"""

@@ -1,8 +1,8 @@
 """Checkpoint fingerprints: what shapes a run's trained weights, by part, and what changed.
 
 A training checkpoint (:mod:`dspo.training.checkpoints`) and a precomputed reference
-(:mod:`dspo.training.reference`) are valid only for the run they were made for. Their fingerprint has
-four parts: the trajectory-relevant config (every key but :data:`RESUME_NEUTRAL`), the base
+(:mod:`dspo.training.reference`) are valid only for the run they were made for. Their fingerprint
+has four parts: the trajectory-relevant config (every key but :data:`RESUME_NEUTRAL`), the base
 model's content key (:mod:`dspo.core.content`), the cache's manifest (every shard's SHA-256), and
 the code the training step runs: the package version and the source of :data:`TRAINING_ENTRY`
 and every ``dspo`` module it imports, transitively (evaluation, rewards, reporting, the CLI

@@ -8,8 +8,8 @@ started, over the rerun's. So the trainer notes its parent when it starts and, a
 boundary, checks that its parent is still that process (the kernel changes a process's
 parent the moment the parent dies).
 
-Under a launcher (``python -m dspo.training.launch``, which the train rule uses; ``accelerate launch``,
-``torchrun``) the parent is the launcher, which
+Under a launcher (``python -m dspo.training.launch``, which the train rule uses; ``accelerate
+launch``, ``torchrun``) the parent is the launcher, which
 starts one trainer process per GPU, and the job is the launcher's parent: both links are
 checked. The launcher's parent is read from ``/proc`` (Linux); elsewhere only the first link
 is. A trainer started by pid 1 itself (a container's entry point) has no job to watch.
@@ -25,7 +25,13 @@ from pathlib import Path
 # in their command line (``python -m dspo.training.launch``, ``accelerate launch``, ``torchrun``,
 # ``python -m torch.distributed.run``).
 LAUNCHERS = frozenset(
-    {"dspo.training.launch", "accelerate", "torchrun", "torch.distributed.run", "torch.distributed.launch"}
+    {
+        "dspo.training.launch",
+        "accelerate",
+        "torchrun",
+        "torch.distributed.run",
+        "torch.distributed.launch",
+    }
 )
 
 

@@ -15,8 +15,8 @@ from dspo.core.content import write_content_record
 from dspo.data.cache import PairCache
 from dspo.families import load_family
 from dspo.families.base import Family
-from dspo.training.model_card import write_model_card
 from dspo.objectives import Objective
+from dspo.training.model_card import write_model_card
 from dspo.training.preference import PreferenceModel
 from dspo.training.settings import TrainSettings
 

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from diffusers import ModelMixin
 
+from dspo.core.seeding import seeded_generator
 from dspo.data.cache import PairCache
 from dspo.families.base import Conditions, Family
 from dspo.objectives import Objective, ReferenceStats
-from dspo.core.seeding import seeded_generator
 
 
 def step_rows(n: int, pairs_per_step: int, seed: int, step: int) -> torch.Tensor:
@@ -186,8 +186,8 @@ def preference_loss(model: PreferenceModel, batch, objective: Objective, hparams
     """Noise a batch of pairs, run policy/reference, and evaluate the objective.
 
     ``batch["reference"]``, when present, is the reference's output computed before training
-    (:class:`ReferenceStats`, from dspo.training.reference): no reference forward runs then. Errors are
-    taken in the family's target space, or in noise space when the family is set to
+    (:class:`ReferenceStats`, from dspo.training.reference): no reference forward runs then. Errors
+    are taken in the family's target space, or in noise space when the family is set to
     ``noise_form`` (docs/objectives.md).
     """
     family = model.family

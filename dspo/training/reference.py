@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dspo.families.base import Family
 from dspo.core.files import PART_RECORD, part_folder
-from dspo.training.fingerprint import PART_NAMES, fingerprint_parts
+from dspo.core.seeding import seeded_generator
+from dspo.families.base import Family
 from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
+from dspo.training.fingerprint import PART_NAMES, fingerprint_parts
 from dspo.training.policy import switch
 from dspo.training.preference import make_batch, noised_inputs, step_rows
-from dspo.core.seeding import seeded_generator
 from dspo.training.settings import REFERENCE_STORAGE, TrainSettings
 
 MANIFEST = "reference.json"

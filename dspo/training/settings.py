@@ -1,12 +1,12 @@
 """A training run's settings, typed and checked once, before any model is loaded.
 
-The workflow hands `dspo train` one method's resolved config (`dspo.config.experiments.method_config`:
-the `training` slice with the method's overrides, plus its objective, params, data and LoRA).
-:meth:`TrainSettings.from_config` turns that mapping into the values the trainer reads, and
-refuses a missing, unknown or out-of-range key by its name, so that a hand-written config fails
-at once instead of after minutes of loading. The mapping itself is kept (``resolved``): it is
-what content keys, checkpoint fingerprints, the model card and the model's record are made of,
-so that a checkpoint written before these settings existed still resumes.
+The workflow hands `dspo train` one method's resolved config
+(`dspo.config.experiments.method_config`: the `training` slice with the method's overrides, plus its
+objective, params, data and LoRA). :meth:`TrainSettings.from_config` turns that mapping into the
+values the trainer reads, and refuses a missing, unknown or out-of-range key by its name, so that a
+hand-written config fails at once instead of after minutes of loading. The mapping itself is kept
+(``resolved``): it is what content keys, checkpoint fingerprints, the model card and the model's
+record are made of, so that a checkpoint written before these settings existed still resumes.
 """
 
 from __future__ import annotations

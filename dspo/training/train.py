@@ -10,9 +10,9 @@ off, and the same effective batch trains alike on one process or several (the da
 of a step are in `dspo.training.preference`).
 
 It never returns a wrong model silently: checkpoints are resumed only by the run that wrote
-them (`dspo.training.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1/SIGINT save a
-checkpoint before exiting (`dspo.training.guards`), and the learning rate follows the step, once per
-optimiser step, however many processes train.
+them (`dspo.training.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1/SIGINT save
+a checkpoint before exiting (`dspo.training.guards`), and the learning rate follows the step, once
+per optimiser step, however many processes train.
 
 What it shows while it runs: metrics every ``log_every`` steps (`dspo.training.metrics`),
 validation images of fixed prompts every ``validate_every`` steps (`dspo.training.validation`, which
@@ -35,9 +35,11 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from dspo.training import checkpoints as ckpt
-from dspo.data.cache import PairCache, load_cache
 from dspo.core.files import folder_bytes, space_for
+from dspo.core.seeding import seeded_generator
+from dspo.data.cache import PairCache, load_cache
+from dspo.objectives import get_objective, objective_kwargs
+from dspo.training import checkpoints as ckpt
 from dspo.training.fingerprint import fingerprint_details, fingerprint_parts
 from dspo.training.guards import (
     DivergenceError,
@@ -47,16 +49,14 @@ from dspo.training.guards import (
     first_nonfinite,
 )
 from dspo.training.job_watch import JobWatch
-from dspo.objectives import get_objective, objective_kwargs
+from dspo.training.metrics import append_metrics, mean_over, restart_metrics
 from dspo.training.optimisation import make_optimizer, resolve_mixed_precision, set_learning_rate
 from dspo.training.policy import MODEL_CONFIG, build_model, use_tf32, write_model_folder
 from dspo.training.preference import PreferenceModel, make_batch, micro_batch_start, step_rows
 from dspo.training.reference import PrecomputedReference, reference_parts
 from dspo.training.run_lock import RunLock, held, run_record, write_model
-from dspo.training.metrics import append_metrics, mean_over, restart_metrics
-from dspo.core.seeding import seeded_generator
-from dspo.training.tracking import log_images, new_run_id, start_trackers
 from dspo.training.settings import TrainSettings
+from dspo.training.tracking import log_images, new_run_id, start_trackers
 from dspo.training.validation import (
     ValidationSettings,
     Validator,
@@ -111,7 +111,8 @@ def train(
     SIGUSR1 or SIGINT, or once the job that started it is gone (a checkpoint written); in
     these cases no model is written. One trainer at a time holds ``run_dir``
     (:mod:`dspo.training.run_lock`). ``reference_dir`` holds the reference's outputs computed before
-    training (:mod:`dspo.training.reference`): no reference forward runs and no reference copy is held.
+    training (:mod:`dspo.training.reference`): no reference forward runs and no reference copy is
+    held.
     """
     settings = TrainSettings.from_config(cfg)
     watch = JobWatch.start()
@@ -399,7 +400,8 @@ class TrainingRun:
 
     def finish(self, out_dir: Path, lock: RunLock | None) -> dict[str, Any]:
         """Write the model, its record and card (main process, which holds ``lock``, if this
-        run still owns its folder: :func:`dspo.training.run_lock.write_model`); drop the checkpoints."""
+        run still owns its folder: :func:`dspo.training.run_lock.write_model`); drop the
+        checkpoints."""
         accelerator, settings = self.accelerator, self.settings
         accelerator.wait_for_everyone()
         summary = {

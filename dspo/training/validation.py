@@ -1,8 +1,8 @@
 """Validation images while training: fixed prompts and seeds sampled with the current policy.
 
 Every ``validate_every`` steps and at the end, the main process samples the configured prompts
-from the same initial noise each time (:func:`dspo.generation.sample.initial_noise`, as evaluation does),
-so the images of one run differ between steps only by what training changed. Each call
+from the same initial noise each time (:func:`dspo.generation.sample.initial_noise`, as evaluation
+does), so the images of one run differ between steps only by what training changed. Each call
 saves a strip (one column per prompt and seed) as ``{run_dir}/validation/step_{N:06d}.png``
 and records it in ``index.json``.
 

@@ -42,8 +42,8 @@ import json, os, sys
 with open(os.environ["ARGV_LOG"], "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
 """
-# The train rule starts `python -m dspo.training.launch ... -- ARGS` (dspo/training/launch.py), which runs
-# `dspo ARGS` once per process: the stand-in records ARGS as `dspo` would receive them.
+# The train rule starts `python -m dspo.training.launch ... -- ARGS` (dspo/training/launch.py),
+# which runs `dspo ARGS` once per process: the stand-in records ARGS as `dspo` would receive them.
 LAUNCH_RECORDER = """#!/usr/bin/env python3
 import json, os, sys
 args = sys.argv[1:]
