@@ -135,7 +135,7 @@ def ddspo_markdown(
     """The DDSPO table as Markdown: win rate (per cent) / mean score per reward, then IS
     and FID where measured; one block per prompt set and guidance."""
     has_quality = "inception_score" in frame.columns
-    has_fid = has_quality and frame["fid"].notna().any()
+    has_fid = has_quality and bool(frame["fid"].notna().any())
     head = (
         [name(r) for r in rewards] + (["IS"] if has_quality else []) + (["FID"] if has_fid else [])
     )
@@ -144,8 +144,9 @@ def ddspo_markdown(
         "",
         f"Rows as in DDSPO's comparison tables: {name(baseline)}, Diffusion-DPO, DDSPO, then the "
         f"other methods. Each reward column gives the win rate against {name(baseline)} (per "
-        "cent) / the mean score; IS is the Inception Score ± its deviation over the splits, "
-        "FID the distance to the reference image set.",
+        "cent) / the mean score."
+        + " IS: the Inception Score ± its deviation over the splits." * has_quality
+        + " FID: the distance to the reference image set (lower is better)." * has_fid,
     ]
     for (prompt_set, guidance), block in frame.groupby(["prompt_set", "guidance"], sort=False):
         lines += ["", f"## {name(prompt_set)}, guidance {guidance:g}", ""]
