@@ -52,7 +52,9 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
     # In a bare folder: every hub artefact is downloaded first (rules/fetch.smk), once each.
     # Two of them are the released Diffusion-DPO and Diffusion-KTO models the preset scores.
-    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 17
+    # One more is the FID Inception-v3 weights file (a pinned URL) for the Inception Score.
+    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 18
+    assert jobs["quality"] == 13
 
 
 def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
@@ -61,6 +63,8 @@ def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
     jobs = planned_jobs(result.stdout)
     assert jobs["import_model"] == 1 and jobs["train"] == 10 and jobs["generate"] == 12
     assert "dspo import-model --model mhdang/dpo-sdxl-text2image-v1" in result.stdout
+    # DDSPO's Inception Score of every model's images, from the FID Inception-v3.
+    assert jobs["quality"] == 12 and '"classifier": "inception"' in result.stdout
 
 
 @pytest.mark.parametrize("preset", ["sd35", "flux"])

@@ -86,7 +86,10 @@ class Artefact:
     sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "files": list(self.files)}
+        """The fields as JSON; ``sha256`` only when set (hub items' specs stay as they were,
+        so their fetch jobs are not rerun)."""
+        value = {**asdict(self), "files": list(self.files)}
+        return value if self.sha256 else {k: v for k, v in value.items() if k != "sha256"}
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> Artefact:
