@@ -162,6 +162,13 @@ def reward_kinds() -> Iterable[str]:
     return LOADERS
 
 
+def classifiers() -> Iterable[str]:
+    """The image classifiers of the Inception Score (dspo.evaluation.quality)."""
+    from dspo.evaluation.quality import CLASSIFIERS
+
+    return CLASSIFIERS
+
+
 def toy_oracle_parts() -> Iterable[str]:
     """``PARTS`` of the module whose reward the ``toy_oracle`` loader builds."""
     from dspo.rewards import load_reward
@@ -217,6 +224,7 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "evaluation.rewards.*.part": (f"{REWARD}/part", toy_oracle_parts),
     "evaluation.rewards.*.version": (f"{REWARD}/version", hpsv2_versions),
     "evaluation.rewards.*.dtype": (f"{REWARD}/dtype", dtypes),
+    "evaluation.quality.classifier": (f"{EVALUATION}/quality/properties/classifier", classifiers),
     "evaluation.tables.*.paper": (
         f"{EVALUATION}/tables/additionalProperties/properties/paper",
         paper_tables,

@@ -22,7 +22,7 @@ FID), ``n_images``, ``classifier`` (what computed it, weights file included).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -113,15 +113,26 @@ def _same_size_runs(images: Sequence[Image.Image]) -> list[list[Image.Image]]:
     return runs
 
 
+def _inception(spec: Mapping[str, Any], device: str) -> Classifier:
+    weights = spec.get("weights")
+    return InceptionClassifier(Path(weights) if weights else inception_weights_path(), device)
+
+
+# The classifiers by their ``evaluation.quality.classifier`` name.
+CLASSIFIERS: dict[str, Callable[[Mapping[str, Any], str], Classifier]] = {
+    "inception": _inception,
+    "toy": lambda spec, device: ToyClassifier(),
+}
+
+
 def load_classifier(spec: Mapping[str, Any], device: str = "cpu") -> Classifier:
     """The classifier ``spec`` (``evaluation.quality``) names."""
     kind = spec["classifier"]
-    if kind == "toy":
-        return ToyClassifier()
-    if kind == "inception":
-        weights = spec.get("weights")
-        return InceptionClassifier(Path(weights) if weights else inception_weights_path(), device)
-    raise ValueError(f"evaluation.quality.classifier: unknown {kind!r}; expected inception or toy")
+    if kind not in CLASSIFIERS:
+        raise ValueError(
+            f"evaluation.quality.classifier: unknown {kind!r}; expected one of {list(CLASSIFIERS)}"
+        )
+    return CLASSIFIERS[kind](spec, device)
 
 
 def classify(
