@@ -104,6 +104,14 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     assert "| DSPO-E |" in (smoke_run / "results/tables/table5.md").read_text()
     # 11 models x 10 opponents x 3 rewards x 2 image sets (pickv2 and the edits).
     assert len(pd.read_csv(smoke_run / "results/tables/head_to_head.csv")) == 11 * 10 * 3 * 2
+    # The toy classifier's Inception Score of every model (2 splits of 4 images: 1 to 2 here),
+    # beside the win rates in the DDSPO table, whose rows start as DDSPO's tables do.
+    quality = pd.read_csv(smoke_run / "results/tables/image_quality.csv")
+    assert len(quality) == 11 and quality["inception_score"].between(1, 2).all()
+    ddspo = pd.read_csv(smoke_run / "results/tables/ddspo.csv")
+    pickv2 = ddspo[ddspo["prompt_set"] == "pickv2"]
+    assert pickv2["model"].tolist()[:3] == ["base", "diffusion_dpo", "ddspo"] and len(pickv2) == 11
+    assert pickv2["inception_score"].notna().all() and "oracle_win_rate" in ddspo.columns
     for produced in (
         "results/plots/win_rates.png",
         "results/plots/grid_pickv2.png",
@@ -182,6 +190,7 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
             "training_view": 1,
             "generate": 1,
             "score": 1,
+            "quality": 1,
             "tables": 1,
             "grid": 2,
             "summary": 1,
