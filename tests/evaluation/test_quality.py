@@ -144,3 +144,17 @@ def test_toy_inception_score_rewards_crisp_varied_objects(tmp_path) -> None:
     assert rows["guidance"].eq(2.0).all()
     with pytest.raises(ValueError, match="base has few at guidance 2: 3"):
         image_set_quality({"few": _manifest(sets["crisp"][:3], 2.0)}, {"classifier": "toy"}, "base")
+
+
+def test_a_missing_reference_folder_fails_the_config_check_naming_it(tmp_path) -> None:
+    from dspo.config.check import config_problems
+    from dspo.config.step import workflow_config
+
+    config = workflow_config([])
+    config["evaluation"]["quality"]["reference"] = "coco/val2014"
+    assert any(
+        p.startswith("evaluation.quality.reference: folder 'coco/val2014' does not exist")
+        for p in config_problems(config, tmp_path)
+    )
+    (tmp_path / "coco" / "val2014").mkdir(parents=True)
+    assert not any("quality" in p for p in config_problems(config, tmp_path))
