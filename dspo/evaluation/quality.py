@@ -15,9 +15,9 @@ Classifiers (``classifier``):
   would measure nothing; this classifier is confident exactly on crisp, well-drawn objects.
 
 Output rows (one per image set, guidance scale and metric): ``model, prompt_set, guidance,
-metric`` (``inception_score``
-or ``fid``), ``value``, ``sd`` (the Inception Score's deviation over its splits; empty for
-FID), ``n_images``, ``classifier`` (what computed it, weights file included).
+metric`` (``inception_score`` or ``fid``), ``value``, ``sd`` (the Inception Score's deviation
+over its splits; empty for FID), ``n_images``, ``classifier`` (what computed it, weights file
+included).
 """
 
 from __future__ import annotations
