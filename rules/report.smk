@@ -59,6 +59,9 @@ rule tables:
         intervals=interval_captions(),
         nodup=nodup_report_option,
         quality=quality_option,
+        # The folders of the declared outputs, where `dspo tables` writes them.
+        tables=lambda wc, output: os.path.dirname(output.win_rates),
+        plots=lambda wc, output: os.path.dirname(output.win_rate_plot),
     conda:
         "../environment.yml"
     benchmark:
@@ -66,8 +69,9 @@ rule tables:
     log:
         "results/logs/tables.log",
     shell:
-        "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out results/tables"
-        " --plots results/plots --pairs-report {input.pairs_report:q} {params.nodup} {params.quality}"
+        "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out {params.tables:q}"
+        " --plots {params.plots:q} --pairs-report {input.pairs_report:q} {params.nodup}"
+        " {params.quality}"
         " > {log:q} 2>&1"
 
 

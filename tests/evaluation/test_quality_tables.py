@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dspo.cli import main
+from dspo.cli.commands import main
 
 METHODS = ["dspo", "ddspo", "sft", "diffusion_dpo"]
 REWARDS = ["pick", "bvqa"]
