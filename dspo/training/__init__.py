@@ -1,0 +1,1 @@
+"""Training: the preference fine-tuning loop and what it keeps."""
