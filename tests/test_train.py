@@ -558,5 +558,8 @@ def test_kept_steps_are_loadable_models_that_survive_a_resume(
     record = json.loads((kept / "step-000003/dspo_config.json").read_text())
     assert record["step"] == 3 and record["steps"] == 4 and record["config"]["objective"] == "dspo"
     assert "# dspo@3" in (kept / "step-000003/README.md").read_text()
+    # Whether TF32 was in effect is recorded with the model (no CUDA here: it was not).
+    final = json.loads((tmp_path / "killed/model/dspo_config.json").read_text())
+    assert final["tf32"] is False and record["tf32"] is False
     pipe = StableDiffusionPipeline.from_pretrained(kept / "step-000003", safety_checker=None)
     an_image(pipe)
