@@ -58,5 +58,5 @@ rule step_model:
     log:
         "results/logs/step_model/{model}.log",
     shell:
-        "dspo step-model --run-dir {params.run_dir:q} --step {params.step} --out {output:q}"
+        "dspo step-model --run-dir {params.run_dir:q} --at-step {params.step} --out {output:q}"
         " > {log:q} 2>&1"

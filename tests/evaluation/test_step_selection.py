@@ -75,3 +75,41 @@ def test_the_paper_table_row_of_a_method_is_its_picked_steps_own_row() -> None:
     assert final != paper.loc["dspo", "win_rate"]
     assert tables["table1"][1].rstrip().endswith("picked note")
     assert "picked note" not in tables["win_rates"][1]
+
+
+def test_the_tables_command_writes_the_choice_and_uses_it(tmp_path) -> None:
+    """`dspo tables` as the tables rule calls it, with the step choice's settings
+    (rules/common.smk: tables_config)."""
+    import json
+
+    from dspo.cli import main
+
+    frame = scores()
+    files = []
+    for model, rows in frame.groupby("model"):
+        files.append(tmp_path / f"{model}.parquet")
+        rows.to_parquet(files[-1], index=False)
+    params = {
+        "methods": ["sft", "dspo"],
+        "rewards": ["pick"],
+        "prompt_sets": ["pickv2"],
+        "labels": {},
+        "bootstrap": {"samples": 100, "seed": 0},
+        "groups": {"dspo": ["dspo", 0], "sft": ["sft", 0]},
+        "paper_tables": {"table1": {"title": "Table 1", "methods": ["sft", "dspo"]}},
+        "step_selection": {
+            "prompt_set": "validation",
+            "reward": "pick",
+            "candidates": {"dspo": {"2": "dspo@2", "4": "dspo"}, "sft": {"4": "sft"}},
+        },
+    }
+    out = tmp_path / "tables"
+    args = ["tables", "--params", json.dumps(params), "--out", str(out), "--scores"]
+    main([*args, *map(str, files)])
+    chosen = pd.read_csv(out / "step_selection.csv")
+    assert chosen.loc[chosen["picked"], "row"].tolist() == ["dspo@2", "sft"]
+    assert "dspo step 2 of 4" in (out / "table1.md").read_text()
+    paper = pd.read_csv(out / "table1.csv").set_index("method")
+    final = pd.read_csv(out / "win_rates.csv").set_index("method")
+    assert paper.loc["dspo", "win_rate"] > final.loc["dspo", "win_rate"]
+    assert paper.loc["sft", "win_rate"] == final.loc["sft", "win_rate"]

@@ -64,3 +64,13 @@ def test_a_kept_step_is_linked_where_the_workflow_reads_it(tmp_path: Path) -> No
     with pytest.raises(FileNotFoundError, match="no model kept at step 3"):
         link_step(tmp_path / "run", 3, tmp_path / "models/dspo@3")
     assert not (tmp_path / "models/dspo@3").exists()
+
+
+def test_the_step_model_command_links_a_kept_step(tmp_path: Path) -> None:
+    """`dspo step-model` as the step_model rule calls it (rules/model.smk)."""
+    from dspo.cli import main
+
+    write_step(tmp_path / "run", 2, fill(2, "a"))
+    out = tmp_path / "models/dspo@2"
+    main(["step-model", "--run-dir", str(tmp_path / "run"), "--at-step", "2", "--out", str(out)])
+    assert json.loads((out / "dspo_config.json").read_text())["step"] == 2
