@@ -5,7 +5,7 @@ main process writes the policy as it is then to ``<run_dir>/steps/step-NNNNNN/``
 files as the final model (a diffusers folder or a LoRA file, its record ``dspo_config.json``
 and its model card), written beside that name and renamed into place, so a folder that
 exists is whole. The record holds the step and the run's fingerprint
-(:mod:`dspo.checkpoints`).
+(:mod:`dspo.training.checkpoints`).
 
 They outlive the run (the end of training removes checkpoints only). A run that resumes
 keeps those of the trajectory it continues: at most its start step, and written under the
@@ -26,8 +26,8 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from dspo.checkpoints import move_aside
-from dspo.policy import MODEL_CONFIG as RECORD
+from dspo.training.checkpoints import move_aside
+from dspo.training.policy import MODEL_CONFIG as RECORD
 
 STEPS = "steps"
 

@@ -82,7 +82,7 @@ def test_the_tables_command_writes_the_choice_and_uses_it(tmp_path) -> None:
     (rules/common.smk: tables_config)."""
     import json
 
-    from dspo.cli import main
+    from dspo.cli.commands import main
 
     frame = scores()
     files = []

@@ -68,7 +68,7 @@ def test_a_kept_step_is_linked_where_the_workflow_reads_it(tmp_path: Path) -> No
 
 def test_the_step_model_command_links_a_kept_step(tmp_path: Path) -> None:
     """`dspo step-model` as the step_model rule calls it (rules/model.smk)."""
-    from dspo.cli import main
+    from dspo.cli.commands import main
 
     write_step(tmp_path / "run", 2, fill(2, "a"))
     out = tmp_path / "models/dspo@2"
