@@ -38,6 +38,11 @@ rule tables:
             caption="../workflow/report/mean_scores_plot.rst",
             category="Plots",
         ),
+        step_selection=report(
+            step_selection_outputs(),
+            caption="../workflow/report/step_selection.rst",
+            category="Tables",
+        ),
         extra_tables=report(
             expand("results/tables/{table}.{ext}", table=EXTRA_TABLES, ext=["md", "csv"]),
             caption="../workflow/report/quality_table.rst",
@@ -129,7 +134,7 @@ rule training_view:
 rule summary:
     input:
         win_rates="results/tables/win_rates.csv",
-        grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
+        grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=TEST_SETS),
     output:
         "results/summary.json",
     params:

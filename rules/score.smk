@@ -29,7 +29,7 @@ rule score:
 rule quality:
     input:
         manifests=expand(
-            "results/images/{{model}}/{prompt_set}/manifest.parquet", prompt_set=PROMPT_SETS
+            "results/images/{{model}}/{prompt_set}/manifest.parquet", prompt_set=QUALITY_SETS
         ),
         fetched=fetched("quality.inception"),
     output:
