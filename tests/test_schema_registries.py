@@ -181,6 +181,13 @@ def reward_kinds() -> Iterable[str]:
     return LOADERS
 
 
+def classifiers() -> Iterable[str]:
+    """The image classifiers of the Inception Score (dspo.evaluation.quality)."""
+    from dspo.evaluation.quality import CLASSIFIERS
+
+    return CLASSIFIERS
+
+
 def toy_oracle_parts() -> Iterable[str]:
     """``PARTS`` of the module whose reward the ``toy_oracle`` loader builds."""
     from dspo.rewards import load_reward
@@ -242,6 +249,7 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "evaluation.rewards.*.dtype": (f"{REWARD}/dtype", dtypes),
     "evaluation.attribute_binding.scorer.kind": (f"{BINDING}/kind", binding_kinds),
     "evaluation.attribute_binding.scorer.dtype": (f"{BINDING}/dtype", dtypes),
+    "evaluation.quality.classifier": (f"{EVALUATION}/quality/properties/classifier", classifiers),
     "evaluation.tables.*.paper": (
         f"{EVALUATION}/tables/additionalProperties/properties/paper",
         paper_tables,

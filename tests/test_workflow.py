@@ -55,9 +55,11 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     assert jobs["generate"] == 13 and jobs["score"] == 13 and jobs["editing_set"] == 1
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
     # In a bare folder: every hub artefact is downloaded first (rules/fetch.smk), once each.
-    # Two of them are the released Diffusion-DPO and Diffusion-KTO models the preset scores;
+    # Two of them are the released Diffusion-DPO and Diffusion-KTO models the preset scores.
+    # One more is the FID Inception-v3 weights file (a pinned URL) for the Inception Score;
     # four T2I-CompBench's colour, shape and texture prompts and the BLIP VQA model.
-    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 21
+    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 22
+    assert jobs["quality"] == 13
     # Attribute binding: three more prompt sets, each model's B-VQA scores, one table.
     assert jobs["prompt_set"] == 6 and jobs["score_binding"] == 13 and jobs["binding_table"] == 1
 
@@ -70,6 +72,8 @@ def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
     assert "dspo import-model --model mhdang/dpo-sdxl-text2image-v1" in result.stdout
     assert jobs["score_binding"] == 12 and jobs["binding_table"] == 1
     assert '"kind": "bvqa", "model": "Salesforce/blip-vqa-base"' in result.stdout
+    # DDSPO's Inception Score of every model's images, from the FID Inception-v3.
+    assert jobs["quality"] == 12 and '"classifier": "inception"' in result.stdout
 
 
 @pytest.mark.parametrize("preset", ["sd35", "flux"])
@@ -117,6 +121,14 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     assert "| Model | Colour binding B-VQA | Colour binding win % |" in binding_md
     # 11 models x 10 opponents x 3 rewards x 2 image sets (pickv2 and the edits).
     assert len(pd.read_csv(smoke_run / "results/tables/head_to_head.csv")) == 11 * 10 * 3 * 2
+    # The toy classifier's Inception Score of every model (2 splits of 4 images: 1 to 2 here),
+    # beside the win rates in the DDSPO table, whose rows start as DDSPO's tables do.
+    quality = pd.read_csv(smoke_run / "results/tables/image_quality.csv")
+    assert len(quality) == 11 and quality["inception_score"].between(1, 2).all()
+    ddspo = pd.read_csv(smoke_run / "results/tables/ddspo.csv")
+    pickv2 = ddspo[ddspo["prompt_set"] == "pickv2"]
+    assert pickv2["model"].tolist()[:3] == ["base", "diffusion_dpo", "ddspo"] and len(pickv2) == 11
+    assert pickv2["inception_score"].notna().all() and "oracle_win_rate" in ddspo.columns
     for produced in (
         "results/plots/win_rates.png",
         "results/plots/grid_pickv2.png",
@@ -194,12 +206,15 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
     edit = tmp_path / "edit.yaml"
     edit.write_text(yaml.safe_dump({"methods": {"dspo": {"params": {"lam": 0.5, "kappa": 0.5}}}}))
     result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
+    # The smoke preset keeps DSPO's step 2: that model is sampled and scored again too.
     assert planned_jobs(result.stdout) == Counter(
         {
             "train": 1,
+            "step_model": 1,
             "training_view": 1,
-            "generate": 1,
-            "score": 1,
+            "generate": 2,
+            "score": 2,
+            "quality": 2,
             "tables": 1,
             "grid": 2,
             "summary": 1,
