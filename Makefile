@@ -44,7 +44,7 @@ standins/standins.json:
 	dspo standins --out standins --skip-existing
 
 # After `make run`: keep the run's summary as docs/run_summary.json and rewrite the README's
-# results block from it (tests/test_summary.py checks that the two agree). RERUN=other.json
+# results block from it (tests/evaluation/test_summary.py checks that the two agree). RERUN=other.json
 # RERUN_LABEL="with ..." adds how far the same config moved when run another way.
 SUMMARY ?= results/summary.json
 RERUN ?=

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dspo.cli.commands import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_activations_grow_with_the_batch_and_checkpointing_holds_less(

@@ -22,7 +22,7 @@ from dspo.config.step import workflow_config
 from dspo.data.cache import build_cache
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.training.train import train
-from tests.test_train import BASE_CONFIG
+from tests.training.test_train import BASE_CONFIG
 
 PRESETS = Path("config/presets")
 

@@ -19,7 +19,7 @@ from dspo.cli.registry import COMMANDS, STAGES, build_parser
 from dspo.config.step import Source, StepConfigError, resolve
 from dspo.data.cache import build_cache
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 

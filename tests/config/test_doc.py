@@ -51,7 +51,7 @@ def test_config_readme_is_current_and_every_key_is_described() -> None:
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     schema = yaml.safe_load((repo / "config" / "schema.yaml").read_text())
     config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
     assert undocumented(schema) == [], "describe these keys in config/schema.yaml"

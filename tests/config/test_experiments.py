@@ -17,7 +17,7 @@ from dspo.config.experiments import group_of, method_config, sweep_points, train
 from dspo.evaluation.sweeps import relabel_groups, sweep_table, write_sweep
 from dspo.evaluation.tables import write_tables
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dspo.core.progress import latest_metrics, latest_progress, parse_run, report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # As Snakemake 9 writes its log: two training jobs and a scoring job start, one of them
 # finishes, the scoring job fails.

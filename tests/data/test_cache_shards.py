@@ -26,7 +26,7 @@ from dspo.data.cache import (
 from dspo.data.pairs import prompt_id_of, read_pair_rows, read_pair_texts, write_pairs
 
 # The check is 10,000 pairs (1.5 minutes on 2 busy cores, too slow for the suite):
-#   DSPO_SHARD_TEST_PAIRS=10000 python -m pytest tests/test_shards.py -k four_shards
+#   DSPO_SHARD_TEST_PAIRS=10000 python -m pytest tests/data/test_cache_shards.py -k four_shards
 N_PAIRS = int(os.environ.get("DSPO_SHARD_TEST_PAIRS", "500"))
 # Random crops and flips, so that each image's seeded draws are compared too; 10 latent files.
 # Resolution 8 (latents 4x4x4) keeps the VAE's share of the time small.

@@ -16,7 +16,7 @@ from dspo.data.cache import build_cache, load_cache, load_image
 from dspo.families import load_family
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.training.preference import make_batch
-from tests.test_reference import CFG, precompute, trained
+from tests.training.test_reference import CFG, precompute, trained
 
 
 def _noise_png(rng: np.random.Generator) -> bytes:

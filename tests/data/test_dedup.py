@@ -18,7 +18,7 @@ from dspo.data.dedup import (
     normalise_caption,
     pairs_note,
 )
-from tests.test_pairs import BLUE, GREEN, RED, colour_of, jpeg, normalise, row
+from tests.data.test_pairs import BLUE, GREEN, RED, colour_of, jpeg, normalise, row
 
 # --- normalisation ---------------------------------------------------------------------------
 
@@ -230,7 +230,7 @@ def test_pairs_note_names_each_drop():
 def test_every_table_notes_what_the_pairs_dropped(tmp_path):
     from dspo.data.dedup import data_note
     from dspo.evaluation.tables import build_tables
-    from tests.test_evaluate import make_scores
+    from tests.evaluation.test_tables import make_scores
 
     pairs = {"input": 240, "kept": 180, "duplicate": 49, "eval_prompt": 6, "caption_blank": 5}
     (tmp_path / "pairs.json").write_text(json.dumps({"counts": pairs, "evaluation_prompts": 9}))

@@ -305,7 +305,7 @@ class _FakeDataset:
 
 
 def test_streamed_hub_source_with_fake_datasets(monkeypatch):
-    # Units: the two shard files. (Without streaming, tests/test_sources.py: no `datasets`.)
+    # Units: the two shard files. (Without streaming, tests/data/test_sources.py: no `datasets`.)
     streaming = True
     calls = []
     rows = [dict(r, jpg_0={"bytes": r["jpg_0"], "path": None}) for r in mixed_rows()]

@@ -35,7 +35,7 @@ from dspo.data import sources as S
 from dspo.data.pairs import read_pairs
 from dspo.data.split_files import split_patterns
 from dspo.standins.data import pickapic_rows
-from tests.test_pairs import BLUE, RED, colour_of, jpeg
+from tests.data.test_pairs import BLUE, RED, colour_of, jpeg
 from tests.workflow_run import REPO, snakemake
 
 # Data file names of the hub's parquet layout (yuvalkirstain/pickapic_v2_no_images, data/).

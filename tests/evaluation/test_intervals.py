@@ -20,7 +20,7 @@ from dspo.evaluation.summary import render_block
 from dspo.evaluation.sweeps import relabel_groups, write_sweep
 from dspo.evaluation.tables import write_tables
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPTS = "prompts (the seeds of a prompt resampled together"
 
 

@@ -136,7 +136,7 @@ def test_stage_times_refuses_other_files(tmp_path: Path) -> None:
 
 def test_readme_results_block_is_what_the_kept_summary_writes() -> None:
     """The README's figures come from docs/run_summary.json (`make readme-results`)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     summary = json.loads((root / "docs" / "run_summary.json").read_text())
     readme = (root / "README.md").read_text()
     expected = render_block(summary)
@@ -156,7 +156,7 @@ def test_readme_describes_the_default_run_as_configured() -> None:
 
     from dspo.config import experiments
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     config = yaml.safe_load((root / "config" / "config.yaml").read_text())
     readme = " ".join((root / "README.md").read_text().split())
     trained = len(experiments.trained_models(config))

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import dspo.training.train as train_module
 from dspo.evaluation.training_view import plot_training_view, shown_steps
 from dspo.training.tracking import flat_config
-from tests.test_train import DSPO, run, unet_weights
+from tests.training.test_train import DSPO, run, unet_weights
 
 VALIDATION = {
     "validate_every": 2,

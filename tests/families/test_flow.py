@@ -18,8 +18,8 @@ from dspo.objectives import OBJECTIVES
 from dspo.training.preference import make_batch, noised_inputs
 from dspo.training.train import train
 from tests.conftest import WORDS
-from tests.test_families import LORA_TARGETS, TINY_FLUX, TINY_SD3
-from tests.test_train import BASE_CONFIG
+from tests.families.test_families import LORA_TARGETS, TINY_FLUX, TINY_SD3
+from tests.training.test_train import BASE_CONFIG
 
 ARCHITECTURES = {"sd3": TINY_SD3, "flux": TINY_FLUX}
 LORA = {"rank": 4, "alpha": 4, "target_modules": LORA_TARGETS}

@@ -20,7 +20,7 @@ from dspo.objectives import get_objective
 from dspo.training.preference import PreferenceModel, make_batch, preference_loss
 from dspo.training.train import train
 from tests.conftest import jpeg
-from tests.test_train import BASE_CONFIG
+from tests.training.test_train import BASE_CONFIG
 
 LORA = {"rank": 4, "alpha": 4, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
 

@@ -24,7 +24,7 @@ from dspo.evaluation.sweeps import relabel_groups
 from dspo.evaluation.tables import write_tables
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.hub.released import RECORD, import_model, layout
-from tests.test_experiments import DEFAULT, scores_of
+from tests.config.test_experiments import DEFAULT, scores_of
 from tests.workflow_run import SMOKE, planned_jobs, snakemake
 
 

@@ -529,7 +529,7 @@ def test_open_clip_tokens_clean_prompts_as_hpsv2_does() -> None:
 PARITY_PYTHON = Path(
     os.environ.get(
         "DSPO_PARITY_PYTHON",
-        Path(__file__).resolve().parents[1] / "build/reward-parity/venv/bin/python",
+        Path(__file__).resolve().parents[2] / "build/reward-parity/venv/bin/python",
     )
 )
 

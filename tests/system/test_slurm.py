@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
 SMOKE = REPO / "config" / "presets" / "smoke.yaml"
 # One method keeps the run short and still reaches every kind of job but DDSPO's pairs.

@@ -21,9 +21,9 @@ from dspo.data.cache import build_cache
 from dspo.training.launch import Topology, free_port, port_of_job, slurm_topology, worker_env
 from dspo.training.policy import use_tf32
 from dspo.training.train import train
-from tests.test_train import BASE_CONFIG, DSPO, SCHEDULE
+from tests.training.test_train import BASE_CONFIG, DSPO, SCHEDULE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH = [sys.executable, "-m", "dspo.training.launch"]
 # test_train's settings with DSPO's parameters, its warm-up schedule and no periodic
 # checkpoints (the stop signal writes the one these tests resume from).
@@ -257,5 +257,5 @@ def test_two_nodes_train_like_one_process(
     assert (two["processes"], two["accumulation"]) == (2, 1)
     assert (one["processes"], one["accumulation"]) == (1, 2)
     # Adam's normalised steps amplify float rounding of the gradient all-reduce
-    # (tests/test_train.py: test_two_processes_train_like_one).
+    # (tests/training/test_train.py: test_two_processes_train_like_one).
     assert_same_weights(tmp_path / "one", root, atol=1e-4)

@@ -18,7 +18,7 @@ from dspo.objectives import get_objective, objective_kwargs
 from dspo.training.policy import build_model
 from dspo.training.preference import PreferenceModel, make_batch
 from dspo.training.settings import TrainSettings
-from tests.test_train import BASE_CONFIG, DSPO, LORA, run
+from tests.training.test_train import BASE_CONFIG, DSPO, LORA, run
 
 STEPS = {"steps": 2, "checkpoint_every": 0}
 

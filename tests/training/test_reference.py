@@ -13,7 +13,7 @@ import torch
 import dspo.training.preference as preference
 from dspo.training.reference import PrecomputedReference, compute_part, gather, reference_parts
 from dspo.training.train import train
-from tests.test_train import BASE_CONFIG, assert_same_weights, unet_weights
+from tests.training.test_train import BASE_CONFIG, assert_same_weights, unet_weights
 
 # A full fine-tuning run (the online reference is a copy) with prompt dropout, so every kind
 # of batch randomness must be replayed exactly; 3 micro-batches per step.

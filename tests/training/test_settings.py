@@ -6,7 +6,7 @@ import pytest
 
 from dspo.training.optimisation import OptimiserSettings
 from dspo.training.settings import LoraSettings, TrainSettings
-from tests.test_train import BASE_CONFIG, DSPO, LORA
+from tests.training.test_train import BASE_CONFIG, DSPO, LORA
 
 
 def test_the_settings_read_every_key_of_a_resolved_config() -> None:
@@ -69,7 +69,7 @@ def test_every_training_key_of_the_schema_is_a_setting() -> None:
 
     from dspo.training.settings import OPTIONAL, REQUIRED
 
-    schema = yaml.safe_load((Path(__file__).parents[1] / "config/schema.yaml").read_text())
+    schema = yaml.safe_load((Path(__file__).parents[2] / "config/schema.yaml").read_text())
     training = set(schema["$defs"]["training"]["properties"])
     method_keys = {"name", "objective", "params", "data", "lora"}
     assert set(REQUIRED) | set(OPTIONAL) == training | method_keys

@@ -11,9 +11,9 @@ import yaml
 from dspo.config.check import config_problems
 from dspo.training.settings import TrainSettings
 from dspo.training.tracking import start_trackers
-from tests.test_train import BASE_CONFIG, DSPO
+from tests.training.test_train import BASE_CONFIG, DSPO
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NO_WANDB = pytest.mark.skipif(
     importlib.util.find_spec("wandb") is not None, reason="wandb is installed here"
 )
