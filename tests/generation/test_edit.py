@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dspo.cli.commands import commands as cli
+from dspo.cli import commands as cli
 from dspo.data.prompts import load_editing_set
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.generation.edit import edit

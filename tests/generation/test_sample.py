@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dspo.cli.commands import commands as cli
+from dspo.cli import commands as cli
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.generation.sample import generate, initial_noise, load_for_sampling, sampling_dtype
 
