@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 
-from dspo.config.check import entries
+from dspo.config.names import entries
 from dspo.config import experiments
 from dspo.evaluation.intervals import caption_sentences
 from dspo.hub.fetch import hub_artefacts
@@ -60,12 +60,6 @@ NODUP = {"seed": config["pairs"]["nodup_seed"], "shards": config["pairs"]["shard
 def as_json(value):
     """A config slice as canonical JSON: equal configs give equal params."""
     return json.dumps(value, sort_keys=True)
-
-
-def toy_world_used():
-    sources = [config["pairs"]["source"]]
-    sources += [s["source"] for s in PROMPT_SET_ENTRIES.values()]
-    return BUILD_TOY_BASE or any(s["kind"] == "toy" for s in sources)
 
 
 # The hub artefacts the config names, by item (dspo/hub/fetch.py): rule fetch_item downloads

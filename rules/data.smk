@@ -10,6 +10,8 @@ rule toy_world:
         ),
     params:
         world=as_json(config.get("world", {})),
+        # The folder of the declared outputs, where `dspo toy-world` writes them.
+        out=lambda wc, output: os.path.dirname(output.prompts),
     conda:
         "../environment.yml"
     benchmark:
@@ -17,7 +19,7 @@ rule toy_world:
     log:
         "results/logs/toy_world.log",
     shell:
-        "dspo toy-world --params {params.world:q} --out results/data/toy > {log:q} 2>&1"
+        "dspo toy-world --params {params.world:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 # Normalising is scattered over pairs.shards jobs, each screening a contiguous block of the

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from dspo.bench.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
-from dspo.config.check import entries
 from dspo.config.experiments import method_config, released_models, trained_models
+from dspo.config.names import entries
 from dspo.objectives import get_objective
 
 FLOPS_TABLE = Path(__file__).parents[1] / "resources" / "budget_flops.json"

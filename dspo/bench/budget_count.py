@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from dspo.bench.flops import counted
-from dspo.bench.throughput import SD15_ARCHITECTURE
+from dspo.bench.spec import SD15_ARCHITECTURE
 from dspo.standins.pipelines import SDXL_UNET
 
 TABLE = Path(__file__).parents[1] / "resources" / "budget_flops.json"

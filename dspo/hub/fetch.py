@@ -41,8 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dspo.config.check import entries, is_hub_id
 from dspo.config.experiments import released_models
+from dspo.config.names import entries, is_hub_id
 from dspo.data.split_files import DATA_SUFFIXES, repo_split_files
 from dspo.hub.released import DENOISERS, LORA_WEIGHTS, MODEL_INDEX
 

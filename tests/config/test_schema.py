@@ -51,10 +51,10 @@ def resolve(pointer: str) -> Any:
 
 
 def source_kinds() -> Iterable[str]:
-    from dspo.config.check import _SOURCE_KINDS
+    from dspo.config.check import SOURCE_KINDS_BY_PLACE as SOURCE_KINDS
 
     # The schema's one source definition serves pairs, prompt sets and the editing set.
-    return {kind for kinds in _SOURCE_KINDS.values() for kind in kinds}
+    return {kind for kinds in SOURCE_KINDS.values() for kind in kinds}
 
 
 def lr_schedules() -> Iterable[str]:
@@ -253,14 +253,14 @@ def test_every_schema_enum_has_a_case() -> None:
 
 def test_source_kinds_per_place_are_the_loaders() -> None:
     """What config_check accepts in each place is what that place's loader reads."""
-    from dspo.config.check import _SOURCE_KINDS
+    from dspo.config.check import SOURCE_KINDS_BY_PLACE as BY_PLACE
     from dspo.data.prompts import PROMPT_SOURCE_KINDS, SOURCE_KINDS
     from dspo.data.sources import SOURCE_KEYS
 
     # `dspo pairs-part` reads a toy source as the toy world's parquet output.
-    assert set(_SOURCE_KINDS["pairs.source"]) == {"toy", *SOURCE_KEYS}
-    assert set(_SOURCE_KINDS["prompt set"]) == set(PROMPT_SOURCE_KINDS)
-    assert set(_SOURCE_KINDS["evaluation.editing.source"]) == set(SOURCE_KINDS)
+    assert set(BY_PLACE["pairs.source"]) == {"toy", *SOURCE_KEYS}
+    assert set(BY_PLACE["prompt set"]) == set(PROMPT_SOURCE_KINDS)
+    assert set(BY_PLACE["evaluation.editing.source"]) == set(SOURCE_KINDS)
 
 
 def test_every_dataset_is_a_rule_output() -> None:
