@@ -2,9 +2,10 @@
 
 Every command line of the shell blocks in the sections "Presets" and "Running on a cluster"
 runs in a copy of the repository. `export` lines set the environment of the lines after
-them. A command that needs GPUs and the hub (the sd15/sdxl presets) or a cluster (the slurm
-profile) runs as a dry run (`-n` added); the smoke preset and the `dspo` lines run for real.
-No file is added to the copy: every input of the sd15 preset is on the hub.
+them. Every `snakemake` line runs as a dry run (`-n` added): the presets need GPUs and the
+hub, the slurm profile a cluster, and the smoke preset's line is the shared smoke run's command
+(tests/conftest.py), which it plans nothing on top of; the `dspo` lines run for real. No file
+is added to the copy: every input of the sd15 preset is on the hub.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.workflow_run import REPO, snakemake
+
 SECTIONS = ("## Presets", "## Running on a cluster")
 
 
@@ -74,7 +76,7 @@ def test_readme_commands_run_as_written(checkout: Path) -> None:
             env.update(dict(w.split("=", 1) for w in words[1:]))
             continue
         assert words[0] in ("snakemake", "dspo"), command
-        dry = words[0] == "snakemake" and "smoke.yaml" not in command and "-n" not in words
+        dry = words[0] == "snakemake" and "-n" not in words
         args = [*words, "-n"] if dry else words
         result = subprocess.run(
             args, cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -82,5 +84,15 @@ def test_readme_commands_run_as_written(checkout: Path) -> None:
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}"
         assert "FileNotFoundError" not in result.stdout
         ran += 1
-    assert (checkout / "results/tables/win_rates.md").exists()  # the smoke line ran for real
     assert ran == sum(c.startswith(("snakemake", "dspo")) for c in COMMANDS)
+
+
+def test_the_smoke_line_plans_nothing_after_the_shared_smoke_run(smoke_run: Path) -> None:
+    """The README's smoke line is the shared smoke run's command: on its results, a dry run of
+    the line as written (its config files relative to the repository) has nothing to do."""
+    (line,) = [c for c in COMMANDS if "smoke.yaml" in c]
+    words = shlex.split(line)
+    assert words[:2] == ["snakemake", "--cores"] and "all" in words
+    args = [str(REPO / w) if w.endswith(".yaml") else w for w in words[1:]]
+    result = snakemake(*args, "-n", cwd=smoke_run)
+    assert "Nothing to be done" in result.stdout, result.stdout[-3000:]
