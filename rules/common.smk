@@ -9,6 +9,7 @@ import shlex
 
 from dspo.config.names import entries
 from dspo.config import experiments
+from dspo.data.llm_degrader import degrader_settings
 from dspo.evaluation.intervals import caption_sentences
 from dspo.hub.fetch import hub_artefacts
 from dspo.objectives import get_objective
@@ -23,7 +24,10 @@ TRAINED = experiments.trained_models(config)
 METHODS = list(TRAINED)
 # Method entries naming an existing model (`model:`): imported, never trained (rule import_model).
 RELEASED = experiments.released_models(config)
-MODELS = ["base", *METHODS, *RELEASED]
+# Kept training steps (training.evaluate_steps), sampled and scored as models of their own:
+# `dspo@100` -> ("dspo", 100) (dspo/config/experiments.py).
+STEP_MODELS = experiments.step_models(config, TRAINED)
+MODELS = ["base", *METHODS, *RELEASED, *STEP_MODELS]
 SWEEPS = list(entries(config.get("sweeps")))
 # The models the image grids show: the base model and the first replicate of each method.
 GRID_MODELS = ["base", *METHOD_ENTRIES]
@@ -31,6 +35,10 @@ PROMPT_SETS = list(PROMPT_SET_ENTRIES)
 EDITING = EVALUATION.get("editing")
 # Sets of generated images: the prompt sets, and the edits of the editing set when enabled.
 EVAL_SETS = [*PROMPT_SETS, "editing"] if EDITING else PROMPT_SETS
+# Choosing each trained model's step on a validation prompt set (dspo/evaluation/step_selection.py).
+STEP_SELECTION = EVALUATION.get("step_selection")
+# The sets the tables report: all but the one that validates the step choice.
+TEST_SETS = [s for s in EVAL_SETS if not STEP_SELECTION or s != STEP_SELECTION["prompt_set"]]
 
 
 def kept_tables(tables):
@@ -39,13 +47,19 @@ def kept_tables(tables):
     kept = {}
     for name, spec in entries(tables).items():
         methods = [m for m in spec["methods"] if m in METHOD_ENTRIES]
-        sets = [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in EVAL_SETS]
+        sets = [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in TEST_SETS]
         if methods and sets:
             kept[name] = {**spec, "methods": methods, "prompt_sets": sets}
     return kept
 
 
 PAPER_TABLES = kept_tables(EVALUATION.get("tables", {}))
+# Image quality (Inception Score, FID) of the prompt sets' images; None when not configured.
+QUALITY = EVALUATION.get("quality")
+# Measured on the test prompt sets (not the edits, nor the step choice's validation set).
+QUALITY_SETS = [p for p in PROMPT_SETS if p in TEST_SETS]
+# Tables beside the paper's: DDSPO's comparison layout, and image quality when measured.
+EXTRA_TABLES = ["ddspo", "image_quality"] if QUALITY else ["ddspo"]
 BASE = config["base_model"]
 BUILD_TOY_BASE = BASE.get("build") == "toy"
 DEVICE = config["resources"]["device"]
@@ -108,6 +122,11 @@ TOY_EDITING = "results/data/toy/editing.parquet"
 # What the pairs and nodup gathers dropped and why (dspo/data/pairs.py).
 PAIRS_REPORT = "results/data/pairs_report.json"
 NODUP_REPORT = "results/data/pairs_nodup_report.json"
+# The LLM degrader's prompts and counts; its answers are cached in DDSPO_DEGRADER_CACHE,
+# which no rule declares, so a rerun keeps it and decodes only what it lacks.
+DDSPO_DEGRADED = "results/data/ddspo_degraded.parquet"
+DDSPO_DEGRADED_REPORT = "results/data/ddspo_degraded.json"
+DDSPO_DEGRADER_CACHE = "results/data/ddspo_degraded.cache"
 # The editing set every model edits (rule editing_set).
 EDITING_TABLE = "results/data/editing.parquet"
 
@@ -146,6 +165,33 @@ def nodup_parts(wildcards):
 def ddspo_parts(wildcards):
     """The folders of the ddspo.shards parts that make up DDSPO's pair table."""
     return expand("results/data/pairs_ddspo.parts/{part}", part=range(config["ddspo"]["shards"]))
+
+
+def ddspo_settings(*keys):
+    """The ddspo settings (those of ``keys``, or all; of the degrader, those its kind reads)
+    as a params function: a function, since Snakemake would read the instructions'
+    ``{prompt}`` in a params string as a wildcard."""
+    chosen = {k: v for k, v in config["ddspo"].items() if not keys or k in keys}
+    chosen["degrader"] = degrader_settings(chosen["degrader"])
+    return lambda wildcards: as_json(chosen)
+
+
+def ddspo_degrader_input(wildcards=None):
+    """The LLM degrader's local folder (so replacing it reruns the degradation), or the
+    fetch record of a hub id; nothing when the degrader is not an LLM."""
+    degrader = config["ddspo"]["degrader"]
+    if degrader["kind"] != "llm":
+        return []
+    return [degrader["model"]] if os.path.exists(degrader["model"]) else fetched("ddspo.degrader")
+
+
+def ddspo_degraded_input(wildcards):
+    """The LLM's degraded prompts (rule ddspo_degrade), when the degrader is an LLM."""
+    return [DDSPO_DEGRADED] if config["ddspo"]["degrader"]["kind"] == "llm" else []
+
+
+def ddspo_degraded_option(wildcards, input):
+    return f"--degraded {shlex.quote(input.degraded[0])}" if input.degraded else ""
 
 
 def cache_parts(wildcards):
@@ -321,11 +367,26 @@ def tables_config():
         "groups": experiments.group_of(TRAINED, list(RELEASED)),
         "sweeps": experiments.sweep_points(config, TRAINED),
         "rewards": list(REWARD_ENTRIES),
-        "prompt_sets": EVAL_SETS,
+        "prompt_sets": TEST_SETS,
         "labels": labels,
         "bootstrap": EVALUATION["bootstrap"],
         "paper_tables": PAPER_TABLES,
+        "step_selection": step_selection_config(),
     }
+
+
+def step_selection_config():
+    """The tables step's step choice: the validation set, the reward and each trained model's
+    candidates, step: row (null when not chosen)."""
+    if not STEP_SELECTION:
+        return None
+    return {**STEP_SELECTION, "candidates": experiments.step_candidates(config, TRAINED)}
+
+
+def step_selection_outputs():
+    if not STEP_SELECTION:
+        return []
+    return expand("results/tables/step_selection.{ext}", ext=["md", "csv"])
 
 
 def interval_captions():
@@ -335,6 +396,14 @@ def interval_captions():
 
 def score_files(wildcards=None):
     return expand("results/scores/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=EVAL_SETS)
+
+
+def quality_files(wildcards=None):
+    return expand("results/quality/{model}.csv", model=MODELS) if QUALITY else []
+
+
+def quality_option(wildcards, input):
+    return f"--quality {shlex.join(input.quality)}" if input.quality else ""
 
 
 def grid_sources(wildcards):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from dspo.cli.registry import OUT, PARAMS, arg, command, json_mapping, report, setup_torch, threads
 
@@ -17,19 +19,24 @@ from dspo.cli.registry import OUT, PARAMS, arg, command, json_mapping, report, s
     arg("--plots", help="folder for the plots (default: --out)"),
     arg("--pairs-report", help="the pairs report (pairs-gather --report), noted in the tables"),
     arg("--nodup-report", help="the nodup report (nodup-gather --report), noted in the tables"),
+    arg("--quality", nargs="+", default=[], help="image quality tables (`dspo quality`)"),
     config="tables",
 )
 def tables(args: argparse.Namespace) -> None:
-    """Win rates against the base model and mean scores: tables and plots."""
+    """Win rates against the base model and mean scores, image quality and the DDSPO table:
+    tables and plots."""
     from dspo.data.dedup import data_note
     from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
+    from dspo.evaluation.quality_tables import extra_tables
     from dspo.evaluation.statistics import load_scores
     from dspo.evaluation.sweeps import relabel_groups, reward_of, write_sweep
-    from dspo.evaluation.tables import build_tables, save_tables
+    from dspo.evaluation.tables import build_tables, labeller, save_tables
 
     p = args.params
+    raw = load_scores([Path(f) for f in args.scores])
+    selected, paper_raw = _selected_steps(raw, p)
     # Replicates and sweep points are scored as models of their own: rows go to their group.
-    scores = relabel_groups(load_scores([Path(f) for f in args.scores]), p.get("groups") or {})
+    scores = relabel_groups(raw, p.get("groups") or {})
     out = Path(args.out)
     tables = build_tables(
         scores,
@@ -41,6 +48,22 @@ def tables(args: argparse.Namespace) -> None:
         seed=p["bootstrap"]["seed"],
         paper_tables=p.get("paper_tables"),
         data_note=data_note(args.pairs_report, args.nodup_report),
+        paper_scores=relabel_groups(paper_raw, p.get("groups") or {}),
+        paper_note=selected.get("note", ""),
+    )
+    if "table" in selected:
+        tables["step_selection"] = selected["table"]
+    tables.update(
+        extra_tables(
+            tables["win_rates"][0],
+            tables["mean_scores"][0],
+            args.quality,
+            p.get("groups") or {},
+            p["methods"],
+            p["rewards"],
+            p["prompt_sets"],
+            labeller(p["labels"]),
+        )
     )
     written = save_tables(tables, out)
     plots = Path(args.plots or args.out)
@@ -55,6 +78,30 @@ def tables(args: argparse.Namespace) -> None:
             scores, name, spec, out, plots, reward, p["labels"], boot["samples"], boot["seed"]
         )
     report({"written": [str(w) for w in written]})
+
+
+def _selected_steps(raw: Any, p: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """With ``step_selection`` set: the step-selection table and the note (under "table" and
+    "note"), and the scores with each trained model's picked step; else nothing and ``raw``."""
+    from dspo.evaluation.step_selection import (
+        pick_steps,
+        picked_rows,
+        selection_markdown,
+        selection_note,
+        use_picked,
+    )
+    from dspo.evaluation.tables import labeller
+
+    spec = p.get("step_selection")
+    if not spec:
+        return {}, raw
+    # JSON keys are strings; the steps are numbers.
+    candidates = {m: {int(s): row for s, row in c.items()} for m, c in spec["candidates"].items()}
+    chosen = pick_steps(raw, candidates, spec["prompt_set"], spec["reward"])
+    name = labeller(p["labels"])
+    table = (chosen, selection_markdown(chosen, name))
+    note = selection_note(chosen, name)
+    return {"table": table, "note": note}, use_picked(raw, picked_rows(chosen))
 
 
 @command(
@@ -209,6 +256,29 @@ def budget(args: argparse.Namespace) -> None:
 
     result = compute_budget(workflow_config(args.configfile), args.gpu, args.utilisation)
     print(json.dumps(result, indent=2) if args.json else format_budget(result), flush=True)
+
+
+@command(
+    "tools",
+    arg(
+        "--configfile",
+        nargs="*",
+        type=Path,
+        default=[],
+        metavar="FILE.yaml",
+        help="the presets the run used, deep-merged over config/config.yaml in order",
+    ),
+    arg("--out", required=True, type=Path, help="CSV to write (stage, bytes, paths)"),
+)
+def disk(args: argparse.Namespace) -> None:
+    """Measure the disk each stage of a finished run holds in the working directory, under
+    the stage names of `dspo budget` (make rehearse writes results/bench/disk_rehearsal.csv)."""
+    from dspo.bench.disk import measure, write_disk_csv
+    from dspo.config.step import workflow_config
+
+    rows = measure(workflow_config(args.configfile))
+    write_disk_csv(rows, args.out)
+    report({row["stage"]: row["bytes"] for row in rows})
 
 
 def _standins_options() -> list:

@@ -175,6 +175,17 @@ def _check_rewards(rewards: Mapping[str, Any], root: Path) -> list[str]:
     return problems
 
 
+def _check_quality(quality: Mapping[str, Any] | None, root: Path) -> list[str]:
+    """The FID reference set is a folder that exists."""
+    reference = (quality or {}).get("reference")
+    if reference and not (root / reference).is_dir():
+        return [
+            f"evaluation.quality.reference: folder {reference!r} does not exist (relative to "
+            f"{root}); name a folder of reference images, or null for no FID"
+        ]
+    return []
+
+
 def _check_trackers(config: Mapping[str, Any]) -> list[str]:
     """Each named tracker (shared or a method's own) must be installed."""
     from dspo.training.tracking import tracker_problem
@@ -212,6 +223,16 @@ def _check_tables(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _check_degrader(degrader: Mapping[str, Any], root: Path) -> list[str]:
+    model = str(degrader.get("model", ""))
+    if degrader["kind"] != "llm" or (root / model).exists() or is_hub_id(model, root):
+        return []
+    return [
+        f"ddspo.degrader.model: local model {model!r} does not exist (relative to {root}); a "
+        "hub id has the form owner/name"
+    ]
+
+
 def _check_released(config: Mapping[str, Any], root: Path) -> list[str]:
     from dspo.config.experiments import released_problems
 
@@ -229,6 +250,12 @@ def _check_sweeps(config: Mapping[str, Any]) -> list[str]:
     return sweep_problems(config, accepted)
 
 
+def _check_steps(config: Mapping[str, Any]) -> list[str]:
+    from dspo.config.experiments import step_problems
+
+    return step_problems(config)
+
+
 def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[str]:
     """Every problem of a schema-valid config, each message starting with its key."""
     root = Path(root)
@@ -237,10 +264,13 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *check_objectives(config["methods"]),
         *_check_sources(config, root),
         *_check_rewards(config["evaluation"]["rewards"], root),
+        *_check_quality(config["evaluation"].get("quality"), root),
         *_check_trackers(config),
         *_check_tables(config),
         *_check_released(config, root),
+        *_check_degrader(config["ddspo"]["degrader"], root),
         *_check_sweeps(config),
+        *_check_steps(config),
     ]
 
 

@@ -125,6 +125,18 @@ def degraders() -> Iterable[str]:
     return DEGRADERS
 
 
+def llm_degrader_dtypes() -> Iterable[str]:
+    from dspo.data.llm_degrader import DTYPES
+
+    return DTYPES
+
+
+def llm_degrader_fallbacks() -> Iterable[str]:
+    from dspo.data.degraded_prompts import FALLBACKS
+
+    return FALLBACKS
+
+
 def sampling_schedulers() -> Iterable[str]:
     """The names some model family's ``sampling_scheduler`` takes: sampling and editing set the
     pipeline's scheduler through its family (SD, SDXL:
@@ -162,6 +174,13 @@ def reward_kinds() -> Iterable[str]:
     return LOADERS
 
 
+def classifiers() -> Iterable[str]:
+    """The image classifiers of the Inception Score (dspo.evaluation.quality)."""
+    from dspo.evaluation.quality import CLASSIFIERS
+
+    return CLASSIFIERS
+
+
 def toy_oracle_parts() -> Iterable[str]:
     """``PARTS`` of the module whose reward the ``toy_oracle`` loader builds."""
     from dspo.rewards import load_reward
@@ -192,6 +211,7 @@ TRAINING = "/$defs/training/properties"
 METHOD = "/properties/methods/additionalProperties/properties"
 EVALUATION = "/properties/evaluation/properties"
 REWARD = f"{EVALUATION}/rewards/additionalProperties/properties"
+DEGRADER = "/properties/ddspo/properties/degrader/properties"
 # config key (the test id): (JSON pointer of the enum's node, the code's registry)
 CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "source.kind": ("/$defs/source/properties/kind", source_kinds),
@@ -212,11 +232,14 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "methods.*.objective": (f"{METHOD}/objective", objectives),
     "methods.*.data": (f"{METHOD}/data", snakefile_datasets),
     "ddspo.degrader.kind": ("/properties/ddspo/properties/degrader/properties/kind", degraders),
+    "ddspo.degrader.dtype": (f"{DEGRADER}/dtype", llm_degrader_dtypes),
+    "ddspo.degrader.fallback": (f"{DEGRADER}/fallback", llm_degrader_fallbacks),
     "evaluation.scheduler": (f"{EVALUATION}/scheduler", sampling_schedulers),
     "evaluation.rewards.*.kind": (f"{REWARD}/kind", reward_kinds),
     "evaluation.rewards.*.part": (f"{REWARD}/part", toy_oracle_parts),
     "evaluation.rewards.*.version": (f"{REWARD}/version", hpsv2_versions),
     "evaluation.rewards.*.dtype": (f"{REWARD}/dtype", dtypes),
+    "evaluation.quality.classifier": (f"{EVALUATION}/quality/properties/classifier", classifiers),
     "evaluation.tables.*.paper": (
         f"{EVALUATION}/tables/additionalProperties/properties/paper",
         paper_tables,

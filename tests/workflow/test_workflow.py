@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -18,6 +19,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tests.workflow_run import REPO, SMOKE, planned_jobs, snakemake
+
+# The toy world's pairs file (dspo.toy.world.build_world), relative to its folder.
+TOY_PAIRS_FILE = "train-00000-of-00001.parquet"
 
 
 def test_lint_is_clean() -> None:
@@ -52,7 +56,9 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
     # In a bare folder: every hub artefact is downloaded first (rules/fetch.smk), once each.
     # Two of them are the released Diffusion-DPO and Diffusion-KTO models the preset scores.
-    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 17
+    # One more is the FID Inception-v3 weights file (a pinned URL) for the Inception Score.
+    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 18
+    assert jobs["quality"] == 13
 
 
 def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
@@ -61,6 +67,8 @@ def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
     jobs = planned_jobs(result.stdout)
     assert jobs["import_model"] == 1 and jobs["train"] == 10 and jobs["generate"] == 12
     assert "dspo import-model --model mhdang/dpo-sdxl-text2image-v1" in result.stdout
+    # DDSPO's Inception Score of every model's images, from the FID Inception-v3.
+    assert jobs["quality"] == 12 and '"classifier": "inception"' in result.stdout
 
 
 @pytest.mark.parametrize("preset", ["sd35", "flux"])
@@ -100,6 +108,14 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     assert "| DSPO-E |" in (smoke_run / "results/tables/table5.md").read_text()
     # 11 models x 10 opponents x 3 rewards x 2 image sets (pickv2 and the edits).
     assert len(pd.read_csv(smoke_run / "results/tables/head_to_head.csv")) == 11 * 10 * 3 * 2
+    # The toy classifier's Inception Score of every model (2 splits of 4 images: 1 to 2 here),
+    # beside the win rates in the DDSPO table, whose rows start as DDSPO's tables do.
+    quality = pd.read_csv(smoke_run / "results/tables/image_quality.csv")
+    assert len(quality) == 11 and quality["inception_score"].between(1, 2).all()
+    ddspo = pd.read_csv(smoke_run / "results/tables/ddspo.csv")
+    pickv2 = ddspo[ddspo["prompt_set"] == "pickv2"]
+    assert pickv2["model"].tolist()[:3] == ["base", "diffusion_dpo", "ddspo"] and len(pickv2) == 11
+    assert pickv2["inception_score"].notna().all() and "oracle_win_rate" in ddspo.columns
     for produced in (
         "results/plots/win_rates.png",
         "results/plots/grid_pickv2.png",
@@ -120,6 +136,11 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
         report = json.loads(log[log.index("{") :])
         assert report["units"] == [part, part + 1] and report["input"] == 100
     assert not (smoke_run / "results/data/pairs.parts/0").exists()  # temporary
+    # The pair tables refer to the toy world's pairs file; DDSPO's generated pairs keep bytes.
+    for table in ("pairs", "pairs_nodup"):
+        stored = pq.read_table(smoke_run / f"results/data/{table}.parquet").to_pandas()
+        assert "jpg_w" not in stored and set(stored["image_file"]) == {TOY_PAIRS_FILE}
+    assert "jpg_w" in pq.read_schema(smoke_run / "results/data/pairs_ddspo.parquet").names
     assert (smoke_run / "results/models/dspo_lora/pytorch_lora_weights.safetensors").exists()
     # Checkpoints were written (checkpoint_every 2 of 4 steps), then dropped once the model was
     # saved; what stays is the finished-run mark, the metrics and the model with its card.
@@ -172,12 +193,15 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
     edit = tmp_path / "edit.yaml"
     edit.write_text(yaml.safe_dump({"methods": {"dspo": {"params": {"lam": 0.5, "kappa": 0.5}}}}))
     result = snakemake("-n", "all", "--configfile", str(SMOKE), str(edit), cwd=smoke_run)
+    # The smoke preset keeps DSPO's step 2: that model is sampled and scored again too.
     assert planned_jobs(result.stdout) == Counter(
         {
             "train": 1,
+            "step_model": 1,
             "training_view": 1,
-            "generate": 1,
-            "score": 1,
+            "generate": 2,
+            "score": 2,
+            "quality": 2,
             "tables": 1,
             "grid": 2,
             "summary": 1,
