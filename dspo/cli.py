@@ -24,7 +24,7 @@ from typing import Any
 
 # Imported for their commands (the downloads, the report stage and the tools), which
 # register themselves.
-from dspo import cli_fetch, cli_report  # noqa: F401
+from dspo import cli_fetch, cli_generated, cli_report  # noqa: F401
 from dspo.cli_registry import (
     BASE,
     DEVICE,
@@ -89,7 +89,8 @@ def pairs_part(args: argparse.Namespace) -> None:
     from dspo.data.pairs import PairSettings, normalise_part
 
     source = dict(args.params["source"])
-    if source["kind"] == "toy":
+    # The toy world's pairs, and a generated source's labelled parts, are local parquet.
+    if source["kind"] in ("toy", "generated"):
         source = {"kind": "parquet", "path": args.input}
     settings = PairSettings.from_params(args.params, source)
     exclude = evaluation_keys(Path(p) for p in args.exclude)

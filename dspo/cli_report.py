@@ -40,7 +40,9 @@ def tables(args: argparse.Namespace) -> None:
         n_boot=p["bootstrap"]["samples"],
         seed=p["bootstrap"]["seed"],
         paper_tables=p.get("paper_tables"),
-        data_note=data_note(args.pairs_report, args.nodup_report),
+        data_note="\n\n".join(
+            filter(None, [data_note(args.pairs_report, args.nodup_report), *p.get("notes", [])])
+        ),
     )
     written = save_tables(tables, out)
     plots = Path(args.plots or args.out)
