@@ -49,7 +49,7 @@ wildcard_constraints:
     model=one_of(MODELS),
     prompt_set=one_of(EVAL_SETS),
     # The configured pair sets, and later rounds' (generated_<model>, dspo/experiments.py).
-    dataset="pairs|pairs_nodup|pairs_ddspo" + ROUND_DATASETS,
+    dataset=f"pairs|pairs_nodup|pairs_ddspo{ROUND_DATASETS}",
 
 
 # Light steps run in the Snakemake process itself, on a cluster too: a SLURM job each would

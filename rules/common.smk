@@ -177,6 +177,15 @@ def generated_prompts_inputs(wildcards):
     return source_inputs(prompts, TOY_PROMPTS)
 
 
+def generated_prompts_options(wildcards, input):
+    """Where a toy prompt source's prompts are read: the toy pairs' captions, or a split."""
+    prompts = GENERATED["prompts"]
+    if prompts["kind"] != "toy":
+        return ""
+    flag = "--toy-pairs" if prompts.get("split") is None else "--toy-prompts"
+    return f"{flag} {shlex.quote(input[0])}"
+
+
 def generated_pairs_parts(wildcards):
     parts = range(config["pairs"]["shards"])
     return expand("results/data/generated_{sampled}.parts/{part}", sampled=wildcards.sampled, part=parts)
@@ -489,4 +498,25 @@ def summary_config():
         "reward": next(iter(REWARD_ENTRIES)),
         "labels": tables_config()["labels"],
         "benchmarks": "results/benchmarks",
+        **rounds_summary_config(),
+    }
+
+
+def rounds_summary_config():
+    """The summary's rounds (dspo/evaluation/rounds.py): each multi-round method's rows in
+    round order, judged by the first evaluation reward that did not label; none without."""
+    if not ROUND_GROUPS:
+        return {}
+    weights = GENERATED["weights"]
+    held_out = [r for r in REWARD_ENTRIES if r not in weights]
+    rows = {
+        method: [r for r in TABLE_METHODS if r == method or ROUND_GROUPS.get(r, ("",))[0] == method]
+        for method in dict.fromkeys(m for m, _ in ROUND_GROUPS.values())
+    }
+    replicates = [sum(1 for m in TRAINED.values() if m.group == row) for r in rows.values() for row in r]
+    return {
+        "rounds": rows,
+        "rounds_reward": held_out[0] if held_out else next(iter(REWARD_ENTRIES)),
+        "labelling": [r for r in weights if r in REWARD_ENTRIES],
+        "replicates": replicates,
     }

@@ -11,13 +11,14 @@ rule generated_prompts:
         GENERATED_PROMPTS,
     params:
         cfg=as_json({"prompts": GENERATED["prompts"]}),
+        toy=generated_prompts_options,
     conda:
         "../environment.yml"
     log:
         "results/logs/generated/prompts.log",
     shell:
-        "dspo generated-prompts --params {params.cfg:q} --toy-pairs {TOY_PAIRS:q}"
-        " --toy-prompts {TOY_PROMPTS:q} --out {output:q} > {log:q} 2>&1"
+        "dspo generated-prompts --params {params.cfg:q} {params.toy} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule generated_images:

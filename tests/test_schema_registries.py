@@ -114,8 +114,8 @@ def objectives() -> Iterable[str | None]:
 
 def snakefile_datasets() -> list[str]:
     """The `dataset` wildcard constraint of the Snakefile: the pair tables a cache is built of."""
-    # Later rounds' sets (`+ ROUND_DATASETS`) are made by the workflow, not configured.
-    pattern = r'^\s*dataset="([^"]+)"(?:\s*\+\s*ROUND_DATASETS)?,?\s*$'
+    # Later rounds' sets ({ROUND_DATASETS}) are made by the workflow, not configured.
+    pattern = r'^\s*dataset=f?"([^"{]+)(?:\{ROUND_DATASETS\})?",?\s*$'
     found = re.findall(pattern, (REPO / "Snakefile").read_text(), re.M)
     assert len(found) == 1, f"Snakefile: expected one `dataset=` wildcard constraint, got {found}"
     return found[0].split("|")
