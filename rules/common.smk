@@ -174,7 +174,7 @@ def generated_prompts_inputs(wildcards):
     prompts = GENERATED["prompts"]
     if prompts["kind"] == "toy":
         return [TOY_PAIRS if prompts.get("split") is None else TOY_PROMPTS]
-    return source_inputs(prompts, TOY_PROMPTS)
+    return source_inputs(prompts, TOY_PROMPTS) + fetched("generated.prompts")
 
 
 def generated_prompts_options(wildcards, input):
