@@ -18,7 +18,7 @@ test: $(VENV)/.installed
 # refreshed every WATCH seconds.
 WATCH ?= 10
 watch: $(VENV)/.installed
-	python -m dspo.progress --watch $(WATCH)
+	python -m dspo.core.progress --watch $(WATCH)
 
 # The sd15 preset on stand-ins (`dspo standins`: real architectures and file formats, random
 # weights), every rule of its DAG, offline on CPUs; each job's peak memory is written to
@@ -37,7 +37,7 @@ rehearse: $(VENV)/.installed standins/standins.json
 # A few steps of the SD1.5 stand-in at 512 px in bf16 on one CUDA GPU (fails at once without).
 gpu-check: $(VENV)/.installed standins/standins.json
 	dspo standins --out standins --skip-existing
-	timeout 480 python -m dspo.gpucheck --standins standins
+	timeout 480 python -m dspo.bench.gpucheck --standins standins
 
 standins/standins.json:
 	if [ "$(STANDINS)" != standins ]; then mkdir -p "$(STANDINS)" && ln -sfn "$(abspath $(STANDINS))" standins; fi
@@ -56,7 +56,7 @@ readme-results: $(VENV)/.installed
 
 # config/README.md from the schema's descriptions and the default config.
 config-doc: $(VENV)/.installed
-	python -m dspo.config_doc
+	python -m dspo.config.doc
 
 lint: $(VENV)/.installed
 	ruff check dspo tests && ruff format --check dspo tests && snakemake --lint

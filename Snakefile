@@ -6,11 +6,11 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+min_version("9.0")
+
 # This checkout's package checks the config, whichever `dspo` is installed.
 sys.path.insert(0, workflow.basedir)
-from dspo.config_check import ConfigError, check_config
-
-min_version("9.0")
+from dspo.config.check import ConfigError, check_config
 
 
 # environment.yml names the package through DSPO_ROOT: Snakemake builds rule environments
@@ -48,7 +48,7 @@ wildcard_constraints:
     method=one_of(METHODS),
     model=one_of(MODELS),
     prompt_set=one_of(EVAL_SETS),
-    # The configured pair sets, and later rounds' (generated_<model>, dspo/experiments.py).
+    # The configured pair sets, and later rounds' (generated_<model>, dspo/config/experiments.py).
     dataset=f"pairs|pairs_nodup|pairs_ddspo{ROUND_DATASETS}",
 
 
@@ -96,5 +96,5 @@ onstart:
     print(
         "dspo: each job logs to results/logs/<step>/... (e.g. `tail -f results/logs/train/dspo.log`);"
         " training metrics: results/train/<method>/metrics.jsonl; each running job's progress:"
-        " `python -m dspo.progress --watch 10` (or `make watch`) in another terminal"
+        " `python -m dspo.core.progress --watch 10` (or `make watch`) in another terminal"
     )

@@ -31,8 +31,8 @@ _RUNTIME_ARGS = frozenset({"all_reduce"})
 
 @dataclass(frozen=True)
 class ReferenceStats:
-    """The reference's outputs computed before training (:mod:`dspo.reference`), in place of
-    its prediction ``ref``: ``errors`` its per-row squared error against the target, shape
+    """The reference's outputs computed before training (:mod:`dspo.training.reference`), in place
+    of its prediction ``ref``: ``errors`` its per-row squared error against the target, shape
     (N,), and ``preferred`` its prediction for the preferred rows, shape (B, ...), for the
     objectives that use the prediction itself (DSPO and its variants); None for the others.
     """
@@ -360,7 +360,7 @@ class Objective:
     preferred_only: only the B preferred rows are passed.
     reference_target: ``target`` is built from the reference (prompt c for w, c_minus for l).
     uses_reference_prediction: the loss uses the reference's prediction itself, not only its
-    errors (what a precomputed reference must store besides the errors, dspo.reference).
+    errors (what a precomputed reference must store besides the errors, dspo.training.reference).
     shared_noise: a pair's two images get the same noise and timestep (what makes a paired
     comparison of their errors fair); False draws the rejected image's own.
     batch_statistics: the loss takes a statistic of the whole batch (KTO's reference point),
@@ -447,7 +447,7 @@ def get_objective(name: str) -> Objective:
         raise KeyError(f"unknown objective {name!r}; valid names: {valid}") from None
 
 
-def _hyper_defaults(fn: ObjectiveFn) -> dict[str, object]:
+def hyper_defaults(fn: ObjectiveFn) -> dict[str, object]:
     return {
         p.name: p.default
         for p in inspect.signature(fn).parameters.values()
@@ -455,7 +455,7 @@ def _hyper_defaults(fn: ObjectiveFn) -> dict[str, object]:
     }
 
 
-def _coerce(objective: str, key: str, value: object, default: object) -> object:
+def coerce_hyper(objective: str, key: str, value: object, default: object) -> object:
     """Convert a config value to the type of its default (YAML may give '5e3' as a string)."""
     where = f"hyper-parameter {key!r} of objective {objective!r}"
     if isinstance(default, bool):
@@ -485,7 +485,7 @@ def objective_kwargs(name: str, params: Mapping[str, object] | None = None) -> d
     Unknown keys raise ValueError naming the key, the objective and the accepted keys.
     """
     objective = get_objective(name)
-    defaults = _hyper_defaults(objective.fn)
+    defaults = hyper_defaults(objective.fn)
     params = dict(params or {})
     unknown = sorted(set(params) - set(defaults))
     if unknown:
@@ -496,5 +496,5 @@ def objective_kwargs(name: str, params: Mapping[str, object] | None = None) -> d
         )
     merged = dict(defaults)
     for key, value in params.items():
-        merged[key] = _coerce(name, key, value, defaults[key])
+        merged[key] = coerce_hyper(name, key, value, defaults[key])
     return merged

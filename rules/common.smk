@@ -7,11 +7,12 @@ import os
 import re
 import shlex
 
-from dspo.config_check import entries
-from dspo import experiments
+from dspo.config.names import entries
+from dspo.config import experiments
 from dspo.data.generated_config import generated_settings, is_generated, label_name
+from dspo.data.llm_degrader import degrader_settings
 from dspo.evaluation.intervals import caption_sentences
-from dspo.fetch import hub_artefacts
+from dspo.hub.fetch import hub_artefacts
 from dspo.objectives import get_objective
 
 
@@ -19,7 +20,7 @@ EVALUATION = config["evaluation"]
 METHOD_ENTRIES = entries(config["methods"])
 PROMPT_SET_ENTRIES = entries(EVALUATION["prompt_sets"])
 REWARD_ENTRIES = entries(EVALUATION["rewards"])
-# Every trained model: each method, its replicates and the sweeps' points (dspo/experiments.py).
+# Every trained model: each method, its replicates and the sweeps' points (dspo/config/experiments.py).
 TRAINED = experiments.trained_models(config)
 METHODS = list(TRAINED)
 # Method entries naming an existing model (`model:`): imported, never trained (rule import_model).
@@ -74,15 +75,7 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-def toy_world_used():
-    sources = [config["pairs"]["source"]]
-    if GENERATED:
-        sources.append(GENERATED["prompts"])
-    sources += [s["source"] for s in PROMPT_SET_ENTRIES.values()]
-    return BUILD_TOY_BASE or any(s["kind"] == "toy" for s in sources)
-
-
-# The hub artefacts the config names, by item (dspo/fetch.py): rule fetch_item downloads
+# The hub artefacts the config names, by item (dspo/hub/fetch.py): rule fetch_item downloads
 # each on the login node; the jobs that read one wait for its record and then run offline.
 FETCH_ITEMS = {artefact.item: artefact.as_dict() for artefact in hub_artefacts(config)}
 
@@ -129,7 +122,7 @@ PAIRS_SOURCE = config["pairs"]["source"]
 # A generated pair source (pairs.source.kind: generated, dspo/data/generated_config.py), resolved.
 GENERATED = generated_settings(PAIRS_SOURCE, EVALUATION) if is_generated(PAIRS_SOURCE) else None
 GENERATED_PROMPTS = "results/data/generated/prompts.parquet"
-# The models later rounds sample their pairs from (dspo/experiments.py), and every model
+# The models later rounds sample their pairs from (dspo/config/experiments.py), and every model
 # whose images a generated pair set is labelled from.
 ROUND_SOURCES = [m.previous for m in TRAINED.values() if m.previous]
 SAMPLED = list(dict.fromkeys([GENERATED["model"], *ROUND_SOURCES])) if GENERATED else []
@@ -200,6 +193,11 @@ TOY_EDITING = "results/data/toy/editing.parquet"
 # What the pairs and nodup gathers dropped and why (dspo/data/pairs.py).
 PAIRS_REPORT = "results/data/pairs_report.json"
 NODUP_REPORT = "results/data/pairs_nodup_report.json"
+# The LLM degrader's prompts and counts; its answers are cached in DDSPO_DEGRADER_CACHE,
+# which no rule declares, so a rerun keeps it and decodes only what it lacks.
+DDSPO_DEGRADED = "results/data/ddspo_degraded.parquet"
+DDSPO_DEGRADED_REPORT = "results/data/ddspo_degraded.json"
+DDSPO_DEGRADER_CACHE = "results/data/ddspo_degraded.cache"
 # The editing set every model edits (rule editing_set).
 EDITING_TABLE = "results/data/editing.parquet"
 
@@ -238,6 +236,33 @@ def nodup_parts(wildcards):
 def ddspo_parts(wildcards):
     """The folders of the ddspo.shards parts that make up DDSPO's pair table."""
     return expand("results/data/pairs_ddspo.parts/{part}", part=range(config["ddspo"]["shards"]))
+
+
+def ddspo_settings(*keys):
+    """The ddspo settings (those of ``keys``, or all; of the degrader, those its kind reads)
+    as a params function: a function, since Snakemake would read the instructions'
+    ``{prompt}`` in a params string as a wildcard."""
+    chosen = {k: v for k, v in config["ddspo"].items() if not keys or k in keys}
+    chosen["degrader"] = degrader_settings(chosen["degrader"])
+    return lambda wildcards: as_json(chosen)
+
+
+def ddspo_degrader_input(wildcards=None):
+    """The LLM degrader's local folder (so replacing it reruns the degradation), or the
+    fetch record of a hub id; nothing when the degrader is not an LLM."""
+    degrader = config["ddspo"]["degrader"]
+    if degrader["kind"] != "llm":
+        return []
+    return [degrader["model"]] if os.path.exists(degrader["model"]) else fetched("ddspo.degrader")
+
+
+def ddspo_degraded_input(wildcards):
+    """The LLM's degraded prompts (rule ddspo_degrade), when the degrader is an LLM."""
+    return [DDSPO_DEGRADED] if config["ddspo"]["degrader"]["kind"] == "llm" else []
+
+
+def ddspo_degraded_option(wildcards, input):
+    return f"--degraded {shlex.quote(input.degraded[0])}" if input.degraded else ""
 
 
 def cache_parts(wildcards):
@@ -335,7 +360,7 @@ def method_cache(wildcards):
 
 
 def train_launcher(wildcards, resources, threads):
-    """The command that starts `dspo` as one process per GPU of each node (dspo/launch.py).
+    """The command that starts `dspo` as one process per GPU of each node (dspo/training/launch.py).
 
     One node: the launcher itself. Several (resource `nodes`): srun starts one launcher per
     node, which reads its rank and the main node from SLURM. The trainer accumulates over
@@ -347,7 +372,7 @@ def train_launcher(wildcards, resources, threads):
     # Without CUDA (the toy preset on a test cluster's fake GPUs), the processes join one CPU
     # (gloo) group only when told.
     cpu = " --cpu" if DEVICE == "cpu" else ""
-    launch = f"python -m dspo.launch --procs-per-node {per_node}{cpu}"
+    launch = f"python -m dspo.training.launch --procs-per-node {per_node}{cpu}"
     if nodes == 1:
         return f"{launch} --"
     # --overlap: the job step of this command already holds the first node's CPUs and GPUs.
@@ -379,7 +404,7 @@ def model_input(wildcards):
 
 def sampling_config():
     keys = ("seeds", "guidance", "steps", "scheduler", "resolution", "batch_size")
-    # The compute dtype on an accelerator (the CPU samples in float32; dspo.sample says why).
+    # The compute dtype on an accelerator (the CPU samples in float32; dspo.generation.sample says why).
     return {**{k: EVALUATION[k] for k in keys}, "dtype": BASE.get("dtype", "float32")}
 
 

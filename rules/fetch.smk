@@ -1,4 +1,4 @@
-# Downloads of the hub artefacts the config names (dspo/fetch.py), one localrule per artefact:
+# Downloads of the hub artefacts the config names (dspo/hub/fetch.py), one localrule per artefact:
 # they run in the Snakemake process on the login node, where the network is; every other job
 # runs with HF_HUB_OFFLINE=1 (Snakefile) and waits for the records of what it reads.
 

@@ -2,7 +2,8 @@ if BUILD_TOY_BASE:
 
     rule base_model:
         output:
-            directory(BASE["path"]),
+            model=directory(BASE["path"]),
+            metrics="results/train/base/metrics.jsonl",
         params:
             world=as_json(config.get("world", {})),
             model=as_json({k: BASE[k] for k in ("architecture", "pretrain")}),
@@ -14,13 +15,14 @@ if BUILD_TOY_BASE:
             "results/logs/base_model.log",
         threads: 2
         shell:
-            "dspo pretrain-base --world {params.world:q} --params {params.model:q} --out {output:q}"
-            " --metrics results/train/base/metrics.jsonl --threads {threads} > {log:q} 2>&1"
+            "dspo pretrain-base --world {params.world:q} --params {params.model:q}"
+            " --out {output.model:q} --metrics {output.metrics:q} --threads {threads}"
+            " > {log:q} 2>&1"
 
 
 # A method entry naming an existing model (`methods.<name>.model`) is imported where a trained
 # model would be saved, with no training: generate, score and the tables read it from there.
-# A denoiser-only folder is combined with the base pipeline's other parts (dspo/released.py).
+# A denoiser-only folder is combined with the base pipeline's other parts (dspo/hub/released.py).
 rule import_model:
     input:
         model=released_input,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dspo.data.pairs import prompt_id_of
-from dspo.models import build_pipeline
+from dspo.families.sd_pipeline import build_pipeline
 from tests.workflow_run import SMOKE, snakemake
 
 TINY_ARCHITECTURE = {
@@ -123,8 +123,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the ``dspo`` package whose sources the content and checkpoint keys read
-    (:data:`dspo.content.PACKAGE`), to edit."""
-    from dspo import content
+    (:data:`dspo.core.content.PACKAGE`), to edit."""
+    from dspo.core import content
 
     copy = Path(shutil.copytree(content.PACKAGE, tmp_path / "src" / "dspo"))
     monkeypatch.setattr(content, "PACKAGE", copy)

@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
-from dspo.bench import SD15_ARCHITECTURE, BenchSpec, ResidentPeak, load_architecture, prepare
-from dspo.bench_modes import build_mode, make_step, visit_order
-from dspo.cli import main
-from dspo.flops import counted, dense_bf16_peak
+from dspo.bench.flops import counted, dense_bf16_peak
+from dspo.bench.modes import build_mode, make_step, visit_order
+from dspo.bench.spec import SD15_ARCHITECTURE, BenchSpec, ResidentPeak, load_architecture
+from dspo.bench.throughput import prepare
+from dspo.cli.commands import main
 from tests.conftest import TINY_ARCHITECTURE
 
 
@@ -100,7 +101,7 @@ def test_upstream_counts_more_flops_than_ours(bench_root: Path) -> None:
 def test_count_only_on_meta_equals_the_real_step(bench_root: Path) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from dspo.bench_count import count_on_meta
+    from dspo.bench.count import count_on_meta
 
     changes = {"lora": 4, "checkpointing": True, "accumulation": 2}
     meta = count_on_meta(dataclasses.replace(SPEC, **changes))
@@ -157,7 +158,7 @@ def test_upstream_lora_reference_is_the_policy_with_adapters_disabled(bench_root
 @pytest.mark.parametrize("mode", ["ours", "upstream"])
 def test_checkpointing_gives_the_same_loss_and_gradients(bench_root: Path, mode: str) -> None:
     from dspo.objectives import get_objective, objective_kwargs
-    from dspo.preference import preference_loss
+    from dspo.training.preference import preference_loss
 
     results = []
     for checkpointing in (False, True):
@@ -181,7 +182,7 @@ def test_checkpointing_gives_the_same_loss_and_gradients(bench_root: Path, mode:
 
 
 def test_upstream_loader_visits_the_trainer_rows_in_order() -> None:
-    from dspo.preference import step_rows
+    from dspo.training.preference import step_rows
 
     spec = dataclasses.replace(SPEC, pairs=4, accumulation=2)
     batches = visit_order(spec, 12, 3)

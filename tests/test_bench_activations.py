@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dspo.cli import main
+from dspo.cli.commands import main
 
 REPO = Path(__file__).resolve().parents[1]
 

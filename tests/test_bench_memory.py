@@ -6,13 +6,13 @@ import csv
 import sys
 from pathlib import Path
 
-from dspo.bench_memory import job_name, main
+from dspo.bench.memory import job_name, main
 
 
 def test_jobs_are_named_by_sub_command_and_what_tells_them_apart() -> None:
     argv = ["/v/bin/python", "/v/bin/dspo", "cache-part", "--part", "3", "--out", "x/3"]
     assert job_name(argv) == ("cache-part part=3 out=x/3", "cache-part")
-    launched = ["python", "-m", "dspo.cli", "train", "--out", "results/models/dspo"]
+    launched = ["python", "-m", "dspo.cli.commands", "train", "--out", "results/models/dspo"]
     assert job_name(launched) == ("train out=results/models/dspo", "train")
     assert job_name(["/usr/bin/bash", "-c", "snakemake"]) is None
     assert job_name(["/v/bin/dspo", "--help"]) is None
@@ -37,7 +37,8 @@ def test_a_watched_command_records_each_job_peak(tmp_path: Path) -> None:
             "--",
             "bash",
             "-c",
-            f"{sys.executable} -m dspo.cli standins --out {tmp_path / 's'} --only prompts --tiny"
+            f"{sys.executable} -m dspo.cli.commands standins --out {tmp_path / 's'}"
+            " --only prompts --tiny"
             f" --prompts 4 > /dev/null && {sys.executable} {script}",
         ]
     )
@@ -49,9 +50,9 @@ def test_a_watched_command_records_each_job_peak(tmp_path: Path) -> None:
 
 
 def watched(monkeypatch, polls: list[dict[int, tuple[int, list[str], float]]]) -> dict:
-    """The jobs :func:`dspo.bench_memory.watch` records over scripted polls of the process
+    """The jobs :func:`dspo.bench.memory.watch` records over scripted polls of the process
     table: each poll maps pid to (start time, argv, high-water mark in MiB)."""
-    from dspo import bench_memory
+    from dspo.bench import memory as bench_memory
 
     seen: dict[int, tuple[int, list[str], float]] = {}
 

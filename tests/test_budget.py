@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dspo.budget import (
+from dspo.bench.budget import (
     budget,
     cache_bytes,
     checkpoint_bytes,
@@ -18,10 +18,10 @@ from dspo.budget import (
     stages,
     train_flops_per_pair,
 )
+from dspo.config.step import workflow_config
 from dspo.data.cache import build_cache
-from dspo.models import load_pipeline
-from dspo.step_config import workflow_config
-from dspo.train import train
+from dspo.families.sd_pipeline import load_pipeline
+from dspo.training.train import train
 from tests.test_train import BASE_CONFIG
 
 PRESETS = Path("config/presets")

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from dspo.data.cache import build_cache, load_cache, load_image, prepare_image
-from dspo.models import encode_prompts, load_pipeline
+from dspo.families.sd_pipeline import encode_prompts, load_pipeline
 from tests.conftest import jpeg
 
 

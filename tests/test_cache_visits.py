@@ -14,8 +14,8 @@ from PIL import Image
 
 from dspo.data.cache import build_cache, load_cache, load_image
 from dspo.families import load_family
-from dspo.models import load_pipeline
-from dspo.preference import make_batch
+from dspo.families.sd_pipeline import load_pipeline
+from dspo.training.preference import make_batch
 from tests.test_reference import CFG, precompute, trained
 
 
@@ -139,14 +139,14 @@ def test_a_precomputed_reference_sees_the_visits_the_trainer_draws(
 def test_bench_flip_measures_how_far_a_mirrored_latent_is_from_the_mirror_encoded(
     tiny_model: Path, pairs: pd.DataFrame, tmp_path: Path, capsys
 ) -> None:
-    from dspo.cli import main
+    from dspo.cli.commands import main
 
     pairs.to_parquet(tmp_path / "pairs.parquet")
     argv = ["--model", str(tiny_model), "--pairs", str(tmp_path / "pairs.parquet")]
     main(["bench", "flip", *argv, "--resolution", "16", "--images", "8"])
     printed = capsys.readouterr().out
     assert "8 images" in printed and "posterior std" in printed
-    from dspo.bench_flip import measure
+    from dspo.bench.flip import measure
 
     result = measure(str(tiny_model), str(tmp_path / "pairs.parquet"), 16, 8)
     # A random-weight encoder does not commute with a mirror: both orientations are encoded.

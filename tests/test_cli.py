@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from dspo.cli import main
-from dspo.cli_registry import COMMANDS, STAGES, build_parser
+from dspo.cli.commands import main
+from dspo.cli.registry import COMMANDS, STAGES, build_parser
+from dspo.config.step import Source, StepConfigError, resolve
 from dspo.data.cache import build_cache
-from dspo.step_config import Source, StepConfigError, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -27,7 +27,7 @@ def dspo(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """The installed command line as a user runs it (PYTHONPATH as the test run has it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "dspo.cli", *args],
+        [sys.executable, "-m", "dspo.cli.commands", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -165,10 +165,10 @@ def workflow_commands(workdir: Path) -> list[list[str]]:
     commands = []
     for line in re.findall(r"^Shell command: (.*)$", done.stdout + done.stderr, re.MULTILINE):
         words = shlex.split(line)
-        # `dspo ARGS`, `python -m dspo.cli ARGS`, or the train rule's
-        # `python -m dspo.launch ... -- ARGS`, which runs `dspo ARGS` per process.
-        starts = [i + 1 for i, word in enumerate(words) if word in ("dspo", "dspo.cli")]
-        if "dspo.launch" in words:
+        # `dspo ARGS`, `python -m dspo.cli.commands ARGS`, or the train rule's
+        # `python -m dspo.training.launch ... -- ARGS`, which runs `dspo ARGS` per process.
+        starts = [i + 1 for i, word in enumerate(words) if word in ("dspo", "dspo.cli.commands")]
+        if "dspo.training.launch" in words:
             starts = [words.index("--") + 1]
         if starts:  # not every rule runs dspo
             commands.append(words[starts[0] : words.index(">")])
@@ -221,11 +221,11 @@ def test_train_by_hand_with_the_documented_config(
 
 
 def test_a_full_disk_is_named_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step that runs out of space exits with dspo.files' message, not a traceback."""
+    """A step that runs out of space exits with dspo.core.files' message, not a traceback."""
     import errno
 
     import dspo.data.pairs
-    from dspo.files import DiskFull
+    from dspo.core.files import DiskFull
 
     def full(inputs, out, report=None):
         raise DiskFull(errno.ENOSPC, f"No space left on device: writing {out} failed")

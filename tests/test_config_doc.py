@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dspo.config_doc import keys, render, undocumented
+from dspo.config.doc import keys, render, undocumented
 
 SCHEMA = {
     "$defs": {"src": {"type": "object", "properties": {"kind": {"enum": ["toy", "hub"]}}}},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dspo import content
+from dspo.core import content
 
 
 @pytest.fixture(autouse=True)

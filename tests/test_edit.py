@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dspo import cli
+from dspo.cli.commands import commands as cli
 from dspo.data.prompts import load_editing_set
-from dspo.edit import edit
-from dspo.models import load_pipeline
+from dspo.families.sd_pipeline import load_pipeline
+from dspo.generation.edit import edit
 from dspo.toy.oracle import oracle_scores
 from dspo.toy.scenes import ATTRIBUTES, parse_caption, split_scenes
 from dspo.toy.world import editing_set

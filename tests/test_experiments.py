@@ -12,10 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from dspo.config_check import config_problems
+from dspo.config.check import config_problems
+from dspo.config.experiments import group_of, method_config, sweep_points, trained_models
 from dspo.evaluation.sweeps import relabel_groups, sweep_table, write_sweep
 from dspo.evaluation.tables import write_tables
-from dspo.experiments import group_of, method_config, sweep_points, trained_models
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

@@ -37,7 +37,7 @@ from dspo.families.flow import (
 from dspo.families.flux import pack, unpack
 from dspo.families.sd import SDFamily
 from dspo.families.sd3 import SD3Family
-from dspo.models import encode_text, load_pipeline
+from dspo.families.sd_pipeline import encode_text, load_pipeline
 from dspo.objectives import OBJECTIVES, objective_kwargs
 from tests.conftest import WORDS
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dspo.fetch import (
+from dspo.config.step import workflow_config
+from dspo.hub.fetch import (
     Artefact,
     folder_files,
     hub_artefacts,
@@ -36,7 +37,6 @@ from dspo.fetch import (
     released_files,
 )
 from dspo.standins import AESTHETIC_FILE, HPSV2_BENCHMARK, OPENAI_CLIP_L, PICKAPIC, write_standins
-from dspo.step_config import workflow_config
 from tests.conftest import jpeg
 from tests.hub_server import commit_of, serve_hub
 from tests.workflow_run import REPO, snakemake
@@ -148,7 +148,7 @@ def fetched(hub: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     config = fetch_config(work / "fetch.yaml")
     with serve_hub(hub) as (endpoint, requests):
         result = subprocess.run(
-            [sys.executable, "-m", "dspo.cli", "fetch", "--configfile", str(config)]
+            [sys.executable, "-m", "dspo.cli.commands", "fetch", "--configfile", str(config)]
             + ["--out", str(work / "out")],
             env=hub_env(endpoint, work / "cache", offline=False),
             stdout=subprocess.PIPE,
@@ -202,7 +202,7 @@ def test_fetch_downloads_what_the_config_names_and_records_it(hub: Path, fetched
 OFFLINE_READS = """
 import json, sys
 from dspo.data.prompts import load_prompt_set
-from dspo.models import load_pipeline
+from dspo.families.sd_pipeline import load_pipeline
 from dspo.rewards.common import resolve_file
 hpsv2_id, head_repo, pipeline_id = sys.argv[1:]
 hpsv2 = load_prompt_set("hpsv2", {"source": {"kind": "hpsv2", "id": hpsv2_id}})
@@ -274,6 +274,18 @@ def test_the_sd15_preset_names_the_public_hub_files() -> None:
         "released.diffusion_dpo_released", "mhdang/dpo-sd1.5-text2image-v1", "released"
     )
     assert found["released.diffusion_kto_released"].repo == "jacklishufan/diffusion-kto"
+
+
+def test_the_llm_degrader_is_fetched_when_ddspo_pairs_are_made_with_it() -> None:
+    presets = [REPO / f"config/presets/{n}.yaml" for n in ("sd15", "ddspo-llm")]
+    config = workflow_config(presets)
+    found = {a.item: a for a in hub_artefacts(config, REPO)}
+    llama = "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert found["ddspo.degrader"] == Artefact("ddspo.degrader", llama, "model")
+    items = {a.item for a in hub_artefacts(workflow_config(presets[:1]), REPO)}
+    assert "ddspo.degrader" not in items  # word dropping
+    config["methods"]["ddspo"] = None  # no method trains on DDSPO's pairs
+    assert "ddspo.degrader" not in {a.item for a in hub_artefacts(config, REPO)}
 
 
 def test_the_rehearsal_reads_every_hub_file_from_the_stand_ins(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dspo.files import (
+from dspo.core.files import (
     PART_RECORD,
     DiskFull,
     part_folder,
@@ -22,7 +22,7 @@ from dspo.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from dspo.seeding import seeded_generator
+from dspo.core.seeding import seeded_generator
 
 
 def test_a_part_is_renamed_into_place_whole_with_its_record_last(tmp_path: Path) -> None:

@@ -10,24 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from dspo import content
-from dspo.checkpoints import STATE, resumable_checkpoint, save_checkpoint
-from dspo.fingerprint import fingerprint_details, fingerprint_parts, training_code
+from dspo.core import content
+from dspo.training.checkpoints import STATE, resumable_checkpoint, save_checkpoint
+from dspo.training.fingerprint import fingerprint_details, fingerprint_parts, training_code
 from tests.conftest import edit_source as edit
 
 # Packages and modules that do not shape the trained weights: their edits never stop a resume.
 NOT_TRAINING = (
     "dspo.evaluation",
     "dspo.rewards",
-    "dspo.bench",
-    "dspo.cli",
+    "dspo.bench.throughput",
+    "dspo.cli.commands",
     "dspo.toy",
-    "dspo.progress",
+    "dspo.core.progress",
     "dspo.standins",
-    "dspo.config_doc",
-    "dspo.gpucheck",
-    "dspo.edit",
-    "dspo.experiments",
+    "dspo.config.doc",
+    "dspo.bench.gpucheck",
+    "dspo.generation.edit",
+    "dspo.config.experiments",
 )
 CONFIG = {"objective": "dspo", "lr": 1e-3, "steps": 4, "seed": 0}
 MANIFEST = {"shards": [{"sha256": "0" * 64}], "resolution": 16}
@@ -41,7 +41,7 @@ def test_every_module_the_training_step_imports_is_covered_and_no_evaluation() -
     # What a training process really imports: the trainer, and every registered family
     # (imported by name when first used).
     script = (
-        "import sys, dspo.train\n"
+        "import sys, dspo.training.train\n"
         "from dspo.families import REGISTRY, family_class\n"
         "for name in REGISTRY: family_class(name)\n"
         "print('\\n'.join(m.__file__ for n, m in sys.modules.items()"
@@ -53,7 +53,7 @@ def test_every_module_the_training_step_imports_is_covered_and_no_evaluation() -
     imported = {str(Path(f).relative_to(content.PACKAGE.parent)) for f in out.split()}
     assert "dspo/objectives.py" in imported and "dspo/families/sdxl.py" in imported
     assert imported <= covered(), sorted(imported - covered())
-    modules = content.imported_modules("dspo.train")
+    modules = content.imported_modules("dspo.training.train")
     for excluded in NOT_TRAINING:
         assert not [m for m in modules if m == excluded or m.startswith(f"{excluded}.")]
         assert not [f for f in covered() if f.startswith(excluded.replace(".", "/"))]

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 
 from dspo.data.cache import build_cache, load_cache
 from dspo.families import family_class, load_family
+from dspo.generation.sample import generate
 from dspo.objectives import OBJECTIVES
-from dspo.preference import make_batch, noised_inputs
-from dspo.sample import generate
-from dspo.train import train
+from dspo.training.preference import make_batch, noised_inputs
+from dspo.training.train import train
 from tests.conftest import WORDS
 from tests.test_families import LORA_TARGETS, TINY_FLUX, TINY_SD3
 from tests.test_train import BASE_CONFIG

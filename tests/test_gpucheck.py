@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dspo import gpucheck
+from dspo.bench import gpucheck
 from dspo.standins import SD15, write_standins
 
 

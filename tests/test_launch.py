@@ -1,5 +1,5 @@
-"""Training on a cluster: dspo.launch starts one process per GPU of each node, forwards stop
-signals and waits for the checkpoint; training through it survives SIGTERM and trains across
+"""Training on a cluster: dspo.training.launch starts one process per GPU of each node, forwards
+stop signals and waits for the checkpoint; training through it survives SIGTERM and trains across
 "nodes" like one process; wall-clock checkpoints; the TF32 switch."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from dspo.data.cache import build_cache
-from dspo.launch import Topology, free_port, port_of_job, slurm_topology, worker_env
-from dspo.policy import use_tf32
-from dspo.train import train
+from dspo.training.launch import Topology, free_port, port_of_job, slurm_topology, worker_env
+from dspo.training.policy import use_tf32
+from dspo.training.train import train
 from tests.test_train import BASE_CONFIG, DSPO, SCHEDULE
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, "-m", "dspo.launch"]
+LAUNCH = [sys.executable, "-m", "dspo.training.launch"]
 # test_train's settings with DSPO's parameters, its warm-up schedule and no periodic
 # checkpoints (the stop signal writes the one these tests resume from).
 CONFIG = {

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dspo.evaluation.publish import push, win_rates_section
-from dspo.model_card import write_model_card
+from dspo.training.model_card import write_model_card
 
 CFG = {
     "name": "dspo_lora",

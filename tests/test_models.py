@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dspo.models import build_tokenizer, encode_prompts, load_pipeline
+from dspo.families.sd_pipeline import build_tokenizer, encode_prompts, load_pipeline
 
 
 def test_tokenizer_makes_known_words_single_tokens() -> None:

@@ -1,4 +1,4 @@
-"""`python -m dspo.progress`: running jobs and their latest progress, on fabricated runs."""
+"""`python -m dspo.core.progress`: running jobs and their latest progress, on fabricated runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dspo.progress import latest_metrics, latest_progress, parse_run, report
+from dspo.core.progress import latest_metrics, latest_progress, parse_run, report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def test_when_nothing_runs_the_last_finished_job_is_shown(tmp_path: Path) -> Non
 def test_the_module_runs_from_the_command_line(tmp_path: Path) -> None:
     fabricated_run(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "dspo.progress", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "dspo.core.progress", "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
         check=True,

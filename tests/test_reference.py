@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-import dspo.preference as preference
-from dspo.reference import PrecomputedReference, compute_part, gather, reference_parts
-from dspo.train import train
+import dspo.training.preference as preference
+from dspo.training.reference import PrecomputedReference, compute_part, gather, reference_parts
+from dspo.training.train import train
 from tests.test_train import BASE_CONFIG, assert_same_weights, unet_weights
 
 # A full fine-tuning run (the online reference is a copy) with prompt dropout, so every kind

@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 
-from dspo.config_check import config_problems
+from dspo.config.check import config_problems
+from dspo.config.experiments import group_of, released_models, trained_models
 from dspo.evaluation.sweeps import relabel_groups
 from dspo.evaluation.tables import write_tables
-from dspo.experiments import group_of, released_models, trained_models
-from dspo.models import load_pipeline
-from dspo.released import RECORD, import_model, layout
+from dspo.families.sd_pipeline import load_pipeline
+from dspo.hub.released import RECORD, import_model, layout
 from tests.test_experiments import DEFAULT, scores_of
 from tests.workflow_run import SMOKE, planned_jobs, snakemake
 

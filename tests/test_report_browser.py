@@ -26,8 +26,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from dspo.config.experiments import trained_models
 from dspo.evaluation.intervals import interval_sentence
-from dspo.experiments import trained_models
 from tests.workflow_run import REPO, SMOKE, snakemake
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

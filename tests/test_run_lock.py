@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dspo.guards import Preempted
-from dspo.job_watch import JobWatch, is_launcher, parent_of
-from dspo.run_lock import LOCK, RunConflict, RunLock, held, run_record, write_model
+from dspo.training.guards import Preempted
+from dspo.training.job_watch import JobWatch, is_launcher, parent_of
+from dspo.training.run_lock import LOCK, RunConflict, RunLock, held, run_record, write_model
 
 RECORD = "dspo_config.json"
 HERE = JobWatch(links=(os.getppid(),))
@@ -51,8 +51,9 @@ def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from dspo.run_lock import RunLock;"
-            "from dspo.job_watch import JobWatch; lock = RunLock(Path(sys.argv[1]), "
+            "import sys, time; from pathlib import Path; "
+            "from dspo.training.run_lock import RunLock;"
+            "from dspo.training.job_watch import JobWatch; lock = RunLock(Path(sys.argv[1]), "
             "JobWatch.start()).__enter__(); print('held', flush=True); time.sleep(600)",
             str(tmp_path / "run"),
         ],
@@ -111,10 +112,12 @@ def test_a_run_whose_job_is_gone_writes_no_model(tmp_path: Path) -> None:
 
 
 def test_launchers_are_known_by_their_command_line() -> None:
-    assert is_launcher(["/env/bin/python3", "/env/bin/accelerate", "launch", "-m", "dspo.cli"])
+    assert is_launcher(
+        ["/env/bin/python3", "/env/bin/accelerate", "launch", "-m", "dspo.cli.commands"]
+    )
     assert is_launcher(["/env/bin/torchrun", "--nproc-per-node", "2", "x.py"])
     # The train rule's own launcher (rules/train.smk).
-    assert is_launcher(["/env/bin/python3", "-m", "dspo.launch", "--processes", "2"])
+    assert is_launcher(["/env/bin/python3", "-m", "dspo.training.launch", "--processes", "2"])
     assert is_launcher(["python", "-m", "torch.distributed.run", "x.py"])
     assert not is_launcher(["/env/bin/python3", "/env/bin/snakemake", "--cores", "2"])
     assert not is_launcher(["/bin/bash", "-c", "exec env dspo train"])

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dspo import cli
-from dspo.models import load_pipeline
-from dspo.sample import generate, initial_noise, load_for_sampling, sampling_dtype
+from dspo.cli.commands import commands as cli
+from dspo.families.sd_pipeline import load_pipeline
+from dspo.generation.sample import generate, initial_noise, load_for_sampling, sampling_dtype
 
 PROMPTS = pd.DataFrame(
     {"prompt_set": "demo", "prompt_id": [3, 7], "prompt": ["a red circle", "a blue square"]}
@@ -148,7 +148,7 @@ def test_sampling_runs_in_float32_on_the_cpu() -> None:
 
 
 def test_a_missing_image_is_remade_in_the_batch_a_whole_run_makes_it_in(tmp_path: Path) -> None:
-    from dspo.sample import batches_to_make, save_image
+    from dspo.generation.sample import batches_to_make, save_image
 
     jobs = [
         {"path": f"g{g}/p{p}.png", "key": f"k{g}{p}", "guidance": g}

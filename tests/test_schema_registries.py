@@ -6,7 +6,7 @@ Each enum here is compared with the table the code dispatches or validates with,
 name on one side only fails a test. A new enum in the schema must get a case below.
 
 (Objective hyper-parameters, ``methods.<name>.params.<key>``, are checked at DAG build by
-``dspo.config_check``; tests/faults/test_workflow_config.py covers an unknown and a
+``dspo.config.check``; tests/faults/test_workflow_config.py covers an unknown and a
 wrong-typed one.)
 """
 
@@ -51,50 +51,50 @@ def resolve(pointer: str) -> Any:
 
 
 def source_kinds() -> Iterable[str]:
-    from dspo.config_check import _SOURCE_KINDS
+    from dspo.config.check import SOURCE_KINDS_BY_PLACE as SOURCE_KINDS
 
     # The schema's one source definition serves pairs, prompt sets and the editing set.
-    return {kind for kinds in _SOURCE_KINDS.values() for kind in kinds}
+    return {kind for kinds in SOURCE_KINDS.values() for kind in kinds}
 
 
 def lr_schedules() -> Iterable[str]:
-    from dspo.optimisation import LR_SCHEDULES
+    from dspo.training.optimisation import LR_SCHEDULES
 
     return LR_SCHEDULES
 
 
 def optimizers() -> Iterable[str]:
-    from dspo.optimisation import OPTIMIZERS
+    from dspo.training.optimisation import OPTIMIZERS
 
     return OPTIMIZERS
 
 
 def mixed_precisions() -> Iterable[str]:
-    from dspo.optimisation import MIXED_PRECISIONS
+    from dspo.training.optimisation import MIXED_PRECISIONS
 
     return MIXED_PRECISIONS
 
 
 def report_to() -> Iterable[str | None]:
-    from dspo.tracking import REPORT_TO
+    from dspo.training.tracking import REPORT_TO
 
     return REPORT_TO
 
 
 def reference_storage() -> Iterable[str]:
-    from dspo.train_settings import REFERENCE_STORAGE
+    from dspo.training.settings import REFERENCE_STORAGE
 
     return REFERENCE_STORAGE
 
 
 def base_model_builds() -> Iterable[str | None]:
-    from dspo.config_check import BASE_MODEL_BUILDS
+    from dspo.config.check import BASE_MODEL_BUILDS
 
     return BASE_MODEL_BUILDS
 
 
 def dtypes() -> Iterable[str]:
-    from dspo.models import DTYPES
+    from dspo.families.sd_pipeline import DTYPES
 
     return DTYPES
 
@@ -108,7 +108,7 @@ def crops() -> Iterable[str]:
 def objectives() -> Iterable[str | None]:
     from dspo.objectives import OBJECTIVES
 
-    # null: no objective, for a method entry naming a released model (dspo/experiments.py).
+    # null: no objective, for a method entry naming a released model (dspo/config/experiments.py).
     return [None, *OBJECTIVES]
 
 
@@ -127,13 +127,26 @@ def degraders() -> Iterable[str]:
     return DEGRADERS
 
 
+def llm_degrader_dtypes() -> Iterable[str]:
+    from dspo.data.llm_degrader import DTYPES
+
+    return DTYPES
+
+
+def llm_degrader_fallbacks() -> Iterable[str]:
+    from dspo.data.degraded_prompts import FALLBACKS
+
+    return FALLBACKS
+
+
 def sampling_schedulers() -> Iterable[str]:
     """The names some model family's ``sampling_scheduler`` takes: sampling and editing set the
-    pipeline's scheduler through its family (SD, SDXL: ``dspo.models.SAMPLING_SCHEDULERS``;
-    SD3, FLUX: their flow-matching Euler sampler). Each family is asked about every name the
-    schema, dspo.models or a family's ``default_sampler`` knows, on a stand-in pipeline."""
+    pipeline's scheduler through its family (SD, SDXL:
+    ``dspo.families.sd_pipeline.SAMPLING_SCHEDULERS``; SD3, FLUX: their flow-matching Euler
+    sampler). Each family is asked about every name the schema, dspo.families.sd_pipeline or a
+    family's ``default_sampler`` knows, on a stand-in pipeline."""
     from dspo.families import REGISTRY, family_class
-    from dspo.models import SAMPLING_SCHEDULERS
+    from dspo.families.sd_pipeline import SAMPLING_SCHEDULERS
 
     classes = [family_class(name) for name in REGISTRY]
     candidates = {*resolve(f"{EVALUATION}/scheduler")["enum"], *SAMPLING_SCHEDULERS}
@@ -184,7 +197,7 @@ def paper_tables() -> Iterable[str]:
 
 
 def compile_modes() -> Iterable[str]:
-    from dspo.train_settings import COMPILE_MODES
+    from dspo.training.settings import COMPILE_MODES
 
     return COMPILE_MODES
 
@@ -196,7 +209,7 @@ def pairing_rules() -> Iterable[str]:
 
 
 def round_references() -> Iterable[str]:
-    from dspo.experiments import ROUND_REFERENCES
+    from dspo.config.experiments import ROUND_REFERENCES
 
     return ROUND_REFERENCES
 
@@ -205,6 +218,7 @@ TRAINING = "/$defs/training/properties"
 METHOD = "/properties/methods/additionalProperties/properties"
 EVALUATION = "/properties/evaluation/properties"
 REWARD = f"{EVALUATION}/rewards/additionalProperties/properties"
+DEGRADER = "/properties/ddspo/properties/degrader/properties"
 # config key (the test id): (JSON pointer of the enum's node, the code's registry)
 CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "source.kind": ("/$defs/source/properties/kind", source_kinds),
@@ -227,6 +241,8 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "methods.*.round_reference": (f"{METHOD}/round_reference", round_references),
     "pairs.source.rule": ("/$defs/generated_source/properties/rule", pairing_rules),
     "ddspo.degrader.kind": ("/properties/ddspo/properties/degrader/properties/kind", degraders),
+    "ddspo.degrader.dtype": (f"{DEGRADER}/dtype", llm_degrader_dtypes),
+    "ddspo.degrader.fallback": (f"{DEGRADER}/fallback", llm_degrader_fallbacks),
     "evaluation.scheduler": (f"{EVALUATION}/scheduler", sampling_schedulers),
     "evaluation.rewards.*.kind": (f"{REWARD}/kind", reward_kinds),
     "evaluation.rewards.*.part": (f"{REWARD}/part", toy_oracle_parts),
@@ -268,14 +284,14 @@ def test_every_schema_enum_has_a_case() -> None:
 
 def test_source_kinds_per_place_are_the_loaders() -> None:
     """What config_check accepts in each place is what that place's loader reads."""
-    from dspo.config_check import _SOURCE_KINDS
+    from dspo.config.check import SOURCE_KINDS_BY_PLACE as BY_PLACE
     from dspo.data.prompts import PROMPT_SOURCE_KINDS, SOURCE_KINDS
     from dspo.data.sources import SOURCE_KEYS
 
     # `dspo pairs-part` reads a toy source as the toy world's parquet output.
-    assert set(_SOURCE_KINDS["pairs.source"]) == {"toy", *SOURCE_KEYS}
-    assert set(_SOURCE_KINDS["prompt set"]) == set(PROMPT_SOURCE_KINDS)
-    assert set(_SOURCE_KINDS["evaluation.editing.source"]) == set(SOURCE_KINDS)
+    assert set(BY_PLACE["pairs.source"]) == {"toy", *SOURCE_KEYS}
+    assert set(BY_PLACE["prompt set"]) == set(PROMPT_SOURCE_KINDS)
+    assert set(BY_PLACE["evaluation.editing.source"]) == set(SOURCE_KINDS)
 
 
 def test_every_dataset_is_a_rule_output() -> None:
@@ -288,7 +304,7 @@ def test_every_dataset_is_a_rule_output() -> None:
 def test_report_to_trackers_are_accelerate_trackers() -> None:
     from accelerate.utils import LoggerType
 
-    from dspo.tracking import REPORT_TO
+    from dspo.training.tracking import REPORT_TO
 
     known = {t.value for t in LoggerType}
     assert {name for name in REPORT_TO if name is not None} <= known

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dspo.cli import main
-from dspo.files import png_bytes
-from dspo.image_keys import KEY_CHUNK
+from dspo.cli.commands import main
+from dspo.core.files import png_bytes
+from dspo.core.image_keys import KEY_CHUNK
 
 CAPTION = "a large red circle at the center on a white background"
 REWARDS = json.dumps({"oracle": {"kind": "toy_oracle"}})
@@ -120,8 +120,8 @@ def test_an_unreadable_image_met_while_scoring_is_named(tmp_path: Path) -> None:
 
 
 def test_images_as_generate_writes_them_pass_the_check(tiny_model: Path, tmp_path: Path) -> None:
-    from dspo.models import load_pipeline
-    from dspo.sample import generate, write_manifest
+    from dspo.families.sd_pipeline import load_pipeline
+    from dspo.generation.sample import generate, write_manifest
 
     prompts = pd.DataFrame({"prompt_set": "demo", "prompt_id": [3], "prompt": [CAPTION]})
     folder = tmp_path / "results" / "images" / "tiny" / "demo"

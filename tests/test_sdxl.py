@@ -14,11 +14,11 @@ from PIL import Image
 
 from dspo.data.cache import build_cache, load_cache
 from dspo.families import load_family
-from dspo.models import load_pipeline
+from dspo.families.sd_pipeline import load_pipeline
+from dspo.generation.sample import generate, load_for_sampling
 from dspo.objectives import get_objective
-from dspo.preference import PreferenceModel, make_batch, preference_loss
-from dspo.sample import generate, load_for_sampling
-from dspo.train import train
+from dspo.training.preference import PreferenceModel, make_batch, preference_loss
+from dspo.training.train import train
 from tests.conftest import jpeg
 from tests.test_train import BASE_CONFIG
 

@@ -220,7 +220,7 @@ def test_dry_run_gives_gpus_to_the_rules_that_take_a_device(tmp_path: Path) -> N
             assert "slurm_partition=cpu" in resources, rule
         if rule == "train":
             assert "gpu=4" in resources
-            assert "python -m dspo.launch --procs-per-node 4 --cpu -- train" in shell
+            assert "python -m dspo.training.launch --procs-per-node 4 --cpu -- train" in shell
             assert "srun" not in shell  # one node: no second job step
 
 
@@ -253,7 +253,9 @@ def test_site_knobs_reach_every_request(tmp_path: Path) -> None:
             assert "nodes=2" in resources and "gres=gpu:fake:4" in resources
             assert "runtime=720" in resources and "slurm_extra=--signal=TERM@2400" in resources
             assert "srun --overlap --nodes 2 --ntasks-per-node 1 --cpus-per-task" in shell
-            assert "python -m dspo.launch --procs-per-node 4 --cpu --slurm -- train" in shell
+            assert (
+                "python -m dspo.training.launch --procs-per-node 4 --cpu --slurm -- train" in shell
+            )
 
 
 def test_every_job_runs_on_slurm(
@@ -303,4 +305,4 @@ def test_training_on_two_gpus_runs_two_processes(rerun: WorkflowRun, workdir: Pa
     (train,) = (row for job, row in rerun.rows().items() if rerun.jobs[job] == "train")
     assert train["tres"] == "gres:gpu:fake:2"
     log = (workdir / f"results/logs/train/{METHOD}.log").read_text()
-    assert "dspo.launch --procs-per-node 2" in rerun.output and '"processes": 2' in log
+    assert "dspo.training.launch --procs-per-node 2" in rerun.output and '"processes": 2' in log

@@ -1,11 +1,11 @@
-"""The SLURM profile's site settings (dspo/slurm_site.py): the requests each variable makes,
+"""The SLURM profile's site settings (dspo/config/slurm_site.py): the requests each variable makes,
 and a bad value named before anything is submitted."""
 
 from __future__ import annotations
 
 import pytest
 
-from dspo import slurm_site as site
+from dspo.config import slurm_site as site
 
 
 def test_gpus_style_asks_per_job_and_gres_per_node() -> None:

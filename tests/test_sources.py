@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from dspo.cli import main as dspo_main
-from dspo.config_check import config_problems
+from dspo.cli.commands import main as dspo_main
+from dspo.config.check import config_problems
 from dspo.data import prompts
 from dspo.data import sources as S
 from dspo.data.pairs import read_pairs

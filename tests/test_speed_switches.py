@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from dspo.data.cache import build_cache, load_cache
 from dspo.families import load_family
 from dspo.objectives import get_objective, objective_kwargs
-from dspo.policy import build_model
-from dspo.preference import PreferenceModel, make_batch
-from dspo.train_settings import TrainSettings
+from dspo.training.policy import build_model
+from dspo.training.preference import PreferenceModel, make_batch
+from dspo.training.settings import TrainSettings
 from tests.test_train import BASE_CONFIG, DSPO, LORA, run
 
 STEPS = {"steps": 2, "checkpoint_every": 0}

@@ -14,7 +14,7 @@ from PIL import Image
 
 from dspo.data.pairs import PairSettings, gather_pairs, normalise_part, read_pairs
 from dspo.data.prompts import load_editing_set, load_prompt_set
-from dspo.models import load_pipeline
+from dspo.families.sd_pipeline import load_pipeline
 from dspo.rewards import load_reward
 from dspo.standins import (
     AESTHETIC_FILE,

@@ -154,7 +154,7 @@ def test_readme_describes_the_default_run_as_configured() -> None:
     """The README's sentence on what the default run does follows config/config.yaml."""
     import yaml
 
-    from dspo import experiments
+    from dspo.config import experiments
 
     root = Path(__file__).resolve().parents[1]
     config = yaml.safe_load((root / "config" / "config.yaml").read_text())

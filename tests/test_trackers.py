@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dspo.config_check import config_problems
-from dspo.tracking import start_trackers
-from dspo.train_settings import TrainSettings
+from dspo.config.check import config_problems
+from dspo.training.settings import TrainSettings
+from dspo.training.tracking import start_trackers
 from tests.test_train import BASE_CONFIG, DSPO
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,16 +18,16 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionMod
 from diffusers.models.attention_processor import AttnProcessor2_0
 from safetensors.torch import load_file
 
-import dspo.train as train_module
+import dspo.training.train as train_module
 from dspo.data.cache import build_cache, load_cache
 from dspo.families import load_family
 from dspo.families.sd import SDFamily
 from dspo.objectives import OBJECTIVES, get_objective
-from dspo.optimisation import learning_rate_factor, resolve_mixed_precision
-from dspo.policy import build_model
-from dspo.preference import PreferenceModel, make_batch
-from dspo.train import accumulation_steps, train
-from dspo.train_settings import TrainSettings
+from dspo.training.optimisation import learning_rate_factor, resolve_mixed_precision
+from dspo.training.policy import build_model
+from dspo.training.preference import PreferenceModel, make_batch
+from dspo.training.settings import TrainSettings
+from dspo.training.train import accumulation_steps, train
 
 BASE_CONFIG = {
     "steps": 4,
@@ -275,7 +275,7 @@ def test_two_processes_train_like_one(
     command = [
         str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "dspo.cli", "train", "--params", json.dumps(cfg), "--cache", str(cache_dir),
+        "-m", "dspo.cli.commands", "train", "--params", json.dumps(cfg), "--cache", str(cache_dir),
         "--base", str(tiny_model), "--out", str(tmp_path / "model"),
         "--run-dir", str(tmp_path / "run"),
     ]  # fmt: skip
@@ -393,7 +393,7 @@ def synthetic_cache(root: Path, pairs: int, shard_size: int = 1000) -> Path:
     """A cache of random 64x64 latents (32 KiB an image) laid out as gather_cache writes it."""
     from safetensors.torch import save_file
 
-    from dspo.content import file_sha256
+    from dspo.core.content import file_sha256
 
     root.mkdir(parents=True)
     gen = torch.Generator().manual_seed(0)
@@ -429,7 +429,7 @@ def synthetic_cache(root: Path, pairs: int, shard_size: int = 1000) -> Path:
 PEAK_RSS = """
 import json, resource, sys
 from pathlib import Path
-from dspo.train import train
+from dspo.training.train import train
 cfg, cache, base, root = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 train(cfg, cache_dir=Path(cache), base_model=base, out_dir=root / "model", run_dir=root / "run")
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -507,7 +507,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(
     """The W&B run id is kept with the checkpoint and opened again on resume (a fake tracker
     start records it: wandb is not installed here)."""
     opened = []
-    monkeypatch.setattr("dspo.train_settings.tracker_problem", lambda report_to: None)
+    monkeypatch.setattr("dspo.training.settings.tracker_problem", lambda report_to: None)
     monkeypatch.setattr(
         train_module, "start_trackers", lambda *args: opened.append((args[2], args[3], args[4]))
     )

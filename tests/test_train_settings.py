@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dspo.optimisation import OptimiserSettings
-from dspo.train_settings import LoraSettings, TrainSettings
+from dspo.training.optimisation import OptimiserSettings
+from dspo.training.settings import LoraSettings, TrainSettings
 from tests.test_train import BASE_CONFIG, DSPO, LORA
 
 
@@ -67,7 +67,7 @@ def test_every_training_key_of_the_schema_is_a_setting() -> None:
 
     import yaml
 
-    from dspo.train_settings import OPTIONAL, REQUIRED
+    from dspo.training.settings import OPTIONAL, REQUIRED
 
     schema = yaml.safe_load((Path(__file__).parents[1] / "config/schema.yaml").read_text())
     training = set(schema["$defs"]["training"]["properties"])

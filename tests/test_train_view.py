@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import dspo.train as train_module
+import dspo.training.train as train_module
 from dspo.evaluation.training_view import plot_training_view, shown_steps
-from dspo.tracking import flat_config
+from dspo.training.tracking import flat_config
 from tests.test_train import DSPO, run, unet_weights
 
 VALIDATION = {

@@ -25,8 +25,8 @@ the N folders. The blocks follow fixed grids, so the result does not depend on N
 By default each image is encoded once, as its VAE posterior mean, with its crop and flip drawn
 once at caching time. The upstream recipe redraws all three at every visit of a pair. With
 ``per_visit`` the cache keeps what the trainer needs to redraw two of them
-(`dspo.preference.make_batch`): the posterior's standard deviation (``std_w``, ``std_l``), so a
-new posterior sample is drawn at each visit; and with ``flip`` both orientations of each image
+(`dspo.training.preference.make_batch`): the posterior's standard deviation (``std_w``, ``std_l``),
+so a new posterior sample is drawn at each visit; and with ``flip`` both orientations of each image
 (``mirror_w``, ``mirror_l``, ``mirror_std_w``, ``mirror_std_l``, ``crop_mirror_w``,
 ``crop_mirror_l``), one chosen at each visit. The mirror is encoded from the mirrored pixels: a
 VAE encoder is not mirror-symmetric, so mirroring the latent is not the same
@@ -53,7 +53,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from dspo.content import file_sha256
+from dspo.core.content import file_sha256
+from dspo.core.files import PART_RECORD, part_folder, write_json_atomic
 
 # The reading side lives in its own module; its names are part of this module's interface.
 from dspo.data.cache_load import MANIFEST, SHARD_KEYS, PairCache, load_cache  # noqa: F401
@@ -61,8 +62,7 @@ from dspo.data.pairs import REJECTED_CAPTION
 from dspo.data.tensor_files import concat_safetensors
 from dspo.families import load_family
 from dspo.families.base import Family
-from dspo.files import PART_RECORD, part_folder, write_json_atomic
-from dspo.models import load_pipeline, resolve_dtype
+from dspo.families.sd_pipeline import load_pipeline, resolve_dtype
 
 SIDES = ("w", "l")
 # Prompts per text-encoder call. Fixed, so that parts split prompts on one grid (PartPlan).

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dspo.content import file_sha256
+from dspo.core.content import file_sha256
 
 MANIFEST = "manifest.json"
 TEXT_FILE = "text.safetensors"

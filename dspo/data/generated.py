@@ -3,9 +3,10 @@
 Two scattered steps over ``shards`` parts, each a contiguous block of the prompts:
 
 - :func:`make_images_part` samples ``images_per_prompt`` images of each prompt with the
-  evaluation's sampling rules (:mod:`dspo.sample`: the starting noise of a (prompt, seed) is
-  the one every model gets, seeds ``seed .. seed + K - 1``), each PNG written as it is made and
-  keyed by what made it, so a part killed and run again makes only the images it lacks;
+  evaluation's sampling rules (:mod:`dspo.generation.sample`: the starting noise of a
+  (prompt, seed) is the one every model gets, seeds ``seed .. seed + K - 1``), each PNG
+  written as it is made and keyed by what made it, so a part killed and run again makes only
+  the images it lacks;
 - :func:`label_part` scores them with the labelling reward (one reward, or a weighted sum) and
   pairs them by the rule (:func:`form_pairs`) into a parquet file in the Pick-a-Pic columns
   (``caption, jpg_0, jpg_1, label_0, label_1``), which the pair source then reads as a local
@@ -27,9 +28,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dspo.core.files import write_bytes_atomic
 from dspo.data.pairs import prompt_id_of
 from dspo.data.prompts import COLUMNS, load_prompt_set
-from dspo.files import write_bytes_atomic
 
 PROMPT_SET = "generated"
 # The labelled pairs: Pick-a-Pic's columns, then where each image came from and its score.
@@ -95,7 +96,13 @@ def make_images_part(
     ``settings`` is the resolved source (:func:`~dspo.data.generated_config.generated_settings`)
     plus the evaluation's sampling slice (steps, scheduler, resolution, batch_size, dtype).
     """
-    from dspo.sample import generate, load_for_sampling, run_key, sampling_dtype, write_manifest
+    from dspo.generation.sample import (
+        generate,
+        load_for_sampling,
+        run_key,
+        sampling_dtype,
+        write_manifest,
+    )
 
     first, stop = part_range(len(prompts), part, settings["shards"])
     block = prompts.iloc[first:stop]
@@ -111,7 +118,7 @@ def make_images_part(
             batch_size=settings["batch_size"], key=key, **shared,
         )  # fmt: skip
     else:
-        from dspo.sample import MANIFEST_COLUMNS
+        from dspo.generation.sample import MANIFEST_COLUMNS
 
         frame = pd.DataFrame(columns=MANIFEST_COLUMNS)
     meta = {"model": model, "base": base_model, **shared, "key": key, "seeds": seeds,
@@ -173,7 +180,7 @@ def label_part(
     image is checked against its manifest's key first. Prompts are scored and written a chunk
     at a time; the file is renamed into place once whole.
     """
-    from dspo.image_keys import check_manifest_images
+    from dspo.core.image_keys import check_manifest_images
     from dspo.rewards import score_manifest
 
     manifest = pd.read_parquet(manifest_path)

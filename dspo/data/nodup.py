@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from dspo.core.files import part_folder, write_json_atomic
 from dspo.data.dedup import caption_group
 from dspo.data.pairs import (
     CANONICAL_COLUMNS,
@@ -26,7 +27,6 @@ from dspo.data.pairs import (
     check_canonical,
     read_part_records,
 )
-from dspo.files import part_folder, write_json_atomic
 
 
 def nodup_rows(prompt_ids: np.ndarray, seed: int) -> np.ndarray:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
+from dspo.core.files import PART_RECORD, part_folder, write_json_atomic
 from dspo.data.dedup import (
     CAPTION_BLANK,
     CAPTION_MISSING,
@@ -44,7 +45,6 @@ from dspo.data.dedup import (
     pair_key,
 )
 from dspo.data.sources import check_columns, source_units
-from dspo.files import PART_RECORD, part_folder, write_json_atomic
 
 CANONICAL_COLUMNS = ("pair_id", "prompt_id", "caption", "jpg_w", "jpg_l", "label_w", "source_row")
 # DDSPO's rejected images have their own (degraded) prompt; human pairs share one caption.

@@ -12,7 +12,7 @@ lists it as units, the blocks a scattered job reads one after the other:
 
 Every key a source kind does not read is refused (:func:`key_problems`), and a local
 source's layout is checked from its first file (:func:`layout_problems`); the workflow runs
-both when it plans (dspo/config_check.py), before any job.
+both when it plans (dspo/config/check.py), before any job.
 
 The list is the same in every job, so part k of N is a contiguous range of units, and a row's
 identity (its unit and its row in the unit) does not depend on N. A job holds one unit at a

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from numbers import Integral
 from typing import Any
 
-from dspo import experiments
-from dspo.config_check import entries
+from dspo.config import experiments
+from dspo.config.names import entries
 
 
 def interval_sentence(

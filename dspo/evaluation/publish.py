@@ -1,6 +1,6 @@
 """``dspo push``: a saved model folder uploaded with its card, the card first given the
 model's win rates from a run's ``results/tables/win_rates.csv`` (they exist only once the
-model's images are scored, after the card was written by :mod:`dspo.model_card`)."""
+model's images are scored, after the card was written by :mod:`dspo.training.model_card`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from dspo.evaluation.intervals import interval_sentence
-from dspo.model_card import CARD, WIN_RATES_HEADING
+from dspo.training.model_card import CARD, WIN_RATES_HEADING
 
 
 def win_rates_section(win_rates_csv: Path, method: str) -> str:

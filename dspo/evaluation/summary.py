@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 import dspo
-from dspo.content import source_key
+from dspo.core.content import source_key
 from dspo.evaluation.intervals import interval_sentence
 
 START = "<!-- results: written by `make readme-results` from docs/run_summary.json -->"

@@ -1,6 +1,6 @@
 """Sensitivity sweeps: win rate against the base model over the values of one hyper-parameter.
 
-Each sweep point is a model of its own (dspo/experiments.py); its win rates are those of the
+Each sweep point is a model of its own (dspo/config/experiments.py); its win rates are those of the
 main tables (mean over replicates, hierarchical bootstrap interval, sign test over prompts),
 Holm-adjusted over the sweep's own table. The plot draws win rate against the value (log
 axis when every value is positive), one panel per prompt set, one line per guidance scale,

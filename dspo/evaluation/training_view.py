@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from dspo.run_metrics import METRICS_JSONL
-from dspo.validation import read_index
+from dspo.training.metrics import METRICS_JSONL
+from dspo.training.validation import read_index
 
 # (metric, panel title, reference line) in drawing order.
 CURVES: tuple[tuple[str, str, float | None], ...] = (

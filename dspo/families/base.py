@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from diffusers import AutoPipelineForImage2Image, DiffusionPipeline, ModelMixin
 
+from dspo.families.pipeline_files import component_config
+
 Conditions = Mapping[str, torch.Tensor]
 
 
@@ -63,8 +65,6 @@ class Family(ABC):
                 f"model family {cls.name!r} has no setting(s) {unknown}; "
                 f"it takes {sorted(accepted)}"
             )
-        from dspo.families import component_config
-
         schedule = component_config(path, "scheduler", "scheduler_config.json")
         return cls(schedule, **settings)
 
@@ -107,7 +107,7 @@ class Family(ABC):
                 out_dir, **{f"{self.denoiser}_lora_layers": layers}
             )
             return
-        from dspo.models import load_pipeline
+        from dspo.families.sd_pipeline import load_pipeline
 
         pipe = load_pipeline(base_model)
         setattr(pipe, self.denoiser, denoiser.to(torch.float32))

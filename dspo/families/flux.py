@@ -131,7 +131,7 @@ class FluxFamily(FlowFamily):
         ``transformer`` (FluxTransformer2DModel; ``axes_dims_rope`` must add up to
         ``attention_head_dim``) and ``scheduler``. Channels and text widths are derived.
         """
-        from dspo.models import build_tokenizer
+        from dspo.families.sd_pipeline import build_tokenizer
 
         torch.manual_seed(seed)
         max_length = architecture["max_length"]

@@ -36,7 +36,7 @@ class SDFamily(Family):
 
     @classmethod
     def build(cls, architecture: Mapping[str, Any], words: Sequence[str], seed: int = 0):
-        from dspo.models import build_pipeline
+        from dspo.families.sd_pipeline import build_pipeline
 
         return build_pipeline({**architecture, "family": cls.name}, words, seed=seed)
 
@@ -47,7 +47,7 @@ class SDFamily(Family):
     def encode_prompts(
         self, pipe: DiffusionPipeline, prompts: list[str], batch_size: int = 256
     ) -> dict[str, torch.Tensor]:
-        from dspo.models import encode_text
+        from dspo.families.sd_pipeline import encode_text
 
         return {"embeddings": encode_text(pipe, prompts, batch_size=batch_size)[0]}
 
@@ -89,6 +89,6 @@ class SDFamily(Family):
         return alpha.reshape(shape) * pred + sigma.reshape(shape) * x_t
 
     def sampling_scheduler(self, pipe: DiffusionPipeline, name: str) -> None:
-        from dspo.models import sampling_scheduler
+        from dspo.families.sd_pipeline import sampling_scheduler
 
         sampling_scheduler(pipe, name)

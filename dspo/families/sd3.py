@@ -71,7 +71,7 @@ class SD3Family(FlowFamily):
         and ``scheduler`` (FlowMatchEulerDiscreteScheduler). The transformer's channels, joint
         attention and pooled widths follow the VAE and text encoders.
         """
-        from dspo.models import build_tokenizer
+        from dspo.families.sd_pipeline import build_tokenizer
 
         torch.manual_seed(seed)
         max_length = architecture["max_length"]

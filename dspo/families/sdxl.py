@@ -29,7 +29,7 @@ class SDXLFamily(SDFamily):
         self, pipe: DiffusionPipeline, prompts: list[str], batch_size: int = 256
     ) -> dict[str, torch.Tensor]:
         """Penultimate states of both encoders side by side, and the second's pooled output."""
-        from dspo.models import encode_text
+        from dspo.families.sd_pipeline import encode_text
 
         hidden, pooled = encode_text(pipe, prompts, batch_size=batch_size)
         return {"embeddings": hidden, "pooled": pooled}

@@ -1,6 +1,6 @@
 """Tiny random text encoders and tokenizers for toy pipelines built offline.
 
-CLIP towers come from `dspo.models.build_tokenizer`'s hand-made BPE vocabulary; the T5
+CLIP towers come from `dspo.families.sd_pipeline.build_tokenizer`'s hand-made BPE vocabulary; the T5
 tokenizer is a Unigram vocabulary holding each given word as one piece, saved and loaded
 like the real T5 tokenizer of SD3 and FLUX.
 """

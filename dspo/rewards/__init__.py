@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dspo.image_keys import strict_decoding
+from dspo.core.image_keys import strict_decoding
 
 
 class RewardModel(Protocol):

@@ -1,4 +1,4 @@
-"""Rounds of AI feedback (dspo.experiments): each round a model of its own, trained on the
+"""Rounds of AI feedback (dspo.config.experiments): each round a model of its own, trained on the
 pairs sampled from the round before, and the config errors of rounds named by key."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from dspo.config_check import config_problems
-from dspo.experiments import group_of, method_config, round_rows, trained_models
+from dspo.config.check import config_problems
+from dspo.config.experiments import group_of, method_config, round_rows, trained_models
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dspo import sample
 from dspo.data.generated import form_pairs, label_part, make_images_part
 from dspo.data.generated_config import generated_problems, generated_settings, label_weights
 from dspo.data.pairs import prompt_id_of
 from dspo.data.sources import REQUIRED_COLUMNS
+from dspo.generation import sample
 from dspo.rewards import load_reward
 
 CAPTIONS = [

@@ -13,9 +13,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from dspo.checkpoints import STATE
-from dspo.content import file_sha256
-from dspo.files import DiskFull, human_bytes
+from dspo.core.content import file_sha256
+from dspo.core.files import DiskFull, human_bytes
+from dspo.training.checkpoints import STATE
 from tests.faults.test_train_faults import assert_same, base_model, make_cache
 from tests.test_train import DSPO, run
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dspo.job_watch import parent_of
-from dspo.run_lock import LOCK
+from dspo.training.job_watch import parent_of
+from dspo.training.run_lock import LOCK
 from tests.faults.test_train_faults import SIGNAL_CONFIG, base_model, cli, make_cache
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
@@ -68,10 +68,10 @@ def job(cfg: dict, world: dict, root: Path, launcher: str) -> subprocess.Popen:
         program = [
             "env", "ACCELERATE_USE_CPU=1", accelerate, "launch", "--num_processes", "1",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "-m", "dspo.cli",
+            "-m", "dspo.cli.commands",
         ]  # fmt: skip
     else:
-        program = ["env", sys.executable, "-m", "dspo.cli"]
+        program = ["env", sys.executable, "-m", "dspo.cli.commands"]
     shell = f"exec {shlex.join(program + args)} > {shlex.quote(str(root / 'train.log'))} 2>&1"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-c", PARENT, shell], env=env)

@@ -21,12 +21,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import dspo.train as train_module
-from dspo.content import file_sha256, write_content_record
+import dspo.training.train as train_module
+from dspo.core.content import file_sha256, write_content_record
 from dspo.data.cache import build_cache, load_cache
-from dspo.guards import DivergenceError, StopSignals
-from dspo.models import build_pipeline
-from dspo.preference import step_rows
+from dspo.families.sd_pipeline import build_pipeline
+from dspo.training.guards import DivergenceError, StopSignals
+from dspo.training.preference import step_rows
 from tests.conftest import TINY_ARCHITECTURE, WORDS
 from tests.conftest import edit_source as edit
 from tests.test_train import BASE_CONFIG, DSPO, run, unet_weights
@@ -263,7 +263,7 @@ SIGNAL_STEPS = 60
 
 def cli(cfg: dict, cache: Path, base: Path, root: Path) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "dspo.cli", "train", "--params", json.dumps(cfg),
+        sys.executable, "-m", "dspo.cli.commands", "train", "--params", json.dumps(cfg),
         "--cache", str(cache), "--base", str(base), "--out", str(root / "model"),
         "--run-dir", str(root / "run"), "--threads", "1",
     ]  # fmt: skip

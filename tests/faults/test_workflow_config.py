@@ -2,7 +2,7 @@
 mutations of the default config's values and keys.
 
 Each mutation goes through what the Snakefile runs before any job (schema validation, then
-`dspo.config_check.check_config`). A mutation may leave a valid config; any failure must be
+`dspo.config.check.check_config`). A mutation may leave a valid config; any failure must be
 one of those two errors, never another exception, and must name a config key.
 """
 
@@ -23,7 +23,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import expand
 from snakemake.utils import validate
 
-from dspo.config_check import ConfigError, check_config, config_problems
+from dspo.config.check import ConfigError, check_config, config_problems
 from tests.workflow_run import snakemake
 
 REPO = Path(__file__).resolve().parents[2]

@@ -42,12 +42,12 @@ import json, os, sys
 with open(os.environ["ARGV_LOG"], "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
 """
-# The train rule starts `python -m dspo.launch ... -- ARGS` (dspo/launch.py), which runs
-# `dspo ARGS` once per process: the stand-in records ARGS as `dspo` would receive them.
+# The train rule starts `python -m dspo.training.launch ... -- ARGS` (dspo/training/launch.py),
+# which runs `dspo ARGS` once per process: the stand-in records ARGS as `dspo` would receive them.
 LAUNCH_RECORDER = """#!/usr/bin/env python3
 import json, os, sys
 args = sys.argv[1:]
-if args[:2] != ["-m", "dspo.launch"]:
+if args[:2] != ["-m", "dspo.training.launch"]:
     os.execvp("python3", ["python3", *args])
 with open(os.environ["ARGV_LOG"], "a") as log:
     log.write(json.dumps(args[args.index("--") + 1 :]) + "\\n")

@@ -128,8 +128,8 @@ def test_the_sd15_overlay_plans_two_rounds_from_the_hub(tmp_path: Path) -> None:
 
 
 def test_the_budget_counts_each_rounds_samples() -> None:
-    from dspo.budget import budget
-    from dspo.step_config import workflow_config
+    from dspo.bench.budget import budget
+    from dspo.config.step import workflow_config
 
     config = workflow_config([PRESETS / "sd15.yaml", PRESETS / "sd15-ai-feedback.yaml"])
     rows = {row["stage"]: row for row in budget(config, "h100", 0.4)["stages"]}

@@ -1,0 +1,1 @@
+"""Sampling evaluation images and editing images with a model."""
