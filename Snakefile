@@ -84,7 +84,7 @@ include: "rules/report.smk"
 rule all:
     input:
         rules.tables.output,
-        expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
+        expand("results/plots/grid_{prompt_set}.png", prompt_set=TEST_SETS),
         expand("results/plots/training/{method}.png", method=METHODS),
         "results/summary.json",
         rules.fetch.output if FETCH_ITEMS else [],

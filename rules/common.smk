@@ -25,7 +25,10 @@ TRAINED = experiments.trained_models(config)
 METHODS = list(TRAINED)
 # Method entries naming an existing model (`model:`): imported, never trained (rule import_model).
 RELEASED = experiments.released_models(config)
-MODELS = ["base", *METHODS, *RELEASED]
+# Kept training steps (training.evaluate_steps), sampled and scored as models of their own:
+# `dspo@100` -> ("dspo", 100) (dspo/config/experiments.py).
+STEP_MODELS = experiments.step_models(config, TRAINED)
+MODELS = ["base", *METHODS, *RELEASED, *STEP_MODELS]
 SWEEPS = list(entries(config.get("sweeps")))
 # The models the image grids show: the base model and the first replicate of each method.
 GRID_MODELS = ["base", *METHOD_ENTRIES]
@@ -33,6 +36,10 @@ PROMPT_SETS = list(PROMPT_SET_ENTRIES)
 EDITING = EVALUATION.get("editing")
 # Sets of generated images: the prompt sets, and the edits of the editing set when enabled.
 EVAL_SETS = [*PROMPT_SETS, "editing"] if EDITING else PROMPT_SETS
+# Choosing each trained model's step on a validation prompt set (dspo/evaluation/step_selection.py).
+STEP_SELECTION = EVALUATION.get("step_selection")
+# The sets the tables report: all but the one that validates the step choice.
+TEST_SETS = [s for s in EVAL_SETS if not STEP_SELECTION or s != STEP_SELECTION["prompt_set"]]
 
 
 # Each later round of a method is a row of its own ({method}@round{r}), after the method's.
@@ -52,7 +59,7 @@ def kept_tables(tables):
     kept = {}
     for name, spec in entries(tables).items():
         methods = [m for m in spec["methods"] if m in TABLE_METHODS]
-        sets = [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in EVAL_SETS]
+        sets = [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in TEST_SETS]
         if methods and sets:
             kept[name] = {**spec, "methods": methods, "prompt_sets": sets}
     return kept
@@ -460,10 +467,11 @@ def tables_config():
         "notes": feedback_notes(labels),
         "sweeps": experiments.sweep_points(config, TRAINED),
         "rewards": list(REWARD_ENTRIES),
-        "prompt_sets": EVAL_SETS,
+        "prompt_sets": TEST_SETS,
         "labels": labels,
         "bootstrap": EVALUATION["bootstrap"],
         "paper_tables": PAPER_TABLES,
+        "step_selection": step_selection_config(),
     }
 
 
@@ -494,6 +502,20 @@ def feedback_notes(labels):
                 f"its pairs from round r-1's model and starts from its weights; reference: {what}."
             )
     return notes
+
+
+def step_selection_config():
+    """The tables step's step choice: the validation set, the reward and each trained model's
+    candidates, step: row (null when not chosen)."""
+    if not STEP_SELECTION:
+        return None
+    return {**STEP_SELECTION, "candidates": experiments.step_candidates(config, TRAINED)}
+
+
+def step_selection_outputs():
+    if not STEP_SELECTION:
+        return []
+    return expand("results/tables/step_selection.{ext}", ext=["md", "csv"])
 
 
 def interval_captions():

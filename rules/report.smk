@@ -37,6 +37,11 @@ rule tables:
             caption="../workflow/report/mean_scores_plot.rst",
             category="Plots",
         ),
+        step_selection=report(
+            step_selection_outputs(),
+            caption="../workflow/report/step_selection.rst",
+            category="Tables",
+        ),
         sweep_tables=report(
             expand("results/tables/sweep_{sweep}.{ext}", sweep=SWEEPS, ext=["md", "csv"]),
             caption="../workflow/report/sweep_table.rst",
@@ -122,7 +127,7 @@ rule summary:
     input:
         win_rates="results/tables/win_rates.csv",
         head_to_head="results/tables/head_to_head.csv",
-        grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
+        grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=TEST_SETS),
     output:
         "results/summary.json",
     params:

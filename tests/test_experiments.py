@@ -13,7 +13,14 @@ import yaml
 from PIL import Image
 
 from dspo.config.check import config_problems
-from dspo.config.experiments import group_of, method_config, sweep_points, trained_models
+from dspo.config.experiments import (
+    group_of,
+    method_config,
+    step_candidates,
+    step_models,
+    sweep_points,
+    trained_models,
+)
 from dspo.evaluation.sweeps import relabel_groups, sweep_table, write_sweep
 from dspo.evaluation.tables import write_tables
 
@@ -120,6 +127,61 @@ def test_sweep_points_set_every_key_and_report_under_their_own_group() -> None:
 def test_bad_sweeps_are_config_errors_naming_the_key(sweep: dict, named: str) -> None:
     problems = config_problems(config_with(sweeps={"s": sweep}), REPO)
     assert any(p.startswith(named) for p in problems), problems
+
+
+def with_steps(shared: list[int], dspo: list[int] | None = None, selection: bool = True) -> dict:
+    """The default config keeping ``shared`` steps of every method (``dspo``: DSPO's own),
+    two DSPO replicates and, with ``selection``, a validation set that picks among them."""
+    config = copy.deepcopy(DEFAULT)
+    config["training"]["evaluate_steps"] = shared
+    config["methods"]["dspo"]["training"] = {"replicates": 2}
+    if dspo is not None:
+        config["methods"]["dspo"]["training"]["evaluate_steps"] = dspo
+    if selection:
+        toy = {"kind": "toy", "split": "validation"}
+        config["evaluation"]["prompt_sets"]["validation"] = {"source": toy}
+        config["evaluation"]["step_selection"] = {"prompt_set": "validation", "reward": "oracle"}
+    return config
+
+
+def test_kept_steps_are_models_of_their_own_and_the_last_step_a_candidate() -> None:
+    config = with_steps([], dspo=[50, 100, 150])
+    models = trained_models(config)
+    # Step 150 is the last: the model itself, no extra row.
+    assert step_models(config, models) == {
+        "dspo@50": ("dspo", 50),
+        "dspo@100": ("dspo", 100),
+        "dspo-r1@50": ("dspo-r1", 50),
+        "dspo-r1@100": ("dspo-r1", 100),
+    }
+    candidates = step_candidates(config, models)
+    assert candidates["dspo-r1"] == {50: "dspo-r1@50", 100: "dspo-r1@100", 150: "dspo-r1"}
+    assert candidates["sft"] == {150: "sft"}
+    assert not config_problems(config, REPO)
+    # Kept steps do not change what the run trains: the same checkpoints, the same model.
+    assert "evaluate_steps" in method_config(config, models["dspo"])
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        (with_steps([50], selection=False), "training.evaluate_steps: kept steps need"),
+        (with_steps([], dspo=[200]), "methods.dspo.training.evaluate_steps: [200] past"),
+        (with_steps([160]), "training.evaluate_steps: [160] past the 150 steps of sft"),
+    ],
+)
+def test_bad_step_choices_are_config_errors_naming_the_key(config: dict, named: str) -> None:
+    problems = config_problems(config, REPO)
+    assert any(p.startswith(named) for p in problems), problems
+
+
+def test_the_validation_set_is_no_table_s_test_set() -> None:
+    config = with_steps([50])
+    config["evaluation"]["tables"]["table6"]["prompt_sets"] = ["pickv2", "validation"]
+    config["evaluation"]["step_selection"]["reward"] = "pickscore"
+    problems = config_problems(config, REPO)
+    assert any(p.startswith("evaluation.tables.table6.prompt_sets: 'validation'") for p in problems)
+    assert any(p.startswith("evaluation.step_selection.reward: 'pickscore'") for p in problems)
 
 
 def scores_of(models: dict[str, float], n_prompts: int = 16, seeds: int = 2) -> pd.DataFrame:

@@ -289,7 +289,12 @@ def test_build_world_files_and_stats(world, split):
     assert list(prompts.columns) == ["prompt_set", "prompt_id", "prompt"]
     assert prompts["prompt_id"].dtype == np.int64
     sizes = prompts.groupby("prompt_set").size().to_dict()
-    assert sizes == {"heldout_captions": 20, "unseen_combinations": 20, "new_templates": 20}
+    assert sizes == {
+        "heldout_captions": 20,
+        "unseen_combinations": 20,
+        "new_templates": 20,
+        "validation": 20,
+    }
     assert not set(prompts["prompt"]) & set(pairs["caption"])
     for name, scenes in (
         ("heldout_captions", split["heldout_captions"]),
@@ -299,6 +304,19 @@ def test_build_world_files_and_stats(world, split):
         texts = prompts.loc[prompts["prompt_set"] == name, "prompt"]
         assert all(parse_caption(t) in set(scenes) for t in texts), name
         assert all(("backdrop" in t) == (name == "new_templates") for t in texts), name
+
+
+def test_the_validation_split_shows_no_scene_of_a_test_prompt(world, split):
+    """The step choice's validation set: held-out scenes (no training caption) that no test
+    prompt of the same scenes shows, in training templates."""
+    prompts = pd.read_parquet(world[0] / "prompts.parquet")
+    scenes = {s: {parse_caption(t) for t in p} for s, p in prompts.groupby("prompt_set")["prompt"]}
+    assert scenes["validation"] <= set(split["heldout_captions"])
+    assert len(scenes["validation"]) == 20
+    for test_set in ("heldout_captions", "unseen_combinations", "new_templates"):
+        assert not scenes["validation"] & scenes[test_set], test_set
+    texts = prompts.loc[prompts["prompt_set"] == "validation", "prompt"]
+    assert not any("backdrop" in t for t in texts)
 
 
 def test_build_world_is_byte_deterministic(world, tmp_path):

@@ -517,3 +517,49 @@ def test_a_resumed_run_continues_the_same_wandb_run(
     assert state["tracker_run_id"] == opened[0][2]
     assert run({**cfg, "steps": 6}, cache_dir, tiny_model, tmp_path)["resumed_from"] == 2
     assert opened[1] == (opened[0][0], 2, opened[0][2])  # same method, from step 2, same run
+
+
+def test_kept_steps_are_loadable_models_that_survive_a_resume(
+    cache_dir: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """training.evaluate_steps: the models of steps 1 and 3 are kept whole (a loadable
+    pipeline with its record and card), survive a kill and the resume, and stay at the end."""
+    cfg = {**DSPO, "evaluate_steps": [1, 3], "keep_checkpoints": False}
+    run(cfg, cache_dir, tiny_model, tmp_path / "straight")
+    steps = tmp_path / "straight/run/steps"
+    assert sorted(p.name for p in steps.iterdir()) == ["step-000001", "step-000003"]
+
+    real_make_batch = train_module.make_batch
+    calls = {"n": 0}
+
+    def dies_in_step_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:  # 2 micro-steps per step: the 6th call belongs to step 3
+            raise KeyboardInterrupt("killed")
+        return real_make_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "make_batch", dies_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, cache_dir, tiny_model, tmp_path / "killed")
+    kept = tmp_path / "killed/run/steps"
+    weights = kept / "step-000001/unet/diffusion_pytorch_model.safetensors"
+    written = weights.stat().st_ino
+    assert [p.name for p in kept.iterdir()] == ["step-000001"]
+
+    monkeypatch.setattr(train_module, "make_batch", real_make_batch)
+    assert run(cfg, cache_dir, tiny_model, tmp_path / "killed")["resumed_from"] == 2
+    # Step 1 (before the checkpoint resumed) is the file written before the kill.
+    assert weights.stat().st_ino == written
+    assert sorted(p.name for p in kept.iterdir()) == ["step-000001", "step-000003"]
+    for step in ("step-000001", "step-000003"):
+        assert_same_weights(steps / step, kept / step, atol=1e-6)
+    # The last step is the model itself, not a kept step; the checkpoints are gone.
+    assert not (tmp_path / "killed/run/checkpoints").exists()
+    record = json.loads((kept / "step-000003/dspo_config.json").read_text())
+    assert record["step"] == 3 and record["steps"] == 4 and record["config"]["objective"] == "dspo"
+    assert "# dspo@3" in (kept / "step-000003/README.md").read_text()
+    # Whether TF32 was in effect is recorded with the model (no CUDA here: it was not).
+    final = json.loads((tmp_path / "killed/model/dspo_config.json").read_text())
+    assert final["tf32"] is False and record["tf32"] is False
+    pipe = StableDiffusionPipeline.from_pretrained(kept / "step-000003", safety_checker=None)
+    an_image(pipe)

@@ -332,6 +332,20 @@ def import_model(args: argparse.Namespace) -> None:
     report(run_import(args.model, args.base, Path(args.out)))
 
 
+@command(
+    "train",
+    arg("--run-dir", required=True, help="the training run's folder (results/train/<model>)"),
+    # Not --step: the parsed arguments' `step` names the command's settings (dspo.config.step).
+    arg("--at-step", type=int, required=True, help="the kept step (training.evaluate_steps)"),
+    arg("--out", required=True, help="model folder to write (results/models/<model>@<step>)"),
+)
+def step_model(args: argparse.Namespace) -> None:
+    """Put a run's kept model of one step where the workflow samples it (hard links)."""
+    from dspo.training.step_models import link_step
+
+    report({"out": str(link_step(Path(args.run_dir), args.at_step, Path(args.out)))})
+
+
 SAMPLING_OPTIONS = (
     MODEL,
     BASE,

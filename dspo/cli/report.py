@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from dspo.cli.registry import OUT, PARAMS, arg, command, json_mapping, report, setup_torch, threads
 
@@ -28,8 +30,10 @@ def tables(args: argparse.Namespace) -> None:
     from dspo.evaluation.tables import build_tables, save_tables
 
     p = args.params
+    raw = load_scores([Path(f) for f in args.scores])
+    selected, paper_raw = _selected_steps(raw, p)
     # Replicates and sweep points are scored as models of their own: rows go to their group.
-    scores = relabel_groups(load_scores([Path(f) for f in args.scores]), p.get("groups") or {})
+    scores = relabel_groups(raw, p.get("groups") or {})
     out = Path(args.out)
     tables = build_tables(
         scores,
@@ -43,7 +47,11 @@ def tables(args: argparse.Namespace) -> None:
         data_note="\n\n".join(
             filter(None, [data_note(args.pairs_report, args.nodup_report), *p.get("notes", [])])
         ),
+        paper_scores=relabel_groups(paper_raw, p.get("groups") or {}),
+        paper_note=selected.get("note", ""),
     )
+    if "table" in selected:
+        tables["step_selection"] = selected["table"]
     written = save_tables(tables, out)
     plots = Path(args.plots or args.out)
     layout = (p["methods"], p["rewards"], p["prompt_sets"], p["labels"])
@@ -57,6 +65,30 @@ def tables(args: argparse.Namespace) -> None:
             scores, name, spec, out, plots, reward, p["labels"], boot["samples"], boot["seed"]
         )
     report({"written": [str(w) for w in written]})
+
+
+def _selected_steps(raw: Any, p: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """With ``step_selection`` set: the step-selection table and the note (under "table" and
+    "note"), and the scores with each trained model's picked step; else nothing and ``raw``."""
+    from dspo.evaluation.step_selection import (
+        pick_steps,
+        picked_rows,
+        selection_markdown,
+        selection_note,
+        use_picked,
+    )
+    from dspo.evaluation.tables import labeller
+
+    spec = p.get("step_selection")
+    if not spec:
+        return {}, raw
+    # JSON keys are strings; the steps are numbers.
+    candidates = {m: {int(s): row for s, row in c.items()} for m, c in spec["candidates"].items()}
+    chosen = pick_steps(raw, candidates, spec["prompt_set"], spec["reward"])
+    name = labeller(p["labels"])
+    table = (chosen, selection_markdown(chosen, name))
+    note = selection_note(chosen, name)
+    return {"table": table, "note": note}, use_picked(raw, picked_rows(chosen))
 
 
 @command(
@@ -233,6 +265,29 @@ def budget(args: argparse.Namespace) -> None:
 
     result = compute_budget(workflow_config(args.configfile), args.gpu, args.utilisation)
     print(json.dumps(result, indent=2) if args.json else format_budget(result), flush=True)
+
+
+@command(
+    "tools",
+    arg(
+        "--configfile",
+        nargs="*",
+        type=Path,
+        default=[],
+        metavar="FILE.yaml",
+        help="the presets the run used, deep-merged over config/config.yaml in order",
+    ),
+    arg("--out", required=True, type=Path, help="CSV to write (stage, bytes, paths)"),
+)
+def disk(args: argparse.Namespace) -> None:
+    """Measure the disk each stage of a finished run holds in the working directory, under
+    the stage names of `dspo budget` (make rehearse writes results/bench/disk_rehearsal.csv)."""
+    from dspo.bench.disk import measure, write_disk_csv
+    from dspo.config.step import workflow_config
+
+    rows = measure(workflow_config(args.configfile))
+    write_disk_csv(rows, args.out)
+    report({row["stage"]: row["bytes"] for row in rows})
 
 
 def _standins_options() -> list:

@@ -265,6 +265,12 @@ def _check_sweeps(config: Mapping[str, Any]) -> list[str]:
     return sweep_problems(config, accepted)
 
 
+def _check_steps(config: Mapping[str, Any]) -> list[str]:
+    from dspo.config.experiments import step_problems
+
+    return step_problems(config)
+
+
 def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[str]:
     """Every problem of a schema-valid config, each message starting with its key."""
     root = Path(root)
@@ -279,6 +285,7 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *_check_degrader(config["ddspo"]["degrader"], root),
         *_check_sweeps(config),
         *_check_rounds(config),
+        *_check_steps(config),
     ]
 
 

@@ -136,6 +136,16 @@ def _tables_schema() -> dict[str, Any]:
                 "description": "sentences closing every Markdown table (e.g. the labelling reward "
                 "of generated pairs and the rewards held out from it)",
             },
+            "step_selection": {
+                "type": ["object", "null"],
+                "description": "the validation set, reward and each trained model's candidate "
+                "steps (step: row) that pick its step (dspo.evaluation.step_selection)",
+                "required": ["prompt_set", "reward", "candidates"],
+                "properties": {
+                    **evaluation["step_selection"]["properties"],
+                    "candidates": {"type": "object", "additionalProperties": {"type": "object"}},
+                },
+            },
         },
         "required": ["methods", "rewards", "prompt_sets", "bootstrap"],
     }

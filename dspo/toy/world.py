@@ -68,13 +68,24 @@ class ToyWorldConfig:
         return cls(**d)
 
 
-def _prompt_set(
+def _chosen(
     scenes: Sequence[Scene], templates: Sequence[int], n: int, rng: np.random.Generator
-) -> list[str]:
+) -> list[tuple[int, int]]:
+    """``n`` distinct scenes (their indices), each with a template drawn from ``templates``."""
     if n > len(scenes):
         raise ValueError(f"prompts_per_set={n} exceeds the {len(scenes)} scenes available")
     chosen = rng.choice(len(scenes), n, replace=False)
-    return [caption(scenes[i], int(rng.choice(templates))) for i in chosen]
+    return [(int(i), int(rng.choice(templates))) for i in chosen]
+
+
+def validation_prompts(
+    heldout: Sequence[Scene], used: set[int], n: int, rng: np.random.Generator
+) -> list[str]:
+    """Up to ``n`` prompts of held-out scenes that no test prompt shows (``used``: their
+    indices in ``heldout``), in training templates: a validation set that shares no scene
+    with the test sets, and no caption with the training pairs."""
+    free = [scene for i, scene in enumerate(heldout) if i not in used]
+    return [caption(free[i], t) for i, t in _chosen(free, TRAIN_TEMPLATES, min(n, len(free)), rng)]
 
 
 def editing_set(
@@ -117,7 +128,8 @@ def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
     Files: ``out_dir/pairs/train-00000-of-00001.parquet`` (Pick-a-Pic v2 columns, in row
     groups of ``TOY_ROW_GROUP`` rows: the units that the scattered normalisation splits),
     ``out_dir/prompts.parquet`` (prompt_set, prompt_id, prompt) with the prompt sets
-    "heldout_captions", "unseen_combinations" and "new_templates", and
+    "heldout_captions", "unseen_combinations" and "new_templates" (the test sets) and
+    "validation" (:func:`validation_prompts`; for choosing a training step), and
     ``out_dir/editing.parquet`` (see `editing_set`) from held-out captions.
     """
     out_dir = Path(out_dir)
@@ -139,10 +151,17 @@ def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
         "unseen_combinations": (split["unseen_combinations"], TRAIN_TEMPLATES),
         "new_templates": (split["heldout_captions"], HELDOUT_TEMPLATES),
     }
-    rows = []
+    rows, used = [], set()
     for name, (scenes, templates) in sets.items():
-        prompts = _prompt_set(scenes, templates, cfg.prompts_per_set, rng)
-        rows += [(name, i, p) for i, p in enumerate(prompts)]
+        chosen = _chosen(scenes, templates, cfg.prompts_per_set, rng)
+        rows += [(name, i, caption(scenes[s], t)) for i, (s, t) in enumerate(chosen)]
+        if scenes is split["heldout_captions"]:
+            used.update(s for s, _ in chosen)
+    # Its own stream: the test sets stay as they were before it existed.
+    validation = validation_prompts(
+        split["heldout_captions"], used, cfg.prompts_per_set, np.random.default_rng([cfg.seed, 4])
+    )
+    rows += [("validation", i, p) for i, p in enumerate(validation)]
     prompts_df = pd.DataFrame(rows, columns=["prompt_set", "prompt_id", "prompt"])
     prompts_df["prompt_id"] = prompts_df["prompt_id"].astype(np.int64)
 
