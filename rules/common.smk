@@ -66,6 +66,12 @@ def kept_tables(tables):
 
 
 PAPER_TABLES = kept_tables(EVALUATION.get("tables", {}))
+# Image quality (Inception Score, FID) of the prompt sets' images; None when not configured.
+QUALITY = EVALUATION.get("quality")
+# Measured on the test prompt sets (not the edits, nor the step choice's validation set).
+QUALITY_SETS = [p for p in PROMPT_SETS if p in TEST_SETS]
+# Tables beside the paper's: DDSPO's comparison layout, and image quality when measured.
+EXTRA_TABLES = ["ddspo", "image_quality"] if QUALITY else ["ddspo"]
 BASE = config["base_model"]
 BUILD_TOY_BASE = BASE.get("build") == "toy"
 DEVICE = config["resources"]["device"]
@@ -525,6 +531,14 @@ def interval_captions():
 
 def score_files(wildcards=None):
     return expand("results/scores/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=EVAL_SETS)
+
+
+def quality_files(wildcards=None):
+    return expand("results/quality/{model}.csv", model=MODELS) if QUALITY else []
+
+
+def quality_option(wildcards, input):
+    return f"--quality {shlex.join(input.quality)}" if input.quality else ""
 
 
 def grid_sources(wildcards):

@@ -3,6 +3,7 @@ rule tables:
         scores=score_files,
         pairs_report=PAIRS_REPORT,
         nodup_report=nodup_report_input,
+        quality=quality_files,
     output:
         win_rates="results/tables/win_rates.md",
         win_rates_csv=report(
@@ -42,6 +43,11 @@ rule tables:
             caption="../workflow/report/step_selection.rst",
             category="Tables",
         ),
+        extra_tables=report(
+            expand("results/tables/{table}.{ext}", table=EXTRA_TABLES, ext=["md", "csv"]),
+            caption="../workflow/report/quality_table.rst",
+            category="Tables",
+        ),
         sweep_tables=report(
             expand("results/tables/sweep_{sweep}.{ext}", sweep=SWEEPS, ext=["md", "csv"]),
             caption="../workflow/report/sweep_table.rst",
@@ -57,6 +63,7 @@ rule tables:
         # For the captions only: what the intervals resample (workflow/report/*.rst).
         intervals=interval_captions(),
         nodup=nodup_report_option,
+        quality=quality_option,
         # The folders of the declared outputs, where `dspo tables` writes them.
         tables=lambda wc, output: os.path.dirname(output.win_rates),
         plots=lambda wc, output: os.path.dirname(output.win_rate_plot),
@@ -69,6 +76,7 @@ rule tables:
     shell:
         "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out {params.tables:q}"
         " --plots {params.plots:q} --pairs-report {input.pairs_report:q} {params.nodup}"
+        " {params.quality}"
         " > {log:q} 2>&1"
 
 

@@ -22,3 +22,27 @@ rule score:
     shell:
         "dspo score --name {wildcards.model} --params {params.rewards:q} --manifest {input.manifests:q}"
         " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"
+
+
+# Image quality (evaluation.quality): the Inception Score, and FID against a reference image
+# set, of each prompt set's images, one job per model with the classifier loaded once.
+rule quality:
+    input:
+        manifests=expand(
+            "results/images/{{model}}/{prompt_set}/manifest.parquet", prompt_set=QUALITY_SETS
+        ),
+        fetched=fetched("quality.inception"),
+    output:
+        "results/quality/{model}.csv",
+    params:
+        device=DEVICE,
+        cfg=as_json(QUALITY),
+    conda:
+        "../environment.yml"
+    benchmark:
+        "results/benchmarks/quality/{model}.tsv"
+    log:
+        "results/logs/quality/{model}.log",
+    shell:
+        "dspo quality --params {params.cfg:q} --name {wildcards.model} --manifest {input.manifests:q}"
+        " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"

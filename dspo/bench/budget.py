@@ -18,7 +18,8 @@ replaced). Every figure is a product of counts from the config and sizes per ite
   native resolution: the cache's VAE encodes, training (per pair: forward + backward of the
   policy on each image it trains on, a no-grad reference forward on each image when the
   objective needs one, one forward more under gradient checkpointing), and sampling (steps x
-  2 with classifier-free guidance). GPU-hours = FLOPs / (peak dense bf16 x utilisation).
+  2 with classifier-free guidance), and the Inception-v3 of the image-quality step (a counted
+  figure per image, prompt sets only). GPU-hours = FLOPs / (peak dense bf16 x utilisation).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # ~0.35-0.5 MB as 8-bit RGB PNG, about 1.5 bytes a pixel).
 PNG_BYTES_PER_PIXEL = 1.5
 SCORE_ROW_BYTES = 300  # one reward's score row in the tables (docs/cluster.md)
+# The FID Inception-v3 (evaluation.quality) per image, whatever its size (it resizes to
+# 299 px): counted with torch's FlopCounterMode on torch-fidelity's extractor.
+INCEPTION_FLOPS = 11.43e9
 CAPTION_BYTES = 150
 # A pair table's row beside its caption (measured, 2,000 pairs): four int64 ids, and the
 # images' references (tar member names in a webdataset); a table's footer adds about 3 kB.
@@ -381,6 +385,18 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
             "scores", f"{images:,} images x {rewards} rewards", images * rewards * SCORE_ROW_BYTES
         )
     )
+    quality = ev.get("quality") or {}
+    if quality.get("classifier") == "inception":
+        generated = sum(_prompt_set_size(s, config) for s in sets.values())
+        generated *= sampled * len(ev["seeds"]) * len(ev["guidance"])
+        out.append(
+            _stage(
+                "image quality (Inception-v3)",
+                f"{generated:,} images",
+                0,
+                generated * INCEPTION_FLOPS if flops else 0,
+            )
+        )
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Any
 # register themselves.
 import dspo.cli.fetch  # noqa: F401
 import dspo.cli.generated  # noqa: F401
+import dspo.cli.quality  # noqa: F401
 import dspo.cli.report  # noqa: F401
 from dspo.cli.registry import (
     BASE,

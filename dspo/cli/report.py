@@ -19,15 +19,18 @@ from dspo.cli.registry import OUT, PARAMS, arg, command, json_mapping, report, s
     arg("--plots", help="folder for the plots (default: --out)"),
     arg("--pairs-report", help="the pairs report (pairs-gather --report), noted in the tables"),
     arg("--nodup-report", help="the nodup report (nodup-gather --report), noted in the tables"),
+    arg("--quality", nargs="+", default=[], help="image quality tables (`dspo quality`)"),
     config="tables",
 )
 def tables(args: argparse.Namespace) -> None:
-    """Win rates against the base model and mean scores: tables and plots."""
+    """Win rates against the base model and mean scores, image quality and the DDSPO table:
+    tables and plots."""
     from dspo.data.dedup import data_note
     from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
+    from dspo.evaluation.quality_tables import extra_tables
     from dspo.evaluation.statistics import load_scores
     from dspo.evaluation.sweeps import relabel_groups, reward_of, write_sweep
-    from dspo.evaluation.tables import build_tables, save_tables
+    from dspo.evaluation.tables import build_tables, labeller, save_tables
 
     p = args.params
     raw = load_scores([Path(f) for f in args.scores])
@@ -52,6 +55,18 @@ def tables(args: argparse.Namespace) -> None:
     )
     if "table" in selected:
         tables["step_selection"] = selected["table"]
+    tables.update(
+        extra_tables(
+            tables["win_rates"][0],
+            tables["mean_scores"][0],
+            args.quality,
+            p.get("groups") or {},
+            p["methods"],
+            p["rewards"],
+            p["prompt_sets"],
+            labeller(p["labels"]),
+        )
+    )
     written = save_tables(tables, out)
     plots = Path(args.plots or args.out)
     layout = (p["methods"], p["rewards"], p["prompt_sets"], p["labels"])

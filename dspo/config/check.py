@@ -193,6 +193,17 @@ def _check_rewards(rewards: Mapping[str, Any], root: Path) -> list[str]:
     return problems
 
 
+def _check_quality(quality: Mapping[str, Any] | None, root: Path) -> list[str]:
+    """The FID reference set is a folder that exists."""
+    reference = (quality or {}).get("reference")
+    if reference and not (root / reference).is_dir():
+        return [
+            f"evaluation.quality.reference: folder {reference!r} does not exist (relative to "
+            f"{root}); name a folder of reference images, or null for no FID"
+        ]
+    return []
+
+
 def _check_trackers(config: Mapping[str, Any]) -> list[str]:
     """Each named tracker (shared or a method's own) must be installed."""
     from dspo.training.tracking import tracker_problem
@@ -279,6 +290,7 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *check_objectives(config["methods"]),
         *_check_sources(config, root),
         *_check_rewards(config["evaluation"]["rewards"], root),
+        *_check_quality(config["evaluation"].get("quality"), root),
         *_check_trackers(config),
         *_check_tables(config),
         *_check_released(config, root),

@@ -13,7 +13,7 @@ from dspo.evaluation.step_selection import (
     use_picked,
 )
 from dspo.evaluation.tables import build_tables, labeller
-from tests.test_evaluate import make_scores
+from tests.evaluation.test_tables import make_scores
 
 CANDIDATES = {"dspo": {2: "dspo@2", 4: "dspo"}, "sft": {4: "sft"}}
 # DSPO's step 2 is far better than its last step on every set; SFT has only its last.
