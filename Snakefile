@@ -48,7 +48,8 @@ wildcard_constraints:
     method=one_of(METHODS),
     model=one_of(MODELS),
     prompt_set=one_of([*EVAL_SETS, *BINDING_SETS]),
-    dataset="pairs|pairs_nodup|pairs_ddspo",
+    # The configured pair sets, and later rounds' (generated_<model>, dspo/config/experiments.py).
+    dataset=f"pairs|pairs_nodup|pairs_ddspo{ROUND_DATASETS}",
 
 
 # Light steps run in the Snakemake process itself, on a cluster too: a SLURM job each would
@@ -69,6 +70,11 @@ localrules:
 
 include: "rules/fetch.smk"
 include: "rules/data.smk"
+if GENERATED:
+
+    include: "rules/generated.smk"
+
+
 include: "rules/model.smk"
 include: "rules/train.smk"
 include: "rules/generate.smk"

@@ -9,6 +9,7 @@ import shlex
 
 from dspo.config.names import entries
 from dspo.config import experiments
+from dspo.data.generated_config import generated_settings, is_generated, label_name
 from dspo.data.llm_degrader import degrader_settings
 from dspo.evaluation.intervals import caption_sentences
 from dspo.hub.fetch import hub_artefacts
@@ -48,12 +49,23 @@ STEP_SELECTION = EVALUATION.get("step_selection")
 TEST_SETS = [s for s in EVAL_SETS if not STEP_SELECTION or s != STEP_SELECTION["prompt_set"]]
 
 
+# Each later round of a method is a row of its own ({method}@round{r}), after the method's.
+ROUND_GROUPS = {
+    m.group: (m.method, m.round) for m in TRAINED.values() if m.round > 1 and m.replicate == 0
+}
+TABLE_METHODS = [
+    row
+    for method in METHOD_ENTRIES
+    for row in [method, *(g for g, (m, _) in ROUND_GROUPS.items() if m == method)]
+]
+
+
 def kept_tables(tables):
     """The paper-layout tables with only the methods and prompt sets this preset runs; a
     table left with none of either is dropped (its output file is not declared)."""
     kept = {}
     for name, spec in entries(tables).items():
-        methods = [m for m in spec["methods"] if m in METHOD_ENTRIES]
+        methods = [m for m in spec["methods"] if m in TABLE_METHODS]
         sets = [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in TEST_SETS]
         if methods and sets:
             kept[name] = {**spec, "methods": methods, "prompt_sets": sets}
@@ -100,12 +112,14 @@ def base_model_input(wildcards=None):
 
 
 def source_inputs(source, toy_output):
-    """What a data source reads from disk, as the step's inputs: the toy world's output, or the
-    local file, folder or glob's files (so that replacing them reruns the step); nothing for a
-    hub id, which the step fetches itself."""
+    """What a data source reads from disk, as the step's inputs: the toy world's output, a
+    generated source's labelled parts, or the local file, folder or glob's files (so that
+    replacing them reruns the step); nothing for a hub id, which the step fetches itself."""
     kind = source["kind"]
     if kind == "toy":
         return [toy_output]
+    if kind == "generated":
+        return generated_label_parts(GENERATED["model"])
     path = source.get("path") if kind != "hub" else None
     if path is None:
         return []
@@ -119,10 +133,80 @@ def source_arg(source, toy_output):
     kind = source["kind"]
     if kind == "toy":
         return toy_output
+    if kind == "generated":
+        return generated_labels_dir(GENERATED["model"])
     return source["id"] if kind == "hub" else source.get("path") or source["id"]
 
 
 PAIRS_SOURCE = config["pairs"]["source"]
+# A generated pair source (pairs.source.kind: generated, dspo/data/generated_config.py), resolved.
+GENERATED = generated_settings(PAIRS_SOURCE, EVALUATION) if is_generated(PAIRS_SOURCE) else None
+GENERATED_PROMPTS = "results/data/generated/prompts.parquet"
+# The models later rounds sample their pairs from (dspo/config/experiments.py), and every model
+# whose images a generated pair set is labelled from.
+ROUND_SOURCES = [m.previous for m in TRAINED.values() if m.previous]
+SAMPLED = list(dict.fromkeys([GENERATED["model"], *ROUND_SOURCES])) if GENERATED else []
+# The pair sets of later rounds, generated_<model each samples>, as alternatives of the
+# `dataset` wildcard constraint.
+ROUND_DATASETS = "".join(
+    f"|{re.escape(experiments.generated_dataset(model))}" for model in ROUND_SOURCES
+)
+
+
+def generated_parts():
+    return range(GENERATED["shards"])
+
+
+def generated_labels_dir(model):
+    """The folder of the Pick-a-Pic parts labelled from ``model``'s images (a parquet source)."""
+    return f"results/data/generated/{model}/labels"
+
+
+def generated_label_parts(model):
+    return [f"{generated_labels_dir(model)}/part{part}.parquet" for part in generated_parts()]
+
+
+def generated_images_config():
+    """The generation job's slice: the source's sampling keys, evaluation's sampling rules."""
+    keys = ("images_per_prompt", "seed", "guidance", "shards")
+    shared = {k: v for k, v in sampling_config().items() if k not in ("seeds", "guidance")}
+    return {**shared, **{k: GENERATED[k] for k in keys}}
+
+
+def generated_labels_config():
+    """The labelling job's slice: the labelling reward and the pairing rule."""
+    return {k: GENERATED[k] for k in ("weights", "rule", "margin")}
+
+
+def generated_rewards():
+    """The config entries of the rewards that label."""
+    return {name: reward_config()[name] for name in GENERATED["weights"]}
+
+
+def generated_prompts_inputs(wildcards):
+    prompts = GENERATED["prompts"]
+    if prompts["kind"] == "toy":
+        return [TOY_PAIRS if prompts.get("split") is None else TOY_PROMPTS]
+    return source_inputs(prompts, TOY_PROMPTS) + fetched("generated.prompts")
+
+
+def generated_prompts_options(wildcards, input):
+    """Where a toy prompt source's prompts are read: the toy pairs' captions, or a split."""
+    prompts = GENERATED["prompts"]
+    if prompts["kind"] != "toy":
+        return ""
+    flag = "--toy-pairs" if prompts.get("split") is None else "--toy-prompts"
+    return f"{flag} {shlex.quote(input[0])}"
+
+
+def generated_pairs_parts(wildcards):
+    parts = range(config["pairs"]["shards"])
+    return expand("results/data/generated_{sampled}.parts/{part}", sampled=wildcards.sampled, part=parts)
+
+
+def round_pairs_config(sampled):
+    """A round's normalisation slice: the pairs slice, its source the labelled parts."""
+    return {**config["pairs"], "source": {"kind": "generated", "model": sampled, **generated_labels_config()}}
 TOY_PAIRS = "results/data/toy/pairs"
 TOY_PROMPTS = "results/data/toy/prompts.parquet"
 TOY_EDITING = "results/data/toy/editing.parquet"
@@ -224,9 +308,28 @@ def one_of(names):
 def method_config(model):
     """One trained model's resolved training config: shared defaults, the method's overrides,
     a sweep point's value, and its replicate's seed; one tracker project per workflow run,
-    one tracker run per model."""
+    one tracker run per model. A later round whose reference is the base starts from the
+    previous round's folder (``init``)."""
     project = config["training"].get("tracker_project") or f"dspo-{config['name']}"
-    return {**experiments.method_config(config, TRAINED[model]), "tracker_project": project}
+    cfg = {**experiments.method_config(config, TRAINED[model]), "tracker_project": project}
+    trained = TRAINED[model]
+    if trained.previous and experiments.round_reference(config, trained.method) == "base":
+        cfg["init"] = f"results/models/{trained.previous}"
+    return cfg
+
+
+def train_base(wildcards):
+    """The model a training job starts from and holds as its reference: the base model, or
+    a later round's previous model when that is its reference."""
+    trained = TRAINED[wildcards.method]
+    if trained.previous and experiments.round_reference(config, trained.method) == "previous":
+        return f"results/models/{trained.previous}"
+    return BASE["path"]
+
+
+def previous_round_input(wildcards):
+    previous = TRAINED[wildcards.method].previous
+    return [f"results/models/{previous}"] if previous else []
 
 
 def training_view_caption(model):
@@ -369,9 +472,12 @@ def tables_config():
         labels.update({name: s["label"] for name, s in spec.items() if "label" in s})
     if EDITING and "label" in EDITING:
         labels["editing"] = EDITING["label"]
+    for group, (method, round_) in ROUND_GROUPS.items():
+        labels.setdefault(group, f"{labels.get(method, method)} round {round_}")
     return {
-        "methods": list(METHOD_ENTRIES),
+        "methods": TABLE_METHODS,
         "groups": experiments.group_of(TRAINED, list(RELEASED)),
+        "notes": feedback_notes(labels),
         "sweeps": experiments.sweep_points(config, TRAINED),
         "rewards": list(REWARD_ENTRIES),
         "prompt_sets": TEST_SETS,
@@ -380,6 +486,35 @@ def tables_config():
         "paper_tables": PAPER_TABLES,
         "step_selection": step_selection_config(),
     }
+
+
+def feedback_notes(labels):
+    """The tables' sentences on AI feedback: which reward labelled the generated pairs, which
+    rewards did not (held out), and each multi-round method's reference; none without a
+    generated source."""
+    if not GENERATED:
+        return []
+    name = lambda key: labels.get(key, key)
+    weights = GENERATED["weights"]
+    labelling = label_name({name(k): w for k, w in weights.items()})
+    held_out = [name(r) for r in REWARD_ENTRIES if r not in weights]
+    source = "the base model" if GENERATED["model"] == "base" else name(GENERATED["model"])
+    notes = [
+        f"Training pairs are AI feedback: {GENERATED['images_per_prompt']} images per prompt "
+        f"sampled from {source}, labelled by {labelling} (rule {GENERATED['rule']}, "
+        f"margin {GENERATED['margin']:g}). Held-out rewards (not used to label): "
+        f"{', '.join(held_out) if held_out else 'none'}; a gain under the labelling reward "
+        "alone may be reward hacking."
+    ]
+    for method in METHOD_ENTRIES:
+        if experiments.rounds(config, method) > 1:
+            reference = experiments.round_reference(config, method)
+            what = "the previous round's model" if reference == "previous" else "the base model"
+            notes.append(
+                f"{name(method)}: {experiments.rounds(config, method)} rounds; round r samples "
+                f"its pairs from round r-1's model and starts from its weights; reference: {what}."
+            )
+    return notes
 
 
 def step_selection_config():
@@ -456,4 +591,25 @@ def summary_config():
         "reward": next(iter(REWARD_ENTRIES)),
         "labels": tables_config()["labels"],
         "benchmarks": "results/benchmarks",
+        **rounds_summary_config(),
+    }
+
+
+def rounds_summary_config():
+    """The summary's rounds (dspo/evaluation/rounds.py): each multi-round method's rows in
+    round order, judged by the first evaluation reward that did not label; none without."""
+    if not ROUND_GROUPS:
+        return {}
+    weights = GENERATED["weights"]
+    held_out = [r for r in REWARD_ENTRIES if r not in weights]
+    rows = {
+        method: [r for r in TABLE_METHODS if r == method or ROUND_GROUPS.get(r, ("",))[0] == method]
+        for method in dict.fromkeys(m for m, _ in ROUND_GROUPS.values())
+    }
+    replicates = [sum(1 for m in TRAINED.values() if m.group == row) for r in rows.values() for row in r]
+    return {
+        "rounds": rows,
+        "rounds_reward": held_out[0] if held_out else next(iter(REWARD_ENTRIES)),
+        "labelling": [r for r in weights if r in REWARD_ENTRIES],
+        "replicates": replicates,
     }

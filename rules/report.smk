@@ -134,6 +134,7 @@ rule training_view:
 rule summary:
     input:
         win_rates="results/tables/win_rates.csv",
+        head_to_head="results/tables/head_to_head.csv",
         grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=TEST_SETS),
     output:
         "results/summary.json",
@@ -146,7 +147,8 @@ rule summary:
     shell:
         # The grids are inputs only so that the summary, read from every job's benchmark
         # file, is written after the last job.
-        "dspo summary --params {params.cfg:q} --input {input.win_rates:q} --out {output:q}"
+        "dspo summary --params {params.cfg:q} --input {input.win_rates:q}"
+        " --head-to-head {input.head_to_head:q} --out {output:q}"
         " > {log:q} 2>&1"
 
 

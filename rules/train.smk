@@ -44,12 +44,13 @@ rule train:
         cache=method_cache,
         base=base_model_input,
         reference=reference_input,
+        previous=previous_round_input,
     output:
         directory("results/models/{method}"),
     params:
         device=DEVICE,
         cfg=lambda wc: as_json(method_config(wc.method)),
-        base=BASE["path"],
+        base=train_base,
         run_dir="results/train/{method}",
         launch=train_launcher,
         reference=reference_option,

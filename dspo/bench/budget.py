@@ -166,6 +166,8 @@ def pair_row_bytes(source: Mapping[str, Any]) -> float:
 def pair_counts(config: Mapping[str, Any]) -> dict[str, int]:
     """Source rows, kept pairs and unique prompts of the pair table."""
     source = config["pairs"]["source"]
+    if source["kind"] == "generated":
+        return generated_counts(config)
     rows = (pickapic_copy(source) or (0, config["world"]["n_pairs"]))[1]
     if source["kind"] == "toy":
         kept, prompts = rows, min(rows, 90)
@@ -176,6 +178,22 @@ def pair_counts(config: Mapping[str, Any]) -> dict[str, int]:
         kept = min(kept, config["pairs"]["max_pairs"])
         prompts = min(prompts, kept)
     return {"source_rows": rows, "pairs": kept, "prompts": prompts}
+
+
+def generated_counts(config: Mapping[str, Any]) -> dict[str, int]:
+    """A generated source's images (its source rows), pairs and prompts per round: the
+    ``margin`` rule pairs every two of a prompt's K images (ties not yet dropped)."""
+    from dspo.data.generated_config import generated_settings
+
+    spec = generated_settings(config["pairs"]["source"], config["evaluation"])
+    prompts_source = spec["prompts"]
+    if prompts_source["kind"] == "toy" and prompts_source.get("split") is None:
+        prompts = min(int(prompts_source.get("limit") or 90), 90)  # the toy's training captions
+    else:
+        prompts = _prompt_set_size({"source": prompts_source}, config)
+    k = int(spec["images_per_prompt"])
+    pairs = prompts * (k * (k - 1) // 2 if spec["rule"] == "margin" else 1)
+    return {"source_rows": prompts * k, "pairs": pairs, "prompts": prompts}
 
 
 def source_bytes(source: Mapping[str, Any], root: Path) -> tuple[float, str]:
@@ -289,6 +307,8 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
         "pairs": (counts["pairs"], counts["prompts"]),
         "pairs_nodup": (counts["prompts"], counts["prompts"]),
         "pairs_ddspo": (ddspo["prompts"], 2 * ddspo["prompts"]),
+        # Later rounds' pairs, sampled from the round before: as many as the first round's.
+        **{run["data"]: (counts["pairs"], counts["prompts"]) for run in runs},
     }
     out = [_stage("source", f"{counts['source_rows']:,} rows ({how})", src)]
     base_bytes = shapes["params"] * DTYPE_BYTES[config["base_model"]["dtype"]]
@@ -300,6 +320,21 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
     out.append(_stage("pair tables", f"{counts['pairs']:,} pairs (+ parts while gathered)", tables))
     ddspo_png = 2 * ddspo["prompts"] * cache["resolution"] ** 2 * PNG_BYTES_PER_PIXEL
     ddspo_flops = 2 * ddspo["prompts"] * ddspo["steps"] * cfg_factor(shapes, ddspo["guidance"])
+    if config["pairs"]["source"]["kind"] == "generated":
+        # The source's images of each sampled model (the base, then each round but the last).
+        sampled = 1 + sum(1 for m in models.values() if m.previous)
+        ev = config["evaluation"]
+        guidance = config["pairs"]["source"].get("guidance") or ev["guidance"][0]
+        per_image = ev["steps"] * cfg_factor(shapes, guidance) * flops.get("forward", 0)
+        images = sampled * counts["source_rows"]
+        out.append(
+            _stage(
+                "AI-feedback images (generated pair source)",
+                f"{sampled} models x {counts['source_rows']:,} images (one model per round)",
+                images * ev["resolution"] ** 2 * PNG_BYTES_PER_PIXEL,
+                images * per_image,
+            )
+        )
     out.append(
         _stage(
             "ddspo pairs (generated)",

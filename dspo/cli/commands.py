@@ -25,6 +25,7 @@ from typing import Any
 # Imported for their commands (the downloads, the report stage and the tools), which
 # register themselves.
 import dspo.cli.fetch  # noqa: F401
+import dspo.cli.generated  # noqa: F401
 import dspo.cli.quality  # noqa: F401
 import dspo.cli.report  # noqa: F401
 from dspo.cli.registry import (
@@ -91,7 +92,8 @@ def pairs_part(args: argparse.Namespace) -> None:
     from dspo.data.pairs import PairSettings, normalise_part
 
     source = dict(args.params["source"])
-    if source["kind"] == "toy":
+    # The toy world's pairs, and a generated source's labelled parts, are local parquet.
+    if source["kind"] in ("toy", "generated"):
         source = {"kind": "parquet", "path": args.input}
     settings = PairSettings.from_params(args.params, source)
     exclude = evaluation_keys(Path(p) for p in args.exclude)

@@ -47,7 +47,9 @@ def tables(args: argparse.Namespace) -> None:
         n_boot=p["bootstrap"]["samples"],
         seed=p["bootstrap"]["seed"],
         paper_tables=p.get("paper_tables"),
-        data_note=data_note(args.pairs_report, args.nodup_report),
+        data_note="\n\n".join(
+            filter(None, [data_note(args.pairs_report, args.nodup_report), *p.get("notes", [])])
+        ),
         paper_scores=relabel_groups(paper_raw, p.get("groups") or {}),
         paper_note=selected.get("note", ""),
     )
@@ -168,6 +170,7 @@ def binding_table(args: argparse.Namespace) -> None:
     "report",
     PARAMS,
     arg("--input", required=True, help="the run's win rates (results/tables/win_rates.csv)"),
+    arg("--head-to-head", help="the run's results/tables/head_to_head.csv (rounds' summary)"),
     OUT,
 )
 def summary(args: argparse.Namespace) -> None:
@@ -184,6 +187,20 @@ def summary(args: argparse.Namespace) -> None:
         labels=p.get("labels", {}),
         benchmarks=benchmarks,
     )
+    if p.get("rounds"):
+        import pandas as pd
+
+        from dspo.evaluation.rounds import rounds_summary
+
+        if not args.head_to_head:
+            raise ValueError("a summary of rounds needs --head-to-head")
+        result["rounds"] = rounds_summary(
+            pd.read_csv(args.head_to_head),
+            p["rounds"],
+            p["rounds_reward"],
+            p.get("labelling", []),
+            p.get("replicates", [1]),
+        )
     Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     report({"summary": args.out, "stages": len(result["stages"])})
 
@@ -194,11 +211,18 @@ def summary(args: argparse.Namespace) -> None:
     arg("--out", required=True, help="the README to update"),
     arg("--rerun", help="the summary of the same config run another way, kept in --input"),
     arg("--rerun-label", default="", help='how the rerun differed, e.g. "with 2 threads"'),
+    arg("--rounds", action="store_true", help="write the AI-feedback block (a run with rounds)"),
 )
 def readme_results(args: argparse.Namespace) -> None:
     """Write the README's results block from a run summary (--input) into --out."""
     from dspo.evaluation.summary import write_readme
 
+    if args.rounds:
+        from dspo.evaluation.rounds import write_readme as write_rounds
+
+        changed = write_rounds(json.loads(Path(args.input).read_text()), Path(args.out))
+        report({"readme": args.out, "changed": changed, "block": "ai-feedback"})
+        return
     rerun = Path(args.rerun) if args.rerun else None
     changed = write_readme(Path(args.input), Path(args.out), rerun, args.rerun_label)
     report({"readme": args.out, "changed": changed})

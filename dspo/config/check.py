@@ -143,9 +143,27 @@ def _check_table_source(where: str, place: str, source: Mapping[str, Any], root:
     return problems + _check_source(where, SOURCE_KINDS_BY_PLACE[place], source, root)
 
 
+def _check_generated(config: Mapping[str, Any], root: Path) -> list[str]:
+    """A generated pair source: its own keys, then its prompts' source as a prompt set's."""
+    from dspo.config.experiments import released_models
+    from dspo.data.generated_config import generated_problems
+
+    source = config["pairs"]["source"]
+    rewards = entries(config["evaluation"]["rewards"])
+    problems = generated_problems(source, rewards, set(released_models(config)))
+    prompts = source["prompts"]
+    if prompts.get("kind") == "toy" and prompts.get("split") is None:
+        return problems  # the toy world's training captions
+    where = "pairs.source.prompts"
+    return problems + _check_table_source(where, "prompt set", prompts, root)
+
+
 def _check_sources(config: Mapping[str, Any], root: Path) -> list[str]:
     evaluation = config["evaluation"]
-    problems = _check_pair_source(config["pairs"]["source"], root)
+    if config["pairs"]["source"].get("kind") == "generated":
+        problems = _check_generated(config, root)
+    else:
+        problems = _check_pair_source(config["pairs"]["source"], root)
     for name, spec in entries(evaluation["prompt_sets"]).items():
         where = f"evaluation.prompt_sets.{name}.source"
         problems += _check_table_source(where, "prompt set", spec["source"], root)
@@ -210,8 +228,10 @@ def _check_trackers(config: Mapping[str, Any]) -> list[str]:
 def _check_tables(config: Mapping[str, Any]) -> list[str]:
     """Table rows and columns must name configured methods and prompt sets; entries a preset
     dropped (set to null) may disappear from tables, unknown names may not."""
+    from dspo.config.experiments import round_rows
+
     evaluation = config["evaluation"]
-    methods = set(config["methods"])
+    methods = set(config["methods"]) | set(round_rows(config))
     prompt_sets = set(evaluation["prompt_sets"]) | {"editing"}
     problems = []
     for table, spec in entries(evaluation.get("tables")).items():
@@ -245,6 +265,12 @@ def _check_released(config: Mapping[str, Any], root: Path) -> list[str]:
     return released_problems(config, root)
 
 
+def _check_rounds(config: Mapping[str, Any]) -> list[str]:
+    from dspo.config.experiments import round_problems
+
+    return round_problems(config)
+
+
 def _check_sweeps(config: Mapping[str, Any]) -> list[str]:
     from dspo.config.experiments import sweep_problems
     from dspo.objectives import OBJECTIVES, hyper_defaults
@@ -276,6 +302,7 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *_check_released(config, root),
         *_check_degrader(config["ddspo"]["degrader"], root),
         *_check_sweeps(config),
+        *_check_rounds(config),
         *_check_steps(config),
     ]
 

@@ -67,6 +67,14 @@ def keys(
         child = _resolve(child, root)
         yield path, child
         yield from keys(child, root, f"{path}.")
+    # A key of several shapes (oneOf: the pair source, or a generated one): each shape's keys,
+    # a key the shapes share once.
+    seen: set[str] = set()
+    for shape in node.get("oneOf", []):
+        for path, child in keys(shape, root, prefix):
+            if path not in seen:
+                seen.add(path)
+                yield path, child
     extra = node.get("additionalProperties")
     if isinstance(extra, dict):
         path = f"{prefix}*"

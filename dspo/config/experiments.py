@@ -11,8 +11,15 @@ several trained models, each trained, sampled and scored like a method of its ow
   with every dotted key of ``keys`` (``params.lam``, ``training.learning_rate``) set to that
   value: model ``{name}-{value}`` (``-r{r}`` appended for its replicates).
 
-Tables report each *group* (a method, or a sweep point) as the mean over its replicates; the
-scores of a model carry its group and replicate (``group_of``).
+- ``rounds: N`` on a method (with a generated pair source, ``dspo.data.generated_config``)
+  trains it N times in a row: round 1 on the source's pairs (sampled from the base model),
+  round r on pairs sampled from round r-1's model, starting from round r-1's weights. Round 1
+  keeps the method's name; round r of each replicate is ``{replicate}@round{r}``, its group
+  ``{method}@round{r}``. ``round_reference`` says whether round r's reference is the base
+  model or round r-1's model (``previous``, the default).
+
+Tables report each *group* (a method, a round of one, or a sweep point) as the mean over its
+replicates; the scores of a model carry its group and replicate (``group_of``).
 
 A method entry with ``model: SOURCE`` (a hub id or a local folder) names a *released* model:
 it is imported (``dspo.hub.released``), sampled and scored like the others, but never trained, so
@@ -45,6 +52,9 @@ class TrainedModel:
     sweep: str | None = None
     value: float | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    round: int = 1
+    # The model round ``round`` samples its pairs from and starts from (round 1: none).
+    previous: str | None = None
 
 
 def value_name(value: float) -> str:
@@ -54,6 +64,39 @@ def value_name(value: float) -> str:
 
 def _replicate_name(group: str, replicate: int) -> str:
     return group if replicate == 0 else f"{group}-r{replicate}"
+
+
+def round_name(name: str, round_: int) -> str:
+    """Round ``round_`` of the model ``name`` (round 1 is the model itself)."""
+    return name if round_ == 1 else f"{name}@round{round_}"
+
+
+def rounds(config: Mapping[str, Any], method: str) -> int:
+    """How many rounds a method trains (1 without ``rounds``)."""
+    return int(config["methods"][method].get("rounds") or 1)
+
+
+# methods.<name>.round_reference: the reference from round 2 on (the first is the default).
+ROUND_REFERENCES = ("previous", "base")
+
+
+def round_reference(config: Mapping[str, Any], method: str) -> str:
+    """A method's reference from round 2 on: ``previous`` (round r-1's model) or ``base``."""
+    return str(config["methods"][method].get("round_reference") or ROUND_REFERENCES[0])
+
+
+def round_rows(config: Mapping[str, Any]) -> list[str]:
+    """The table rows of the methods' later rounds (``{method}@round{r}``), which tables name."""
+    return [
+        round_name(method, r)
+        for method, entry in entries(config["methods"]).items()
+        for r in range(2, int(entry.get("rounds") or 1) + 1)
+    ]
+
+
+def generated_dataset(model: str) -> str:
+    """The pair set sampled from ``model`` for the next round (``generated_<model>``)."""
+    return f"generated_{model}"
 
 
 def _replicates(config: Mapping[str, Any], method: str) -> int:
@@ -82,6 +125,13 @@ def trained_models(config: Mapping[str, Any]) -> dict[str, TrainedModel]:
         for r in range(_replicates(config, method)):
             name = _replicate_name(method, r)
             models[name] = TrainedModel(name, method, method, r)
+        for round_ in range(2, rounds(config, method) + 1):
+            for r in range(_replicates(config, method)):
+                first = _replicate_name(method, r)
+                name = round_name(first, round_)
+                group = round_name(method, round_)
+                previous = round_name(first, round_ - 1)
+                models[name] = TrainedModel(name, method, group, r, round=round_, previous=previous)
     for sweep, spec in entries(config.get("sweeps")).items():
         for value in spec["values"]:
             group = f"{sweep}-{value_name(value)}"
@@ -151,7 +201,7 @@ def method_config(config: Mapping[str, Any], model: TrainedModel) -> dict[str, A
         **training,
         "name": model.name,
         "objective": entry["objective"],
-        "data": entry.get("data", "pairs"),
+        "data": generated_dataset(model.previous) if model.previous else entry.get("data", "pairs"),
         # A param set to null is absent: a preset can drop one that deep-merge would keep.
         "params": entries(entry.get("params") or {}),
         "lora": entry.get("lora"),
@@ -264,6 +314,33 @@ def sweep_problems(config: Mapping[str, Any], objective_params: Any) -> list[str
             problems.append(f"{where}.reward: {reward!r} is not a configured reward")
         if len({value_name(v) for v in spec["values"]}) != len(spec["values"]):
             problems.append(f"{where}.values: values repeat: {spec['values']}")
+    return problems
+
+
+def round_problems(config: Mapping[str, Any]) -> list[str]:
+    """Config errors of methods with ``rounds``, each naming its key: rounds need a generated
+    pair source (``pairs.source.kind: generated``), round 1 must train on its pairs (``data``
+    unset or ``pairs``), and a round starts from the previous round's whole weights, so not
+    with LoRA, a released model or a precomputed reference."""
+    problems = []
+    generated = config["pairs"]["source"].get("kind") == "generated"
+    for name, entry in entries(config["methods"]).items():
+        if int(entry.get("rounds") or 1) == 1:
+            continue
+        where = f"methods.{name}"
+        if not generated:
+            problems.append(f"{where}.rounds: needs a generated pair source (pairs.source.kind)")
+        if entry.get("data", "pairs") != "pairs":
+            problems.append(f"{where}.data: round 1 trains on the generated pairs (data: pairs)")
+        if entry.get("model") is not None:
+            problems.append(f"{where}.rounds: a released model ({where}.model) is not trained")
+        if entry.get("lora") is not None:
+            problems.append(f"{where}.lora: rounds start from whole weights; use full fine-tuning")
+        training = {**config["training"], **(entry.get("training") or {})}
+        if training.get("precompute_reference"):
+            problems.append(
+                f"{where}.training.precompute_reference: not with rounds (the reference changes)"
+            )
     return problems
 
 

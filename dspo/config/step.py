@@ -68,7 +68,12 @@ def _train_schema() -> dict[str, Any]:
     extra = {
         "name": {"type": "string", "description": "name of the method (outputs, logs)"},
         "objective": method["objective"],
-        "data": method["data"],
+        # A later round trains on the pairs sampled from the round before (generated_<model>).
+        "data": {"type": "string", "description": method["data"]["description"]},
+        "init": {
+            "type": ["string", "null"],
+            "description": "model folder training starts from (null: the base model)",
+        },
         "params": method["params"],
         "lora": method["lora"],
     }
@@ -125,6 +130,12 @@ def _tables_schema() -> dict[str, Any]:
                 "description": "each trained model's [group, replicate] (dspo.config.experiments)",
             },
             "sweeps": {"type": "object", "description": "each sweep's method, keys and points"},
+            "notes": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "sentences closing every Markdown table (e.g. the labelling reward "
+                "of generated pairs and the rewards held out from it)",
+            },
             "step_selection": {
                 "type": ["object", "null"],
                 "description": "the validation set, reward and each trained model's candidate "

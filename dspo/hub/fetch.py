@@ -196,6 +196,9 @@ def hub_artefacts(config: Mapping[str, Any], root: Path | str = ".") -> list[Art
     if base.get("build") is None and is_hub_id(str(base["path"]), root):
         found.append(Artefact("base_model", str(base["path"]), "pipeline"))
     found += _data_source("pairs", config["pairs"]["source"], "train")
+    if config["pairs"]["source"].get("kind") == "generated":
+        # A generated source's prompts are read as a prompt set's (default split: test).
+        found += _data_source("generated.prompts", config["pairs"]["source"]["prompts"], "test")
     for name, spec in entries(evaluation["prompt_sets"]).items():
         found += _data_source(f"prompt_set.{name}", spec["source"], "test")
     if evaluation.get("editing"):

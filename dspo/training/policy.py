@@ -32,7 +32,10 @@ def build_model(
     precision: str,
     online_reference: bool = True,
 ) -> PreferenceModel:
-    """The policy denoiser (LoRA when configured) and its reference, checked against the cache."""
+    """The policy denoiser (LoRA when configured) and its reference, checked against the cache.
+
+    The policy starts from ``settings.init`` when set (a later round of AI feedback), else
+    from ``base_model``; the reference is always ``base_model``'s denoiser."""
     family = load_family(base_model, **settings.family_settings)
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     lora = settings.lora
@@ -40,7 +43,7 @@ def build_model(
     # autocast, so it is loaded and held in the half dtype, as the public LoRA scripts hold
     # it (FLUX's 12 B transformer: 24 GB instead of 48 per process); the adapters, which
     # the optimiser updates, stay float32.
-    denoiser = family.load_denoiser(base_model, dtype=half if lora else None)
+    denoiser = family.load_denoiser(settings.init or base_model, dtype=half if lora else None)
     channels = family.latent_channels(denoiser)
     if cache.manifest["latent_shape"][0] != channels:
         raise ValueError(
@@ -63,6 +66,10 @@ def build_model(
     reference_dtype = half or torch.float32
     needs = objective.needs_reference and online_reference
     model = PreferenceModel(denoiser, family, needs, bool(lora), reference_dtype)
+    if settings.init and model.reference is not None:
+        # Training starts from another model (a later round), the reference stays the base.
+        reference = family.load_denoiser(base_model).requires_grad_(False).eval()
+        model.use_reference(reference.to(reference_dtype))
     speed_up(model, settings)
     return model
 

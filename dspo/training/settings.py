@@ -63,6 +63,9 @@ OPTIONAL: dict[str, Any] = {
     "compile": None,
     "checkpoint_every_minutes": 0,
     "tf32": True,
+    # The model folder training starts from (a round of AI feedback whose reference is the base
+    # model; dspo.config.experiments); null: the base model.
+    "init": None,
     # Read by the workflow, not by the trainer: how many seeds a method trains.
     "replicates": 1,
 }
@@ -133,6 +136,7 @@ class TrainSettings:
     channels_last: bool
     compile: CompileSettings
     tf32: bool
+    init: str | None
     resolved: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -190,6 +194,7 @@ class TrainSettings:
             channels_last=bool(get("channels_last")),
             compile=_compile_settings(get("compile") or {}),
             tf32=bool(get("tf32")),
+            init=get("init"),
             resolved=cfg,
         )
         settings._check()

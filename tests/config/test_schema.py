@@ -114,7 +114,9 @@ def objectives() -> Iterable[str | None]:
 
 def snakefile_datasets() -> list[str]:
     """The `dataset` wildcard constraint of the Snakefile: the pair tables a cache is built of."""
-    found = re.findall(r'^\s*dataset="([^"]+)",?\s*$', (REPO / "Snakefile").read_text(), re.M)
+    # Later rounds' sets ({ROUND_DATASETS}) are made by the workflow, not configured.
+    pattern = r'^\s*dataset=f?"([^"{]+)(?:\{ROUND_DATASETS\})?",?\s*$'
+    found = re.findall(pattern, (REPO / "Snakefile").read_text(), re.M)
     assert len(found) == 1, f"Snakefile: expected one `dataset=` wildcard constraint, got {found}"
     return found[0].split("|")
 
@@ -214,6 +216,18 @@ def compile_modes() -> Iterable[str]:
     return COMPILE_MODES
 
 
+def pairing_rules() -> Iterable[str]:
+    from dspo.data.generated_config import RULES
+
+    return RULES
+
+
+def round_references() -> Iterable[str]:
+    from dspo.config.experiments import ROUND_REFERENCES
+
+    return ROUND_REFERENCES
+
+
 TRAINING = "/$defs/training/properties"
 METHOD = "/properties/methods/additionalProperties/properties"
 EVALUATION = "/properties/evaluation/properties"
@@ -239,6 +253,8 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "cache.crop": ("/properties/cache/properties/crop", crops),
     "methods.*.objective": (f"{METHOD}/objective", objectives),
     "methods.*.data": (f"{METHOD}/data", snakefile_datasets),
+    "methods.*.round_reference": (f"{METHOD}/round_reference", round_references),
+    "pairs.source.rule": ("/$defs/generated_source/properties/rule", pairing_rules),
     "ddspo.degrader.kind": ("/properties/ddspo/properties/degrader/properties/kind", degraders),
     "ddspo.degrader.dtype": (f"{DEGRADER}/dtype", llm_degrader_dtypes),
     "ddspo.degrader.fallback": (f"{DEGRADER}/fallback", llm_degrader_fallbacks),
