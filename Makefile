@@ -70,7 +70,7 @@ config-doc: $(VENV)/.installed
 	python -m dspo.config.doc
 
 lint: $(VENV)/.installed
-	ruff check dspo tests && ruff format --check dspo tests && snakemake --lint
+	ruff check dspo tests && ruff format --check dspo tests && snakefmt --check Snakefile rules && snakemake --lint
 
 # torch and torchvision are installed first and on their own: with them present, the
 # project's `torch>=2.3` needs nothing more (on a CPU machine, pip's default torch is a CUDA
