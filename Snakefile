@@ -12,7 +12,6 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 from dspo.config.check import ConfigError, check_config
 
-
 # environment.yml names the package through DSPO_ROOT: Snakemake builds rule environments
 # from a copy of it, where a relative path would not reach the repository.
 os.environ.setdefault("DSPO_ROOT", workflow.basedir)
@@ -70,6 +69,8 @@ localrules:
 
 include: "rules/fetch.smk"
 include: "rules/data.smk"
+
+
 if GENERATED:
 
     include: "rules/generated.smk"
@@ -83,6 +84,7 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.tables.output,
         expand("results/plots/grid_{prompt_set}.png", prompt_set=TEST_SETS),
@@ -90,7 +92,6 @@ rule all:
         "results/summary.json",
         rules.binding_table.output if BINDING_SETS else [],
         rules.fetch.output if FETCH_ITEMS else [],
-    default_target: True
 
 
 onstart:

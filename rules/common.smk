@@ -15,7 +15,6 @@ from dspo.evaluation.intervals import caption_sentences
 from dspo.hub.fetch import hub_artefacts
 from dspo.objectives import get_objective
 
-
 EVALUATION = config["evaluation"]
 METHOD_ENTRIES = entries(config["methods"])
 PROMPT_SET_ENTRIES = entries(EVALUATION["prompt_sets"])
@@ -87,7 +86,6 @@ DEVICE = config["resources"]["device"]
 TRAINING_CHAIN_PRIORITY = 1
 # The nodup table's slice: its seed, and as many parts as the normalisation.
 NODUP = {"seed": config["pairs"]["nodup_seed"], "shards": config["pairs"]["shards"]}
-
 
 
 def as_json(value):
@@ -201,12 +199,19 @@ def generated_prompts_options(wildcards, input):
 
 def generated_pairs_parts(wildcards):
     parts = range(config["pairs"]["shards"])
-    return expand("results/data/generated_{sampled}.parts/{part}", sampled=wildcards.sampled, part=parts)
+    return expand(
+        "results/data/generated_{sampled}.parts/{part}", sampled=wildcards.sampled, part=parts
+    )
 
 
 def round_pairs_config(sampled):
     """A round's normalisation slice: the pairs slice, its source the labelled parts."""
-    return {**config["pairs"], "source": {"kind": "generated", "model": sampled, **generated_labels_config()}}
+    return {
+        **config["pairs"],
+        "source": {"kind": "generated", "model": sampled, **generated_labels_config()},
+    }
+
+
 TOY_PAIRS = "results/data/toy/pairs"
 TOY_PROMPTS = "results/data/toy/prompts.parquet"
 TOY_EDITING = "results/data/toy/editing.parquet"
@@ -342,7 +347,10 @@ def training_view_caption(model):
         "sweep": trained.sweep,
         "value": trained.value,
         "keys": list(trained.overrides),
-        **{key: cfg.get(key) for key in ("objective", "steps", "log_every", "validate_every", "seed")},
+        **{
+            key: cfg.get(key)
+            for key in ("objective", "steps", "log_every", "validate_every", "seed")
+        },
     }
 
 
@@ -350,9 +358,10 @@ def precomputes_reference(method):
     """Whether the method's reference runs in jobs before training: asked for, and possible
     for its objective (one with a reference that is not its target)."""
     cfg = method_config(method)
-    return bool(cfg.get("precompute_reference")) and get_objective(
-        cfg["objective"]
-    ).reference_precomputable
+    return (
+        bool(cfg.get("precompute_reference"))
+        and get_objective(cfg["objective"]).reference_precomputable
+    )
 
 
 def reference_input(wildcards):
@@ -431,7 +440,6 @@ def sampling_config():
 def generation_config():
     """The generate job's slice: sampling, and the editing strength when it edits too."""
     return {**sampling_config(), "strength": EDITING["strength"]} if EDITING else sampling_config()
-
 
 
 def editing_table_input(wildcards):
@@ -606,7 +614,9 @@ def rounds_summary_config():
         method: [r for r in TABLE_METHODS if r == method or ROUND_GROUPS.get(r, ("",))[0] == method]
         for method in dict.fromkeys(m for m, _ in ROUND_GROUPS.values())
     }
-    replicates = [sum(1 for m in TRAINED.values() if m.group == row) for r in rows.values() for row in r]
+    replicates = [
+        sum(1 for m in TRAINED.values() if m.group == row) for r in rows.values() for row in r
+    ]
     return {
         "rounds": rows,
         "rounds_reward": held_out[0] if held_out else next(iter(REWARD_ENTRIES)),

@@ -8,16 +8,16 @@ rule toy_world:
             caption="../workflow/report/preview.rst",
             category="Data",
         ),
+    log:
+        "results/logs/toy_world.log",
+    benchmark:
+        "results/benchmarks/toy_world/job.tsv"
+    conda:
+        "../environment.yml"
     params:
         world=as_json(config.get("world", {})),
         # The folder of the declared outputs, where `dspo toy-world` writes them.
         out=lambda wc, output: os.path.dirname(output.prompts),
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/toy_world/job.tsv"
-    log:
-        "results/logs/toy_world.log",
     shell:
         "dspo toy-world --params {params.world:q} --out {params.out:q} > {log:q} 2>&1"
 
@@ -30,18 +30,18 @@ rule pairs_part:
         exclude=excluded_prompt_tables,
     output:
         temp(directory("results/data/pairs.parts/{part}")),
+    log:
+        "results/logs/pairs/part{part}.log",
+    benchmark:
+        "results/benchmarks/pairs_part/part{part}.tsv"
     wildcard_constraints:
         part=r"\d+",
-    params:
-        cfg=as_json(config["pairs"]),
-        source=source_arg(PAIRS_SOURCE, TOY_PAIRS),
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
-    benchmark:
-        "results/benchmarks/pairs_part/part{part}.tsv"
-    log:
-        "results/logs/pairs/part{part}.log",
+    params:
+        cfg=as_json(config["pairs"]),
+        source=source_arg(PAIRS_SOURCE, TOY_PAIRS),
     shell:
         "dspo pairs-part --part {wildcards.part} --params {params.cfg:q} --input {params.source:q}"
         " --exclude {input.exclude:q} --out {output:q} > {log:q} 2>&1"
@@ -53,15 +53,15 @@ rule pairs:
     output:
         pairs="results/data/pairs.parquet",
         report=PAIRS_REPORT,
-    params:
-        cfg=as_json(config["pairs"]),
+    log:
+        "results/logs/pairs/gather.log",
+    benchmark:
+        "results/benchmarks/pairs/job.tsv"
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
-    benchmark:
-        "results/benchmarks/pairs/job.tsv"
-    log:
-        "results/logs/pairs/gather.log",
+    params:
+        cfg=as_json(config["pairs"]),
     shell:
         "dspo pairs-gather --inputs {input:q} --out {output.pairs:q} --report {output.report:q}"
         " > {log:q} 2>&1"
@@ -73,17 +73,17 @@ rule pairs_nodup_part:
         "results/data/pairs.parquet",
     output:
         temp(directory("results/data/pairs_nodup.parts/{part}")),
+    log:
+        "results/logs/pairs_nodup/part{part}.log",
+    benchmark:
+        "results/benchmarks/pairs_nodup_part/part{part}.tsv"
     wildcard_constraints:
         part=r"\d+",
-    params:
-        cfg=as_json(NODUP),
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
-    benchmark:
-        "results/benchmarks/pairs_nodup_part/part{part}.tsv"
-    log:
-        "results/logs/pairs_nodup/part{part}.log",
+    params:
+        cfg=as_json(NODUP),
     shell:
         "dspo nodup-part --part {wildcards.part} --params {params.cfg:q} --input {input:q}"
         " --out {output:q} > {log:q} 2>&1"
@@ -95,15 +95,15 @@ rule pairs_nodup:
     output:
         pairs="results/data/pairs_nodup.parquet",
         report=NODUP_REPORT,
-    params:
-        cfg=as_json(NODUP),
+    log:
+        "results/logs/pairs_nodup/gather.log",
+    benchmark:
+        "results/benchmarks/pairs_nodup/job.tsv"
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
-    benchmark:
-        "results/benchmarks/pairs_nodup/job.tsv"
-    log:
-        "results/logs/pairs_nodup/gather.log",
+    params:
+        cfg=as_json(NODUP),
     shell:
         "dspo nodup-gather --inputs {input:q} --out {output.pairs:q} --report {output.report:q}"
         " > {log:q} 2>&1"
@@ -118,17 +118,17 @@ rule ddspo_degrade:
     output:
         table=DDSPO_DEGRADED,
         report=DDSPO_DEGRADED_REPORT,
+    log:
+        "results/logs/ddspo_pairs/degrade.log",
+    benchmark:
+        "results/benchmarks/ddspo_degrade/job.tsv"
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         cfg=ddspo_settings("prompts", "seed", "degrader"),
         cache=DDSPO_DEGRADER_CACHE,
-    priority: TRAINING_CHAIN_PRIORITY
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/ddspo_degrade/job.tsv"
-    log:
-        "results/logs/ddspo_pairs/degrade.log",
     shell:
         "dspo ddspo-degrade --params {params.cfg:q} --input {input.pairs:q}"
         " --cache {params.cache:q} --out {output.table:q} --report {output.report:q}"
@@ -144,20 +144,20 @@ rule ddspo_part:
         degraded=ddspo_degraded_input,
     output:
         temp(directory("results/data/pairs_ddspo.parts/{part}")),
+    log:
+        "results/logs/ddspo_pairs/part{part}.log",
+    benchmark:
+        "results/benchmarks/ddspo_part/part{part}.tsv"
     wildcard_constraints:
         part=r"\d+",
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         cfg=ddspo_settings(),
         base=BASE["path"],
         degraded=ddspo_degraded_option,
-    priority: TRAINING_CHAIN_PRIORITY
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/ddspo_part/part{part}.tsv"
-    log:
-        "results/logs/ddspo_pairs/part{part}.log",
     shell:
         "dspo ddspo-part --part {wildcards.part} --params {params.cfg:q} --input {input.pairs:q}"
         " --base {params.base:q} --out {output:q} {params.degraded} --threads {threads}"
@@ -169,16 +169,16 @@ rule ddspo_pairs:
         ddspo_parts,
     output:
         "results/data/pairs_ddspo.parquet",
-    params:
-        cfg=ddspo_settings(),
-        base=BASE["path"],
+    log:
+        "results/logs/ddspo_pairs/gather.log",
+    benchmark:
+        "results/benchmarks/ddspo_pairs/job.tsv"
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
-    benchmark:
-        "results/benchmarks/ddspo_pairs/job.tsv"
-    log:
-        "results/logs/ddspo_pairs/gather.log",
+    params:
+        cfg=ddspo_settings(),
+        base=BASE["path"],
     shell:
         "dspo ddspo-gather --inputs {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -193,19 +193,19 @@ rule cache_part:
         base=base_model_input,
     output:
         temp(directory("results/cache/{dataset}.parts/{part}")),
+    log:
+        "results/logs/cache/{dataset}.part{part}.log",
+    benchmark:
+        "results/benchmarks/cache_part/{dataset}.part{part}.tsv"
     wildcard_constraints:
         part=r"\d+",
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         cfg=as_json(config["cache"]),
         base=BASE["path"],
-    priority: TRAINING_CHAIN_PRIORITY
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/cache_part/{dataset}.part{part}.tsv"
-    log:
-        "results/logs/cache/{dataset}.part{part}.log",
     shell:
         "dspo cache-part --part {wildcards.part} --params {params.cfg:q} --input {input.pairs:q}"
         " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device:q}"
@@ -219,16 +219,16 @@ rule cache:
         base=base_model_input,
     output:
         directory("results/cache/{dataset}"),
-    params:
-        cfg=as_json(config["cache"]),
-        base=BASE["path"],
+    log:
+        "results/logs/cache/{dataset}.log",
+    benchmark:
+        "results/benchmarks/cache/{dataset}.tsv"
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
-    benchmark:
-        "results/benchmarks/cache/{dataset}.tsv"
-    log:
-        "results/logs/cache/{dataset}.log",
+    params:
+        cfg=as_json(config["cache"]),
+        base=BASE["path"],
     shell:
         "dspo cache-gather --inputs {input.parts:q} --out {output:q} > {log:q} 2>&1"
 
@@ -238,15 +238,15 @@ rule prompt_set:
         prompt_source_input,
     output:
         "results/data/prompts/{prompt_set}.parquet",
+    log:
+        "results/logs/prompts/{prompt_set}.log",
+    benchmark:
+        "results/benchmarks/prompt_set/{prompt_set}.tsv"
+    conda:
+        "../environment.yml"
     params:
         cfg=lambda wc: as_json(SAMPLED_ENTRIES[wc.prompt_set]),
         source=prompt_source_arg,
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/prompt_set/{prompt_set}.tsv"
-    log:
-        "results/logs/prompts/{prompt_set}.log",
     shell:
         "dspo prompts --name {wildcards.prompt_set} --params {params.cfg:q}"
         " --input {params.source:q} --out {output:q} > {log:q} 2>&1"
@@ -259,15 +259,15 @@ if EDITING:
             editing_source_input,
         output:
             EDITING_TABLE,
+        log:
+            "results/logs/editing_set.log",
+        benchmark:
+            "results/benchmarks/editing_set/job.tsv"
+        conda:
+            "../environment.yml"
         params:
             cfg=as_json(EDITING),
             source=source_arg(EDITING["source"], TOY_EDITING),
-        conda:
-            "../environment.yml"
-        benchmark:
-            "results/benchmarks/editing_set/job.tsv"
-        log:
-            "results/logs/editing_set.log",
         shell:
             "dspo editing-set --params {params.cfg:q} --input {params.source:q} --out {output:q}"
             " > {log:q} 2>&1"

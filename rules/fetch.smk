@@ -6,12 +6,12 @@
 rule fetch_item:
     output:
         "results/fetch/items/{item}.json",
-    params:
-        spec=lambda wc: as_json(FETCH_ITEMS[wc.item]),
-    conda:
-        "../environment.yml"
     log:
         "results/logs/fetch/{item}.log",
+    conda:
+        "../environment.yml"
+    params:
+        spec=lambda wc: as_json(FETCH_ITEMS[wc.item]),
     shell:
         "env HF_HUB_OFFLINE=0 dspo fetch --item {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
@@ -23,9 +23,9 @@ rule fetch:
         expand("results/fetch/items/{item}.json", item=FETCH_ITEMS),
     output:
         "results/fetch/manifest.json",
-    conda:
-        "../environment.yml"
     log:
         "results/logs/fetch/manifest.log",
+    conda:
+        "../environment.yml"
     shell:
         "dspo fetch-manifest --inputs {input:q} --out {output:q} > {log:q} 2>&1"

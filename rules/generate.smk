@@ -12,18 +12,18 @@ rule generate:
             "results/images/{{model}}/{prompt_set}/manifest.parquet", prompt_set=SAMPLED_SETS
         ),
         editing=editing_manifest_output(),
+    log:
+        "results/logs/generate/{model}.log",
+    benchmark:
+        "results/benchmarks/generate/{model}.tsv"
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         cfg=as_json(generation_config()),
         model=model_path,
         base=BASE["path"],
         editing=editing_options,
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/generate/{model}.tsv"
-    log:
-        "results/logs/generate/{model}.log",
     shell:
         "dspo generate --params {params.cfg:q} --model {params.model:q} --base {params.base:q}"
         " --prompts {input.prompts:q} --out {output.prompts:q} {params.editing}"

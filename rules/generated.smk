@@ -9,13 +9,13 @@ rule generated_prompts:
         generated_prompts_inputs,
     output:
         GENERATED_PROMPTS,
+    log:
+        "results/logs/generated/prompts.log",
+    conda:
+        "../environment.yml"
     params:
         cfg=as_json({"prompts": GENERATED["prompts"]}),
         toy=generated_prompts_options,
-    conda:
-        "../environment.yml"
-    log:
-        "results/logs/generated/prompts.log",
     shell:
         "dspo generated-prompts --params {params.cfg:q} {params.toy} --out {output:q}"
         " > {log:q} 2>&1"
@@ -28,21 +28,21 @@ rule generated_images:
         base=base_model_input,
     output:
         "results/data/generated/{model}/images/part{part}/manifest.parquet",
+    log:
+        "results/logs/generated/{model}/images.part{part}.log",
+    benchmark:
+        "results/benchmarks/generated_images/{model}.part{part}.tsv"
     wildcard_constraints:
         model=one_of(SAMPLED),
         part=r"\d+",
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         cfg=as_json(generated_images_config()),
         model=model_path,
         base=BASE["path"],
-    priority: TRAINING_CHAIN_PRIORITY
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/generated_images/{model}.part{part}.tsv"
-    log:
-        "results/logs/generated/{model}/images.part{part}.log",
     shell:
         "dspo generated-images --part {wildcards.part} --params {params.cfg:q}"
         " --prompts {input.prompts:q} --model {params.model:q} --base {params.base:q}"
@@ -55,20 +55,20 @@ rule generated_labels:
         fetched=rewards_input,
     output:
         "results/data/generated/{model}/labels/part{part}.parquet",
+    log:
+        "results/logs/generated/{model}/labels.part{part}.log",
+    benchmark:
+        "results/benchmarks/generated_labels/{model}.part{part}.tsv"
     wildcard_constraints:
         model=one_of(SAMPLED),
         part=r"\d+",
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         cfg=as_json(generated_labels_config()),
         rewards=as_json(generated_rewards()),
-    priority: TRAINING_CHAIN_PRIORITY
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/generated_labels/{model}.part{part}.tsv"
-    log:
-        "results/logs/generated/{model}/labels.part{part}.log",
     shell:
         "dspo generated-labels --params {params.cfg:q} --rewards {params.rewards:q}"
         " --manifest {input.manifest:q} --out {output:q} --threads {threads}"
@@ -82,17 +82,17 @@ rule generated_pairs_part:
         exclude=excluded_prompt_tables,
     output:
         temp(directory("results/data/generated_{sampled}.parts/{part}")),
+    log:
+        "results/logs/generated/{sampled}/pairs.part{part}.log",
     wildcard_constraints:
         sampled=one_of(ROUND_SOURCES) or "(?!)",
         part=r"\d+",
-    params:
-        cfg=lambda wc: as_json(round_pairs_config(wc.sampled)),
-        source=lambda wc: generated_labels_dir(wc.sampled),
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
-    log:
-        "results/logs/generated/{sampled}/pairs.part{part}.log",
+    params:
+        cfg=lambda wc: as_json(round_pairs_config(wc.sampled)),
+        source=lambda wc: generated_labels_dir(wc.sampled),
     shell:
         "dspo pairs-part --part {wildcards.part} --params {params.cfg:q} --input {params.source:q}"
         " --exclude {input.exclude:q} --out {output:q} > {log:q} 2>&1"
@@ -104,15 +104,15 @@ rule generated_pairs:
     output:
         pairs="results/data/generated_{sampled}.parquet",
         report="results/data/generated_{sampled}_report.json",
+    log:
+        "results/logs/generated/{sampled}/pairs.log",
     wildcard_constraints:
         sampled=one_of(ROUND_SOURCES) or "(?!)",
-    params:
-        cfg=lambda wc: as_json(round_pairs_config(wc.sampled)),
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
-    log:
-        "results/logs/generated/{sampled}/pairs.log",
+    params:
+        cfg=lambda wc: as_json(round_pairs_config(wc.sampled)),
     shell:
         "dspo pairs-gather --inputs {input:q} --out {output.pairs:q} --report {output.report:q}"
         " > {log:q} 2>&1"

@@ -4,16 +4,16 @@ if BUILD_TOY_BASE:
         output:
             model=directory(BASE["path"]),
             metrics="results/train/base/metrics.jsonl",
+        log:
+            "results/logs/base_model.log",
+        benchmark:
+            "results/benchmarks/base_model/job.tsv"
+        conda:
+            "../environment.yml"
+        threads: 2
         params:
             world=as_json(config.get("world", {})),
             model=as_json({k: BASE[k] for k in ("architecture", "pretrain")}),
-        conda:
-            "../environment.yml"
-        benchmark:
-            "results/benchmarks/base_model/job.tsv"
-        log:
-            "results/logs/base_model.log",
-        threads: 2
         shell:
             "dspo pretrain-base --world {params.world:q} --params {params.model:q}"
             " --out {output.model:q} --metrics {output.metrics:q} --threads {threads}"
@@ -29,15 +29,15 @@ rule import_model:
         base=base_model_input,
     output:
         directory("results/models/{model}"),
+    log:
+        "results/logs/import_model/{model}.log",
     wildcard_constraints:
         model=one_of(RELEASED) if RELEASED else "(?!)",
+    conda:
+        "../environment.yml"
     params:
         source=lambda wc: RELEASED[wc.model],
         base=BASE["path"],
-    conda:
-        "../environment.yml"
-    log:
-        "results/logs/import_model/{model}.log",
     shell:
         "dspo import-model --model {params.source:q} --base {params.base:q} --out {output:q}"
         " > {log:q} 2>&1"
@@ -50,15 +50,15 @@ rule step_model:
         lambda wc: f"results/models/{STEP_MODELS[wc.model][0]}",
     output:
         directory("results/models/{model}"),
+    log:
+        "results/logs/step_model/{model}.log",
     wildcard_constraints:
         model=one_of(STEP_MODELS) if STEP_MODELS else "(?!)",
+    conda:
+        "../environment.yml"
     params:
         run_dir=lambda wc: f"results/train/{STEP_MODELS[wc.model][0]}",
         step=lambda wc: STEP_MODELS[wc.model][1],
-    conda:
-        "../environment.yml"
-    log:
-        "results/logs/step_model/{model}.log",
     shell:
         "dspo step-model --run-dir {params.run_dir:q} --at-step {params.step} --out {output:q}"
         " > {log:q} 2>&1"

@@ -58,6 +58,12 @@ rule tables:
             caption="../workflow/report/sweep_plot.rst",
             category="Sweeps",
         ),
+    log:
+        "results/logs/tables.log",
+    benchmark:
+        "results/benchmarks/tables/job.tsv"
+    conda:
+        "../environment.yml"
     params:
         cfg=as_json(tables_config()),
         # For the captions only: what the intervals resample (workflow/report/*.rst).
@@ -67,12 +73,6 @@ rule tables:
         # The folders of the declared outputs, where `dspo tables` writes them.
         tables=lambda wc, output: os.path.dirname(output.win_rates),
         plots=lambda wc, output: os.path.dirname(output.win_rate_plot),
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/tables/job.tsv"
-    log:
-        "results/logs/tables.log",
     shell:
         "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out {params.tables:q}"
         " --plots {params.plots:q} --pairs-report {input.pairs_report:q} {params.nodup}"
@@ -92,15 +92,15 @@ rule grid:
             caption="../workflow/report/grid.rst",
             category="Images",
         ),
+    log:
+        "results/logs/grid/{prompt_set}.log",
+    benchmark:
+        "results/benchmarks/grid/{prompt_set}.tsv"
+    conda:
+        "../environment.yml"
     params:
         cfg=as_json({"models": GRID_MODELS, "labels": tables_config()["labels"], "prompts": 6}),
         sources=grid_sources_option,
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/grid/{prompt_set}.tsv"
-    log:
-        "results/logs/grid/{prompt_set}.log",
     shell:
         "dspo grid --params {params.cfg:q} --manifests {input.manifests:q} {params.sources}"
         " --out {output:q} > {log:q} 2>&1"
@@ -116,16 +116,16 @@ rule training_view:
             category="Training",
             labels={"method": "{method}"},
         ),
+    log:
+        "results/logs/training_view/{method}.log",
+    conda:
+        "../environment.yml"
     params:
         cfg=lambda wc: as_json({"title": tables_config()["labels"].get(wc.method, wc.method)}),
         run_dir="results/train/{method}",
         # For the caption only (workflow/report/training_view.rst): a replicate or sweep point
         # has no entry of its own under `methods`.
         caption=lambda wc: training_view_caption(wc.method),
-    conda:
-        "../environment.yml"
-    log:
-        "results/logs/training_view/{method}.log",
     shell:
         "dspo training-view --params {params.cfg:q} --input {params.run_dir:q} --out {output:q}"
         " > {log:q} 2>&1"
@@ -138,12 +138,12 @@ rule summary:
         grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=TEST_SETS),
     output:
         "results/summary.json",
-    params:
-        cfg=as_json(summary_config()),
-    conda:
-        "../environment.yml"
     log:
         "results/logs/summary.log",
+    conda:
+        "../environment.yml"
+    params:
+        cfg=as_json(summary_config()),
     shell:
         # The grids are inputs only so that the summary, read from every job's benchmark
         # file, is written after the last job.
@@ -160,12 +160,12 @@ if BINDING_SETS:
         output:
             csv="results/tables/attribute_binding.csv",
             md="results/tables/attribute_binding.md",
-        params:
-            cfg=as_json(binding_config()),
-        conda:
-            "../environment.yml"
         log:
             "results/logs/binding_table.log",
+        conda:
+            "../environment.yml"
+        params:
+            cfg=as_json(binding_config()),
         shell:
             "dspo binding-table --params {params.cfg:q} --scores {input:q} --out {output.csv:q}"
             " > {log:q} 2>&1"

@@ -10,15 +10,15 @@ rule score:
         fetched=rewards_input,
     output:
         expand("results/scores/{{model}}/{image_set}.parquet", image_set=EVAL_SETS),
+    log:
+        "results/logs/score/{model}.log",
+    benchmark:
+        "results/benchmarks/score/{model}.tsv"
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         rewards=as_json(reward_config()),
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/score/{model}.tsv"
-    log:
-        "results/logs/score/{model}.log",
     shell:
         "dspo score --name {wildcards.model} --params {params.rewards:q} --manifest {input.manifests:q}"
         " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"
@@ -35,18 +35,20 @@ if BINDING_SETS:
             fetched=lambda wc: fetched(*(i for i in FETCH_ITEMS if i.startswith("binding."))),
         output:
             expand("results/scores_binding/{{model}}/{prompt_set}.parquet", prompt_set=BINDING_SETS),
+        log:
+            "results/logs/score_binding/{model}.log",
+        benchmark:
+            "results/benchmarks/score_binding/{model}.tsv"
+        conda:
+            "../environment.yml"
         params:
             device=DEVICE,
             scorer=as_json(binding_scorer()),
-        conda:
-            "../environment.yml"
-        benchmark:
-            "results/benchmarks/score_binding/{model}.tsv"
-        log:
-            "results/logs/score_binding/{model}.log",
         shell:
             "dspo score --name {wildcards.model} --params {params.scorer:q} --manifest {input.manifests:q}"
             " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"
+
+
 # Image quality (evaluation.quality): the Inception Score, and FID against a reference image
 # set, of each prompt set's images, one job per model with the classifier loaded once.
 rule quality:
@@ -57,15 +59,15 @@ rule quality:
         fetched=fetched("quality.inception"),
     output:
         "results/quality/{model}.csv",
+    log:
+        "results/logs/quality/{model}.log",
+    benchmark:
+        "results/benchmarks/quality/{model}.tsv"
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         cfg=as_json(QUALITY),
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/quality/{model}.tsv"
-    log:
-        "results/logs/quality/{model}.log",
     shell:
         "dspo quality --params {params.cfg:q} --name {wildcards.model} --manifest {input.manifests:q}"
         " --out {output:q} --threads {threads} --device {params.device:q} > {log:q} 2>&1"

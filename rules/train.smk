@@ -6,17 +6,17 @@ rule reference_part:
         base=base_model_input,
     output:
         temp(directory("results/reference/{method}.parts/{part}")),
+    log:
+        "results/logs/reference/{method}.part{part}.log",
     wildcard_constraints:
         part=r"\d+",
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         cfg=lambda wc: as_json(reference_config(wc.method)),
         base=BASE["path"],
-    priority: TRAINING_CHAIN_PRIORITY
-    conda:
-        "../environment.yml"
-    log:
-        "results/logs/reference/{method}.part{part}.log",
     shell:
         "dspo reference-part --part {wildcards.part} --params {params.cfg:q} --cache {input.cache:q}"
         " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device:q}"
@@ -28,13 +28,13 @@ rule reference:
         parts=reference_parts,
     output:
         directory("results/reference/{method}"),
-    params:
-        cfg=lambda wc: as_json(reference_config(wc.method)),
+    log:
+        "results/logs/reference/{method}.log",
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
-    log:
-        "results/logs/reference/{method}.log",
+    params:
+        cfg=lambda wc: as_json(reference_config(wc.method)),
     shell:
         "dspo reference-gather --inputs {input.parts:q} --out {output:q} > {log:q} 2>&1"
 
@@ -47,6 +47,13 @@ rule train:
         previous=previous_round_input,
     output:
         directory("results/models/{method}"),
+    log:
+        "results/logs/train/{method}.log",
+    benchmark:
+        "results/benchmarks/train/{method}.tsv"
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
     params:
         device=DEVICE,
         cfg=lambda wc: as_json(method_config(wc.method)),
@@ -54,13 +61,6 @@ rule train:
         run_dir="results/train/{method}",
         launch=train_launcher,
         reference=reference_option,
-    priority: TRAINING_CHAIN_PRIORITY
-    conda:
-        "../environment.yml"
-    benchmark:
-        "results/benchmarks/train/{method}.tsv"
-    log:
-        "results/logs/train/{method}.log",
     shell:
         # exec: the launcher replaces the job's shell, so a signal meant for the trainers
         # (SLURM's --signal, preemption) does not end that shell and the job before their
