@@ -6,6 +6,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +29,16 @@ TOY_PAIRS_FILE = "train-00000-of-00001.parquet"
 def test_lint_is_clean() -> None:
     result = snakemake("--lint")
     assert "good condition" in result.stdout
+
+
+def test_snakefile_and_rules_are_snakefmt_formatted() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(
