@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dspo.core.files import PART_RECORD, part_folder
+from dspo.core.files import part_folder, read_part_records
 from dspo.core.seeding import seeded_generator
 from dspo.families.base import Family
 from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
@@ -197,15 +197,7 @@ def stats_of(ref: torch.Tensor, target: torch.Tensor, objective: Objective) -> R
 
 def gather(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
     """Move the parts into one folder and write its manifest last."""
-    records = sorted(
-        (json.loads((Path(d) / PART_RECORD).read_text()) | {"dir": str(d)} for d in part_dirs),
-        key=lambda r: r["part"],
-    )
-    if [r["part"] for r in records] != list(range(records[0]["parts"])):
-        raise ValueError(
-            f"reference parts {[r['part'] for r in records]} given, expected all of "
-            f"0..{records[0]['parts'] - 1}"
-        )
+    records = read_part_records(part_dirs, "reference")
     for r in records[1:]:
         if r["key"] != records[0]["key"]:
             raise ValueError(f"{r['dir']}: computed for another run than part 0")
