@@ -38,12 +38,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dspo.core.files import part_folder, read_part_records
-from dspo.core.seeding import seeded_generator
 from dspo.families.base import Family
 from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
 from dspo.training.fingerprint import PART_NAMES, fingerprint_parts
 from dspo.training.policy import switch
-from dspo.training.preference import make_batch, noised_inputs, step_rows
+from dspo.training.preference import micro_batch, noised_inputs, step_rows
 from dspo.training.settings import REFERENCE_STORAGE, TrainSettings
 
 MANIFEST = "reference.json"
@@ -140,14 +139,7 @@ def compute_part(
             for group in groups:
                 inputs = [
                     noised_inputs(
-                        make_batch(
-                            cache,
-                            rows[s : s + local],
-                            settings.prompt_dropout,
-                            seeded_generator(settings.seed, 2, step, s),
-                            family,
-                            objective.shared_noise,
-                        ),
+                        micro_batch(cache, rows, step, s, settings, family, objective.shared_noise),
                         objective,
                         family,
                     )

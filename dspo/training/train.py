@@ -36,7 +36,6 @@ from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from dspo.core.files import folder_bytes, space_for
-from dspo.core.seeding import seeded_generator
 from dspo.data.cache import PairCache, load_cache
 from dspo.objectives import get_objective, objective_kwargs
 from dspo.training import checkpoints as ckpt
@@ -52,7 +51,7 @@ from dspo.training.job_watch import JobWatch
 from dspo.training.metrics import append_metrics, mean_over, restart_metrics
 from dspo.training.optimisation import make_optimizer, resolve_mixed_precision, set_learning_rate
 from dspo.training.policy import MODEL_CONFIG, build_model, use_tf32, write_model_folder
-from dspo.training.preference import PreferenceModel, make_batch, micro_batch_start, step_rows
+from dspo.training.preference import PreferenceModel, micro_batch, micro_batch_start, step_rows
 from dspo.training.reference import PrecomputedReference, reference_parts
 from dspo.training.run_lock import RunLock, held, run_record, write_model
 from dspo.training.settings import TrainSettings
@@ -311,16 +310,8 @@ class TrainingRun:
         on_device: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             start = micro_batch_start(micro, self.processes, accelerator.process_index, local)
-            # Noise, timesteps and dropout follow the micro-batch's place in the step, so
-            # they too are the same however the step is split across processes.
-            gen = seeded_generator(settings.seed, 2, step, start)
-            batch = make_batch(
-                self.cache,
-                rows[start : start + local],
-                settings.prompt_dropout,
-                gen,
-                self.family,
-                self.objective.shared_noise,
+            batch = micro_batch(
+                self.cache, rows, step, start, settings, self.family, self.objective.shared_noise
             )
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             if self.precomputed is not None:
