@@ -29,14 +29,13 @@ import numpy as np
 import torch
 
 from dspo.bench.flops import counted, dense_bf16_peak
-from dspo.bench.throughput import AUTOCAST, ResidentPeak
+from dspo.bench.throughput import AUTOCAST, LORA_TARGETS, ResidentPeak
 from dspo.core.seeding import seeded_generator
 
 if TYPE_CHECKING:
     from dspo.bench.throughput import BenchSpec
     from dspo.training.preference import PreferenceModel
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # The public Diffusion-DPO launchers pass --dataloader_num_workers=16.
 UPSTREAM_WORKERS = 16
 Batch = dict[str, torch.Tensor]

@@ -51,6 +51,8 @@ WORDS = ["a", "on", "background", *COLOURS, *SHAPES]
 TOY_CONFIG = Path("config/config.yaml")
 AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
 UPSTREAM_REFERENCES = ("adapters", "copy")
+# The attention projections the benchmarks' LoRA adapters wrap (the presets' default too).
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 @dataclass(frozen=True)
