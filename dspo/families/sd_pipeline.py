@@ -25,12 +25,9 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-)
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+from dspo.families.text import clip_encoder
 
 # base_model.dtype, cache.dtype, evaluation.rewards.*.dtype: config dtype names.
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -72,21 +69,6 @@ def build_tokenizer(words: Iterable[str], max_length: int) -> CLIPTokenizer:
 FAMILIES = ("sd", "sdxl")
 
 
-def _text_encoder(
-    cfg: Mapping[str, Any], tokenizer: CLIPTokenizer, max_length: int, cls: type = CLIPTextModel
-) -> CLIPTextModel:
-    return cls(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            max_position_embeddings=max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **cfg,
-        )
-    )
-
-
 def build_pipeline(
     architecture: Mapping[str, Any], words: Iterable[str], seed: int = 0
 ) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
@@ -105,7 +87,7 @@ def build_pipeline(
     torch.manual_seed(seed)
     max_length = architecture["max_length"]
     tokenizer = build_tokenizer(words, max_length)
-    text_encoder = _text_encoder(architecture["text_encoder"], tokenizer, max_length)
+    text_encoder = clip_encoder(architecture["text_encoder"], tokenizer, max_length)
     vae = AutoencoderKL(**architecture["vae"])
     unet_cfg = dict(architecture["unet"])
     scheduler = DDPMScheduler(**architecture.get("scheduler", {}))
@@ -121,7 +103,7 @@ def build_pipeline(
             feature_extractor=None,
             requires_safety_checker=False,
         )
-    text_encoder_2 = _text_encoder(
+    text_encoder_2 = clip_encoder(
         architecture["text_encoder_2"], tokenizer, max_length, CLIPTextModelWithProjection
     )
     time_dim = architecture["addition_time_embed_dim"]
