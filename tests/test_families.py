@@ -287,6 +287,12 @@ def test_registry_names_match_their_classes() -> None:
         assert family_class(name).name == name
 
 
+def test_toy_pretraining_trains_the_text_encoder_of_the_sd_families_only() -> None:
+    # SD's one CLIP learns with the UNet; the flow families keep their encoders as built.
+    trains = {name: family_class(name).pretrain_trains_text for name in REGISTRY}
+    assert trains == {"sd": True, "sdxl": True, "sd3": False, "flux": False}
+
+
 @pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux"])
 def test_encode_noise_target_and_prediction_round_trip(name: str, models) -> None:
     path = models[name]

@@ -43,6 +43,9 @@ class Family(ABC):
     text_keys: ClassVar[tuple[str, ...]] = ("embeddings",)  # what encode_prompts returns
     image_keys: ClassVar[tuple[str, ...]] = ()  # what image_conditions returns
     default_sampler: ClassVar[str] = "ddim"  # what validation images are sampled with
+    # Toy pre-training (dspo.toy.pretrain): whether the text encoder learns with the denoiser,
+    # or stays as built and each caption is encoded once.
+    pretrain_trains_text: ClassVar[bool] = False
 
     def __init__(self, scheduler_config: Mapping[str, Any], *, noise_form: bool = False) -> None:
         self.scheduler_config = dict(scheduler_config)

@@ -21,6 +21,7 @@ class SDFamily(Family):
     pipeline_class = StableDiffusionPipeline
     pipeline_names = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
     denoiser_class = UNet2DConditionModel
+    pretrain_trains_text = True
 
     def __init__(self, scheduler_config: Mapping[str, Any], *, noise_form: bool = False) -> None:
         super().__init__(scheduler_config, noise_form=noise_form)
