@@ -277,3 +277,13 @@ def test_report_to_trackers_are_accelerate_trackers() -> None:
 
     known = {t.value for t in LoggerType}
     assert {name for name in REPORT_TO if name is not None} <= known
+
+
+def test_family_settings_are_the_settings_the_families_take() -> None:
+    # Every keyword a family's constructor takes (docs/families.md, "Settings") is a key of
+    # training.family_settings, and the schema has no key that no family takes.
+    from dspo.families import REGISTRY, family_class
+
+    taken = set().union(*(family_class(name).setting_names() for name in REGISTRY))
+    schema = resolve(f"{TRAINING}/family_settings/properties")
+    assert set(schema) == taken

@@ -53,13 +53,18 @@ class Family(ABC):
         self.noise_form = noise_form
 
     @classmethod
+    def setting_names(cls) -> set[str]:
+        """The keyword options the family takes (``training.family_settings``)."""
+        return set(inspect.signature(cls.__init__).parameters) - {"self", "scheduler_config"}
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, **settings: Any) -> Family:
         """The family of the pipeline at ``path``, with its training noise schedule.
 
         ``settings`` are the family's keyword options; an unknown one is an error that names
         the options this family takes.
         """
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "scheduler_config"}
+        accepted = cls.setting_names()
         unknown = sorted(set(settings) - accepted)
         if unknown:
             raise ValueError(
