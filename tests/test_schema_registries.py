@@ -128,11 +128,11 @@ def degraders() -> Iterable[str]:
 def sampling_schedulers() -> Iterable[str]:
     """The names some model family's ``sampling_scheduler`` takes: sampling and editing set the
     pipeline's scheduler through its family (SD, SDXL:
-    ``dspo.families.sd_pipeline.SAMPLING_SCHEDULERS``; SD3, FLUX: their flow-matching Euler
-    sampler). Each family is asked about every name the schema, dspo.families.sd_pipeline or a
+    ``dspo.families.sd.SAMPLING_SCHEDULERS``; SD3, FLUX: their flow-matching Euler
+    sampler). Each family is asked about every name the schema, dspo.families.sd or a
     family's ``default_sampler`` knows, on a stand-in pipeline."""
     from dspo.families import REGISTRY, family_class
-    from dspo.families.sd_pipeline import SAMPLING_SCHEDULERS
+    from dspo.families.sd import SAMPLING_SCHEDULERS
 
     classes = [family_class(name) for name in REGISTRY]
     candidates = {*resolve(f"{EVALUATION}/scheduler")["enum"], *SAMPLING_SCHEDULERS}

@@ -79,7 +79,7 @@ SD_SCHEDULE = {
     "steps_offset": 1,
 }
 # Stable Diffusion 1.5 as an architecture mapping of
-# :func:`dspo.families.sd_pipeline.build_pipeline` (random weights, a small vocabulary).
+# :func:`dspo.families.build_pipeline` (random weights, a small vocabulary).
 SD15_ARCHITECTURE: dict[str, Any] = {
     "max_length": CLIP_MAX_LENGTH,
     "text_encoder": CLIP_L_TEXT,

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 import dspo.training.train as train_module
 from dspo.core.content import file_sha256, write_content_record
 from dspo.data.cache import build_cache, load_cache
-from dspo.families.sd_pipeline import build_pipeline
+from dspo.families import build_pipeline
 from dspo.training.guards import DivergenceError, StopSignals
 from dspo.training.preference import step_rows
 from tests.conftest import TINY_ARCHITECTURE, WORDS
