@@ -165,7 +165,7 @@ class TrainingRun:
             settings.pairs_per_step, settings.local_pairs, self.processes
         )
         # What a checkpoint must match to be resumed (dspo.training.checkpoints).
-        self.parts = fingerprint_parts(settings.resolved, self.base_model, cache.manifest)
+        self.parts = fingerprint_parts(settings, self.base_model, cache.manifest)
         self.start_step, self.skipped = 0, 0
         self.last_checkpoint: Path | None = None
         self.validator: Validator | None = None
@@ -194,7 +194,7 @@ class TrainingRun:
         accelerator.wait_for_everyone()
         precomputed = None
         if reference_dir is not None and objective.needs_reference:
-            expected = reference_parts(settings.resolved, objective, base_model, cache.manifest)
+            expected = reference_parts(settings, objective, base_model, cache.manifest)
             precomputed = PrecomputedReference(reference_dir, expected, settings.pairs_per_step)
         model = build_model(settings, objective, base_model, cache, precision, precomputed is None)
         trainable = [p for p in model.denoiser.parameters() if p.requires_grad]
@@ -227,7 +227,7 @@ class TrainingRun:
                 self.parts,
                 settings.steps,
                 accelerator.print,
-                config=settings.resolved,
+                settings=settings,
                 across_code_change=settings.resume_across_code_change,
             )
         if accelerator.num_processes > 1:
@@ -377,7 +377,7 @@ class TrainingRun:
                 self.parts,
                 {
                     "skipped": self.skipped,
-                    "details": fingerprint_details(self.settings.resolved),
+                    "details": fingerprint_details(self.settings),
                     "tracker_run_id": self.tracker_run_id,
                 },
             )
