@@ -22,7 +22,8 @@ watch: $(VENV)/.installed
 
 # The sd15 preset on stand-ins (`dspo standins`: real architectures and file formats, random
 # weights), every rule of its DAG, offline on CPUs; each job's peak memory is written to
-# results/bench/memory_rehearsal.csv (docs/cluster.md). STANDINS=/path keeps the ~17 GB of
+# results/bench/memory_rehearsal.csv and each stage's disk to results/bench/disk_rehearsal.csv
+# (docs/cluster.md). STANDINS=/path keeps the ~17 GB of
 # stand-ins elsewhere (./standins then links there); they are written when absent.
 STANDINS ?= standins
 REHEARSAL ?= config/presets/sd15.yaml config/presets/rehearsal.yaml
@@ -33,6 +34,7 @@ rehearse: $(VENV)/.installed standins/standins.json
 	dspo standins --out standins --skip-existing
 	dspo bench memory --out results/bench/memory_rehearsal.csv -- \
 		snakemake --cores $(REHEARSE_CORES) all --configfile $(REHEARSAL)
+	dspo disk --configfile $(REHEARSAL) --out results/bench/disk_rehearsal.csv
 
 # A few steps of the SD1.5 stand-in at 512 px in bf16 on one CUDA GPU (fails at once without).
 gpu-check: $(VENV)/.installed standins/standins.json

@@ -6,11 +6,11 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+min_version("9.0")
+
 # This checkout's package checks the config, whichever `dspo` is installed.
 sys.path.insert(0, workflow.basedir)
 from dspo.config.check import ConfigError, check_config
-
-min_version("9.0")
 
 
 # environment.yml names the package through DSPO_ROOT: Snakemake builds rule environments

@@ -447,7 +447,7 @@ def get_objective(name: str) -> Objective:
         raise KeyError(f"unknown objective {name!r}; valid names: {valid}") from None
 
 
-def _hyper_defaults(fn: ObjectiveFn) -> dict[str, object]:
+def hyper_defaults(fn: ObjectiveFn) -> dict[str, object]:
     return {
         p.name: p.default
         for p in inspect.signature(fn).parameters.values()
@@ -455,7 +455,7 @@ def _hyper_defaults(fn: ObjectiveFn) -> dict[str, object]:
     }
 
 
-def _coerce(objective: str, key: str, value: object, default: object) -> object:
+def coerce_hyper(objective: str, key: str, value: object, default: object) -> object:
     """Convert a config value to the type of its default (YAML may give '5e3' as a string)."""
     where = f"hyper-parameter {key!r} of objective {objective!r}"
     if isinstance(default, bool):
@@ -485,7 +485,7 @@ def objective_kwargs(name: str, params: Mapping[str, object] | None = None) -> d
     Unknown keys raise ValueError naming the key, the objective and the accepted keys.
     """
     objective = get_objective(name)
-    defaults = _hyper_defaults(objective.fn)
+    defaults = hyper_defaults(objective.fn)
     params = dict(params or {})
     unknown = sorted(set(params) - set(defaults))
     if unknown:
@@ -496,5 +496,5 @@ def objective_kwargs(name: str, params: Mapping[str, object] | None = None) -> d
         )
     merged = dict(defaults)
     for key, value in params.items():
-        merged[key] = _coerce(name, key, value, defaults[key])
+        merged[key] = coerce_hyper(name, key, value, defaults[key])
     return merged

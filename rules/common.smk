@@ -7,8 +7,9 @@ import os
 import re
 import shlex
 
-from dspo.config.check import entries
+from dspo.config.names import entries
 from dspo.config import experiments
+from dspo.data.llm_degrader import degrader_settings
 from dspo.evaluation.intervals import caption_sentences
 from dspo.hub.fetch import hub_artefacts
 from dspo.objectives import get_objective
@@ -62,12 +63,6 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-def toy_world_used():
-    sources = [config["pairs"]["source"]]
-    sources += [s["source"] for s in PROMPT_SET_ENTRIES.values()]
-    return BUILD_TOY_BASE or any(s["kind"] == "toy" for s in sources)
-
-
 # The hub artefacts the config names, by item (dspo/hub/fetch.py): rule fetch_item downloads
 # each on the login node; the jobs that read one wait for its record and then run offline.
 FETCH_ITEMS = {artefact.item: artefact.as_dict() for artefact in hub_artefacts(config)}
@@ -114,6 +109,11 @@ TOY_EDITING = "results/data/toy/editing.parquet"
 # What the pairs and nodup gathers dropped and why (dspo/data/pairs.py).
 PAIRS_REPORT = "results/data/pairs_report.json"
 NODUP_REPORT = "results/data/pairs_nodup_report.json"
+# The LLM degrader's prompts and counts; its answers are cached in DDSPO_DEGRADER_CACHE,
+# which no rule declares, so a rerun keeps it and decodes only what it lacks.
+DDSPO_DEGRADED = "results/data/ddspo_degraded.parquet"
+DDSPO_DEGRADED_REPORT = "results/data/ddspo_degraded.json"
+DDSPO_DEGRADER_CACHE = "results/data/ddspo_degraded.cache"
 # The editing set every model edits (rule editing_set).
 EDITING_TABLE = "results/data/editing.parquet"
 
@@ -152,6 +152,33 @@ def nodup_parts(wildcards):
 def ddspo_parts(wildcards):
     """The folders of the ddspo.shards parts that make up DDSPO's pair table."""
     return expand("results/data/pairs_ddspo.parts/{part}", part=range(config["ddspo"]["shards"]))
+
+
+def ddspo_settings(*keys):
+    """The ddspo settings (those of ``keys``, or all; of the degrader, those its kind reads)
+    as a params function: a function, since Snakemake would read the instructions'
+    ``{prompt}`` in a params string as a wildcard."""
+    chosen = {k: v for k, v in config["ddspo"].items() if not keys or k in keys}
+    chosen["degrader"] = degrader_settings(chosen["degrader"])
+    return lambda wildcards: as_json(chosen)
+
+
+def ddspo_degrader_input(wildcards=None):
+    """The LLM degrader's local folder (so replacing it reruns the degradation), or the
+    fetch record of a hub id; nothing when the degrader is not an LLM."""
+    degrader = config["ddspo"]["degrader"]
+    if degrader["kind"] != "llm":
+        return []
+    return [degrader["model"]] if os.path.exists(degrader["model"]) else fetched("ddspo.degrader")
+
+
+def ddspo_degraded_input(wildcards):
+    """The LLM's degraded prompts (rule ddspo_degrade), when the degrader is an LLM."""
+    return [DDSPO_DEGRADED] if config["ddspo"]["degrader"]["kind"] == "llm" else []
+
+
+def ddspo_degraded_option(wildcards, input):
+    return f"--degraded {shlex.quote(input.degraded[0])}" if input.degraded else ""
 
 
 def cache_parts(wildcards):

@@ -10,6 +10,8 @@ rule toy_world:
         ),
     params:
         world=as_json(config.get("world", {})),
+        # The folder of the declared outputs, where `dspo toy-world` writes them.
+        out=lambda wc, output: os.path.dirname(output.prompts),
     conda:
         "../environment.yml"
     benchmark:
@@ -17,7 +19,7 @@ rule toy_world:
     log:
         "results/logs/toy_world.log",
     shell:
-        "dspo toy-world --params {params.world:q} --out results/data/toy > {log:q} 2>&1"
+        "dspo toy-world --params {params.world:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 # Normalising is scattered over pairs.shards jobs, each screening a contiguous block of the
@@ -107,20 +109,48 @@ rule pairs_nodup:
         " > {log:q} 2>&1"
 
 
+# With ddspo.degrader.kind llm, one job degrades every prompt DDSPO draws with the LLM before
+# the parts sample; its answers are cached per prompt (resumable after a kill).
+rule ddspo_degrade:
+    input:
+        pairs="results/data/pairs.parquet",
+        model=ddspo_degrader_input,
+    output:
+        table=DDSPO_DEGRADED,
+        report=DDSPO_DEGRADED_REPORT,
+    params:
+        device=DEVICE,
+        cfg=ddspo_settings("prompts", "seed", "degrader"),
+        cache=DDSPO_DEGRADER_CACHE,
+    priority: TRAINING_CHAIN_PRIORITY
+    conda:
+        "../environment.yml"
+    benchmark:
+        "results/benchmarks/ddspo_degrade/job.tsv"
+    log:
+        "results/logs/ddspo_pairs/degrade.log",
+    shell:
+        "dspo ddspo-degrade --params {params.cfg:q} --input {input.pairs:q}"
+        " --cache {params.cache:q} --out {output.table:q} --report {output.report:q}"
+        " --threads {threads} --device {params.device:q} > {log:q} 2>&1"
+
+
 # DDSPO's pairs are sampled over ddspo.shards jobs, each streaming a contiguous block of the
 # sampling batches to disk, and gathered into one table.
 rule ddspo_part:
     input:
         pairs="results/data/pairs.parquet",
         base=base_model_input,
+        degraded=ddspo_degraded_input,
     output:
         temp(directory("results/data/pairs_ddspo.parts/{part}")),
     wildcard_constraints:
         part=r"\d+",
     params:
         device=DEVICE,
-        cfg=as_json(config["ddspo"]),
+        cfg=ddspo_settings(),
         base=BASE["path"],
+        degraded=ddspo_degraded_option,
     priority: TRAINING_CHAIN_PRIORITY
     conda:
         "../environment.yml"
@@ -130,8 +160,8 @@ rule ddspo_part:
         "results/logs/ddspo_pairs/part{part}.log",
     shell:
         "dspo ddspo-part --part {wildcards.part} --params {params.cfg:q} --input {input.pairs:q}"
-        " --base {params.base:q} --out {output:q} --threads {threads} --device {params.device:q}"
-        " > {log:q} 2>&1"
+        " --base {params.base:q} --out {output:q} {params.degraded} --threads {threads}"
+        " --device {params.device:q} > {log:q} 2>&1"
 
 
 rule ddspo_pairs:
@@ -140,7 +170,7 @@ rule ddspo_pairs:
     output:
         "results/data/pairs_ddspo.parquet",
     params:
-        cfg=as_json(config["ddspo"]),
+        cfg=ddspo_settings(),
         base=BASE["path"],
     priority: TRAINING_CHAIN_PRIORITY
     conda:

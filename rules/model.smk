@@ -2,7 +2,8 @@ if BUILD_TOY_BASE:
 
     rule base_model:
         output:
-            directory(BASE["path"]),
+            model=directory(BASE["path"]),
+            metrics="results/train/base/metrics.jsonl",
         params:
             world=as_json(config.get("world", {})),
             model=as_json({k: BASE[k] for k in ("architecture", "pretrain")}),
@@ -14,8 +15,9 @@ if BUILD_TOY_BASE:
             "results/logs/base_model.log",
         threads: 2
         shell:
-            "dspo pretrain-base --world {params.world:q} --params {params.model:q} --out {output:q}"
-            " --metrics results/train/base/metrics.jsonl --threads {threads} > {log:q} 2>&1"
+            "dspo pretrain-base --world {params.world:q} --params {params.model:q}"
+            " --out {output.model:q} --metrics {output.metrics:q} --threads {threads}"
+            " > {log:q} 2>&1"
 
 
 # A method entry naming an existing model (`methods.<name>.model`) is imported where a trained

@@ -52,6 +52,9 @@ rule tables:
         # For the captions only: what the intervals resample (workflow/report/*.rst).
         intervals=interval_captions(),
         nodup=nodup_report_option,
+        # The folders of the declared outputs, where `dspo tables` writes them.
+        tables=lambda wc, output: os.path.dirname(output.win_rates),
+        plots=lambda wc, output: os.path.dirname(output.win_rate_plot),
     conda:
         "../environment.yml"
     benchmark:
@@ -59,8 +62,8 @@ rule tables:
     log:
         "results/logs/tables.log",
     shell:
-        "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out results/tables"
-        " --plots results/plots --pairs-report {input.pairs_report:q} {params.nodup}"
+        "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out {params.tables:q}"
+        " --plots {params.plots:q} --pairs-report {input.pairs_report:q} {params.nodup}"
         " > {log:q} 2>&1"
 
 

@@ -13,13 +13,8 @@ import yaml
 
 from dspo.bench.flops import counted, dense_bf16_peak
 from dspo.bench.modes import build_mode, make_step, visit_order
-from dspo.bench.throughput import (
-    SD15_ARCHITECTURE,
-    BenchSpec,
-    ResidentPeak,
-    load_architecture,
-    prepare,
-)
+from dspo.bench.spec import SD15_ARCHITECTURE, BenchSpec, ResidentPeak, load_architecture
+from dspo.bench.throughput import prepare
 from dspo.cli.commands import main
 from dspo.standins import architectures
 from tests.conftest import TINY_ARCHITECTURE

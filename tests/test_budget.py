@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import string
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,10 +22,14 @@ from dspo.bench.budget import (
     stages,
     train_flops_per_pair,
 )
+from dspo.bench.disk import measure
+from dspo.cli.commands import main as dspo_main
 from dspo.config.step import workflow_config
 from dspo.data.cache import build_cache
+from dspo.data.pairs import read_pair_texts
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.training.train import train
+from tests.conftest import jpeg
 from tests.test_train import BASE_CONFIG
 
 PRESETS = Path("config/presets")
@@ -38,8 +46,8 @@ def _close(predicted: float, measured: float) -> bool:
 def test_predicted_cache_checkpoint_and_model_sizes_match_the_disk(
     tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path: Path
 ) -> None:
-    # docs/cluster.md records no disk sizes of the rehearsal, so the stages are built here
-    # through the real code at a tiny scale and the budget's formulas compared with the disk.
+    # The stages are built here through the real code at a tiny scale and the budget's
+    # formulas compared with the disk (the rehearsal's own sizes: results/bench/disk_*.csv).
     cache_cfg = {"resolution": 64, "dtype": "float16"}
     build_cache(tiny_pairs, str(tiny_model), tmp_path / "cache", shard_size=4096, **cache_cfg)
     shapes = model_shapes({"path": str(tiny_model)})
@@ -69,6 +77,54 @@ def test_predicted_cache_checkpoint_and_model_sizes_match_the_disk(
     predicted = model_bytes(pipeline, unet, None, {"dtype": "float32"})
     weights = _disk(tmp_path / "model")
     assert _close(predicted, weights), (predicted, weights)
+
+
+def run_pair_rules(config: dict, workdir: Path) -> None:
+    """What the pair rules and the nodup rules run (rules/data.smk), in ``workdir``; their
+    parts are temporary, as in the workflow."""
+    data = workdir / "results" / "data"
+    steps = (
+        ("pairs", config["pairs"], workdir / config["pairs"]["source"]["path"], "pairs"),
+        ("nodup", {"seed": 0}, data / "pairs.parquet", "pairs_nodup"),
+    )
+    for step, params, source, table in steps:
+        part = data / f"{table}.parts" / "0"
+        argv = ["--part", "0", "--params", json.dumps(params), "--input", str(source)]
+        dspo_main([f"{step}-part", *argv, "--out", str(part)])
+        dspo_main(
+            [f"{step}-gather", "--inputs", str(part), "--out", str(data / f"{table}.parquet")]
+        )
+        shutil.rmtree(part.parent)
+
+
+def test_predicted_pair_tables_match_what_the_pair_rules_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A parquet source of 450 decided pairs with 150-byte captions (the budget's stated
+    # caption size), sampled to 400 pairs; the default methods train on the nodup table too.
+    rng = np.random.default_rng(0)
+    letters = np.array(list(string.ascii_lowercase + "    "))
+    rows = [
+        {
+            "caption": "".join(rng.choice(letters, 150)),
+            "jpg_0": jpeg(tuple(int(v) for v in rng.integers(0, 256, 3))),
+            "jpg_1": jpeg(tuple(int(v) for v in rng.integers(0, 256, 3))),
+            "label_0": 1.0,
+            "label_1": 0.0,
+        }
+        for _ in range(450)
+    ]
+    (tmp_path / "src").mkdir()
+    pd.DataFrame(rows).to_parquet(tmp_path / "src" / "train-00000-of-00001.parquet")
+    config = workflow_config([])
+    config["pairs"] |= {"source": {"kind": "parquet", "path": "src"}, "max_pairs": 400}
+    monkeypatch.chdir(tmp_path)
+    run_pair_rules(config, tmp_path)
+    predicted = {row["stage"]: row["disk_bytes"] for row in stages(config, tmp_path)}
+    measured = {row["stage"]: row["bytes"] for row in measure(config, tmp_path)}
+    assert len(read_pair_texts(tmp_path / "results/data/pairs_nodup.parquet")) == 400
+    for stage in ("source", "pair tables"):
+        assert _close(predicted[stage], measured[stage]), (stage, predicted, measured)
 
 
 def test_sd15_cache_and_training_by_hand() -> None:

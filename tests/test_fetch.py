@@ -276,6 +276,18 @@ def test_the_sd15_preset_names_the_public_hub_files() -> None:
     assert found["released.diffusion_kto_released"].repo == "jacklishufan/diffusion-kto"
 
 
+def test_the_llm_degrader_is_fetched_when_ddspo_pairs_are_made_with_it() -> None:
+    presets = [REPO / f"config/presets/{n}.yaml" for n in ("sd15", "ddspo-llm")]
+    config = workflow_config(presets)
+    found = {a.item: a for a in hub_artefacts(config, REPO)}
+    llama = "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert found["ddspo.degrader"] == Artefact("ddspo.degrader", llama, "model")
+    items = {a.item for a in hub_artefacts(workflow_config(presets[:1]), REPO)}
+    assert "ddspo.degrader" not in items  # word dropping
+    config["methods"]["ddspo"] = None  # no method trains on DDSPO's pairs
+    assert "ddspo.degrader" not in {a.item for a in hub_artefacts(config, REPO)}
+
+
 def test_the_rehearsal_reads_every_hub_file_from_the_stand_ins(tmp_path: Path) -> None:
     (tmp_path / "standins").mkdir()
     rehearsal = workflow_config([REPO / f"config/presets/{n}.yaml" for n in ("sd15", "rehearsal")])

@@ -21,6 +21,7 @@ from dspo.data import nodup as N
 from dspo.data import pairs as P
 from dspo.data import sources as S
 from dspo.data.dedup import caption_group, normalise_caption
+from dspo.data.tar_source import KEY
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 
@@ -224,9 +225,12 @@ def test_webdataset_source_reads_like_parquet(tmp_path):
     write_tar(tmp_path / "wds" / "train-000001.tar", rows[5:])
     write_tar(tmp_path / "wds" / "validation-000000.tar", rows[:2])
     df = S.load_source({"kind": "webdataset", "path": str(tmp_path / "wds"), "split": "train"})
-    assert set(df.columns) == {*S.REQUIRED_COLUMNS, *S.OPTIONAL_COLUMNS}
-    expected = pd.DataFrame(rows)[list(df.columns)]
-    pd.testing.assert_frame_equal(df, expected, check_dtype=False)
+    # Each row names its sample too (webdataset's __key__), so that a pair can refer to it.
+    assert set(df.columns) == {KEY, *S.REQUIRED_COLUMNS, *S.OPTIONAL_COLUMNS}
+    keys = [f"a/{i:06d}" for i in range(5)] + [f"{i:06d}" for i in range(len(rows) - 5)]
+    assert list(df[KEY]) == keys
+    expected = pd.DataFrame(rows)[[c for c in df.columns if c != KEY]]
+    pd.testing.assert_frame_equal(df.drop(columns=KEY), expected, check_dtype=False)
     pairs, stats = normalise(df)
     assert stats["kept"] == 3 and stats["unreadable"] == 2
     glob_src = {"kind": "webdataset", "path": str(tmp_path / "wds" / "valid*.tar")}

@@ -51,10 +51,10 @@ def resolve(pointer: str) -> Any:
 
 
 def source_kinds() -> Iterable[str]:
-    from dspo.config.check import _SOURCE_KINDS
+    from dspo.config.check import SOURCE_KINDS_BY_PLACE as SOURCE_KINDS
 
     # The schema's one source definition serves pairs, prompt sets and the editing set.
-    return {kind for kinds in _SOURCE_KINDS.values() for kind in kinds}
+    return {kind for kinds in SOURCE_KINDS.values() for kind in kinds}
 
 
 def lr_schedules() -> Iterable[str]:
@@ -125,6 +125,18 @@ def degraders() -> Iterable[str]:
     return DEGRADERS
 
 
+def llm_degrader_dtypes() -> Iterable[str]:
+    from dspo.data.llm_degrader import DTYPES
+
+    return DTYPES
+
+
+def llm_degrader_fallbacks() -> Iterable[str]:
+    from dspo.data.degraded_prompts import FALLBACKS
+
+    return FALLBACKS
+
+
 def sampling_schedulers() -> Iterable[str]:
     """The names some model family's ``sampling_scheduler`` takes: sampling and editing set the
     pipeline's scheduler through its family (SD, SDXL:
@@ -192,6 +204,7 @@ TRAINING = "/$defs/training/properties"
 METHOD = "/properties/methods/additionalProperties/properties"
 EVALUATION = "/properties/evaluation/properties"
 REWARD = f"{EVALUATION}/rewards/additionalProperties/properties"
+DEGRADER = "/properties/ddspo/properties/degrader/properties"
 # config key (the test id): (JSON pointer of the enum's node, the code's registry)
 CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "source.kind": ("/$defs/source/properties/kind", source_kinds),
@@ -212,6 +225,8 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "methods.*.objective": (f"{METHOD}/objective", objectives),
     "methods.*.data": (f"{METHOD}/data", snakefile_datasets),
     "ddspo.degrader.kind": ("/properties/ddspo/properties/degrader/properties/kind", degraders),
+    "ddspo.degrader.dtype": (f"{DEGRADER}/dtype", llm_degrader_dtypes),
+    "ddspo.degrader.fallback": (f"{DEGRADER}/fallback", llm_degrader_fallbacks),
     "evaluation.scheduler": (f"{EVALUATION}/scheduler", sampling_schedulers),
     "evaluation.rewards.*.kind": (f"{REWARD}/kind", reward_kinds),
     "evaluation.rewards.*.part": (f"{REWARD}/part", toy_oracle_parts),
@@ -253,14 +268,14 @@ def test_every_schema_enum_has_a_case() -> None:
 
 def test_source_kinds_per_place_are_the_loaders() -> None:
     """What config_check accepts in each place is what that place's loader reads."""
-    from dspo.config.check import _SOURCE_KINDS
+    from dspo.config.check import SOURCE_KINDS_BY_PLACE as BY_PLACE
     from dspo.data.prompts import PROMPT_SOURCE_KINDS, SOURCE_KINDS
     from dspo.data.sources import SOURCE_KEYS
 
     # `dspo pairs-part` reads a toy source as the toy world's parquet output.
-    assert set(_SOURCE_KINDS["pairs.source"]) == {"toy", *SOURCE_KEYS}
-    assert set(_SOURCE_KINDS["prompt set"]) == set(PROMPT_SOURCE_KINDS)
-    assert set(_SOURCE_KINDS["evaluation.editing.source"]) == set(SOURCE_KINDS)
+    assert set(BY_PLACE["pairs.source"]) == {"toy", *SOURCE_KEYS}
+    assert set(BY_PLACE["prompt set"]) == set(PROMPT_SOURCE_KINDS)
+    assert set(BY_PLACE["evaluation.editing.source"]) == set(SOURCE_KINDS)
 
 
 def test_every_dataset_is_a_rule_output() -> None:

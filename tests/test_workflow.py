@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -18,6 +19,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tests.workflow_run import REPO, SMOKE, planned_jobs, snakemake
+
+# The toy world's pairs file (dspo.toy.world.build_world), relative to its folder.
+TOY_PAIRS_FILE = "train-00000-of-00001.parquet"
 
 
 def test_lint_is_clean() -> None:
@@ -120,6 +124,11 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
         report = json.loads(log[log.index("{") :])
         assert report["units"] == [part, part + 1] and report["input"] == 100
     assert not (smoke_run / "results/data/pairs.parts/0").exists()  # temporary
+    # The pair tables refer to the toy world's pairs file; DDSPO's generated pairs keep bytes.
+    for table in ("pairs", "pairs_nodup"):
+        stored = pq.read_table(smoke_run / f"results/data/{table}.parquet").to_pandas()
+        assert "jpg_w" not in stored and set(stored["image_file"]) == {TOY_PAIRS_FILE}
+    assert "jpg_w" in pq.read_schema(smoke_run / "results/data/pairs_ddspo.parquet").names
     assert (smoke_run / "results/models/dspo_lora/pytorch_lora_weights.safetensors").exists()
     # Checkpoints were written (checkpoint_every 2 of 4 steps), then dropped once the model was
     # saved; what stays is the finished-run mark, the metrics and the model with its card.

@@ -29,16 +29,16 @@ import torch
 
 
 def _resident_mib(field: str) -> float:
-    from dspo.bench.throughput import _proc_status_mib
+    from dspo.bench.spec import proc_status_mib
 
-    return _proc_status_mib(field)
+    return proc_status_mib(field)
 
 
 def measure_once(arch: str, latent: int, images: int, checkpointing: bool, device: str) -> dict:
     """One forward and backward pass in this process; memory in MiB."""
     from diffusers import UNet2DConditionModel
 
-    from dspo.bench.throughput import ResidentPeak, load_architecture
+    from dspo.bench.spec import ResidentPeak, load_architecture
 
     _, architecture = load_architecture(arch)
     unet_config = {

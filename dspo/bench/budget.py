@@ -5,8 +5,9 @@ deep-merged over it in order (Snakemake's merge: mappings merge key by key, anyt
 replaced). Every figure is a product of counts from the config and sizes per item:
 
 - disk: the pair source (a local path is measured; otherwise rows x bytes per row of the
-  public copy), the pair tables (JPEG bytes of both images per pair; the parts hold a second
-  copy until the gather), the latent caches (channels x (resolution/8)^2 x dtype bytes per
+  public copy), the pair tables (per pair its caption, ids and references to its images in
+  the source, :mod:`dspo.data.image_refs`; both JPEGs only for a streamed source, whose
+  images live nowhere else), the latent caches (channels x (resolution/8)^2 x dtype bytes per
   image, plus tokens x width x dtype per unique prompt), the training checkpoints (the
   trainable weights with an fp32 master and the optimiser's moments: AdamW two fp32 moments,
   Adafactor about none), the trained models (the whole pipeline in the base dtype, or the
@@ -28,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from dspo.bench.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
-from dspo.config.check import entries
 from dspo.config.experiments import method_config, released_models, trained_models
+from dspo.config.names import entries
 from dspo.objectives import get_objective
 
 FLOPS_TABLE = Path(__file__).parents[1] / "resources" / "budget_flops.json"
@@ -39,6 +40,10 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 PNG_BYTES_PER_PIXEL = 1.5
 SCORE_ROW_BYTES = 300  # one reward's score row in the tables (docs/cluster.md)
 CAPTION_BYTES = 150
+# A pair table's row beside its caption (measured, 2,000 pairs): four int64 ids, and the
+# images' references (tar member names in a webdataset); a table's footer adds about 3 kB.
+PAIR_REF_BYTES = {"parquet": 36, "webdataset": 49}
+PAIR_TABLE_BYTES = 3000
 # Per-pair metadata of a latent file: text_w, text_l, pair_id (int64) and original size and
 # crop of both images (int64 pairs), as `dspo.data.cache` writes them.
 CACHE_PAIR_META_BYTES = 3 * 8 + 4 * 2 * 8
@@ -140,6 +145,16 @@ def pickapic_copy(source: Mapping[str, Any]) -> tuple[float, int] | None:
     if source["kind"] == "hub":
         return PICKAPIC_HUB.get(str(source.get("id")), PICKAPIC["parquet"])
     return PICKAPIC.get(source["kind"])
+
+
+def pair_row_bytes(source: Mapping[str, Any]) -> float:
+    """One pair's row in a pair table: caption, ids and references to its images in the
+    source; for a streamed source (images nowhere else) both JPEGs instead of references."""
+    if source["kind"] == "hub" and source.get("streaming"):
+        size, rows = pickapic_copy(source) or (0, 1)
+        return CAPTION_BYTES + PAIR_REF_BYTES["parquet"] + size / rows
+    tar = source["kind"] == "webdataset" or pickapic_copy(source) == PICKAPIC["webdataset"]
+    return CAPTION_BYTES + PAIR_REF_BYTES["webdataset" if tar else "parquet"]
 
 
 def pair_counts(config: Mapping[str, Any]) -> dict[str, int]:
@@ -257,8 +272,7 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
     flops = denoiser_flops(shapes["family"], cache["resolution"])
     denoiser = flops.get("denoiser_params", shapes["params"])
     src, how = source_bytes(config["pairs"]["source"], root)
-    jpeg_pair = pickapic_copy(config["pairs"]["source"]) or (0, 1)
-    per_pair = jpeg_pair[0] / jpeg_pair[1] + CAPTION_BYTES
+    per_pair = pair_row_bytes(config["pairs"]["source"])
     models = trained_models(config)
     runs = [method_config(config, m) for m in models.values()]
     datasets = {run["data"] for run in runs}
@@ -271,12 +285,11 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
     out = [_stage("source", f"{counts['source_rows']:,} rows ({how})", src)]
     base_bytes = shapes["params"] * DTYPE_BYTES[config["base_model"]["dtype"]]
     out.append(_stage("base model", f"{shapes['params'] / 1e9:.2f} B parameters", base_bytes))
-    tables = counts["pairs"] * per_pair
+    tables = PAIR_TABLE_BYTES + counts["pairs"] * per_pair
     if "pairs_nodup" in datasets:
-        tables += counts["prompts"] * per_pair
-    out.append(
-        _stage("pair tables (peak: parts + gather)", f"{counts['pairs']:,} pairs", 2 * tables)
-    )
+        tables += PAIR_TABLE_BYTES + counts["prompts"] * per_pair
+    # The parts hold about as much again while they are gathered (temporary).
+    out.append(_stage("pair tables", f"{counts['pairs']:,} pairs (+ parts while gathered)", tables))
     ddspo_png = 2 * ddspo["prompts"] * cache["resolution"] ** 2 * PNG_BYTES_PER_PIXEL
     ddspo_flops = 2 * ddspo["prompts"] * ddspo["steps"] * cfg_factor(shapes, ddspo["guidance"])
     out.append(

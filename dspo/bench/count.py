@@ -21,7 +21,7 @@ from dspo.bench.flops import counted
 from dspo.bench.modes import Batch, Mode, adapt_unet, make_step, upstream_batch
 
 if TYPE_CHECKING:
-    from dspo.bench.throughput import BenchSpec
+    from dspo.bench.spec import BenchSpec
 
 META = torch.device("meta")
 
@@ -74,7 +74,7 @@ def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
 
 def count_on_meta(spec: BenchSpec) -> dict[str, Any]:
     """FLOPs per pair of one optimiser step of each mode, counted on the meta device."""
-    from dspo.bench.throughput import MODES, WORDS
+    from dspo.bench.spec import MODES, WORDS
     from dspo.families import build_pipeline
     from dspo.objectives import get_objective
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dspo.bench.throughput import LORA_TARGETS
+from dspo.bench.spec import LORA_TARGETS
 
 # (objective, LoRA rank, speed switches): each plain run, then DSPO again with the GPU switches
 # of training.channels_last and training.compile, whose pairs/s say which default is faster.

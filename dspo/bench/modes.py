@@ -17,7 +17,6 @@ in both.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -29,21 +28,15 @@ import numpy as np
 import torch
 
 from dspo.bench.flops import counted, dense_bf16_peak
-from dspo.bench.throughput import AUTOCAST, LORA_TARGETS, ResidentPeak
+from dspo.bench.spec import AUTOCAST, LORA_TARGETS, ResidentPeak
 from dspo.core.seeding import seeded_generator
 
 if TYPE_CHECKING:
-    from dspo.bench.throughput import BenchSpec
+    from dspo.bench.spec import BenchSpec
     from dspo.training.preference import PreferenceModel
 
-# The public Diffusion-DPO launchers pass --dataloader_num_workers=16.
-UPSTREAM_WORKERS = 16
+
 Batch = dict[str, torch.Tensor]
-
-
-def default_workers() -> int:
-    """The launchers' worker count, capped by the cores this process may run on."""
-    return min(UPSTREAM_WORKERS, len(os.sched_getaffinity(0)))
 
 
 @dataclass

@@ -131,11 +131,17 @@ def nodup_gather(args: argparse.Namespace) -> None:
     report(gather_nodup(paths, Path(args.out), args.report and Path(args.report)))
 
 
-@command("data", PART, PARAMS, INPUT, BASE, OUT, threads(), DEVICE)
+DEGRADED = arg(
+    "--degraded", help="the degraded prompts' table (dspo ddspo-degrade), for degrader kind llm"
+)
+
+
+@command("data", PART, PARAMS, INPUT, BASE, OUT, DEGRADED, threads(), DEVICE)
 def ddspo_part(args: argparse.Namespace) -> None:
     """Generate part --part of ddspo.shards of DDSPO's pairs (reference model, degraded prompts)."""
     setup_torch(args.threads)
     from dspo.data.ddspo import make_ddspo_part
+    from dspo.data.degraded_prompts import read_degraded
     from dspo.data.pairs import read_pair_texts
 
     captions = read_pair_texts(Path(args.input))["caption"].tolist()
@@ -148,8 +154,30 @@ def ddspo_part(args: argparse.Namespace) -> None:
             part=args.part,
             parts=args.params.get("shards", 1),
             device=args.device,
+            degraded=args.degraded and read_degraded(Path(args.degraded)),
         )
     )
+
+
+@command(
+    "data",
+    PARAMS,
+    INPUT,
+    OUT,
+    arg("--cache", required=True, help="folder of the cached answers (kept across runs)"),
+    arg("--report", required=True, help="JSON file of the counts (accepted, fallback, cached)"),
+    threads(),
+    DEVICE,
+)
+def ddspo_degrade(args: argparse.Namespace) -> None:
+    """Degrade DDSPO's prompts with the LLM of ddspo.degrader (kind llm), resumably."""
+    setup_torch(args.threads)
+    from dspo.data.degraded_prompts import degrade_with_llm
+    from dspo.data.pairs import read_pair_texts
+
+    captions = read_pair_texts(Path(args.input))["caption"].tolist()
+    paths = {"cache": Path(args.cache), "out": Path(args.out), "report": Path(args.report)}
+    report(degrade_with_llm(captions, args.params, device=args.device, **paths))
 
 
 @command("data", INPUTS, OUT)

@@ -211,6 +211,29 @@ def budget(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2) if args.json else format_budget(result), flush=True)
 
 
+@command(
+    "tools",
+    arg(
+        "--configfile",
+        nargs="*",
+        type=Path,
+        default=[],
+        metavar="FILE.yaml",
+        help="the presets the run used, deep-merged over config/config.yaml in order",
+    ),
+    arg("--out", required=True, type=Path, help="CSV to write (stage, bytes, paths)"),
+)
+def disk(args: argparse.Namespace) -> None:
+    """Measure the disk each stage of a finished run holds in the working directory, under
+    the stage names of `dspo budget` (make rehearse writes results/bench/disk_rehearsal.csv)."""
+    from dspo.bench.disk import measure, write_disk_csv
+    from dspo.config.step import workflow_config
+
+    rows = measure(workflow_config(args.configfile))
+    write_disk_csv(rows, args.out)
+    report({row["stage"]: row["bytes"] for row in rows})
+
+
 def _standins_options() -> list:
     from dspo.standins import COMPONENTS, DEFAULT_COMPONENTS
 

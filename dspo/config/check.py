@@ -20,23 +20,19 @@ folder) is a local path and must exist. Write ``./owner/name`` to force a local 
 
 from __future__ import annotations
 
-import glob
 import importlib.util
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-# The hub's repository ids: owner/name, letters, digits, '-', '_', '.'.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# Older hub models have no owner (bert-base-uncased); accepted for reward models' parts only.
-_LEGACY_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+from dspo.config.names import entries, is_hub_id, local_path_exists
+
 # Folder whose contents the workflow owns: only there may it build (and delete) a model.
 OUTPUT_ROOT = "results"
 # base_model.build: toy pre-trains the tiny model at base_model.path; null loads the path.
 BASE_MODEL_BUILDS = ("toy", None)
 # Keys each source kind needs, per place a source appears, and the local-path kinds.
-_SOURCE_KINDS = {
+SOURCE_KINDS_BY_PLACE = {
     "pairs.source": {"toy": set(), "parquet": {"path"}, "webdataset": {"path"}, "hub": {"id"}},
     "prompt set": {"toy": {"split"}, "file": {"path"}, "hub": {"id"}, "hpsv2": set()},
     "evaluation.editing.source": {"toy": set(), "file": {"path"}, "hub": {"id"}},
@@ -49,29 +45,6 @@ _PAIR_ONLY_KEYS = ("streaming", "members")
 
 class ConfigError(ValueError):
     """The config is unusable; the message lists every problem, each naming its key."""
-
-
-def entries(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The entries of a config mapping that a preset has not dropped by setting them to null."""
-    return {name: value for name, value in (mapping or {}).items() if value is not None}
-
-
-def is_hub_id(value: str, root: Path, legacy: bool = False) -> bool:
-    """True when ``value`` names no local file or folder and has the hub's ``owner/name`` form
-    (or, with ``legacy``, an owner-less name such as ``bert-base-uncased``)."""
-    if (root / value).exists():
-        return False
-    if _HUB_ID.match(value):
-        # models/sd51 next to a local models/ folder is a mistyped local path.
-        return not (root / value.split("/")[0]).is_dir()
-    return bool(legacy and _LEGACY_HUB_ID.match(value))
-
-
-def local_path_exists(path: str, root: Path) -> bool:
-    """A file, folder or glob (relative to ``root``) that names at least one existing path."""
-    if (root / path).exists():
-        return True
-    return glob.has_magic(path) and bool(glob.glob(str(root / path), recursive=True))
 
 
 def _check_base_model(base: Mapping[str, Any], root: Path) -> list[str]:
@@ -100,9 +73,9 @@ def _check_base_model(base: Mapping[str, Any], root: Path) -> list[str]:
     ]
 
 
-def _check_objectives(methods: Mapping[str, Any]) -> list[str]:
+def check_objectives(methods: Mapping[str, Any]) -> list[str]:
     # objectives.py pulls in torch; import it only when a config is checked.
-    from dspo.objectives import OBJECTIVES, _coerce, _hyper_defaults
+    from dspo.objectives import OBJECTIVES, coerce_hyper, hyper_defaults
 
     problems = []
     for name, entry in entries(methods).items():
@@ -112,7 +85,7 @@ def _check_objectives(methods: Mapping[str, Any]) -> list[str]:
         if objective not in OBJECTIVES:
             problems.append(f"methods.{name}.objective: unknown objective {objective!r}")
             continue
-        defaults = _hyper_defaults(OBJECTIVES[objective].fn)
+        defaults = hyper_defaults(OBJECTIVES[objective].fn)
         accepted = ", ".join(sorted(defaults)) or "(none)"
         for key, value in entries(entry.get("params") or {}).items():
             where = f"methods.{name}.params.{key}"
@@ -123,7 +96,7 @@ def _check_objectives(methods: Mapping[str, Any]) -> list[str]:
                 )
                 continue
             try:
-                _coerce(objective, key, value, defaults[key])
+                coerce_hyper(objective, key, value, defaults[key])
             except ValueError as err:
                 problems.append(f"{where}: {err}")
     return problems
@@ -148,7 +121,7 @@ def _check_pair_source(source: Mapping[str, Any], root: Path) -> list[str]:
     """The pair source's keys as the loader checks them, then a local source's layout."""
     from dspo.data.sources import key_problems, layout_problems
 
-    problems = _check_source("pairs.source", _SOURCE_KINDS["pairs.source"], source, root)
+    problems = _check_source("pairs.source", SOURCE_KINDS_BY_PLACE["pairs.source"], source, root)
     if problems or source["kind"] == "toy":
         return problems
     problems = [f"pairs.source.{problem}" for problem in key_problems(source)]
@@ -167,7 +140,7 @@ def _check_table_source(where: str, place: str, source: Mapping[str, Any], root:
         for key in _PAIR_ONLY_KEYS
         if source.get(key) is not None
     ]
-    return problems + _check_source(where, _SOURCE_KINDS[place], source, root)
+    return problems + _check_source(where, SOURCE_KINDS_BY_PLACE[place], source, root)
 
 
 def _check_sources(config: Mapping[str, Any], root: Path) -> list[str]:
@@ -239,6 +212,16 @@ def _check_tables(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _check_degrader(degrader: Mapping[str, Any], root: Path) -> list[str]:
+    model = str(degrader.get("model", ""))
+    if degrader["kind"] != "llm" or (root / model).exists() or is_hub_id(model, root):
+        return []
+    return [
+        f"ddspo.degrader.model: local model {model!r} does not exist (relative to {root}); a "
+        "hub id has the form owner/name"
+    ]
+
+
 def _check_released(config: Mapping[str, Any], root: Path) -> list[str]:
     from dspo.config.experiments import released_problems
 
@@ -247,11 +230,11 @@ def _check_released(config: Mapping[str, Any], root: Path) -> list[str]:
 
 def _check_sweeps(config: Mapping[str, Any]) -> list[str]:
     from dspo.config.experiments import sweep_problems
-    from dspo.objectives import OBJECTIVES, _hyper_defaults
+    from dspo.objectives import OBJECTIVES, hyper_defaults
 
     def accepted(objective: str) -> list[str]:
         known = OBJECTIVES.get(objective)
-        return sorted(_hyper_defaults(known.fn)) if known else []
+        return sorted(hyper_defaults(known.fn)) if known else []
 
     return sweep_problems(config, accepted)
 
@@ -261,12 +244,13 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
     root = Path(root)
     return [
         *_check_base_model(config["base_model"], root),
-        *_check_objectives(config["methods"]),
+        *check_objectives(config["methods"]),
         *_check_sources(config, root),
         *_check_rewards(config["evaluation"]["rewards"], root),
         *_check_trackers(config),
         *_check_tables(config),
         *_check_released(config, root),
+        *_check_degrader(config["ddspo"]["degrader"], root),
         *_check_sweeps(config),
     ]
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspo.config.check import entries
+from dspo.config.names import entries
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def released_problems(config: Mapping[str, Any], root: Any) -> list[str]:
     a released model with training settings or replicates, a sweep of a released model, and
     a released model that is neither an existing local folder nor a hub id (relative to
     ``root``), each naming its key."""
-    from dspo.config.check import is_hub_id
+    from dspo.config.names import is_hub_id
 
     problems = []
     released = released_models(config)

@@ -180,9 +180,9 @@ def _is_number(text: str) -> bool:
 
 def _objective_problems(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The objective's hyper-parameters (``params``) checked as the workflow checks them."""
-    from dspo.config.check import _check_objectives
+    from dspo.config.check import check_objectives
 
-    problems = [p.removeprefix("methods.method.") for p in _check_objectives({"method": settings})]
+    problems = [p.removeprefix("methods.method.") for p in check_objectives({"method": settings})]
     return [tuple(p.split(": ", 1)) for p in problems]
 
 

@@ -3,7 +3,9 @@
 For each prompt c the base (reference) model samples the preferred image from c and the
 rejected image from a degraded prompt c_minus, starting from the same noise, so the pair
 differs by what the prompt lost. The degrader is pluggable: the built-in one deletes a random
-40-70 % of the words (seeded); any external command (an LLM, say) can replace it.
+40-70 % of the words (seeded); an instruction-tuned LLM can rewrite the prompts as the paper
+does (kind ``llm``, :mod:`dspo.data.degraded_prompts`, run beforehand by its own job); any
+external command can replace either.
 
 Generation is scattered over ``ddspo.shards`` part jobs (contiguous blocks of sampling
 batches) that stream their PNGs to disk, and gathered into one table, like the other data
@@ -78,10 +80,19 @@ def _command(prompts: Sequence[str], spec: Mapping[str, Any], seed: int) -> list
     return command_degrader(prompts, spec["command"])
 
 
-# ddspo.degrader.kind: each degrades (prompts, degrader config, seed).
+def _llm(prompts: Sequence[str], spec: Mapping[str, Any], seed: int) -> list[str]:
+    raise ValueError(
+        "degrader kind llm runs in its own step (dspo ddspo-degrade, rule ddspo_degrade), "
+        "whose table the parts read (dspo ddspo-part --degraded)"
+    )
+
+
+# ddspo.degrader.kind: each degrades (prompts, degrader config, seed); the LLM's prompts are
+# made beforehand (dspo.data.degraded_prompts).
 DEGRADERS: dict[str, Callable[[Sequence[str], Mapping[str, Any], int], list[str]]] = {
     "drop_words": _drop_words,
     "command": _command,
+    "llm": _llm,
 }
 
 
@@ -117,12 +128,28 @@ def part_batches(n_prompts: int, batch_size: int, part: int, parts: int) -> tupl
     return part * batches // parts, (part + 1) * batches // parts
 
 
-def _degraded(chosen: Sequence[str], first: int, stop: int, cfg: Mapping[str, Any]) -> list[str]:
+def _degraded(
+    chosen: Sequence[str],
+    first: int,
+    stop: int,
+    cfg: Mapping[str, Any],
+    llm: Mapping[str, str] | None,
+) -> list[str]:
     """The degraded prompts of ``chosen[first:stop]``.
 
     The built-in degrader draws from one seeded stream over every prompt (cheap, and the same
-    in every part); an external command sees only this part's prompts.
+    in every part); an external command sees only this part's prompts; the LLM's are read
+    from ``llm`` (prompt: degraded copy), made beforehand by one job
+    (:mod:`dspo.data.degraded_prompts`).
     """
+    if cfg["degrader"]["kind"] == "llm":
+        missing = [p for p in chosen[first:stop] if llm is None or p not in llm]
+        if missing:
+            raise ValueError(
+                f"degrader kind llm: no degraded copy of {len(missing)} prompts of this part "
+                f"(e.g. {missing[0]!r}); pass the table of `dspo ddspo-degrade` as --degraded"
+            )
+        return [llm[p] for p in chosen[first:stop]]
     if cfg["degrader"]["kind"] == "drop_words":
         return degrade(chosen, cfg["degrader"], cfg["seed"])[first:stop]
     return degrade(chosen[first:stop], cfg["degrader"], cfg["seed"])
@@ -138,19 +165,21 @@ def make_ddspo_part(
     part: int = 0,
     parts: int = 1,
     device: str = "cpu",
+    degraded: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Sample part ``part`` of ``parts`` of DDSPO's pairs into the folder ``out_dir``.
 
     The pairs are the canonical pair table plus ``caption_l``, the degraded prompt of each
     rejected image, which the cache encodes as that image's condition. Each batch's PNGs go
     to disk as soon as they are made (at most one row group is held), so memory does not grow
-    with the number of prompts.
+    with the number of prompts. ``degraded`` holds the LLM degrader's copies (prompt: its
+    degraded copy), needed for degrader kind ``llm``.
     """
     chosen = ddspo_prompts(captions, cfg)
     batch = cfg["batch_size"]
     first_batch, stop_batch = part_batches(len(chosen), batch, part, parts)
     first, stop = first_batch * batch, min(stop_batch * batch, len(chosen))
-    good_all, bad_all = chosen[first:stop], _degraded(chosen, first, stop, cfg)
+    good_all, bad_all = chosen[first:stop], _degraded(chosen, first, stop, cfg, degraded)
     pipe, family = None, None
     if stop > first:
         pipe = load_for_sampling(base_model, base_model, device=device)

@@ -19,13 +19,13 @@ from tqdm import tqdm
 
 from dspo.core.files import part_folder, write_json_atomic
 from dspo.data.dedup import caption_group
+from dspo.data.image_refs import has_refs
 from dspo.data.pairs import (
-    CANONICAL_COLUMNS,
     PART_TABLE,
     REJECTED_CAPTION,
     PairWriter,
-    check_canonical,
     read_block_parts,
+    table_columns,
 )
 
 
@@ -38,6 +38,12 @@ def nodup_rows(prompt_ids: np.ndarray, seed: int) -> np.ndarray:
     # The first pair of each prompt in a random permutation is a uniform choice among its pairs.
     _, first = np.unique(np.asarray(prompt_ids)[order], return_index=True)
     return np.sort(order[first])
+
+
+def _writer(path: Path, names: list[str]) -> PairWriter:
+    """A writer of a table with the same form as one with the columns ``names``: the images'
+    references copied as they are (never the images), or their bytes."""
+    return PairWriter(path, rejected_caption=REJECTED_CAPTION in names, referenced=has_refs(names))
 
 
 def nodup_part(src: Path, part: int, parts: int, seed: int, out_dir: Path) -> dict[str, Any]:
@@ -53,8 +59,7 @@ def nodup_part(src: Path, part: int, parts: int, seed: int, out_dir: Path) -> di
         raise ValueError(f"part {part} is not in 0..{parts - 1}")
     table = pq.ParquetFile(src)
     names = table.schema_arrow.names
-    check_canonical(names, str(src))
-    columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
+    columns = table_columns(names, str(src))
     captions = table.read(columns=["caption"])["caption"].to_pylist()
     prompt_ids = np.array([caption_group(c) for c in captions], dtype=np.int64)
     keep = np.zeros(len(prompt_ids), dtype=bool)
@@ -64,7 +69,7 @@ def nodup_part(src: Path, part: int, parts: int, seed: int, out_dir: Path) -> di
     offset = sum(table.metadata.row_group(g).num_rows for g in range(first))
     kept = 0
     with part_folder(Path(out_dir), "pairs") as (tmp, record):
-        with PairWriter(tmp / PART_TABLE, rejected_caption=REJECTED_CAPTION in names) as writer:
+        with _writer(tmp / PART_TABLE, names) as writer:
             for group in tqdm(range(first, stop), desc=f"nodup part {part}", mininterval=5):
                 size = table.metadata.row_group(group).num_rows
                 mask = keep[offset : offset + size]
@@ -94,9 +99,9 @@ def gather_nodup(
     and the distinct caption strings they had before normalisation merged them into prompts.
     """
     records = read_block_parts(part_dirs)
-    names = pq.read_schema(Path(part_dirs[0]) / PART_TABLE).names
+    names = pq.read_schema(records[0]["dir"] / PART_TABLE).names
     next_id = 0
-    with PairWriter(out, rejected_caption=REJECTED_CAPTION in names) as writer:
+    with _writer(out, names) as writer:
         for folder in (record["dir"] for record in records):
             table = pq.ParquetFile(folder / PART_TABLE)
             for group in range(table.num_row_groups):

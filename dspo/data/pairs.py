@@ -9,6 +9,11 @@ Normalising is scattered: :func:`normalise_part` screens part k of N of the sour
 byte for byte: pairs keep their place in the source, and the ``max_pairs`` sample takes the
 readable pairs with the smallest seeded keys, drawn per (unit, row) and not per part. The
 "nodup" table (:mod:`dspo.data.nodup`) is scattered the same way over row groups.
+
+A table made from durable source files holds no image bytes: each pair refers to its images
+in the source (:mod:`dspo.data.image_refs`), and :func:`read_pairs` and :func:`read_pair_rows`
+read them from there, so readers always get ``jpg_w`` and ``jpg_l``. A table whose images live
+nowhere else (a streamed hub source, DDSPO's generated pairs) holds the bytes themselves.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
+from dspo.core.content import content_key
 from dspo.core.files import part_folder, read_part_records, write_json_atomic
 from dspo.data.dedup import (
     CAPTION_BLANK,
@@ -43,9 +49,19 @@ from dspo.data.dedup import (
     normalise_caption,
     pair_key,
 )
-from dspo.data.sources import check_columns, source_units
+from dspo.data.image_refs import (
+    IMAGE_COLUMNS,
+    REF_COLUMNS,
+    has_refs,
+    image_bytes,
+    resolve_images,
+)
+from dspo.data.sources import SourceUnit, check_columns, source_units
 
+# The columns a reader of a pair table gets (the images as bytes, wherever they are stored).
 CANONICAL_COLUMNS = ("pair_id", "prompt_id", "caption", "jpg_w", "jpg_l", "label_w", "source_row")
+# The columns every stored table has, beside either IMAGE_COLUMNS or REF_COLUMNS.
+_ID_COLUMNS = tuple(c for c in CANONICAL_COLUMNS if c not in IMAGE_COLUMNS)
 # DDSPO's rejected images have their own (degraded) prompt; human pairs share one caption.
 REJECTED_CAPTION = "caption_l"
 _VALID_LABELS = {(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)}
@@ -96,15 +112,6 @@ def prompt_id_of(caption: str) -> int:
     """Stable signed 64-bit id of a caption's exact text (same on every run and machine)."""
     digest = hashlib.blake2b(caption.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
-
-
-def _image_bytes(value: Any) -> bytes | None:
-    # Hub copies with an Image feature give {"bytes": ..., "path": ...} instead of raw bytes.
-    if isinstance(value, Mapping):
-        value = value.get("bytes")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    return None
 
 
 @contextlib.contextmanager
@@ -174,8 +181,8 @@ class _UnitRows:
             caption_issues=[issue for _, issue in texts],
             label_0=pd.to_numeric(df["label_0"], errors="coerce").to_numpy(dtype=float),
             label_1=pd.to_numeric(df["label_1"], errors="coerce").to_numpy(dtype=float),
-            jpg_0=[_image_bytes(v) for v in df["jpg_0"].tolist()],
-            jpg_1=[_image_bytes(v) for v in df["jpg_1"].tolist()],
+            jpg_0=[image_bytes(v) for v in df["jpg_0"].tolist()],
+            jpg_1=[image_bytes(v) for v in df["jpg_1"].tolist()],
         )
 
     def first_wins(self, row: int) -> bool:
@@ -228,31 +235,44 @@ def _screen(
     return candidates, counts
 
 
-_PAIRS_SCHEMA = pa.schema(
-    [
-        ("pair_id", pa.int64()),
-        ("prompt_id", pa.int64()),
-        ("caption", pa.string()),
-        ("jpg_w", pa.binary()),
-        ("jpg_l", pa.binary()),
-        ("label_w", pa.float64()),
-        ("source_row", pa.int64()),
-    ]
-)
+# Every column a stored pair table may have; a table holds the images or their references.
+_FIELDS = {
+    "pair_id": pa.int64(),
+    "prompt_id": pa.int64(),
+    "caption": pa.string(),
+    "jpg_w": pa.binary(),
+    "jpg_l": pa.binary(),
+    "image_root": pa.string(),
+    "image_file": pa.string(),
+    "image_key": pa.string(),
+    "image_row": pa.int64(),
+    "ref_w": pa.string(),
+    "ref_l": pa.string(),
+    "label_w": pa.float64(),
+    "source_row": pa.int64(),
+    REJECTED_CAPTION: pa.string(),
+}
 
 
-# A part's rows: the canonical pair columns that it knows, where each pair stands in the
-# source (its unit and row there) with its sample key, and its duplicate group (pair_key); the
-# gather turns these into ids and keeps one pair per group.
-_PART_SCHEMA = pa.schema(
-    [
-        ("unit", pa.int64()),
-        ("unit_row", pa.int64()),
-        ("key", pa.float64()),
-        ("group", pa.int64()),
-        *(_PAIRS_SCHEMA.field(name) for name in CANONICAL_COLUMNS[1:-1]),
-    ]
-)
+def stored_columns(referenced: bool, rejected_caption: bool = False) -> list[str]:
+    """The columns of a stored pair table, in order: the ids and caption, the images' bytes
+    or references, the label and source row, and the rejected image's caption if it has one."""
+    images = REF_COLUMNS if referenced else IMAGE_COLUMNS
+    return [*_ID_COLUMNS[:3], *images, *_ID_COLUMNS[3:], *([REJECTED_CAPTION] * rejected_caption)]
+
+
+def _schema(names: Sequence[str]) -> pa.Schema:
+    return pa.schema([(name, _FIELDS[name]) for name in names])
+
+
+def _part_schema(referenced: bool) -> pa.Schema:
+    """A part's rows: the canonical pair columns that it knows, where each pair stands in the
+    source (its unit and row there) with its sample key, and its duplicate group (pair_key);
+    the gather turns these into ids and keeps one pair per group."""
+    known = [c for c in stored_columns(referenced) if c not in ("pair_id", "source_row")]
+    position = pa.schema([("unit", pa.int64()), ("unit_row", pa.int64())])
+    sample = pa.schema([("key", pa.float64()), ("group", pa.int64())])
+    return pa.unify_schemas([position, sample, _schema(known)])
 
 
 def normalise_part(
@@ -283,9 +303,11 @@ def normalise_part(
     counts = dict.fromkeys(("input", *SCREEN_REASONS, "candidates", "written"), 0)
     unit_rows: list[int] = []
     visited = GroupVisits()
+    # Durable files are referred to; a streamed source's images are kept (nowhere else).
+    referenced = all(unit.file is not None for unit in units)
     with (
         part_folder(Path(out_dir), "pairs") as (tmp, record),
-        pq.ParquetWriter(tmp / PART_TABLE, _PART_SCHEMA) as writer,
+        pq.ParquetWriter(tmp / PART_TABLE, _part_schema(referenced)) as writer,
         _strict_truncation(),
     ):
         for unit in tqdm(range(first, stop), desc=f"pairs part {part}", mininterval=5):
@@ -308,7 +330,11 @@ def normalise_part(
                     break
                 if visited.visit(float(keys[row]), groups[row], partial(_readable, parsed, row)):
                     kept.append(row)
-            writer.write_table(_part_rows(parsed, unit, sorted(kept), keys, groups))
+            rows = _part_rows(parsed, unit, sorted(kept), keys, groups)
+            if referenced:
+                rows = {k: v for k, v in rows.items() if k not in IMAGE_COLUMNS}
+                rows |= _references(units[unit], df, parsed, sorted(kept))
+            writer.write_table(pa.Table.from_pydict(rows, schema=_part_schema(referenced)))
             counts["written"] += len(kept)
         record |= {
             "part": part,
@@ -332,8 +358,8 @@ def _readable(parsed: _UnitRows, row: int) -> bool:
 
 def _part_rows(
     parsed: _UnitRows, unit: int, rows: list[int], keys: np.ndarray, groups: Mapping[int, int]
-) -> pa.Table:
-    """The kept ``rows`` of one unit in the part's schema, the preferred image first."""
+) -> dict[str, list]:
+    """The part's columns of the kept ``rows`` of one unit, the preferred image first."""
     label_0, label_1 = parsed.label_0, parsed.label_1
     ordered = [parsed.ordered(r) for r in rows]
     columns = {
@@ -347,7 +373,25 @@ def _part_rows(
         "jpg_l": [lo for _, lo in ordered],
         "label_w": [float(max(label_0[r], label_1[r])) for r in rows],
     }
-    return pa.Table.from_pydict(columns, schema=_PART_SCHEMA)
+    return columns
+
+
+def _references(
+    unit: SourceUnit, df: pd.DataFrame, parsed: _UnitRows, rows: list[int]
+) -> dict[str, list]:
+    """The reference columns of the kept ``rows`` of a unit of a durable file (in place of the
+    image bytes), the preferred image first."""
+    assert unit.file is not None and unit.root is not None
+    places, first, second = unit.locations(df)
+    ordered = [(first[r], second[r])[:: 1 if parsed.first_wins(r) else -1] for r in rows]
+    return {
+        "image_root": [str(unit.root.absolute())] * len(rows),
+        "image_file": [unit.file.relative_to(unit.root).as_posix()] * len(rows),
+        "image_key": [content_key(unit.file)] * len(rows),
+        "image_row": [places[r] for r in rows],
+        "ref_w": [w for w, _ in ordered],
+        "ref_l": [lo for _, lo in ordered],
+    }
 
 
 def read_block_parts(part_dirs: Sequence[Path], what: str = "pairs") -> list[dict[str, Any]]:
@@ -419,7 +463,8 @@ def gather_pairs(
         raise ValueError(f"no preference pair left out of {stats['input']} rows ({reasons})")
     keep = (first & visited)[: len(w_keys)]
     next_id = start = 0
-    with PairWriter(out) as writer:
+    referenced = has_refs(pq.read_schema(folders[0] / PART_TABLE).names)
+    with PairWriter(out, referenced=referenced) as writer:
         for folder in folders:
             table = pq.ParquetFile(folder / PART_TABLE)
             for group in range(table.num_row_groups):
@@ -436,38 +481,47 @@ def gather_pairs(
     return stats
 
 
-def check_canonical(names: list[str], where: str) -> None:
-    for col in CANONICAL_COLUMNS:
+def check_canonical(names: Sequence[str], where: str) -> None:
+    """Fail naming ``where`` and the column unless ``names`` hold a pair table's columns: the
+    ids, caption, label and source row, and the images (``jpg_w``, ``jpg_l``) or, in a
+    table that refers to them, all of :data:`~dspo.data.image_refs.REF_COLUMNS`."""
+    images = REF_COLUMNS if has_refs(names) else IMAGE_COLUMNS
+    for col in (*_ID_COLUMNS[:3], *images, *_ID_COLUMNS[3:]):
         if col not in names:
             raise ValueError(f"{where}: missing canonical column {col!r}")
 
 
 def _canonical_dtypes(df: pd.DataFrame) -> pd.DataFrame:
-    return df.astype(
-        {
-            "pair_id": "int64",
-            "prompt_id": "int64",
-            "caption": "object",
-            "label_w": "float64",
-            "source_row": "int64",
-        }
-    )
+    dtypes = {
+        "pair_id": "int64",
+        "prompt_id": "int64",
+        "caption": "object",
+        "label_w": "float64",
+        "source_row": "int64",
+        "image_row": "int64",
+    }
+    return df.astype({name: dtype for name, dtype in dtypes.items() if name in df.columns})
 
 
 class PairWriter:
     """Write a canonical pair table to parquet atomically, in row groups of ROW_GROUP_PAIRS.
 
-    Rows go to a temp file beside the target, renamed over it on a clean exit and removed on
-    an error, so a reader sees the old table or the whole new one. Whatever the sizes of the
-    written batches, the groups are the same, so equal rows give the same file.
+    The table holds the images' references (``referenced``) or their bytes
+    (:func:`stored_columns`). Rows go to a temp file beside the target, renamed over it on a
+    clean exit and removed on an error, so a reader sees the old table or the whole new one.
+    Whatever the sizes of the written batches, the groups are the same, so equal rows give
+    the same file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], rejected_caption: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        rejected_caption: bool = False,
+        referenced: bool = False,
+    ) -> None:
         self.path = Path(path)
-        self.columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if rejected_caption else [])]
-        self.schema = _PAIRS_SCHEMA
-        if rejected_caption:
-            self.schema = self.schema.append(pa.field(REJECTED_CAPTION, pa.string()))
+        self.columns = stored_columns(referenced, rejected_caption)
+        self.schema = _schema(self.columns)
         self._pending: list[pa.Table] = []
 
     def __enter__(self) -> PairWriter:
@@ -481,7 +535,7 @@ class PairWriter:
         return self
 
     def write(self, df: pd.DataFrame) -> None:
-        check_canonical(list(df.columns), str(self.path))
+        check_canonical([c for c in df.columns if c in self.columns], str(self.path))
         batch = _canonical_dtypes(df)[self.columns]
         self._pending.append(pa.Table.from_pandas(batch, schema=self.schema, preserve_index=False))
         if sum(t.num_rows for t in self._pending) >= ROW_GROUP_PAIRS:
@@ -521,20 +575,28 @@ class PairWriter:
 
 
 def write_pairs(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write a canonical table held in memory (e.g. DDSPO's pairs) with :class:`PairWriter`."""
+    """Write a canonical table held in memory (e.g. DDSPO's pairs) with :class:`PairWriter`:
+    with the images' bytes, or their references where ``df`` holds those."""
     check_canonical(list(df.columns), str(path))
-    with PairWriter(path, rejected_caption=REJECTED_CAPTION in df.columns) as writer:
+    rejected, referenced = REJECTED_CAPTION in df.columns, has_refs(list(df.columns))
+    with PairWriter(path, rejected_caption=rejected, referenced=referenced) as writer:
         # One row group at a time: the images are never all held twice (pandas, arrow).
         for start in range(0, len(df), ROW_GROUP_PAIRS):
             writer.write(df.iloc[start : start + ROW_GROUP_PAIRS])
 
 
+def table_columns(names: Sequence[str], where: str) -> list[str]:
+    """The stored pair columns of a table whose columns are ``names`` (checked), in order."""
+    check_canonical(names, where)
+    return stored_columns(has_refs(names), REJECTED_CAPTION in names)
+
+
 def read_pairs(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a canonical pair table written by :func:`write_pairs`, checking its columns."""
-    names = pq.read_schema(path).names
-    check_canonical(names, str(path))
-    columns = [*CANONICAL_COLUMNS, *([REJECTED_CAPTION] if REJECTED_CAPTION in names else [])]
-    return _canonical_dtypes(pq.read_table(path, columns=columns).to_pandas())
+    """Read a canonical pair table, checking its columns, with its images read from the
+    source where it refers to them (:func:`~dspo.data.image_refs.resolve_images`)."""
+    columns = table_columns(pq.read_schema(path).names, str(path))
+    table = _canonical_dtypes(pq.read_table(path, columns=columns).to_pandas())
+    return resolve_images(table, str(path))
 
 
 def read_pair_texts(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -548,7 +610,6 @@ def read_pair_texts(path: str | os.PathLike[str]) -> pd.DataFrame:
 def read_pair_rows(path: str | os.PathLike[str], start: int, stop: int) -> pd.DataFrame:
     """Rows ``start:stop`` of a canonical pair table, reading only the row groups that hold them."""
     file = pq.ParquetFile(path)
-    check_canonical(file.schema_arrow.names, str(path))
     groups, first, offset = [], None, 0
     for group in range(file.num_row_groups):
         size = file.metadata.row_group(group).num_rows
@@ -558,6 +619,6 @@ def read_pair_rows(path: str | os.PathLike[str], start: int, stop: int) -> pd.Da
         offset += size
     if not groups:
         raise ValueError(f"{path}: rows {start}:{stop} are beyond its {offset} rows")
-    columns = [c for c in file.schema_arrow.names if c in (*CANONICAL_COLUMNS, REJECTED_CAPTION)]
+    columns = table_columns(file.schema_arrow.names, str(path))
     table = file.read_row_groups(groups, columns=columns).slice(start - first, stop - start)
-    return _canonical_dtypes(table.to_pandas())
+    return resolve_images(_canonical_dtypes(table.to_pandas()), str(path))

@@ -14,6 +14,9 @@ Every key a source kind does not read is refused (:func:`key_problems`), and a l
 source's layout is checked from its first file (:func:`layout_problems`); the workflow runs
 both when it plans (dspo/config/check.py), before any job.
 
+A unit of a local or downloaded file names that file, so a pair table can refer to its
+images there instead of copying them (:mod:`dspo.data.image_refs`); a streamed unit cannot.
+
 The list is the same in every job, so part k of N is a contiguous range of units, and a row's
 identity (its unit and its row in the unit) does not depend on N. A job holds one unit at a
 time in memory, never the whole source.
@@ -21,6 +24,7 @@ time in memory, never the whole source.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +42,7 @@ from dspo.data.split_files import (
     split_files,
 )
 from dspo.data.tar_source import (
+    KEY,
     describe_layouts,
     first_sample,
     mapping_problems,
@@ -58,10 +63,32 @@ SOURCE_KEYS = {
 
 @dataclass(frozen=True)
 class SourceUnit:
-    """One block of a source: ``read()`` returns its rows with the Pick-a-Pic columns."""
+    """One block of a source: ``read()`` returns its rows with the Pick-a-Pic columns.
+
+    A unit of a durable file names it (``file``, under the source's ``root``) and where its
+    rows start there (``first_row``); a tar's unit also its member mapping (``members``).
+    A streamed unit has no file: its images live nowhere else once read.
+    """
 
     name: str
     read: Callable[[], pd.DataFrame]
+    file: Path | None = None
+    root: Path | None = None
+    first_row: int = 0
+    members: Mapping[str, str] | None = None
+
+    def locations(self, df: pd.DataFrame) -> tuple[list[int], list[str], list[str]]:
+        """Where the images of the rows ``df`` (this unit's, as read) are in ``file``: each
+        row's place in the file, and the column (parquet) or member (tar) of ``jpg_0`` and
+        of ``jpg_1`` (:mod:`dspo.data.image_refs`)."""
+        if self.file is None:
+            raise ValueError(f"{self.name}: a streamed unit has no file to refer to")
+        rows = list(range(self.first_row, self.first_row + len(df)))
+        if self.members is None:
+            return rows, ["jpg_0"] * len(df), ["jpg_1"] * len(df)
+        keys = df[KEY].tolist()
+        first, second = self.members["jpg_0"], self.members["jpg_1"]
+        return rows, [f"{key}.{first}" for key in keys], [f"{key}.{second}" for key in keys]
 
 
 def key_problems(source: Mapping[str, Any]) -> list[str]:
@@ -126,20 +153,31 @@ def source_units(source: Mapping[str, Any]) -> list[SourceUnit]:
     source = _present(source)
     kind = source["kind"]
     if kind == "parquet":
-        return _parquet_units(split_files(str(source["path"]), source.get("split"), PAIR_SUFFIXES))
+        path = str(source["path"])
+        files = split_files(path, source.get("split"), PAIR_SUFFIXES)
+        return _parquet_units(files, source_root(path, files))
     if kind == "webdataset":
         path = str(source["path"])
         files = split_files(path, source.get("split"), (".tar",))
-        return _tar_units(files, f"webdataset {path}", Path(path), source.get("members"))
+        where = f"webdataset {path}"
+        return _tar_units(files, where, source_root(path, files), source.get("members"))
     split = source.get("split") or "train"
     if source.get("streaming"):
         return _streamed_units(source["id"], split=split, revision=source.get("revision"))
     files = hub_split_files(source["id"], split, source.get("revision"), HUB_PAIR_SUFFIXES)
     parquet = [f for f in files if f.suffix in PAIR_SUFFIXES]
     if parquet:
-        return _parquet_units(parquet)
+        return _parquet_units(parquet, source_root(None, parquet))
     # A hub copy in webdataset tars (sayakpaul/pickapic_v2_webdataset): its layout recognised.
-    return _tar_units(files, f"hub dataset {source['id']}", files[0].parent, None)
+    return _tar_units(files, f"hub dataset {source['id']}", source_root(None, files), None)
+
+
+def source_root(path: str | None, files: list[Path]) -> Path:
+    """The folder a source's files are named relative to: the folder given as ``path``, else
+    the deepest folder holding all of ``files`` (a file or glob, a hub snapshot)."""
+    if path is not None and Path(path).is_dir():
+        return Path(path)
+    return Path(os.path.commonpath([str(f.parent) for f in files]))
 
 
 def load_source(source: Mapping[str, Any]) -> pd.DataFrame:
@@ -165,7 +203,10 @@ def _tar_units(
 ) -> list[SourceUnit]:
     """One unit per tar file, read with :func:`_tar_members`' mapping."""
     mapping = _tar_members(files, where, root, members)
-    return [SourceUnit(str(file), partial(tar_frame, file, mapping)) for file in files]
+    return [
+        SourceUnit(str(file), partial(tar_frame, file, mapping), file, root, members=mapping)
+        for file in files
+    ]
 
 
 def _tar_members(
@@ -191,16 +232,19 @@ def _tar_members(
     return dict(members)
 
 
-def _parquet_units(files: list[Path]) -> list[SourceUnit]:
+def _parquet_units(files: list[Path], root: Path) -> list[SourceUnit]:
     units = []
     for file in files:
         meta = pq.ParquetFile(file)
         names = meta.schema_arrow.names
         check_columns(names, str(file))
         wanted = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
+        first_row = 0
         for group in range(meta.num_row_groups):
             read = partial(_read_row_group, file, group, wanted)
-            units.append(SourceUnit(f"{file} (row group {group})", read))
+            name = f"{file} (row group {group})"
+            units.append(SourceUnit(name, read, file, root, first_row))
+            first_row += meta.metadata.row_group(group).num_rows
     return units
 
 

@@ -30,6 +30,8 @@ import pandas as pd
 # Columns a mapping may name; the images are required, the text columns may come from `json`.
 MEMBER_FIELDS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "json")
 _TEXT_FIELDS = ("caption", "label_0", "label_1")
+# The column of a sample's key in a tar's rows (webdataset's own name for it).
+KEY = "__key__"
 _JSON_COLUMNS = ("caption", "label_0", "label_1", "has_label", "are_different", "ranking_id")
 LAYOUTS: dict[str, dict[str, str]] = {
     # The public full copy sayakpaul/pickapic_v2_webdataset (tars 00000.tar ... 00644.tar), as
@@ -109,11 +111,12 @@ def describe_layouts() -> str:
 
 
 def tar_frame(file: Path, members: Mapping[str, str]) -> pd.DataFrame:
-    """The pair rows of one tar file, read with the member mapping ``members``."""
+    """The pair rows of one tar file, read with the member mapping ``members``; the column
+    ``__key__`` (webdataset's name) holds each sample's key, which names its members."""
     with _readable(file):
         rows = list(_tar_rows(file, members))
     if not rows:
-        return pd.DataFrame(columns=["caption", "jpg_0", "jpg_1", "label_0", "label_1"])
+        return pd.DataFrame(columns=[KEY, "caption", "jpg_0", "jpg_1", "label_0", "label_1"])
     return pd.DataFrame.from_records(rows)
 
 
@@ -159,7 +162,7 @@ def _row(file: Path, key: str, found: dict[str, bytes], members: Mapping[str, st
             f"{file}: sample {key!r} has no {', '.join(missing)} member "
             f"(member mapping {dict(members)})"
         )
-    row: dict[str, Any] = {"jpg_0": found["jpg_0"], "jpg_1": found["jpg_1"]}
+    row: dict[str, Any] = {KEY: key, "jpg_0": found["jpg_0"], "jpg_1": found["jpg_1"]}
     if "json" in found:
         row |= _json_columns(file, f"{key}.{members['json']}", found["json"], members)
     if "caption" in found:

@@ -15,7 +15,7 @@ from numbers import Integral
 from typing import Any
 
 from dspo.config import experiments
-from dspo.config.check import entries
+from dspo.config.names import entries
 
 
 def interval_sentence(

@@ -7,12 +7,12 @@ Classes are imported on first use, so naming a family does not import every mode
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dspo.families.base import Family
+from dspo.families.pipeline_files import component_config, model_index
 
 # family name -> "module:class"
 REGISTRY: dict[str, str] = {
@@ -39,45 +39,13 @@ def build_pipeline(architecture: Mapping[str, Any], words: Sequence[str], seed: 
     return family_class(family).build(architecture, words, seed=seed)
 
 
-def _model_index(path: str | Path) -> dict[str, Any]:
-    local = Path(path) / "model_index.json"
-    if local.exists():
-        return json.loads(local.read_text())
-    if Path(path).is_dir():
-        raise ValueError(
-            f"{local} does not exist: {path} is not a diffusers pipeline folder "
-            "(a LoRA folder belongs to the family of its base model)"
-        )
-    from diffusers import DiffusionPipeline
-
-    return dict(DiffusionPipeline.load_config(str(path)))
-
-
-def component_config(path: str | Path, subfolder: str, file_name: str) -> dict[str, Any]:
-    """One component's own config file (``scheduler/scheduler_config.json``,
-    ``unet/config.json``) of a pipeline folder or hub id.
-
-    Not ``DiffusionPipeline.load_config(path, subfolder=...)``: that reads the pipeline's
-    model_index.json whatever the subfolder, so a scheduler built from it silently has the
-    library's default noise schedule instead of the checkpoint's.
-    """
-    local = Path(path) / subfolder / file_name
-    if local.exists():
-        return json.loads(local.read_text())
-    if Path(path).is_dir():
-        raise ValueError(f"{local} does not exist: {path} is not a complete pipeline folder")
-    from huggingface_hub import hf_hub_download
-
-    return json.loads(Path(hf_hub_download(str(path), file_name, subfolder=subfolder)).read_text())
-
-
 def detect_family(path: str | Path) -> str:
     """The family of a pipeline folder or hub id, from its model_index.json.
 
     The pipeline class names the family when it is a known one; otherwise the denoiser's
     class and config decide (a UNet with SDXL's added conditions is ``sdxl``).
     """
-    index = _model_index(path)
+    index = model_index(path)
     classes = {name: family_class(name) for name in REGISTRY}
     for name, cls in classes.items():
         if index.get("_class_name") in cls.pipeline_names:

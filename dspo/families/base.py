@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from diffusers import AutoPipelineForImage2Image, DiffusionPipeline, ModelMixin
 
+from dspo.families.pipeline_files import component_config
+
 Conditions = Mapping[str, torch.Tensor]
 
 
@@ -71,8 +73,6 @@ class Family(ABC):
                 f"model family {cls.name!r} has no setting(s) {unknown}; "
                 f"it takes {sorted(accepted)}"
             )
-        from dspo.families import component_config
-
         schedule = component_config(path, "scheduler", "scheduler_config.json")
         return cls(schedule, **settings)
 

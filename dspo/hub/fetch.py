@@ -13,6 +13,8 @@ What the config names (:func:`hub_artefacts`), each an :class:`Artefact` named b
 - ``prompt_set.<name>`` of ``kind: hpsv2`` with an ``id``: the four benchmark JSON files;
 - ``released.<name>``: a released model a method entry names (``methods.<name>.model``, a hub
   id): the files :mod:`dspo.hub.released` imports (:func:`released_files`);
+- ``ddspo.degrader``: the LLM that degrades DDSPO's prompts (``ddspo.degrader.model`` of
+  kind ``llm``, when a trained method uses ``pairs_ddspo``): a transformers model folder;
 - ``reward.<name>.<key>``: reward models and their processors or tokenizers (config and
   tokenizer files, and the weights in one format: safetensors when the repo has them), and
   reward files (``checkpoint``, ``med_config``) of a hub ``repo``; defaults as the loaders'.
@@ -41,8 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dspo.config.check import entries, is_hub_id
-from dspo.config.experiments import released_models
+from dspo.config.experiments import method_config, released_models, trained_models
+from dspo.config.names import entries, is_hub_id
 from dspo.data.split_files import DATA_SUFFIXES, repo_split_files
 from dspo.hub.released import DENOISERS, LORA_WEIGHTS, MODEL_INDEX
 
@@ -158,6 +160,17 @@ def _reward(name: str, spec: Mapping[str, Any], root: Path) -> list[Artefact]:
     return found
 
 
+def _ddspo_degrader(config: Mapping[str, Any], root: Path) -> list[Artefact]:
+    """The LLM degrader's model, when DDSPO's pairs are made and an LLM degrades them."""
+    degrader = config["ddspo"]["degrader"]
+    if degrader["kind"] != "llm" or not is_hub_id(str(degrader["model"]), root):
+        return []
+    runs = [method_config(config, model) for model in trained_models(config).values()]
+    if not any(run["data"] == "pairs_ddspo" for run in runs):
+        return []
+    return [Artefact("ddspo.degrader", str(degrader["model"]), "model")]
+
+
 def hub_artefacts(config: Mapping[str, Any], root: Path | str = ".") -> list[Artefact]:
     """Every hub artefact a (schema-valid) workflow config names; local paths are skipped."""
     root = Path(root)
@@ -176,7 +189,7 @@ def hub_artefacts(config: Mapping[str, Any], root: Path | str = ".") -> list[Art
     for name, source in released_models(config).items():
         if is_hub_id(source, root):
             found.append(Artefact(f"released.{name}", source, "released"))
-    return found
+    return found + _ddspo_degrader(config, root)
 
 
 def hub_source_files(listing: Iterable[str], split: str) -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from dspo.toy.render import _SHAPE_AREA, _blur, _grid, _soft_masks
+from dspo.toy.render import SHAPE_AREA, blur, grid, soft_masks
 from dspo.toy.scenes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, parse_caption
 
 # Each soft check is exp(-(d / scale)^2); RGB distances are in 0-1 units, offsets in frame units.
@@ -78,12 +78,12 @@ def oracle_components(images: np.ndarray, captions: Sequence[str]) -> dict[str, 
     side = min(h, w)
     t = np.array([_targets(c) for c in captions], dtype=float).reshape(n, 10)
     t_colour, t_bg, t_pos, t_shape, t_size = t[:, 0:3], t[:, 3:6], t[:, 6:8], t[:, 8], t[:, 9]
-    ys, xs = _grid(h), _grid(w)
+    ys, xs = grid(h), grid(w)
 
     # Background = per-channel median (the object covers well under half the frame).
     bg = np.median(x.reshape(n, -1, 3), axis=1)
     dist_raw = np.linalg.norm(x - bg[:, None, None], axis=-1)
-    dist = np.linalg.norm(_blur(x, _SMOOTH * side) - bg[:, None, None], axis=-1)
+    dist = np.linalg.norm(blur(x, _SMOOTH * side) - bg[:, None, None], axis=-1)
     # Object colour from the unsmoothed pixels farthest (after smoothing out noise) from the
     # background.
     wts = (dist / (dist.max(axis=(1, 2), keepdims=True) + 1e-9)) ** 4 + 1e-12
@@ -119,7 +119,7 @@ def oracle_components(images: np.ndarray, captions: Sequence[str]) -> dict[str, 
         ideal_shape = np.nan_to_num(t_shape[i], nan=0).astype(int)
         px = np.where(np.isnan(t_pos[i, 0]), cx[i], t_pos[i, 0])
         py = np.where(np.isnan(t_pos[i, 1]), cy[i], t_pos[i, 1])
-        ideal = _soft_masks(ideal_shape, px, py, t_size[i], h, w).mean(axis=(1, 2))
+        ideal = soft_masks(ideal_shape, px, py, t_size[i], h, w).mean(axis=(1, 2))
         checks[i, 3] = presence[i] * _gauss_score(np.log(area[i] / ideal), _S_SIZE)
 
     # Shape: correlate the unsmoothed foreground map (smoothing erases the corners that tell
@@ -133,7 +133,7 @@ def oracle_components(images: np.ndarray, captions: Sequence[str]) -> dict[str, 
         f -= f.mean(axis=(1, 2), keepdims=True)
         corr = np.empty((len(i), len(SHAPES)))
         for k in range(len(SHAPES)):
-            m = _soft_masks(np.full(len(i), k), cx[i], cy[i], np.sqrt(a / _SHAPE_AREA[k]), h, w)
+            m = soft_masks(np.full(len(i), k), cx[i], cy[i], np.sqrt(a / SHAPE_AREA[k]), h, w)
             m -= m.mean(axis=(1, 2), keepdims=True)
             num = (f * m).sum(axis=(1, 2))
             corr[:, k] = num / np.sqrt((f**2).sum(axis=(1, 2)) * (m**2).sum(axis=(1, 2)) + 1e-12)
@@ -165,7 +165,7 @@ def oracle_components(images: np.ndarray, captions: Sequence[str]) -> dict[str, 
     # Sharpness: an already blurry image loses little gradient energy under a further blur.
     # Noise also looks "sharp" to this probe, hence the gate by ``clean``.
     energy = _grad_energy(x) + 1e-6
-    ratio = (_grad_energy(_blur(x, _SHARP_PROBE * side)) + 1e-6) / energy
+    ratio = (_grad_energy(blur(x, _SHARP_PROBE * side)) + 1e-6) / energy
     lo, hi = _SHARP_RATIO
     sharp = np.clip((hi - ratio) / (hi - lo), 0.0, 1.0) * clean
     contrast_score = 1.0 - _gauss_score(contrast, _S_CONTRAST)

@@ -49,7 +49,7 @@ def _uuids(rng: np.random.Generator, n: int) -> list[str]:
     return [str(uuid.UUID(bytes=raw[16 * i : 16 * i + 16], version=4)) for i in range(n)]
 
 
-def _make_pairs(
+def pairs_with_info(
     train_scenes: Sequence[Scene],
     rng: np.random.Generator,
     n_pairs: int,
@@ -135,7 +135,7 @@ def make_pairs(
     P(image 0 preferred) = sigmoid((R0 - R1) / bt_temperature) with R the oracle total of the
     decoded JPEG; pairs closer than ``tie_margin`` are ties (labels 0.5 / 0.5).
     """
-    df, _ = _make_pairs(
+    df, _ = pairs_with_info(
         train_scenes,
         rng,
         n_pairs,

@@ -24,12 +24,12 @@ DEFECTS: tuple[str, ...] = (
 # Triangle (apex up, centroid at the object centre): base half-width a = _TRI_A * r, height 2a.
 _TRI_A = 1.1
 # Area of each shape in units of r**2; square is sized to match the circle.
-_SHAPE_AREA: tuple[float, ...] = (np.pi, np.pi, 2.0 * _TRI_A**2)
+SHAPE_AREA: tuple[float, ...] = (np.pi, np.pi, 2.0 * _TRI_A**2)
 
 # ----------------------------------------------------------------------------- geometry
 
 
-def _grid(n: int) -> np.ndarray:
+def grid(n: int) -> np.ndarray:
     """Pixel-centre coordinates of ``n`` pixels as fractions of the frame."""
     return (np.arange(n) + 0.5) / n
 
@@ -62,11 +62,11 @@ def _sdf(
     return out
 
 
-def _soft_masks(
+def soft_masks(
     shape_idx: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray, h: int, w: int
 ) -> np.ndarray:
     """Analytically anti-aliased coverage (N, h, w) from the signed distance in pixels."""
-    sd = _sdf(shape_idx, cx, cy, r, _grid(h), _grid(w)) * min(h, w)
+    sd = _sdf(shape_idx, cx, cy, r, grid(h), grid(w)) * min(h, w)
     return np.clip(0.5 + sd, 0.0, 1.0)
 
 
@@ -84,7 +84,7 @@ def _gauss_matrices(n: int, sigma: np.ndarray) -> np.ndarray:
     return np.einsum("mk,kij->mij", kernels, onehot)
 
 
-def _blur(x: np.ndarray, sigma_px: float | np.ndarray) -> np.ndarray:
+def blur(x: np.ndarray, sigma_px: float | np.ndarray) -> np.ndarray:
     """Gaussian-blur (N, H, W[, C]) images; ``sigma_px`` is one value or one per image."""
     h, w = x.shape[1:3]
     per_image = np.ndim(sigma_px) > 0
@@ -110,7 +110,7 @@ def _coverage(
     shape_idx: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray, size: int
 ) -> np.ndarray:
     """Supersampled (4x4 per pixel) anti-aliased coverage of each object -> (N, size, size)."""
-    fine = _grid(size * _SUPERSAMPLE)
+    fine = grid(size * _SUPERSAMPLE)
     out = np.empty((len(cx), size, size))
     for s in range(0, len(cx), _CHUNK):
         sl = slice(s, s + _CHUNK)
@@ -168,7 +168,7 @@ def render_batch(
     blur_i = np.flatnonzero(has["blur"])
     if len(blur_i):
         sigma = rng.uniform(0.06, 0.09, len(blur_i)) * image_size
-        img[blur_i] = _blur(img[blur_i], sigma)
+        img[blur_i] = blur(img[blur_i], sigma)
     noise_i = np.flatnonzero(has["noise"])
     if len(noise_i):
         sd = rng.uniform(20, 40, len(noise_i))[:, None, None, None]

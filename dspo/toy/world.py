@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dspo.toy.pairs import _make_pairs
+from dspo.toy.pairs import pairs_with_info
 from dspo.toy.render import render
 from dspo.toy.scenes import (
     BACKGROUNDS,
@@ -123,7 +123,7 @@ def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     split = split_scenes(cfg.seed, cfg.holdout_fraction, cfg.n_unseen_combinations)
     # Independent streams per product, so changing n_pairs leaves the prompt sets unchanged.
-    pairs, info = _make_pairs(
+    pairs, info = pairs_with_info(
         split["train"],
         np.random.default_rng([cfg.seed, 2]),
         cfg.n_pairs,

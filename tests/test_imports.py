@@ -1,0 +1,135 @@
+"""The package's imports: no cycles between modules, no private names across modules.
+
+Every ``from dspo... import`` and ``import dspo...`` counts as an edge, at a module's top and
+inside functions alike (an import inside a function that closes a cycle is still a cycle);
+only imports under ``if TYPE_CHECKING:`` are left out. Importing ``dspo.a.b`` also runs the
+package ``dspo.a``, so that is an edge too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dspo"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            inside.update(id(n) for n in ast.walk(node))
+    return inside
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, str | None]]:
+    """(imported module, imported name or None) for every dspo import of one module."""
+    tree = ast.parse(path.read_text())
+    skip = _type_checking_nodes(tree)
+    found: list[tuple[str, str | None]] = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] != "dspo":
+                continue
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.append((sub, None) if sub in modules else (node.module, alias.name))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, None) for a in node.names if a.name.split(".")[0] == "dspo"]
+    return found
+
+
+def _graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for target, _ in _imports(name, path, modules):
+            parts = target.split(".")
+            # importing dspo.a.b runs dspo.a's __init__ first
+            for i in range(2, len(parts) + 1):
+                prefix = ".".join(parts[:i])
+                if prefix in modules and prefix != name and not name.startswith(prefix + "."):
+                    graph[name].add(prefix)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles() -> None:
+    cycles = _cycles(_graph(_modules()))
+    assert not cycles, "modules that import each other: " + "; ".join(
+        " <-> ".join(c) for c in cycles
+    )
+
+
+def test_no_private_names_across_modules() -> None:
+    modules = _modules()
+    offences = [
+        f"{name} imports {target}.{imported}"
+        for name, path in modules.items()
+        for target, imported in _imports(name, path, modules)
+        if imported
+        and imported.startswith("_")
+        and not name.startswith(target + ".")
+        and name != target
+    ]
+    assert not offences, "\n".join(offences)
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_top_level_holds_objectives_and_packages_only() -> None:
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "objectives.py"]
