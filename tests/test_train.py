@@ -163,7 +163,7 @@ def test_killed_job_resumes_to_the_same_weights(
     cfg = {**DSPO, "lora": LORA, "lr": 1e-2} if lora else DSPO
     run(cfg, cache_dir, tiny_model, tmp_path / "straight")
 
-    real_make_batch = train_module.make_batch
+    real_make_batch = train_module.micro_batch
     calls = {"n": 0}
 
     def dies_in_step_three(*args, **kwargs):
@@ -172,7 +172,7 @@ def test_killed_job_resumes_to_the_same_weights(
             raise KeyboardInterrupt("killed")
         return real_make_batch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "make_batch", dies_in_step_three)
+    monkeypatch.setattr(train_module, "micro_batch", dies_in_step_three)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, cache_dir, tiny_model, tmp_path / "killed")
     assert (tmp_path / "killed/run/checkpoints/step-000002/state.json").exists()
@@ -183,7 +183,7 @@ def test_killed_job_resumes_to_the_same_weights(
     if lora:  # the frozen base is the reference too: only the adapters are kept
         assert all("lora_" in key for key in saved), sorted(saved)[:3]
 
-    monkeypatch.setattr(train_module, "make_batch", real_make_batch)
+    monkeypatch.setattr(train_module, "micro_batch", real_make_batch)
     summary = run(cfg, cache_dir, tiny_model, tmp_path / "killed")
     assert summary["resumed_from"] == 2
     steps = [
