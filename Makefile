@@ -6,13 +6,22 @@ CORES ?= all
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint clean rehearse gpu-check reward-parity config-doc watch readme-results
+.PHONY: run test test-fast test-unit lint clean rehearse gpu-check reward-parity config-doc watch readme-results
 
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
 
 test: $(VENV)/.installed
 	python -m pytest
+
+# The edit-test loops (docs/development.md, markers applied by tests/conftest.py): test-fast
+# leaves out the tests that run Snakemake jobs or the system's tools; test-unit also leaves out
+# the DAG builds and the slow tests.
+test-fast: $(VENV)/.installed
+	python -m pytest -m "not workflow and not system"
+
+test-unit: $(VENV)/.installed
+	python -m pytest -m "not workflow and not system and not dag and not slow"
 
 # In a second terminal while `make run` runs: each running job's latest progress line,
 # refreshed every WATCH seconds.
@@ -46,7 +55,7 @@ standins/standins.json:
 	dspo standins --out standins --skip-existing
 
 # After `make run`: keep the run's summary as docs/run_summary.json and rewrite the README's
-# results block from it (tests/test_summary.py checks that the two agree). RERUN=other.json
+# results block from it (tests/evaluation/test_summary.py checks that the two agree). RERUN=other.json
 # RERUN_LABEL="with ..." adds how far the same config moved when run another way.
 SUMMARY ?= results/summary.json
 RERUN ?=

@@ -47,7 +47,7 @@ wildcard_constraints:
     item=one_of(FETCH_ITEMS),
     method=one_of(METHODS),
     model=one_of(MODELS),
-    prompt_set=one_of(EVAL_SETS),
+    prompt_set=one_of([*EVAL_SETS, *BINDING_SETS]),
     dataset="pairs|pairs_nodup|pairs_ddspo",
 
 
@@ -59,6 +59,7 @@ localrules:
     fetch_item,
     fetch,
     tables,
+    binding_table,
     grid,
     training_view,
     summary,
@@ -78,9 +79,10 @@ include: "rules/report.smk"
 rule all:
     input:
         rules.tables.output,
-        expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
+        expand("results/plots/grid_{prompt_set}.png", prompt_set=TEST_SETS),
         expand("results/plots/training/{method}.png", method=METHODS),
         "results/summary.json",
+        rules.binding_table.output if BINDING_SETS else [],
         rules.fetch.output if FETCH_ITEMS else [],
     default_target: True
 

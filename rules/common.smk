@@ -24,7 +24,10 @@ TRAINED = experiments.trained_models(config)
 METHODS = list(TRAINED)
 # Method entries naming an existing model (`model:`): imported, never trained (rule import_model).
 RELEASED = experiments.released_models(config)
-MODELS = ["base", *METHODS, *RELEASED]
+# Kept training steps (training.evaluate_steps), sampled and scored as models of their own:
+# `dspo@100` -> ("dspo", 100) (dspo/config/experiments.py).
+STEP_MODELS = experiments.step_models(config, TRAINED)
+MODELS = ["base", *METHODS, *RELEASED, *STEP_MODELS]
 SWEEPS = list(entries(config.get("sweeps")))
 # The models the image grids show: the base model and the first replicate of each method.
 GRID_MODELS = ["base", *METHOD_ENTRIES]
@@ -32,6 +35,17 @@ PROMPT_SETS = list(PROMPT_SET_ENTRIES)
 EDITING = EVALUATION.get("editing")
 # Sets of generated images: the prompt sets, and the edits of the editing set when enabled.
 EVAL_SETS = [*PROMPT_SETS, "editing"] if EDITING else PROMPT_SETS
+# Attribute binding: its prompt sets are sampled like the others, but scored by B-VQA alone.
+BINDING = EVALUATION.get("attribute_binding") or {}
+BINDING_ENTRIES = entries(BINDING.get("prompt_sets"))
+BINDING_SETS = list(BINDING_ENTRIES)
+# Every prompt set a model samples, and its config entry.
+SAMPLED_ENTRIES = {**PROMPT_SET_ENTRIES, **BINDING_ENTRIES}
+SAMPLED_SETS = list(SAMPLED_ENTRIES)
+# Choosing each trained model's step on a validation prompt set (dspo/evaluation/step_selection.py).
+STEP_SELECTION = EVALUATION.get("step_selection")
+# The sets the tables report: all but the one that validates the step choice.
+TEST_SETS = [s for s in EVAL_SETS if not STEP_SELECTION or s != STEP_SELECTION["prompt_set"]]
 
 
 def kept_tables(tables):
@@ -40,13 +54,19 @@ def kept_tables(tables):
     kept = {}
     for name, spec in entries(tables).items():
         methods = [m for m in spec["methods"] if m in METHOD_ENTRIES]
-        sets = [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in EVAL_SETS]
+        sets = [p for p in spec.get("prompt_sets", PROMPT_SETS) if p in TEST_SETS]
         if methods and sets:
             kept[name] = {**spec, "methods": methods, "prompt_sets": sets}
     return kept
 
 
 PAPER_TABLES = kept_tables(EVALUATION.get("tables", {}))
+# Image quality (Inception Score, FID) of the prompt sets' images; None when not configured.
+QUALITY = EVALUATION.get("quality")
+# Measured on the test prompt sets (not the edits, nor the step choice's validation set).
+QUALITY_SETS = [p for p in PROMPT_SETS if p in TEST_SETS]
+# Tables beside the paper's: DDSPO's comparison layout, and image quality when measured.
+EXTRA_TABLES = ["ddspo", "image_quality"] if QUALITY else ["ddspo"]
 BASE = config["base_model"]
 BUILD_TOY_BASE = BASE.get("build") == "toy"
 DEVICE = config["resources"]["device"]
@@ -188,12 +208,12 @@ def cache_parts(wildcards):
 
 
 def prompt_source_input(wildcards):
-    source = PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"]
+    source = SAMPLED_ENTRIES[wildcards.prompt_set]["source"]
     return source_inputs(source, TOY_PROMPTS) + fetched(f"prompt_set.{wildcards.prompt_set}")
 
 
 def prompt_source_arg(wildcards):
-    return source_arg(PROMPT_SET_ENTRIES[wildcards.prompt_set]["source"], TOY_PROMPTS)
+    return source_arg(SAMPLED_ENTRIES[wildcards.prompt_set]["source"], TOY_PROMPTS)
 
 
 def one_of(names):
@@ -354,11 +374,26 @@ def tables_config():
         "groups": experiments.group_of(TRAINED, list(RELEASED)),
         "sweeps": experiments.sweep_points(config, TRAINED),
         "rewards": list(REWARD_ENTRIES),
-        "prompt_sets": EVAL_SETS,
+        "prompt_sets": TEST_SETS,
         "labels": labels,
         "bootstrap": EVALUATION["bootstrap"],
         "paper_tables": PAPER_TABLES,
+        "step_selection": step_selection_config(),
     }
+
+
+def step_selection_config():
+    """The tables step's step choice: the validation set, the reward and each trained model's
+    candidates, step: row (null when not chosen)."""
+    if not STEP_SELECTION:
+        return None
+    return {**STEP_SELECTION, "candidates": experiments.step_candidates(config, TRAINED)}
+
+
+def step_selection_outputs():
+    if not STEP_SELECTION:
+        return []
+    return expand("results/tables/step_selection.{ext}", ext=["md", "csv"])
 
 
 def interval_captions():
@@ -366,8 +401,41 @@ def interval_captions():
     return caption_sentences(config, TRAINED)
 
 
+def binding_config():
+    """The binding table's slice: the models, its prompt sets, labels and bootstrap."""
+    labels = {**tables_config()["labels"]}
+    labels.update({name: s["label"] for name, s in BINDING_ENTRIES.items() if "label" in s})
+    return {
+        "methods": list(METHOD_ENTRIES),
+        "groups": experiments.group_of(TRAINED, list(RELEASED)),
+        "prompt_sets": BINDING_SETS,
+        "labels": labels,
+        "bootstrap": EVALUATION["bootstrap"],
+        "title": BINDING.get("title", "Attribute binding (B-VQA)"),
+    }
+
+
+def binding_scorer():
+    """`dspo score`'s rewards: the B-VQA scorer alone, named bvqa."""
+    return {"bvqa": BINDING["scorer"]}
+
+
+def binding_score_files(wildcards=None):
+    return expand(
+        "results/scores_binding/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=BINDING_SETS
+    )
+
+
 def score_files(wildcards=None):
     return expand("results/scores/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=EVAL_SETS)
+
+
+def quality_files(wildcards=None):
+    return expand("results/quality/{model}.csv", model=MODELS) if QUALITY else []
+
+
+def quality_option(wildcards, input):
+    return f"--quality {shlex.join(input.quality)}" if input.quality else ""
 
 
 def grid_sources(wildcards):

@@ -239,7 +239,7 @@ rule prompt_set:
     output:
         "results/data/prompts/{prompt_set}.parquet",
     params:
-        cfg=lambda wc: as_json(PROMPT_SET_ENTRIES[wc.prompt_set]),
+        cfg=lambda wc: as_json(SAMPLED_ENTRIES[wc.prompt_set]),
         source=prompt_source_arg,
     conda:
         "../environment.yml"

@@ -5,11 +5,11 @@
 rule generate:
     input:
         model=model_input,
-        prompts=expand("results/data/prompts/{prompt_set}.parquet", prompt_set=PROMPT_SETS),
+        prompts=expand("results/data/prompts/{prompt_set}.parquet", prompt_set=SAMPLED_SETS),
         editing=editing_table_input,
     output:
         prompts=expand(
-            "results/images/{{model}}/{prompt_set}/manifest.parquet", prompt_set=PROMPT_SETS
+            "results/images/{{model}}/{prompt_set}/manifest.parquet", prompt_set=SAMPLED_SETS
         ),
         editing=editing_manifest_output(),
     params:

@@ -41,3 +41,24 @@ rule import_model:
     shell:
         "dspo import-model --model {params.source:q} --base {params.base:q} --out {output:q}"
         " > {log:q} 2>&1"
+
+
+# A trained model's kept step (training.evaluate_steps), once its run has finished: put where
+# the model `<model>@<step>` is sampled and scored from (dspo/training/step_models.py).
+rule step_model:
+    input:
+        lambda wc: f"results/models/{STEP_MODELS[wc.model][0]}",
+    output:
+        directory("results/models/{model}"),
+    wildcard_constraints:
+        model=one_of(STEP_MODELS) if STEP_MODELS else "(?!)",
+    params:
+        run_dir=lambda wc: f"results/train/{STEP_MODELS[wc.model][0]}",
+        step=lambda wc: STEP_MODELS[wc.model][1],
+    conda:
+        "../environment.yml"
+    log:
+        "results/logs/step_model/{model}.log",
+    shell:
+        "dspo step-model --run-dir {params.run_dir:q} --at-step {params.step} --out {output:q}"
+        " > {log:q} 2>&1"

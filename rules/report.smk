@@ -3,6 +3,7 @@ rule tables:
         scores=score_files,
         pairs_report=PAIRS_REPORT,
         nodup_report=nodup_report_input,
+        quality=quality_files,
     output:
         win_rates="results/tables/win_rates.md",
         win_rates_csv=report(
@@ -37,6 +38,16 @@ rule tables:
             caption="../workflow/report/mean_scores_plot.rst",
             category="Plots",
         ),
+        step_selection=report(
+            step_selection_outputs(),
+            caption="../workflow/report/step_selection.rst",
+            category="Tables",
+        ),
+        extra_tables=report(
+            expand("results/tables/{table}.{ext}", table=EXTRA_TABLES, ext=["md", "csv"]),
+            caption="../workflow/report/quality_table.rst",
+            category="Tables",
+        ),
         sweep_tables=report(
             expand("results/tables/sweep_{sweep}.{ext}", sweep=SWEEPS, ext=["md", "csv"]),
             caption="../workflow/report/sweep_table.rst",
@@ -52,6 +63,7 @@ rule tables:
         # For the captions only: what the intervals resample (workflow/report/*.rst).
         intervals=interval_captions(),
         nodup=nodup_report_option,
+        quality=quality_option,
         # The folders of the declared outputs, where `dspo tables` writes them.
         tables=lambda wc, output: os.path.dirname(output.win_rates),
         plots=lambda wc, output: os.path.dirname(output.win_rate_plot),
@@ -64,6 +76,7 @@ rule tables:
     shell:
         "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out {params.tables:q}"
         " --plots {params.plots:q} --pairs-report {input.pairs_report:q} {params.nodup}"
+        " {params.quality}"
         " > {log:q} 2>&1"
 
 
@@ -121,7 +134,7 @@ rule training_view:
 rule summary:
     input:
         win_rates="results/tables/win_rates.csv",
-        grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=EVAL_SETS),
+        grids=expand("results/plots/grid_{prompt_set}.png", prompt_set=TEST_SETS),
     output:
         "results/summary.json",
     params:
@@ -135,3 +148,22 @@ rule summary:
         # file, is written after the last job.
         "dspo summary --params {params.cfg:q} --input {input.win_rates:q} --out {output:q}"
         " > {log:q} 2>&1"
+
+
+if BINDING_SETS:
+
+    rule binding_table:
+        input:
+            binding_score_files,
+        output:
+            csv="results/tables/attribute_binding.csv",
+            md="results/tables/attribute_binding.md",
+        params:
+            cfg=as_json(binding_config()),
+        conda:
+            "../environment.yml"
+        log:
+            "results/logs/binding_table.log",
+        shell:
+            "dspo binding-table --params {params.cfg:q} --scores {input:q} --out {output.csv:q}"
+            " > {log:q} 2>&1"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -135,3 +138,80 @@ def edit_source(package: Path, module: str) -> None:
     """Change one module of a :func:`package` copy (a comment appended)."""
     path = package / module
     path.write_text(path.read_text() + "\n# edited\n")
+
+
+# Markers (registered in pyproject.toml, `--strict-markers`), applied here from where a test
+# lives and what it runs, so that no test is marked by hand (docs/development.md):
+# - system: tests/system/ (README commands, a browser, SLURM, environments across the system);
+# - workflow: runs Snakemake jobs for real: uses the shared smoke run, or its source (or a
+#   fixture or helper of its module) calls Snakemake without a dry run; all of tests/workflow/
+#   that is not a dry run;
+# - dag: builds the DAG only (`snakemake -n`, `--lint`);
+# - slow: measured over SLOW_SECONDS on 2 shared cores (the list below, by test function).
+SLOW_SECONDS = 10
+SLOW: set[str] = set()
+SNAKEMAKE_CALL = re.compile(r"\bsnakemake\(|\bWorkflowRun\(")
+REAL_RUN = re.compile(r'"(--cores|-c\d+|--report)"')
+DRY_RUN = re.compile(r'"(-n|--dry-run|--lint)"')
+
+
+@functools.cache
+def module_functions(path: Path) -> dict[str, str]:
+    """The source of each function (test, fixture, helper) defined in a test module."""
+    source = path.read_text()
+    return {
+        node.name: ast.get_source_segment(source, node) or ""
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef)
+    }
+
+
+def own_runs(source: str) -> frozenset[str]:
+    """The Snakemake runs one function's source starts itself: "real", "dry" or both."""
+    if not SNAKEMAKE_CALL.search(source):
+        return frozenset()
+    return frozenset(
+        kind for kind, pattern in (("real", REAL_RUN), ("dry", DRY_RUN)) if pattern.search(source)
+    )
+
+
+@functools.cache
+def module_runs(path: Path) -> dict[str, frozenset[str]]:
+    """The Snakemake runs of each function of a test module (and of conftest.py), its own and
+    those of the module's functions it names (fixtures as arguments, helpers as calls)."""
+    functions = {**module_functions(Path(__file__)), **module_functions(path)}
+    names = {n: set(re.findall(r"\w+", s)) & functions.keys() - {n} for n, s in functions.items()}
+    runs = {}
+    for name in functions:
+        seen, todo, found = {name}, [name], set()
+        while todo:
+            current = todo.pop()
+            found |= own_runs(functions[current])
+            todo += names[current] - seen
+            seen |= names[current]
+        runs[name] = frozenset(found)
+    return runs
+
+
+def markers_of(item: pytest.Item) -> set[str]:
+    """The markers of one collected test (see the comment above)."""
+    folder = item.path.parent.name
+    if folder == "system":
+        return {"system"}
+    runs_by_function = module_runs(item.path)
+    name = getattr(item, "originalname", item.name)
+    runs = {r for f in (name, *item.fixturenames) for r in runs_by_function.get(f, ())}
+    found = set()
+    if "real" in runs or (folder == "workflow" and "dry" not in runs):
+        found.add("workflow")
+    elif "dry" in runs:
+        found.add("dag")
+    if f"{item.path.relative_to(Path(__file__).parent)}::{name}" in SLOW:
+        found.add("slow")
+    return found
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in sorted(markers_of(item)):
+            item.add_marker(marker)

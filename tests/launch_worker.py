@@ -1,7 +1,7 @@
-"""A stand-in training process for tests/test_launch.py, run as ``python -m tests.launch_worker
-OUT SECONDS``: it records its rank variables in OUT/rank-R.json, then waits for SIGTERM; on
-it, it takes SECONDS (a slow checkpoint) before writing OUT/saved-R and exiting 1, as a
-preempted trainer does."""
+"""A stand-in training process for tests/training/test_launch.py, run as
+``python -m tests.launch_worker OUT SECONDS``: it records its rank variables in
+OUT/rank-R.json, then waits for SIGTERM; on it, it takes SECONDS (a slow checkpoint) before
+writing OUT/saved-R and exiting 1, as a preempted trainer does."""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ replaced). Every figure is a product of counts from the config and sizes per ite
   native resolution: the cache's VAE encodes, training (per pair: forward + backward of the
   policy on each image it trains on, a no-grad reference forward on each image when the
   objective needs one, one forward more under gradient checkpointing), and sampling (steps x
-  2 with classifier-free guidance). GPU-hours = FLOPs / (peak dense bf16 x utilisation).
+  2 with classifier-free guidance), and the Inception-v3 of the image-quality step (a counted
+  figure per image, prompt sets only). GPU-hours = FLOPs / (peak dense bf16 x utilisation).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # ~0.35-0.5 MB as 8-bit RGB PNG, about 1.5 bytes a pixel).
 PNG_BYTES_PER_PIXEL = 1.5
 SCORE_ROW_BYTES = 300  # one reward's score row in the tables (docs/cluster.md)
+# The FID Inception-v3 (evaluation.quality) per image, whatever its size (it resizes to
+# 299 px): counted with torch's FlopCounterMode on torch-fidelity's extractor.
+INCEPTION_FLOPS = 11.43e9
 CAPTION_BYTES = 150
 # A pair table's row beside its caption (measured, 2,000 pairs): four int64 ids, and the
 # images' references (tar member names in a webdataset); a table's footer adds about 3 kB.
@@ -63,7 +67,9 @@ PICKAPIC_HUB = {
 PICKAPIC_TRAIN_ROWS, PICKAPIC_NO_TIES, PICKAPIC_PROMPTS = 959_040, 851_293, 58_960
 # The published prompt sets' sizes by a word of their id, path or split (no limit given):
 # Pick-a-Pic test_unique, PartiPrompts, the HPSv2 benchmark, InstructPix2Pix's 1000 samples.
+# T2I-CompBench: each of its colour, shape and texture validation files.
 PROMPT_SET_SIZES = {"test_unique": 500, "parti": 1632, "hps": 3200, "instructpix2pix": 1000}
+PROMPT_SET_SIZES["t2i-compbench"] = 300
 UNKNOWN_SET_SIZE = 1000
 # Known base models: family, latent channels, text (tokens, width), pooled width, and the
 # whole pipeline's parameters (docs/cluster.md; the denoiser's are counted).
@@ -248,6 +254,8 @@ def _prompt_set_size(spec: Mapping[str, Any], config: Mapping[str, Any]) -> int:
     source = spec["source"]
     if source.get("limit"):
         return int(source["limit"])
+    if source["kind"] == "toy" and source.get("split") == "attribute_binding":
+        return int(config["world"].get("binding_prompts", 24))
     if source["kind"] == "toy":
         return int(config["world"]["prompts_per_set"])
     name = " ".join(str(source.get(k) or "") for k in ("kind", "id", "path", "split")).lower()
@@ -346,6 +354,33 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
             "scores", f"{images:,} images x {rewards} rewards", images * rewards * SCORE_ROW_BYTES
         )
     )
+    binding = entries((ev.get("attribute_binding") or {}).get("prompt_sets"))
+    if binding:
+        prompts = sum(_prompt_set_size(s, config) for s in binding.values())
+        images = sampled * prompts * len(ev["seeds"]) * len(ev["guidance"])
+        out.append(
+            _stage(
+                "attribute-binding images",
+                f"{sampled} models x {prompts:,} prompts x {len(ev['seeds'])} seeds x "
+                f"{len(ev['guidance'])} guidance = {images:,}",
+                images * ev["resolution"] ** 2 * PNG_BYTES_PER_PIXEL,
+                images * ev["steps"] * cfg * flops.get("forward", 0),
+            )
+        )
+        # BLIP VQA's forwards (a few per image, ~0.4 B parameters) are not counted.
+        out.append(_stage("B-VQA scores", f"{images:,} images", images * SCORE_ROW_BYTES))
+    quality = ev.get("quality") or {}
+    if quality.get("classifier") == "inception":
+        generated = sum(_prompt_set_size(s, config) for s in sets.values())
+        generated *= sampled * len(ev["seeds"]) * len(ev["guidance"])
+        out.append(
+            _stage(
+                "image quality (Inception-v3)",
+                f"{generated:,} images",
+                0,
+                generated * INCEPTION_FLOPS if flops else 0,
+            )
+        )
     return out
 
 

@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for objective, lora, switches in METHODS:
         if device != "cuda":
             # The CPU dry run checks the stages, not speed: torch.compile's CPU code generation
-            # would take minutes here (its CPU equivalence is tests/test_speed_switches.py).
+            # would take minutes here (its CPU equivalence is tests/training/test_policy.py).
             switches = {k: v for k, v in switches.items() if k != "compile"}
         cfg = _train_config(objective, lora, args.steps, precision, switches)
         out = work / "models" / cfg["name"]

@@ -25,6 +25,7 @@ from typing import Any
 # Imported for their commands (the downloads, the report stage and the tools), which
 # register themselves.
 import dspo.cli.fetch  # noqa: F401
+import dspo.cli.quality  # noqa: F401
 import dspo.cli.report  # noqa: F401
 from dspo.cli.registry import (
     BASE,
@@ -328,6 +329,20 @@ def import_model(args: argparse.Namespace) -> None:
     from dspo.hub.released import import_model as run_import
 
     report(run_import(args.model, args.base, Path(args.out)))
+
+
+@command(
+    "train",
+    arg("--run-dir", required=True, help="the training run's folder (results/train/<model>)"),
+    # Not --step: the parsed arguments' `step` names the command's settings (dspo.config.step).
+    arg("--at-step", type=int, required=True, help="the kept step (training.evaluate_steps)"),
+    arg("--out", required=True, help="model folder to write (results/models/<model>@<step>)"),
+)
+def step_model(args: argparse.Namespace) -> None:
+    """Put a run's kept model of one step where the workflow samples it (hard links)."""
+    from dspo.training.step_models import link_step
+
+    report({"out": str(link_step(Path(args.run_dir), args.at_step, Path(args.out)))})
 
 
 SAMPLING_OPTIONS = (

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from dspo.cli.registry import OUT, PARAMS, arg, command, json_mapping, report, setup_torch, threads
 
@@ -17,19 +19,24 @@ from dspo.cli.registry import OUT, PARAMS, arg, command, json_mapping, report, s
     arg("--plots", help="folder for the plots (default: --out)"),
     arg("--pairs-report", help="the pairs report (pairs-gather --report), noted in the tables"),
     arg("--nodup-report", help="the nodup report (nodup-gather --report), noted in the tables"),
+    arg("--quality", nargs="+", default=[], help="image quality tables (`dspo quality`)"),
     config="tables",
 )
 def tables(args: argparse.Namespace) -> None:
-    """Win rates against the base model and mean scores: tables and plots."""
+    """Win rates against the base model and mean scores, image quality and the DDSPO table:
+    tables and plots."""
     from dspo.data.dedup import data_note
     from dspo.evaluation.plots import plot_mean_scores, plot_win_rates
+    from dspo.evaluation.quality_tables import extra_tables
     from dspo.evaluation.statistics import load_scores
     from dspo.evaluation.sweeps import relabel_groups, reward_of, write_sweep
-    from dspo.evaluation.tables import build_tables, save_tables
+    from dspo.evaluation.tables import build_tables, labeller, save_tables
 
     p = args.params
+    raw = load_scores([Path(f) for f in args.scores])
+    selected, paper_raw = _selected_steps(raw, p)
     # Replicates and sweep points are scored as models of their own: rows go to their group.
-    scores = relabel_groups(load_scores([Path(f) for f in args.scores]), p.get("groups") or {})
+    scores = relabel_groups(raw, p.get("groups") or {})
     out = Path(args.out)
     tables = build_tables(
         scores,
@@ -41,6 +48,22 @@ def tables(args: argparse.Namespace) -> None:
         seed=p["bootstrap"]["seed"],
         paper_tables=p.get("paper_tables"),
         data_note=data_note(args.pairs_report, args.nodup_report),
+        paper_scores=relabel_groups(paper_raw, p.get("groups") or {}),
+        paper_note=selected.get("note", ""),
+    )
+    if "table" in selected:
+        tables["step_selection"] = selected["table"]
+    tables.update(
+        extra_tables(
+            tables["win_rates"][0],
+            tables["mean_scores"][0],
+            args.quality,
+            p.get("groups") or {},
+            p["methods"],
+            p["rewards"],
+            p["prompt_sets"],
+            labeller(p["labels"]),
+        )
     )
     written = save_tables(tables, out)
     plots = Path(args.plots or args.out)
@@ -55,6 +78,30 @@ def tables(args: argparse.Namespace) -> None:
             scores, name, spec, out, plots, reward, p["labels"], boot["samples"], boot["seed"]
         )
     report({"written": [str(w) for w in written]})
+
+
+def _selected_steps(raw: Any, p: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """With ``step_selection`` set: the step-selection table and the note (under "table" and
+    "note"), and the scores with each trained model's picked step; else nothing and ``raw``."""
+    from dspo.evaluation.step_selection import (
+        pick_steps,
+        picked_rows,
+        selection_markdown,
+        selection_note,
+        use_picked,
+    )
+    from dspo.evaluation.tables import labeller
+
+    spec = p.get("step_selection")
+    if not spec:
+        return {}, raw
+    # JSON keys are strings; the steps are numbers.
+    candidates = {m: {int(s): row for s, row in c.items()} for m, c in spec["candidates"].items()}
+    chosen = pick_steps(raw, candidates, spec["prompt_set"], spec["reward"])
+    name = labeller(p["labels"])
+    table = (chosen, selection_markdown(chosen, name))
+    note = selection_note(chosen, name)
+    return {"table": table, "note": note}, use_picked(raw, picked_rows(chosen))
 
 
 @command(
@@ -90,6 +137,31 @@ def training_view(args: argparse.Namespace) -> None:
     from dspo.evaluation.training_view import plot_training_view
 
     report(plot_training_view(Path(args.input), Path(args.out), args.params.get("title", "")))
+
+
+@command(
+    "report",
+    PARAMS,
+    arg("--scores", nargs="+", required=True, help="B-VQA score tables (`dspo score`)"),
+    arg("--out", required=True, help="the table's CSV; its Markdown is written beside (.md)"),
+)
+def binding_table(args: argparse.Namespace) -> None:
+    """The attribute-binding table: mean B-VQA per model and prompt set, beside win rates."""
+    from dspo.evaluation.binding import binding_markdown
+    from dspo.evaluation.binding import binding_table as build
+    from dspo.evaluation.statistics import load_scores
+    from dspo.evaluation.sweeps import relabel_groups
+
+    p = args.params
+    boot = p["bootstrap"]
+    scores = relabel_groups(load_scores([Path(f) for f in args.scores]), p.get("groups") or {})
+    table = build(scores, p["methods"], p["prompt_sets"], n_boot=boot["samples"], seed=boot["seed"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False, lineterminator="\n")
+    markdown = binding_markdown(table, p.get("labels"), p.get("title"), n_boot=boot["samples"])
+    out.with_suffix(".md").write_text(markdown)
+    report({"written": [str(out), str(out.with_suffix(".md"))], "rows": len(table)})
 
 
 @command(

@@ -152,6 +152,12 @@ def _check_sources(config: Mapping[str, Any], root: Path) -> list[str]:
     if evaluation.get("editing"):
         where = "evaluation.editing.source"
         problems += _check_table_source(where, where, evaluation["editing"]["source"], root)
+    binding = entries((evaluation.get("attribute_binding") or {}).get("prompt_sets"))
+    for name, spec in binding.items():
+        where = f"evaluation.attribute_binding.prompt_sets.{name}"
+        if name in entries(evaluation["prompt_sets"]) or name == "editing":
+            problems.append(f"{where}: the name is taken by another prompt set; choose another")
+        problems += _check_table_source(f"{where}.source", "prompt set", spec["source"], root)
     return problems
 
 
@@ -173,6 +179,17 @@ def _check_rewards(rewards: Mapping[str, Any], root: Path) -> list[str]:
                     f"(relative to {root}); a hub id has the form owner/name"
                 )
     return problems
+
+
+def _check_quality(quality: Mapping[str, Any] | None, root: Path) -> list[str]:
+    """The FID reference set is a folder that exists."""
+    reference = (quality or {}).get("reference")
+    if reference and not (root / reference).is_dir():
+        return [
+            f"evaluation.quality.reference: folder {reference!r} does not exist (relative to "
+            f"{root}); name a folder of reference images, or null for no FID"
+        ]
+    return []
 
 
 def _check_trackers(config: Mapping[str, Any]) -> list[str]:
@@ -239,6 +256,12 @@ def _check_sweeps(config: Mapping[str, Any]) -> list[str]:
     return sweep_problems(config, accepted)
 
 
+def _check_steps(config: Mapping[str, Any]) -> list[str]:
+    from dspo.config.experiments import step_problems
+
+    return step_problems(config)
+
+
 def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[str]:
     """Every problem of a schema-valid config, each message starting with its key."""
     root = Path(root)
@@ -247,11 +270,13 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *check_objectives(config["methods"]),
         *_check_sources(config, root),
         *_check_rewards(config["evaluation"]["rewards"], root),
+        *_check_quality(config["evaluation"].get("quality"), root),
         *_check_trackers(config),
         *_check_tables(config),
         *_check_released(config, root),
         *_check_degrader(config["ddspo"]["degrader"], root),
         *_check_sweeps(config),
+        *_check_steps(config),
     ]
 
 

@@ -17,6 +17,11 @@ scores of a model carry its group and replicate (``group_of``).
 A method entry with ``model: SOURCE`` (a hub id or a local folder) names a *released* model:
 it is imported (``dspo.hub.released``), sampled and scored like the others, but never trained, so
 it has no objective, hyper-parameters, training settings or replicates (``released_models``).
+
+``training.evaluate_steps`` keeps a trained model's earlier steps as models of their own,
+``{model}@{step}`` (``dspo@100``, ``dspo-r1@100``; ``step_models``), sampled and scored like
+the others; ``evaluation.step_selection`` then picks each trained model's step among them and
+its last (``step_candidates``).
 """
 
 from __future__ import annotations
@@ -90,6 +95,38 @@ def trained_models(config: Mapping[str, Any]) -> dict[str, TrainedModel]:
     if clashes:
         raise ValueError(f"trained model names clash with the base model: {clashes}")
     return models
+
+
+def step_name(model: str, step: int) -> str:
+    """The name of a trained model's kept step: ``dspo@100``."""
+    return f"{model}@{step}"
+
+
+def step_models(
+    config: Mapping[str, Any], models: Mapping[str, TrainedModel]
+) -> dict[str, tuple[str, int]]:
+    """The kept steps to sample and score, by name: (trained model, step), for each step of
+    its ``training.evaluate_steps`` short of its last (which is the trained model itself)."""
+    kept = {}
+    for name, model in models.items():
+        cfg = method_config(config, model)
+        for step in sorted({int(s) for s in cfg.get("evaluate_steps") or []}):
+            if step < int(cfg["steps"]):
+                kept[step_name(name, step)] = (name, step)
+    return kept
+
+
+def step_candidates(
+    config: Mapping[str, Any], models: Mapping[str, TrainedModel]
+) -> dict[str, dict[int, str]]:
+    """For the tables step: each trained model's candidate steps, step: row (its kept steps,
+    and its last step, whose row is the model itself)."""
+    candidates = {
+        name: {int(method_config(config, m)["steps"]): name} for name, m in models.items()
+    }
+    for row, (name, step) in step_models(config, models).items():
+        candidates[name][step] = row
+    return {name: dict(sorted(steps.items())) for name, steps in candidates.items()}
 
 
 def _set_dotted(entry: dict[str, Any], key: str, value: Any) -> None:
@@ -227,4 +264,44 @@ def sweep_problems(config: Mapping[str, Any], objective_params: Any) -> list[str
             problems.append(f"{where}.reward: {reward!r} is not a configured reward")
         if len({value_name(v) for v in spec["values"]}) != len(spec["values"]):
             problems.append(f"{where}.values: values repeat: {spec['values']}")
+    return problems
+
+
+def step_problems(config: Mapping[str, Any]) -> list[str]:
+    """Config errors of step selection, each naming its key: a kept step past a model's last,
+    kept steps with no ``evaluation.step_selection`` to use them, a selection naming a prompt
+    set or reward that is not configured, and a paper table listing the validation set."""
+    problems = []
+    models = trained_models(config)
+    for name, model in models.items():
+        cfg = method_config(config, model)
+        past = sorted(s for s in cfg.get("evaluate_steps") or [] if s > cfg["steps"])
+        if past:
+            own = (config["methods"][model.method].get("training") or {}).get("evaluate_steps")
+            where = "training" if own is None else f"methods.{model.method}.training"
+            problems.append(
+                f"{where}.evaluate_steps: {past} past the {cfg['steps']} steps of {name}"
+            )
+    evaluation = config["evaluation"]
+    selection = evaluation.get("step_selection")
+    if selection is None:
+        if step_models(config, models):
+            problems.append(
+                "training.evaluate_steps: kept steps need evaluation.step_selection "
+                "(a validation prompt set and a reward) to choose among them"
+            )
+        return problems
+    validation, reward = selection["prompt_set"], selection["reward"]
+    if validation not in entries(evaluation["prompt_sets"]):
+        problems.append(
+            f"evaluation.step_selection.prompt_set: {validation!r} is not a configured prompt set"
+        )
+    if reward not in entries(evaluation["rewards"]):
+        problems.append(f"evaluation.step_selection.reward: {reward!r} is not a configured reward")
+    for table, spec in entries(evaluation.get("tables")).items():
+        if validation in (spec.get("prompt_sets") or []):
+            problems.append(
+                f"evaluation.tables.{table}.prompt_sets: {validation!r} validates the step "
+                "choice (evaluation.step_selection); a table reports test sets only"
+            )
     return problems

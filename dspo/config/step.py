@@ -125,6 +125,16 @@ def _tables_schema() -> dict[str, Any]:
                 "description": "each trained model's [group, replicate] (dspo.config.experiments)",
             },
             "sweeps": {"type": "object", "description": "each sweep's method, keys and points"},
+            "step_selection": {
+                "type": ["object", "null"],
+                "description": "the validation set, reward and each trained model's candidate "
+                "steps (step: row) that pick its step (dspo.evaluation.step_selection)",
+                "required": ["prompt_set", "reward", "candidates"],
+                "properties": {
+                    **evaluation["step_selection"]["properties"],
+                    "candidates": {"type": "object", "additionalProperties": {"type": "object"}},
+                },
+            },
         },
         "required": ["methods", "rewards", "prompt_sets", "bootstrap"],
     }

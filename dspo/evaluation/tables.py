@@ -42,6 +42,8 @@ def build_tables(
     ci: float = 0.95,
     paper_tables: Mapping[str, Mapping[str, Any]] | None = None,
     data_note: str = "",
+    paper_scores: pd.DataFrame | None = None,
+    paper_note: str = "",
 ) -> dict[str, tuple[pd.DataFrame, str]]:
     """The result tables by name: each one's rows as its CSV holds them, and its Markdown.
 
@@ -53,27 +55,13 @@ def build_tables(
     Only the given methods, rewards and prompt sets are kept, in the given order. CSVs use
     internal names and fractions; Markdown uses `labels` and per cent for win rates.
     `data_note` (what the training data dropped) closes every Markdown table.
+    `paper_scores`: the scores the paper-layout tables use instead of `scores` (each method's
+    picked training step: :mod:`dspo.evaluation.step_selection`), which `paper_note` states.
     """
-    check_columns(scores, "scores")
-    for column, wanted in (
-        ("model", [baseline, *methods]),
-        ("reward", rewards),
-        ("prompt_set", prompt_sets),
-    ):
-        absent = sorted(set(wanted) - set(scores[column].unique()))
-        if absent:
-            raise ValueError(f"no scores with {column} in {absent}")
-    scores = scores[
-        scores["model"].isin([baseline, *methods])
-        & scores["reward"].isin(rewards)
-        & scores["prompt_set"].isin(prompt_sets)
-    ]
+    scores = _kept_scores(scores, [baseline, *methods], rewards, prompt_sets)
     name = labeller(labels)
     orders = {"prompt_set": prompt_sets, "reward": rewards}
-    wins = win_rates(scores, baseline, n_boot, seed, ci).merge(
-        sign_test(scores, baseline), on=[*BLOCK, "method"], how="left"
-    )
-    wins = order_rows(wins, {**orders, "method": methods})
+    wins = _wins(scores, baseline, methods, orders, (n_boot, seed, ci))
     means = order_rows(
         mean_scores(scores, n_boot, seed, ci), {**orders, "model": [baseline, *methods]}
     )
@@ -120,9 +108,14 @@ def build_tables(
             _matrix_markdown(matrix, models, name, layout.interval(means["n_replicates"])),
         ),
     }
+    paper_wins = wins
+    if paper_scores is not None and paper_tables:
+        kept = _kept_scores(paper_scores, [baseline, *methods], rewards, prompt_sets)
+        paper_wins = _wins(kept, baseline, methods, orders, (n_boot, seed, ci))
     for table, spec in (paper_tables or {}).items():
         sets = [p for p in spec.get("prompt_sets", prompt_sets) if p in prompt_sets]
-        tables[table] = _win_table(wins, spec, replace(layout, prompt_sets=sets))
+        frame, md = _win_table(paper_wins, spec, replace(layout, prompt_sets=sets))
+        tables[table] = (frame, md + (f"\n{paper_note}\n" if paper_note else ""))
 
     # Rounding keeps the files byte-identical even if float sums differ in the last bit.
     stats = dict.fromkeys(
@@ -130,6 +123,36 @@ def build_tables(
     )
     closing = f"\n{data_note}\n" if data_note else ""
     return {name: (frame.round(stats), md + closing) for name, (frame, md) in tables.items()}
+
+
+def _kept_scores(
+    scores: pd.DataFrame, models: Sequence[str], rewards: Sequence[str], prompt_sets: Sequence[str]
+) -> pd.DataFrame:
+    """The scores of those models, rewards and prompt sets; an error naming any without."""
+    check_columns(scores, "scores")
+    for column, wanted in (("model", models), ("reward", rewards), ("prompt_set", prompt_sets)):
+        absent = sorted(set(wanted) - set(scores[column].unique()))
+        if absent:
+            raise ValueError(f"no scores with {column} in {absent}")
+    return scores[
+        scores["model"].isin(models)
+        & scores["reward"].isin(rewards)
+        & scores["prompt_set"].isin(prompt_sets)
+    ]
+
+
+def _wins(
+    scores: pd.DataFrame,
+    baseline: str,
+    methods: Sequence[str],
+    orders: Mapping[str, Sequence[str]],
+    bootstrap: tuple[int, int, float],
+) -> pd.DataFrame:
+    """Win rates against ``baseline`` with their sign tests, rows in order."""
+    wins = win_rates(scores, baseline, *bootstrap).merge(
+        sign_test(scores, baseline), on=[*BLOCK, "method"], how="left"
+    )
+    return order_rows(wins, {**orders, "method": methods})
 
 
 def save_tables(tables: Mapping[str, tuple[pd.DataFrame, str]], out_dir: Path) -> list[Path]:

@@ -18,6 +18,11 @@ What the config names (:func:`hub_artefacts`), each an :class:`Artefact` named b
 - ``reward.<name>.<key>``: reward models and their processors or tokenizers (config and
   tokenizer files, and the weights in one format: safetensors when the repo has them), and
   reward files (``checkpoint``, ``med_config``) of a hub ``repo``; defaults as the loaders'.
+- ``prompt_set.<name>`` and ``binding.model``: the attribute-binding prompt sets (as above)
+  and the B-VQA scorer's BLIP VQA model (``evaluation.attribute_binding``).
+- ``quality.inception``: with ``evaluation.quality.classifier: inception`` and no local
+  ``weights``, the FID Inception-v3 weights: a file at a pinned URL (``what: url``) with its
+  SHA-256, saved into PyTorch's hub checkpoint folder (:func:`fetch_url`).
 
 Revisions: a data source's ``revision`` when set; otherwise the default branch, resolved
 once by this download (the local hub cache then points the branch at that commit, which the
@@ -30,7 +35,8 @@ Manifest (one record per artefact, gathered into ``results/fetch/manifest.json``
      "files": [{"file", "size", "sha256"}, ...]}
 
 The SHA-256 is computed from the downloaded file; where the hub cache names the file's blob
-by its LFS SHA-256, the two must agree.
+by its LFS SHA-256, the two must agree. A URL item's record has ``repo_type: url``, the URL as
+``repo`` and the pinned SHA-256 as ``revision``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from typing import Any
 from dspo.config.experiments import method_config, released_models, trained_models
 from dspo.config.names import entries, is_hub_id
 from dspo.data.split_files import DATA_SUFFIXES, repo_split_files
+from dspo.evaluation.inception import INCEPTION_FILE, INCEPTION_SHA256, INCEPTION_URL
 from dspo.hub.released import DENOISERS, LORA_WEIGHTS, MODEL_INDEX
 
 # Weights transformers and diffusers load (one file, or shards with an index), and the small
@@ -69,7 +76,8 @@ class Artefact:
     ``what``: ``pipeline`` (a diffusers pipeline), ``released`` (a released model, in any
     layout :mod:`dspo.hub.released` reads), ``model`` (a transformers model folder:
     small files and weights), ``processor`` (small files only), ``files`` (exactly
-    ``files``) or ``split`` (the data files of ``split``).
+    ``files``), ``split`` (the data files of ``split``) or ``url`` (``repo`` is a URL, saved
+    as ``files[0]`` and checked against ``sha256``).
     """
 
     item: str
@@ -79,9 +87,13 @@ class Artefact:
     revision: str | None = None
     files: tuple[str, ...] = field(default_factory=tuple)
     split: str | None = None
+    sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "files": list(self.files)}
+        """The fields as JSON; ``sha256`` only when set (hub items' specs stay as they were,
+        so their fetch jobs are not rerun)."""
+        value = {**asdict(self), "files": list(self.files)}
+        return value if self.sha256 else {k: v for k, v in value.items() if k != "sha256"}
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> Artefact:
@@ -122,6 +134,10 @@ def _reward_parts(spec: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
         from dspo.rewards.hpsv2 import CHECKPOINTS
 
         return [("checkpoint", "files", spec.get("checkpoint", CHECKPOINTS.get(spec["version"])))]
+    if kind == "bvqa":
+        from dspo.rewards.bvqa import DEFAULT_MODEL
+
+        return [("model", "model", spec.get("model", DEFAULT_MODEL))]
     if kind == "image_reward":
         from dspo.rewards.image_reward import DEFAULT_TOKENIZER
 
@@ -148,11 +164,11 @@ def _reward_repo(spec: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _reward(name: str, spec: Mapping[str, Any], root: Path) -> list[Artefact]:
+def _reward(prefix: str, spec: Mapping[str, Any], root: Path) -> list[Artefact]:
     found = []
     repo = _reward_repo(spec)
     for key, what, value in _reward_parts(spec):
-        item = f"reward.{name}.{key}"
+        item = f"{prefix}.{key}"
         if what != "files" and value and is_hub_id(str(value), root, legacy=True):
             found.append(Artefact(item, str(value), what))
         elif what == "files" and value and repo and not (root / str(value)).is_file():
@@ -185,10 +201,27 @@ def hub_artefacts(config: Mapping[str, Any], root: Path | str = ".") -> list[Art
     if evaluation.get("editing"):
         found += _data_source("editing", evaluation["editing"]["source"], "train")
     for name, spec in entries(evaluation["rewards"]).items():
-        found += _reward(name, spec, root)
+        found += _reward(f"reward.{name}", spec, root)
+    binding = evaluation.get("attribute_binding") or {}
+    for name, spec in entries(binding.get("prompt_sets")).items():
+        found += _data_source(f"prompt_set.{name}", spec["source"], "test")
+    if binding:
+        found += _reward("binding", binding["scorer"], root)
     for name, source in released_models(config).items():
         if is_hub_id(source, root):
             found.append(Artefact(f"released.{name}", source, "released"))
+    quality = evaluation.get("quality") or {}
+    if quality.get("classifier") == "inception" and not quality.get("weights"):
+        found.append(
+            Artefact(
+                "quality.inception",
+                INCEPTION_URL,
+                "url",
+                "url",
+                files=(INCEPTION_FILE,),
+                sha256=INCEPTION_SHA256,
+            )
+        )
     return found + _ddspo_degrader(config, root)
 
 
@@ -270,8 +303,46 @@ def _file_record(name: str, path: Path) -> dict[str, Any]:
     return {"file": name, "size": path.stat().st_size, "sha256": sha}
 
 
+def fetch_url(artefact: Artefact, folder: Path | None = None) -> dict[str, Any]:
+    """Download a URL item into ``folder`` (default PyTorch's hub checkpoint folder) as
+    ``files[0]``; its manifest record. A file already there with the pinned SHA-256 is kept;
+    a download with another SHA-256 is an error and is not kept."""
+    import urllib.request
+
+    if folder is None:
+        import torch
+
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+    target = folder / artefact.files[0]
+    if not (target.is_file() and sha256_of(target) == artefact.sha256):
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        with urllib.request.urlopen(artefact.repo) as response, open(partial, "wb") as out:
+            for block in iter(lambda: response.read(1 << 24), b""):
+                out.write(block)
+        sha = sha256_of(partial)
+        if artefact.sha256 and sha != artefact.sha256:
+            partial.unlink()
+            raise ValueError(
+                f"{artefact.item} ({artefact.repo}): downloaded content has SHA-256 {sha}, "
+                f"pinned {artefact.sha256}"
+            )
+        partial.replace(target)
+    return {
+        "item": artefact.item,
+        "repo": artefact.repo,
+        "repo_type": "url",
+        "requested_revision": artefact.sha256,
+        "revision": sha256_of(target),
+        "files": [_file_record(artefact.files[0], target)],
+    }
+
+
 def fetch_artefact(artefact: Artefact) -> dict[str, Any]:
-    """Download one artefact's files into the local hub cache; its manifest record."""
+    """Download one artefact's files into the local hub cache (a URL item: :func:`fetch_url`);
+    its manifest record."""
+    if artefact.what == "url":
+        return fetch_url(artefact)
     from huggingface_hub import HfApi, hf_hub_download
 
     kind = {"repo_id": artefact.repo, "repo_type": artefact.repo_type}

@@ -1,8 +1,9 @@
 """Reward models behind one interface: ``score(images, prompts) -> scores``.
 
 Each reward model is built by a loader from its config entry (``{"kind": ..., ...}``);
-the toy world's oracle parts and the paper's reward models (PickScore, HPSv2, LAION
-aesthetics, CLIP score, ImageReward) all plug in here, so scoring code never changes.
+the toy world's oracle parts, the paper's reward models (PickScore, HPSv2, LAION
+aesthetics, CLIP score, ImageReward) and T2I-CompBench's B-VQA all plug in here, so scoring
+code never changes.
 docs/rewards.md explains how each paper model is loaded.
 """
 
@@ -69,6 +70,19 @@ def _image_reward(spec: Mapping[str, Any], device: str) -> RewardModel:
     return ImageReward(spec, device)
 
 
+def _bvqa(spec: Mapping[str, Any], device: str) -> RewardModel:
+    from dspo.rewards.bvqa import blip_bvqa
+
+    return blip_bvqa(spec, device)
+
+
+def _toy_bvqa(spec: Mapping[str, Any], device: str) -> RewardModel:
+    from dspo.rewards.bvqa import BVQA
+    from dspo.toy.oracle import ToyPresence
+
+    return BVQA(ToyPresence(), "bvqa toy_oracle alignment rule phrases")
+
+
 # Loaders import their model lazily: the toy world never loads transformers' vision models.
 LOADERS: dict[str, Callable[[Mapping[str, Any], str], RewardModel]] = {
     "toy_oracle": _toy,
@@ -77,6 +91,8 @@ LOADERS: dict[str, Callable[[Mapping[str, Any], str], RewardModel]] = {
     "laion_aesthetics": _aesthetics,
     "clip_score": _clip_score,
     "image_reward": _image_reward,
+    "bvqa": _bvqa,
+    "toy_bvqa": _toy_bvqa,
 }
 
 

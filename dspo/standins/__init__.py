@@ -12,10 +12,14 @@ that the sd15 and sdxl presets download, for rehearsing the real path offline.
                                            aesthetics  MLP, over DIR/clip-vit-large-patch14/
     DIR/ImageReward/                       image_reward  ImageReward.pt + med_config.json
     DIR/bert-base-uncased/                 (with image_reward) its tokenizer
+    DIR/blip-vqa-base/                     blip_vqa  BlipForQuestionAnswering + processor
     DIR/pickapic_v2/data/*.parquet         pickapic  train and test_unique splits
     DIR/prompts/PartiPrompts.tsv           prompts  Parti prompts, and
     DIR/HPDv2/benchmark/*.json                      the HPSv2 benchmark (zhwang/HPDv2's layout)
     DIR/instructpix2pix-1000-samples/      editing  train.parquet
+    DIR/t2i-compbench/<c>_val/*.parquet    compbench  colour, shape, texture prompts
+    DIR/inception/weights-inception-2015-12-05-6726825d.pth
+                                           inception  FID Inception-v3 (torch-fidelity's file)
     DIR/standins.json                      what was written, with counts and seconds
 
 Everything is seeded: the same arguments give the same files. ``--tiny`` keeps every class,
@@ -29,6 +33,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from dspo.evaluation.inception import INCEPTION_FILE
 
 SD15 = "stable-diffusion-v1-5"
 SDXL = "stable-diffusion-xl-base-1.0"
@@ -44,6 +50,10 @@ PROMPTS = "prompts"
 # The hub dataset zhwang/HPDv2, with only its benchmark/ folder.
 HPSV2_BENCHMARK = "HPDv2"
 EDITING = "instructpix2pix-1000-samples/train.parquet"
+BLIP_VQA = "blip-vqa-base"
+# The hub dataset NinaKarine/t2i-compbench, with only its colour, shape and texture sets.
+COMPBENCH = "t2i-compbench"
+INCEPTION = f"inception/{INCEPTION_FILE}"
 MANIFEST = "standins.json"
 
 COMPONENTS = (
@@ -57,6 +67,9 @@ COMPONENTS = (
     "pickapic",
     "prompts",
     "editing",
+    "blip_vqa",
+    "compbench",
+    "inception",
 )
 # SDXL's folder is 7 GB even in float16 and only the sd15+sdxl rehearsal reads it.
 DEFAULT_COMPONENTS = tuple(c for c in COMPONENTS if c != "sdxl")
@@ -77,7 +90,7 @@ def write_standins(
     ``skip_existing`` keeps the components the manifest already records with the same
     ``tiny`` and ``seed`` (each is recorded once complete), so an interrupted build resumes.
     """
-    from dspo.standins import data, pipelines, rewards
+    from dspo.standins import data, inception, pipelines, rewards
 
     chosen = list(dict.fromkeys(components))
     unknown = sorted(set(chosen) - set(COMPONENTS))
@@ -111,6 +124,13 @@ def write_standins(
             ).items()
         },
         "editing": lambda: str(data.write_editing_set(out / EDITING, max(4, prompts // 4), seed)),
+        "blip_vqa": lambda: rewards.write_blip_vqa(
+            out / BLIP_VQA, vocabulary, tiny=tiny, seed=seed + 70
+        ),
+        "compbench": lambda: {
+            k: str(v) for k, v in data.write_compbench(out / COMPBENCH, prompts, seed).items()
+        },
+        "inception": lambda: inception.write_inception(out / INCEPTION, seed=seed + 60),
     }
     manifest_file = out / MANIFEST
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}

@@ -217,3 +217,31 @@ def write_editing_set(out_file: Path, n: int, seed: int = 0) -> Path:
     out_file.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out_file)
     return out_file
+
+
+# T2I-CompBench's attribute-binding categories and the words their prompts bind.
+COMPBENCH_ATTRIBUTES = {
+    "color": ["red", "blue", "green", "yellow", "white", "black"],
+    "shape": ["round", "square", "oval", "triangular", "rectangular", "cylindrical"],
+    "texture": ["wooden", "metallic", "glass", "leather", "fluffy", "rubber"],
+}
+COMPBENCH_OBJECTS = ["car", "bench", "vase", "book", "bowl", "clock", "chair", "bag"]
+
+
+def write_compbench(out: Path, n: int, seed: int = 0) -> dict[str, Path]:
+    """T2I-CompBench's colour, shape and texture validation prompts in the layout of the hub
+    copy ``NinaKarine/t2i-compbench``: ``out/<category>_val/val-00000-of-00001.parquet`` with
+    one column, ``text``; each prompt ``"a <attribute> <object> and a <attribute> <object>"``."""
+    rng = np.random.default_rng(seed + 200)
+    files = {}
+    for category, attributes in COMPBENCH_ATTRIBUTES.items():
+        texts = []
+        for _ in range(n):
+            a, b = rng.choice(attributes, 2, replace=False)
+            x, y = rng.choice(COMPBENCH_OBJECTS, 2, replace=False)
+            texts.append(f"a {a} {x} and a {b} {y}")
+        file = out / f"{category}_val" / "val-00000-of-00001.parquet"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"text": texts}).to_parquet(file, index=False)
+        files[category] = file
+    return files

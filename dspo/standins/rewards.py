@@ -24,7 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from dspo.standins.tokenizers import CLIP_VOCAB_SIZE, write_bert_tokenizer, write_clip_tokenizer
+from dspo.standins.tokenizers import (
+    CLIP_VOCAB_SIZE,
+    bert_vocab,
+    write_bert_tokenizer,
+    write_clip_tokenizer,
+)
 
 VIT_H_14 = {
     "text": {
@@ -316,4 +321,61 @@ def write_image_reward(folder: Path, words: Iterable[str], *, tiny: bool, seed: 
     del state
     gc.collect()
     write_bert_tokenizer(folder.parent / "bert-base-uncased", words)
+    return n
+
+
+# Salesforce/blip-vqa-base: BLIP's ViT-B/16 at 384 px and BERT-base with cross-attention.
+BLIP_VQA_VISION = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "patch_size": 16,
+    "image_size": 384,
+}
+TINY_BLIP_VQA_VISION = {**BLIP_VQA_VISION, **TINY_BLIP_VIT, "num_attention_heads": 2}
+BLIP_VQA_TEXT = {k: MED_CONFIG[k] for k in ("hidden_size", "intermediate_size")} | {
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 512,
+}
+TINY_BLIP_VQA_TEXT = {k: TINY_MED[k] for k in BLIP_VQA_TEXT}
+
+
+def blip_vqa_config(tokenizer: Any, tiny: bool) -> Any:
+    """``BlipConfig`` of ``Salesforce/blip-vqa-base`` (or tiny), its token ids ``tokenizer``'s."""
+    from transformers import BlipConfig
+
+    vision = TINY_BLIP_VQA_VISION if tiny else BLIP_VQA_VISION
+    text = {
+        **(TINY_BLIP_VQA_TEXT if tiny else BLIP_VQA_TEXT),
+        "vocab_size": len(tokenizer),
+        "encoder_hidden_size": vision["hidden_size"],
+        "bos_token_id": tokenizer.convert_tokens_to_ids("[DEC]"),
+        "pad_token_id": tokenizer.pad_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+    }
+    return BlipConfig(vision_config=vision, text_config=text)
+
+
+def write_blip_vqa(folder: Path, words: Iterable[str], *, tiny: bool, seed: int) -> int:
+    """A ``Salesforce/blip-vqa-base`` folder: ``BlipForQuestionAnswering`` weights and config,
+    BERT uncased's vocabulary with BLIP's ``[DEC]`` and ``[ENC]`` (30,524 tokens), and the
+    ``BlipImageProcessor`` config (384 px; 64 tiny)."""
+    from transformers import BertTokenizer, BlipForQuestionAnswering, BlipImageProcessorPil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(bert_vocab([*words, "yes", "no"])) + "\n")
+    tokenizer = BertTokenizer(str(vocab_file), do_lower_case=True, model_max_length=512)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    model = BlipForQuestionAnswering(blip_vqa_config(tokenizer, tiny))
+    model.save_pretrained(folder)
+    side = (TINY_BLIP_VQA_VISION if tiny else BLIP_VQA_VISION)["image_size"]
+    BlipImageProcessorPil(size={"height": side, "width": side}).save_pretrained(folder)
+    n = sum(p.numel() for p in model.parameters())
+    del model
+    gc.collect()
     return n

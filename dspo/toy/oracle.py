@@ -78,26 +78,7 @@ def oracle_components(images: np.ndarray, captions: Sequence[str]) -> dict[str, 
     side = min(h, w)
     t = np.array([_targets(c) for c in captions], dtype=float).reshape(n, 10)
     t_colour, t_bg, t_pos, t_shape, t_size = t[:, 0:3], t[:, 3:6], t[:, 6:8], t[:, 8], t[:, 9]
-    ys, xs = grid(h), grid(w)
-
-    # Background = per-channel median (the object covers well under half the frame).
-    bg = np.median(x.reshape(n, -1, 3), axis=1)
-    dist_raw = np.linalg.norm(x - bg[:, None, None], axis=-1)
-    dist = np.linalg.norm(blur(x, _SMOOTH * side) - bg[:, None, None], axis=-1)
-    # Object colour from the unsmoothed pixels farthest (after smoothing out noise) from the
-    # background.
-    wts = (dist / (dist.max(axis=(1, 2), keepdims=True) + 1e-9)) ** 4 + 1e-12
-    obj = np.einsum("nhw,nhwc->nc", wts, x) / wts.sum(axis=(1, 2))[:, None]
-    contrast = np.linalg.norm(obj - bg, axis=1)
-    # Foreground map ~ coverage, because colour is linear in coverage along the
-    # background-object line; the median distance (the noise floor) is subtracted first.
-    fg = _foreground(dist, contrast)
-    mass = fg.sum(axis=(1, 2)) + 1e-9
-    cx = (fg.sum(axis=1) @ xs + 0.5e-9) / mass
-    cy = (fg.sum(axis=2) @ ys + 0.5e-9) / mass
-    area = mass / (h * w)
-    # Without a visible object there is no shape, position or size to give credit for.
-    presence = 1.0 - _gauss_score(contrast, _PRESENCE)
+    bg, dist_raw, obj, contrast, cx, cy, area, presence = _object(x)
 
     # Checks of unstated attributes stay NaN (their targets are NaN).
     checks = np.full((n, len(_CHECKS)), np.nan)
@@ -128,16 +109,7 @@ def oracle_components(images: np.ndarray, captions: Sequence[str]) -> dict[str, 
     has_shape = ~np.isnan(t_shape)
     if has_shape.any():
         i = np.flatnonzero(has_shape)
-        a = np.clip(area[i], 0.003, 0.5)
-        f = _foreground(dist_raw[i], contrast[i])
-        f -= f.mean(axis=(1, 2), keepdims=True)
-        corr = np.empty((len(i), len(SHAPES)))
-        for k in range(len(SHAPES)):
-            m = soft_masks(np.full(len(i), k), cx[i], cy[i], np.sqrt(a / SHAPE_AREA[k]), h, w)
-            m -= m.mean(axis=(1, 2), keepdims=True)
-            num = (f * m).sum(axis=(1, 2))
-            corr[:, k] = num / np.sqrt((f**2).sum(axis=(1, 2)) * (m**2).sum(axis=(1, 2)) + 1e-12)
-        logits = corr / _SHAPE_TEMPERATURE
+        logits = _shape_logits(dist_raw[i], contrast[i], cx[i], cy[i], area[i])
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         checks[i, 4] = presence[i] * p[np.arange(len(i)), t_shape[i].astype(int)]
@@ -181,6 +153,78 @@ def oracle_components(images: np.ndarray, captions: Sequence[str]) -> dict[str, 
     }
 
 
+def _object(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """What the checks measure of (N, H, W, 3) images in 0-1: the background colour, each
+    pixel's distance from it, the object colour, the object-background contrast, the object's
+    centroid (cx, cy) and area (frame fractions), and the object's presence in [0, 1]."""
+    n, h, w, _ = x.shape
+    side = min(h, w)
+    ys, xs = grid(h), grid(w)
+    # Background = per-channel median (the object covers well under half the frame).
+    bg = np.median(x.reshape(n, -1, 3), axis=1)
+    dist_raw = np.linalg.norm(x - bg[:, None, None], axis=-1)
+    dist = np.linalg.norm(blur(x, _SMOOTH * side) - bg[:, None, None], axis=-1)
+    # Object colour from the unsmoothed pixels farthest (after smoothing out noise) from the
+    # background.
+    wts = (dist / (dist.max(axis=(1, 2), keepdims=True) + 1e-9)) ** 4 + 1e-12
+    obj = np.einsum("nhw,nhwc->nc", wts, x) / wts.sum(axis=(1, 2))[:, None]
+    contrast = np.linalg.norm(obj - bg, axis=1)
+    # Foreground map ~ coverage, because colour is linear in coverage along the
+    # background-object line; the median distance (the noise floor) is subtracted first.
+    fg = _foreground(dist, contrast)
+    mass = fg.sum(axis=(1, 2)) + 1e-9
+    cx = (fg.sum(axis=1) @ xs + 0.5e-9) / mass
+    cy = (fg.sum(axis=2) @ ys + 0.5e-9) / mass
+    area = mass / (h * w)
+    # Without a visible object there is no shape, position or size to give credit for.
+    presence = 1.0 - _gauss_score(contrast, _PRESENCE)
+    return bg, dist_raw, obj, contrast, cx, cy, area, presence
+
+
+def _shape_logits(
+    dist_raw: np.ndarray, contrast: np.ndarray, cx: np.ndarray, cy: np.ndarray, area: np.ndarray
+) -> np.ndarray:
+    """(N, len(SHAPES)) logits: the unsmoothed foreground map (smoothing erases the corners
+    that tell shapes apart) correlated with each shape template placed at the observed
+    centroid with the observed area, over the softmax temperature."""
+    n, h, w = dist_raw.shape
+    a = np.clip(area, 0.003, 0.5)
+    f = _foreground(dist_raw, contrast)
+    f -= f.mean(axis=(1, 2), keepdims=True)
+    corr = np.empty((n, len(SHAPES)))
+    for k in range(len(SHAPES)):
+        m = soft_masks(np.full(n, k), cx, cy, np.sqrt(a / SHAPE_AREA[k]), h, w)
+        m -= m.mean(axis=(1, 2), keepdims=True)
+        num = (f * m).sum(axis=(1, 2))
+        corr[:, k] = num / np.sqrt((f**2).sum(axis=(1, 2)) * (m**2).sum(axis=(1, 2)) + 1e-12)
+    return corr / _SHAPE_TEMPERATURE
+
+
+def object_class_log_probs(images: np.ndarray) -> np.ndarray:
+    """The toy world's image classifier: (N, len(COLOURS) * len(SHAPES) + 1) log-probabilities
+    of each object class (colour, shape; colour-major order) and, last, of "no object".
+
+    The oracle's own measurements make it: presence (object-background contrast), a softmax
+    over the shape logits of :func:`oracle_components`' shape check, and a softmax over the
+    object colour's soft match to each palette colour (the colour check's scale). It plays
+    Inception-v3's part for the Inception Score on the toy world: a crisp, well-drawn object
+    is classified confidently, a blurred, noisy or missing one is not.
+    """
+    x = np.asarray(images, dtype=np.float32) / np.float32(255.0)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected (N, H, W, 3) images, got {x.shape}")
+    _, dist_raw, obj, contrast, cx, cy, area, presence = _object(x)
+    palette = np.array(list(COLOURS.values()), dtype=float) / 255
+    colour = -((np.linalg.norm(obj[:, None] - palette[None], axis=-1) / _S_COLOUR) ** 2)
+    colour = colour - np.logaddexp.reduce(colour, axis=1, keepdims=True)
+    shape = _shape_logits(dist_raw, contrast, cx, cy, area)
+    shape = shape - np.logaddexp.reduce(shape, axis=1, keepdims=True)
+    present = np.log(np.clip(presence, 1e-12, 1.0))[:, None]
+    objects = (present[:, :, None] + colour[:, :, None] + shape[:, None, :]).reshape(len(x), -1)
+    absent = np.log(np.clip(1.0 - presence, 1e-12, 1.0))[:, None]
+    return np.concatenate([objects, absent], axis=1)
+
+
 def _foreground(dist: np.ndarray, contrast: np.ndarray) -> np.ndarray:
     """Map distance from the background to [0, 1] coverage above the image's noise floor."""
     floor = np.median(dist.reshape(len(dist), -1), axis=1)
@@ -212,3 +256,17 @@ class ToyOracleReward:
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
         pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
         return oracle_scores(pixels, list(prompts))[self.part]
+
+
+class ToyPresence:
+    """The oracle's alignment part answering "is there a {phrase}?" (B-VQA's answerer).
+
+    A phrase is scored as a caption of its own: ``"a red circle"`` checks the object's colour
+    and shape, ``"a white background"`` the background; one that states no attribute is 1.
+    """
+
+    def __call__(
+        self, images: Sequence[Image.Image], which: np.ndarray, phrases: Sequence[str]
+    ) -> np.ndarray:
+        pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
+        return oracle_scores(pixels[np.asarray(which)], list(phrases))["alignment"]

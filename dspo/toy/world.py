@@ -6,6 +6,7 @@ The same config gives identical files; each product draws from its own random st
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,6 +22,7 @@ from dspo.toy.scenes import (
     BACKGROUNDS,
     COLOURS,
     HELDOUT_TEMPLATES,
+    SHAPES,
     TRAIN_TEMPLATES,
     Scene,
     caption,
@@ -45,6 +47,7 @@ class ToyWorldConfig:
     prompts_per_set: int = 48
     holdout_fraction: float = 0.1
     n_unseen_combinations: int = 3
+    binding_prompts: int = 24
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -55,6 +58,11 @@ class ToyWorldConfig:
             raise ValueError(f"bt_temperature must be > 0, got {self.bt_temperature}")
         if self.n_pairs < 1 or self.max_pairs_per_prompt < 1 or self.prompts_per_set < 1:
             raise ValueError("n_pairs, max_pairs_per_prompt and prompts_per_set must be >= 1")
+        if not 1 <= self.binding_prompts <= len(COLOURS) * len(SHAPES) * len(BACKGROUNDS):
+            raise ValueError(
+                f"binding_prompts must be in 1..{len(COLOURS) * len(SHAPES) * len(BACKGROUNDS)}"
+                f", got {self.binding_prompts}"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ToyWorldConfig:
@@ -68,13 +76,38 @@ class ToyWorldConfig:
         return cls(**d)
 
 
-def _prompt_set(
+def _chosen(
     scenes: Sequence[Scene], templates: Sequence[int], n: int, rng: np.random.Generator
-) -> list[str]:
+) -> list[tuple[int, int]]:
+    """``n`` distinct scenes (their indices), each with a template drawn from ``templates``."""
     if n > len(scenes):
         raise ValueError(f"prompts_per_set={n} exceeds the {len(scenes)} scenes available")
     chosen = rng.choice(len(scenes), n, replace=False)
-    return [caption(scenes[i], int(rng.choice(templates))) for i in chosen]
+    return [(int(i), int(rng.choice(templates))) for i in chosen]
+
+
+def validation_prompts(
+    heldout: Sequence[Scene], used: set[int], n: int, rng: np.random.Generator
+) -> list[str]:
+    """Up to ``n`` prompts of held-out scenes that no test prompt shows (``used``: their
+    indices in ``heldout``), in training templates: a validation set that shares no scene
+    with the test sets, and no caption with the training pairs."""
+    free = [scene for i, scene in enumerate(heldout) if i not in used]
+    return [caption(free[i], t) for i, t in _chosen(free, TRAIN_TEMPLATES, min(n, len(free)), rng)]
+
+
+def binding_set(n: int, rng: np.random.Generator) -> list[str]:
+    """The toy attribute-binding set: ``"a(n) {colour} {shape} on a {background} background"``.
+
+    Two noun phrases, each with its own colour (object colours and background colours share no
+    word), as T2I-CompBench's colour prompts bind a colour to each of two objects. No caption
+    template writes a scene without its position, so no training or test caption is one of
+    these.
+    """
+    combos = list(itertools.product(COLOURS, SHAPES, BACKGROUNDS))
+    chosen = rng.choice(len(combos), n, replace=False)
+    texts = [f"{c} {s} on a {b} background" for c, s, b in (combos[int(i)] for i in chosen)]
+    return [f"{'an' if t[0] in 'aeiou' else 'a'} {t}" for t in texts]
 
 
 def editing_set(
@@ -117,7 +150,9 @@ def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
     Files: ``out_dir/pairs/train-00000-of-00001.parquet`` (Pick-a-Pic v2 columns, in row
     groups of ``TOY_ROW_GROUP`` rows: the units that the scattered normalisation splits),
     ``out_dir/prompts.parquet`` (prompt_set, prompt_id, prompt) with the prompt sets
-    "heldout_captions", "unseen_combinations" and "new_templates", and
+    "heldout_captions", "unseen_combinations" and "new_templates" (the test sets),
+    "validation" (:func:`validation_prompts`; for choosing a training step) and
+    "attribute_binding" (:func:`binding_set`), and
     ``out_dir/editing.parquet`` (see `editing_set`) from held-out captions.
     """
     out_dir = Path(out_dir)
@@ -139,10 +174,19 @@ def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
         "unseen_combinations": (split["unseen_combinations"], TRAIN_TEMPLATES),
         "new_templates": (split["heldout_captions"], HELDOUT_TEMPLATES),
     }
-    rows = []
+    rows, used = [], set()
     for name, (scenes, templates) in sets.items():
-        prompts = _prompt_set(scenes, templates, cfg.prompts_per_set, rng)
-        rows += [(name, i, p) for i, p in enumerate(prompts)]
+        chosen = _chosen(scenes, templates, cfg.prompts_per_set, rng)
+        rows += [(name, i, caption(scenes[s], t)) for i, (s, t) in enumerate(chosen)]
+        if scenes is split["heldout_captions"]:
+            used.update(s for s, _ in chosen)
+    # Its own stream: the test sets stay as they were before it existed.
+    validation = validation_prompts(
+        split["heldout_captions"], used, cfg.prompts_per_set, np.random.default_rng([cfg.seed, 4])
+    )
+    rows += [("validation", i, p) for i, p in enumerate(validation)]
+    binding = binding_set(cfg.binding_prompts, np.random.default_rng([cfg.seed, 5]))
+    rows += [("attribute_binding", i, p) for i, p in enumerate(binding)]
     prompts_df = pd.DataFrame(rows, columns=["prompt_set", "prompt_id", "prompt"])
     prompts_df["prompt_id"] = prompts_df["prompt_id"].astype(np.int64)
 
@@ -175,5 +219,8 @@ def build_world(cfg: ToyWorldConfig, out_dir: Path) -> dict[str, Any]:
         "defect_rate": float(has_defect.mean()),
         "mean_total_clean": float(totals[~has_defect].mean()) if (~has_defect).any() else None,
         "mean_total_defective": float(totals[has_defect].mean()) if has_defect.any() else None,
-        "n_prompts": {name: cfg.prompts_per_set for name in [*sets, "editing"]},
+        "n_prompts": {
+            **{name: cfg.prompts_per_set for name in [*sets, "editing"]},
+            "attribute_binding": cfg.binding_prompts,
+        },
     }

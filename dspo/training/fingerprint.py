@@ -33,6 +33,7 @@ RESUME_NEUTRAL = frozenset(
         "checkpoint_every",
         "checkpoint_every_minutes",
         "keep_checkpoints",
+        "evaluate_steps",
         "checkpoints_kept",
         "log_every",
         "report_to",

@@ -78,7 +78,7 @@ def switch(denoiser: ModelMixin, settings: TrainSettings, compile_it: bool) -> M
     """Channels-last weights and torch.compile, each off unless set.
 
     They change how the numbers are computed, not which: a step agrees with the plain one up
-    to floating-point rounding (tests/test_speed_switches.py). ``Module.compile`` compiles in
+    to floating-point rounding (tests/training/test_policy.py). ``Module.compile`` compiles in
     place, so state-dict keys, checkpoints and saved files stay those of the plain module.
     """
     if settings.channels_last:

@@ -19,7 +19,7 @@ read memory-mapped. Visit ``v = step * pairs_per_step + position``; part k holds
 Exactness: with ``batch_factor`` 1 every forward is the trainer's own (same rows, same
 batch), so on one machine training gives bit-identical weights; with more micro-batches per
 forward the matrix kernels may sum in another order, a difference of float32 rounding
-(tests/test_reference.py bounds it).
+(tests/training/test_reference.py bounds it).
 """
 
 from __future__ import annotations

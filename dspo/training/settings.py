@@ -51,6 +51,7 @@ OPTIONAL: dict[str, Any] = {
     "lora": None,
     "family_settings": {},
     "keep_checkpoints": False,
+    "evaluate_steps": [],
     "resume_across_code_change": False,
     "skip_nonfinite": 0,
     "tracker_project": None,
@@ -120,6 +121,7 @@ class TrainSettings:
     checkpoint_every_minutes: float
     checkpoints_kept: int
     keep_checkpoints: bool
+    evaluate_steps: tuple[int, ...]
     resume_across_code_change: bool
     skip_nonfinite: int
     log_every: int
@@ -176,6 +178,7 @@ class TrainSettings:
             checkpoint_every_minutes=float(get("checkpoint_every_minutes") or 0),
             checkpoints_kept=int(cfg["checkpoints_kept"]),
             keep_checkpoints=bool(get("keep_checkpoints")),
+            evaluate_steps=tuple(sorted({int(s) for s in get("evaluate_steps") or []})),
             resume_across_code_change=bool(get("resume_across_code_change")),
             skip_nonfinite=int(get("skip_nonfinite")),
             log_every=int(cfg["log_every"]),
@@ -197,6 +200,11 @@ class TrainSettings:
         for key in ("steps", "pairs_per_step", "local_pairs", "log_every", "checkpoints_kept"):
             if getattr(self, key) < 1:
                 raise ValueError(f"training.{key} must be at least 1, got {getattr(self, key)}")
+        outside = [s for s in self.evaluate_steps if not 1 <= s <= self.steps]
+        if outside:
+            raise ValueError(
+                f"training.evaluate_steps {outside} not within the run's steps 1..{self.steps}"
+            )
         if self.checkpoint_every_minutes < 0:
             raise ValueError(
                 "training.checkpoint_every_minutes must be at least 0, "

@@ -16,7 +16,9 @@ per optimiser step, however many processes train.
 
 What it shows while it runs: metrics every ``log_every`` steps (`dspo.training.metrics`),
 validation images of fixed prompts every ``validate_every`` steps (`dspo.training.validation`, which
-leaves the trajectory untouched), both also in the tracker (`dspo.training.tracking`).
+leaves the trajectory untouched), both also in the tracker (`dspo.training.tracking`). The
+models of ``training.evaluate_steps`` are kept for choosing the step later
+(`dspo.training.step_models`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
+from dspo.core.content import combined_key
 from dspo.core.files import folder_bytes, space_for
 from dspo.data.cache import PairCache, load_cache
 from dspo.objectives import get_objective, objective_kwargs
@@ -55,6 +58,7 @@ from dspo.training.preference import PreferenceModel, micro_batch, micro_batch_s
 from dspo.training.reference import PrecomputedReference, reference_parts
 from dspo.training.run_lock import RunLock, held, run_record, write_model
 from dspo.training.settings import TrainSettings
+from dspo.training.step_models import keep_resumed, write_step
 from dspo.training.tracking import log_images, new_run_id, start_trackers
 from dspo.training.validation import (
     ValidationSettings,
@@ -246,6 +250,10 @@ class TrainingRun:
         if accelerator.is_main_process:
             restart_metrics(self.run_dir, self.start_step)
             restart_validation(self.run_dir, self.start_step, validation)
+            # Kept step models written under the resumed checkpoint's fingerprint stay too
+            # (resumed across a code change).
+            trajectory = {combined_key(**self.parts), *([found[1]["fingerprint"]] if found else [])}
+            keep_resumed(self.run_dir, self.start_step, trajectory, accelerator.print)
             if validation is not None:
                 self.validator = Validator(
                     self.base_model, self._policy(), validation, accelerator.device
@@ -286,6 +294,7 @@ class TrainingRun:
             if done % settings.log_every == 0 or done == settings.steps:
                 loss = self._log(done, lr, sums)
         self._validate(done)
+        self._keep_step(done)
         if stopping and done < settings.steps:
             self.last_checkpoint = self._save(done)
             raise Preempted(
@@ -362,6 +371,36 @@ class TrainingRun:
             captions = [f"{c['prompt']} (seed {c['seed']})" for c in self.validator.columns]
             log_images(self.accelerator, images, captions, done)
 
+    def _data(self) -> str:
+        """What the model card says the model learned from."""
+        return (
+            f"{len(self.cache)} preference pairs (`{self.settings.data}`, cache {self.cache_dir})"
+        )
+
+    def _keep_step(self, done: int) -> None:
+        """Keep the model of step ``done`` when ``training.evaluate_steps`` lists it (main
+        process; the last step's is the run's model)."""
+        settings = self.settings
+        if done not in settings.evaluate_steps or done == settings.steps:
+            return
+        if self.accelerator.is_main_process:
+            policy = self._policy()
+            check_weights_finite(policy.named_parameters(), f"the model of step {done}")
+            record = {
+                "config": dict(settings.resolved),
+                "method": settings.name,
+                "step": done,
+                "steps": settings.steps,
+                "fingerprint": combined_key(**self.parts),
+                "tf32": self.tf32,
+            }
+            card = {**settings.resolved, "name": f"{settings.name}@{done}", "steps": done}
+            write = partial(
+                write_model_folder, policy, self.family, settings, self.base_model, record, card
+            )
+            kept = write_step(self.run_dir, done, partial(write, self._data()))
+            self.accelerator.print(f"kept the model of step {done} in {kept}")
+
     def _save(self, done: int) -> Path:
         check_weights_finite(self._policy().named_parameters(), f"checkpoint of step {done}")
         folder = self.run_dir / "checkpoints"
@@ -413,7 +452,7 @@ class TrainingRun:
             final = self._policy()
             check_weights_finite(final.named_parameters(), f"the model for {out_dir}")
             record = {"config": dict(settings.resolved), **summary, **run_record(lock)}
-            data = f"{len(self.cache)} preference pairs (`{settings.data}`, cache {self.cache_dir})"
+            data = self._data()
             card = {"name": settings.name, **settings.resolved}
             write = partial(write_model_folder, final, self.family, settings, self.base_model)
             write_model(out_dir, lock, MODEL_CONFIG, partial(write, record, card, data))

@@ -3,7 +3,7 @@
 Each source kind goes through the pair rules' commands (rules/data.smk: ``dspo pairs-part``
 and ``dspo pairs-gather``) and the cache rules' (``dspo cache-part``, ``dspo cache-gather``):
 the local parquet folder, the hub's parquet layout read from an offline hub cache, the public
-webdataset copy and the toy world's pairs (the miniatures of tests/test_sources.py, which say
+webdataset copy and the toy world's pairs (the miniatures of tests/data/test_sources.py, which say
 where each layout comes from). The cache built from the references must be the one built
 from a table holding the bytes, as every pair table did before: the latent files' SHA-256
 are compared.
@@ -24,8 +24,8 @@ from dspo.data.image_refs import IMAGE_COLUMNS, REF_COLUMNS, image_bytes
 from dspo.data.pairs import read_pair_rows, read_pairs, write_pairs
 from dspo.data.sources import load_source
 from dspo.toy.world import ToyWorldConfig, build_world
-from tests.test_pairs import RED, colour_of, jpeg, row, write_parquet
-from tests.test_sources import hub_cache, public_copy, write_hub_layout
+from tests.data.test_pairs import RED, colour_of, jpeg, row, write_parquet
+from tests.data.test_sources import hub_cache, public_copy, write_hub_layout
 
 CACHE = {"resolution": 16, "shard_size": 4, "batch_size": 3, "dtype": "float32", "shards": 1}
 

@@ -17,7 +17,7 @@ from dspo.core.content import file_sha256
 from dspo.core.files import DiskFull, human_bytes
 from dspo.training.checkpoints import STATE
 from tests.faults.test_train_faults import assert_same, base_model, make_cache
-from tests.test_train import DSPO, run
+from tests.training.test_train import DSPO, run
 
 CONFIG = {**DSPO, "steps": 6}  # checkpoints at steps 2 and 4 (BASE_CONFIG), all kept
 FREE = 4096  # bytes the full disk reports free

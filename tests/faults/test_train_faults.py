@@ -29,7 +29,7 @@ from dspo.training.guards import DivergenceError, StopSignals
 from dspo.training.preference import step_rows
 from tests.conftest import TINY_ARCHITECTURE, WORDS
 from tests.conftest import edit_source as edit
-from tests.test_train import BASE_CONFIG, DSPO, run, unet_weights
+from tests.training.test_train import BASE_CONFIG, DSPO, run, unet_weights
 
 SHARD = "latents-00000.safetensors"
 

@@ -40,10 +40,14 @@ def config(workdir: Path, name: str, override: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke preset's toy world, base model, and the base model's images and edits."""
-    workdir = tmp_path_factory.mktemp("faults")
-    snakemake("--cores", "2", *IMAGES, "--configfile", str(SMOKE), cwd=workdir)
+def workdir(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke preset's toy world, base model, and the base model's images and edits: a copy
+    of the shared smoke run (tests/conftest.py), modification times kept, so that nothing of it
+    reruns."""
+    workdir = tmp_path_factory.mktemp("faults") / "run"
+    shutil.copytree(smoke_run, workdir, symlinks=True)
+    result = snakemake("-n", *IMAGES, "--configfile", str(SMOKE), cwd=workdir)
+    assert "Nothing to be done" in result.stdout
     return workdir
 
 
@@ -108,12 +112,10 @@ def test_mistyped_local_model_is_named_before_any_job(tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()
 
 
-def test_local_sources_run_and_their_edits_rerun(tmp_path: Path) -> None:
-    # The toy world's files, built elsewhere, stand in for a user's local data.
-    (tmp_path / "toy").mkdir()
-    toy_prompts = "results/data/toy/prompts.parquet"
-    snakemake("--cores", "1", toy_prompts, "--configfile", str(SMOKE), cwd=tmp_path / "toy")
-    toy = tmp_path / "toy/results/data/toy"
+def test_local_sources_run_and_their_edits_rerun(smoke_run: Path, tmp_path: Path) -> None:
+    # The toy world's files, built elsewhere (the shared smoke run), stand in for a user's
+    # local data.
+    toy = smoke_run / "results/data/toy"
     shutil.copytree(toy / "pairs", tmp_path / "local/pairs")
     shutil.copy(toy / "editing.parquet", tmp_path / "local/edits.parquet")
     (tmp_path / "local/prompts.txt").write_text("a red circle\na blue square\n")

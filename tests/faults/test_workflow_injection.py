@@ -152,13 +152,10 @@ def test_hostile_device_is_refused_before_any_job(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke preset's toy world (pairs, prompts, editing set), built once."""
-    workdir = tmp_path_factory.mktemp("toy")
-    snakemake(
-        "--cores", "1", "results/data/toy/prompts.parquet", "--configfile", str(SMOKE), cwd=workdir
-    )
-    return workdir / "results" / "data" / "toy"
+def toy_data(smoke_run: Path) -> Path:
+    """The smoke preset's toy world (pairs, prompts, editing set): the shared smoke run's
+    (tests/conftest.py), read only."""
+    return smoke_run / "results" / "data" / "toy"
 
 
 def test_data_steps_run_for_real_on_hostile_names(toy_data: Path, tmp_path: Path) -> None:

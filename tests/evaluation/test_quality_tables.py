@@ -1,0 +1,122 @@
+"""`dspo tables` with image-quality tables: the image_quality and DDSPO tables beside the
+others, whose files do not change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dspo.cli.commands import main
+
+METHODS = ["dspo", "ddspo", "sft", "diffusion_dpo"]
+REWARDS = ["pick", "bvqa"]
+
+
+def _scores(folder: Path) -> list[str]:
+    """Score tables as `dspo score` writes them: 6 prompts x 2 seeds per model and reward."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for shift, model in enumerate(["base", *METHODS]):
+        rows = [
+            {
+                "model": model,
+                "prompt_set": "pickv2",
+                "prompt_id": p,
+                "prompt": f"prompt {p}",
+                "seed": s,
+                "guidance": 7.5,
+                "reward": reward,
+                "score": p + 0.1 * shift + rng.normal(0, 0.5),
+            }
+            for reward in REWARDS
+            for p in range(6)
+            for s in range(2)
+        ]
+        paths.append(str(folder / f"{model}.parquet"))
+        pd.DataFrame(rows).to_parquet(paths[-1])
+    return paths
+
+
+def _quality(folder: Path, with_fid: bool) -> list[str]:
+    """`dspo quality` tables: IS (and FID) per model; dspo has two replicates."""
+    paths = []
+    for i, model in enumerate(["base", "dspo-r0", "dspo-r1", "ddspo", "sft", "diffusion_dpo"]):
+        rows = [("inception_score", 10.0 + i, 0.5)] + [("fid", 30.0 - i, np.nan)] * with_fid
+        frame = pd.DataFrame(
+            [
+                {
+                    "model": model,
+                    "prompt_set": "pickv2",
+                    "guidance": 7.5,
+                    "metric": metric,
+                    "value": value,
+                    "sd": sd,
+                    "n_images": 12,
+                    "classifier": "toy object classifier",
+                }
+                for metric, value, sd in rows
+            ]
+        )
+        paths.append(str(folder / f"{model}.csv"))
+        frame.to_csv(paths[-1], index=False)
+    return paths
+
+
+def _tables(tmp_path: Path, scores: list[str], quality: list[str], out: str) -> Path:
+    params = {
+        "methods": METHODS,
+        "rewards": REWARDS,
+        "prompt_sets": ["pickv2"],
+        "labels": {"base": "Base", "ddspo": "DDSPO", "bvqa": "B-VQA"},
+        "bootstrap": {"samples": 100, "seed": 0},
+        "groups": {"dspo-r0": ["dspo", 0], "dspo-r1": ["dspo", 1]},
+    }
+    argv = ["tables", "--params", json.dumps(params), "--scores", *scores]
+    argv += ["--out", str(tmp_path / out)] + (["--quality", *quality] if quality else [])
+    main(argv)
+    return tmp_path / out
+
+
+def test_ddspo_and_image_quality_tables(tmp_path: Path) -> None:
+    scores = _scores(tmp_path)
+    plain = _tables(tmp_path, scores, [], "plain")
+    with_quality = _tables(tmp_path, scores, _quality(tmp_path, with_fid=True), "quality")
+    # The other tables are the same files with or without image quality.
+    for table in ("win_rates", "mean_scores", "head_to_head"):
+        for ext in ("csv", "md"):
+            name = f"{table}.{ext}"
+            assert (plain / name).read_text() == (with_quality / name).read_text()
+    assert not (plain / "image_quality.csv").exists()
+
+    ddspo = pd.read_csv(with_quality / "ddspo.csv")
+    # DDSPO's layout: base, Diffusion-DPO, DDSPO, then the other methods in config order.
+    assert ddspo["model"].tolist() == ["base", "diffusion_dpo", "ddspo", "dspo", "sft"]
+    wins = pd.read_csv(with_quality / "win_rates.csv").set_index(["method", "reward"])
+    means = pd.read_csv(with_quality / "mean_scores.csv").set_index(["model", "reward"])
+    row = ddspo.set_index("model").loc["ddspo"]
+    for reward in REWARDS:
+        assert row[f"{reward}_win_rate"] == wins.loc[("ddspo", reward), "win_rate"]
+        assert row[f"{reward}_mean"] == means.loc[("ddspo", reward), "mean"]
+    assert np.isnan(ddspo.set_index("model").loc["base", "pick_win_rate"])
+    # IS and FID beside them; dspo's two replicates averaged.
+    assert row["inception_score"] == 13.0 and row["fid"] == 27.0
+    assert ddspo.set_index("model").loc["dspo", "inception_score"] == 11.5
+
+    quality = pd.read_csv(with_quality / "image_quality.csv").set_index("model")
+    assert quality.loc["dspo", "n_replicates"] == 2 and quality.loc["base", "fid"] == 30.0
+    markdown = (with_quality / "ddspo.md").read_text()
+    assert "| Model | Pick | B-VQA | IS | FID |" in markdown.replace("pick", "Pick")
+    assert "| DDSPO | " in markdown and "13.00 ± 0.50 | 27.00 |" in markdown
+    assert "toy object classifier" in (with_quality / "image_quality.md").read_text()
+
+
+def test_ddspo_table_without_quality_or_fid(tmp_path: Path) -> None:
+    scores = _scores(tmp_path)
+    plain = pd.read_csv(_tables(tmp_path, scores, [], "plain") / "ddspo.csv")
+    assert "inception_score" not in plain.columns and "pick_mean" in plain.columns
+    out = _tables(tmp_path, scores, _quality(tmp_path, with_fid=False), "no_fid")
+    assert "FID" not in (out / "ddspo.md").read_text()
+    assert pd.read_csv(out / "ddspo.csv")["fid"].isna().all()

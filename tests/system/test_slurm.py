@@ -1,0 +1,308 @@
+"""The workflow on a real SLURM: `scripts/local_slurm.sh` starts a single-node cluster, the
+repository's `slurm` profile submits the smoke preset through snakemake-executor-plugin-slurm,
+and a config edit resubmits only the jobs it affects. Needs root to install and start the
+daemons (CI runs as root); skipped elsewhere."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "local_slurm.sh"
+SMOKE = REPO / "config" / "presets" / "smoke.yaml"
+# One method keeps the run short and still reaches every kind of job but DDSPO's pairs.
+METHOD = "dspo_nodup"
+MODELS = ("base", METHOD)
+# Rules that take every model's outputs: an edit of one method reruns them too.
+SUMMARY_RULES = {"tables", "grid"}
+SQUEUE_FORMAT = "JobID:8,Partition:10,State:11,tres-per-job:22,Comment:60"
+# "Job 5 has been submitted with SLURM jobid 46 (log: .../rule_prompt_set/pickv2/46.log)."
+SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/")
+SITE = {
+    "DSPO_SLURM_GPU_PARTITION": "gpu",
+    "DSPO_SLURM_CPU_PARTITION": "cpu",
+    "DSPO_SLURM_GPU_MODEL": "fake",
+}
+
+
+def run(*command: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(c) for c in command],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+
+
+def tail(text: str, lines: int = 30) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """The local cluster, installed when missing, stopped after the module's tests."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip(
+            "the local SLURM needs root to install and start it (CI runs the suite as root)"
+        )
+    if shutil.which("slurmctld") is None:
+        if shutil.which("apt-get") is None:
+            pytest.skip("SLURM is not installed and there is no apt-get to install it")
+        installed = run(SCRIPT, "install")
+        if installed.returncode != 0:
+            pytest.skip(f"could not install SLURM's Debian packages:\n{tail(installed.stdout)}")
+    started = run(SCRIPT, "start")
+    if "is not ours" in started.stdout:
+        pytest.skip(f"a SLURM configuration is already in place:\n{tail(started.stdout)}")
+    assert started.returncode == 0, f"local SLURM did not start:\n{started.stdout}"
+    yield
+    stopped = run(SCRIPT, "stop")
+    assert stopped.returncode == 0, stopped.stdout
+
+
+class QueueWatcher:
+    """Polls squeue while a workflow runs and keeps what it saw."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(1.0):
+            out = run("squeue", "--noheader", "--format", "%i").stdout
+            if out.strip():
+                self.snapshots.append(run("squeue", "-O", SQUEUE_FORMAT).stdout)
+
+    def __enter__(self) -> QueueWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def busiest(self) -> str:
+        """The snapshot with the most running jobs."""
+        return max(self.snapshots, key=lambda s: s.count("RUNNING"), default="")
+
+
+def snakemake(
+    workdir: Path, *args: str | Path, train_gpus: int, site: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`snakemake --profile slurm` from the repository root, where `slurm` resolves to ./slurm."""
+    env = {
+        **os.environ,
+        **SITE,
+        **(site or {}),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DSPO_TRAIN_GPUS": str(train_gpus),
+    }
+    return run(
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "slurm",
+        "--directory",
+        workdir,
+        *args,
+        env=env,
+    )
+
+
+def local_rules() -> set[str]:
+    """The Snakefile's `localrules`: they run in the main process, not as SLURM jobs."""
+    block = re.search(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", (REPO / "Snakefile").read_text(), re.M)
+    assert block, "the Snakefile names no localrules"
+    return set(re.findall(r"\w+", block[1]))
+
+
+def planned_jobs(output: str) -> Counter:
+    """The 'Job stats' table of a run as {rule: count}, without the rules run locally."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    rows = re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
+    skip = {"total", *local_rules()}
+    return Counter({rule: int(n) for rule, n in rows if rule not in skip})
+
+
+class WorkflowRun:
+    """One run on the local cluster: its output, its SLURM jobs and their rows in squeue."""
+
+    def __init__(self, workdir: Path, configs: list[Path], train_gpus: int) -> None:
+        with QueueWatcher() as self.watcher:
+            result = snakemake(
+                workdir,
+                "--workflow-profile",
+                "workflow/profiles/local-slurm",
+                "all",
+                "--configfile",
+                *configs,
+                train_gpus=train_gpus,
+            )
+        self.output = result.stdout
+        assert result.returncode == 0, f"the workflow failed under SLURM:\n{tail(self.output, 80)}"
+        self.jobs = {int(job): rule for job, rule in SUBMITTED.findall(self.output)}
+        self.queue = run("squeue", "--states", "all", "-O", SQUEUE_FORMAT).stdout
+        self.completed = run("sacct", "--completion", "-o", "JobID,Partition,State,End").stdout
+
+    def rows(self) -> dict[int, dict[str, str]]:
+        """This run's jobs as squeue shows them after the run."""
+        keys = ("partition", "state", "tres", "comment")
+        rows = {}
+        for line in self.queue.splitlines()[1:]:
+            job, *fields = line.split()
+            if int(job) in self.jobs and len(fields) == len(keys):
+                rows[int(job)] = dict(zip(keys, fields, strict=True))
+        return rows
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("slurm")
+    methods = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["methods"]
+    dropped = {"methods": {m: None for m in methods if m != METHOD}}
+    (path / "one_method.yaml").write_text(yaml.safe_dump(dropped))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster: None, workdir: Path) -> WorkflowRun:
+    return WorkflowRun(workdir, [SMOKE, workdir / "one_method.yaml"], train_gpus=1)
+
+
+@pytest.fixture(scope="module")
+def rerun(first_run: WorkflowRun, workdir: Path) -> WorkflowRun:
+    """After an edit of the method's parameters, with two GPUs for training."""
+    edit = workdir / "edit.yaml"
+    edit.write_text(yaml.safe_dump({"methods": {METHOD: {"params": {"lam": 0.5}}}}))
+    return WorkflowRun(workdir, [SMOKE, workdir / "one_method.yaml", edit], train_gpus=2)
+
+
+def planned(output: str) -> list[tuple[str, str, str]]:
+    """The jobs of a dry run with -p as (rule, resources, shell command)."""
+    jobs = []
+    for block in output.split("\n\n"):
+        rule = re.search(r"^rule (\w+):", block, flags=re.MULTILINE)
+        if rule:
+            resources = re.search(r"^    resources: (.*)$", block, flags=re.MULTILINE)
+            shell = re.search(r"^Shell command: (.*)$", block, flags=re.MULTILINE)
+            jobs.append((rule[1], resources[1], shell[1] if shell else ""))
+    return jobs
+
+
+def test_dry_run_gives_gpus_to_the_rules_that_take_a_device(tmp_path: Path) -> None:
+    # No cluster needed: the plan shows each job's resources and command.
+    result = snakemake(tmp_path, "-n", "-p", "all", train_gpus=4)
+    assert result.returncode == 0, result.stdout
+    jobs = planned(result.stdout)
+    assert {rule for rule, _, _ in jobs} >= {"train", "cache", "generate", "score", "tables"}
+    for rule, resources, shell in jobs:
+        if "--device" in shell:
+            assert "slurm_partition=gpu" in resources and "gpu_model=fake" in resources, rule
+            assert re.search(r"\bgpu=[1-9]", resources), rule
+            assert "tasks=" not in resources, rule  # it would become --ntasks-per-gpu
+        elif "gpu=" not in resources:
+            assert "slurm_partition=cpu" in resources, rule
+        if rule == "train":
+            assert "gpu=4" in resources
+            assert "python -m dspo.training.launch --procs-per-node 4 --cpu -- train" in shell
+            assert "srun" not in shell  # one node: no second job step
+
+
+def test_site_knobs_reach_every_request(tmp_path: Path) -> None:
+    """The variables of docs/cluster.md in the planned jobs' resources (the plugin turns
+    each into its sbatch option); two training nodes ask GPUs per node and start one
+    launcher per node."""
+    site = {
+        "DSPO_SLURM_QOS": "long",
+        "DSPO_SLURM_GPU_CONSTRAINT": "a100_80g",
+        "DSPO_SLURM_CPU_CONSTRAINT": "skylake",
+        "DSPO_SLURM_GPU_STYLE": "gres",
+        "DSPO_TRAIN_NODES": "2",
+        "DSPO_SLURM_RUNTIME_TRAIN": "720",
+        "DSPO_SLURM_RUNTIME_CPU": "60",
+        "DSPO_TRAIN_SIGNAL_LEAD": "2400",
+    }
+    result = snakemake(tmp_path, "-n", "-p", "all", train_gpus=4, site=site)
+    assert result.returncode == 0, result.stdout
+    for rule, resources, shell in planned(result.stdout):
+        assert "qos=long" in resources, rule
+        if "slurm_partition=gpu" in resources:
+            assert "constraint=a100_80g" in resources and "gpu_model" not in resources, rule
+            assert not re.search(r"\bgpu=", resources), rule  # --gres, not --gpus
+        else:
+            assert "constraint=skylake" in resources and "runtime=60" in resources, rule
+        if rule == "generate":
+            assert "gres=gpu:fake:1" in resources and "runtime=1440" in resources
+        if rule == "train":
+            assert "nodes=2" in resources and "gres=gpu:fake:4" in resources
+            assert "runtime=720" in resources and "slurm_extra=--signal=TERM@2400" in resources
+            assert "srun --overlap --nodes 2 --ntasks-per-node 1 --cpus-per-task" in shell
+            assert (
+                "python -m dspo.training.launch --procs-per-node 4 --cpu --slurm -- train" in shell
+            )
+
+
+def test_every_job_runs_on_slurm(
+    first_run: WorkflowRun, workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with capsys.disabled():
+        print(f"\nsqueue while the smoke preset ran:\n{first_run.watcher.busiest()}")
+        print(f"squeue after it:\n{first_run.queue}sacct --completion:\n{first_run.completed}")
+    assert Counter(first_run.jobs.values()) == planned_jobs(first_run.output)
+    assert "RUNNING" in first_run.watcher.busiest()
+    rows = first_run.rows()
+    assert rows.keys() == first_run.jobs.keys()
+    assert {row["state"] for row in rows.values()} == {"COMPLETED"}
+    finished = {int(line.split()[0]) for line in first_run.completed.splitlines()[2:]}
+    assert first_run.jobs.keys() <= finished
+    assert (workdir / "results/tables/win_rates.md").exists()
+
+
+def test_gpu_rules_get_gpus_in_the_gpu_partition(first_run: WorkflowRun) -> None:
+    profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
+    gpu_rules = {rule for rule, res in profile["set-resources"].items() if "gpu" in res}
+    assert {"train", "generate", "score"} <= gpu_rules
+    for job, row in first_run.rows().items():
+        rule = first_run.jobs[job]
+        assert row["comment"].startswith(f"rule_{rule}")
+        expected = ("gpu", "gres:gpu:fake:1") if rule in gpu_rules else ("cpu", "N/A")
+        assert (row["partition"], row["tres"]) == expected, row["comment"]
+
+
+def test_an_edit_resubmits_only_the_affected_jobs(
+    rerun: WorkflowRun, capsys: pytest.CaptureFixture
+) -> None:
+    with capsys.disabled():
+        print(f"\nsqueue after the rerun:\n{rerun.queue}")
+    rules = Counter(rerun.jobs.values())
+    assert rules == planned_jobs(rerun.output)
+    assert rules["train"] == rules["generate"] == 1 and rules["score"] >= 1
+    for job, row in rerun.rows().items():
+        model = re.search(rf"_wildcards_({'|'.join(MODELS)})(_|$)", row["comment"])
+        if model:
+            assert model[1] == METHOD, row["comment"]  # the base model's jobs stay done
+        else:
+            assert rerun.jobs[job] in SUMMARY_RULES, row["comment"]
+
+
+def test_training_on_two_gpus_runs_two_processes(rerun: WorkflowRun, workdir: Path) -> None:
+    (train,) = (row for job, row in rerun.rows().items() if rerun.jobs[job] == "train")
+    assert train["tres"] == "gres:gpu:fake:2"
+    log = (workdir / f"results/logs/train/{METHOD}.log").read_text()
+    assert "dspo.training.launch --procs-per-node 2" in rerun.output and '"processes": 2' in log

@@ -1,0 +1,101 @@
+"""The GPU speed switches (training.channels_last, training.compile) change how a step is
+computed, not what it computes: on CPU a step's loss and gradient equal the plain model's up
+to float32 rounding, training runs end to end, and the saved files are the plain ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from dspo.data.cache import build_cache, load_cache
+from dspo.families import load_family
+from dspo.objectives import get_objective, objective_kwargs
+from dspo.training.policy import build_model
+from dspo.training.preference import PreferenceModel, make_batch
+from dspo.training.settings import TrainSettings
+from tests.training.test_train import BASE_CONFIG, DSPO, LORA, run
+
+STEPS = {"steps": 2, "checkpoint_every": 0}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
+    return path
+
+
+def model_with(switches: dict, tiny_model: Path, cache_dir: Path, lora: bool) -> PreferenceModel:
+    cfg = {**BASE_CONFIG, **DSPO, **switches, **({"lora": LORA} if lora else {})}
+    torch.manual_seed(0)  # the same LoRA initialisation in every model
+    cache = load_cache(cache_dir)
+    return build_model(
+        TrainSettings.from_config(cfg), get_objective("dspo"), str(tiny_model), cache, "no"
+    )
+
+
+def loss_and_gradient(model: PreferenceModel, cache_dir: Path, tiny_model: Path):
+    cache, family = load_cache(cache_dir), load_family(tiny_model)
+    batch = make_batch(cache, torch.arange(8), 0.25, torch.Generator().manual_seed(1), family)
+    hparams = objective_kwargs("dspo", DSPO["params"])
+    loss, _ = model(batch, get_objective("dspo"), hparams)
+    loss.backward()
+    grads = [p.grad.flatten() for p in model.denoiser.parameters() if p.requires_grad]
+    return loss.detach(), torch.cat(grads)
+
+
+SWITCHES = {
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": {"policy": True, "reference": True}},
+    "both": {"channels_last": True, "compile": {"policy": True, "reference": True}},
+}
+
+
+# Each compiled case costs about half a minute of compilation on a CPU: every switch in full
+# fine-tuning (a compiled reference copy), both switches with LoRA (adapters on and off).
+@pytest.mark.parametrize(
+    ("switch", "lora"),
+    [("channels_last", False), ("compile", False), ("both", False), ("both", True)],
+)
+def test_a_switched_step_computes_the_plain_steps_loss_and_gradient(
+    switch: str, lora: bool, tiny_model: Path, cache_dir: Path
+) -> None:
+    plain = model_with({}, tiny_model, cache_dir, lora)
+    switched = model_with(SWITCHES[switch], tiny_model, cache_dir, lora)
+    if "compile" in SWITCHES[switch]:
+        assert switched.denoiser._compiled_call_impl is not None
+        if not lora:
+            assert switched.reference._compiled_call_impl is not None
+    if "channels_last" in SWITCHES[switch]:
+        convs = [p for p in switched.denoiser.parameters() if p.dim() == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    loss, grad = loss_and_gradient(plain, cache_dir, tiny_model)
+    loss_s, grad_s = loss_and_gradient(switched, cache_dir, tiny_model)
+    # float32 sums in another order: relative differences of a few 1e-7, bounded at 1e-5.
+    torch.testing.assert_close(loss_s, loss, rtol=1e-5, atol=0)
+    assert grad.norm() > 0
+    assert ((grad_s - grad).norm() / grad.norm()).item() < 1e-5
+
+
+def test_training_with_the_switches_writes_the_plain_files(
+    cache_dir: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    both = SWITCHES["both"]
+    run({**DSPO, **STEPS, **both}, cache_dir, tiny_model, tmp_path / "full")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "full/model")  # stock loading
+    assert not any("_orig_mod" in key for key in pipe.unet.state_dict())
+    run({**DSPO, **STEPS, "channels_last": True, "lora": LORA}, cache_dir, tiny_model, tmp_path)
+    weights = load_file(tmp_path / "model/pytorch_lora_weights.safetensors")
+    assert weights and all("lora" in key for key in weights)
+
+
+def test_a_bad_compile_setting_is_named() -> None:
+    with pytest.raises(ValueError, match="training.compile has unknown key"):
+        TrainSettings.from_config({**BASE_CONFIG, **DSPO, "compile": {"polcy": True}})
+    with pytest.raises(ValueError, match="training.compile.mode 'fast'"):
+        TrainSettings.from_config({**BASE_CONFIG, **DSPO, "compile": {"mode": "fast"}})
