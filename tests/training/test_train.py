@@ -529,7 +529,7 @@ def test_kept_steps_are_loadable_models_that_survive_a_resume(
     steps = tmp_path / "straight/run/steps"
     assert sorted(p.name for p in steps.iterdir()) == ["step-000001", "step-000003"]
 
-    real_make_batch = train_module.make_batch
+    real_make_batch = train_module.micro_batch
     calls = {"n": 0}
 
     def dies_in_step_three(*args, **kwargs):
@@ -538,7 +538,7 @@ def test_kept_steps_are_loadable_models_that_survive_a_resume(
             raise KeyboardInterrupt("killed")
         return real_make_batch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "make_batch", dies_in_step_three)
+    monkeypatch.setattr(train_module, "micro_batch", dies_in_step_three)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, cache_dir, tiny_model, tmp_path / "killed")
     kept = tmp_path / "killed/run/steps"
@@ -546,7 +546,7 @@ def test_kept_steps_are_loadable_models_that_survive_a_resume(
     written = weights.stat().st_ino
     assert [p.name for p in kept.iterdir()] == ["step-000001"]
 
-    monkeypatch.setattr(train_module, "make_batch", real_make_batch)
+    monkeypatch.setattr(train_module, "micro_batch", real_make_batch)
     assert run(cfg, cache_dir, tiny_model, tmp_path / "killed")["resumed_from"] == 2
     # Step 1 (before the checkpoint resumed) is the file written before the kill.
     assert weights.stat().st_ino == written
