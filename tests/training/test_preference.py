@@ -13,7 +13,7 @@ from dspo.data.cache import build_cache, load_cache
 from dspo.families import load_family
 from dspo.training.preference import MICRO_BATCH_STREAM, make_batch, micro_batch, step_rows
 from dspo.training.settings import TrainSettings
-from tests.test_train import BASE_CONFIG
+from tests.training.test_train import BASE_CONFIG
 
 
 @pytest.fixture(scope="module")
