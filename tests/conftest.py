@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from dspo.data.pairs import prompt_id_of
-from dspo.families.sd_pipeline import build_pipeline
+from dspo.families import build_pipeline
 from tests.workflow_run import SMOKE, snakemake
 
 TINY_ARCHITECTURE = {

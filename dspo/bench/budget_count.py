@@ -26,13 +26,11 @@ from typing import Any
 import torch
 
 from dspo.bench.flops import counted
-from dspo.bench.spec import SD15_ARCHITECTURE
-from dspo.standins.pipelines import SDXL_UNET
+from dspo.standins.architectures import SD15_UNET, SD_VAE, SDXL_UNET
 
 TABLE = Path(__file__).parents[1] / "resources" / "budget_flops.json"
 META = torch.device("meta")
 
-SD_VAE = SD15_ARCHITECTURE["vae"]
 # SD3 and FLUX use the same encoder shape with 16 latent channels.
 VAE_16 = {**SD_VAE, "latent_channels": 16}
 # SD3.5 Medium's transformer (stabilityai/stable-diffusion-3.5-medium, transformer/config.json).
@@ -113,7 +111,6 @@ def _flux_inputs(cfg: dict[str, Any], latent: int, grad: bool) -> tuple[Any, dic
 
 
 Builder = Callable[[dict[str, Any], int, bool], tuple[Any, dict[str, Any]]]
-SD15_UNET = {**SD15_ARCHITECTURE["unet"], "cross_attention_dim": 768}
 FAMILIES: dict[str, tuple[Builder, dict[str, Any], dict[str, Any], int]] = {
     "sd": (_unet_inputs, SD15_UNET, SD_VAE, 512),
     "sdxl": (_unet_inputs, SDXL_UNET, SD_VAE, 1024),

@@ -75,7 +75,7 @@ def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
 def count_on_meta(spec: BenchSpec) -> dict[str, Any]:
     """FLOPs per pair of one optimiser step of each mode, counted on the meta device."""
     from dspo.bench.spec import MODES, WORDS
-    from dspo.families.sd_pipeline import build_pipeline
+    from dspo.families import build_pipeline
     from dspo.objectives import get_objective
 
     with META:

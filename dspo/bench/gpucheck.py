@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dspo.bench.spec import LORA_TARGETS
+
 # (objective, LoRA rank, speed switches): each plain run, then DSPO again with the GPU switches
 # of training.channels_last and training.compile, whose pairs/s say which default is faster.
 FAST = {"channels_last": True, "compile": {"policy": True, "reference": True}}
@@ -34,7 +36,6 @@ METHODS = [
     ("dspo", None, FAST),
     ("dspo", 8, FAST),
 ]
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 class NoCuda(RuntimeError):

@@ -28,14 +28,12 @@ import numpy as np
 import torch
 
 from dspo.bench.flops import counted, dense_bf16_peak
-from dspo.bench.spec import AUTOCAST, ResidentPeak
+from dspo.bench.spec import AUTOCAST, LORA_TARGETS, ResidentPeak
 from dspo.core.seeding import seeded_generator
 
 if TYPE_CHECKING:
     from dspo.bench.spec import BenchSpec
     from dspo.training.preference import PreferenceModel
-
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 Batch = dict[str, torch.Tensor]

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from dspo.standins.architectures import SD15_ARCHITECTURE
+
 # The public Diffusion-DPO launchers pass --dataloader_num_workers=16.
 UPSTREAM_WORKERS = 16
 
@@ -30,54 +32,12 @@ COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black
 SHAPES = ["circle", "square", "triangle", "star"]
 WORDS = ["a", "on", "background", *COLOURS, *SHAPES]
 
-# Stable Diffusion 1.5's shapes (CLIP ViT-L/14 text tower, 4-block VAE, 860 M-parameter UNet)
-# with random weights; only the tokenizer's vocabulary is small, as no real one can be fetched.
-SD15_ARCHITECTURE: dict[str, Any] = {
-    "max_length": 77,
-    "text_encoder": {
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 768,
-    },
-    "vae": {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "latent_channels": 4,
-        "layers_per_block": 2,
-        "norm_num_groups": 32,
-        "sample_size": 512,
-        "scaling_factor": 0.18215,
-    },
-    "unet": {
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": [320, 640, 1280, 1280],
-        "layers_per_block": 2,
-        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-    },
-    "scheduler": {
-        "num_train_timesteps": 1000,
-        "beta_schedule": "scaled_linear",
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "clip_sample": False,
-        "steps_offset": 1,
-    },
-}
 # ``toy`` is the default preset's base model, read from the workflow config so it cannot drift.
 TOY_CONFIG = Path("config/config.yaml")
 AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
 UPSTREAM_REFERENCES = ("adapters", "copy")
+# The attention projections the benchmarks' LoRA adapters wrap (the presets' default too).
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 @dataclass(frozen=True)

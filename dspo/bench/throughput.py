@@ -82,7 +82,7 @@ def synthetic_pairs(n: int, resolution: int, seed: int) -> pd.DataFrame:
 def prepare(spec: BenchSpec, workdir: Path) -> dict[str, Any]:
     """Build and save the random-init model, the pair table and (for ``ours``) the cache."""
     from dspo.data.cache import build_cache
-    from dspo.families.sd_pipeline import build_pipeline
+    from dspo.families import build_pipeline
 
     pipe = build_pipeline(spec.architecture, WORDS, seed=spec.seed)
     unet_params = sum(p.numel() for p in pipe.unet.parameters())

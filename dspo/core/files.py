@@ -19,7 +19,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,38 @@ def part_folder(out_dir: Path, what: str) -> Iterator[tuple[Path, dict[str, Any]
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_part_records(
+    part_dirs: Sequence[Path], what: str, shared: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The records of the finished ``what`` parts in ``part_dirs``, in part order.
+
+    The folders may be given in any order; each record gains ``dir`` (its folder). They must
+    be all the parts ``0..parts - 1`` of one whole and agree on ``parts`` and on each key in
+    ``shared``; otherwise this raises, naming the folder, before anything is gathered.
+    """
+    records = []
+    for folder in part_dirs:
+        path = Path(folder) / PART_RECORD
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{folder}: not a finished {what} part (no {PART_RECORD}): it is incomplete"
+            )
+        records.append({**json.loads(path.read_text()), "dir": Path(folder)})
+    records.sort(key=lambda record: record["part"])
+    first = records[0]
+    if [r["part"] for r in records] != list(range(first["parts"])):
+        got = [r["part"] for r in records]
+        raise ValueError(f"{what} parts {got} given, expected all of 0..{first['parts'] - 1}")
+    for record in records[1:]:
+        for key in ("parts", *shared):
+            if record.get(key) != first.get(key):
+                raise ValueError(
+                    f"{record['dir']}: {key} {record.get(key)!r} differs from part 0's "
+                    f"{first.get(key)!r}"
+                )
+    return records
 
 
 def folder_bytes(folder: Path) -> int:

@@ -37,7 +37,6 @@ with ``per_visit``, 8 with ``per_visit`` and ``flip``.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -54,7 +53,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dspo.core.content import file_sha256
-from dspo.core.files import PART_RECORD, part_folder, write_json_atomic
+from dspo.core.files import part_folder, read_part_records, write_json_atomic
 
 # The reading side lives in its own module; its names are part of this module's interface.
 from dspo.data.cache_load import MANIFEST, SHARD_KEYS, PairCache, load_cache  # noqa: F401
@@ -349,28 +348,6 @@ def encode_part(
 _SHARED = ("model", "family", *(f.name for f in fields(CacheSettings)), "scaling_factor")
 
 
-def _read_parts(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Each part's record, in part order, checked to form one whole cache."""
-    infos = []
-    for folder in part_dirs:
-        path = Path(folder) / PART_RECORD
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: that cache part is incomplete")
-        infos.append({**json.loads(path.read_text()), "dir": Path(folder)})
-    infos.sort(key=lambda info: info["part"])
-    first = infos[0]
-    if [i["part"] for i in infos] != list(range(first["parts"])):
-        got = [i["part"] for i in infos]
-        raise ValueError(f"cache parts {got} given, expected all of 0..{first['parts'] - 1}")
-    for info in infos[1:]:
-        for key in (*_SHARED, "parts", "pairs", "prompts"):
-            if info.get(key) != first.get(key):
-                raise ValueError(
-                    f"{info['dir']}: {key} {info[key]!r} differs from part 0's {first[key]!r}"
-                )
-    return infos
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     # A hard link shares the part's bytes (parts are deleted after gathering); a copy is the
     # fallback where links are not possible (another file system).
@@ -407,7 +384,7 @@ def gather_cache(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
     ``manifest.json`` is written last, so a folder with a manifest is always a complete cache.
     The manifest records ``bytes_per_pair``.
     """
-    infos = _read_parts(part_dirs)
+    infos = read_part_records(part_dirs, "cache", (*_SHARED, "pairs", "prompts"))
     first = infos[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dspo.core.content import file_sha256
+from dspo.families import family_class
 
 MANIFEST = "manifest.json"
 TEXT_FILE = "text.safetensors"
@@ -232,8 +233,11 @@ def load_cache(cache_dir: Path, *, verify: bool = True) -> PairCache:
             dtypes[key] = header[key]["dtype"]
     text_path = cache_dir / TEXT_FILE
     text, text_header = _open(text_path, manifest.get("text_sha256"), verify)
-    if manifest["family"] == "sdxl" and "pooled" not in text:
-        raise ValueError(f"{text_path} of an SDXL cache has no pooled embeddings")
+    lacking = [k for k in family_class(manifest["family"]).text_keys if k not in text]
+    if lacking:
+        raise ValueError(
+            f"{text_path} of a {manifest['family']} cache lacks {lacking}: rebuild the cache"
+        )
 
     def whole(key: str, source: dict, header: dict) -> torch.Tensor:
         return _to_torch(np.array(source[key]), header[key]["dtype"])

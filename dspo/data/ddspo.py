@@ -31,7 +31,7 @@ from dspo.data.pairs import (
     PART_TABLE,
     PairWriter,
     prompt_id_of,
-    read_part_records,
+    read_block_parts,
 )
 from dspo.families import pipeline_family
 from dspo.families.base import Family
@@ -245,13 +245,13 @@ def gather_ddspo(part_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
 
     Pair ids are the prompts' positions in the drawn list, so they run 0..n-1 already.
     """
-    records = read_part_records(part_dirs)
+    records = read_block_parts(part_dirs)
     kept_words: list[float] = []
     examples: list[dict[str, str]] = []
     n = 0
     with PairWriter(out, rejected_caption=True) as writer:
-        for folder in part_dirs:
-            table = pq.ParquetFile(Path(folder) / PART_TABLE)
+        for folder in (record["dir"] for record in records):
+            table = pq.ParquetFile(folder / PART_TABLE)
             for group in range(table.num_row_groups):
                 rows = table.read_row_group(group).to_pandas()
                 if not (rows["pair_id"].to_numpy() == np.arange(n, n + len(rows))).all():

@@ -24,7 +24,7 @@ from dspo.data.pairs import (
     PART_TABLE,
     REJECTED_CAPTION,
     PairWriter,
-    read_part_records,
+    read_block_parts,
     table_columns,
 )
 
@@ -98,12 +98,12 @@ def gather_nodup(
     Returns (and writes to ``report``, JSON) the pairs read, those kept (one per prompt),
     and the distinct caption strings they had before normalisation merged them into prompts.
     """
-    records = read_part_records(part_dirs)
-    names = pq.read_schema(Path(part_dirs[0]) / PART_TABLE).names
+    records = read_block_parts(part_dirs)
+    names = pq.read_schema(records[0]["dir"] / PART_TABLE).names
     next_id = 0
     with _writer(out, names) as writer:
-        for folder in part_dirs:
-            table = pq.ParquetFile(Path(folder) / PART_TABLE)
+        for folder in (record["dir"] for record in records):
+            table = pq.ParquetFile(folder / PART_TABLE)
             for group in range(table.num_row_groups):
                 rows = table.read_row_group(group).to_pandas()
                 rows["pair_id"] = np.arange(next_id, next_id + len(rows), dtype=np.int64)

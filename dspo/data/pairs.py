@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,7 +37,7 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from dspo.core.content import content_key
-from dspo.core.files import PART_RECORD, part_folder, write_json_atomic
+from dspo.core.files import part_folder, read_part_records, write_json_atomic
 from dspo.data.dedup import (
     CAPTION_BLANK,
     CAPTION_MISSING,
@@ -395,32 +394,19 @@ def _references(
     }
 
 
-def read_part_records(part_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Each part's record, in part order, checked to form one whole.
+def read_block_parts(part_dirs: Sequence[Path], what: str = "pairs") -> list[dict[str, Any]]:
+    """The parts' records (:func:`~dspo.core.files.read_part_records`), checked to cover blocks.
 
     A part covers the blocks (source units, or row groups of a pair table) ``blocks[0]`` to
     ``blocks[1]`` of ``n_blocks``; together the parts cover each block once, in order, under
     one setting.
     """
-    records = []
-    for folder in part_dirs:
-        manifest = Path(folder) / PART_RECORD
-        if not manifest.exists():
-            raise FileNotFoundError(f"{folder}: not a finished pairs part (no {PART_RECORD})")
-        records.append(json.loads(manifest.read_text()))
-    parts = len(records)
+    records = read_part_records(part_dirs, what, ("settings", "exclude", "n_blocks"))
     expected_block = 0
-    for index, (folder, record) in enumerate(zip(part_dirs, records, strict=True)):
-        if (record["part"], record["parts"]) != (index, parts):
-            raise ValueError(
-                f"{folder}: part {record['part']} of {record['parts']}, expected {index} of {parts}"
-            )
-        for key in ("settings", "exclude", "n_blocks"):
-            if record.get(key) != records[0].get(key):
-                raise ValueError(f"{folder}: {key} differ from those of {part_dirs[0]}")
+    for record in records:
         if record["blocks"][0] != expected_block:
             raise ValueError(
-                f"{folder}: starts at block {record['blocks'][0]}, not {expected_block}"
+                f"{record['dir']}: starts at block {record['blocks'][0]}, not {expected_block}"
             )
         expected_block = record["blocks"][1]
     if expected_block != records[0]["n_blocks"]:
@@ -442,11 +428,12 @@ def gather_pairs(
     ``report`` (JSON) once the table is in place. Raises before writing anything if no pair
     is left.
     """
-    records = read_part_records(part_dirs)
+    records = read_block_parts(part_dirs)
+    folders = [record["dir"] for record in records]
     max_pairs = records[0]["settings"]["max_pairs"]
     unit_rows = np.array([n for r in records for n in r["unit_rows"]], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(unit_rows)[:-1]]).astype(np.int64)
-    written = [pq.read_table(Path(d) / PART_TABLE, columns=["key", "group"]) for d in part_dirs]
+    written = [pq.read_table(d / PART_TABLE, columns=["key", "group"]) for d in folders]
     w_keys = np.concatenate([t["key"].to_numpy() for t in written])
     w_groups = np.concatenate([t["group"].to_numpy() for t in written]).astype(np.int64)
     unreadable = np.array([v for r in records for v in r["unreadable"]], dtype=object)
@@ -476,10 +463,10 @@ def gather_pairs(
         raise ValueError(f"no preference pair left out of {stats['input']} rows ({reasons})")
     keep = (first & visited)[: len(w_keys)]
     next_id = start = 0
-    referenced = has_refs(pq.read_schema(Path(part_dirs[0]) / PART_TABLE).names)
+    referenced = has_refs(pq.read_schema(folders[0] / PART_TABLE).names)
     with PairWriter(out, referenced=referenced) as writer:
-        for folder in part_dirs:
-            table = pq.ParquetFile(Path(folder) / PART_TABLE)
+        for folder in folders:
+            table = pq.ParquetFile(folder / PART_TABLE)
             for group in range(table.num_row_groups):
                 rows = table.read_row_group(group).to_pandas()
                 rows = rows[keep[start : start + len(rows)]].reset_index(drop=True)

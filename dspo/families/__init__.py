@@ -7,6 +7,7 @@ Classes are imported on first use, so naming a family does not import every mode
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ def family_class(name: str) -> type[Family]:
         raise KeyError(f"unknown model family {name!r}; valid names: {', '.join(sorted(REGISTRY))}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def build_pipeline(architecture: Mapping[str, Any], words: Sequence[str], seed: int = 0):
+    """A random-init pipeline of ``architecture["family"]`` (default ``sd``), built by its
+    family (``Family.build``): how the toy world gets its base model and how tests and
+    benchmarks get models offline."""
+    family = architecture.get("family", "sd")
+    return family_class(family).build(architecture, words, seed=seed)
 
 
 def detect_family(path: str | Path) -> str:

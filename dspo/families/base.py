@@ -45,11 +45,19 @@ class Family(ABC):
     text_keys: ClassVar[tuple[str, ...]] = ("embeddings",)  # what encode_prompts returns
     image_keys: ClassVar[tuple[str, ...]] = ()  # what image_conditions returns
     default_sampler: ClassVar[str] = "ddim"  # what validation images are sampled with
+    # Toy pre-training (dspo.toy.pretrain): whether the text encoder learns with the denoiser,
+    # or stays as built and each caption is encoded once.
+    pretrain_trains_text: ClassVar[bool] = False
 
     def __init__(self, scheduler_config: Mapping[str, Any], *, noise_form: bool = False) -> None:
         self.scheduler_config = dict(scheduler_config)
         # Scale errors so that each objective equals its noise-prediction form (see noise_scale).
         self.noise_form = noise_form
+
+    @classmethod
+    def setting_names(cls) -> set[str]:
+        """The keyword options the family takes (``training.family_settings``)."""
+        return set(inspect.signature(cls.__init__).parameters) - {"self", "scheduler_config"}
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **settings: Any) -> Family:
@@ -58,7 +66,7 @@ class Family(ABC):
         ``settings`` are the family's keyword options; an unknown one is an error that names
         the options this family takes.
         """
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "scheduler_config"}
+        accepted = cls.setting_names()
         unknown = sorted(set(settings) - accepted)
         if unknown:
             raise ValueError(

@@ -21,7 +21,7 @@ from diffusers import (
 
 from dspo.families.base import Conditions
 from dspo.families.flow import FlowFamily, FlowTimesteps
-from dspo.families.text import build_t5_tokenizer, clip_encoder, t5_encoder
+from dspo.families.text import build_t5_tokenizer, build_tokenizer, clip_encoder, t5_encoder
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -131,8 +131,6 @@ class FluxFamily(FlowFamily):
         ``transformer`` (FluxTransformer2DModel; ``axes_dims_rope`` must add up to
         ``attention_head_dim``) and ``scheduler``. Channels and text widths are derived.
         """
-        from dspo.families.sd_pipeline import build_tokenizer
-
         torch.manual_seed(seed)
         max_length = architecture["max_length"]
         tokenizer = build_tokenizer(words, max_length)

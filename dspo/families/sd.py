@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
     DDPMScheduler,
     DiffusionPipeline,
     StableDiffusionPipeline,
@@ -14,6 +16,71 @@ from diffusers import (
 )
 
 from dspo.families.base import Conditions, Family
+from dspo.families.text import build_tokenizer, clip_encoder
+
+# evaluation.scheduler: the schedulers an SD-shaped pipeline samples with.
+SAMPLING_SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+
+
+def sampling_scheduler(pipe: DiffusionPipeline, name: str) -> None:
+    """Swap the pipeline's scheduler for sampling, keeping its noise schedule."""
+    if name not in SAMPLING_SCHEDULERS:
+        raise ValueError(
+            f"unknown sampling scheduler {name!r}; expected one of {sorted(SAMPLING_SCHEDULERS)}"
+        )
+    pipe.scheduler = SAMPLING_SCHEDULERS[name].from_config(pipe.scheduler.config)
+
+
+@torch.no_grad()
+def encode_text(
+    pipe: DiffusionPipeline, prompts: list[str], batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hidden states (N, tokens, dim) for cross-attention and, for SDXL, pooled (N, dim).
+
+    SDXL, as its pipeline does: the penultimate hidden states of both text encoders side by
+    side, and the projected pooled output of the second. SD: the last hidden states, no pooled.
+    """
+    encoders = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    hidden, pooled = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        states = []
+        for tokenizer, encoder in encoders:
+            ids = tokenizer(
+                chunk,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(encoder.device)
+            if len(encoders) == 1:
+                states.append(encoder(ids)[0])
+                continue
+            out = encoder(ids, output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+            if hasattr(out, "text_embeds"):
+                pooled.append(out.text_embeds)
+        hidden.append(torch.cat(states, dim=-1))
+    return torch.cat(hidden), torch.cat(pooled) if pooled else None
+
+
+def base_parts(architecture: Mapping[str, Any], words: Sequence[str], seed: int) -> dict[str, Any]:
+    """The random-init parts SD and SDXL share: CLIP tokenizer and encoder, VAE, scheduler.
+
+    Drawn in this order after seeding with ``seed``, so that a family adding parts after
+    them keeps these weights.
+    """
+    torch.manual_seed(seed)
+    max_length = architecture["max_length"]
+    tokenizer = build_tokenizer(words, max_length)
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": clip_encoder(architecture["text_encoder"], tokenizer, max_length),
+        "vae": AutoencoderKL(**architecture["vae"]),
+        "scheduler": DDPMScheduler(**architecture.get("scheduler", {})),
+    }
 
 
 class SDFamily(Family):
@@ -21,6 +88,7 @@ class SDFamily(Family):
     pipeline_class = StableDiffusionPipeline
     pipeline_names = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
     denoiser_class = UNet2DConditionModel
+    pretrain_trains_text = True
 
     def __init__(self, scheduler_config: Mapping[str, Any], *, noise_form: bool = False) -> None:
         super().__init__(scheduler_config, noise_form=noise_form)
@@ -36,9 +104,23 @@ class SDFamily(Family):
 
     @classmethod
     def build(cls, architecture: Mapping[str, Any], words: Sequence[str], seed: int = 0):
-        from dspo.families.sd_pipeline import build_pipeline
+        """A random-init SD-shaped pipeline from an architecture mapping.
 
-        return build_pipeline({**architecture, "family": cls.name}, words, seed=seed)
+        ``architecture`` holds keyword arguments for ``text_encoder`` (CLIPTextConfig), ``vae``
+        (AutoencoderKL), ``unet`` (UNet2DConditionModel) and ``scheduler`` (DDPMScheduler),
+        plus ``max_length`` (tokens per prompt). The UNet's cross-attention width follows the
+        text encoder so it always fits.
+        """
+        parts = base_parts(architecture, words, seed)
+        width = parts["text_encoder"].config.hidden_size
+        unet = UNet2DConditionModel(**{**architecture["unet"], "cross_attention_dim": width})
+        return StableDiffusionPipeline(
+            **parts,
+            unet=unet,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
 
     @property
     def prediction_type(self) -> str:
@@ -47,8 +129,6 @@ class SDFamily(Family):
     def encode_prompts(
         self, pipe: DiffusionPipeline, prompts: list[str], batch_size: int = 256
     ) -> dict[str, torch.Tensor]:
-        from dspo.families.sd_pipeline import encode_text
-
         return {"embeddings": encode_text(pipe, prompts, batch_size=batch_size)[0]}
 
     def sample_timesteps(self, n: int, gen: torch.Generator, shape: Sequence[int]) -> torch.Tensor:
@@ -89,6 +169,4 @@ class SDFamily(Family):
         return alpha.reshape(shape) * pred + sigma.reshape(shape) * x_t
 
     def sampling_scheduler(self, pipe: DiffusionPipeline, name: str) -> None:
-        from dspo.families.sd_pipeline import sampling_scheduler
-
         sampling_scheduler(pipe, name)

@@ -18,7 +18,7 @@ from transformers import CLIPTextModelWithProjection
 
 from dspo.families.base import Conditions
 from dspo.families.flow import FlowFamily
-from dspo.families.text import build_t5_tokenizer, clip_encoder, t5_encoder
+from dspo.families.text import build_t5_tokenizer, build_tokenizer, clip_encoder, t5_encoder
 
 
 class SD3Family(FlowFamily):
@@ -71,8 +71,6 @@ class SD3Family(FlowFamily):
         and ``scheduler`` (FlowMatchEulerDiscreteScheduler). The transformer's channels, joint
         attention and pooled widths follow the VAE and text encoders.
         """
-        from dspo.families.sd_pipeline import build_tokenizer
-
         torch.manual_seed(seed)
         max_length = architecture["max_length"]
         tokenizer = build_tokenizer(words, max_length)

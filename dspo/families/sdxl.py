@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import DiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextModelWithProjection
 
 from dspo.families.base import Conditions
-from dspo.families.sd import SDFamily
+from dspo.families.sd import SDFamily, base_parts, encode_text
+from dspo.families.text import clip_encoder
 
 
 class SDXLFamily(SDFamily):
@@ -25,12 +28,39 @@ class SDXLFamily(SDFamily):
             config.get("addition_embed_type") == "text_time"
         )
 
+    @classmethod
+    def build(cls, architecture: Mapping[str, Any], words: Sequence[str], seed: int = 0):
+        """A random-init SDXL-shaped pipeline: SD's architecture mapping (``SDFamily.build``)
+        plus ``text_encoder_2`` (CLIPTextConfig of the CLIPTextModelWithProjection) and
+        ``addition_time_embed_dim``. The UNet's cross-attention and added embedding widths
+        (pooled text + 6 time ids) follow the text encoders so they always fit.
+        """
+        parts = base_parts(architecture, words, seed)
+        tokenizer, max_length = parts["tokenizer"], architecture["max_length"]
+        text_encoder_2 = clip_encoder(
+            architecture["text_encoder_2"], tokenizer, max_length, CLIPTextModelWithProjection
+        )
+        time_dim = architecture["addition_time_embed_dim"]
+        unet_cfg = {
+            **architecture["unet"],
+            "cross_attention_dim": parts["text_encoder"].config.hidden_size
+            + text_encoder_2.config.hidden_size,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": time_dim,
+            "projection_class_embeddings_input_dim": text_encoder_2.config.projection_dim
+            + 6 * time_dim,
+        }
+        return StableDiffusionXLPipeline(
+            **parts,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=copy.deepcopy(tokenizer),
+            unet=UNet2DConditionModel(**unet_cfg),
+        )
+
     def encode_prompts(
         self, pipe: DiffusionPipeline, prompts: list[str], batch_size: int = 256
     ) -> dict[str, torch.Tensor]:
         """Penultimate states of both encoders side by side, and the second's pooled output."""
-        from dspo.families.sd_pipeline import encode_text
-
         hidden, pooled = encode_text(pipe, prompts, batch_size=batch_size)
         return {"embeddings": hidden, "pooled": pooled}
 

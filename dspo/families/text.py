@@ -1,6 +1,6 @@
 """Tiny random text encoders and tokenizers for toy pipelines built offline.
 
-CLIP towers come from `dspo.families.sd_pipeline.build_tokenizer`'s hand-made BPE vocabulary; the T5
+CLIP towers come with :func:`build_tokenizer`'s hand-made BPE vocabulary; the T5
 tokenizer is a Unigram vocabulary holding each given word as one piece, saved and loaded
 like the real T5 tokenizer of SD3 and FLUX.
 """
@@ -18,6 +18,32 @@ from transformers import (
     T5EncoderModel,
     T5Tokenizer,
 )
+
+
+def build_tokenizer(words: Iterable[str], max_length: int) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over printable ASCII whose merges make each given word one token.
+
+    Real CLIP vocabularies cannot be downloaded here; this one has the same class, special
+    tokens and save format, so the pipeline loads exactly like SD1.5's.
+    """
+    chars = [chr(i) for i in range(33, 127)]
+    vocab = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
+    known = set(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in sorted({w.lower() for w in words}):
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            merges.append((pieces[0], pieces[1]))
+            if merged not in known:
+                known.add(merged)
+                vocab.append(merged)
+            pieces = [merged, *pieces[2:]]
+    return CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)},
+        merges=merges,
+        model_max_length=max_length,
+    )
 
 
 def clip_encoder(

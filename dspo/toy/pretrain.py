@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from dspo import toy
 from dspo.core.content import write_content_record
 from dspo.families import family_class
-from dspo.families.sd import SDFamily
 
 
 def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -198,7 +197,7 @@ def pretrain_toy_base(
         pipe.vae.register_to_config(scaling_factor=scaling)
         text = (
             _TrainedText(pipe, captions)
-            if isinstance(family, SDFamily)
+            if family.pretrain_trains_text
             else _FixedText(pipe, family, captions)
         )
         _train_denoiser(pipe, family, text, latents * scaling, cfg["unet"], rng, log)

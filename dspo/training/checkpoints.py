@@ -38,13 +38,16 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accelerate import Accelerator
 
 from dspo.core.content import combined_key, file_sha256
 from dspo.core.files import write_json_atomic
 from dspo.training.fingerprint import describe_change, fingerprint_details, only_code_differs
+
+if TYPE_CHECKING:
+    from dspo.training.settings import TrainSettings
 
 STATE = "state.json"
 FINISHED = "finished.json"
@@ -145,7 +148,7 @@ def resumable_checkpoint(
     steps: int,
     log: Callable[[str], None],
     *,
-    config: Mapping[str, Any] | None = None,
+    settings: TrainSettings | None = None,
     across_code_change: bool = False,
 ) -> tuple[Path, dict[str, Any]] | None:
     """The newest intact checkpoint this run may resume (main process), or None.
@@ -153,11 +156,11 @@ def resumable_checkpoint(
     It may resume a checkpoint of the same fingerprint, and with ``across_code_change`` one
     whose code part alone differs. Checkpoints it may not resume (another config, base model,
     cache or code; past ``steps``) are moved aside (:func:`move_aside`), the log saying what
-    differs (``config``: this run's config, to name the keys). A damaged checkpoint moves
+    differs (``settings``: this run's, to name the config keys). A damaged checkpoint moves
     aside too, with a warning naming the file, and the next older one is tried.
     """
     fingerprint = combined_key(**parts)
-    details = fingerprint_details(config or {})
+    details = fingerprint_details(settings)
 
     def may_resume(state: Mapping[str, Any]) -> bool:
         if state.get("fingerprint") == fingerprint:

@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspo
 from dspo.core.content import combined_key, content_key, source_files, source_hashes, source_key
+
+if TYPE_CHECKING:
+    from dspo.training.settings import TrainSettings
 
 # Keys that do not change the training trajectory up to a given step: a checkpoint stays
 # valid when only these change (e.g. more steps resume a finished run's last checkpoint; a
@@ -63,23 +66,32 @@ def _trajectory_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(relevant, sort_keys=True, default=str))
 
 
-def fingerprint_parts(
-    cfg: Mapping[str, Any], base_model: str, cache_manifest: Mapping[str, Any]
+def recorded_parts(
+    recorded: Mapping[str, Any], base_model: str, cache_manifest: Mapping[str, Any]
 ) -> dict[str, str]:
-    """Content keys of everything that determines the trajectory, by part."""
+    """Content keys by part, the config part being that of a recorded config mapping (a
+    run's ``TrainSettings.resolved``, or the slice of it a precomputed reference uses)."""
     return {
-        "config": combined_key(config=json.dumps(_trajectory_config(cfg), sort_keys=True)),
+        "config": combined_key(config=json.dumps(_trajectory_config(recorded), sort_keys=True)),
         "base_model": content_key(base_model),
         "cache": combined_key(manifest=json.dumps(cache_manifest, sort_keys=True, default=str)),
         "source": source_key(training_code()),
     }
 
 
-def fingerprint_details(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint records to say later what changed: its trajectory config, the
-    package version and each training source file's hash."""
+def fingerprint_parts(
+    settings: TrainSettings, base_model: str, cache_manifest: Mapping[str, Any]
+) -> dict[str, str]:
+    """Content keys of everything that determines the run's trajectory, by part: its config
+    as recorded (``settings.resolved``), so keys stay those of checkpoints already written."""
+    return recorded_parts(settings.resolved, base_model, cache_manifest)
+
+
+def fingerprint_details(settings: TrainSettings | None) -> dict[str, Any]:
+    """What a checkpoint records to say later what changed: its trajectory config (none
+    without ``settings``), the package version and each training source file's hash."""
     return {
-        "config": _trajectory_config(cfg),
+        "config": _trajectory_config(settings.resolved if settings else {}),
         "version": dspo.__version__,
         "code": source_hashes(training_code()),
     }

@@ -19,6 +19,13 @@ from dspo.core.seeding import seeded_generator
 from dspo.data.cache import PairCache
 from dspo.families.base import Conditions, Family
 from dspo.objectives import Objective, ReferenceStats
+from dspo.training.settings import TrainSettings
+
+# The run's random streams (the first position of :func:`~dspo.core.seeding.seeded_generator`
+# after the seed): each epoch's shuffle of the rows, and each micro-batch's prompt dropout,
+# images, noise and timesteps.
+ROWS_STREAM = 1
+MICRO_BATCH_STREAM = 2
 
 
 def step_rows(n: int, pairs_per_step: int, seed: int, step: int) -> torch.Tensor:
@@ -30,7 +37,7 @@ def step_rows(n: int, pairs_per_step: int, seed: int, step: int) -> torch.Tensor
     """
     per_epoch = max(1, n // pairs_per_step)
     epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=seeded_generator(seed, 1, epoch))
+    order = torch.randperm(n, generator=seeded_generator(seed, ROWS_STREAM, epoch))
     if n < pairs_per_step:
         return order[torch.arange(pairs_per_step) % n]
     return order[position * pairs_per_step : (position + 1) * pairs_per_step]
@@ -39,6 +46,27 @@ def step_rows(n: int, pairs_per_step: int, seed: int, step: int) -> torch.Tensor
 def micro_batch_start(micro: int, processes: int, rank: int, local: int) -> int:
     """Where one process's micro-batch starts within the step's rows."""
     return (micro * processes + rank) * local
+
+
+def micro_batch(
+    cache: PairCache,
+    rows: torch.Tensor,
+    step: int,
+    start: int,
+    settings: TrainSettings,
+    family: Family,
+    shared_noise: bool,
+) -> dict[str, torch.Tensor]:
+    """The micro-batch of ``settings.local_pairs`` pairs from position ``start`` of ``rows``.
+
+    ``rows`` are step ``step``'s (:func:`step_rows`). Its prompt dropout, images, noise and
+    timesteps follow the micro-batch's place in the step, so they are the same however the
+    step is split across processes, and the reference job (dspo.training.reference), which
+    assembles the trainer's micro-batches here too, sees exactly the trainer's batches.
+    """
+    gen = seeded_generator(settings.seed, MICRO_BATCH_STREAM, step, start)
+    chosen = rows[start : start + settings.local_pairs]
+    return make_batch(cache, chosen, settings.prompt_dropout, gen, family, shared_noise)
 
 
 class PreferenceModel(torch.nn.Module):

@@ -37,13 +37,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dspo.core.files import PART_RECORD, part_folder
-from dspo.core.seeding import seeded_generator
+from dspo.core.files import part_folder, read_part_records
 from dspo.families.base import Family
 from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
-from dspo.training.fingerprint import PART_NAMES, fingerprint_parts
+from dspo.training.fingerprint import PART_NAMES, recorded_parts
 from dspo.training.policy import switch
-from dspo.training.preference import make_batch, noised_inputs, step_rows
+from dspo.training.preference import micro_batch, noised_inputs, step_rows
 from dspo.training.settings import REFERENCE_STORAGE, TrainSettings
 
 MANIFEST = "reference.json"
@@ -51,22 +50,26 @@ MANIFEST = "reference.json"
 BATCH_KEYS = ("seed", "steps", "pairs_per_step", "local_pairs", "prompt_dropout", "family_settings")
 
 
-def reference_slice(cfg: Mapping[str, Any], objective: Objective) -> dict[str, Any]:
-    """What a precomputed reference depends on, besides the base model, cache and code."""
+def reference_slice(settings: TrainSettings, objective: Objective) -> dict[str, Any]:
+    """What a precomputed reference depends on, besides the base model, cache and code.
+
+    The batch keys as the run's config records them (``settings.resolved``), so the keys of
+    references already computed stay valid.
+    """
     return {
-        **{k: cfg.get(k) for k in BATCH_KEYS},
+        **{k: settings.resolved.get(k) for k in BATCH_KEYS},
         "preferred_only": objective.preferred_only,
         "shared_noise": objective.shared_noise,
         "prediction": objective.uses_reference_prediction,
-        "storage": cfg.get("reference_storage", "float32"),
+        "storage": settings.reference_storage,
     }
 
 
 def reference_parts(
-    cfg: Mapping[str, Any], objective: Objective, base_model: str, manifest: Mapping[str, Any]
+    settings: TrainSettings, objective: Objective, base_model: str, manifest: Mapping[str, Any]
 ) -> dict[str, str]:
     """Content keys of everything the reference outputs depend on, by part."""
-    return fingerprint_parts(reference_slice(cfg, objective), base_model, manifest)
+    return recorded_parts(reference_slice(settings, objective), base_model, manifest)
 
 
 def part_steps(steps: int, part: int, parts: int) -> range:
@@ -140,14 +143,7 @@ def compute_part(
             for group in groups:
                 inputs = [
                     noised_inputs(
-                        make_batch(
-                            cache,
-                            rows[s : s + local],
-                            settings.prompt_dropout,
-                            seeded_generator(settings.seed, 2, step, s),
-                            family,
-                            objective.shared_noise,
-                        ),
+                        micro_batch(cache, rows, step, s, settings, family, objective.shared_noise),
                         objective,
                         family,
                     )
@@ -178,7 +174,7 @@ def compute_part(
             "columns": columns,
             "latent_shape": list(latent),
             "storage": settings.reference_storage,
-            "key": reference_parts(cfg, objective, base_model, cache.manifest),
+            "key": reference_parts(settings, objective, base_model, cache.manifest),
             "batch_factor": batch_factor,
             "seconds": round(time.time() - started, 1),
         }
@@ -197,15 +193,7 @@ def stats_of(ref: torch.Tensor, target: torch.Tensor, objective: Objective) -> R
 
 def gather(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
     """Move the parts into one folder and write its manifest last."""
-    records = sorted(
-        (json.loads((Path(d) / PART_RECORD).read_text()) | {"dir": str(d)} for d in part_dirs),
-        key=lambda r: r["part"],
-    )
-    if [r["part"] for r in records] != list(range(records[0]["parts"])):
-        raise ValueError(
-            f"reference parts {[r['part'] for r in records]} given, expected all of "
-            f"0..{records[0]['parts'] - 1}"
-        )
+    records = read_part_records(part_dirs, "reference")
     for r in records[1:]:
         if r["key"] != records[0]["key"]:
             raise ValueError(f"{r['dir']}: computed for another run than part 0")

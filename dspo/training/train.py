@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 
 from dspo.core.content import combined_key
 from dspo.core.files import folder_bytes, space_for
-from dspo.core.seeding import seeded_generator
 from dspo.data.cache import PairCache, load_cache
 from dspo.objectives import get_objective, objective_kwargs
 from dspo.training import checkpoints as ckpt
@@ -55,7 +54,7 @@ from dspo.training.job_watch import JobWatch
 from dspo.training.metrics import append_metrics, mean_over, restart_metrics
 from dspo.training.optimisation import make_optimizer, resolve_mixed_precision, set_learning_rate
 from dspo.training.policy import MODEL_CONFIG, build_model, use_tf32, write_model_folder
-from dspo.training.preference import PreferenceModel, make_batch, micro_batch_start, step_rows
+from dspo.training.preference import PreferenceModel, micro_batch, micro_batch_start, step_rows
 from dspo.training.reference import PrecomputedReference, reference_parts
 from dspo.training.run_lock import RunLock, held, run_record, write_model
 from dspo.training.settings import TrainSettings
@@ -170,7 +169,7 @@ class TrainingRun:
             settings.pairs_per_step, settings.local_pairs, self.processes
         )
         # What a checkpoint must match to be resumed (dspo.training.checkpoints).
-        self.parts = fingerprint_parts(settings.resolved, self.base_model, cache.manifest)
+        self.parts = fingerprint_parts(settings, self.base_model, cache.manifest)
         self.start_step, self.skipped = 0, 0
         self.last_checkpoint: Path | None = None
         self.validator: Validator | None = None
@@ -199,7 +198,7 @@ class TrainingRun:
         accelerator.wait_for_everyone()
         precomputed = None
         if reference_dir is not None and objective.needs_reference:
-            expected = reference_parts(settings.resolved, objective, base_model, cache.manifest)
+            expected = reference_parts(settings, objective, base_model, cache.manifest)
             precomputed = PrecomputedReference(reference_dir, expected, settings.pairs_per_step)
         model = build_model(settings, objective, base_model, cache, precision, precomputed is None)
         trainable = [p for p in model.denoiser.parameters() if p.requires_grad]
@@ -232,7 +231,7 @@ class TrainingRun:
                 self.parts,
                 settings.steps,
                 accelerator.print,
-                config=settings.resolved,
+                settings=settings,
                 across_code_change=settings.resume_across_code_change,
             )
         if accelerator.num_processes > 1:
@@ -320,16 +319,8 @@ class TrainingRun:
         on_device: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             start = micro_batch_start(micro, self.processes, accelerator.process_index, local)
-            # Noise, timesteps and dropout follow the micro-batch's place in the step, so
-            # they too are the same however the step is split across processes.
-            gen = seeded_generator(settings.seed, 2, step, start)
-            batch = make_batch(
-                self.cache,
-                rows[start : start + local],
-                settings.prompt_dropout,
-                gen,
-                self.family,
-                self.objective.shared_noise,
+            batch = micro_batch(
+                self.cache, rows, step, start, settings, self.family, self.objective.shared_noise
             )
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             if self.precomputed is not None:
@@ -425,7 +416,7 @@ class TrainingRun:
                 self.parts,
                 {
                     "skipped": self.skipped,
-                    "details": fingerprint_details(self.settings.resolved),
+                    "details": fingerprint_details(self.settings),
                     "tracker_run_id": self.tracker_run_id,
                 },
             )

@@ -16,6 +16,7 @@ from dspo.bench.modes import build_mode, make_step, visit_order
 from dspo.bench.spec import SD15_ARCHITECTURE, BenchSpec, ResidentPeak, load_architecture
 from dspo.bench.throughput import prepare
 from dspo.cli.commands import main
+from dspo.standins import architectures
 from tests.conftest import TINY_ARCHITECTURE
 
 
@@ -244,6 +245,10 @@ def test_resident_peak_counts_memory_touched_after_start_only() -> None:
 
 def test_architecture_sources(tmp_path: Path) -> None:
     assert load_architecture("sd15") == ("sd15", SD15_ARCHITECTURE)
+    # One SD1.5: the benchmark's is the stand-in folder's (dspo.standins.architectures).
+    assert SD15_ARCHITECTURE["unet"] is architectures.SD15_UNET
+    assert SD15_ARCHITECTURE["text_encoder"] is architectures.CLIP_L_TEXT
+    assert SD15_ARCHITECTURE["vae"] is architectures.SD_VAE
     flat = tmp_path / "flat.yaml"
     flat.write_text(yaml.safe_dump(TINY_ARCHITECTURE))
     assert load_architecture(str(flat)) == ("flat", TINY_ARCHITECTURE)

@@ -142,11 +142,11 @@ def llm_degrader_fallbacks() -> Iterable[str]:
 def sampling_schedulers() -> Iterable[str]:
     """The names some model family's ``sampling_scheduler`` takes: sampling and editing set the
     pipeline's scheduler through its family (SD, SDXL:
-    ``dspo.families.sd_pipeline.SAMPLING_SCHEDULERS``; SD3, FLUX: their flow-matching Euler
-    sampler). Each family is asked about every name the schema, dspo.families.sd_pipeline or a
+    ``dspo.families.sd.SAMPLING_SCHEDULERS``; SD3, FLUX: their flow-matching Euler
+    sampler). Each family is asked about every name the schema, dspo.families.sd or a
     family's ``default_sampler`` knows, on a stand-in pipeline."""
     from dspo.families import REGISTRY, family_class
-    from dspo.families.sd_pipeline import SAMPLING_SCHEDULERS
+    from dspo.families.sd import SAMPLING_SCHEDULERS
 
     classes = [family_class(name) for name in REGISTRY]
     candidates = {*resolve(f"{EVALUATION}/scheduler")["enum"], *SAMPLING_SCHEDULERS}
@@ -326,3 +326,13 @@ def test_report_to_trackers_are_accelerate_trackers() -> None:
 
     known = {t.value for t in LoggerType}
     assert {name for name in REPORT_TO if name is not None} <= known
+
+
+def test_family_settings_are_the_settings_the_families_take() -> None:
+    # Every keyword a family's constructor takes (docs/families.md, "Settings") is a key of
+    # training.family_settings, and the schema has no key that no family takes.
+    from dspo.families import REGISTRY, family_class
+
+    taken = set().union(*(family_class(name).setting_names() for name in REGISTRY))
+    schema = resolve(f"{TRAINING}/family_settings/properties")
+    assert set(schema) == taken

@@ -17,6 +17,7 @@ from dspo.core.files import (
     DiskFull,
     part_folder,
     png_bytes,
+    read_part_records,
     replace_folder,
     space_for,
     write_bytes_atomic,
@@ -210,3 +211,31 @@ def test_a_folder_is_replaced_whole(tmp_path: Path) -> None:
     replace_folder(new, old)
     assert (old / "weights").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def write_parts(root: Path, records: list[dict]) -> list[Path]:
+    folders = []
+    for record in records:
+        with part_folder(root / f"p{record['part']}", "cache") as (_, written):
+            written |= record
+        folders.append(root / f"p{record['part']}")
+    return folders
+
+
+def test_part_records_come_back_in_part_order_whatever_order_they_are_given(tmp_path: Path) -> None:
+    folders = write_parts(tmp_path, [{"part": k, "parts": 3, "size": 8} for k in range(3)])
+    records = read_part_records(folders[::-1], "cache", ("size",))
+    assert [r["part"] for r in records] == [0, 1, 2]
+    assert [r["dir"] for r in records] == folders
+
+
+def test_part_records_that_do_not_form_one_whole_are_refused(tmp_path: Path) -> None:
+    folders = write_parts(
+        tmp_path, [{"part": 0, "parts": 2, "size": 8}, {"part": 1, "parts": 2, "size": 4}]
+    )
+    with pytest.raises(ValueError, match=r"p1: size 4 differs from part 0's 8"):
+        read_part_records(folders, "cache", ("size",))
+    with pytest.raises(ValueError, match=r"cache parts \[1\] given, expected all of 0..1"):
+        read_part_records(folders[1:], "cache")
+    with pytest.raises(FileNotFoundError, match="missing: not a finished cache part"):
+        read_part_records([folders[0], tmp_path / "missing"], "cache")

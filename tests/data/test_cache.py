@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from dspo.data.cache import build_cache, load_cache, load_image, prepare_image
-from dspo.families.sd_pipeline import encode_prompts, load_pipeline
+from dspo.families.sd import encode_text
+from dspo.families.sd_pipeline import load_pipeline
 from tests.conftest import jpeg
 
 
@@ -90,10 +91,10 @@ def test_cache_matches_direct_encoding(tiny_model: Path, tiny_pairs: pd.DataFram
     pixels = torch.from_numpy(prepare_image(tiny_pairs["jpg_l"][13], 16))[None]
     direct = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
     torch.testing.assert_close(cache.latents_l[13:14], direct, rtol=1e-4, atol=1e-5)
-    text = encode_prompts(pipe, [tiny_pairs["caption"][13]])
+    text = encode_text(pipe, [tiny_pairs["caption"][13]])[0]
     torch.testing.assert_close(cache.embeddings[cache.text_w[13]][None], text)
     assert torch.equal(cache.text_w, cache.text_l)
-    torch.testing.assert_close(cache.empty, encode_prompts(pipe, [""]))
+    torch.testing.assert_close(cache.empty, encode_text(pipe, [""])[0])
     assert cache.pooled is None and cache.empty_pooled is None
 
 

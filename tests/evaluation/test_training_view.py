@@ -167,7 +167,7 @@ def test_resume_rebuilds_the_reference_and_keeps_earlier_images(
     cfg = {**DSPO, **VALIDATION, "validate_every": 1, "lora": lora}
     run(cfg, cache_dir, tiny_model, tmp_path / "straight")
 
-    real = train_module.make_batch
+    real = train_module.micro_batch
     calls = {"n": 0}
 
     def dies_in_step_three(*args, **kwargs):
@@ -176,13 +176,13 @@ def test_resume_rebuilds_the_reference_and_keeps_earlier_images(
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "make_batch", dies_in_step_three)
+    monkeypatch.setattr(train_module, "micro_batch", dies_in_step_three)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, cache_dir, tiny_model, tmp_path / "killed")
     folder = tmp_path / "killed/run/validation"
     before = {p.name: p.read_bytes() for p in folder.glob("*.png")}
     assert sorted(before) == ["step_000001.png", "step_000002.png"]
-    monkeypatch.setattr(train_module, "make_batch", real)
+    monkeypatch.setattr(train_module, "micro_batch", real)
     assert run(cfg, cache_dir, tiny_model, tmp_path / "killed")["resumed_from"] == 2
 
     index = json.loads((folder / "index.json").read_text())

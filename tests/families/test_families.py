@@ -19,6 +19,7 @@ from diffusers import (
 
 from dspo.families import (
     REGISTRY,
+    build_pipeline,
     detect_family,
     family_class,
     family_of_denoiser,
@@ -35,9 +36,9 @@ from dspo.families.flow import (
     velocity_to_sample,
 )
 from dspo.families.flux import pack, unpack
-from dspo.families.sd import SDFamily
+from dspo.families.sd import SDFamily, encode_text
 from dspo.families.sd3 import SD3Family
-from dspo.families.sd_pipeline import encode_text, load_pipeline
+from dspo.families.sd_pipeline import load_pipeline
 from dspo.objectives import OBJECTIVES, objective_kwargs
 from tests.conftest import WORDS
 
@@ -285,6 +286,20 @@ def test_registry_names_match_their_classes() -> None:
     assert set(REGISTRY) == {"sd", "sdxl", "sd3", "flux"}
     for name in REGISTRY:
         assert family_class(name).name == name
+
+
+def test_any_registered_family_builds_through_the_one_entry_point() -> None:
+    # build_pipeline asks the family named by the architecture; it keeps no family list.
+    pipe = build_pipeline({**TINY_FLUX, "family": "flux"}, WORDS, seed=0)
+    assert isinstance(pipe, family_class("flux").pipeline_class)
+    with pytest.raises(KeyError, match="unknown model family 'sd4'"):
+        build_pipeline({**TINY_FLUX, "family": "sd4"}, WORDS)
+
+
+def test_toy_pretraining_trains_the_text_encoder_of_the_sd_families_only() -> None:
+    # SD's one CLIP learns with the UNet; the flow families keep their encoders as built.
+    trains = {name: family_class(name).pretrain_trains_text for name in REGISTRY}
+    assert trains == {"sd": True, "sdxl": True, "sd3": False, "flux": False}
 
 
 @pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux"])

@@ -8,7 +8,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dspo.families.sd_pipeline import build_tokenizer, encode_prompts, load_pipeline
+from dspo.families.sd import encode_text
+from dspo.families.sd_pipeline import load_pipeline
+from dspo.families.text import build_tokenizer
 
 
 def test_tokenizer_makes_known_words_single_tokens() -> None:
@@ -33,9 +35,9 @@ def test_saved_pipeline_loads_in_stock_diffusers(tiny_model: Path) -> None:
 
 def test_encode_prompts_shape_and_determinism(tiny_model: Path) -> None:
     pipe = load_pipeline(str(tiny_model))
-    first = encode_prompts(pipe, ["a red circle", "a blue square", ""], batch_size=2)
+    first = encode_text(pipe, ["a red circle", "a blue square", ""], batch_size=2)[0]
     assert first.shape == (3, 12, 32)
-    assert torch.equal(first, encode_prompts(pipe, ["a red circle", "a blue square", ""]))
+    assert torch.equal(first, encode_text(pipe, ["a red circle", "a blue square", ""])[0])
     assert not torch.allclose(first[0], first[1])
 
 

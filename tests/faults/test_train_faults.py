@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 import dspo.training.train as train_module
 from dspo.core.content import file_sha256, write_content_record
 from dspo.data.cache import build_cache, load_cache
-from dspo.families.sd_pipeline import build_pipeline
+from dspo.families import build_pipeline
 from dspo.training.guards import DivergenceError, StopSignals
 from dspo.training.preference import step_rows
 from tests.conftest import TINY_ARCHITECTURE, WORDS
@@ -70,7 +70,7 @@ def interrupted(
     cfg: dict, cache: Path, base: Path, root: Path, monkeypatch: pytest.MonkeyPatch, step: int
 ) -> None:
     """A run killed during ``step`` (2 micro-steps a step), leaving its checkpoints."""
-    real = train_module.make_batch
+    real = train_module.micro_batch
     calls = {"n": 0}
 
     def dies(*args, **kwargs):
@@ -79,10 +79,10 @@ def interrupted(
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "make_batch", dies)
+    monkeypatch.setattr(train_module, "micro_batch", dies)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, cache, base, root)
-    monkeypatch.setattr(train_module, "make_batch", real)
+    monkeypatch.setattr(train_module, "micro_batch", real)
     assert not (root / "model").exists()
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-from dspo.families.sd_pipeline import build_tokenizer
+from dspo.families.text import build_tokenizer
 from dspo.rewards import load_reward, open_image, parity, score_manifest
 from dspo.rewards.common import CLIP_MEAN, CLIP_STD
 from dspo.rewards.transforms import center_crop_pixels, hpsv2_pixels, open_clip_tokens

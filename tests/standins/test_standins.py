@@ -50,7 +50,7 @@ def test_full_architectures_have_the_published_sizes() -> None:
     import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from dspo.standins import pipelines, rewards
+    from dspo.standins import architectures, rewards
 
     def count(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
@@ -59,11 +59,11 @@ def test_full_architectures_have_the_published_sizes() -> None:
         return cls(transformers.CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, **cfg))
 
     with torch.device("meta"):
-        sd15_unet = count(UNet2DConditionModel(**pipelines.SD15_UNET))
-        sdxl_unet = count(UNet2DConditionModel(**pipelines.SDXL_UNET))
-        vae = count(AutoencoderKL(**pipelines.SD_VAE))
-        clip_l = count(text(pipelines.CLIP_L_TEXT, transformers.CLIPTextModel))
-        big_g = count(text(pipelines.CLIP_BIGG_TEXT, transformers.CLIPTextModelWithProjection))
+        sd15_unet = count(UNet2DConditionModel(**architectures.SD15_UNET))
+        sdxl_unet = count(UNet2DConditionModel(**architectures.SDXL_UNET))
+        vae = count(AutoencoderKL(**architectures.SD_VAE))
+        clip_l = count(text(architectures.CLIP_L_TEXT, transformers.CLIPTextModel))
+        big_g = count(text(architectures.CLIP_BIGG_TEXT, transformers.CLIPTextModelWithProjection))
         vit_h = count(rewards._clip_model(rewards.VIT_H_14, tiny=False))
         vit_l = count(rewards._clip_model(rewards.VIT_L_14, tiny=False))
     # The parameter counts published for SD1.5, SDXL base 1.0, open_clip ViT-H-14 and

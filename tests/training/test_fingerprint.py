@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -71,9 +72,14 @@ class OneProcess:
         (Path(folder) / "model.safetensors").write_bytes(b"weights")
 
 
+def run(cfg: dict) -> SimpleNamespace:
+    """What the fingerprint reads of a run's settings: its recorded config (``resolved``)."""
+    return SimpleNamespace(resolved=cfg)
+
+
 def checkpoint(root: Path, cfg: dict, base: Path) -> Path:
-    parts = fingerprint_parts(cfg, str(base), MANIFEST)
-    extra = {"details": fingerprint_details(cfg)}
+    parts = fingerprint_parts(run(cfg), str(base), MANIFEST)
+    extra = {"details": fingerprint_details(run(cfg))}
     return save_checkpoint(OneProcess(), root / "checkpoints", 2, 2, parts, extra)
 
 
@@ -81,10 +87,10 @@ def resume(root: Path, cfg: dict, base: Path, across: bool = False) -> tuple[obj
     said: list[str] = []
     found = resumable_checkpoint(
         root / "checkpoints",
-        fingerprint_parts(cfg, str(base), MANIFEST),
+        fingerprint_parts(run(cfg), str(base), MANIFEST),
         4,
         said.append,
-        config=cfg,
+        settings=run(cfg),
         across_code_change=across,
     )
     return found, said
@@ -137,3 +143,47 @@ def test_a_base_model_change_is_named(base: Path, tmp_path: Path) -> None:
     (base / "model_index.json").write_text('{"other": 1}')
     found, said = resume(tmp_path, CONFIG, base, across=True)
     assert found is None and "changed since it was written: the base model's contents" in said[0]
+
+
+# A resolved config as a run records it; ``prompt_dropout`` an integer, as YAML reads ``0``.
+RECORDED = {
+    "adam_betas": [0.9, 0.999],
+    "adam_eps": 1e-08,
+    "checkpoint_every": 2,
+    "checkpoints_kept": 2,
+    "family_settings": {},
+    "gradient_checkpointing": False,
+    "keep_checkpoints": True,
+    "local_pairs": 2,
+    "log_every": 1,
+    "lora": None,
+    "lr": 0.001,
+    "lr_schedule": "constant",
+    "max_grad_norm": 1.0,
+    "mixed_precision": "no",
+    "objective": "dspo",
+    "optimizer": "adamw",
+    "pairs_per_step": 4,
+    "params": {"kappa": 100.0, "lam": 0.5},
+    "prompt_dropout": 0,
+    "report_to": None,
+    "seed": 0,
+    "steps": 4,
+    "warmup_steps": 1,
+    "weight_decay": 0.01,
+}
+
+
+def test_config_keys_from_typed_settings_are_those_of_checkpoints_already_written(
+    base: Path,
+) -> None:
+    # The config parts that the code before typed settings computed for RECORDED, from the
+    # raw mapping: checkpoints and precomputed references written then must still match.
+    from dspo.objectives import get_objective
+    from dspo.training.reference import reference_parts
+    from dspo.training.settings import TrainSettings
+
+    settings = TrainSettings.from_config(RECORDED)
+    assert fingerprint_parts(settings, str(base), MANIFEST)["config"] == "4fa02588f4991193"
+    reference = reference_parts(settings, get_objective("dspo"), str(base), MANIFEST)
+    assert reference["config"] == "fdc9bdfdee3c3500"

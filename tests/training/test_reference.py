@@ -12,6 +12,7 @@ import torch
 
 import dspo.training.preference as preference
 from dspo.training.reference import PrecomputedReference, compute_part, gather, reference_parts
+from dspo.training.settings import TrainSettings
 from dspo.training.train import train
 from tests.training.test_train import BASE_CONFIG, assert_same_weights, unet_weights
 
@@ -110,9 +111,8 @@ def test_a_reference_of_another_run_is_refused(
     from dspo.objectives import get_objective
 
     manifest = load_cache(cache_dir).manifest
-    other = reference_parts(
-        {**cfg, "seed": 1}, get_objective("diffusion_dpo"), str(tiny_model), manifest
-    )
+    settings = TrainSettings.from_config({**cfg, "seed": 1})
+    other = reference_parts(settings, get_objective("diffusion_dpo"), str(tiny_model), manifest)
     with pytest.raises(ValueError, match="training config changed; rerun the reference job"):
         PrecomputedReference(folder, other, cfg["pairs_per_step"])
     with pytest.raises(ValueError, match="cannot use a precomputed reference"):

@@ -163,7 +163,7 @@ def test_killed_job_resumes_to_the_same_weights(
     cfg = {**DSPO, "lora": LORA, "lr": 1e-2} if lora else DSPO
     run(cfg, cache_dir, tiny_model, tmp_path / "straight")
 
-    real_make_batch = train_module.make_batch
+    real_make_batch = train_module.micro_batch
     calls = {"n": 0}
 
     def dies_in_step_three(*args, **kwargs):
@@ -172,7 +172,7 @@ def test_killed_job_resumes_to_the_same_weights(
             raise KeyboardInterrupt("killed")
         return real_make_batch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "make_batch", dies_in_step_three)
+    monkeypatch.setattr(train_module, "micro_batch", dies_in_step_three)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, cache_dir, tiny_model, tmp_path / "killed")
     assert (tmp_path / "killed/run/checkpoints/step-000002/state.json").exists()
@@ -183,7 +183,7 @@ def test_killed_job_resumes_to_the_same_weights(
     if lora:  # the frozen base is the reference too: only the adapters are kept
         assert all("lora_" in key for key in saved), sorted(saved)[:3]
 
-    monkeypatch.setattr(train_module, "make_batch", real_make_batch)
+    monkeypatch.setattr(train_module, "micro_batch", real_make_batch)
     summary = run(cfg, cache_dir, tiny_model, tmp_path / "killed")
     assert summary["resumed_from"] == 2
     steps = [
@@ -529,7 +529,7 @@ def test_kept_steps_are_loadable_models_that_survive_a_resume(
     steps = tmp_path / "straight/run/steps"
     assert sorted(p.name for p in steps.iterdir()) == ["step-000001", "step-000003"]
 
-    real_make_batch = train_module.make_batch
+    real_make_batch = train_module.micro_batch
     calls = {"n": 0}
 
     def dies_in_step_three(*args, **kwargs):
@@ -538,7 +538,7 @@ def test_kept_steps_are_loadable_models_that_survive_a_resume(
             raise KeyboardInterrupt("killed")
         return real_make_batch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "make_batch", dies_in_step_three)
+    monkeypatch.setattr(train_module, "micro_batch", dies_in_step_three)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, cache_dir, tiny_model, tmp_path / "killed")
     kept = tmp_path / "killed/run/steps"
@@ -546,7 +546,7 @@ def test_kept_steps_are_loadable_models_that_survive_a_resume(
     written = weights.stat().st_ino
     assert [p.name for p in kept.iterdir()] == ["step-000001"]
 
-    monkeypatch.setattr(train_module, "make_batch", real_make_batch)
+    monkeypatch.setattr(train_module, "micro_batch", real_make_batch)
     assert run(cfg, cache_dir, tiny_model, tmp_path / "killed")["resumed_from"] == 2
     # Step 1 (before the checkpoint resumed) is the file written before the kill.
     assert weights.stat().st_ino == written
