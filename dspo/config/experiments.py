@@ -349,7 +349,9 @@ def step_problems(config: Mapping[str, Any]) -> list[str]:
     kept steps with no ``evaluation.step_selection`` to use them, a selection naming a prompt
     set or reward that is not configured, and a paper table listing the validation set."""
     problems = []
-    models = trained_models(config)
+    # A sweep naming an unknown method is sweep_problems' to report.
+    methods = entries(config["methods"])
+    models = {n: m for n, m in trained_models(config).items() if m.method in methods}
     for name, model in models.items():
         cfg = method_config(config, model)
         past = sorted(s for s in cfg.get("evaluate_steps") or [] if s > cfg["steps"])
