@@ -349,9 +349,13 @@ def step_problems(config: Mapping[str, Any]) -> list[str]:
     kept steps with no ``evaluation.step_selection`` to use them, a selection naming a prompt
     set or reward that is not configured, and a paper table listing the validation set."""
     problems = []
-    # A sweep naming an unknown method is sweep_problems' to report.
+    # A sweep naming an unknown method, or an entry with no objective, is reported elsewhere.
     methods = entries(config["methods"])
-    models = {n: m for n, m in trained_models(config).items() if m.method in methods}
+    models = {
+        n: m
+        for n, m in trained_models(config).items()
+        if "objective" in (methods.get(m.method) or {})
+    }
     for name, model in models.items():
         cfg = method_config(config, model)
         past = sorted(s for s in cfg.get("evaluate_steps") or [] if s > cfg["steps"])
