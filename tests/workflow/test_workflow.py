@@ -227,6 +227,8 @@ def test_editing_one_method_reruns_only_that_method(smoke_run: Path, tmp_path: P
             "generate": 2,
             "score": 2,
             "quality": 2,
+            "score_binding": 2,
+            "binding_table": 1,
             "tables": 1,
             "grid": 2,
             "summary": 1,
