@@ -4,13 +4,13 @@ import os
 import sys
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 # This checkout's package checks the config, whichever `dspo` is installed.
 sys.path.insert(0, workflow.basedir)
-from dspo.config.check import ConfigError, check_config
+from dspo.config.check import ConfigError, check_config, validate_schema
 
 # environment.yml names the package through DSPO_ROOT: Snakemake builds rule environments
 # from a copy of it, where a relative path would not reach the repository.
@@ -21,10 +21,10 @@ os.environ.setdefault("DSPO_ROOT", workflow.basedir)
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, "config/schema.yaml")
-# What the schema cannot express (objective hyper-parameters, source paths, table names),
-# checked before any job runs; paths are relative to the working directory, as the rules'.
+# The schema, then what it cannot express (objective hyper-parameters, source paths, table
+# names), checked before any job runs; paths are relative to the working directory, as the rules'.
 try:
+    validate_schema(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
     check_config(config, os.getcwd())
 except ConfigError as err:
     raise WorkflowError(str(err)) from None

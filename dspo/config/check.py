@@ -288,6 +288,20 @@ def _check_steps(config: Mapping[str, Any]) -> list[str]:
     return step_problems(config)
 
 
+def validate_schema(config: dict[str, Any], schema: str | Path) -> None:
+    """Snakemake's schema validation (which fills the schema's defaults into ``config``), its
+    error raised as a `ConfigError` naming the key; some schema failures (a ``oneOf``) leave
+    Snakemake as a bare jsonschema error with no key in its first line."""
+    from jsonschema.exceptions import ValidationError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(schema))
+    except ValidationError as err:
+        key = ".".join(str(part) for part in err.absolute_path) or "(top level)"
+        raise ConfigError(f"{key}: {err.message}") from None
+
+
 def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[str]:
     """Every problem of a schema-valid config, each message starting with its key."""
     root = Path(root)

@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from snakemake.exceptions import WorkflowError
 from snakemake.io import expand
-from snakemake.utils import validate
 
-from dspo.config.check import ConfigError, check_config, config_problems
+from dspo.config.check import ConfigError, check_config, config_problems, validate_schema
 from tests.workflow_run import snakemake
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +46,7 @@ def merged(**override: Any) -> dict:
 
 def checked(config: dict, root: Path) -> None:
     """What the Snakefile does before building the DAG, then the rules' config slices."""
-    validate(config, SCHEMA)
+    validate_schema(config, SCHEMA)
     check_config(config, root)
     # rules/common.smk is plain Python: run it and build every slice the rules pass.
     helpers = {"config": config, "expand": expand}
