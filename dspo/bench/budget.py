@@ -287,6 +287,25 @@ def _stage(name: str, items: str, disk: float, flops: float = 0.0) -> dict[str, 
     return {"stage": name, "items": items, "disk_bytes": disk, "flops": flops}
 
 
+def _image_stage(
+    name: str,
+    sampled: int,
+    prompts: int,
+    images: int,
+    ev: Mapping[str, Any],
+    cfg: float,
+    flops: Mapping[str, float],
+) -> dict[str, Any]:
+    """A stage of sampled images: PNG bytes, and the denoiser's forward FLOPs at every step."""
+    return _stage(
+        name,
+        f"{sampled} models x {prompts:,} prompts x {len(ev['seeds'])} seeds x "
+        f"{len(ev['guidance'])} guidance = {images:,}",
+        images * ev["resolution"] ** 2 * PNG_BYTES_PER_PIXEL,
+        images * ev["steps"] * cfg * flops.get("forward", 0),
+    )
+
+
 def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, Any]]:
     """Every stage's items, disk bytes and FLOPs for ``config``."""
     shapes = model_shapes(config["base_model"], root)
@@ -374,15 +393,7 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
     sampled = len(runs) + 1 + len(released_models(config))
     images = sampled * prompts * len(ev["seeds"]) * len(ev["guidance"])
     cfg = sum(cfg_factor(shapes, g) for g in ev["guidance"]) / len(ev["guidance"])
-    out.append(
-        _stage(
-            "evaluation images",
-            f"{sampled} models x {prompts:,} prompts x {len(ev['seeds'])} seeds x "
-            f"{len(ev['guidance'])} guidance = {images:,}",
-            images * ev["resolution"] ** 2 * PNG_BYTES_PER_PIXEL,
-            images * ev["steps"] * cfg * flops.get("forward", 0),
-        )
-    )
+    out.append(_image_stage("evaluation images", sampled, prompts, images, ev, cfg, flops))
     rewards = len(entries(ev["rewards"]))
     out.append(
         _stage(
@@ -394,13 +405,7 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
         prompts = sum(_prompt_set_size(s, config) for s in binding.values())
         images = sampled * prompts * len(ev["seeds"]) * len(ev["guidance"])
         out.append(
-            _stage(
-                "attribute-binding images",
-                f"{sampled} models x {prompts:,} prompts x {len(ev['seeds'])} seeds x "
-                f"{len(ev['guidance'])} guidance = {images:,}",
-                images * ev["resolution"] ** 2 * PNG_BYTES_PER_PIXEL,
-                images * ev["steps"] * cfg * flops.get("forward", 0),
-            )
+            _image_stage("attribute-binding images", sampled, prompts, images, ev, cfg, flops)
         )
         # BLIP VQA's forwards (a few per image, ~0.4 B parameters) are not counted.
         out.append(_stage("B-VQA scores", f"{images:,} images", images * SCORE_ROW_BYTES))
