@@ -9,7 +9,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dspo.cli.registry import OUT, PARAMS, arg, command, json_mapping, report, setup_torch, threads
+from dspo.cli.registry import (
+    OUT,
+    PARAMS,
+    Option,
+    arg,
+    command,
+    json_mapping,
+    report,
+    setup_torch,
+    threads,
+)
+
+
+def configfile_arg(help: str) -> Option:
+    """``--configfile``: presets deep-merged over config/config.yaml, as the workflow does."""
+    return arg("--configfile", nargs="*", type=Path, default=[], metavar="FILE.yaml", help=help)
 
 
 @command(
@@ -284,13 +299,8 @@ def bench(args: argparse.Namespace) -> None:
 
 @command(
     "tools",
-    arg(
-        "--configfile",
-        nargs="*",
-        type=Path,
-        default=[],
-        metavar="FILE.yaml",
-        help="presets deep-merged over config/config.yaml in order, as the workflow merges them",
+    configfile_arg(
+        "presets deep-merged over config/config.yaml in order, as the workflow merges them"
     ),
     arg("--gpu", default="a100", help="GPU whose dense bf16 peak sets the hours (default a100)"),
     arg("--utilisation", type=float, default=0.4, help="fraction of the peak (default 0.4)"),
@@ -309,14 +319,7 @@ def budget(args: argparse.Namespace) -> None:
 
 @command(
     "tools",
-    arg(
-        "--configfile",
-        nargs="*",
-        type=Path,
-        default=[],
-        metavar="FILE.yaml",
-        help="the presets the run used, deep-merged over config/config.yaml in order",
-    ),
+    configfile_arg("the presets the run used, deep-merged over config/config.yaml in order"),
     arg("--out", required=True, type=Path, help="CSV to write (stage, bytes, paths)"),
 )
 def disk(args: argparse.Namespace) -> None:
