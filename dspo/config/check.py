@@ -292,14 +292,22 @@ def validate_schema(config: dict[str, Any], schema: str | Path) -> None:
     """Snakemake's schema validation (which fills the schema's defaults into ``config``), its
     error raised as a `ConfigError` naming the key; some schema failures (a ``oneOf``) leave
     Snakemake as a bare jsonschema error with no key in its first line."""
-    from jsonschema.exceptions import ValidationError
+    from jsonschema.exceptions import ValidationError, best_match
+    from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
     try:
         validate(config, str(schema))
-    except ValidationError as err:
-        key = ".".join(str(part) for part in err.absolute_path) or "(top level)"
-        raise ConfigError(f"{key}: {err.message}") from None
+    except (ValidationError, WorkflowError) as err:
+        # Snakemake raises a WorkflowError while handling the jsonschema error.
+        error = err if isinstance(err, ValidationError) else err.__context__
+        if not isinstance(error, ValidationError):
+            raise
+        # A oneOf/anyOf failure: the closest branch's error names the key at fault.
+        if error.context:
+            error = best_match(error.context)
+        key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise ConfigError(f"{key}: {error.message}") from None
 
 
 def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[str]:
