@@ -106,7 +106,7 @@ def test_a_new_labelling_reward_relabels_and_reruns_downstream_only(
     for upstream in ("toy_world", "base_model", "generated_prompts", "prompt_set"):
         assert upstream not in jobs
     sampled = re.findall(
-        r"rule generated_images:\n(?:    .*\n)*?    wildcards: model=([^,]+),", result.stdout
+        r"rule generated_images:\n(?:    .*\n)*?    wildcards: model=([^,\s]+)", result.stdout
     )
     assert sorted(sampled) == ["diffusion_dpo", "dspo"]
     # Downstream: the base's labels, every model trained on them and what follows.
@@ -114,7 +114,7 @@ def test_a_new_labelling_reward_relabels_and_reruns_downstream_only(
     assert jobs["train"] == 4 and jobs["cache"] == 3 and jobs["tables"] == 1
     # The base model's images stay: every image set sampled again is a retrained model's.
     regenerated = re.findall(
-        r"rule generate:\n(?:    .*\n)*?    wildcards: model=([^,]+),", result.stdout
+        r"rule generate:\n(?:    .*\n)*?    wildcards: model=([^,\s]+)", result.stdout
     )
     assert len(regenerated) == jobs["generate"] and "base" not in regenerated
 
