@@ -8,11 +8,11 @@ replaced). Every figure is a product of counts from the config and sizes per ite
   public copy), the pair tables (per pair its caption, ids and references to its images in
   the source, :mod:`dspo.data.image_refs`; both JPEGs only for a streamed source, whose
   images live nowhere else), the latent caches (channels x (resolution/8)^2 x dtype bytes per
-  image, plus tokens x width x dtype per unique prompt), the training checkpoints (the
-  trainable weights with an fp32 master and the optimiser's moments: AdamW two fp32 moments,
-  Adafactor about none), the trained models (the whole pipeline in the base dtype, or the
-  LoRA adapters), the images
-  (PNG bytes per pixel, a stated figure) and the score rows.
+  image, plus every prompt tensor's elements x dtype per unique prompt), the training
+  checkpoints (the trainable weights with an fp32 master and the optimiser's moments: AdamW two
+  fp32 moments, Adafactor about none), the trained models (the whole pipeline in the base
+  dtype, or the LoRA adapters), the images (PNG bytes per pixel, a stated figure) and the
+  score rows.
 - compute: FLOPs per image counted by `dspo.bench.budget_count` (the project's flop counter on the
   meta device; table ``dspo/resources/budget_flops.json``), scaled by pixels from the family's
   native resolution: the cache's VAE encodes, training (per pair: forward + backward of the
@@ -25,6 +25,7 @@ replaced). Every figure is a product of counts from the config and sizes per ite
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,17 +72,22 @@ PICKAPIC_TRAIN_ROWS, PICKAPIC_NO_TIES, PICKAPIC_PROMPTS = 959_040, 851_293, 58_9
 PROMPT_SET_SIZES = {"test_unique": 500, "parti": 1632, "hps": 3200, "instructpix2pix": 1000}
 PROMPT_SET_SIZES["t2i-compbench"] = 300
 UNKNOWN_SET_SIZE = 1000
-# Known base models: family, latent channels, text (tokens, width), pooled width, and the
-# whole pipeline's parameters (docs/cluster.md; the denoiser's are counted).
+# Known base models: family, latent channels, the shape of each prompt tensor of one prompt
+# by its name in the family's ``text_keys``, and the whole pipeline's parameters
+# (docs/cluster.md; the denoiser's are counted).
 KNOWN_MODELS: dict[str, dict[str, Any]] = {
-    "stable-diffusion-v1-5": dict(family="sd", latent=4, text=(77, 768), pooled=0, params=1.066e9),
+    "stable-diffusion-v1-5": dict(
+        family="sd", latent=4, text={"embeddings": (77, 768)}, params=1.066e9
+    ),
     "stable-diffusion-xl-base-1.0": dict(
-        family="sdxl", latent=4, text=(77, 2048), pooled=1280, params=3.5e9
+        family="sdxl", latent=4, text={"embeddings": (77, 2048), "pooled": (1280,)}, params=3.5e9
     ),
     "stable-diffusion-3.5-medium": dict(
-        family="sd3", latent=16, text=(333, 4096), pooled=2048, params=8.1e9
+        family="sd3", latent=16, text={"embeddings": (333, 4096), "pooled": (2048,)}, params=8.1e9
     ),
-    "FLUX.1-dev": dict(family="flux", latent=16, text=(512, 4096), pooled=768, params=16.9e9),
+    "FLUX.1-dev": dict(
+        family="flux", latent=16, text={"embeddings": (512, 4096), "pooled": (768,)}, params=16.9e9
+    ),
 }
 # LoRA adapters on SD1.5's attention projections at rank 4: 0.8 M parameters; scaled by rank
 # and by the denoiser's size for other models and ranks (an approximation, stated).
@@ -95,15 +101,14 @@ def _architecture_shapes(arch: Mapping[str, Any]) -> dict[str, Any]:
         family=None,
         latent=arch["vae"]["latent_channels"],
         factor=2 ** (len(arch["vae"]["block_out_channels"]) - 1),
-        text=(arch["max_length"], arch["text_encoder"]["hidden_size"]),
-        pooled=0,
+        text={"embeddings": (arch["max_length"], arch["text_encoder"]["hidden_size"])},
         params=None,
     )
 
 
 def model_shapes(base: Mapping[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    """Family, latent channels and factor, text (tokens, width), pooled width of the base
-    model: a known hub model by its name (its FLOPs are counted), else the configs of a local
+    """Family, latent channels and factor, and prompt tensor shapes by name of the base model:
+    a known hub model by its name (its FLOPs are counted), else the configs of a local
     diffusers folder or the toy architecture (no FLOPs counted: ``family`` None)."""
     path = str(base["path"])
     name = path.rstrip("/").split("/")[-1]
@@ -130,9 +135,9 @@ def latent_bytes(shapes: Mapping[str, Any], resolution: int, dtype: str) -> int:
 
 
 def prompt_bytes(shapes: Mapping[str, Any], dtype: str) -> int:
-    """One prompt's text embedding (tokens x width) and pooled embedding, in ``dtype``."""
-    tokens, width = shapes["text"]
-    return (tokens * width + shapes["pooled"]) * DTYPE_BYTES[dtype]
+    """One prompt's prompt tensors (e.g. its embedding, tokens x width, and pooled embedding),
+    in ``dtype``."""
+    return sum(math.prod(shape) for shape in shapes["text"].values()) * DTYPE_BYTES[dtype]
 
 
 def cache_bytes(

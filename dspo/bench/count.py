@@ -28,6 +28,7 @@ META = torch.device("meta")
 
 def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
     from dspo.families import pipeline_family
+    from dspo.families.base import CROSS_ATTENTION, batch_key
     from dspo.objectives import ReferenceStats, get_objective
     from dspo.training.preference import PreferenceModel
 
@@ -56,8 +57,10 @@ def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
         batch = {
             "latents_w": latents,
             "latents_l": torch.empty_like(latents),
-            "text_w": torch.empty(local, tokens, width, device=META),
-            "text_l": torch.empty(local, tokens, width, device=META),
+            **{
+                batch_key(CROSS_ATTENTION, side): torch.empty(local, tokens, width, device=META)
+                for side in "wl"
+            },
             "noise": torch.empty_like(latents),
             "t": torch.zeros(local, dtype=torch.long, device=META),
         }

@@ -256,6 +256,8 @@ def _encode(vae, text_encoder, data: Batch, gen: torch.Generator | None, device)
 
 def upstream_batch(mode: Mode, vae, text_encoder, data: Batch, gen, family, device) -> Batch:
     """What the public scripts do with a loader batch: VAE, text encoder, noise, timesteps."""
+    from dspo.families.base import CROSS_ATTENTION, batch_key
+
     if mode.counting:
         (latents, text), flops = counted(lambda: _encode(vae, text_encoder, data, gen, device))
         mode.data_flops += flops
@@ -267,8 +269,7 @@ def upstream_batch(mode: Mode, vae, text_encoder, data: Batch, gen, family, devi
     return {
         "latents_w": lat_w,
         "latents_l": lat_l,
-        "text_w": text,
-        "text_l": text,
+        **{batch_key(CROSS_ATTENTION, side): text for side in "wl"},
         "noise": noise.to(device),
         "t": t.to(device),
     }

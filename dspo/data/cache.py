@@ -10,9 +10,11 @@ every step. The cache is a folder of sharded safetensors plus ``manifest.json``:
   ``original_size_w``, ``original_size_l`` (pairs, 2): each image's (height, width) before
   resizing; ``crop_w``, ``crop_l`` (pairs, 2): the (top, left) corner of its crop in the resized
   (and, when flipped, mirrored) image. SDXL's UNet is conditioned on both (its time ids).
-- ``text.safetensors``: ``embeddings`` (unique prompts, tokens, dim) and ``empty`` (1, tokens,
-  dim), the embedding of the empty prompt used for prompt dropout; for families with pooled
-  text (SDXL, SD3, FLUX) also ``pooled`` (unique prompts, dim) and ``empty_pooled`` (1, dim).
+- ``text.safetensors``: each prompt tensor the family declares (`Family.text_keys`), for the
+  unique prompts, and beside it the empty prompt's (one row, used for prompt dropout) under
+  `dspo.families.base.empty_name`: ``embeddings`` (unique prompts, tokens, dim) and ``empty``
+  (1, tokens, dim) for every family; for families with pooled text (SDXL, SD3, FLUX) also
+  ``pooled`` (unique prompts, dim) and ``empty_pooled`` (1, dim).
 - ``manifest.json``: the model, its family (a name of `dspo.families`), resolution, crop and flip
   settings, dtype and scaling factor it was built with, the shards and their sizes, and the
   bytes per pair. It is written last: a folder with a manifest is a complete cache.
@@ -60,14 +62,12 @@ from dspo.data.cache_load import MANIFEST, SHARD_KEYS, PairCache, load_cache  # 
 from dspo.data.pairs import REJECTED_CAPTION
 from dspo.data.tensor_files import concat_safetensors
 from dspo.families import load_family
-from dspo.families.base import Family
+from dspo.families.base import CROSS_ATTENTION, Family, empty_name
 from dspo.families.sd_pipeline import load_pipeline, resolve_dtype
 
 SIDES = ("w", "l")
 # Prompts per text-encoder call. Fixed, so that parts split prompts on one grid (PartPlan).
 TEXT_BATCH = 256
-# The empty prompt's tensors (prompt dropout) are stored beside the prompts' under these names.
-EMPTY_NAMES = {"embeddings": "empty", "pooled": "empty_pooled"}
 CROPS = ("center", "random")
 
 
@@ -268,18 +268,29 @@ def _latent_file(
     }
 
 
+def _encoded(family: Family, pipe, prompts: list[str], **kwargs: Any) -> dict[str, torch.Tensor]:
+    """``family.encode_prompts``, checked to return exactly the family's ``text_keys``."""
+    encoded = family.encode_prompts(pipe, prompts, **kwargs)
+    if sorted(encoded) != sorted(family.text_keys):
+        raise ValueError(
+            f"model family {family.name!r}: encode_prompts returned {sorted(encoded)}, "
+            f"its text_keys are {sorted(family.text_keys)}"
+        )
+    return encoded
+
+
 def _text_tensors(
     family: Family, pipe, prompts: list[str], storage: torch.dtype, empty: bool
-) -> dict:
-    """The family's text tensors of ``prompts`` (and of the empty prompt, for one part only):
-    ``embeddings``, and ``pooled`` where the family has it (``empty``, ``empty_pooled``)."""
+) -> dict[str, torch.Tensor]:
+    """The family's prompt tensors of ``prompts``, by its ``text_keys``, and (for one part
+    only) the empty prompt's, by `empty_name`."""
     tensors = {}
     if prompts:
-        for key, value in family.encode_prompts(pipe, prompts, batch_size=TEXT_BATCH).items():
-            tensors[key] = value.to(storage)
+        encoded = _encoded(family, pipe, prompts, batch_size=TEXT_BATCH)
+        tensors.update({key: value.to(storage) for key, value in encoded.items()})
     if empty:
-        for key, value in family.encode_prompts(pipe, [""]).items():
-            tensors[EMPTY_NAMES[key]] = value.to(storage)
+        encoded = _encoded(family, pipe, [""])
+        tensors.update({empty_name(key): value.to(storage) for key, value in encoded.items()})
     return tensors
 
 
@@ -407,7 +418,7 @@ def gather_cache(part_dirs: Sequence[Path], out_dir: Path) -> dict[str, Any]:
         "prompts": first["prompts"],
         "parts": first["parts"],
         "latent_shape": next(i["latent_shape"] for i in infos if i["files"]),
-        "text_shape": text_header["empty"]["shape"][1:],
+        "text_shape": text_header[empty_name(CROSS_ATTENTION)]["shape"][1:],
         "shards": shards,
         "text_sha256": file_sha256(text),
         # Latent files only, as training reads them per pair; the text is shared by prompts.

@@ -5,7 +5,7 @@ training process would hold one private copy per process; instead each shard is 
 read-only (``numpy.memmap`` over the safetensors layout: an 8-byte header length, a JSON
 header, then the raw tensors), and a batch reads only its rows. The pages are the kernel's
 page cache, shared by every process on the node. Only the per-pair indices, sizes and crops
-(64 bytes a pair) and the empty prompt's embedding are read into memory.
+(64 bytes a pair) and the empty prompt's tensors are read into memory.
 
 Every shard's SHA-256, recorded in the manifest when the shard was written, is checked before
 use: a shard overwritten in place (same size, other bytes) is an error naming the file, never
@@ -25,6 +25,7 @@ import torch
 
 from dspo.core.content import file_sha256
 from dspo.families import family_class
+from dspo.families.base import empty_name
 
 MANIFEST = "manifest.json"
 TEXT_FILE = "text.safetensors"
@@ -139,9 +140,11 @@ class Rows:
 class PairCache:
     """A cache opened for training: what the trainer samples batches from.
 
-    Latents and prompt embeddings are :class:`Rows` (read per batch from memory maps); the
-    per-pair indices, sizes and crops are tensors. ``pooled`` and ``empty_pooled`` are set for
-    SDXL caches only.
+    Latents and prompt tensors are :class:`Rows` (read per batch from memory maps); the
+    per-pair indices, sizes and crops are tensors. ``prompt_tensors`` holds each prompt tensor
+    of the cache's family by its name in ``text_keys`` (``embeddings``; ``pooled`` for SDXL,
+    SD3 and FLUX), rows indexed by ``text_w`` and ``text_l``; ``empty_prompt`` the empty
+    prompt's (one row each) by the same names.
     """
 
     latents_w: Rows
@@ -152,11 +155,9 @@ class PairCache:
     original_size_l: torch.Tensor
     crop_w: torch.Tensor
     crop_l: torch.Tensor
-    embeddings: Rows
-    empty: torch.Tensor
+    prompt_tensors: dict[str, Rows]
+    empty_prompt: dict[str, torch.Tensor]
     manifest: dict[str, Any]
-    pooled: Rows | None = None
-    empty_pooled: torch.Tensor | None = None
     # Only in a cache.per_visit cache (see visit_keys); None otherwise.
     std_w: Rows | None = None
     std_l: Rows | None = None
@@ -233,23 +234,21 @@ def load_cache(cache_dir: Path, *, verify: bool = True) -> PairCache:
             dtypes[key] = header[key]["dtype"]
     text_path = cache_dir / TEXT_FILE
     text, text_header = _open(text_path, manifest.get("text_sha256"), verify)
-    lacking = [k for k in family_class(manifest["family"]).text_keys if k not in text]
+    names = family_class(manifest["family"]).text_keys
+    lacking = [k for k in names if k not in text or empty_name(k) not in text]
     if lacking:
         raise ValueError(
-            f"{text_path} of a {manifest['family']} cache lacks {lacking}: rebuild the cache"
+            f"{text_path} of a {manifest['family']} cache lacks {lacking} (or the empty "
+            "prompt's): rebuild the cache"
         )
-
-    def whole(key: str, source: dict, header: dict) -> torch.Tensor:
-        return _to_torch(np.array(source[key]), header[key]["dtype"])
-
+    empty = {k: empty_name(k) for k in names}
     small = {k: _to_torch(np.concatenate(maps[k]), dtypes[k]) for k in small_keys}
-    pooled = "pooled" in text
     return PairCache(
         **{k: Rows(maps[k], dtypes[k]) for k in row_keys},
         **small,
-        embeddings=Rows([text["embeddings"]], text_header["embeddings"]["dtype"]),
-        empty=whole("empty", text, text_header),
+        prompt_tensors={k: Rows([text[k]], text_header[k]["dtype"]) for k in names},
+        empty_prompt={
+            k: _to_torch(np.array(text[e]), text_header[e]["dtype"]) for k, e in empty.items()
+        },
         manifest=manifest,
-        pooled=Rows([text["pooled"]], text_header["pooled"]["dtype"]) if pooled else None,
-        empty_pooled=whole("empty_pooled", text, text_header) if pooled else None,
     )

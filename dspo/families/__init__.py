@@ -1,7 +1,8 @@
 """Model families behind one interface (`dspo.families.base.Family`), and their registry.
 
 Adding a family is one module with a `Family` subclass plus one line in ``REGISTRY``.
-Classes are imported on first use, so naming a family does not import every model class.
+Classes are imported on first use, so naming a family does not import every model class; the
+names of their prompt tensors (``text_keys``) are checked then.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dspo.families.base import Family
+from dspo.families.base import Family, check_text_keys
 from dspo.families.pipeline_files import component_config, model_index
 
 # family name -> "module:class"
@@ -24,11 +25,14 @@ REGISTRY: dict[str, str] = {
 
 
 def family_class(name: str) -> type[Family]:
-    """The class of a registered family; KeyError lists the valid names."""
+    """The class of a registered family, its prompt tensors' names checked; KeyError lists the
+    valid names."""
     if name not in REGISTRY:
         raise KeyError(f"unknown model family {name!r}; valid names: {', '.join(sorted(REGISTRY))}")
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    module, attribute = REGISTRY[name].split(":")
+    cls = getattr(importlib.import_module(module), attribute)
+    check_text_keys(name, cls.text_keys, cls.image_keys)
+    return cls
 
 
 def build_pipeline(architecture: Mapping[str, Any], words: Sequence[str], seed: int = 0):

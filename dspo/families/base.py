@@ -10,6 +10,12 @@ Timesteps ``t`` are in the family's own units: integer indices into the noise sc
 DDPM families, the noise level sigma in [0, 1] for flow-matching families. Conditions are a
 dict of per-row tensors named as the cache stores them (``embeddings``, ``pooled``, and for
 SDXL ``time_ids``).
+
+Prompt tensors: a family names every per-prompt tensor its denoiser reads in ``text_keys``
+(``embeddings``, the cross-attention states, always among them) and returns them by those names
+from ``encode_prompts``; its ``predict`` reads them from the conditions by the same names. The
+cache, the batch (with prompt dropout) and the reference job carry whatever names a family
+declares, stored and batched under the names :func:`empty_name` and :func:`batch_key` give.
 """
 
 from __future__ import annotations
@@ -28,6 +34,34 @@ from dspo.families.pipeline_files import component_config
 
 Conditions = Mapping[str, torch.Tensor]
 
+# The prompt tensor every family has: the states its denoiser cross-attends to.
+CROSS_ATTENTION = "embeddings"
+
+
+def empty_name(key: str) -> str:
+    """The name the empty prompt's tensor (prompt dropout) is stored under beside prompt tensor
+    ``key``'s in a cache: ``empty`` for ``embeddings``, ``empty_<key>`` otherwise."""
+    return "empty" if key == CROSS_ATTENTION else f"empty_{key}"
+
+
+def batch_key(key: str, side: str) -> str:
+    """Where a training batch holds prompt tensor ``key`` of image side ``side`` (``w``, ``l``):
+    ``text_<side>`` for ``embeddings``, ``<key>_<side>`` otherwise."""
+    return f"{'text' if key == CROSS_ATTENTION else key}_{side}"
+
+
+def check_text_keys(name: str, text_keys: Sequence[str], image_keys: Sequence[str]) -> None:
+    """Raise naming family ``name`` unless its prompt tensors' names are usable: distinct,
+    ``embeddings`` among them, none a name the cache or batch gives another tensor."""
+    taken = set(image_keys) | {"text", "latents", "noise", "t"}
+    bad = [k for k in text_keys if not k.isidentifier() or k.startswith("empty") or k in taken]
+    if CROSS_ATTENTION not in text_keys or len(set(text_keys)) != len(text_keys) or bad:
+        raise ValueError(
+            f"model family {name!r}: text_keys {tuple(text_keys)} must be distinct names, "
+            f"{CROSS_ATTENTION!r} among them, none starting with 'empty' or one of "
+            f"{sorted(taken)}"
+        )
+
 
 def rows(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-row vector (N,) shaped to broadcast against a (N, ...) tensor."""
@@ -42,7 +76,7 @@ class Family(ABC):
     pipeline_names: ClassVar[tuple[str, ...]]  # model_index.json ``_class_name`` values
     denoiser: ClassVar[str] = "unet"  # pipeline attribute and subfolder of the denoiser
     denoiser_class: ClassVar[type[ModelMixin]]
-    text_keys: ClassVar[tuple[str, ...]] = ("embeddings",)  # what encode_prompts returns
+    text_keys: ClassVar[tuple[str, ...]] = (CROSS_ATTENTION,)  # what encode_prompts returns
     image_keys: ClassVar[tuple[str, ...]] = ()  # what image_conditions returns
     default_sampler: ClassVar[str] = "ddim"  # what validation images are sampled with
     # Toy pre-training (dspo.toy.pretrain): whether the text encoder learns with the denoiser,

@@ -17,7 +17,7 @@ from diffusers import ModelMixin
 
 from dspo.core.seeding import seeded_generator
 from dspo.data.cache import PairCache
-from dspo.families.base import Conditions, Family
+from dspo.families.base import Conditions, Family, batch_key
 from dspo.objectives import Objective, ReferenceStats
 from dspo.training.settings import TrainSettings
 
@@ -149,12 +149,6 @@ class PreferenceModel(torch.nn.Module):
         return preference_loss(self, batch, objective, hparams)
 
 
-# A batch holds, per image side (w, l), the prompt's tensors under these prefixes (cache names
-# -> batch prefix) and the image's own conditions (the family's ``image_keys``, e.g. SDXL's
-# time ids) under their own names.
-PROMPT_TENSORS = {"embeddings": "text", "pooled": "pooled"}
-
-
 def conditions(
     batch: Mapping[str, torch.Tensor],
     family: Family,
@@ -163,13 +157,15 @@ def conditions(
 ) -> dict[str, torch.Tensor]:
     """The conditions of rows stacked image side by image side, each with its prompt's side.
 
-    A pair's two images share the preferred prompt (``images=("w", "l"), prompts=("w", "w")``)
-    but keep their own image conditions (each image's original size and crop).
+    A batch holds, per image side (w, l), each of the family's prompt tensors (``text_keys``,
+    at `batch_key`) and the image's own conditions (``image_keys``, e.g. SDXL's time ids, at
+    ``<name>_<side>``). A pair's two images share the preferred prompt (``images=("w", "l"),
+    prompts=("w", "w")``) but keep their own image conditions (each image's original size and
+    crop).
     """
     cond = {}
-    for name, prefix in PROMPT_TENSORS.items():
-        if f"{prefix}_w" in batch:
-            cond[name] = torch.cat([batch[f"{prefix}_{side}"] for side in prompts])
+    for name in family.text_keys:
+        cond[name] = torch.cat([batch[batch_key(name, side)] for side in prompts])
     for name in family.image_keys:
         cond[name] = torch.cat([batch[f"{name}_{side}"] for side in images])
     return cond
@@ -276,29 +272,27 @@ def make_batch(
 ) -> dict[str, torch.Tensor]:
     """Latents and prompt tensors of the rows, with prompt dropout, noise and timesteps.
 
-    Each row's prompts are replaced by the empty prompt with probability ``prompt_dropout``;
-    a ``per_visit`` cache's images are drawn for this visit (:func:`visit_latents`).
+    Each row's prompts are replaced by the empty prompt with probability ``prompt_dropout``,
+    in every prompt tensor the cache holds (its family's ``text_keys``: ``embeddings``, and
+    ``pooled`` for SDXL, SD3 and FLUX), each at `batch_key`; a ``per_visit`` cache's images are
+    drawn for this visit (:func:`visit_latents`).
 
-    Pooled text embeddings where the cache holds them (SDXL, SD3, FLUX), and the family's
-    image conditions: for SDXL the time ids (original height, width, crop top, left, target
-    height, width) of each image, as SDXL was trained with. Timesteps are drawn as the
-    family's training recipe draws them; without ``shared_noise`` the rejected images get
-    their own noise and timesteps (``noise_l``, ``t_l``), drawn after the shared ones so that
-    every other draw stays the same.
+    The family's image conditions: for SDXL the time ids (original height, width, crop top,
+    left, target height, width) of each image, as SDXL was trained with. Timesteps are drawn
+    as the family's training recipe draws them; without ``shared_noise`` the rejected images
+    get their own noise and timesteps (``noise_l``, ``t_l``), drawn after the shared ones so
+    that every other draw stays the same.
     """
     drop = torch.rand(len(rows), generator=gen) < prompt_dropout
     batch: dict[str, torch.Tensor] = {}
     for side in ("w", "l"):
         text_rows = getattr(cache, f"text_{side}")[rows]
-        text = cache.embeddings[text_rows].float()
-        text[drop] = cache.empty.float()
-        batch[f"text_{side}"] = text
+        for name, tensor in cache.prompt_tensors.items():
+            prompt = tensor[text_rows].float()
+            prompt[drop] = cache.empty_prompt[name].float()
+            batch[batch_key(name, side)] = prompt
         latents, crop = visit_latents(cache, rows, side, gen)
         batch[f"latents_{side}"] = latents
-        if cache.pooled is not None:
-            pooled = cache.pooled[text_rows].float()
-            pooled[drop] = cache.empty_pooled.float()
-            batch[f"pooled_{side}"] = pooled
         image = family.image_conditions(
             getattr(cache, f"original_size_{side}")[rows], crop, cache.manifest["resolution"]
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from safetensors.torch import load_file
 
 from dspo.bench.budget import (
     budget,
@@ -19,6 +20,7 @@ from dspo.bench.budget import (
     denoiser_flops,
     model_bytes,
     model_shapes,
+    prompt_bytes,
     stages,
     train_flops_per_pair,
 )
@@ -30,6 +32,7 @@ from dspo.data.pairs import read_pair_texts
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.training.train import train
 from tests.conftest import jpeg
+from tests.families.three_tensors import register
 from tests.training.test_train import BASE_CONFIG
 
 PRESETS = Path("config/presets")
@@ -77,6 +80,21 @@ def test_predicted_cache_checkpoint_and_model_sizes_match_the_disk(
     predicted = model_bytes(pipeline, unet, None, {"dtype": "float32"})
     weights = _disk(tmp_path / "model")
     assert _close(predicted, weights), (predicted, weights)
+
+
+def test_the_cache_budget_counts_every_prompt_tensor_of_the_family(
+    tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A family with a third prompt tensor: per unique prompt, and the empty one, the budget
+    # counts each of its tensors, as many bytes as the cache's text file holds.
+    register(monkeypatch)
+    build_cache(tiny_pairs, str(tiny_model), tmp_path, resolution=16, dtype="float16")
+    stored = load_file(str(tmp_path / "text.safetensors"))
+    shapes = model_shapes({"path": str(tiny_model)})  # the embeddings, from the folder's configs
+    shapes["text"] |= {name: tuple(stored[name].shape[1:]) for name in ("pooled", "t5")}
+    prompts = tiny_pairs["caption"].nunique() + 1
+    held = sum(tensor.nbytes for tensor in stored.values())
+    assert prompts * prompt_bytes(shapes, "float16") == held
 
 
 def run_pair_rules(config: dict, workdir: Path) -> None:

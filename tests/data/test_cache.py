@@ -92,10 +92,10 @@ def test_cache_matches_direct_encoding(tiny_model: Path, tiny_pairs: pd.DataFram
     direct = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
     torch.testing.assert_close(cache.latents_l[13:14], direct, rtol=1e-4, atol=1e-5)
     text = encode_text(pipe, [tiny_pairs["caption"][13]])[0]
-    torch.testing.assert_close(cache.embeddings[cache.text_w[13]][None], text)
+    torch.testing.assert_close(cache.prompt_tensors["embeddings"][cache.text_w[13]][None], text)
     assert torch.equal(cache.text_w, cache.text_l)
-    torch.testing.assert_close(cache.empty, encode_text(pipe, [""])[0])
-    assert cache.pooled is None and cache.empty_pooled is None
+    torch.testing.assert_close(cache.empty_prompt["embeddings"], encode_text(pipe, [""])[0])
+    assert list(cache.prompt_tensors) == list(cache.empty_prompt) == ["embeddings"]
 
 
 def test_cache_with_rejected_prompts(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path: Path):
@@ -138,7 +138,7 @@ def test_rows_are_read_from_the_shards_in_the_order_asked(
     assert cache.latents_w.dtype == torch.float16 and cache.latents_w.shape == (24, 4, 8, 8)
     text = load_file(str(tmp_path / "text.safetensors"))
     expected = text["embeddings"][whole["text_w"][rows]]
-    assert torch.equal(cache.embeddings[cache.text_w[rows]], expected)
+    assert torch.equal(cache.prompt_tensors["embeddings"][cache.text_w[rows]], expected)
     with pytest.raises(IndexError, match="24 rows"):
         cache.latents_w[torch.tensor([24])]
 

@@ -38,8 +38,6 @@ SETTINGS = CacheSettings(
     crop="random",
     flip=True,
 )
-# Every per-pair tensor of a shard, and the text-embedding tables.
-TENSORS = (*SHARD_KEYS, "embeddings", "empty")
 
 
 def _jpegs(rng: np.random.Generator, n: int) -> list[bytes]:
@@ -105,9 +103,12 @@ def test_four_shards_equal_one(pair_file: Path, tiny_model: Path, tmp_path: Path
     one = _build(pair_file, tiny_model, tmp_path, parts=1)
     four = _build(pair_file, tiny_model, tmp_path, parts=4)
     assert len(one) == len(four) == N_PAIRS
-    for name in TENSORS:
+    for name in SHARD_KEYS:  # every per-pair tensor of a shard
         # Latents and embeddings are read from memory maps: [:] reads every row.
         assert torch.equal(getattr(one, name)[:], getattr(four, name)[:]), name
+    assert one.prompt_tensors.keys() == four.prompt_tensors.keys() == {"embeddings"}
+    assert torch.equal(one.prompt_tensors["embeddings"][:], four.prompt_tensors["embeddings"][:])
+    assert torch.equal(one.empty_prompt["embeddings"], four.empty_prompt["embeddings"])
     assert one.manifest["prompts"] == 300 and one.latents_w.dtype == torch.float16
     assert one.crop_w[:, 1].unique().numel() > 1  # the random crops really vary
     same = {k: v for k, v in one.manifest.items() if k != "parts"}

@@ -41,6 +41,7 @@ from dspo.families.sd3 import SD3Family
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.objectives import OBJECTIVES, objective_kwargs
 from tests.conftest import WORDS
+from tests.families.three_tensors import ThreeTensorFamily, register
 
 TINY_VAE = {
     "in_channels": 3,
@@ -286,6 +287,24 @@ def test_registry_names_match_their_classes() -> None:
     assert set(REGISTRY) == {"sd", "sdxl", "sd3", "flux"}
     for name in REGISTRY:
         assert family_class(name).name == name
+
+
+@pytest.mark.parametrize(
+    "text_keys",
+    [("pooled",), ("embeddings", "pooled", "pooled"), ("embeddings", "empty_t5")]
+    + [("embeddings", "text"), ("embeddings", "time_ids"), ("embeddings", "noise")],
+)
+def test_prompt_tensor_names_that_would_clash_are_refused(
+    text_keys: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The names become keys of the cache's text file and of the batch (with the family's image
+    # conditions, here SDXL's time ids): a clash fails when the family is first named.
+    register(monkeypatch)
+    assert family_class("three").text_keys == ("embeddings", "pooled", "t5")
+    monkeypatch.setattr(ThreeTensorFamily, "text_keys", text_keys)
+    monkeypatch.setattr(ThreeTensorFamily, "image_keys", ("time_ids",))
+    with pytest.raises(ValueError, match=r"model family 'three': text_keys \("):
+        family_class("three")
 
 
 def test_any_registered_family_builds_through_the_one_entry_point() -> None:

@@ -61,11 +61,11 @@ def test_cache_holds_the_familys_text_tensors(family: str, flow_world, tiny_pair
     for row in (0, 7):
         text = adapter.encode_prompts(pipe, [tiny_pairs["caption"][row]])
         index = cache.text_w[row]
-        torch.testing.assert_close(cache.embeddings[index], text["embeddings"][0])
-        torch.testing.assert_close(cache.pooled[index], text["pooled"][0])
+        torch.testing.assert_close(cache.prompt_tensors["embeddings"][index], text["embeddings"][0])
+        torch.testing.assert_close(cache.prompt_tensors["pooled"][index], text["pooled"][0])
     empty = adapter.encode_prompts(pipe, [""])
-    torch.testing.assert_close(cache.empty, empty["embeddings"])
-    torch.testing.assert_close(cache.empty_pooled, empty["pooled"])
+    torch.testing.assert_close(cache.empty_prompt["embeddings"], empty["embeddings"])
+    torch.testing.assert_close(cache.empty_prompt["pooled"], empty["pooled"])
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))

@@ -66,9 +66,9 @@ def test_cache_holds_pooled_embeddings_sizes_and_crops(
         caption, device="cpu", do_classifier_free_guidance=False
     )
     row = cache.text_w[5]
-    torch.testing.assert_close(cache.embeddings[row][None], hidden)
-    torch.testing.assert_close(cache.pooled[row][None], pooled)
-    assert cache.empty_pooled.shape == (1, 8)
+    torch.testing.assert_close(cache.prompt_tensors["embeddings"][row][None], hidden)
+    torch.testing.assert_close(cache.prompt_tensors["pooled"][row][None], pooled)
+    assert cache.empty_prompt["pooled"].shape == (1, 8)
 
     for i in range(len(cache)):
         width, height = size_of(i)

@@ -366,13 +366,13 @@ def test_prompt_dropout_swaps_in_the_empty_prompt(cache_dir: Path) -> None:
         assert torch.equal(batch["latents_w"], cache.latents_w[rows].float())
         return batch["text_w"], batch["text_l"]
 
-    empty = cache.empty.float()
+    empty = cache.empty_prompt["embeddings"].float()
     dropped = [(t == empty).flatten(1).all(1) for t in text_of(0.5)]
     assert torch.equal(dropped[0], dropped[1]), "both images of a pair lose their prompt"
     assert 0 < int(dropped[0].sum()) < 24
     assert all((t == empty).all() for t in text_of(1.0))
     kept_w, _ = text_of(0.0)
-    assert torch.equal(kept_w, cache.embeddings[cache.text_w].float())
+    assert torch.equal(kept_w, cache.prompt_tensors["embeddings"][cache.text_w].float())
 
 
 def test_unet_attention_is_pytorch_sdpa(cache_dir: Path, tiny_model: Path) -> None:
