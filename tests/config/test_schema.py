@@ -199,9 +199,9 @@ def toy_oracle_parts() -> Iterable[str]:
 
 
 def hpsv2_versions() -> Iterable[str]:
-    from dspo.rewards.hpsv2 import CHECKPOINTS
+    from dspo.rewards.hub_defaults import HPSV2_CHECKPOINTS
 
-    return CHECKPOINTS
+    return HPSV2_CHECKPOINTS
 
 
 def paper_tables() -> Iterable[str]:
