@@ -65,13 +65,17 @@ def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> P
     return path
 
 
-def run(cfg: dict, cache_dir: Path, base: Path, root: Path) -> dict:
+def run(
+    cfg: dict, cache_dir: Path, base: Path, root: Path, reference_dir: Path | None = None
+) -> dict:
+    """`train` with BASE_CONFIG under `cfg`, writing ``root/model`` and ``root/run``."""
     return train(
         {**BASE_CONFIG, **cfg},
         cache_dir=cache_dir,
         base_model=str(base),
         out_dir=root / "model",
         run_dir=root / "run",
+        reference_dir=reference_dir,
     )
 
 
