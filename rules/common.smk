@@ -10,7 +10,7 @@ import shlex
 from dspo.config.names import entries
 from dspo.config import experiments
 from dspo.data.generated_config import generated_settings, is_generated, label_name
-from dspo.data.llm_degrader import degrader_settings
+from dspo.data.degrader_config import degrader_settings
 from dspo.evaluation.intervals import caption_sentences
 from dspo.hub.fetch import hub_artefacts
 from dspo.objectives import get_objective

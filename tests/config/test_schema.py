@@ -201,7 +201,7 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "evaluation.rewards.*.part": (f"{REWARD}/part", toy_oracle_parts),
     "evaluation.rewards.*.version": (
         f"{REWARD}/version",
-        code_table("dspo.rewards.hpsv2", "CHECKPOINTS"),
+        code_table("dspo.rewards.hub_defaults", "HPSV2_CHECKPOINTS"),
     ),
     "evaluation.rewards.*.dtype": (f"{REWARD}/dtype", dtypes),
     "evaluation.attribute_binding.scorer.kind": (f"{BINDING}/kind", binding_kinds),
