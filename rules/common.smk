@@ -547,10 +547,11 @@ def interval_captions():
 
 
 def binding_config():
-    """The binding table's slice: the models, its prompt sets, labels and bootstrap."""
+    """The binding table's slice: the tables' rows (each method, then its later rounds), its
+    prompt sets, labels and bootstrap."""
     labels = tables_config()["labels"]
     return {
-        "methods": list(METHOD_ENTRIES),
+        "methods": TABLE_METHODS,
         "groups": experiments.group_of(TRAINED, list(RELEASED)),
         "prompt_sets": BINDING_SETS,
         "labels": labels,
