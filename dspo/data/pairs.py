@@ -115,7 +115,8 @@ def prompt_id_of(caption: str) -> int:
 
 
 @contextlib.contextmanager
-def _strict_truncation() -> Iterator[None]:
+def strict_truncation() -> Iterator[None]:
+    """PIL refuses truncated images inside (:func:`image_is_readable` relies on it)."""
     # Other code (training loops) may switch this global on; the check below relies on it off.
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -160,7 +161,7 @@ def sample_keys(seed: int, unit: int, n_rows: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _UnitRows:
+class UnitRows:
     """The columns of one source unit that screening and the part's rows read, parsed once.
 
     ``captions`` holds each row's decoded text ("" where ``caption_issues`` gives a reason).
@@ -174,7 +175,7 @@ class _UnitRows:
     jpg_1: list[bytes | None]
 
     @classmethod
-    def of(cls, df: pd.DataFrame) -> _UnitRows:
+    def of(cls, df: pd.DataFrame) -> UnitRows:
         texts = [caption_text(c) for c in df["caption"].tolist()]
         return cls(
             captions=[text for text, _ in texts],
@@ -201,8 +202,8 @@ class _UnitRows:
         return pair_key(self.captions[row], first or b"", second or b"", tie)
 
 
-def _screen(
-    df: pd.DataFrame, parsed: _UnitRows, drop_ties: bool, exclude: frozenset[str]
+def screen(
+    df: pd.DataFrame, parsed: UnitRows, drop_ties: bool, exclude: frozenset[str]
 ) -> tuple[list[int], dict[str, int]]:
     """Rows that pass the metadata checks, and counts of the others by reason.
 
@@ -261,7 +262,8 @@ def stored_columns(referenced: bool, rejected_caption: bool = False) -> list[str
     return [*_ID_COLUMNS[:3], *images, *_ID_COLUMNS[3:], *([REJECTED_CAPTION] * rejected_caption)]
 
 
-def _schema(names: Sequence[str]) -> pa.Schema:
+def pair_schema(names: Sequence[str]) -> pa.Schema:
+    """The arrow schema of the stored pair columns ``names``, in their order."""
     return pa.schema([(name, _FIELDS[name]) for name in names])
 
 
@@ -272,7 +274,7 @@ def _part_schema(referenced: bool) -> pa.Schema:
     known = [c for c in stored_columns(referenced) if c not in ("pair_id", "source_row")]
     position = pa.schema([("unit", pa.int64()), ("unit_row", pa.int64())])
     sample = pa.schema([("key", pa.float64()), ("group", pa.int64())])
-    return pa.unify_schemas([position, sample, _schema(known)])
+    return pa.unify_schemas([position, sample, pair_schema(known)])
 
 
 def normalise_part(
@@ -308,15 +310,15 @@ def normalise_part(
     with (
         part_folder(Path(out_dir), "pairs") as (tmp, record),
         pq.ParquetWriter(tmp / PART_TABLE, _part_schema(referenced)) as writer,
-        _strict_truncation(),
+        strict_truncation(),
     ):
         for unit in tqdm(range(first, stop), desc=f"pairs part {part}", mininterval=5):
             df = units[unit].read()
             check_columns(df.columns, units[unit].name)
             unit_rows.append(len(df))
             counts["input"] += len(df)
-            parsed = _UnitRows.of(df)
-            candidates, screened = _screen(df, parsed, settings.drop_ties, exclude)
+            parsed = UnitRows.of(df)
+            candidates, screened = screen(df, parsed, settings.drop_ties, exclude)
             for reason, n in screened.items():
                 counts[reason] += n
             counts["candidates"] += len(candidates)
@@ -352,12 +354,12 @@ def normalise_part(
     return record
 
 
-def _readable(parsed: _UnitRows, row: int) -> bool:
+def _readable(parsed: UnitRows, row: int) -> bool:
     return image_is_readable(parsed.jpg_0[row]) and image_is_readable(parsed.jpg_1[row])
 
 
 def _part_rows(
-    parsed: _UnitRows, unit: int, rows: list[int], keys: np.ndarray, groups: Mapping[int, int]
+    parsed: UnitRows, unit: int, rows: list[int], keys: np.ndarray, groups: Mapping[int, int]
 ) -> dict[str, list]:
     """The part's columns of the kept ``rows`` of one unit, the preferred image first."""
     label_0, label_1 = parsed.label_0, parsed.label_1
@@ -377,7 +379,7 @@ def _part_rows(
 
 
 def _references(
-    unit: SourceUnit, df: pd.DataFrame, parsed: _UnitRows, rows: list[int]
+    unit: SourceUnit, df: pd.DataFrame, parsed: UnitRows, rows: list[int]
 ) -> dict[str, list]:
     """The reference columns of the kept ``rows`` of a unit of a durable file (in place of the
     image bytes), the preferred image first."""
@@ -521,7 +523,7 @@ class PairWriter:
     ) -> None:
         self.path = Path(path)
         self.columns = stored_columns(referenced, rejected_caption)
-        self.schema = _schema(self.columns)
+        self.schema = pair_schema(self.columns)
         self._pending: list[pa.Table] = []
 
     def __enter__(self) -> PairWriter:
