@@ -145,7 +145,7 @@ def ddspo_part(args: argparse.Namespace) -> None:
     setup_torch(args.threads)
     from dspo.data.ddspo import make_ddspo_part
     from dspo.data.degraded_prompts import read_degraded
-    from dspo.data.pairs import read_pair_texts
+    from dspo.data.pair_table import read_pair_texts
 
     captions = read_pair_texts(Path(args.input))["caption"].tolist()
     report(
@@ -176,7 +176,7 @@ def ddspo_degrade(args: argparse.Namespace) -> None:
     """Degrade DDSPO's prompts with the LLM of ddspo.degrader (kind llm), resumably."""
     setup_torch(args.threads)
     from dspo.data.degraded_prompts import degrade_with_llm
-    from dspo.data.pairs import read_pair_texts
+    from dspo.data.pair_table import read_pair_texts
 
     captions = read_pair_texts(Path(args.input))["caption"].tolist()
     paths = {"cache": Path(args.cache), "out": Path(args.out), "report": Path(args.report)}
@@ -224,7 +224,7 @@ def cache_part(args: argparse.Namespace) -> None:
     """Encode part --part of cache.shards of a pair table into latents and text embeddings."""
     setup_torch(args.threads)
     from dspo.data.cache import CacheSettings, encode_part
-    from dspo.data.pairs import read_pair_rows, read_pair_texts
+    from dspo.data.pair_table import read_pair_rows, read_pair_texts
 
     report(
         encode_part(
