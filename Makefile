@@ -11,8 +11,9 @@ export PATH := $(abspath $(BIN)):$(PATH)
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
 
+# The slowest 30 tests' times close the output (docs/development.md: the SLOW list).
 test: $(VENV)/.installed
-	python -m pytest
+	python -m pytest --durations=30
 
 # The edit-test loops (docs/development.md, markers applied by tests/conftest.py): test-fast
 # leaves out the tests that run Snakemake jobs or the system's tools; test-unit also leaves out

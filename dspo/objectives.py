@@ -9,6 +9,9 @@ unused, or a :class:`ReferenceStats` of what the objective uses of it when the r
 before training), ``target`` the noise (for ``ddspo`` the reference's predictions). Paired
 inputs hold 2B rows, the B preferred rows first; row i and row B + i are one pair. Work is
 done in float32; only ``pred`` receives gradient; metrics are detached 0-dim float32 tensors.
+
+torch loads inside the functions that call it: the registry (names, flags, hyper-parameters
+and their defaults) reads without torch, as the workflow's DAG and the config check do.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
-Metrics = dict[str, Tensor]
-ObjectiveFn = Callable[..., tuple[Tensor, Metrics]]
+    Metrics = dict[str, Tensor]
+    ObjectiveFn = Callable[..., tuple[Tensor, Metrics]]
 
 # Keyword arguments supplied by the trainer at run time, not user hyper-parameters.
 _RUNTIME_ARGS = frozenset({"all_reduce"})
@@ -41,7 +44,8 @@ class ReferenceStats:
     preferred: Tensor | None = None
 
 
-Reference = Tensor | ReferenceStats | None
+if TYPE_CHECKING:
+    Reference = Tensor | ReferenceStats | None
 
 
 def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
@@ -109,6 +113,8 @@ def _ref_preferred(ref: Tensor | ReferenceStats, paired: bool = True) -> Tensor:
 
 
 def _metric(x: Tensor | float) -> Tensor:
+    import torch
+
     return torch.as_tensor(x).detach().float().reshape(())
 
 
@@ -155,6 +161,8 @@ def diffusion_dpo(
     pred: Tensor, ref: Tensor | None, target: Tensor, *, beta: float = 5000.0
 ) -> tuple[Tensor, Metrics]:
     """Diffusion-DPO (eq. 7): mean(-logsigmoid(inside(beta)))."""
+    import torch.nn.functional as F
+
     pred, ref, target = _prepare(pred, ref, target, paired=True, needs_ref=True)
     m_w, m_l, r_w, r_l = _pair_errors(pred, ref, target)
     inside = _inside(m_w, m_l, r_w, r_l, beta)
@@ -187,11 +195,11 @@ def diffusion_kto(
     if all_reduce is not None:
         kl = all_reduce(kl)
     z = kl.clamp(min=0).detach()
-    sign = torch.ones_like(g)
+    sign = g.new_ones(g.shape)
     sign[n_w:] = -1.0
-    weight = torch.full_like(g, float(lambda_d))
+    weight = g.new_full(g.shape, float(lambda_d))
     weight[n_w:] = float(lambda_u)
-    h = torch.sigmoid(beta * sign * (g - z))
+    h = (beta * sign * (g - z)).sigmoid()
     loss = (weight * (1.0 - h)).mean()
     m_w, m_l = m.chunk(2)
     r_w, r_l = r.chunk(2)
@@ -208,6 +216,8 @@ def diffusion_kto(
 
 def _mapo_f(m: Tensor, a: float) -> Tensor:
     """f(m) = a*m / (exp(a*m) - 1), with its limit 1 - x/2 near x = a*m = 0 (0/0 there)."""
+    import torch
+
     x = a * m
     small = x.abs() < 1e-6
     # Substitute a safe value before dividing so the unused branch of where() has no NaN,
@@ -229,6 +239,8 @@ def mapo(
 
     ``snr_value`` is a and ``num_train_timesteps`` is T of objectives.md.
     """
+    import torch.nn.functional as F
+
     pred, _, target = _prepare(pred, None, target, paired=True, needs_ref=False)
     m_w, m_l = per_sample_mse(pred, target).chunk(2)
     margin = num_train_timesteps * (_mapo_f(m_w, snr_value) - _mapo_f(m_l, snr_value))
@@ -264,7 +276,7 @@ def dspo(
     scale = lam if kappa is None else kappa
     m_w, m_l, r_w, r_l = _pair_errors(pred, ref, target)
     inside = _inside(m_w, m_l, r_w, r_l, scale)
-    s = torch.sigmoid(inside)
+    s = inside.sigmoid()
     weight = lam * gamma * (1.0 - (s.detach() if detach_weight else s))
     pred_w = pred.chunk(2)[0]
     ref_w = _ref_preferred(ref)
@@ -294,7 +306,7 @@ def dspo_ref(
     pred, ref, target = _prepare(pred, ref, target, paired=True, needs_ref=True)
     m_w, m_l, r_w, r_l = _pair_errors(pred, ref, target)
     inside = _inside(m_w, m_l, r_w, r_l, kappa)
-    s = torch.sigmoid(inside)
+    s = inside.sigmoid()
     pred_w = pred.chunk(2)[0]
     ref_w = _ref_preferred(ref)
     d_w = pred_w - ref_w
@@ -341,6 +353,8 @@ def ddspo(
     ``target`` = cat(tgt_w, tgt_l), the reference's predictions with prompt c (w) and the
     degraded prompt c_minus (l); loss = mean(-logsigmoid(-0.5 * beta * D)).
     """
+    import torch.nn.functional as F
+
     pred, ref, target = _prepare(pred, ref, target, paired=True, needs_ref=True)
     m_w, m_l, r_w, r_l = _pair_errors(pred, ref, target)
     inside = _inside(m_w, m_l, r_w, r_l, beta)

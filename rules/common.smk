@@ -10,7 +10,7 @@ import shlex
 from dspo.config.names import entries
 from dspo.config import experiments
 from dspo.data.generated_config import generated_settings, is_generated, label_name
-from dspo.data.llm_degrader import degrader_settings
+from dspo.data.degrader_config import degrader_settings
 from dspo.evaluation.intervals import caption_sentences
 from dspo.hub.fetch import hub_artefacts
 from dspo.objectives import get_objective
@@ -39,6 +39,8 @@ EVAL_SETS = [*PROMPT_SETS, "editing"] if EDITING else PROMPT_SETS
 BINDING = EVALUATION.get("attribute_binding") or {}
 BINDING_ENTRIES = entries(BINDING.get("prompt_sets"))
 BINDING_SETS = list(BINDING_ENTRIES)
+# Its table (rule binding_table), whose B-VQA columns the ddspo table shows too.
+BINDING_TABLE = "results/tables/attribute_binding.csv"
 # Every prompt set a model samples, and its config entry.
 SAMPLED_ENTRIES = {**PROMPT_SET_ENTRIES, **BINDING_ENTRIES}
 SAMPLED_SETS = list(SAMPLED_ENTRIES)
@@ -476,7 +478,7 @@ def reward_config():
 
 def tables_config():
     labels = dict(EVALUATION.get("labels", {}))
-    for spec in (PROMPT_SET_ENTRIES, REWARD_ENTRIES):
+    for spec in (PROMPT_SET_ENTRIES, REWARD_ENTRIES, BINDING_ENTRIES):
         labels.update({name: s["label"] for name, s in spec.items() if "label" in s})
     if EDITING and "label" in EDITING:
         labels["editing"] = EDITING["label"]
@@ -545,11 +547,11 @@ def interval_captions():
 
 
 def binding_config():
-    """The binding table's slice: the models, its prompt sets, labels and bootstrap."""
-    labels = {**tables_config()["labels"]}
-    labels.update({name: s["label"] for name, s in BINDING_ENTRIES.items() if "label" in s})
+    """The binding table's slice: the tables' rows (each method, then its later rounds), its
+    prompt sets, labels and bootstrap."""
+    labels = tables_config()["labels"]
     return {
-        "methods": list(METHOD_ENTRIES),
+        "methods": TABLE_METHODS,
         "groups": experiments.group_of(TRAINED, list(RELEASED)),
         "prompt_sets": BINDING_SETS,
         "labels": labels,
@@ -567,6 +569,15 @@ def binding_score_files(wildcards=None):
     return expand(
         "results/scores_binding/{model}/{prompt_set}.parquet", model=MODELS, prompt_set=BINDING_SETS
     )
+
+
+def binding_table_file(wildcards=None):
+    """The attribute-binding table, for the ddspo table's B-VQA columns; none when off."""
+    return [BINDING_TABLE] if BINDING_SETS else []
+
+
+def binding_table_option(wildcards, input):
+    return f"--binding {shlex.quote(input.binding[0])}" if input.binding else ""
 
 
 def score_files(wildcards=None):

@@ -4,6 +4,7 @@ rule tables:
         pairs_report=PAIRS_REPORT,
         nodup_report=nodup_report_input,
         quality=quality_files,
+        binding=binding_table_file,
     output:
         win_rates="results/tables/win_rates.md",
         win_rates_csv=report(
@@ -70,13 +71,14 @@ rule tables:
         intervals=interval_captions(),
         nodup=nodup_report_option,
         quality=quality_option,
+        binding=binding_table_option,
         # The folders of the declared outputs, where `dspo tables` writes them.
         tables=lambda wc, output: os.path.dirname(output.win_rates),
         plots=lambda wc, output: os.path.dirname(output.win_rate_plot),
     shell:
         "dspo tables --params {params.cfg:q} --scores {input.scores:q} --out {params.tables:q}"
         " --plots {params.plots:q} --pairs-report {input.pairs_report:q} {params.nodup}"
-        " {params.quality}"
+        " {params.quality} {params.binding}"
         " > {log:q} 2>&1"
 
 
@@ -158,7 +160,7 @@ if BINDING_SETS:
         input:
             binding_score_files,
         output:
-            csv="results/tables/attribute_binding.csv",
+            csv=BINDING_TABLE,
             md="results/tables/attribute_binding.md",
         log:
             "results/logs/binding_table.log",

@@ -1,4 +1,5 @@
-"""The package's imports: no cycles between modules, no private names across modules.
+"""The package's imports: no cycles between modules, no private names across modules, and
+no torch where the workflow imports the package.
 
 Every ``from dspo... import`` and ``import dspo...`` counts as an edge, at a module's top and
 inside functions alike (an import inside a function that closes a cycle is still a cycle);
@@ -9,6 +10,9 @@ package ``dspo.a``, so that is an edge too.
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dspo"
@@ -133,3 +137,24 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_the_top_level_holds_objectives_and_packages_only() -> None:
     assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "objectives.py"]
+
+
+def test_the_workflow_imports_no_torch_at_its_top() -> None:
+    """The ``dspo`` imports of the Snakefile and its rules load neither torch nor the model
+    libraries (the dry run without torch, tests/workflow/test_dag_imports.py, covers the
+    config check's imports too)."""
+    repo = PACKAGE.parent
+    sources = [repo / "Snakefile", *sorted((repo / "rules").glob("*.smk"))]
+    statement = re.compile(r"^(?:from dspo\S* import (?:\([^)]*\)|.+)|import dspo\S*.*)$", re.M)
+    imports = [line for path in sources for line in statement.findall(path.read_text())]
+    assert any("dspo.objectives" in line for line in imports), imports
+    heavy = ("torch", "transformers", "diffusers", "accelerate")
+    check = f"import sys\nprint(sorted(set({heavy!r}) & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", "\n".join([*imports, check])],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]", f"{result.stdout} after:\n" + "\n".join(imports)

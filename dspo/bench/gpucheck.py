@@ -102,13 +102,8 @@ def step_flops(base: Path, latent: int, pairs: int, lora: bool, reference: bool)
 
 def _pairs_and_cache(standins: Path, work: Path, resolution: int, device: str) -> Path:
     from dspo.data.cache import CacheSettings, encode_part, gather_cache
-    from dspo.data.pairs import (
-        PairSettings,
-        gather_pairs,
-        normalise_part,
-        read_pair_rows,
-        read_pair_texts,
-    )
+    from dspo.data.pair_table import read_pair_rows, read_pair_texts
+    from dspo.data.pairs import PairSettings, gather_pairs, normalise_part
 
     source = {"kind": "parquet", "path": str(standins / "pickapic_v2" / "data"), "split": "train"}
     settings = PairSettings.from_params({"source": source, "max_pairs": 32}, source)

@@ -1,9 +1,14 @@
 """The ``dspo`` command: its sub-commands and how they are declared.
 
 - `dspo.cli.registry`: the ``@command`` decorator and the one argument parser built from it;
-- `dspo.cli.commands`: the workflow steps' sub-commands and ``main``;
-- `dspo.cli.report`: the report stage's sub-commands and the tools;
-- `dspo.cli.fetch`: the download step's sub-commands.
+- `dspo.cli.commands`: ``main``, which registers every module's commands and runs one;
+- `dspo.cli.fetch`: the download step's sub-commands;
+- `dspo.cli.generated`: the generated pair source's sub-commands;
+- `dspo.cli.data`: the data and cache stages' sub-commands (pair tables, prompt sets, cache);
+- `dspo.cli.training`: the train stage's sub-commands;
+- `dspo.cli.images`: ``generate`` and ``score``;
+- `dspo.cli.quality`: ``quality`` (Inception Score and FID);
+- `dspo.cli.report`: the report stage's sub-commands and the tools.
 
 ``main`` (the console script ``dspo``) is re-exported here.
 """

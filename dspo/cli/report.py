@@ -35,6 +35,7 @@ def configfile_arg(help: str) -> Option:
     arg("--pairs-report", help="the pairs report (pairs-gather --report), noted in the tables"),
     arg("--nodup-report", help="the nodup report (nodup-gather --report), noted in the tables"),
     arg("--quality", nargs="+", default=[], help="image quality tables (`dspo quality`)"),
+    arg("--binding", help="the attribute-binding table (`dspo binding-table` CSV): B-VQA columns"),
     config="tables",
 )
 def tables(args: argparse.Namespace) -> None:
@@ -80,6 +81,8 @@ def tables(args: argparse.Namespace) -> None:
             p["rewards"],
             p["prompt_sets"],
             labeller(p["labels"]),
+            binding_file=args.binding,
+            n_boot=p["bootstrap"]["samples"],
         )
     )
     written = save_tables(tables, out)

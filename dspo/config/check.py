@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dspo.config.names import entries, is_hub_id, local_path_exists
+from dspo.objectives import OBJECTIVES, coerce_hyper, hyper_defaults
 
 # Folder whose contents the workflow owns: only there may it build (and delete) a model.
 OUTPUT_ROOT = "results"
@@ -74,9 +75,6 @@ def _check_base_model(base: Mapping[str, Any], root: Path) -> list[str]:
 
 
 def check_objectives(methods: Mapping[str, Any]) -> list[str]:
-    # objectives.py pulls in torch; import it only when a config is checked.
-    from dspo.objectives import OBJECTIVES, coerce_hyper, hyper_defaults
-
     problems = []
     for name, entry in entries(methods).items():
         objective = entry.get("objective")
@@ -273,7 +271,6 @@ def _check_rounds(config: Mapping[str, Any]) -> list[str]:
 
 def _check_sweeps(config: Mapping[str, Any]) -> list[str]:
     from dspo.config.experiments import sweep_problems
-    from dspo.objectives import OBJECTIVES, hyper_defaults
 
     def accepted(objective: str) -> list[str]:
         known = OBJECTIVES.get(objective)

@@ -27,12 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dspo.core.files import part_folder, png_bytes
-from dspo.data.pairs import (
-    PART_TABLE,
-    PairWriter,
-    prompt_id_of,
-    read_block_parts,
-)
+from dspo.data.pair_table import PART_TABLE, PairWriter, read_block_parts
+from dspo.data.pairs import prompt_id_of
 from dspo.families import pipeline_family
 from dspo.families.base import Family
 from dspo.generation.sample import initial_noise, load_for_sampling

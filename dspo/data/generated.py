@@ -10,7 +10,9 @@ Two scattered steps over ``shards`` parts, each a contiguous block of the prompt
 - :func:`label_part` scores them with the labelling reward (one reward, or a weighted sum) and
   pairs them by the rule (:func:`form_pairs`) into a parquet file in the Pick-a-Pic columns
   (``caption, jpg_0, jpg_1, label_0, label_1``), which the pair source then reads as a local
-  parquet folder: normalising, deduplicating, caching and every objective take it unchanged.
+  parquet folder: normalising, deduplicating, caching and every objective take it unchanged;
+  each chunk of prompts is kept as it is labelled, so a part killed and run again scores only
+  the chunks it lacks.
 
 Labelling is its own step so that a changed labelling reward rescores the same images.
 """
@@ -18,6 +20,8 @@ Labelling is its own step so that a changed labelling reward rescores the same i
 from __future__ import annotations
 
 import io
+import json
+import shutil
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
@@ -26,8 +30,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
+from dspo.core.content import combined_key, content_key
 from dspo.core.files import write_bytes_atomic
 from dspo.data.pairs import prompt_id_of
 from dspo.data.prompts import COLUMNS, load_prompt_set
@@ -177,8 +184,11 @@ def label_part(
     """Score one part's images with the labelling reward and write its pairs to ``out``.
 
     ``rewards`` holds the config entries of the rewards ``settings['weights']`` names. Every
-    image is checked against its manifest's key first. Prompts are scored and written a chunk
-    at a time; the file is renamed into place once whole.
+    image is checked against its manifest's key first. Prompts are scored a chunk at a time,
+    each chunk's pairs written whole to the scratch folder :func:`chunk_folder` under a name
+    holding :func:`chunk_key`, so a part killed and run again scores only the chunks it lacks;
+    ``out`` is joined from the chunks and renamed into place once whole, and the scratch folder
+    is then removed (every chunk of it is in ``out``).
     """
     from dspo.core.image_keys import check_manifest_images
     from dspo.rewards import score_manifest
@@ -188,21 +198,66 @@ def label_part(
     weights = settings["weights"]
     specs = {name: rewards[name] for name in weights}
     order = list(dict.fromkeys(manifest["prompt_id"]))
-    counts = {"prompts": len(order), "pairs": 0, "ties": 0}
-    tmp = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(tmp, PAIR_SCHEMA) as writer:
-        for start in range(0, len(order), prompts_per_chunk):
-            chunk = manifest[manifest["prompt_id"].isin(order[start : start + prompts_per_chunk])]
+    counts = {"prompts": len(order), "pairs": 0, "ties": 0, "chunks_resumed": 0}
+    scratch = chunk_folder(out)
+    scratch.mkdir(parents=True, exist_ok=True)
+    starts = range(0, len(order), prompts_per_chunk)
+    files = []
+    for index, start in enumerate(tqdm(starts, desc="label", mininterval=5)):
+        chunk = manifest[manifest["prompt_id"].isin(order[start : start + prompts_per_chunk])]
+        done = scratch / f"chunk{index:05d}-{chunk_key(chunk, specs, settings)}.parquet"
+        if done.exists():
+            counts["chunks_resumed"] += 1
+        else:
             scored = score_manifest(chunk, manifest_path.parent, specs, model_name="generated",
                                     device=device)  # fmt: skip
             chunk = chunk.assign(label_score=label_scores(scored, weights))
             rows = _pair_rows(chunk, manifest_path.parent, settings["rule"], settings["margin"])
-            counts["pairs"] += len(rows)
-            counts["ties"] += int((rows["label_0"] == 0.5).sum())
-            writer.write_table(pa.Table.from_pandas(rows, schema=PAIR_SCHEMA, preserve_index=False))
+            write_pairs(rows, done)
+        files.append(done)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with pq.ParquetWriter(tmp, PAIR_SCHEMA) as writer:
+        for done in files:
+            table = pq.read_table(done, schema=PAIR_SCHEMA)
+            counts["pairs"] += table.num_rows
+            counts["ties"] += int(pc.sum(pc.equal(table["label_0"], 0.5)).as_py() or 0)
+            writer.write_table(table)
     tmp.replace(out)
+    shutil.rmtree(scratch)
     return counts
+
+
+def chunk_folder(out: Path) -> Path:
+    """The scratch folder of the chunks of the labelled part ``out``, beside it."""
+    return out.with_name(f".{out.stem}.chunks")
+
+
+def chunk_key(
+    chunk: pd.DataFrame, specs: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any]
+) -> str:
+    """The key of a chunk's pairs: its images' keys (in order), the labelling rewards' entries
+    (with the content of any local file or folder they name), the weights and the pairing rule."""
+    rewards = {
+        name: {
+            key: content_key(value) if isinstance(value, str) and Path(value).exists() else value
+            for key, value in spec.items()
+        }
+        for name, spec in specs.items()
+    }
+    return combined_key(
+        images=chunk[["prompt_id", "seed", "path", "key"]].to_json(orient="values"),
+        rewards=json.dumps(rewards, sort_keys=True, default=str),
+        weights=json.dumps(dict(settings["weights"]), sort_keys=True),
+        rule=settings["rule"],
+        margin=float(settings["margin"]),
+    )
+
+
+def write_pairs(rows: pd.DataFrame, path: Path) -> None:
+    """A chunk's pair rows as a parquet file in :data:`PAIR_SCHEMA`, written atomically."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(rows, schema=PAIR_SCHEMA, preserve_index=False), buffer)
+    write_bytes_atomic(buffer.getvalue(), path)
 
 
 def _pair_rows(images: pd.DataFrame, folder: Path, rule: str, margin: float) -> pd.DataFrame:

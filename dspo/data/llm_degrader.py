@@ -25,18 +25,6 @@ import torch
 from dspo.core.seeding import seeded_generator
 
 PROMPT_FIELD = "{prompt}"
-# The keys of ``ddspo.degrader`` that only kind ``llm`` reads.
-LLM_KEYS = (
-    "model",
-    "instructions",
-    "aesthetic_share",
-    "batch_size",
-    "max_new_tokens",
-    "temperature",
-    "top_k",
-    "dtype",
-    "fallback",
-)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -56,13 +44,6 @@ class Decoding:
             float(spec.get("temperature", cls.temperature)),
             int(spec.get("top_k", cls.top_k)),
         )
-
-
-def degrader_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of ``ddspo.degrader`` that its kind reads: the LLM's keys only for kind
-    ``llm``, so that the LLM's defaults leave the other degraders' jobs (and their reruns)
-    alone."""
-    return {k: v for k, v in spec.items() if spec["kind"] == "llm" or k not in LLM_KEYS}
 
 
 def load_llm(source: str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dspo.core.files import part_folder, write_json_atomic
 from dspo.data.dedup import caption_group
 from dspo.data.image_refs import has_refs
-from dspo.data.pairs import (
+from dspo.data.pair_table import (
     PART_TABLE,
     REJECTED_CAPTION,
     PairWriter,

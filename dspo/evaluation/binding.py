@@ -88,8 +88,16 @@ def binding_markdown(
     return "\n".join(lines) + "\n"
 
 
+def interval_cell(mean: float, low: float, high: float) -> str:
+    """A mean B-VQA with its interval as the tables show it: ``0.412 [0.380, 0.445]``; a dash
+    where there is none (a model without binding scores)."""
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def _cells(row: pd.Series) -> list[str]:
-    mean = f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    mean = interval_cell(row["mean"], row["ci_low"], row["ci_high"])
     if pd.isna(row["win_rate"]):
         return [mean, ""]
     low, high = 100 * row["win_ci_low"], 100 * row["win_ci_high"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from dspo.evaluation.intervals import interval_sentence
@@ -34,37 +35,32 @@ def plot_win_rates(
     under the panels, also the PNG's ``Description`` text, says what the intervals resample.
     """
     name = labeller(labels)
-    guidances = sorted(win_rates_df["guidance"].unique())
-    fig, axes = _grid(len(guidances), len(prompt_sets), panel_width=1.1 + 0.55 * len(rewards))
+    fig, axes, panels = _panel_grid(
+        win_rates_df,
+        ("prompt_set", prompt_sets),
+        ["method", "reward"],
+        name,
+        ylabel=f"win rate vs {name(baseline)} (%)",
+        panel_width=1.1 + 0.55 * len(rewards),
+    )
     width = 0.8 / len(methods)
     x = np.arange(len(rewards))
-    for row, guidance in enumerate(guidances):
-        for col, prompt_set in enumerate(prompt_sets):
-            ax = axes[row][col]
-            block = win_rates_df[
-                (win_rates_df["guidance"] == guidance) & (win_rates_df["prompt_set"] == prompt_set)
-            ].set_index(["method", "reward"])
-            for i, method in enumerate(methods):
-                rate, low, high = (
-                    100 * _lookup(block, method, rewards, c)
-                    for c in ("win_rate", "ci_low", "ci_high")
-                )
-                ax.bar(
-                    x + (i - (len(methods) - 1) / 2) * width,
-                    rate,
-                    width,
-                    yerr=[rate - low, high - rate],
-                    capsize=2,
-                    error_kw={"elinewidth": 0.8},
-                    color=_colour(i),
-                    label=name(method),
-                )
-            ax.axhline(50, color="0.3", linestyle="--", linewidth=1, zorder=0)
-            ax.set_ylim(0, 100)
-            ax.set_xticks(x, [name(r) for r in rewards], rotation=25, ha="right")
-            ax.set_title(f"{name(prompt_set)}\nguidance {float(guidance)}", fontsize=10)
-            if col == 0:
-                ax.set_ylabel(f"win rate vs {name(baseline)} (%)")
+    for ax, block in panels:
+        for i, method in enumerate(methods):
+            rate, low, high = (100 * v for v in _estimates(block, method, rewards, "win_rate"))
+            ax.bar(
+                _offsets(x, i, len(methods), width),
+                rate,
+                width,
+                yerr=[rate - low, high - rate],
+                capsize=2,
+                error_kw={"elinewidth": 0.8},
+                color=_colour(i),
+                label=name(method),
+            )
+        ax.axhline(50, color="0.3", linestyle="--", linewidth=1, zorder=0)
+        ax.set_ylim(0, 100)
+        ax.set_xticks(x, [name(r) for r in rewards], rotation=25, ha="right")
     shown = win_rates_df[win_rates_df["method"].isin(methods)]
     note = f"{interval_sentence(shown.get('n_replicates', 1), 'Error bars')} Dashed: parity."
     return _save(fig, axes, out_png, len(methods), note)
@@ -90,41 +86,79 @@ def plot_mean_scores(
     if baseline in methods:
         raise ValueError(f"methods include the baseline {baseline!r}: it is drawn first already")
     models = [baseline, *methods]
-    guidances = sorted(mean_scores_df["guidance"].unique())
-    fig, axes = _grid(len(guidances), len(rewards), panel_width=1.4 + 0.6 * len(prompt_sets))
+    fig, axes, panels = _panel_grid(
+        mean_scores_df,
+        ("reward", rewards),
+        ["model", "prompt_set"],
+        name,
+        ylabel="mean score",
+        panel_width=1.4 + 0.6 * len(prompt_sets),
+    )
     step = 0.8 / len(models)
     x = np.arange(len(prompt_sets))
-    for row, guidance in enumerate(guidances):
-        for col, reward in enumerate(rewards):
-            ax = axes[row][col]
-            block = mean_scores_df[
-                (mean_scores_df["guidance"] == guidance) & (mean_scores_df["reward"] == reward)
-            ].set_index(["model", "prompt_set"])
-            for i, model in enumerate(models):
-                mean, low, high = (
-                    _lookup(block, model, prompt_sets, c) for c in ("mean", "ci_low", "ci_high")
-                )
-                ax.errorbar(
-                    x + (i - (len(models) - 1) / 2) * step,
-                    mean,
-                    yerr=[mean - low, high - mean],
-                    fmt="o",
-                    markersize=4,
-                    capsize=2,
-                    elinewidth=1,
-                    color=BASELINE_COLOUR if model == baseline else _colour(i - 1),
-                    label=name(model),
-                )
-            for boundary in x[:-1] + 0.5:
-                ax.axvline(boundary, color="0.85", linewidth=0.8, zorder=0)
-            ax.set_xlim(-0.5, len(prompt_sets) - 0.5)
-            ax.set_xticks(x, [name(p) for p in prompt_sets], rotation=25, ha="right")
-            ax.set_title(f"{name(reward)}\nguidance {float(guidance)}", fontsize=10)
-            if col == 0:
-                ax.set_ylabel("mean score")
+    for ax, block in panels:
+        for i, model in enumerate(models):
+            mean, low, high = _estimates(block, model, prompt_sets, "mean")
+            ax.errorbar(
+                _offsets(x, i, len(models), step),
+                mean,
+                yerr=[mean - low, high - mean],
+                fmt="o",
+                markersize=4,
+                capsize=2,
+                elinewidth=1,
+                color=BASELINE_COLOUR if model == baseline else _colour(i - 1),
+                label=name(model),
+            )
+        for boundary in x[:-1] + 0.5:
+            ax.axvline(boundary, color="0.85", linewidth=0.8, zorder=0)
+        ax.set_xlim(-0.5, len(prompt_sets) - 0.5)
+        ax.set_xticks(x, [name(p) for p in prompt_sets], rotation=25, ha="right")
     shown = mean_scores_df[mean_scores_df["model"].isin(models)]
     note = interval_sentence(shown.get("n_replicates", 1), "Error bars")
     return _save(fig, axes, out_png, len(models), note)
+
+
+def _panel_grid(
+    df: pd.DataFrame,
+    panel: tuple[str, Sequence[str]],
+    index: list[str],
+    name: Callable[[str], str],
+    ylabel: str,
+    panel_width: float,
+) -> tuple[Figure, np.ndarray, list[tuple[Axes, pd.DataFrame]]]:
+    """The figure, its axes and each panel's (axes, rows of `df` indexed by `index`).
+
+    `panel` is (column, values): a column of panels per value, a row per guidance scale of
+    `df` (ascending). Each panel is titled with its value's name and guidance; the first
+    column's y axis is labelled `ylabel`.
+    """
+    column, values = panel
+    guidances = sorted(df["guidance"].unique())
+    fig, axes = _grid(len(guidances), len(values), panel_width=panel_width)
+    panels = []
+    for row, guidance in enumerate(guidances):
+        for col, value in enumerate(values):
+            ax = axes[row][col]
+            ax.set_title(f"{name(value)}\nguidance {float(guidance)}", fontsize=10)
+            if col == 0:
+                ax.set_ylabel(ylabel)
+            block = df[(df["guidance"] == guidance) & (df[column] == value)].set_index(index)
+            panels.append((ax, block))
+    return fig, axes, panels
+
+
+def _offsets(x: np.ndarray, i: int, n: int, width: float) -> np.ndarray:
+    """Positions of the `i`-th of `n` side-by-side entries `width` apart, centred on `x`."""
+    return x + (i - (n - 1) / 2) * width
+
+
+def _estimates(
+    block: pd.DataFrame, who: str, keys: Sequence[str], column: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`column` and its interval (``ci_low``, ``ci_high``) for (who, key), keys in order."""
+    value, low, high = (_lookup(block, who, keys, c) for c in (column, "ci_low", "ci_high"))
+    return value, low, high
 
 
 def _lookup(block: pd.DataFrame, who: str, keys: Sequence[str], column: str) -> np.ndarray:

@@ -56,7 +56,9 @@ def machine() -> dict[str, Any]:
 
 def stage_times(benchmarks: Sequence[Path]) -> dict[str, dict[str, float]]:
     """Per stage (the folder above each Snakemake benchmark file): jobs, total and longest
-    job in seconds."""
+    job in wall seconds, and, where the files have Snakemake's ``cpu_time`` column, the CPU
+    seconds of its jobs (``cpu_seconds``): wall times grow with whatever else the machine
+    runs, CPU times much less."""
     stages: dict[str, dict[str, float]] = {}
     for path in sorted(benchmarks):
         with open(path, newline="") as handle:
@@ -69,6 +71,9 @@ def stage_times(benchmarks: Sequence[Path]) -> dict[str, dict[str, float]]:
         entry["jobs"] += 1
         entry["seconds"] = round(entry["seconds"] + seconds, 1)
         entry["longest"] = round(max(entry["longest"], seconds), 1)
+        if rows[-1].get("cpu_time") not in (None, "", "NA", "-"):
+            cpu = entry.get("cpu_seconds", 0.0) + float(rows[-1]["cpu_time"])
+            entry["cpu_seconds"] = round(cpu, 1)
     return stages
 
 
@@ -160,12 +165,7 @@ def render_block(summary: Mapping[str, Any]) -> str:
         f"(source {m['source_key']}).",
     ]
     if stages:
-        total = sum(s["seconds"] for s in stages.values())
-        parts = [
-            f"{stage} {s['seconds']:.0f} s ({s['jobs']:.0f} job{'s' if s['jobs'] != 1 else ''})"
-            for stage, s in sorted(stages.items(), key=lambda kv: -kv[1]["seconds"])
-        ]
-        lines.append(f"Job time by stage ({total / 60:.1f} min in all): " + ", ".join(parts) + ".")
+        lines.append(_stage_line(stages))
     if summary.get("wall_seconds"):
         wall = summary["wall_seconds"]
         lines.append(f"Wall time of the workflow: {int(wall // 60)} min {wall % 60:.0f} s.")
@@ -173,6 +173,26 @@ def render_block(summary: Mapping[str, Any]) -> str:
         lines += ["", *_rerun_lines(summary, label, guidances, sets, cell)]
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def _stage_line(stages: Mapping[str, Mapping[str, float]]) -> str:
+    """The job time of each stage, longest first, with its CPU time where every stage has it."""
+    total = sum(s["seconds"] for s in stages.values())
+    with_cpu = all("cpu_seconds" in s for s in stages.values())
+    parts = []
+    for stage, s in sorted(stages.items(), key=lambda kv: -kv[1]["seconds"]):
+        jobs = f"{s['jobs']:.0f} job{'s' if s['jobs'] != 1 else ''}"
+        cpu = f"CPU {s['cpu_seconds']:.0f} s, " if with_cpu else ""
+        parts.append(f"{stage} {s['seconds']:.0f} s ({cpu}{jobs})")
+    if not with_cpu:
+        return f"Job time by stage ({total / 60:.1f} min in all): " + ", ".join(parts) + "."
+    cpu_total = sum(s["cpu_seconds"] for s in stages.values())
+    return (
+        f"Job time by stage, wall and CPU ({total / 60:.1f} and {cpu_total / 60:.1f} min in all; "
+        "wall times grow with the machine's other load, CPU times much less): "
+        + ", ".join(parts)
+        + "."
+    )
 
 
 def _rerun_lines(summary, label, guidances, sets, cell) -> list[str]:

@@ -54,6 +54,19 @@ from dspo.config.names import entries, is_hub_id
 from dspo.data.split_files import DATA_SUFFIXES, repo_split_files
 from dspo.evaluation.inception import INCEPTION_FILE, INCEPTION_SHA256, INCEPTION_URL
 from dspo.hub.released import DENOISERS, LORA_WEIGHTS, MODEL_INDEX
+from dspo.rewards.hub_defaults import (
+    AESTHETIC_CLIP,
+    BVQA_MODEL,
+    CLIP_SCORE_MODEL,
+    HPSV2_CHECKPOINTS,
+    HPSV2_REPO,
+    IMAGE_REWARD_CHECKPOINT,
+    IMAGE_REWARD_MED_CONFIG,
+    IMAGE_REWARD_REPO,
+    IMAGE_REWARD_TOKENIZER,
+    PICKSCORE_MODEL,
+    PICKSCORE_PROCESSOR,
+)
 
 # Weights transformers and diffusers load (one file, or shards with an index), and the small
 # files beside them (configs, tokenizer and processor files, sentencepiece models).
@@ -118,33 +131,24 @@ def _reward_parts(spec: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     """(config key, what, value or default) of the hub parts a reward kind loads."""
     kind = spec["kind"]
     if kind in ("pickscore", "clip_score"):
-        from dspo.rewards import clip_score, pickscore
-
-        model = spec.get("model", pickscore.DEFAULT_MODEL if kind == "pickscore" else None)
-        model = model or clip_score.DEFAULT_CLIP
-        processor = spec.get("processor", clip_score.DEFAULT_CLIP if kind == "pickscore" else None)
+        pickscore = kind == "pickscore"
+        model = spec.get("model", PICKSCORE_MODEL if pickscore else None) or CLIP_SCORE_MODEL
+        processor = spec.get("processor", PICKSCORE_PROCESSOR if pickscore else None)
         parts = [("model", "model", model)]
         return parts + ([("processor", "processor", processor)] if processor else [])
     if kind == "laion_aesthetics":
-        from dspo.rewards.aesthetic import DEFAULT_CLIP
-
         files = [("checkpoint", "files", spec.get("checkpoint"))]
-        return [("clip_model", "model", spec.get("clip_model", DEFAULT_CLIP)), *files]
+        return [("clip_model", "model", spec.get("clip_model", AESTHETIC_CLIP)), *files]
     if kind == "hpsv2":
-        from dspo.rewards.hpsv2 import CHECKPOINTS
-
-        return [("checkpoint", "files", spec.get("checkpoint", CHECKPOINTS.get(spec["version"])))]
+        checkpoint = spec.get("checkpoint", HPSV2_CHECKPOINTS.get(spec["version"]))
+        return [("checkpoint", "files", checkpoint)]
     if kind == "bvqa":
-        from dspo.rewards.bvqa import DEFAULT_MODEL
-
-        return [("model", "model", spec.get("model", DEFAULT_MODEL))]
+        return [("model", "model", spec.get("model", BVQA_MODEL))]
     if kind == "image_reward":
-        from dspo.rewards.image_reward import DEFAULT_TOKENIZER
-
         return [
-            ("checkpoint", "files", spec.get("checkpoint", "ImageReward.pt")),
-            ("med_config", "files", spec.get("med_config", "med_config.json")),
-            ("tokenizer", "processor", spec.get("tokenizer", DEFAULT_TOKENIZER)),
+            ("checkpoint", "files", spec.get("checkpoint", IMAGE_REWARD_CHECKPOINT)),
+            ("med_config", "files", spec.get("med_config", IMAGE_REWARD_MED_CONFIG)),
+            ("tokenizer", "processor", spec.get("tokenizer", IMAGE_REWARD_TOKENIZER)),
         ]
     return []
 
@@ -153,15 +157,7 @@ def _reward_repo(spec: Mapping[str, Any]) -> str | None:
     """The hub repo of a reward's files: ``repo``, or the kind's default when unset."""
     if "repo" in spec:
         return spec["repo"]
-    if spec["kind"] == "hpsv2":
-        from dspo.rewards.hpsv2 import DEFAULT_REPO
-
-        return DEFAULT_REPO
-    if spec["kind"] == "image_reward":
-        from dspo.rewards.image_reward import DEFAULT_REPO
-
-        return DEFAULT_REPO
-    return None
+    return {"hpsv2": HPSV2_REPO, "image_reward": IMAGE_REWARD_REPO}.get(spec["kind"])
 
 
 def _reward(prefix: str, spec: Mapping[str, Any], root: Path) -> list[Artefact]:

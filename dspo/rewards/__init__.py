@@ -10,6 +10,7 @@ docs/rewards.md explains how each paper model is loaded.
 from __future__ import annotations
 
 import gc
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,40 +41,15 @@ def _toy(spec: Mapping[str, Any], device: str) -> RewardModel:
     return ToyOracleReward(part=spec.get("part", "total"))
 
 
-def _pickscore(spec: Mapping[str, Any], device: str) -> RewardModel:
-    from dspo.rewards.pickscore import PickScore
+def _lazy(target: str) -> Callable[[Mapping[str, Any], str], RewardModel]:
+    """The loader that calls ``module:name`` (a reward class, or a function building one, that
+    takes the config entry and the device), importing the module on first use."""
+    module, name = target.split(":")
 
-    return PickScore(spec, device)
+    def load(spec: Mapping[str, Any], device: str) -> RewardModel:
+        return getattr(importlib.import_module(module), name)(spec, device)
 
-
-def _hpsv2(spec: Mapping[str, Any], device: str) -> RewardModel:
-    from dspo.rewards.hpsv2 import HPSv2
-
-    return HPSv2(spec, device)
-
-
-def _aesthetics(spec: Mapping[str, Any], device: str) -> RewardModel:
-    from dspo.rewards.aesthetic import LaionAesthetics
-
-    return LaionAesthetics(spec, device)
-
-
-def _clip_score(spec: Mapping[str, Any], device: str) -> RewardModel:
-    from dspo.rewards.clip_score import ClipScore
-
-    return ClipScore(spec, device)
-
-
-def _image_reward(spec: Mapping[str, Any], device: str) -> RewardModel:
-    from dspo.rewards.image_reward import ImageReward
-
-    return ImageReward(spec, device)
-
-
-def _bvqa(spec: Mapping[str, Any], device: str) -> RewardModel:
-    from dspo.rewards.bvqa import blip_bvqa
-
-    return blip_bvqa(spec, device)
+    return load
 
 
 def _toy_bvqa(spec: Mapping[str, Any], device: str) -> RewardModel:
@@ -86,12 +62,12 @@ def _toy_bvqa(spec: Mapping[str, Any], device: str) -> RewardModel:
 # Loaders import their model lazily: the toy world never loads transformers' vision models.
 LOADERS: dict[str, Callable[[Mapping[str, Any], str], RewardModel]] = {
     "toy_oracle": _toy,
-    "pickscore": _pickscore,
-    "hpsv2": _hpsv2,
-    "laion_aesthetics": _aesthetics,
-    "clip_score": _clip_score,
-    "image_reward": _image_reward,
-    "bvqa": _bvqa,
+    "pickscore": _lazy("dspo.rewards.pickscore:PickScore"),
+    "hpsv2": _lazy("dspo.rewards.hpsv2:HPSv2"),
+    "laion_aesthetics": _lazy("dspo.rewards.aesthetic:LaionAesthetics"),
+    "clip_score": _lazy("dspo.rewards.clip_score:ClipScore"),
+    "image_reward": _lazy("dspo.rewards.image_reward:ImageReward"),
+    "bvqa": _lazy("dspo.rewards.bvqa:blip_bvqa"),
     "toy_bvqa": _toy_bvqa,
 }
 

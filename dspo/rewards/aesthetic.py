@@ -26,9 +26,8 @@ from dspo.rewards.common import (
     resolve_file,
     spec_dtype,
 )
+from dspo.rewards.hub_defaults import AESTHETIC_CLIP
 from dspo.rewards.transforms import center_crop_pixels
-
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
 
 class LaionAesthetics:
@@ -37,7 +36,7 @@ class LaionAesthetics:
     def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
         check_keys(spec, {"checkpoint", "repo", "clip_model"})
         path = resolve_file(spec, "checkpoint", None, spec.get("repo"))
-        clip_name = spec.get("clip_model", DEFAULT_CLIP)
+        clip_name = spec.get("clip_model", AESTHETIC_CLIP)
         self.device = device
         self.clip = clip_model(clip_name, spec_dtype(spec)).to(device).eval()
         state = load_state_dict(path)

@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 
 from dspo.rewards.common import check_batch, check_keys, spec_dtype
+from dspo.rewards.hub_defaults import BVQA_MODEL
 from dspo.rewards.transforms import to_rgb
 
-DEFAULT_MODEL = "Salesforce/blip-vqa-base"
 # The benchmark's --np_num default: phrases past the eighth are not asked about.
 MAX_PHRASES = 8
 # BLIP's question tokenisation (models/blip_vqa.py): truncated to 35 tokens.
@@ -166,7 +166,7 @@ class BVQA:
 
 def blip_bvqa(spec: Mapping[str, Any], device: str = "cpu") -> BVQA:
     """B-VQA through a BLIP VQA model; config key `model`: a hub id or a local folder holding
-    the model, its tokenizer and image processor (``DEFAULT_MODEL`` when unset)."""
+    the model, its tokenizer and image processor (``BVQA_MODEL`` when unset)."""
     check_keys(spec, {"model"})
-    model = spec.get("model", DEFAULT_MODEL)
+    model = spec.get("model", BVQA_MODEL)
     return BVQA(BlipYes(model, spec_dtype(spec), device), f"bvqa {model} rule phrases")

@@ -15,9 +15,8 @@ import torch
 from PIL import Image
 
 from dspo.rewards.common import check_batch, check_keys, clip_model, cosine, spec_dtype
+from dspo.rewards.hub_defaults import CLIP_SCORE_MODEL
 from dspo.rewards.transforms import to_rgb
-
-DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
 class HubClip:
@@ -74,7 +73,7 @@ class ClipScore(HubClip):
     """CLIP score = cos(image, prompt) under a CLIP model from the hub or a local folder."""
 
     def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
-        super().__init__(spec, device, default_model=DEFAULT_CLIP, default_processor=None)
+        super().__init__(spec, device, default_model=CLIP_SCORE_MODEL, default_processor=None)
         self.version = f"clip_score cosine {self.model_name}"
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:

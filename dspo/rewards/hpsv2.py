@@ -53,10 +53,9 @@ from dspo.rewards.common import (
     resolve_file,
     spec_dtype,
 )
+from dspo.rewards.hub_defaults import HPSV2_CHECKPOINTS, HPSV2_REPO
 from dspo.rewards.transforms import hpsv2_pixels, open_clip_tokens
 
-CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
-DEFAULT_REPO = "xswu/HPSv2"
 HEADS = 16  # ViT-H-14: vision width 1280 / head width 80, text 16 heads
 _TOP_KEYS = [
     "logit_scale",
@@ -188,21 +187,20 @@ class HPSv2:
         # No `tokenizer` key: HPSv2 tokenizes with open_clip's own tokenizer, as hpsv2 does.
         check_keys(spec, {"version", "checkpoint", "repo"})
         version = spec.get("version")
-        if version not in CHECKPOINTS:
-            raise ValueError(
-                f"reward kind 'hpsv2' needs `version` in {sorted(CHECKPOINTS)}, got {version!r}"
-            )
-        name = Path(spec.get("checkpoint", CHECKPOINTS[version])).name
-        clash = [v for v, file in CHECKPOINTS.items() if file == name and v != version]
+        if version not in HPSV2_CHECKPOINTS:
+            versions = sorted(HPSV2_CHECKPOINTS)
+            raise ValueError(f"reward kind 'hpsv2' needs `version` in {versions}, got {version!r}")
+        name = Path(spec.get("checkpoint", HPSV2_CHECKPOINTS[version])).name
+        clash = [v for v, file in HPSV2_CHECKPOINTS.items() if file == name and v != version]
         if clash:
             raise ValueError(f"hpsv2 `version` {version} but `checkpoint` {name} is {clash[0]}")
         path = resolve_file(
-            spec, "checkpoint", CHECKPOINTS[version], spec.get("repo", DEFAULT_REPO)
+            spec, "checkpoint", HPSV2_CHECKPOINTS[version], spec.get("repo", HPSV2_REPO)
         )
         self.device = device
         self.model = open_clip_to_transformers(load_state_dict(path), path)
         self.model = self.model.to(device, spec_dtype(spec)).eval()
-        self.version = f"hpsv2 {version} {spec.get('checkpoint', CHECKPOINTS[version])}"
+        self.version = f"hpsv2 {version} {spec.get('checkpoint', HPSV2_CHECKPOINTS[version])}"
 
     @torch.no_grad()
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:

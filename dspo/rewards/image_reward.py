@@ -48,10 +48,14 @@ from dspo.rewards.common import (
     resolve_file,
     spec_dtype,
 )
+from dspo.rewards.hub_defaults import (
+    IMAGE_REWARD_CHECKPOINT,
+    IMAGE_REWARD_MED_CONFIG,
+    IMAGE_REWARD_REPO,
+    IMAGE_REWARD_TOKENIZER,
+)
 from dspo.rewards.transforms import center_crop_pixels
 
-DEFAULT_REPO = "THUDM/ImageReward"
-DEFAULT_TOKENIZER = "bert-base-uncased"
 MEAN, STD = 0.16717362830052426, 1.0333394966054072  # ImageReward.py's normalisation
 MAX_TOKENS = 35
 HEADS = 16  # BLIP's vit="large"
@@ -169,9 +173,9 @@ class ImageReward:
         from transformers import BertTokenizer
 
         check_keys(spec, {"checkpoint", "med_config", "repo", "tokenizer"})
-        repo = spec.get("repo", DEFAULT_REPO)
-        path = resolve_file(spec, "checkpoint", "ImageReward.pt", repo)
-        med_config = resolve_file(spec, "med_config", "med_config.json", repo)
+        repo = spec.get("repo", IMAGE_REWARD_REPO)
+        path = resolve_file(spec, "checkpoint", IMAGE_REWARD_CHECKPOINT, repo)
+        med_config = resolve_file(spec, "med_config", IMAGE_REWARD_MED_CONFIG, repo)
         state = load_state_dict(path)
         dtype = spec_dtype(spec)
         self.device = device
@@ -184,7 +188,8 @@ class ImageReward:
         reject_unused(state, read, path, ignored=UNUSED)
         self.head = head.to(device).eval()
         # BLIP's tokenizer: BERT's, plus the [DEC] and [ENC] tokens its vocabulary was sized for.
-        self.tokenizer = BertTokenizer.from_pretrained(spec.get("tokenizer", DEFAULT_TOKENIZER))
+        tokenizer = spec.get("tokenizer", IMAGE_REWARD_TOKENIZER)
+        self.tokenizer = BertTokenizer.from_pretrained(tokenizer)
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]"})
         self.tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
         if len(self.tokenizer) > self.text.config.vocab_size:

@@ -13,17 +13,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dspo.rewards.clip_score import DEFAULT_CLIP, HubClip
-
-DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
+from dspo.rewards.clip_score import HubClip
+from dspo.rewards.hub_defaults import PICKSCORE_MODEL, PICKSCORE_PROCESSOR
 
 
 class PickScore(HubClip):
     """PickScore from a hub id or local ``CLIPModel`` folder (`model`) and `processor`."""
 
     def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
-        # PickScore's repo holds only the model; its processor is the CLIP it was tuned from.
-        super().__init__(spec, device, default_model=DEFAULT_MODEL, default_processor=DEFAULT_CLIP)
+        super().__init__(
+            spec, device, default_model=PICKSCORE_MODEL, default_processor=PICKSCORE_PROCESSOR
+        )
         self.version = f"pickscore {self.model_name}"
 
     @torch.no_grad()

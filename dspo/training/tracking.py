@@ -18,10 +18,14 @@ import importlib.util
 import json
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from accelerate import Accelerator
+
+# accelerate (and torch with it) only types the run's functions: the config check reads
+# tracker_problem while the workflow builds its DAG.
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 DEFAULT_PROJECT = "dspo"
 # The trackers whose runs start_trackers configures and log_images writes images to.

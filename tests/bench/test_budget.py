@@ -28,7 +28,7 @@ from dspo.bench.disk import measure
 from dspo.cli.commands import main as dspo_main
 from dspo.config.step import workflow_config
 from dspo.data.cache import build_cache
-from dspo.data.pairs import read_pair_texts
+from dspo.data.pair_table import read_pair_texts
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.training.train import train
 from tests.conftest import jpeg

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -10,14 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
 from dspo.cli.commands import main
 from dspo.cli.registry import COMMANDS, STAGES, build_parser
 from dspo.config.step import Source, StepConfigError, resolve
-from dspo.data.cache import build_cache
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -186,38 +183,6 @@ def test_every_workflow_command_parses_and_its_settings_validate(tmp_path: Path)
         if args.step:
             ran.append(resolve(args.step, [Source("--params", args.params)]))
     assert {s.get("name") for s in ran} >= {"dspo", "dspo_lora", "ddspo"}
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cache")
-    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
-    return path
-
-
-def documented_train_yaml() -> str:
-    """The train.yaml that docs/cli.md shows."""
-    text = (REPO / "docs" / "cli.md").read_text()
-    section = text.split("## Training by hand", 1)[1]
-    return re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL).group(1)
-
-
-def test_train_by_hand_with_the_documented_config(
-    cache_dir: Path, tiny_model: Path, tmp_path: Path
-) -> None:
-    (tmp_path / "train.yaml").write_text(documented_train_yaml())
-    done = dspo(
-        "train", "--config", "train.yaml", "--cache", str(cache_dir), "--base", str(tiny_model),
-        "--out", "my_model", "--steps", "3", cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    saved = json.loads((tmp_path / "my_model" / "dspo_config.json").read_text())["config"]
-    assert saved["objective"] == "dspo" and saved["steps"] == 3  # the flag over the file
-    assert saved["params"] == {"lam": 0.5, "kappa": 100.0} and saved["lr"] == 1.0e-3
-    assert saved["adam_betas"] == DEFAULTS["training"]["adam_betas"]  # filled in
-    assert (tmp_path / "my_model" / "unet" / "config.json").exists()
-    records = (tmp_path / "my_model.run" / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(records[-1])["step"] == 3
 
 
 def test_a_full_disk_is_named_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

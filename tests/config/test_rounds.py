@@ -3,35 +3,20 @@ pairs sampled from the round before, and the config errors of rounds named by ke
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-
-import yaml
 
 from dspo.config.check import config_problems
 from dspo.config.experiments import group_of, method_config, round_rows, trained_models
+from dspo.config.step import deep_merge, workflow_config
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-PRESET = yaml.safe_load((REPO / "config" / "presets" / "ai-feedback.yaml").read_text())
-
-
-def merged(base: dict, overlay: dict) -> dict:
-    """``overlay`` deep-merged over ``base``, as snakemake's --configfile does."""
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-AI_FEEDBACK = merged(SHIPPED, PRESET)
+SHIPPED = workflow_config([])
+# As snakemake --configfile gives it: the preset deep-merged over config/config.yaml.
+AI_FEEDBACK = workflow_config([REPO / "config" / "presets" / "ai-feedback.yaml"])
 
 
 def test_each_round_of_each_replicate_is_a_model_of_the_round_before() -> None:
-    config = merged(
+    config = deep_merge(
         AI_FEEDBACK, {"training": {"replicates": 2}, "methods": {"dspo": {"rounds": 3}}}
     )
     models = trained_models(config)
@@ -48,7 +33,7 @@ def test_each_round_of_each_replicate_is_a_model_of_the_round_before() -> None:
         method_config(config, models["dspo-r1@round2"])["seed"] == SHIPPED["training"]["seed"] + 1
     )
     # Round 1 is the method as it would be without rounds: adding rounds retrains nothing.
-    without = merged(config, {"methods": {"dspo": {"rounds": 1}}})
+    without = deep_merge(config, {"methods": {"dspo": {"rounds": 1}}})
     assert method_config(config, models["dspo"]) == method_config(
         without, trained_models(without)["dspo"]
     )
@@ -57,11 +42,11 @@ def test_each_round_of_each_replicate_is_a_model_of_the_round_before() -> None:
 
 def test_the_preset_is_valid_and_round_errors_name_their_keys(tmp_path: Path) -> None:
     assert config_problems(AI_FEEDBACK, REPO) == []
-    human = merged(SHIPPED, {"methods": {"dspo": {"rounds": 2, "lora": {"rank": 4}}}})
+    human = deep_merge(SHIPPED, {"methods": {"dspo": {"rounds": 2, "lora": {"rank": 4}}}})
     problems = "\n".join(config_problems(human, REPO))
     assert "methods.dspo.rounds: needs a generated pair source" in problems
     assert "methods.dspo.lora: rounds start from whole weights" in problems
-    table = merged(AI_FEEDBACK, {"evaluation": {"tables": {"t": {"methods": ["sft@round2"]}}}})
+    table = deep_merge(AI_FEEDBACK, {"evaluation": {"tables": {"t": {"methods": ["sft@round2"]}}}})
     assert "evaluation.tables.t.methods: unknown methods 'sft@round2'" in "\n".join(
         config_problems(table, REPO)
     )

@@ -12,6 +12,7 @@ wrong-typed one.)
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -50,59 +51,21 @@ def resolve(pointer: str) -> Any:
 # Registries: each returns the values the code accepts (imported lazily: some pull in torch).
 
 
+def code_table(module: str, name: str) -> Callable[[], Iterable[Any]]:
+    """A registry that is one module-level table of the code: ``module.name``, read on call."""
+
+    def registry() -> Iterable[Any]:
+        return getattr(importlib.import_module(module), name)
+
+    registry.__name__ = f"{module}.{name}"
+    return registry
+
+
 def source_kinds() -> Iterable[str]:
     from dspo.config.check import SOURCE_KINDS_BY_PLACE as SOURCE_KINDS
 
     # The schema's one source definition serves pairs, prompt sets and the editing set.
     return {kind for kinds in SOURCE_KINDS.values() for kind in kinds}
-
-
-def lr_schedules() -> Iterable[str]:
-    from dspo.training.optimisation import LR_SCHEDULES
-
-    return LR_SCHEDULES
-
-
-def optimizers() -> Iterable[str]:
-    from dspo.training.optimisation import OPTIMIZERS
-
-    return OPTIMIZERS
-
-
-def mixed_precisions() -> Iterable[str]:
-    from dspo.training.optimisation import MIXED_PRECISIONS
-
-    return MIXED_PRECISIONS
-
-
-def report_to() -> Iterable[str | None]:
-    from dspo.training.tracking import REPORT_TO
-
-    return REPORT_TO
-
-
-def reference_storage() -> Iterable[str]:
-    from dspo.training.settings import REFERENCE_STORAGE
-
-    return REFERENCE_STORAGE
-
-
-def base_model_builds() -> Iterable[str | None]:
-    from dspo.config.check import BASE_MODEL_BUILDS
-
-    return BASE_MODEL_BUILDS
-
-
-def dtypes() -> Iterable[str]:
-    from dspo.families.sd_pipeline import DTYPES
-
-    return DTYPES
-
-
-def crops() -> Iterable[str]:
-    from dspo.data.cache import CROPS
-
-    return CROPS
 
 
 def objectives() -> Iterable[str | None]:
@@ -119,24 +82,6 @@ def snakefile_datasets() -> list[str]:
     found = re.findall(pattern, (REPO / "Snakefile").read_text(), re.M)
     assert len(found) == 1, f"Snakefile: expected one `dataset=` wildcard constraint, got {found}"
     return found[0].split("|")
-
-
-def degraders() -> Iterable[str]:
-    from dspo.data.ddspo import DEGRADERS
-
-    return DEGRADERS
-
-
-def llm_degrader_dtypes() -> Iterable[str]:
-    from dspo.data.llm_degrader import DTYPES
-
-    return DTYPES
-
-
-def llm_degrader_fallbacks() -> Iterable[str]:
-    from dspo.data.degraded_prompts import FALLBACKS
-
-    return FALLBACKS
 
 
 def sampling_schedulers() -> Iterable[str]:
@@ -164,30 +109,11 @@ def sampling_schedulers() -> Iterable[str]:
     return accepted
 
 
-def flow_weightings() -> Iterable[str]:
-    from dspo.families.flow import WEIGHTINGS
-
-    return WEIGHTINGS
-
-
 def binding_kinds() -> Iterable[str]:
     from dspo.rewards import LOADERS
 
     # The B-VQA reward kinds: the answerer differs, the scoring is one (dspo.rewards.bvqa).
     return [kind for kind in LOADERS if kind.endswith("bvqa")]
-
-
-def reward_kinds() -> Iterable[str]:
-    from dspo.rewards import LOADERS
-
-    return LOADERS
-
-
-def classifiers() -> Iterable[str]:
-    """The image classifiers of the Inception Score (dspo.evaluation.quality)."""
-    from dspo.evaluation.quality import CLASSIFIERS
-
-    return CLASSIFIERS
 
 
 def toy_oracle_parts() -> Iterable[str]:
@@ -198,35 +124,14 @@ def toy_oracle_parts() -> Iterable[str]:
     return sys.modules[type(reward).__module__].PARTS
 
 
-def hpsv2_versions() -> Iterable[str]:
-    from dspo.rewards.hpsv2 import CHECKPOINTS
-
-    return CHECKPOINTS
-
-
 def paper_tables() -> Iterable[str]:
     from dspo.evaluation.tables import published_results
 
     return published_results()["table"].unique()
 
 
-def compile_modes() -> Iterable[str]:
-    from dspo.training.settings import COMPILE_MODES
-
-    return COMPILE_MODES
-
-
-def pairing_rules() -> Iterable[str]:
-    from dspo.data.generated_config import RULES
-
-    return RULES
-
-
-def round_references() -> Iterable[str]:
-    from dspo.config.experiments import ROUND_REFERENCES
-
-    return ROUND_REFERENCES
-
+# The torch dtypes of base_model, cache, rewards and the attribute-binding scorer.
+dtypes = code_table("dspo.families.sd_pipeline", "DTYPES")
 
 TRAINING = "/$defs/training/properties"
 METHOD = "/properties/methods/additionalProperties/properties"
@@ -237,35 +142,74 @@ DEGRADER = "/properties/ddspo/properties/degrader/properties"
 # config key (the test id): (JSON pointer of the enum's node, the code's registry)
 CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     "source.kind": ("/$defs/source/properties/kind", source_kinds),
-    "training.lr_schedule": (f"{TRAINING}/lr_schedule", lr_schedules),
-    "training.optimizer": (f"{TRAINING}/optimizer", optimizers),
-    "training.mixed_precision": (f"{TRAINING}/mixed_precision", mixed_precisions),
-    "training.report_to": (f"{TRAINING}/report_to", report_to),
-    "training.reference_storage": (f"{TRAINING}/reference_storage", reference_storage),
-    "training.compile.mode": (f"{TRAINING}/compile/properties/mode", compile_modes),
+    "training.lr_schedule": (
+        f"{TRAINING}/lr_schedule",
+        code_table("dspo.training.optimisation", "LR_SCHEDULES"),
+    ),
+    "training.optimizer": (
+        f"{TRAINING}/optimizer",
+        code_table("dspo.training.optimisation", "OPTIMIZERS"),
+    ),
+    "training.mixed_precision": (
+        f"{TRAINING}/mixed_precision",
+        code_table("dspo.training.optimisation", "MIXED_PRECISIONS"),
+    ),
+    "training.report_to": (
+        f"{TRAINING}/report_to",
+        code_table("dspo.training.tracking", "REPORT_TO"),
+    ),
+    "training.reference_storage": (
+        f"{TRAINING}/reference_storage",
+        code_table("dspo.training.settings", "REFERENCE_STORAGE"),
+    ),
+    "training.compile.mode": (
+        f"{TRAINING}/compile/properties/mode",
+        code_table("dspo.training.settings", "COMPILE_MODES"),
+    ),
     "training.family_settings.timesteps.weighting": (
         f"{TRAINING}/family_settings/properties/timesteps/properties/weighting",
-        flow_weightings,
+        code_table("dspo.families.flow", "WEIGHTINGS"),
     ),
-    "base_model.build": ("/properties/base_model/properties/build", base_model_builds),
+    "base_model.build": (
+        "/properties/base_model/properties/build",
+        code_table("dspo.config.check", "BASE_MODEL_BUILDS"),
+    ),
     "base_model.dtype": ("/properties/base_model/properties/dtype", dtypes),
     "cache.dtype": ("/properties/cache/properties/dtype", dtypes),
-    "cache.crop": ("/properties/cache/properties/crop", crops),
+    "cache.crop": ("/properties/cache/properties/crop", code_table("dspo.data.cache", "CROPS")),
     "methods.*.objective": (f"{METHOD}/objective", objectives),
     "methods.*.data": (f"{METHOD}/data", snakefile_datasets),
-    "methods.*.round_reference": (f"{METHOD}/round_reference", round_references),
-    "pairs.source.rule": ("/$defs/generated_source/properties/rule", pairing_rules),
-    "ddspo.degrader.kind": ("/properties/ddspo/properties/degrader/properties/kind", degraders),
-    "ddspo.degrader.dtype": (f"{DEGRADER}/dtype", llm_degrader_dtypes),
-    "ddspo.degrader.fallback": (f"{DEGRADER}/fallback", llm_degrader_fallbacks),
+    "methods.*.round_reference": (
+        f"{METHOD}/round_reference",
+        code_table("dspo.config.experiments", "ROUND_REFERENCES"),
+    ),
+    "pairs.source.rule": (
+        "/$defs/generated_source/properties/rule",
+        code_table("dspo.data.generated_config", "RULES"),
+    ),
+    "ddspo.degrader.kind": (
+        "/properties/ddspo/properties/degrader/properties/kind",
+        code_table("dspo.data.ddspo", "DEGRADERS"),
+    ),
+    "ddspo.degrader.dtype": (f"{DEGRADER}/dtype", code_table("dspo.data.llm_degrader", "DTYPES")),
+    "ddspo.degrader.fallback": (
+        f"{DEGRADER}/fallback",
+        code_table("dspo.data.degraded_prompts", "FALLBACKS"),
+    ),
     "evaluation.scheduler": (f"{EVALUATION}/scheduler", sampling_schedulers),
-    "evaluation.rewards.*.kind": (f"{REWARD}/kind", reward_kinds),
+    "evaluation.rewards.*.kind": (f"{REWARD}/kind", code_table("dspo.rewards", "LOADERS")),
     "evaluation.rewards.*.part": (f"{REWARD}/part", toy_oracle_parts),
-    "evaluation.rewards.*.version": (f"{REWARD}/version", hpsv2_versions),
+    "evaluation.rewards.*.version": (
+        f"{REWARD}/version",
+        code_table("dspo.rewards.hub_defaults", "HPSV2_CHECKPOINTS"),
+    ),
     "evaluation.rewards.*.dtype": (f"{REWARD}/dtype", dtypes),
     "evaluation.attribute_binding.scorer.kind": (f"{BINDING}/kind", binding_kinds),
     "evaluation.attribute_binding.scorer.dtype": (f"{BINDING}/dtype", dtypes),
-    "evaluation.quality.classifier": (f"{EVALUATION}/quality/properties/classifier", classifiers),
+    "evaluation.quality.classifier": (
+        f"{EVALUATION}/quality/properties/classifier",
+        code_table("dspo.evaluation.quality", "CLASSIFIERS"),
+    ),
     "evaluation.tables.*.paper": (
         f"{EVALUATION}/tables/additionalProperties/properties/paper",
         paper_tables,

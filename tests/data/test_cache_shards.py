@@ -23,7 +23,8 @@ from dspo.data.cache import (
     load_cache,
     plan_parts,
 )
-from dspo.data.pairs import prompt_id_of, read_pair_rows, read_pair_texts, write_pairs
+from dspo.data.pair_table import read_pair_rows, read_pair_texts, write_pairs
+from dspo.data.pairs import prompt_id_of
 
 # The check is 10,000 pairs (1.5 minutes on 2 busy cores, too slow for the suite):
 #   DSPO_SHARD_TEST_PAIRS=10000 python -m pytest tests/data/test_cache_shards.py -k four_shards

@@ -17,7 +17,7 @@ from dspo.data.ddspo import (
     make_ddspo_part,
     part_batches,
 )
-from dspo.data.pairs import read_pairs
+from dspo.data.pair_table import read_pairs
 
 PROMPT = "a large red circle at the left on a white background"
 

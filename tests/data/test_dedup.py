@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dspo.data import pair_table as T
 from dspo.data import pairs as P
 from dspo.data.dedup import (
     caption_text,
@@ -97,7 +98,7 @@ def test_binary_caption_column_as_stored_in_parquet(tmp_path):
     settings = P.PairSettings(source={"kind": "parquet", "path": str(source.parent)})
     P.normalise_part(settings, 0, 1, tmp_path / "part0")
     stats = P.gather_pairs([tmp_path / "part0"], tmp_path / "pairs.parquet")
-    assert list(P.read_pairs(tmp_path / "pairs.parquet")["caption"]) == ["a cat"]
+    assert list(T.read_pairs(tmp_path / "pairs.parquet")["caption"]) == ["a cat"]
     assert (stats["caption_unreadable"], stats["caption_missing"]) == (1, 1)
 
 
@@ -201,7 +202,7 @@ def test_training_captions_matching_an_evaluation_prompt_are_dropped(tmp_path):
     P.normalise_part(settings, 0, 1, tmp_path / "part0", exclude)
     report = tmp_path / "pairs_report.json"
     stats = P.gather_pairs([tmp_path / "part0"], tmp_path / "pairs.parquet", report)
-    assert list(P.read_pairs(tmp_path / "pairs.parquet")["caption"]) == ["a blue ball and a dog"]
+    assert list(T.read_pairs(tmp_path / "pairs.parquet")["caption"]) == ["a blue ball and a dog"]
     assert stats["eval_prompt"] == 3
     assert json.loads(report.read_text()) == {"counts": stats, "evaluation_prompts": 3}
 

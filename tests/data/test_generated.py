@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dspo.data.generated import form_pairs, label_part, make_images_part
+from dspo.data.generated import chunk_folder, chunk_key, form_pairs, label_part, make_images_part
 from dspo.data.generated_config import generated_problems, generated_settings, label_weights
 from dspo.data.pairs import prompt_id_of
 from dspo.data.sources import REQUIRED_COLUMNS
@@ -116,6 +116,69 @@ def test_labelling_refuses_an_image_that_is_not_the_manifests(tmp_path: Path) ->
         label_part(manifest, {"alignment": ALIGNMENT}, {"weights": {"alignment": 1.0},
                    "rule": "margin", "margin": 0.0}, tmp_path / "out.parquet")  # fmt: skip
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_labelling_killed_after_a_chunk_resumes_with_the_chunks_it_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dspo.rewards
+
+    manifest = _keyed_images(tmp_path / "images", k=3)
+    settings = {"weights": {"alignment": 1.0}, "rule": "margin", "margin": 0.0}
+    rewards = {"alignment": ALIGNMENT}
+    whole = tmp_path / "whole.parquet"
+    label_part(manifest, rewards, settings, whole, prompts_per_chunk=1)
+
+    scored: list[int] = []
+    real = dspo.rewards.score_manifest
+
+    def killed_after_one(chunk: pd.DataFrame, *args: object, **kwargs: object) -> pd.DataFrame:
+        if scored:
+            raise KeyboardInterrupt  # the job is cut during its second chunk
+        scored.append(len(chunk))
+        return real(chunk, *args, **kwargs)
+
+    out = tmp_path / "labels" / "part0.parquet"
+    monkeypatch.setattr(dspo.rewards, "score_manifest", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        label_part(manifest, rewards, settings, out, prompts_per_chunk=1)
+    assert not out.exists() and len(list(chunk_folder(out).glob("chunk*.parquet"))) == 1
+
+    calls: list[int] = []
+
+    def counted(chunk: pd.DataFrame, *args: object, **kwargs: object) -> pd.DataFrame:
+        calls.append(len(chunk))
+        return real(chunk, *args, **kwargs)
+
+    monkeypatch.setattr(dspo.rewards, "score_manifest", counted)
+    counts = label_part(manifest, rewards, settings, out, prompts_per_chunk=1)
+    # The first prompt's chunk is read back; the other two are scored.
+    assert counts["chunks_resumed"] == 1 and calls == [3, 3]
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(whole))
+    assert not chunk_folder(out).exists()
+
+
+def test_a_changed_labelling_reward_does_not_reuse_a_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _keyed_images(tmp_path / "images", k=2)
+    out = tmp_path / "labels" / "part0.parquet"
+    aligned = {"weights": {"alignment": 1.0}, "rule": "margin", "margin": 0.0}
+    # A chunk left by a killed run that labelled with the alignment part ...
+    chunk = pd.read_parquet(manifest)
+    stale = (
+        chunk_folder(out)
+        / f"chunk00000-{chunk_key(chunk, {'alignment': ALIGNMENT}, aligned)}.parquet"
+    )
+    label_part(manifest, {"alignment": ALIGNMENT}, aligned, tmp_path / "a.parquet")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes((tmp_path / "a.parquet").read_bytes())
+    # ... is not read by a run that labels with the aesthetics part.
+    pretty = {"weights": {"aesthetic": 1.0}, "rule": "margin", "margin": 0.0}
+    counts = label_part(manifest, {"aesthetic": AESTHETIC}, pretty, out)
+    assert counts["chunks_resumed"] == 0
+    label_part(manifest, {"aesthetic": AESTHETIC}, pretty, tmp_path / "b.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(tmp_path / "b.parquet"))
 
 
 def _settings(shards: int = 1) -> dict:

@@ -21,7 +21,7 @@ import pytest
 
 from dspo.cli.commands import main as dspo_main
 from dspo.data.image_refs import IMAGE_COLUMNS, REF_COLUMNS, image_bytes
-from dspo.data.pairs import read_pair_rows, read_pairs, write_pairs
+from dspo.data.pair_table import read_pair_rows, read_pairs, write_pairs
 from dspo.data.sources import load_source
 from dspo.toy.world import ToyWorldConfig, build_world
 from tests.data.test_pairs import RED, colour_of, jpeg, row, write_parquet

@@ -1,4 +1,4 @@
-"""Pick-a-Pic sources, scattered normalisation, nodup and the canonical table's parquet I/O."""
+"""Pick-a-Pic sources, scattered normalisation and nodup."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import pytest
 from PIL import Image
 
 from dspo.data import nodup as N
+from dspo.data import pair_table as T
 from dspo.data import pairs as P
 from dspo.data import sources as S
 from dspo.data.dedup import caption_group, normalise_caption
+from dspo.data.screening import image_is_readable
 from dspo.data.tar_source import KEY
 
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
@@ -87,36 +89,7 @@ def normalise(df: pd.DataFrame, **settings) -> tuple[pd.DataFrame, dict[str, int
         config = P.PairSettings(source={"kind": "parquet", "path": str(source)}, **settings)
         P.normalise_part(config, 0, 1, Path(tmp) / "part0")
         stats = P.gather_pairs([Path(tmp) / "part0"], Path(tmp) / "pairs.parquet")
-        return P.read_pairs(Path(tmp) / "pairs.parquet"), stats
-
-
-@pytest.fixture
-def raw() -> pd.DataFrame:
-    return pd.DataFrame(mixed_rows())
-
-
-# --- image check ---------------------------------------------------------------------------
-
-
-def test_truncated_jpeg_passes_verify_but_fails_the_check():
-    data = jpeg(GREEN, size=128)
-    cut = data[: len(data) // 2]
-    Image.open(io.BytesIO(cut)).verify()  # header-only check: does not notice
-    assert P.image_is_readable(data)
-    assert not P.image_is_readable(cut)
-    assert not P.image_is_readable(b"garbage")
-    assert not P.image_is_readable(None)
-
-
-def test_check_ignores_global_load_truncated_images(monkeypatch):
-    from PIL import ImageFile
-
-    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
-    cut = jpeg(GREEN, size=128)[:2000]
-    df = pd.DataFrame([row("x", jpeg(RED), cut, 1.0, 0.0), row("y", jpeg(RED), jpeg(BLUE), 1, 0)])
-    _, stats = normalise(df)
-    assert stats["unreadable"] == 1
-    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored afterwards
+        return T.read_pairs(Path(tmp) / "pairs.parquet"), stats
 
 
 # --- load_source ---------------------------------------------------------------------------
@@ -366,7 +339,7 @@ def test_normalise_puts_winner_first_and_counts_every_drop(raw):
         "unreadable": 3,
         "not_sampled": 0,
     }
-    assert list(pairs.columns) == list(P.CANONICAL_COLUMNS)
+    assert list(pairs.columns) == list(T.CANONICAL_COLUMNS)
     assert list(pairs["pair_id"]) == [0, 1, 2]
     assert list(pairs["source_row"]) == [0, 1, 9]
     assert list(pairs["caption"]) == ["a cat", "a dog", "a cat"]
@@ -384,13 +357,6 @@ def test_keep_ties_keeps_order_and_half_label(raw):
     assert tie["label_w"] == 0.5 and tie["source_row"] == 2
     assert colour_of(tie["jpg_w"]) == BLUE  # jpg_0 stays first
     assert colour_of(tie["jpg_l"]) == RED
-
-
-def test_identical_bytes_count_as_identical_without_flag(raw):
-    red = jpeg(RED)
-    df = pd.DataFrame([row("x", red, red, 1.0, 0.0)]).drop(columns=["are_different"])
-    with pytest.raises(ValueError, match="identical=1"):
-        normalise(df)
 
 
 def test_nothing_left_reports_why(raw):
@@ -462,13 +428,13 @@ def test_nodup_parts_copy_the_chosen_pairs_row_group_by_row_group(tmp_path, monk
     rows = [row(spellings[i % 4], jpeg(RED, 16 + 4 * i), blue, 1.0, 0.0) for i in range(8)]
     rows += [row("other", red, blue, 1.0, 0.0), row("third", blue, red, 0.0, 1.0)]
     pairs, _ = normalise(pd.DataFrame(rows))
-    monkeypatch.setattr(P, "ROW_GROUP_PAIRS", 3)  # 4 groups, some without a kept pair
-    P.write_pairs(pairs, tmp_path / "pairs.parquet")
+    monkeypatch.setattr(T, "ROW_GROUP_PAIRS", 3)  # 4 groups, some without a kept pair
+    T.write_pairs(pairs, tmp_path / "pairs.parquet")
     dirs = [tmp_path / "parts" / str(k) for k in range(parts)]
     for k, folder in enumerate(dirs):
         N.nodup_part(tmp_path / "pairs.parquet", k, parts, 4, folder)
     stats = N.gather_nodup(dirs, tmp_path / "nodup.parquet")
-    nodup = P.read_pairs(tmp_path / "nodup.parquet")
+    nodup = T.read_pairs(tmp_path / "nodup.parquet")
     assert stats == {"input": 10, "kept": 3, "prompts": 3, "captions": 6}
     assert list(nodup["pair_id"]) == [0, 1, 2]
     assert sorted(normalise_caption(c) for c in nodup["caption"]) == [
@@ -530,7 +496,7 @@ def test_any_number_of_parts_gives_the_same_table(tmp_path, max_pairs, seed):
         assert run_parts(settings, parts, tmp_path) == (one, stats)
     dropped = sum(n for k, n in stats.items() if k not in ("input", "kept"))
     assert stats["input"] == 43 == stats["kept"] + dropped
-    table = P.read_pairs(tmp_path / "pairs1.parquet")
+    table = T.read_pairs(tmp_path / "pairs1.parquet")
     assert list(table["pair_id"]) == list(range(len(table)))
     assert list(table["source_row"]) == sorted(table["source_row"])
     if max_pairs is None:
@@ -542,7 +508,7 @@ def test_max_pairs_takes_the_readable_pairs_with_the_smallest_keys(tmp_path):
     source = scatter_source(tmp_path)
     settings = P.PairSettings(source=source, max_pairs=5, seed=3)
     _, stats = run_parts(settings, 3, tmp_path)
-    table = P.read_pairs(tmp_path / "pairs3.parquet")
+    table = T.read_pairs(tmp_path / "pairs3.parquet")
     # Brute force over the whole source: every readable candidate with its key.
     whole = S.load_source(source)
     readable, unreadable = [], []
@@ -554,7 +520,7 @@ def test_max_pairs_takes_the_readable_pairs_with_the_smallest_keys(tmp_path):
             good = whole.iloc[offset + r]
             if good["label_0"] == good["label_1"] or not good["has_label"]:
                 continue  # ties (dropped), unlabelled, invalid and identical rows
-            ok = P.image_is_readable(good["jpg_0"]) and P.image_is_readable(good["jpg_1"])
+            ok = image_is_readable(good["jpg_0"]) and image_is_readable(good["jpg_1"])
             (readable if ok else unreadable).append((keys[r], offset + r))
         offset += len(df)
     chosen = sorted(readable)[:5]
@@ -603,70 +569,3 @@ def test_a_failed_part_leaves_no_part_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         P.normalise_part(P.PairSettings(source=source), 0, 2, tmp_path / "part0")
     assert not (tmp_path / "part0").exists() and not (tmp_path / ".part0.tmp").exists()
-
-
-# --- write_pairs / read_pairs --------------------------------------------------------------
-
-
-def test_write_read_roundtrip_leaves_no_temp_files(raw, tmp_path):
-    pairs, _ = normalise(raw)
-    out = tmp_path / "sub" / "pairs.parquet"
-    P.write_pairs(pairs, out)
-    P.write_pairs(pairs, out)  # overwriting is fine too
-    assert os.listdir(out.parent) == ["pairs.parquet"]
-    back = P.read_pairs(out)
-    pd.testing.assert_frame_equal(back, pairs)
-
-
-def test_failed_write_leaves_old_file_and_no_temp(raw, tmp_path, monkeypatch):
-    pairs, _ = normalise(raw)
-    out = tmp_path / "pairs.parquet"
-    P.write_pairs(pairs.iloc[:1], out)
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("killed mid-write")
-
-    monkeypatch.setattr(P.pq.ParquetWriter, "write_table", boom)
-    with pytest.raises(RuntimeError):
-        P.write_pairs(pairs, out)
-    assert os.listdir(tmp_path) == ["pairs.parquet"]
-    monkeypatch.undo()
-    assert len(P.read_pairs(out)) == 1
-
-
-def test_read_pair_rows_reads_a_slice(tmp_path, monkeypatch):
-    red, blue = jpeg(RED), jpeg(BLUE)
-    pairs, _ = normalise(pd.DataFrame([row(f"p{i}", red, blue, 1, 0) for i in range(10)]))
-    monkeypatch.setattr(P, "ROW_GROUP_PAIRS", 3)
-    out = tmp_path / "pairs.parquet"
-    P.write_pairs(pairs, out)
-    assert P.pq.ParquetFile(out).num_row_groups == 4
-    for start, stop in [(0, 3), (2, 8), (9, 10)]:
-        part = P.read_pair_rows(out, start, stop).reset_index(drop=True)
-        pd.testing.assert_frame_equal(part, pairs.iloc[start:stop].reset_index(drop=True))
-    assert list(P.read_pair_texts(out)["caption"]) == [f"p{i}" for i in range(10)]
-    with pytest.raises(ValueError, match="beyond its 10 rows"):
-        P.read_pair_rows(out, 10, 12)
-
-
-def test_read_and_write_check_canonical_columns(raw, tmp_path):
-    pairs, _ = normalise(raw)
-    bad = tmp_path / "bad.parquet"
-    pairs.drop(columns=["jpg_l"]).to_parquet(bad, index=False)
-    with pytest.raises(ValueError) as err:
-        P.read_pairs(bad)
-    assert str(bad) in str(err.value) and "'jpg_l'" in str(err.value)
-    with pytest.raises(ValueError, match="'prompt_id'"):
-        P.write_pairs(pairs.drop(columns=["prompt_id"]), tmp_path / "x.parquet")
-
-
-def test_missing_flags_do_not_drop_rows():
-    red, blue = jpeg(RED), jpeg(BLUE)
-    df = pd.DataFrame(
-        [
-            row("a", red, blue, 1.0, 0.0, has_label=None, are_different=None),
-            row("b", blue, red, 0.0, 1.0, has_label=True, are_different=True),
-        ]
-    )
-    pairs, stats = normalise(df.drop(columns=["ranking_id"]))
-    assert stats["kept"] == 2 and stats["unlabelled"] == stats["identical"] == 0

@@ -32,7 +32,7 @@ from dspo.cli.commands import main as dspo_main
 from dspo.config.check import config_problems
 from dspo.data import prompts
 from dspo.data import sources as S
-from dspo.data.pairs import read_pairs
+from dspo.data.pair_table import read_pairs
 from dspo.data.split_files import split_patterns
 from dspo.standins.data import pickapic_rows
 from tests.data.test_pairs import BLUE, RED, colour_of, jpeg

@@ -45,9 +45,14 @@ def _win_rates(path: Path) -> Path:
     return path
 
 
-def _benchmark(path: Path, seconds: float) -> Path:
+def _benchmark(path: Path, seconds: float, cpu: float | None = None) -> Path:
+    """A Snakemake benchmark file; with ``cpu``, its columns as Snakemake 9 writes them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:01\t100\n")
+    if cpu is None:
+        path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:01\t100\n")
+    else:
+        header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
+        path.write_text(f"{header}\n{seconds}\t0:00:01\t100\t1\t1\t1\t0\t0\t90.0\t{cpu}\n")
     return path
 
 
@@ -124,6 +129,32 @@ def test_block_replacement_needs_exactly_one_block() -> None:
     assert replace_block(text, f"{START}\nnew\n{END}\n") == f"intro\n{START}\nnew\n{END}\nrest\n"
     with pytest.raises(ValueError, match="exactly one results block"):
         replace_block("no block here", "x")
+
+
+def test_stage_times_add_each_stages_cpu_time_where_snakemake_wrote_it(tmp_path: Path) -> None:
+    bench = [
+        _benchmark(tmp_path / "train" / "dspo.tsv", 60.0, cpu=50.25),
+        _benchmark(tmp_path / "train" / "sft.tsv", 30.0, cpu=20.0),
+        _benchmark(tmp_path / "score" / "base.tsv", 10.0, cpu=4.0),
+    ]
+    stages = stage_times(bench)
+    assert stages["train"] == {"jobs": 2, "seconds": 90.0, "longest": 60.0, "cpu_seconds": 70.2}
+    line = render_block({**_bare_summary(), "stages": stages})
+    assert "(1.7 and 1.2 min in all;" in line
+    assert "train 90 s (CPU 70 s, 2 jobs), score 10 s (CPU 4 s, 1 job)." in line
+    # A stage without CPU times (an older Snakemake's files): wall times only, for every stage.
+    stages["score"].pop("cpu_seconds")
+    assert "train 90 s (2 jobs), score 10 s (1 job)." in render_block(
+        {**_bare_summary(), "stages": stages}
+    )
+
+
+def _bare_summary() -> dict:
+    machine = {"cpu": "x", "cores": 2, "torch": "t", "dspo": "d", "source_key": "k"}
+    cell = {"prompt_set": "heldout", "guidance": 2.0, "win_rate": 0.5, "ci_low": 0.4,
+            "ci_high": 0.6, "n_replicates": 1}  # fmt: skip
+    return {"preset": "toy", "method": "dspo", "reward": "oracle", "labels": {},
+            "headline": [cell], "machine": machine, "stages": {}, "wall_seconds": None}  # fmt: skip
 
 
 def test_stage_times_refuses_other_files(tmp_path: Path) -> None:

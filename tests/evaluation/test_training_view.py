@@ -13,10 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import dspo.training.train as train_module
 from dspo.evaluation.training_view import plot_training_view, shown_steps
 from dspo.training.tracking import flat_config
-from tests.training.test_train import DSPO, run, unet_weights
+from tests.training.test_train import DSPO, interrupted, run, unet_weights
 
 VALIDATION = {
     "validate_every": 2,
@@ -167,22 +166,10 @@ def test_resume_rebuilds_the_reference_and_keeps_earlier_images(
     cfg = {**DSPO, **VALIDATION, "validate_every": 1, "lora": lora}
     run(cfg, cache_dir, tiny_model, tmp_path / "straight")
 
-    real = train_module.micro_batch
-    calls = {"n": 0}
-
-    def dies_in_step_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 4:  # 2 micro-steps per step
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "micro_batch", dies_in_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, cache_dir, tiny_model, tmp_path / "killed")
+    interrupted(cfg, cache_dir, tiny_model, tmp_path / "killed", monkeypatch, step=3)
     folder = tmp_path / "killed/run/validation"
     before = {p.name: p.read_bytes() for p in folder.glob("*.png")}
     assert sorted(before) == ["step_000001.png", "step_000002.png"]
-    monkeypatch.setattr(train_module, "micro_batch", real)
     assert run(cfg, cache_dir, tiny_model, tmp_path / "killed")["resumed_from"] == 2
 
     index = json.loads((folder / "index.json").read_text())

@@ -40,19 +40,11 @@ from dspo.families.sd import SDFamily, encode_text
 from dspo.families.sd3 import SD3Family
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.objectives import OBJECTIVES, objective_kwargs
-from tests.conftest import WORDS
+from tests.conftest import TINY_ARCHITECTURE, WORDS
 from tests.families.three_tensors import ThreeTensorFamily, register
 
 TINY_VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
-    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
-    "block_out_channels": [16, 32],
-    "latent_channels": 4,
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "sample_size": 16,
+    **TINY_ARCHITECTURE["vae"],
     # SD3 and FLUX latents are shifted before scaling; nonzero so the shift is exercised.
     "shift_factor": 0.1,
     "scaling_factor": 1.5,

@@ -21,7 +21,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import dspo.training.train as train_module
 from dspo.core.content import file_sha256, write_content_record
 from dspo.data.cache import build_cache, load_cache
 from dspo.families import build_pipeline
@@ -29,7 +28,7 @@ from dspo.training.guards import DivergenceError, StopSignals
 from dspo.training.preference import step_rows
 from tests.conftest import TINY_ARCHITECTURE, WORDS
 from tests.conftest import edit_source as edit
-from tests.training.test_train import BASE_CONFIG, DSPO, run, unet_weights
+from tests.training.test_train import BASE_CONFIG, DSPO, interrupted, run, unet_weights
 
 SHARD = "latents-00000.safetensors"
 
@@ -64,26 +63,6 @@ def world(tiny_pairs: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("faults")
     base = base_model(root / "base", seed=0)
     return {"base": base, "cache": make_cache(tiny_pairs, base, root / "cache")}
-
-
-def interrupted(
-    cfg: dict, cache: Path, base: Path, root: Path, monkeypatch: pytest.MonkeyPatch, step: int
-) -> None:
-    """A run killed during ``step`` (2 micro-steps a step), leaving its checkpoints."""
-    real = train_module.micro_batch
-    calls = {"n": 0}
-
-    def dies(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 2 * (step - 1):
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "micro_batch", dies)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, cache, base, root)
-    monkeypatch.setattr(train_module, "micro_batch", real)
-    assert not (root / "model").exists()
 
 
 # --- Resume only the same run ------------------------------------------------------------

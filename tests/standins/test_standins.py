@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dspo.data.pairs import PairSettings, gather_pairs, normalise_part, read_pairs
+from dspo.data.pair_table import read_pairs
+from dspo.data.pairs import PairSettings, gather_pairs, normalise_part
 from dspo.data.prompts import load_editing_set, load_prompt_set
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.rewards import load_reward

@@ -20,8 +20,7 @@ from diffusers import UNet2DConditionModel
 from dspo.data.cache import build_cache
 from dspo.training.launch import Topology, free_port, port_of_job, slurm_topology, worker_env
 from dspo.training.policy import use_tf32
-from dspo.training.train import train
-from tests.training.test_train import BASE_CONFIG, DSPO, SCHEDULE
+from tests.training.test_train import BASE_CONFIG, DSPO, SCHEDULE, run
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH = [sys.executable, "-m", "dspo.training.launch"]
@@ -162,24 +161,12 @@ def record(root: Path) -> dict:
 def test_wall_clock_checkpoints(cache_dir: Path, tiny_model: Path, tmp_path: Path) -> None:
     # A minute's hundred-millionth: due at every step boundary, with no step-based ones.
     cfg = {**CONFIG, "checkpoint_every_minutes": 1e-8}
-    summary = train(
-        cfg,
-        cache_dir=cache_dir,
-        base_model=str(tiny_model),
-        out_dir=tmp_path / "model",
-        run_dir=tmp_path / "run",
-    )
+    summary = run(cfg, cache_dir, tiny_model, tmp_path)
     saved = sorted(p.name for p in (tmp_path / "run/checkpoints").glob("step-*"))
     assert saved == ["step-000002", "step-000003"]  # the newest 2 of steps 1-3; 4 is the model
     assert summary["tf32"] is False  # asked for (absent: on), but no such GPU here
     # Unset, only the step-based checkpoints are written (here none).
-    train(
-        CONFIG,
-        cache_dir=cache_dir,
-        base_model=str(tiny_model),
-        out_dir=tmp_path / "plain/model",
-        run_dir=tmp_path / "plain/run",
-    )
+    run(CONFIG, cache_dir, tiny_model, tmp_path / "plain")
     assert not list((tmp_path / "plain/run/checkpoints").glob("step-*"))
 
 
@@ -229,13 +216,7 @@ def test_two_nodes_train_like_one_process(
     """Two launchers on this machine as node ranks 0 and 1 (gloo, one process each, sharing
     the run folder as nodes share a file system) against one process: the same effective
     batch gives the same weights."""
-    train(
-        CONFIG,
-        cache_dir=cache_dir,
-        base_model=str(tiny_model),
-        out_dir=tmp_path / "one/model",
-        run_dir=tmp_path / "one/run",
-    )
+    run(CONFIG, cache_dir, tiny_model, tmp_path / "one")
     port = str(free_port())
     root = tmp_path / "two"
     logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]

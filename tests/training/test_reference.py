@@ -13,8 +13,7 @@ import torch
 import dspo.training.preference as preference
 from dspo.training.reference import PrecomputedReference, compute_part, gather, reference_parts
 from dspo.training.settings import TrainSettings
-from dspo.training.train import train
-from tests.training.test_train import BASE_CONFIG, assert_same_weights, unet_weights
+from tests.training.test_train import BASE_CONFIG, assert_same_weights, run, unet_weights
 
 # A full fine-tuning run (the online reference is a copy) with prompt dropout, so every kind
 # of batch randomness must be replayed exactly; 3 micro-batches per step.
@@ -42,14 +41,7 @@ def precompute(cfg: dict, cache: Path, base: Path, root: Path, parts: int, facto
 
 
 def trained(cfg: dict, cache: Path, base: Path, root: Path, reference: Path | None) -> Path:
-    train(
-        cfg,
-        cache_dir=cache,
-        base_model=str(base),
-        out_dir=root / "model",
-        run_dir=root / "run",
-        reference_dir=reference,
-    )
+    run(cfg, cache, base, root, reference_dir=reference)
     return root / "model"
 
 

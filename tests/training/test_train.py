@@ -65,14 +65,45 @@ def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> P
     return path
 
 
-def run(cfg: dict, cache_dir: Path, base: Path, root: Path) -> dict:
+def run(
+    cfg: dict, cache_dir: Path, base: Path, root: Path, reference_dir: Path | None = None
+) -> dict:
+    """`train` with BASE_CONFIG under `cfg`, writing ``root/model`` and ``root/run``."""
     return train(
         {**BASE_CONFIG, **cfg},
         cache_dir=cache_dir,
         base_model=str(base),
         out_dir=root / "model",
         run_dir=root / "run",
+        reference_dir=reference_dir,
     )
+
+
+def interrupted(
+    cfg: dict,
+    cache_dir: Path,
+    base: Path,
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: int,
+    micro_step: int = 1,
+) -> None:
+    """A run killed (KeyboardInterrupt) in micro-step `micro_step` of `step` (2 micro-steps a
+    step), leaving its checkpoints and no model; later runs draw their batches as usual."""
+    real = train_module.micro_batch
+    calls = {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2 * (step - 1) + micro_step - 1:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "micro_batch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, cache_dir, base, root)
+    monkeypatch.setattr(train_module, "micro_batch", real)
+    assert not (root / "model").exists()
 
 
 def unet_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -163,27 +194,14 @@ def test_killed_job_resumes_to_the_same_weights(
     cfg = {**DSPO, "lora": LORA, "lr": 1e-2} if lora else DSPO
     run(cfg, cache_dir, tiny_model, tmp_path / "straight")
 
-    real_make_batch = train_module.micro_batch
-    calls = {"n": 0}
-
-    def dies_in_step_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 5:  # 2 micro-steps per step: the 6th call belongs to step 3
-            raise KeyboardInterrupt("killed")
-        return real_make_batch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "micro_batch", dies_in_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, cache_dir, tiny_model, tmp_path / "killed")
+    interrupted(cfg, cache_dir, tiny_model, tmp_path / "killed", monkeypatch, step=3, micro_step=2)
     assert (tmp_path / "killed/run/checkpoints/step-000002/state.json").exists()
-    assert not (tmp_path / "killed/model").exists()
     # The checkpoint holds the policy only: the resumed run rebuilds the frozen reference.
     saved = load_file(tmp_path / "killed/run/checkpoints/step-000002/model.safetensors")
     assert saved and not any(key.startswith("reference") for key in saved)
     if lora:  # the frozen base is the reference too: only the adapters are kept
         assert all("lora_" in key for key in saved), sorted(saved)[:3]
 
-    monkeypatch.setattr(train_module, "micro_batch", real_make_batch)
     summary = run(cfg, cache_dir, tiny_model, tmp_path / "killed")
     assert summary["resumed_from"] == 2
     steps = [
@@ -529,24 +547,12 @@ def test_kept_steps_are_loadable_models_that_survive_a_resume(
     steps = tmp_path / "straight/run/steps"
     assert sorted(p.name for p in steps.iterdir()) == ["step-000001", "step-000003"]
 
-    real_make_batch = train_module.micro_batch
-    calls = {"n": 0}
-
-    def dies_in_step_three(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 5:  # 2 micro-steps per step: the 6th call belongs to step 3
-            raise KeyboardInterrupt("killed")
-        return real_make_batch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "micro_batch", dies_in_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, cache_dir, tiny_model, tmp_path / "killed")
+    interrupted(cfg, cache_dir, tiny_model, tmp_path / "killed", monkeypatch, step=3, micro_step=2)
     kept = tmp_path / "killed/run/steps"
     weights = kept / "step-000001/unet/diffusion_pytorch_model.safetensors"
     written = weights.stat().st_ino
     assert [p.name for p in kept.iterdir()] == ["step-000001"]
 
-    monkeypatch.setattr(train_module, "micro_batch", real_make_batch)
     assert run(cfg, cache_dir, tiny_model, tmp_path / "killed")["resumed_from"] == 2
     # Step 1 (before the checkpoint resumed) is the file written before the kill.
     assert weights.stat().st_ino == written

@@ -54,6 +54,9 @@ def test_two_rounds_run_end_to_end(ai_feedback_run: Path) -> None:
     assert 'base_model: "results/models/dspo"' in card
     wins = pd.read_csv(run / "results/tables/win_rates.csv")
     assert {"dspo", "dspo@round2", "diffusion_dpo", "diffusion_dpo@round2"} <= set(wins["method"])
+    # Each later round is a row of the attribute-binding table too, as of every other table.
+    binding = pd.read_csv(run / "results/tables/attribute_binding.csv")
+    assert {"dspo@round2", "diffusion_dpo@round2"} <= set(binding["model"])
     table = (run / "results/tables/ai_feedback.md").read_text()
     assert "| DSPO round 2 |" in table
     # The labelling reward is named in every table, with the rewards held out from it.

@@ -110,6 +110,18 @@ def test_the_80gb_preset_trains_sd15_without_checkpointing(tmp_path: Path) -> No
     assert all('"local_pairs": 8' in line for line in train)
 
 
+def test_the_ddspo_table_reads_the_binding_table_unless_binding_is_off(tmp_path: Path) -> None:
+    def tables_command(*configs: str) -> str:
+        args = ["-n", "all", "--printshellcmds", "--configfile", str(SMOKE), *configs]
+        lines = snakemake(*args, cwd=tmp_path).stdout.splitlines()
+        return next(line for line in lines if "dspo tables " in line)
+
+    assert "--binding results/tables/attribute_binding.csv >" in tables_command()
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump({"evaluation": {"attribute_binding": None}}))
+    assert "--binding" not in tables_command(str(off))
+
+
 def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     methods = [
         m
@@ -141,6 +153,13 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     pickv2 = ddspo[ddspo["prompt_set"] == "pickv2"]
     assert pickv2["model"].tolist()[:3] == ["base", "diffusion_dpo", "ddspo"] and len(pickv2) == 11
     assert pickv2["inception_score"].notna().all() and "oracle_win_rate" in ddspo.columns
+    # Beside them, each model's mean B-VQA with its interval: the attribute-binding table's
+    # (to the 6 decimals of the ddspo table's CSV).
+    shown = pickv2.merge(binding, on=["guidance", "model"])
+    assert len(shown) == len(binding)
+    for column, source in [("color_bvqa", "mean"), ("color_bvqa_ci_high", "ci_high")]:
+        assert np.allclose(shown[column], shown[source], rtol=0, atol=1e-6), column
+    assert "| Colour binding B-VQA | IS |" in (smoke_run / "results/tables/ddspo.md").read_text()
     for produced in (
         "results/plots/win_rates.png",
         "results/plots/grid_pickv2.png",
