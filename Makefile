@@ -6,7 +6,7 @@ CORES ?= all
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast test-unit lint clean rehearse gpu-check reward-parity config-doc watch readme-results
+.PHONY: run test test-fast test-unit lint clean rehearse gpu-check reward-parity config-doc watch readme-results readme-ai-feedback
 
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
@@ -65,6 +65,14 @@ readme-results: $(VENV)/.installed
 	if [ "$(SUMMARY)" != docs/run_summary.json ]; then cp "$(SUMMARY)" docs/run_summary.json; fi
 	dspo readme-results --input docs/run_summary.json --out README.md \
 		$(if $(RERUN),--rerun "$(RERUN)" --rerun-label "$(RERUN_LABEL)")
+
+# After a run of config/presets/ai-feedback.yaml: keep its summary as
+# docs/ai_feedback_summary.json and rewrite the README's AI-feedback block from it
+# (tests/evaluation/test_rounds.py checks that the two agree).
+AI_FEEDBACK_SUMMARY ?= results/summary.json
+readme-ai-feedback: $(VENV)/.installed
+	if [ "$(AI_FEEDBACK_SUMMARY)" != docs/ai_feedback_summary.json ]; then cp "$(AI_FEEDBACK_SUMMARY)" docs/ai_feedback_summary.json; fi
+	dspo readme-results --rounds --input docs/ai_feedback_summary.json --out README.md
 
 # config/README.md from the schema's descriptions and the default config.
 config-doc: $(VENV)/.installed
