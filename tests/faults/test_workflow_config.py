@@ -123,7 +123,7 @@ FIXED_FAULTS = {
         },
         "evaluation.rewards.oracle.checkpoint",
     ),
-    "device with a command": ({"resources": {"device": "cpu; touch x"}}, "['resources']['device']"),
+    "device with a command": ({"resources": {"device": "cpu; touch x"}}, "resources.device: "),
 }
 
 
