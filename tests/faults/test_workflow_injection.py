@@ -147,7 +147,7 @@ def test_hostile_device_is_refused_before_any_job(tmp_path: Path) -> None:
             cwd=tmp_path,
             check=False,
         )
-        assert result.returncode != 0 and "['resources']['device']" in result.stdout
+        assert result.returncode != 0 and "resources.device: " in result.stdout
         assert not (tmp_path / MARK).exists() and not (tmp_path / "results").exists()
 
 
