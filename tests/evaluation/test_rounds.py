@@ -76,3 +76,23 @@ def test_a_summary_without_rounds_or_a_readme_without_markers_is_refused(tmp_pat
         write_readme({"preset": "x", "rounds": rounds}, readme)
     with pytest.raises(ValueError, match="no dspo@round3 against"):
         rounds_summary(_head_to_head(), {"dspo": ["dspo", "dspo@round3"]}, "oracle", [])
+
+
+def test_readme_ai_feedback_block_is_what_the_kept_summary_writes() -> None:
+    """The README's AI-feedback figures come from docs/ai_feedback_summary.json, a run of
+    config/presets/ai-feedback.yaml with its replicates (`make readme-ai-feedback`)."""
+    import json
+
+    from dspo.evaluation.rounds import render_block, replace_block
+
+    root = Path(__file__).resolve().parents[2]
+    summary = json.loads((root / "docs" / "ai_feedback_summary.json").read_text())
+    readme = (root / "README.md").read_text()
+    block = render_block(summary["rounds"], summary["preset"], summary.get("labels", {}))
+    assert replace_block(readme, block) == readme, (
+        "README.md's AI-feedback block differs from what `make readme-ai-feedback` writes for "
+        "docs/ai_feedback_summary.json"
+    )
+    assert summary["preset"] == "ai-feedback" and min(summary["rounds"]["replicates"]) >= 3
+    judged = {(c["model"], c["opponent"]) for c in summary["rounds"]["comparisons"]}
+    assert {("dspo@round2", "base"), ("dspo@round2", "dspo")} <= judged
