@@ -289,7 +289,7 @@ def validate_schema(config: dict[str, Any], schema: str | Path) -> None:
     """Snakemake's schema validation (which fills the schema's defaults into ``config``), its
     error raised as a `ConfigError` naming the key; some schema failures (a ``oneOf``) leave
     Snakemake as a bare jsonschema error with no key in its first line."""
-    from jsonschema.exceptions import ValidationError, best_match
+    from jsonschema.exceptions import ValidationError
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
@@ -300,11 +300,27 @@ def validate_schema(config: dict[str, Any], schema: str | Path) -> None:
         error = err if isinstance(err, ValidationError) else err.__context__
         if not isinstance(error, ValidationError):
             raise
-        # A oneOf/anyOf failure: the closest branch's error names the key at fault.
         if error.context:
-            error = best_match(error.context)
+            error = branch_error(error)
         key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         raise ConfigError(f"{key}: {error.message}") from None
+
+
+def branch_error(error: Any) -> Any:
+    """The error of a failed ``oneOf``/``anyOf`` that names the key at fault: where exactly one
+    branch accepts the entry's ``kind`` (the schema's unions are told apart by it), that
+    branch's most relevant error; otherwise jsonschema's best match over every branch."""
+    from jsonschema.exceptions import best_match
+
+    branches: dict[Any, list[Any]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    kinds = [
+        errs
+        for errs in branches.values()
+        if not any(list(e.relative_path)[:1] == ["kind"] for e in errs)
+    ]
+    return best_match(kinds[0] if len(kinds) == 1 else error.context)
 
 
 def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[str]:

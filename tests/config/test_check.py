@@ -42,3 +42,15 @@ def test_a_valid_config_gets_the_schemas_defaults() -> None:
     del config["pairs"]["drop_ties"]
     validate_schema(config, SCHEMA)
     assert config["pairs"]["drop_ties"] is True
+
+
+def test_a_oneof_failure_inside_the_branch_its_kind_chose_names_that_key() -> None:
+    # A generated source (its kind matches one branch only) whose prompt source is wrong:
+    # the error is the generated branch's, not the other branch's unexpected keys.
+    config = copy.deepcopy(DEFAULT)
+    config["pairs"]["source"] = {
+        "kind": "generated",
+        "prompts": {"kind": "toy", "split": None},
+        "label": {"reward": "alignment"},
+    }
+    assert error_of(config) == "pairs.source.prompts.split: None is not of type 'string'"
