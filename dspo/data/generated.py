@@ -213,7 +213,7 @@ def label_part(
                                     device=device)  # fmt: skip
             chunk = chunk.assign(label_score=label_scores(scored, weights))
             rows = _pair_rows(chunk, manifest_path.parent, settings["rule"], settings["margin"])
-            write_pairs(rows, done)
+            write_chunk(rows, done)
         files.append(done)
     tmp = out.with_name(f".{out.name}.tmp")
     with pq.ParquetWriter(tmp, PAIR_SCHEMA) as writer:
@@ -253,7 +253,7 @@ def chunk_key(
     )
 
 
-def write_pairs(rows: pd.DataFrame, path: Path) -> None:
+def write_chunk(rows: pd.DataFrame, path: Path) -> None:
     """A chunk's pair rows as a parquet file in :data:`PAIR_SCHEMA`, written atomically."""
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(rows, schema=PAIR_SCHEMA, preserve_index=False), buffer)
