@@ -2,170 +2,52 @@
 
 The config is read as the workflow reads it: ``config/config.yaml`` with each ``--configfile``
 deep-merged over it in order (Snakemake's merge: mappings merge key by key, anything else is
-replaced). Every figure is a product of counts from the config and sizes per item:
-
-- disk: the pair source (a local path is measured; otherwise rows x bytes per row of the
-  public copy), the pair tables (per pair its caption, ids and references to its images in
-  the source, :mod:`dspo.data.image_refs`; both JPEGs only for a streamed source, whose
-  images live nowhere else), the latent caches (channels x (resolution/8)^2 x dtype bytes per
-  image, plus every prompt tensor's elements x dtype per unique prompt), the training
-  checkpoints (the trainable weights with an fp32 master and the optimiser's moments: AdamW two
-  fp32 moments, Adafactor about none), the trained models (the whole pipeline in the base
-  dtype, or the LoRA adapters), the images (PNG bytes per pixel, a stated figure) and the
-  score rows.
-- compute: FLOPs per image counted by `dspo.bench.budget_count` (the project's flop counter on the
-  meta device; table ``dspo/resources/budget_flops.json``), scaled by pixels from the family's
-  native resolution: the cache's VAE encodes, training (per pair: forward + backward of the
-  policy on each image it trains on, a no-grad reference forward on each image when the
-  objective needs one, one forward more under gradient checkpointing), and sampling (steps x
-  2 with classifier-free guidance), and the Inception-v3 of the image-quality step (a counted
-  figure per image, prompt sets only). GPU-hours = FLOPs / (peak dense bf16 x utilisation).
+replaced). Every figure is a product of counts from the config (this module: pairs, prompts,
+runs, images) and sizes per item: the bytes each stage stores (:mod:`dspo.bench.budget_disk`)
+and the FLOPs it computes (:mod:`dspo.bench.budget_compute`). GPU-hours = FLOPs / (peak dense
+bf16 x utilisation).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dspo.bench.budget_compute import (
+    INCEPTION_FLOPS,
+    cfg_factor,
+    denoiser_flops,
+    train_flops_per_pair,
+)
+from dspo.bench.budget_disk import (
+    DTYPE_BYTES,
+    PAIR_TABLE_BYTES,
+    PICKAPIC_NO_TIES,
+    PICKAPIC_PROMPTS,
+    PICKAPIC_TRAIN_ROWS,
+    PNG_BYTES_PER_PIXEL,
+    SCORE_ROW_BYTES,
+    cache_bytes,
+    checkpoint_bytes,
+    checkpoints_held,
+    model_bytes,
+    model_shapes,
+    pair_row_bytes,
+    pickapic_copy,
+    source_bytes,
+    trainable_params,
+)
 from dspo.bench.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
 from dspo.config.experiments import method_config, released_models, trained_models
 from dspo.config.names import entries
-from dspo.objectives import get_objective
 
-FLOPS_TABLE = Path(__file__).parents[1] / "resources" / "budget_flops.json"
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-# PNG of a generated image, bytes per pixel: a stated figure (SD outputs at 512 px are
-# ~0.35-0.5 MB as 8-bit RGB PNG, about 1.5 bytes a pixel).
-PNG_BYTES_PER_PIXEL = 1.5
-SCORE_ROW_BYTES = 300  # one reward's score row in the tables (docs/cluster.md)
-# The FID Inception-v3 (evaluation.quality) per image, whatever its size (it resizes to
-# 299 px): counted with torch's FlopCounterMode on torch-fidelity's extractor.
-INCEPTION_FLOPS = 11.43e9
-CAPTION_BYTES = 150
-# A pair table's row beside its caption (measured, 2,000 pairs): four int64 ids, and the
-# images' references (tar member names in a webdataset); a table's footer adds about 3 kB.
-PAIR_REF_BYTES = {"parquet": 36, "webdataset": 49}
-PAIR_TABLE_BYTES = 3000
-# Per-pair metadata of a latent file: text_w, text_l, pair_id (int64) and original size and
-# crop of both images (int64 pairs), as `dspo.data.cache` writes them.
-CACHE_PAIR_META_BYTES = 3 * 8 + 4 * 2 * 8
-# Public Pick-a-Pic v2 copies: (bytes, rows). The webdataset copy holds train, validation and
-# test; the train split had 959,040 rows, 851,293 without ties, 58,960 unique prompts
-# (Diffusion-DPO paper, sec. 5).
-PICKAPIC = {
-    "webdataset": (560e9, 1_001_352),
-    "parquet": (335e9, 1_000_872),
-}
-# Hub copies by id; another hub id is taken as a parquet copy. A hub source downloads only
-# its split's files and reads them as they are (no second copy).
-PICKAPIC_HUB = {
-    "sayakpaul/pickapic_v2_webdataset": PICKAPIC["webdataset"],
-    "yuvalkirstain/pickapic_v2": PICKAPIC["parquet"],
-}
-PICKAPIC_TRAIN_ROWS, PICKAPIC_NO_TIES, PICKAPIC_PROMPTS = 959_040, 851_293, 58_960
 # The published prompt sets' sizes by a word of their id, path or split (no limit given):
 # Pick-a-Pic test_unique, PartiPrompts, the HPSv2 benchmark, InstructPix2Pix's 1000 samples.
 # T2I-CompBench: each of its colour, shape and texture validation files.
 PROMPT_SET_SIZES = {"test_unique": 500, "parti": 1632, "hps": 3200, "instructpix2pix": 1000}
 PROMPT_SET_SIZES["t2i-compbench"] = 300
 UNKNOWN_SET_SIZE = 1000
-# Known base models: family, latent channels, the shape of each prompt tensor of one prompt
-# by its name in the family's ``text_keys``, and the whole pipeline's parameters
-# (docs/cluster.md; the denoiser's are counted).
-KNOWN_MODELS: dict[str, dict[str, Any]] = {
-    "stable-diffusion-v1-5": dict(
-        family="sd", latent=4, text={"embeddings": (77, 768)}, params=1.066e9
-    ),
-    "stable-diffusion-xl-base-1.0": dict(
-        family="sdxl", latent=4, text={"embeddings": (77, 2048), "pooled": (1280,)}, params=3.5e9
-    ),
-    "stable-diffusion-3.5-medium": dict(
-        family="sd3", latent=16, text={"embeddings": (333, 4096), "pooled": (2048,)}, params=8.1e9
-    ),
-    "FLUX.1-dev": dict(
-        family="flux", latent=16, text={"embeddings": (512, 4096), "pooled": (768,)}, params=16.9e9
-    ),
-}
-# LoRA adapters on SD1.5's attention projections at rank 4: 0.8 M parameters; scaled by rank
-# and by the denoiser's size for other models and ranks (an approximation, stated).
-LORA_PARAMS_RANK4_SD15 = 0.8e6
-SD15_DENOISER = 859_520_964
-
-
-def _architecture_shapes(arch: Mapping[str, Any]) -> dict[str, Any]:
-    """Shapes of a model built from an architecture mapping (the toy base model)."""
-    return dict(
-        family=None,
-        latent=arch["vae"]["latent_channels"],
-        factor=2 ** (len(arch["vae"]["block_out_channels"]) - 1),
-        text={"embeddings": (arch["max_length"], arch["text_encoder"]["hidden_size"])},
-        params=None,
-    )
-
-
-def model_shapes(base: Mapping[str, Any], root: Path = Path(".")) -> dict[str, Any]:
-    """Family, latent channels and factor, and prompt tensor shapes by name of the base model:
-    a known hub model by its name (its FLOPs are counted), else the configs of a local
-    diffusers folder or the toy architecture (no FLOPs counted: ``family`` None)."""
-    path = str(base["path"])
-    name = path.rstrip("/").split("/")[-1]
-    if name in KNOWN_MODELS:
-        return {**KNOWN_MODELS[name], "factor": 8}
-    folder = root / path
-    if (folder / "model_index.json").exists():
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        text = json.loads((folder / "text_encoder" / "config.json").read_text())
-        tok = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())
-        arch = {"vae": vae, "max_length": tok["model_max_length"], "text_encoder": text}
-        return _architecture_shapes(arch)
-    if base.get("build") == "toy":
-        return _architecture_shapes(base["architecture"])
-    raise ValueError(
-        f"base_model.path {path!r}: neither a local diffusers folder, the toy build nor one of "
-        f"{list(KNOWN_MODELS)}"
-    )
-
-
-def latent_bytes(shapes: Mapping[str, Any], resolution: int, dtype: str) -> int:
-    """One image's latent: channels x (resolution / factor)^2 x dtype bytes."""
-    return shapes["latent"] * (resolution // shapes["factor"]) ** 2 * DTYPE_BYTES[dtype]
-
-
-def prompt_bytes(shapes: Mapping[str, Any], dtype: str) -> int:
-    """One prompt's prompt tensors (e.g. its embedding, tokens x width, and pooled embedding),
-    in ``dtype``."""
-    return sum(math.prod(shape) for shape in shapes["text"].values()) * DTYPE_BYTES[dtype]
-
-
-def cache_bytes(
-    shapes: Mapping[str, Any], cache: Mapping[str, Any], pairs: int, prompts: int
-) -> float:
-    """A latent cache of ``pairs`` pairs and ``prompts`` unique prompts (+ the empty one)."""
-    per_image = latent_bytes(shapes, cache["resolution"], cache["dtype"])
-    copies = 2 if cache.get("per_visit") else 1  # the posterior's deviation
-    copies *= 2 if cache.get("per_visit") and cache.get("flip") else 1  # both orientations
-    latents = pairs * (2 * copies * per_image + CACHE_PAIR_META_BYTES)
-    return latents + (prompts + 1) * prompt_bytes(shapes, cache["dtype"])
-
-
-def pickapic_copy(source: Mapping[str, Any]) -> tuple[float, int] | None:
-    """(bytes, rows) of the public Pick-a-Pic v2 copy a pair source names; None for others."""
-    if source["kind"] == "hub":
-        return PICKAPIC_HUB.get(str(source.get("id")), PICKAPIC["parquet"])
-    return PICKAPIC.get(source["kind"])
-
-
-def pair_row_bytes(source: Mapping[str, Any]) -> float:
-    """One pair's row in a pair table: caption, ids and references to its images in the
-    source; for a streamed source (images nowhere else) both JPEGs instead of references."""
-    if source["kind"] == "hub" and source.get("streaming"):
-        size, rows = pickapic_copy(source) or (0, 1)
-        return CAPTION_BYTES + PAIR_REF_BYTES["parquet"] + size / rows
-    tar = source["kind"] == "webdataset" or pickapic_copy(source) == PICKAPIC["webdataset"]
-    return CAPTION_BYTES + PAIR_REF_BYTES["webdataset" if tar else "parquet"]
 
 
 def pair_counts(config: Mapping[str, Any]) -> dict[str, int]:
@@ -199,78 +81,6 @@ def generated_counts(config: Mapping[str, Any]) -> dict[str, int]:
     k = int(spec["images_per_prompt"])
     pairs = prompts * (k * (k - 1) // 2 if spec["rule"] == "margin" else 1)
     return {"source_rows": prompts * k, "pairs": pairs, "prompts": prompts}
-
-
-def source_bytes(source: Mapping[str, Any], root: Path) -> tuple[float, str]:
-    """The pair source's size: measured when it is a local path, else the public copy's."""
-    path = source.get("path")
-    if path and (root / path).exists():
-        files = [(root / path)] if (root / path).is_file() else (root / path).rglob("*")
-        return float(sum(f.stat().st_size for f in files if f.is_file())), "measured"
-    copy = pickapic_copy(source)
-    if copy is not None:
-        if source["kind"] == "hub" and source.get("streaming"):
-            return 0.0, "streamed, not stored"
-        return copy[0], f"{path} not found: public copy" if path else "public copy"
-    return 0.0, "generated"
-
-
-def denoiser_flops(family: str | None, resolution: int) -> dict[str, float]:
-    """Counted FLOPs per image of the family's denoiser and VAE, scaled to ``resolution``."""
-    table = json.loads(FLOPS_TABLE.read_text())
-    if family not in table:
-        return {}
-    counts = dict(table[family])
-    scale = (resolution / counts.pop("resolution")) ** 2
-    params = counts.pop("denoiser_params")
-    return {**{k: v * scale for k, v in counts.items()}, "denoiser_params": params}
-
-
-def train_flops_per_pair(flops: Mapping[str, float], objective: str, lora: bool, ckpt: bool):
-    """One training pair: the policy's forward + backward (and one more forward under gradient
-    checkpointing) on each image it trains on, and the reference's forward on each image."""
-    obj = get_objective(objective)
-    images = 1 if obj.preferred_only else 2
-    policy = flops["forward_backward_frozen" if lora else "forward_backward"]
-    policy += flops["forward"] if ckpt else 0
-    reference = flops["forward"] if obj.needs_reference else 0
-    return images * (policy + reference)
-
-
-def trainable_params(denoiser: float, lora: Mapping[str, Any] | None) -> float:
-    """The weights a run trains: the whole denoiser, or its LoRA adapters (approximated)."""
-    if not lora:
-        return denoiser
-    return LORA_PARAMS_RANK4_SD15 * lora["rank"] / 4 * denoiser / SD15_DENOISER
-
-
-def checkpoint_bytes(params: float, optimizer: str) -> float:
-    """One training checkpoint: the weights as an fp32 master plus the optimiser's state
-    (AdamW: two fp32 moments; Adafactor: factored moments, counted as none)."""
-    return params * (4 + (8 if optimizer == "adamw" else 0))
-
-
-def model_bytes(
-    pipeline: float, trained: float, lora: Mapping[str, Any] | None, base: Mapping[str, Any]
-) -> float:
-    """A trained model as `dspo.training.policy.save_model` writes it: the whole pipeline in the
-    base model's dtype (full fine-tuning), or the LoRA adapters in float32."""
-    return trained * 4 if lora else pipeline * DTYPE_BYTES[base["dtype"]]
-
-
-def checkpoints_held(run: Mapping[str, Any]) -> int:
-    """Checkpoints on disk at once during a run: one every ``checkpoint_every`` steps before
-    the last (the last step is the model), at most ``checkpoints_kept`` of them."""
-    every = run.get("checkpoint_every") or 0
-    saved = (run["steps"] - 1) // every if every else 0
-    kept = run.get("checkpoints_kept")
-    return min(saved, kept) if kept else saved
-
-
-def cfg_factor(shapes: Mapping[str, Any], guidance: float) -> int:
-    """Denoiser batches per sampling step: classifier-free guidance above 1 runs the
-    conditional and unconditional halves; FLUX.1-dev's guidance is an embedding (one)."""
-    return 2 if guidance > 1 and shapes["family"] != "flux" else 1
 
 
 def _prompt_set_size(spec: Mapping[str, Any], config: Mapping[str, Any]) -> int:

@@ -12,17 +12,15 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from dspo.bench.budget import (
-    budget,
+from dspo.bench.budget import budget, stages
+from dspo.bench.budget_compute import denoiser_flops, train_flops_per_pair
+from dspo.bench.budget_disk import (
     cache_bytes,
     checkpoint_bytes,
     checkpoints_held,
-    denoiser_flops,
     model_bytes,
     model_shapes,
     prompt_bytes,
-    stages,
-    train_flops_per_pair,
 )
 from dspo.bench.disk import measure
 from dspo.cli.commands import main as dspo_main

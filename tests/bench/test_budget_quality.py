@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dspo.bench.budget import INCEPTION_FLOPS, stages
+from dspo.bench.budget import stages
+from dspo.bench.budget_compute import INCEPTION_FLOPS
 from dspo.config.step import workflow_config
 from tests.workflow_run import REPO
 
