@@ -99,7 +99,7 @@ def build_ours(
     from memory-mapped files as the trainer does (here of random values: only the time
     counts).
     """
-    from dspo.data.cache import load_cache
+    from dspo.data.cache_load import load_cache
     from dspo.objectives import get_objective
     from dspo.training.preference import PreferenceModel, make_batch
     from dspo.training.reference import stats_of

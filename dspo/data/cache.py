@@ -56,9 +56,7 @@ from tqdm.auto import tqdm
 
 from dspo.core.content import file_sha256
 from dspo.core.files import part_folder, read_part_records, write_json_atomic
-
-# The reading side lives in its own module; its names are part of this module's interface.
-from dspo.data.cache_load import MANIFEST, SHARD_KEYS, PairCache, load_cache  # noqa: F401
+from dspo.data.cache_load import MANIFEST
 from dspo.data.pair_table import REJECTED_CAPTION
 from dspo.data.tensor_files import concat_safetensors
 from dspo.families import load_family

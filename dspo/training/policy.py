@@ -12,7 +12,7 @@ import torch
 from diffusers import ModelMixin
 
 from dspo.core.content import write_content_record
-from dspo.data.cache import PairCache
+from dspo.data.cache_load import PairCache
 from dspo.families import load_family
 from dspo.families.base import Family
 from dspo.objectives import Objective

@@ -16,7 +16,7 @@ import torch
 from diffusers import ModelMixin
 
 from dspo.core.seeding import seeded_generator
-from dspo.data.cache import PairCache
+from dspo.data.cache_load import PairCache
 from dspo.families.base import Conditions, Family, batch_key
 from dspo.objectives import Objective, ReferenceStats
 from dspo.training.settings import TrainSettings

@@ -103,7 +103,7 @@ def compute_part(
     Stored in the form the loss takes: scaled to noise space when the family is set to
     ``noise_form``, as the trainer scales its own predictions.
     """
-    from dspo.data.cache import load_cache
+    from dspo.data.cache_load import load_cache
     from dspo.families import load_family
 
     started = time.time()

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from dspo.core.content import combined_key
 from dspo.core.files import folder_bytes, space_for
-from dspo.data.cache import PairCache, load_cache
+from dspo.data.cache_load import PairCache, load_cache
 from dspo.objectives import get_objective, objective_kwargs
 from dspo.training import checkpoints as ckpt
 from dspo.training.fingerprint import fingerprint_details, fingerprint_parts

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dspo.data.cache import build_cache, load_cache
+from dspo.data.cache import build_cache
+from dspo.data.cache_load import load_cache
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
-from dspo.data.cache import build_cache, load_cache
+from dspo.data.cache import build_cache
+from dspo.data.cache_load import load_cache
 from dspo.families import family_class, load_family
 from dspo.generation.sample import generate
 from dspo.objectives import OBJECTIVES

@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dspo.core.content import file_sha256, write_content_record
-from dspo.data.cache import build_cache, load_cache
+from dspo.data.cache import build_cache
+from dspo.data.cache_load import load_cache
 from dspo.families import build_pipeline
 from dspo.training.guards import DivergenceError, StopSignals
 from dspo.training.preference import step_rows

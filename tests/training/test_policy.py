@@ -12,7 +12,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from dspo.data.cache import build_cache, load_cache
+from dspo.data.cache import build_cache
+from dspo.data.cache_load import load_cache
 from dspo.families import load_family
 from dspo.objectives import get_objective, objective_kwargs
 from dspo.training.policy import build_model

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from dspo.core.seeding import seeded_generator
-from dspo.data.cache import build_cache, load_cache
+from dspo.data.cache import build_cache
+from dspo.data.cache_load import load_cache
 from dspo.families import load_family
 from dspo.objectives import get_objective
 from dspo.training.preference import (

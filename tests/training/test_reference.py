@@ -64,7 +64,7 @@ def test_precomputed_reference_trains_bit_identical_weights(
     manifest = json.loads((folder / "reference.json").read_text())
     visits = CFG["steps"] * CFG["pairs_per_step"]
     columns = 1 if method["objective"] == "dspo_e" else 2
-    from dspo.data.cache import load_cache
+    from dspo.data.cache_load import load_cache
 
     latent = 4 * torch.Size(load_cache(cache_dir).manifest["latent_shape"]).numel()  # float32
     uses_prediction = method["objective"] != "diffusion_dpo"
@@ -99,7 +99,7 @@ def test_a_reference_of_another_run_is_refused(
 ) -> None:
     cfg = {**CFG, "objective": "diffusion_dpo", "params": {"beta": 50.0}}
     folder = precompute(cfg, cache_dir, tiny_model, tmp_path / "pre", parts=1, factor=1)
-    from dspo.data.cache import load_cache
+    from dspo.data.cache_load import load_cache
     from dspo.objectives import get_objective
 
     manifest = load_cache(cache_dir).manifest

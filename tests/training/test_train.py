@@ -19,7 +19,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from safetensors.torch import load_file
 
 import dspo.training.train as train_module
-from dspo.data.cache import build_cache, load_cache
+from dspo.data.cache import build_cache
+from dspo.data.cache_load import load_cache
 from dspo.families import load_family
 from dspo.families.sd import SDFamily
 from dspo.objectives import OBJECTIVES, get_objective
