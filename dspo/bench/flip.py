@@ -18,7 +18,7 @@ import torch
 
 
 def measure(model: str, pairs_path: str, resolution: int, images: int) -> dict[str, Any]:
-    from dspo.data.cache import load_image
+    from dspo.data.cache_images import load_image
     from dspo.data.pair_table import read_pairs
     from dspo.families import load_family
     from dspo.families.sd_pipeline import load_pipeline

@@ -101,7 +101,8 @@ def step_flops(base: Path, latent: int, pairs: int, lora: bool, reference: bool)
 
 
 def _pairs_and_cache(standins: Path, work: Path, resolution: int, device: str) -> Path:
-    from dspo.data.cache import CacheSettings, encode_part, gather_cache
+    from dspo.data.cache_encode import CacheSettings, encode_part
+    from dspo.data.cache_gather import gather_cache
     from dspo.data.pair_table import read_pair_rows, read_pair_texts
     from dspo.data.pairs import PairSettings, gather_pairs, normalise_part
 

@@ -166,7 +166,7 @@ class UpstreamPairs(torch.utils.data.Dataset):
         return len(self.captions)
 
     def __getitem__(self, key: tuple[int, int]) -> Batch:
-        from dspo.data.cache import load_image
+        from dspo.data.cache_images import load_image
 
         step, row = key
         item: Batch = {"step": torch.tensor(step)}

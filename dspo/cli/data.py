@@ -197,7 +197,7 @@ def editing_set(args: argparse.Namespace) -> None:
 def cache_part(args: argparse.Namespace) -> None:
     """Encode part --part of cache.shards of a pair table into latents and text embeddings."""
     setup_torch(args.threads)
-    from dspo.data.cache import CacheSettings, encode_part
+    from dspo.data.cache_encode import CacheSettings, encode_part
     from dspo.data.pair_table import read_pair_rows, read_pair_texts
 
     report(
@@ -217,6 +217,6 @@ def cache_part(args: argparse.Namespace) -> None:
 @command("cache", INPUTS, OUT)
 def cache_gather(args: argparse.Namespace) -> None:
     """Join the cache parts into one cache folder; report its bytes per pair."""
-    from dspo.data.cache import gather_cache
+    from dspo.data.cache_gather import gather_cache
 
     report(gather_cache([Path(p) for p in args.inputs], Path(args.out)))

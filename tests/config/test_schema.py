@@ -176,7 +176,10 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
     ),
     "base_model.dtype": ("/properties/base_model/properties/dtype", dtypes),
     "cache.dtype": ("/properties/cache/properties/dtype", dtypes),
-    "cache.crop": ("/properties/cache/properties/crop", code_table("dspo.data.cache", "CROPS")),
+    "cache.crop": (
+        "/properties/cache/properties/crop",
+        code_table("dspo.data.cache_images", "CROPS"),
+    ),
     "methods.*.objective": (f"{METHOD}/objective", objectives),
     "methods.*.data": (f"{METHOD}/data", snakefile_datasets),
     "methods.*.round_reference": (

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dspo.data.cache import TEXT_BATCH, CacheSettings, encode_part, gather_cache, plan_parts
+from dspo.data.cache_encode import TEXT_BATCH, CacheSettings, encode_part, plan_parts
+from dspo.data.cache_gather import gather_cache
 from dspo.data.cache_load import SHARD_KEYS, PairCache, load_cache
 from dspo.data.pair_table import read_pair_rows, read_pair_texts, write_pairs
 from dspo.data.pairs import prompt_id_of

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dspo.data.cache import build_cache, load_image
+from dspo.data.cache import build_cache
+from dspo.data.cache_images import load_image
 from dspo.data.cache_load import load_cache
 from dspo.families import load_family
 from dspo.families.sd_pipeline import load_pipeline
