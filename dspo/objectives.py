@@ -56,7 +56,7 @@ def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
     return diff.pow(2).flatten(1).mean(dim=1)
 
 
-def _prepare(
+def prepare_inputs(
     pred: Tensor, ref: Reference, target: Tensor, *, paired: bool, needs_ref: bool
 ) -> tuple[Tensor, Reference, Tensor]:
     """Cast to float32, detach ref/target, and check shapes."""
@@ -96,14 +96,14 @@ def _prepare_stats(ref: ReferenceStats, pred: Tensor, paired: bool) -> Reference
     return ReferenceStats(ref.errors.detach().float(), preferred)
 
 
-def _ref_errors(ref: Tensor | ReferenceStats, target: Tensor) -> Tensor:
+def reference_errors(ref: Tensor | ReferenceStats, target: Tensor) -> Tensor:
     """The reference's per-row squared error (N,), computed or precomputed."""
     if isinstance(ref, ReferenceStats):
         return ref.errors
     return per_sample_mse(ref, target)
 
 
-def _ref_preferred(ref: Tensor | ReferenceStats, paired: bool = True) -> Tensor:
+def reference_preferred(ref: Tensor | ReferenceStats, paired: bool = True) -> Tensor:
     """The reference's prediction for the preferred rows."""
     if isinstance(ref, ReferenceStats):
         if ref.preferred is None:
@@ -112,49 +112,52 @@ def _ref_preferred(ref: Tensor | ReferenceStats, paired: bool = True) -> Tensor:
     return ref.chunk(2)[0] if paired else ref
 
 
-def _metric(x: Tensor | float) -> Tensor:
+def as_metric(x: Tensor | float) -> Tensor:
+    """A metric as the contract gives it: a detached 0-dim float32 tensor."""
     import torch
 
     return torch.as_tensor(x).detach().float().reshape(())
 
 
-def _pair_errors(pred: Tensor, ref: Tensor | ReferenceStats, target: Tensor) -> tuple[Tensor, ...]:
+def pair_errors(pred: Tensor, ref: Tensor | ReferenceStats, target: Tensor) -> tuple[Tensor, ...]:
     """(m_w, m_l, r_w, r_l): per-pair errors of policy and reference, each shape (B,)."""
     m_w, m_l = per_sample_mse(pred, target).chunk(2)
-    r_w, r_l = _ref_errors(ref, target).chunk(2)
+    r_w, r_l = reference_errors(ref, target).chunk(2)
     return m_w, m_l, r_w, r_l
 
 
-def _inside(m_w: Tensor, m_l: Tensor, r_w: Tensor, r_l: Tensor, scale: float) -> Tensor:
+def implicit_margin(m_w: Tensor, m_l: Tensor, r_w: Tensor, r_l: Tensor, scale: float) -> Tensor:
     """Bradley-Terry logit -0.5 * scale * ((m_w - m_l) - (r_w - r_l)), shape (B,)."""
     return -0.5 * scale * ((m_w - m_l) - (r_w - r_l))
 
 
-def _pair_metrics(
+def pair_metrics(
     loss: Tensor, m_w: Tensor, m_l: Tensor, r_w: Tensor, r_l: Tensor, inside: Tensor
 ) -> Metrics:
+    """The metrics of a paired objective that compares policy and reference errors: the loss,
+    the mean errors, the share of pairs with ``inside`` > 0 and its mean (the reward margin)."""
     return {
-        "loss": _metric(loss),
-        "model_mse_w": _metric(m_w.mean()),
-        "model_mse_l": _metric(m_l.mean()),
-        "ref_mse_w": _metric(r_w.mean()),
-        "ref_mse_l": _metric(r_l.mean()),
-        "implicit_acc": _metric((inside > 0).float().mean()),
-        "reward_margin": _metric(inside.mean()),
+        "loss": as_metric(loss),
+        "model_mse_w": as_metric(m_w.mean()),
+        "model_mse_l": as_metric(m_l.mean()),
+        "ref_mse_w": as_metric(r_w.mean()),
+        "ref_mse_l": as_metric(r_l.mean()),
+        "implicit_acc": as_metric((inside > 0).float().mean()),
+        "reward_margin": as_metric(inside.mean()),
     }
 
 
-def _broadcast_rows(x: Tensor, like: Tensor) -> Tensor:
+def broadcast_rows(x: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-row vector (N,) to broadcast against a (N, ...) tensor."""
     return x.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def sft(pred: Tensor, ref: Tensor | None, target: Tensor) -> tuple[Tensor, Metrics]:
     """Supervised fine-tuning on the preferred images: mean(m_w). ``ref`` is ignored."""
-    pred, _, target = _prepare(pred, None, target, paired=False, needs_ref=False)
+    pred, _, target = prepare_inputs(pred, None, target, paired=False, needs_ref=False)
     m_w = per_sample_mse(pred, target)
     loss = m_w.mean()
-    return loss, {"loss": _metric(loss), "model_mse_w": _metric(loss)}
+    return loss, {"loss": as_metric(loss), "model_mse_w": as_metric(loss)}
 
 
 def diffusion_dpo(
@@ -163,11 +166,11 @@ def diffusion_dpo(
     """Diffusion-DPO (eq. 7): mean(-logsigmoid(inside(beta)))."""
     import torch.nn.functional as F
 
-    pred, ref, target = _prepare(pred, ref, target, paired=True, needs_ref=True)
-    m_w, m_l, r_w, r_l = _pair_errors(pred, ref, target)
-    inside = _inside(m_w, m_l, r_w, r_l, beta)
+    pred, ref, target = prepare_inputs(pred, ref, target, paired=True, needs_ref=True)
+    m_w, m_l, r_w, r_l = pair_errors(pred, ref, target)
+    inside = implicit_margin(m_w, m_l, r_w, r_l, beta)
     loss = -F.logsigmoid(inside).mean()
-    return loss, _pair_metrics(loss, m_w, m_l, r_w, r_l, inside)
+    return loss, pair_metrics(loss, m_w, m_l, r_w, r_l, inside)
 
 
 def diffusion_kto(
@@ -186,9 +189,9 @@ def diffusion_kto(
     averaged across processes by ``all_reduce`` before clamping (a clamp of the global mean);
     loss = mean(lambda_y * (1 - sigmoid(beta * (2y - 1) * (g - z)))).
     """
-    pred, ref, target = _prepare(pred, ref, target, paired=True, needs_ref=True)
+    pred, ref, target = prepare_inputs(pred, ref, target, paired=True, needs_ref=True)
     m = per_sample_mse(pred, target)
-    r = _ref_errors(ref, target)
+    r = reference_errors(ref, target)
     g = r - m
     n_w = g.shape[0] // 2
     kl = g.detach().mean()
@@ -204,12 +207,12 @@ def diffusion_kto(
     m_w, m_l = m.chunk(2)
     r_w, r_l = r.chunk(2)
     metrics = {
-        "loss": _metric(loss),
-        "model_mse_w": _metric(m_w.mean()),
-        "model_mse_l": _metric(m_l.mean()),
-        "ref_mse_w": _metric(r_w.mean()),
-        "ref_mse_l": _metric(r_l.mean()),
-        "kl_estimate": _metric(z),
+        "loss": as_metric(loss),
+        "model_mse_w": as_metric(m_w.mean()),
+        "model_mse_l": as_metric(m_l.mean()),
+        "ref_mse_w": as_metric(r_w.mean()),
+        "ref_mse_l": as_metric(r_l.mean()),
+        "kl_estimate": as_metric(z),
     }
     return loss, metrics
 
@@ -241,17 +244,17 @@ def mapo(
     """
     import torch.nn.functional as F
 
-    pred, _, target = _prepare(pred, None, target, paired=True, needs_ref=False)
+    pred, _, target = prepare_inputs(pred, None, target, paired=True, needs_ref=False)
     m_w, m_l = per_sample_mse(pred, target).chunk(2)
     margin = num_train_timesteps * (_mapo_f(m_w, snr_value) - _mapo_f(m_l, snr_value))
     loss = m_w.mean() - beta * F.logsigmoid(margin).mean()
     metrics = {
-        "loss": _metric(loss),
-        "model_mse_w": _metric(m_w.mean()),
-        "model_mse_l": _metric(m_l.mean()),
+        "loss": as_metric(loss),
+        "model_mse_w": as_metric(m_w.mean()),
+        "model_mse_l": as_metric(m_l.mean()),
         # MaPO's margin plays the part of the implicit reward margin of the DPO forms.
-        "implicit_acc": _metric((margin > 0).float().mean()),
-        "reward_margin": _metric(margin.mean()),
+        "implicit_acc": as_metric((margin > 0).float().mean()),
+        "reward_margin": as_metric(margin.mean()),
     }
     return loss, metrics
 
@@ -272,21 +275,21 @@ def dspo(
     ties the implicit-reward scale to ``lam``, as the authors' code does. ``detach_weight``
     stops the gradient through s.
     """
-    pred, ref, target = _prepare(pred, ref, target, paired=True, needs_ref=True)
+    pred, ref, target = prepare_inputs(pred, ref, target, paired=True, needs_ref=True)
     scale = lam if kappa is None else kappa
-    m_w, m_l, r_w, r_l = _pair_errors(pred, ref, target)
-    inside = _inside(m_w, m_l, r_w, r_l, scale)
+    m_w, m_l, r_w, r_l = pair_errors(pred, ref, target)
+    inside = implicit_margin(m_w, m_l, r_w, r_l, scale)
     s = inside.sigmoid()
     weight = lam * gamma * (1.0 - (s.detach() if detach_weight else s))
     pred_w = pred.chunk(2)[0]
-    ref_w = _ref_preferred(ref)
+    ref_w = reference_preferred(ref)
     eps_w, _ = target.chunk(2)
     d_w = pred_w - ref_w
-    residual = (pred_w - eps_w) - _broadcast_rows(weight, d_w) * d_w
+    residual = (pred_w - eps_w) - broadcast_rows(weight, d_w) * d_w
     loss = residual.pow(2).flatten(1).mean(dim=1).mean()
-    metrics = _pair_metrics(loss, m_w, m_l, r_w, r_l, inside)
-    metrics["sigmoid_mean"] = _metric(s.mean())
-    metrics["ref_gap"] = _metric(d_w.pow(2).mean())
+    metrics = pair_metrics(loss, m_w, m_l, r_w, r_l, inside)
+    metrics["sigmoid_mean"] = as_metric(s.mean())
+    metrics["ref_gap"] = as_metric(d_w.pow(2).mean())
     return loss, metrics
 
 
@@ -303,23 +306,23 @@ def dspo_ref(
     If mean(d_w^2) over the batch >= tau: mean(((1 - s) * d_w)^2); else the fallback
     mean((1 - s)^2), because the first form is zero with zero gradient while pred == ref.
     """
-    pred, ref, target = _prepare(pred, ref, target, paired=True, needs_ref=True)
-    m_w, m_l, r_w, r_l = _pair_errors(pred, ref, target)
-    inside = _inside(m_w, m_l, r_w, r_l, kappa)
+    pred, ref, target = prepare_inputs(pred, ref, target, paired=True, needs_ref=True)
+    m_w, m_l, r_w, r_l = pair_errors(pred, ref, target)
+    inside = implicit_margin(m_w, m_l, r_w, r_l, kappa)
     s = inside.sigmoid()
     pred_w = pred.chunk(2)[0]
-    ref_w = _ref_preferred(ref)
+    ref_w = reference_preferred(ref)
     d_w = pred_w - ref_w
     gap = d_w.detach().pow(2).mean()
     fallback = bool(gap < tau)
     if fallback:
         loss = (1.0 - s).pow(2).mean()
     else:
-        loss = (_broadcast_rows(1.0 - s, d_w) * d_w).pow(2).mean()
-    metrics = _pair_metrics(loss, m_w, m_l, r_w, r_l, inside)
-    metrics["sigmoid_mean"] = _metric(s.mean())
-    metrics["ref_gap"] = _metric(gap)
-    metrics["fallback"] = _metric(float(fallback))
+        loss = (broadcast_rows(1.0 - s, d_w) * d_w).pow(2).mean()
+    metrics = pair_metrics(loss, m_w, m_l, r_w, r_l, inside)
+    metrics["sigmoid_mean"] = as_metric(s.mean())
+    metrics["ref_gap"] = as_metric(gap)
+    metrics["fallback"] = as_metric(float(fallback))
     return loss, metrics
 
 
@@ -332,15 +335,15 @@ def dspo_e(
     gamma: float = 1.0,
 ) -> tuple[Tensor, Metrics]:
     """DSPO-E (eq. 45), preferred rows only: mean(mean_CHW((e_w - lam*gamma*d_w)^2))."""
-    pred, ref, target = _prepare(pred, ref, target, paired=False, needs_ref=True)
-    d_w = pred - _ref_preferred(ref, paired=False)
+    pred, ref, target = prepare_inputs(pred, ref, target, paired=False, needs_ref=True)
+    d_w = pred - reference_preferred(ref, paired=False)
     residual = (pred - target) - lam * gamma * d_w
     loss = residual.pow(2).flatten(1).mean(dim=1).mean()
     metrics = {
-        "loss": _metric(loss),
-        "model_mse_w": _metric(per_sample_mse(pred, target).mean()),
-        "ref_mse_w": _metric(_ref_errors(ref, target).mean()),
-        "ref_gap": _metric(d_w.pow(2).mean()),
+        "loss": as_metric(loss),
+        "model_mse_w": as_metric(per_sample_mse(pred, target).mean()),
+        "ref_mse_w": as_metric(reference_errors(ref, target).mean()),
+        "ref_gap": as_metric(d_w.pow(2).mean()),
     }
     return loss, metrics
 
@@ -355,11 +358,11 @@ def ddspo(
     """
     import torch.nn.functional as F
 
-    pred, ref, target = _prepare(pred, ref, target, paired=True, needs_ref=True)
-    m_w, m_l, r_w, r_l = _pair_errors(pred, ref, target)
-    inside = _inside(m_w, m_l, r_w, r_l, beta)
+    pred, ref, target = prepare_inputs(pred, ref, target, paired=True, needs_ref=True)
+    m_w, m_l, r_w, r_l = pair_errors(pred, ref, target)
+    inside = implicit_margin(m_w, m_l, r_w, r_l, beta)
     loss = -F.logsigmoid(inside).mean()
-    return loss, _pair_metrics(loss, m_w, m_l, r_w, r_l, inside)
+    return loss, pair_metrics(loss, m_w, m_l, r_w, r_l, inside)
 
 
 @dataclass(frozen=True)
