@@ -8,20 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from dspo.objectives import (
-    OBJECTIVES,
+from dspo.objectives import OBJECTIVES, get_objective, objective_kwargs
+from dspo.objectives.losses import (
     ddspo,
     diffusion_dpo,
     diffusion_kto,
     dspo,
     dspo_e,
     dspo_ref,
-    get_objective,
     mapo,
-    objective_kwargs,
-    per_sample_mse,
     sft,
 )
+from dspo.objectives.terms import per_sample_mse
 
 SHAPE = (2, 3, 3)  # C, H, W of the test latents
 

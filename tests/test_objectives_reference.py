@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dspo.objectives import OBJECTIVES, ReferenceStats, objective_kwargs, per_sample_mse
+from dspo.objectives import OBJECTIVES, objective_kwargs
+from dspo.objectives.terms import ReferenceStats, per_sample_mse
 
 PRECOMPUTABLE = [name for name, o in OBJECTIVES.items() if o.reference_precomputable]
 

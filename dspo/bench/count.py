@@ -29,7 +29,8 @@ META = torch.device("meta")
 def _meta_mode(spec: BenchSpec, pipe, name: str, needs_reference: bool) -> Mode:
     from dspo.families import pipeline_family
     from dspo.families.base import CROSS_ATTENTION, batch_key
-    from dspo.objectives import ReferenceStats, get_objective
+    from dspo.objectives import get_objective
+    from dspo.objectives.terms import ReferenceStats
     from dspo.training.preference import PreferenceModel
 
     unet = adapt_unet(copy.deepcopy(pipe.unet), spec)

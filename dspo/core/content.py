@@ -244,7 +244,7 @@ def source_files(entry: str | None = None) -> list[Path]:
 
 def source_hashes(files: Iterable[Path]) -> dict[str, str]:
     """Each source file's SHA-256 (short), by its path from the package's parent
-    (``dspo/objectives.py``): what says which file changed."""
+    (``dspo/objectives/losses.py``): what says which file changed."""
     return {
         str(path.relative_to(PACKAGE.parent)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         for path in sorted(files)

@@ -18,7 +18,8 @@ from diffusers import ModelMixin
 from dspo.core.seeding import seeded_generator
 from dspo.data.cache_load import PairCache
 from dspo.families.base import Conditions, Family, batch_key
-from dspo.objectives import Objective, ReferenceStats
+from dspo.objectives import Objective
+from dspo.objectives.terms import ReferenceStats
 from dspo.training.settings import TrainSettings
 
 # The run's random streams (the first position of :func:`~dspo.core.seeding.seeded_generator`

@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 from dspo.core.files import part_folder, read_part_records
 from dspo.families.base import Family
-from dspo.objectives import Objective, ReferenceStats, get_objective, per_sample_mse
+from dspo.objectives import Objective, get_objective
+from dspo.objectives.terms import ReferenceStats, per_sample_mse
 from dspo.training.fingerprint import PART_NAMES, recorded_parts
 from dspo.training.policy import switch
 from dspo.training.preference import micro_batch, noised_inputs, step_rows

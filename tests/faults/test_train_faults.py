@@ -109,11 +109,11 @@ def test_code_edits_outside_training_resume_and_training_edits_move_aside(
     shutil.rmtree(tmp_path / "model")
     (tmp_path / "run" / "finished.json").unlink()
     # An edited objective: the run starts afresh, its checkpoints kept aside, not deleted.
-    edit(package, "objectives.py")
+    edit(package, "objectives/losses.py")
     capsys.readouterr()
     assert run(DSPO, world["cache"], world["base"], tmp_path)["resumed_from"] == 0
     out = capsys.readouterr().out
-    assert "changed since it was written: training code (dspo/objectives.py)" in out
+    assert "changed since it was written: training code (dspo/objectives/losses.py)" in out
     (stale,) = (tmp_path / "run").glob("checkpoints.stale-*")
     assert (stale / "step-000002" / "state.json").is_file() and f"to {stale}" in out
 
@@ -123,10 +123,10 @@ def test_the_setting_resumes_across_an_objective_edit(
 ) -> None:
     cfg = {**DSPO, "resume_across_code_change": True}
     interrupted(cfg, world["cache"], world["base"], tmp_path, monkeypatch, step=3)
-    edit(package, "objectives.py")
+    edit(package, "objectives/losses.py")
     assert run(cfg, world["cache"], world["base"], tmp_path)["resumed_from"] == 2
     out = capsys.readouterr().out
-    assert "across a code change (training code (dspo/objectives.py))" in out
+    assert "across a code change (training code (dspo/objectives/losses.py))" in out
     assert not list((tmp_path / "run").glob("checkpoints.stale-*"))
 
 

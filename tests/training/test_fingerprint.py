@@ -52,7 +52,7 @@ def test_every_module_the_training_step_imports_is_covered_and_no_evaluation() -
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     imported = {str(Path(f).relative_to(content.PACKAGE.parent)) for f in out.split()}
-    assert "dspo/objectives.py" in imported and "dspo/families/sdxl.py" in imported
+    assert "dspo/objectives/losses.py" in imported and "dspo/families/sdxl.py" in imported
     assert imported <= covered(), sorted(imported - covered())
     modules = content.imported_modules("dspo.training.train")
     for excluded in NOT_TRAINING:
@@ -115,23 +115,23 @@ def test_an_evaluation_edit_keeps_the_fingerprint(package: Path, base: Path, tmp
 
 def test_an_objective_edit_moves_the_checkpoints_aside(package: Path, base: Path, tmp_path):
     saved = checkpoint(tmp_path, CONFIG, base)
-    edit(package, "objectives.py")
+    edit(package, "objectives/losses.py")
     found, said = resume(tmp_path, CONFIG, base)
     assert found is None and not saved.exists()
     (stale,) = tmp_path.glob("checkpoints.stale-*")
     state = json.loads((stale / saved.name / STATE).read_text())
     assert state["step"] == 2 and (stale / saved.name / "model.safetensors").read_bytes()
-    assert "training code (dspo/objectives.py)" in said[0]
+    assert "training code (dspo/objectives/losses.py)" in said[0]
     assert f"moved 1 checkpoint(s) to {stale}; starting afresh" in said[-1]
 
 
 def test_the_setting_resumes_across_a_code_change(package: Path, base: Path, tmp_path: Path):
     saved = checkpoint(tmp_path, CONFIG, base)
-    edit(package, "objectives.py")
+    edit(package, "objectives/losses.py")
     found, said = resume(tmp_path, CONFIG, base, across=True)
     assert found is not None and found[0] == saved
     assert "resuming" in said[0] and "across a code change" in said[0]
-    assert "dspo/objectives.py" in said[0]
+    assert "dspo/objectives/losses.py" in said[0]
     # Only the code: another learning rate moves it aside even with the setting on.
     found, said = resume(tmp_path, {**CONFIG, "lr": 2e-3}, base, across=True)
     assert found is None and "config keys lr" in said[0]
