@@ -89,7 +89,7 @@ def host_values(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(values, stacked.tolist(), strict=True))
 
 
-def _agree(accelerator: Accelerator, *flags: bool) -> list[bool]:
+def agree(accelerator: Accelerator, *flags: bool) -> list[bool]:
     """Whether any process raised each flag, so that every process takes the same branch."""
     if accelerator.num_processes == 1:
         return list(flags)
@@ -121,7 +121,7 @@ def train(
     watch = JobWatch.start()
     with held(run_dir, watch) as lock:
         run = TrainingRun.set_up(settings, cache_dir, base_model, run_dir, reference_dir)
-        run.resume()
+        resume_run(run)
         bar = tqdm(
             range(run.start_step, settings.steps),
             initial=run.start_step,
@@ -135,11 +135,12 @@ def train(
                 loss = run.step(step, stop=signals.reason or watch.gone())
                 if loss is not None:
                     bar.set_postfix(loss=f"{loss:.4f}")
-        return run.finish(out_dir, lock)
+        return finish_run(run, out_dir, lock)
 
 
 class TrainingRun:
-    """One training run: :meth:`set_up`, :meth:`resume`, :meth:`step` per step, :meth:`finish`."""
+    """One training run: :meth:`set_up`, :func:`resume_run`, :meth:`step` per step,
+    :func:`finish_run`."""
 
     def __init__(
         self,
@@ -163,7 +164,7 @@ class TrainingRun:
         if self.objective.batch_statistics:
             self.hparams["all_reduce"] = lambda x: accelerator.reduce(x, reduction="mean")
         self.family = accelerator.unwrap_model(model).family
-        self.trainable = [p for p in self._policy().parameters() if p.requires_grad]
+        self.trainable = [p for p in self.policy().parameters() if p.requires_grad]
         self.processes = accelerator.num_processes
         self.accumulation = accumulation_steps(
             settings.pairs_per_step, settings.local_pairs, self.processes
@@ -215,55 +216,9 @@ class TrainingRun:
             (Path(cache_dir), base_model, Path(run_dir)),
         )
 
-    def _policy(self) -> torch.nn.Module:
+    def policy(self) -> torch.nn.Module:
+        """The policy's denoiser, unwrapped from its processes' wrappers."""
         return self.accelerator.unwrap_model(self.model).denoiser
-
-    def resume(self) -> None:
-        """Continue from the newest intact checkpoint of this very run, if any; restart the
-        metrics, validation strips and trackers from that step."""
-        accelerator, settings = self.accelerator, self.settings
-        found = None
-        if accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.forget_finished_run(self.run_dir, self.parts, settings.steps, accelerator.print)
-            found = ckpt.resumable_checkpoint(
-                self.run_dir / "checkpoints",
-                self.parts,
-                settings.steps,
-                accelerator.print,
-                settings=settings,
-                across_code_change=settings.resume_across_code_change,
-            )
-        if accelerator.num_processes > 1:
-            found = broadcast_object_list([found])[0]
-        if found is not None:
-            folder, state = found
-            accelerator.load_state(str(folder))
-            accelerator.print(f"resuming from {folder} (step {state['step']})")
-            self.start_step, self.skipped = state["step"], state.get("skipped", 0)
-            self.last_checkpoint = folder
-        # The tracker run continues across resumes: its id is kept with the checkpoints.
-        self.tracker_run_id = (found[1].get("tracker_run_id") if found else None) or new_run_id()
-        validation = ValidationSettings.from_config(
-            settings.validate_every, settings.validation or {}, self.cache.manifest["resolution"]
-        )
-        if accelerator.is_main_process:
-            restart_metrics(self.run_dir, self.start_step)
-            restart_validation(self.run_dir, self.start_step, validation)
-            # Kept step models written under the resumed checkpoint's fingerprint stay too
-            # (resumed across a code change).
-            trajectory = {combined_key(**self.parts), *([found[1]["fingerprint"]] if found else [])}
-            keep_resumed(self.run_dir, self.start_step, trajectory, accelerator.print)
-            if validation is not None:
-                self.validator = Validator(
-                    self.base_model, self._policy(), validation, accelerator.device
-                )
-        if settings.report_to:
-            start_trackers(
-                accelerator, settings.resolved, settings.name, self.start_step, self.tracker_run_id
-            )
-        self.model.train()
-        self.saved_at = time.monotonic()
 
     def step(self, step: int, stop: str = "") -> float | None:
         """Optimiser step ``step``: its micro-batches, then the update, unless a number is not
@@ -280,7 +235,7 @@ class TrainingRun:
         metric = first_nonfinite(checked)
         # Every rank takes the same branches: one that got a signal, or whose clock says a
         # checkpoint is due, makes all of them save after this step.
-        bad, stopping, clock_due = _agree(
+        bad, stopping, clock_due = agree(
             self.accelerator, metric is not None, bool(stop), self._clock_due()
         )
         done, loss = step + 1, None
@@ -294,16 +249,16 @@ class TrainingRun:
             if done % settings.log_every == 0 or done == settings.steps:
                 loss = self._log(done, lr, sums)
         self._validate(done)
-        self._keep_step(done)
+        keep_step_model(self, done)
         if stopping and done < settings.steps:
-            self.last_checkpoint = self._save(done)
+            self.last_checkpoint = write_checkpoint(self, done)
             raise Preempted(
                 f"{stop or 'another process was told to stop'}: stopped after step {done} "
                 f"of {settings.steps}, checkpoint {self.last_checkpoint}; run again to resume"
             )
         every = settings.checkpoint_every
         if (clock_due or (every and done % every == 0)) and done < settings.steps:
-            self.last_checkpoint = self._save(done)
+            self.last_checkpoint = write_checkpoint(self, done)
         return loss
 
     def _clock_due(self) -> bool:
@@ -371,95 +326,145 @@ class TrainingRun:
             captions = [f"{c['prompt']} (seed {c['seed']})" for c in self.validator.columns]
             log_images(self.accelerator, images, captions, done)
 
-    def _data(self) -> str:
-        """What the model card says the model learned from."""
-        return (
-            f"{len(self.cache)} preference pairs (`{self.settings.data}`, cache {self.cache_dir})"
+
+def resume_run(run: TrainingRun) -> None:
+    """Continue ``run`` from the newest intact checkpoint of this very run, if any; restart
+    the metrics, validation strips and trackers from that step."""
+    accelerator, settings = run.accelerator, run.settings
+    found = None
+    if accelerator.is_main_process:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.forget_finished_run(run.run_dir, run.parts, settings.steps, accelerator.print)
+        found = ckpt.resumable_checkpoint(
+            run.run_dir / "checkpoints",
+            run.parts,
+            settings.steps,
+            accelerator.print,
+            settings=settings,
+            across_code_change=settings.resume_across_code_change,
         )
-
-    def _keep_step(self, done: int) -> None:
-        """Keep the model of step ``done`` when ``training.evaluate_steps`` lists it (main
-        process; the last step's is the run's model)."""
-        settings = self.settings
-        if done not in settings.evaluate_steps or done == settings.steps:
-            return
-        if self.accelerator.is_main_process:
-            policy = self._policy()
-            check_weights_finite(policy.named_parameters(), f"the model of step {done}")
-            record = {
-                "config": dict(settings.resolved),
-                "method": settings.name,
-                "step": done,
-                "steps": settings.steps,
-                "fingerprint": combined_key(**self.parts),
-                "tf32": self.tf32,
-            }
-            card = {**settings.resolved, "name": f"{settings.name}@{done}", "steps": done}
-            write = partial(
-                write_model_folder, policy, self.family, settings, self.base_model, record, card
-            )
-            kept = write_step(self.run_dir, done, partial(write, self._data()))
-            self.accelerator.print(f"kept the model of step {done} in {kept}")
-
-    def _save(self, done: int) -> Path:
-        check_weights_finite(self._policy().named_parameters(), f"checkpoint of step {done}")
-        folder = self.run_dir / "checkpoints"
-        # Every checkpoint of a run is as large as the last one.
-        needed = folder_bytes(self.last_checkpoint) if self.last_checkpoint else None
-        start = time.monotonic()
-        with space_for(folder / f"step-{done:06d}", needed):
-            saved = ckpt.save_checkpoint(
-                self.accelerator,
-                folder,
-                done,
-                self.settings.checkpoints_kept,
-                self.parts,
-                {
-                    "skipped": self.skipped,
-                    "details": fingerprint_details(self.settings),
-                    "tracker_run_id": self.tracker_run_id,
-                },
-            )
-        # What SLURM's signal lead must cover: the rest of a step, then this (docs/cluster.md).
-        self.accelerator.print(
-            f"checkpoint {saved.name} written in {time.monotonic() - start:.1f} s; "
-            f"{start - self.saved_at:.1f} s of training since the last one or the start"
+    if accelerator.num_processes > 1:
+        found = broadcast_object_list([found])[0]
+    if found is not None:
+        folder, state = found
+        accelerator.load_state(str(folder))
+        accelerator.print(f"resuming from {folder} (step {state['step']})")
+        run.start_step, run.skipped = state["step"], state.get("skipped", 0)
+        run.last_checkpoint = folder
+    # The tracker run continues across resumes: its id is kept with the checkpoints.
+    run.tracker_run_id = (found[1].get("tracker_run_id") if found else None) or new_run_id()
+    validation = ValidationSettings.from_config(
+        settings.validate_every, settings.validation or {}, run.cache.manifest["resolution"]
+    )
+    if accelerator.is_main_process:
+        restart_metrics(run.run_dir, run.start_step)
+        restart_validation(run.run_dir, run.start_step, validation)
+        # Kept step models written under the resumed checkpoint's fingerprint stay too
+        # (resumed across a code change).
+        trajectory = {combined_key(**run.parts), *([found[1]["fingerprint"]] if found else [])}
+        keep_resumed(run.run_dir, run.start_step, trajectory, accelerator.print)
+        if validation is not None:
+            run.validator = Validator(run.base_model, run.policy(), validation, accelerator.device)
+    if settings.report_to:
+        start_trackers(
+            accelerator, settings.resolved, settings.name, run.start_step, run.tracker_run_id
         )
-        self.saved_at = time.monotonic()
-        return saved
+    run.model.train()
+    run.saved_at = time.monotonic()
 
-    def finish(self, out_dir: Path, lock: RunLock | None) -> dict[str, Any]:
-        """Write the model, its record and card (main process, which holds ``lock``, if this
-        run still owns its folder: :func:`dspo.training.run_lock.write_model`); drop the
-        checkpoints."""
-        accelerator, settings = self.accelerator, self.settings
-        accelerator.wait_for_everyone()
-        summary = {
+
+def _data(run: TrainingRun) -> str:
+    """What the model card says the model learned from."""
+    return f"{len(run.cache)} preference pairs (`{run.settings.data}`, cache {run.cache_dir})"
+
+
+def keep_step_model(run: TrainingRun, done: int) -> None:
+    """Keep the model of step ``done`` when ``training.evaluate_steps`` lists it (main
+    process; the last step's is the run's model)."""
+    settings = run.settings
+    if done not in settings.evaluate_steps or done == settings.steps:
+        return
+    if run.accelerator.is_main_process:
+        policy = run.policy()
+        check_weights_finite(policy.named_parameters(), f"the model of step {done}")
+        record = {
+            "config": dict(settings.resolved),
             "method": settings.name,
-            "objective": self.objective.name,
-            "family": self.cache.family,
+            "step": done,
             "steps": settings.steps,
-            "pairs_per_step": settings.pairs_per_step,
-            "accumulation": self.accumulation,
-            "processes": self.processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "tf32": self.tf32,
-            "resumed_from": self.start_step,
-            "skipped_steps": self.skipped,
-            "seconds": round(time.time() - self.started, 1),
+            "fingerprint": combined_key(**run.parts),
+            "tf32": run.tf32,
         }
-        if accelerator.is_main_process:
-            final = self._policy()
-            check_weights_finite(final.named_parameters(), f"the model for {out_dir}")
-            record = {"config": dict(settings.resolved), **summary, **run_record(lock)}
-            data = self._data()
-            card = {"name": settings.name, **settings.resolved}
-            write = partial(write_model_folder, final, self.family, settings, self.base_model)
-            write_model(out_dir, lock, MODEL_CONFIG, partial(write, record, card, data))
-            ckpt.mark_finished(self.run_dir, self.parts, settings.steps, out_dir)
-            if not settings.keep_checkpoints:
-                # The model is saved and its weights checked: the checkpoints (weights and
-                # optimiser state, several times the model's size) have served their purpose.
-                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
-        accelerator.end_training()
-        return summary
+        card = {**settings.resolved, "name": f"{settings.name}@{done}", "steps": done}
+        write = partial(
+            write_model_folder, policy, run.family, settings, run.base_model, record, card
+        )
+        kept = write_step(run.run_dir, done, partial(write, _data(run)))
+        run.accelerator.print(f"kept the model of step {done} in {kept}")
+
+
+def write_checkpoint(run: TrainingRun, done: int) -> Path:
+    """Write the checkpoint of step ``done`` (its weights checked finite first, room made for
+    it on disk) and return its folder."""
+    check_weights_finite(run.policy().named_parameters(), f"checkpoint of step {done}")
+    folder = run.run_dir / "checkpoints"
+    # Every checkpoint of a run is as large as the last one.
+    needed = folder_bytes(run.last_checkpoint) if run.last_checkpoint else None
+    start = time.monotonic()
+    with space_for(folder / f"step-{done:06d}", needed):
+        saved = ckpt.save_checkpoint(
+            run.accelerator,
+            folder,
+            done,
+            run.settings.checkpoints_kept,
+            run.parts,
+            {
+                "skipped": run.skipped,
+                "details": fingerprint_details(run.settings),
+                "tracker_run_id": run.tracker_run_id,
+            },
+        )
+    # What SLURM's signal lead must cover: the rest of a step, then this (docs/cluster.md).
+    run.accelerator.print(
+        f"checkpoint {saved.name} written in {time.monotonic() - start:.1f} s; "
+        f"{start - run.saved_at:.1f} s of training since the last one or the start"
+    )
+    run.saved_at = time.monotonic()
+    return saved
+
+
+def finish_run(run: TrainingRun, out_dir: Path, lock: RunLock | None) -> dict[str, Any]:
+    """Write the model, its record and card (main process, which holds ``lock``, if this
+    run still owns its folder: :func:`dspo.training.run_lock.write_model`); drop the
+    checkpoints."""
+    accelerator, settings = run.accelerator, run.settings
+    accelerator.wait_for_everyone()
+    summary = {
+        "method": settings.name,
+        "objective": run.objective.name,
+        "family": run.cache.family,
+        "steps": settings.steps,
+        "pairs_per_step": settings.pairs_per_step,
+        "accumulation": run.accumulation,
+        "processes": run.processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "tf32": run.tf32,
+        "resumed_from": run.start_step,
+        "skipped_steps": run.skipped,
+        "seconds": round(time.time() - run.started, 1),
+    }
+    if accelerator.is_main_process:
+        final = run.policy()
+        check_weights_finite(final.named_parameters(), f"the model for {out_dir}")
+        record = {"config": dict(settings.resolved), **summary, **run_record(lock)}
+        data = _data(run)
+        card = {"name": settings.name, **settings.resolved}
+        write = partial(write_model_folder, final, run.family, settings, run.base_model)
+        write_model(out_dir, lock, MODEL_CONFIG, partial(write, record, card, data))
+        ckpt.mark_finished(run.run_dir, run.parts, settings.steps, out_dir)
+        if not settings.keep_checkpoints:
+            # The model is saved and its weights checked: the checkpoints (weights and
+            # optimiser state, several times the model's size) have served their purpose.
+            shutil.rmtree(run.run_dir / "checkpoints", ignore_errors=True)
+    accelerator.end_training()
+    return summary
