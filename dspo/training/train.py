@@ -7,7 +7,8 @@ comparable), runs the policy (and the frozen reference when the objective needs 
 Batches, noise and timesteps are pure functions of (seed, step, place in the step), so a job
 that is killed and rerun resumes from its last checkpoint and continues exactly where it left
 off, and the same effective batch trains alike on one process or several (the data and loss
-of a step are in `dspo.training.preference`).
+of a step are in `dspo.training.preference`; how a step is shared among processes, in
+`dspo.training.processes`).
 
 It never returns a wrong model silently: checkpoints are resumed only by the run that wrote
 them (`dspo.training.checkpoints`), non-finite numbers stop training and SIGTERM/SIGUSR1/SIGINT save
@@ -18,83 +19,40 @@ What it shows while it runs: metrics every ``log_every`` steps (`dspo.training.m
 validation images of fixed prompts every ``validate_every`` steps (`dspo.training.validation`, which
 leaves the trajectory untouched), both also in the tracker (`dspo.training.tracking`). The
 models of ``training.evaluate_steps`` are kept for choosing the step later
-(`dspo.training.step_models`).
+(`dspo.training.step_models`). The run's files (resuming, checkpoints, the kept models and the
+model) are written by `dspo.training.run_files`.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
-from dspo.core.content import combined_key
-from dspo.core.files import folder_bytes, space_for
 from dspo.data.cache_load import PairCache, load_cache
 from dspo.objectives import get_objective, objective_kwargs
 from dspo.training import checkpoints as ckpt
-from dspo.training.fingerprint import fingerprint_details, fingerprint_parts
-from dspo.training.guards import (
-    DivergenceError,
-    Preempted,
-    StopSignals,
-    check_weights_finite,
-    first_nonfinite,
-)
+from dspo.training.fingerprint import fingerprint_parts
+from dspo.training.guards import DivergenceError, Preempted, StopSignals, first_nonfinite
 from dspo.training.job_watch import JobWatch
-from dspo.training.metrics import append_metrics, mean_over, restart_metrics
+from dspo.training.metrics import append_metrics, mean_over
 from dspo.training.optimisation import make_optimizer, resolve_mixed_precision, set_learning_rate
-from dspo.training.policy import MODEL_CONFIG, build_model, use_tf32, write_model_folder
+from dspo.training.policy import build_model, use_tf32
 from dspo.training.preference import PreferenceModel, micro_batch, micro_batch_start, step_rows
+from dspo.training.processes import accumulation_steps, agree, host_values
 from dspo.training.reference import PrecomputedReference, reference_parts
-from dspo.training.run_lock import RunLock, held, run_record, write_model
+from dspo.training.run_files import finish_run, keep_step_model, resume_run, write_checkpoint
+from dspo.training.run_lock import held
 from dspo.training.settings import TrainSettings
-from dspo.training.step_models import keep_resumed, write_step
-from dspo.training.tracking import log_images, new_run_id, start_trackers
-from dspo.training.validation import (
-    ValidationSettings,
-    Validator,
-    is_due,
-    restart_validation,
-    save_strip,
-)
-
-
-def accumulation_steps(effective_pairs: int, local_pairs: int, processes: int) -> int:
-    """Micro-steps per optimiser step so that processes x local batch x steps = effective batch."""
-    per_micro = local_pairs * processes
-    if effective_pairs % per_micro:
-        raise ValueError(
-            f"effective batch of {effective_pairs} pairs is not a multiple of "
-            f"{processes} process(es) x {local_pairs} local pairs"
-        )
-    return effective_pairs // per_micro
-
-
-def host_values(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Scalars summed on the device, read by the host in one transfer (one sync per
-    optimiser step, not one per metric and micro-step)."""
-    if not values:
-        return {}
-    stacked = torch.stack([torch.as_tensor(v).float().reshape(()) for v in values.values()])
-    return dict(zip(values, stacked.tolist(), strict=True))
-
-
-def agree(accelerator: Accelerator, *flags: bool) -> list[bool]:
-    """Whether any process raised each flag, so that every process takes the same branch."""
-    if accelerator.num_processes == 1:
-        return list(flags)
-    raised = torch.tensor([float(f) for f in flags], device=accelerator.device)
-    return [v > 0 for v in accelerator.reduce(raised, reduction="sum").tolist()]
+from dspo.training.tracking import log_images
+from dspo.training.validation import Validator, is_due, save_strip
 
 
 def train(
@@ -325,146 +283,3 @@ class TrainingRun:
         if settings.report_to:
             captions = [f"{c['prompt']} (seed {c['seed']})" for c in self.validator.columns]
             log_images(self.accelerator, images, captions, done)
-
-
-def resume_run(run: TrainingRun) -> None:
-    """Continue ``run`` from the newest intact checkpoint of this very run, if any; restart
-    the metrics, validation strips and trackers from that step."""
-    accelerator, settings = run.accelerator, run.settings
-    found = None
-    if accelerator.is_main_process:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.forget_finished_run(run.run_dir, run.parts, settings.steps, accelerator.print)
-        found = ckpt.resumable_checkpoint(
-            run.run_dir / "checkpoints",
-            run.parts,
-            settings.steps,
-            accelerator.print,
-            settings=settings,
-            across_code_change=settings.resume_across_code_change,
-        )
-    if accelerator.num_processes > 1:
-        found = broadcast_object_list([found])[0]
-    if found is not None:
-        folder, state = found
-        accelerator.load_state(str(folder))
-        accelerator.print(f"resuming from {folder} (step {state['step']})")
-        run.start_step, run.skipped = state["step"], state.get("skipped", 0)
-        run.last_checkpoint = folder
-    # The tracker run continues across resumes: its id is kept with the checkpoints.
-    run.tracker_run_id = (found[1].get("tracker_run_id") if found else None) or new_run_id()
-    validation = ValidationSettings.from_config(
-        settings.validate_every, settings.validation or {}, run.cache.manifest["resolution"]
-    )
-    if accelerator.is_main_process:
-        restart_metrics(run.run_dir, run.start_step)
-        restart_validation(run.run_dir, run.start_step, validation)
-        # Kept step models written under the resumed checkpoint's fingerprint stay too
-        # (resumed across a code change).
-        trajectory = {combined_key(**run.parts), *([found[1]["fingerprint"]] if found else [])}
-        keep_resumed(run.run_dir, run.start_step, trajectory, accelerator.print)
-        if validation is not None:
-            run.validator = Validator(run.base_model, run.policy(), validation, accelerator.device)
-    if settings.report_to:
-        start_trackers(
-            accelerator, settings.resolved, settings.name, run.start_step, run.tracker_run_id
-        )
-    run.model.train()
-    run.saved_at = time.monotonic()
-
-
-def _data(run: TrainingRun) -> str:
-    """What the model card says the model learned from."""
-    return f"{len(run.cache)} preference pairs (`{run.settings.data}`, cache {run.cache_dir})"
-
-
-def keep_step_model(run: TrainingRun, done: int) -> None:
-    """Keep the model of step ``done`` when ``training.evaluate_steps`` lists it (main
-    process; the last step's is the run's model)."""
-    settings = run.settings
-    if done not in settings.evaluate_steps or done == settings.steps:
-        return
-    if run.accelerator.is_main_process:
-        policy = run.policy()
-        check_weights_finite(policy.named_parameters(), f"the model of step {done}")
-        record = {
-            "config": dict(settings.resolved),
-            "method": settings.name,
-            "step": done,
-            "steps": settings.steps,
-            "fingerprint": combined_key(**run.parts),
-            "tf32": run.tf32,
-        }
-        card = {**settings.resolved, "name": f"{settings.name}@{done}", "steps": done}
-        write = partial(
-            write_model_folder, policy, run.family, settings, run.base_model, record, card
-        )
-        kept = write_step(run.run_dir, done, partial(write, _data(run)))
-        run.accelerator.print(f"kept the model of step {done} in {kept}")
-
-
-def write_checkpoint(run: TrainingRun, done: int) -> Path:
-    """Write the checkpoint of step ``done`` (its weights checked finite first, room made for
-    it on disk) and return its folder."""
-    check_weights_finite(run.policy().named_parameters(), f"checkpoint of step {done}")
-    folder = run.run_dir / "checkpoints"
-    # Every checkpoint of a run is as large as the last one.
-    needed = folder_bytes(run.last_checkpoint) if run.last_checkpoint else None
-    start = time.monotonic()
-    with space_for(folder / f"step-{done:06d}", needed):
-        saved = ckpt.save_checkpoint(
-            run.accelerator,
-            folder,
-            done,
-            run.settings.checkpoints_kept,
-            run.parts,
-            {
-                "skipped": run.skipped,
-                "details": fingerprint_details(run.settings),
-                "tracker_run_id": run.tracker_run_id,
-            },
-        )
-    # What SLURM's signal lead must cover: the rest of a step, then this (docs/cluster.md).
-    run.accelerator.print(
-        f"checkpoint {saved.name} written in {time.monotonic() - start:.1f} s; "
-        f"{start - run.saved_at:.1f} s of training since the last one or the start"
-    )
-    run.saved_at = time.monotonic()
-    return saved
-
-
-def finish_run(run: TrainingRun, out_dir: Path, lock: RunLock | None) -> dict[str, Any]:
-    """Write the model, its record and card (main process, which holds ``lock``, if this
-    run still owns its folder: :func:`dspo.training.run_lock.write_model`); drop the
-    checkpoints."""
-    accelerator, settings = run.accelerator, run.settings
-    accelerator.wait_for_everyone()
-    summary = {
-        "method": settings.name,
-        "objective": run.objective.name,
-        "family": run.cache.family,
-        "steps": settings.steps,
-        "pairs_per_step": settings.pairs_per_step,
-        "accumulation": run.accumulation,
-        "processes": run.processes,
-        "mixed_precision": accelerator.mixed_precision,
-        "tf32": run.tf32,
-        "resumed_from": run.start_step,
-        "skipped_steps": run.skipped,
-        "seconds": round(time.time() - run.started, 1),
-    }
-    if accelerator.is_main_process:
-        final = run.policy()
-        check_weights_finite(final.named_parameters(), f"the model for {out_dir}")
-        record = {"config": dict(settings.resolved), **summary, **run_record(lock)}
-        data = _data(run)
-        card = {"name": settings.name, **settings.resolved}
-        write = partial(write_model_folder, final, run.family, settings, run.base_model)
-        write_model(out_dir, lock, MODEL_CONFIG, partial(write, record, card, data))
-        ckpt.mark_finished(run.run_dir, run.parts, settings.steps, out_dir)
-        if not settings.keep_checkpoints:
-            # The model is saved and its weights checked: the checkpoints (weights and
-            # optimiser state, several times the model's size) have served their purpose.
-            shutil.rmtree(run.run_dir / "checkpoints", ignore_errors=True)
-    accelerator.end_training()
-    return summary

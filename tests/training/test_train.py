@@ -18,6 +18,7 @@ from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionMod
 from diffusers.models.attention_processor import AttnProcessor2_0
 from safetensors.torch import load_file
 
+import dspo.training.run_files as run_files_module
 import dspo.training.train as train_module
 from dspo.data.cache import build_cache
 from dspo.data.cache_load import load_cache
@@ -27,8 +28,9 @@ from dspo.objectives import OBJECTIVES, get_objective
 from dspo.training.optimisation import learning_rate_factor, resolve_mixed_precision
 from dspo.training.policy import build_model
 from dspo.training.preference import PreferenceModel, make_batch
+from dspo.training.processes import accumulation_steps
 from dspo.training.settings import TrainSettings
-from dspo.training.train import accumulation_steps, train
+from dspo.training.train import train
 
 BASE_CONFIG = {
     "steps": 4,
@@ -528,7 +530,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(
     opened = []
     monkeypatch.setattr("dspo.training.settings.tracker_problem", lambda report_to: None)
     monkeypatch.setattr(
-        train_module, "start_trackers", lambda *args: opened.append((args[2], args[3], args[4]))
+        run_files_module, "start_trackers", lambda *args: opened.append((args[2], args[3], args[4]))
     )
     cfg = {**DSPO, "report_to": "wandb"}
     run(cfg, cache_dir, tiny_model, tmp_path)
