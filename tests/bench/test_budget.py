@@ -167,6 +167,15 @@ def test_sd15_cache_and_training_by_hand() -> None:
     assert result["utilisation"] == 0.4 and result["peak_tflops"] == 312.0
 
 
+def test_sd15_caches_ddspo_and_nodup_pairs_at_their_own_counts() -> None:
+    """DDSPO's pairs (two images of each of 200,000 prompts) and the nodup table (one pair a
+    prompt) are cached at their counts, not at the Pick-a-Pic table's."""
+    rows = {r["stage"]: r for r in stages(workflow_config([PRESETS / "sd15.yaml"]))}
+    assert rows["cache of pairs_ddspo"]["items"] == "200,000 pairs, 400,000 prompts"
+    assert rows["cache of pairs_nodup"]["items"] == "58,960 pairs, 58,960 prompts"
+    assert rows["cache of pairs"]["items"] == "851,293 pairs, 58,960 prompts"
+
+
 def test_every_preset_budgets_and_an_unknown_gpu_is_refused() -> None:
     for preset in ("sdxl", "sd35", "flux"):
         files = [PRESETS / "sd15.yaml", PRESETS / f"{preset}.yaml"]
