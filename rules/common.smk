@@ -393,9 +393,11 @@ def method_cache(wildcards):
 
 def validation_prompts_input(wildcards):
     """The table of the prompt set whose first prompts a method's validation images add
-    (training.validation.from_prompt_set), when it names one and the method validates."""
+    (training.validation.from_prompt_set), when it names one and the method validates.
+    Ancient: validation images are for watching and do not shape the weights, so a rebuilt
+    prompt table (its file newer) never retrains a model; a changed count does (params)."""
     name = validation_set(method_config(wildcards.method))
-    return [f"results/data/prompts/{name}.parquet"] if name else []
+    return [ancient(f"results/data/prompts/{name}.parquet")] if name else []
 
 
 def validation_prompts_option(wildcards, input):
