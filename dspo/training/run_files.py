@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,9 +32,10 @@ if TYPE_CHECKING:
     from dspo.training.train import TrainingRun
 
 
-def resume_run(run: TrainingRun) -> None:
+def resume_run(run: TrainingRun, prompts: Sequence[str] = ()) -> None:
     """Continue ``run`` from the newest intact checkpoint of this very run, if any; restart
-    the metrics, validation strips and trackers from that step."""
+    the metrics, validation strips (of the validation ``prompts``) and trackers from that
+    step."""
     accelerator, settings = run.accelerator, run.settings
     found = None
     if accelerator.is_main_process:
@@ -58,7 +60,10 @@ def resume_run(run: TrainingRun) -> None:
     # The tracker run continues across resumes: its id is kept with the checkpoints.
     run.tracker_run_id = (found[1].get("tracker_run_id") if found else None) or new_run_id()
     validation = ValidationSettings.from_config(
-        settings.validate_every, settings.validation or {}, run.cache.manifest["resolution"]
+        settings.validate_every,
+        settings.validation or {},
+        prompts,
+        run.cache.manifest["resolution"],
     )
     if accelerator.is_main_process:
         restart_metrics(run.run_dir, run.start_step)

@@ -16,11 +16,11 @@ a checkpoint before exiting (`dspo.training.guards`), and the learning rate foll
 per optimiser step, however many processes train.
 
 What it shows while it runs: metrics every ``log_every`` steps (`dspo.training.metrics`),
-validation images of fixed prompts every ``validate_every`` steps (`dspo.training.validation`, which
-leaves the trajectory untouched), both also in the tracker (`dspo.training.tracking`). The
-models of ``training.evaluate_steps`` are kept for choosing the step later
-(`dspo.training.step_models`). The run's files (resuming, checkpoints, the kept models and the
-model) are written by `dspo.training.run_files`.
+validation images of fixed prompts (and the first of a prompt set's) every ``validate_every``
+steps (`dspo.training.validation`, which leaves the trajectory untouched), both also in the
+tracker (`dspo.training.tracking`). The models of ``training.evaluate_steps`` are kept for
+choosing the step later (`dspo.training.step_models`). The run's files (resuming,
+checkpoints, the kept models and the model) are written by `dspo.training.run_files`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from dspo.training.run_files import finish_run, keep_step_model, resume_run, wri
 from dspo.training.run_lock import held
 from dspo.training.settings import TrainSettings
 from dspo.training.tracking import log_images
-from dspo.training.validation import Validator, is_due, save_strip
+from dspo.training.validation import Validator, is_due, save_strip, validation_prompts
 
 
 def train(
@@ -63,6 +63,7 @@ def train(
     out_dir: Path,
     run_dir: Path,
     reference_dir: Path | None = None,
+    validation_table: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``base_model`` on the cache with one method's resolved config.
 
@@ -73,13 +74,20 @@ def train(
     these cases no model is written. One trainer at a time holds ``run_dir``
     (:mod:`dspo.training.run_lock`). ``reference_dir`` holds the reference's outputs computed before
     training (:mod:`dspo.training.reference`): no reference forward runs and no reference copy is
-    held.
+    held. ``validation_table`` is the table of the prompt set ``validation.from_prompt_set``
+    names (:func:`dspo.training.validation.validation_prompts`).
     """
     settings = TrainSettings.from_config(cfg)
+    # Read before any model loads: a wrong table fails at once.
+    prompts = (
+        validation_prompts(settings.validation or {}, validation_table)
+        if settings.validate_every
+        else ()
+    )
     watch = JobWatch.start()
     with held(run_dir, watch) as lock:
         run = TrainingRun.set_up(settings, cache_dir, base_model, run_dir, reference_dir)
-        resume_run(run)
+        resume_run(run, prompts)
         bar = tqdm(
             range(run.start_step, settings.steps),
             initial=run.start_step,
