@@ -18,12 +18,13 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dspo.core.content import file_sha256
+from dspo.core.dtypes import resolve_dtype
 from dspo.core.files import part_folder
 from dspo.data.cache_images import CROPS, load_image
 from dspo.data.pair_table import REJECTED_CAPTION
 from dspo.families import load_family
 from dspo.families.base import Family, empty_name
-from dspo.families.sd_pipeline import load_pipeline, resolve_dtype
+from dspo.families.sd_pipeline import load_pipeline
 
 SIDES = ("w", "l")
 # Prompts per text-encoder call. Fixed, so that parts split prompts on one grid (PartPlan).
