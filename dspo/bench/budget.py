@@ -331,9 +331,9 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
         "pairs": (counts["pairs"], counts["prompts"]),
         "pairs_nodup": (counts["prompts"], counts["prompts"]),
         "pairs_ddspo": (ddspo["prompts"], 2 * ddspo["prompts"]),
-        # Later rounds' pairs, sampled from the round before: as many as the first round's.
-        **{run["data"]: (counts["pairs"], counts["prompts"]) for run in runs},
     }
+    for run in runs:  # later rounds' pairs, sampled from the round before: as many as round 1's
+        cache_sets.setdefault(run["data"], cache_sets["pairs"])
     out = [_stage("source", f"{counts['source_rows']:,} rows ({how})", src)]
     base_bytes = shapes["params"] * DTYPE_BYTES[config["base_model"]["dtype"]]
     out.append(_stage("base model", f"{shapes['params'] / 1e9:.2f} B parameters", base_bytes))

@@ -177,3 +177,11 @@ def test_every_preset_budgets_and_an_unknown_gpu_is_refused() -> None:
     assert not toy["flops_counted"] and toy["total"]["disk_bytes"] > 0
     with pytest.raises(ValueError, match="--gpu 'tpu'"):
         budget(workflow_config([PRESETS / "sd15.yaml"]), "tpu", 0.4)
+
+
+def test_each_cache_counts_its_own_pair_set() -> None:
+    rows = {r["stage"]: r for r in stages(workflow_config([PRESETS / "sd15.yaml"]))}
+    assert rows["cache of pairs"]["items"] == "851,293 pairs, 58,960 prompts"
+    # DDSPO's 200,000 prompts, each with its degraded prompt; one pair per unique prompt.
+    assert rows["cache of pairs_ddspo"]["items"] == "200,000 pairs, 400,000 prompts"
+    assert rows["cache of pairs_nodup"]["items"] == "58,960 pairs, 58,960 prompts"
