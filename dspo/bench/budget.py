@@ -453,7 +453,8 @@ def budget(
     }
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
+    """A byte count in decimal units (B, KB, MB, GB, TB), as the tables print it."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.3g} {unit}" if unit != "B" else f"{n:.0f} B"
@@ -472,7 +473,7 @@ def format_budget(result: Mapping[str, Any]) -> str:
     ]
     for r in [*result["stages"], {"stage": "**total**", "items": "", **result["total"]}]:
         lines.append(
-            f"| {r['stage']} | {r['items']} | {_size(r['disk_bytes'])} | "
+            f"| {r['stage']} | {r['items']} | {format_size(r['disk_bytes'])} | "
             f"{r['flops'] / 1e15:,.1f} | {r['gpu_hours']:,.1f} |"
         )
     if not result["flops_counted"]:
