@@ -18,8 +18,9 @@ replaced). Every figure is a product of counts from the config and sizes per ite
   native resolution: the cache's VAE encodes, training (per pair: forward + backward of the
   policy on each image it trains on, a no-grad reference forward on each image when the
   objective needs one, one forward more under gradient checkpointing), and sampling (steps x
-  2 with classifier-free guidance), and the Inception-v3 of the image-quality step (a counted
-  figure per image, prompt sets only). GPU-hours = FLOPs / (peak dense bf16 x utilisation).
+  2 with classifier-free guidance), the Inception-v3 of the image-quality step (a counted
+  figure per image, prompt sets only) and BLIP VQA's B-VQA scoring (counted figures per image
+  and per noun phrase). GPU-hours = FLOPs / (peak dense bf16 x utilisation).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ SCORE_ROW_BYTES = 300  # one reward's score row in the tables (docs/cluster.md)
 # The FID Inception-v3 (evaluation.quality) per image, whatever its size (it resizes to
 # 299 px): counted with torch's FlopCounterMode on torch-fidelity's extractor.
 INCEPTION_FLOPS = 11.43e9
+# B-VQA with BLIP VQA (blip-vqa-base's architecture, 0.36 B parameters) per image: the vision
+# encoder once at 384 px, and per noun phrase the question's encoder (6 tokens) and one decoder
+# step; counted with torch's FlopCounterMode on the full-size stand-in (dspo.standins).
+# T2I-CompBench's attribute-binding prompts ("a red car and a blue bench") have two phrases.
+BVQA_IMAGE_FLOPS = 110.97e9
+BVQA_PHRASE_FLOPS = 18.07e9
+BVQA_PHRASES = 2
 CAPTION_BYTES = 150
 # A pair table's row beside its caption (measured, 2,000 pairs): four int64 ids, and the
 # images' references (tar member names in a webdataset); a table's footer adds about 3 kB.
@@ -412,8 +420,13 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
         out.append(
             _image_stage("attribute-binding images", sampled, prompts, images, ev, cfg, flops)
         )
-        # BLIP VQA's forwards (a few per image, ~0.4 B parameters) are not counted.
-        out.append(_stage("B-VQA scores", f"{images:,} images", images * SCORE_ROW_BYTES))
+        blip = ev["attribute_binding"]["scorer"]["kind"] == "bvqa" and flops
+        per_image = BVQA_IMAGE_FLOPS + BVQA_PHRASES * BVQA_PHRASE_FLOPS if blip else 0
+        out.append(
+            _stage(
+                "B-VQA scores", f"{images:,} images", images * SCORE_ROW_BYTES, images * per_image
+            )
+        )
     quality = ev.get("quality") or {}
     if quality.get("classifier") == "inception":
         generated = sum(_prompt_set_size(s, config) for s in sets.values())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dspo.bench.budget import stages
+from dspo.bench.budget import BVQA_IMAGE_FLOPS, BVQA_PHRASE_FLOPS, INCEPTION_FLOPS, stages
 from dspo.config.step import workflow_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,3 +34,24 @@ def test_toy_binding_set_counts_its_own_size() -> None:
     assert f"{sampled} models x 10 prompts" in items
     config["evaluation"]["attribute_binding"] = None
     assert "attribute-binding images" not in _by_stage(config)
+
+
+def test_sdxl_budgets_blip_vqa_and_the_inception_score() -> None:
+    presets = [REPO / f"config/presets/{name}.yaml" for name in ("sd15", "sdxl")]
+    rows = _by_stage(workflow_config(presets))
+    # 12 sampled models (no released SDXL Diffusion-KTO) x 900 prompts x 5 seeds, each scored
+    # by BLIP VQA: the vision encoder once and two questions (T2I-CompBench's two phrases).
+    bvqa = rows["B-VQA scores"]
+    assert bvqa["items"] == "54,000 images"
+    assert bvqa["flops"] == pytest.approx(54_000 * (BVQA_IMAGE_FLOPS + 2 * BVQA_PHRASE_FLOPS))
+    # The Inception Score of every prompt set's image: 12 x (500 + 1,632 + 3,200) x 5.
+    quality = rows["image quality (Inception-v3)"]
+    assert quality["items"] == "319,920 images"
+    assert quality["flops"] == pytest.approx(319_920 * INCEPTION_FLOPS)
+    # Both are minutes next to sampling the images they score.
+    assert bvqa["flops"] < rows["attribute-binding images"]["flops"] / 100
+
+
+def test_the_toy_vqa_costs_no_gpu_time() -> None:
+    rows = _by_stage(workflow_config([]))
+    assert rows["B-VQA scores"]["flops"] == 0
