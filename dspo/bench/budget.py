@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dspo.bench.flops import DENSE_BF16_PEAK_TFLOPS, dense_bf16_peak
-from dspo.config.experiments import method_config, released_models, trained_models
+from dspo.config.experiments import method_config, released_models, step_models, trained_models
 from dspo.config.names import entries
 from dspo.objectives import get_objective
 
@@ -75,9 +75,11 @@ PICKAPIC_HUB = {
 }
 PICKAPIC_TRAIN_ROWS, PICKAPIC_NO_TIES, PICKAPIC_PROMPTS = 959_040, 851_293, 58_960
 # The published prompt sets' sizes by a word of their id, path or split (no limit given):
-# Pick-a-Pic test_unique, PartiPrompts, the HPSv2 benchmark, InstructPix2Pix's 1000 samples.
-# T2I-CompBench: each of its colour, shape and texture validation files.
-PROMPT_SET_SIZES = {"test_unique": 500, "parti": 1632, "hps": 3200, "instructpix2pix": 1000}
+# Pick-a-Pic test_unique and validation_unique, PartiPrompts, the HPSv2 benchmark,
+# InstructPix2Pix's 1000 samples. T2I-CompBench: each of its colour, shape and texture
+# validation files.
+PROMPT_SET_SIZES = {"test_unique": 500, "validation_unique": 500, "parti": 1632, "hps": 3200}
+PROMPT_SET_SIZES["instructpix2pix"] = 1000
 PROMPT_SET_SIZES["t2i-compbench"] = 300
 UNKNOWN_SET_SIZE = 1000
 # Known base models: family, latent channels, the shape of each prompt tensor of one prompt
@@ -333,6 +335,9 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
     per_pair = pair_row_bytes(config["pairs"]["source"])
     models = trained_models(config)
     runs = [method_config(config, m) for m in models.values()]
+    # The models of training.evaluate_steps: each run's kept steps, on disk and sampled.
+    kept = step_models(config, models)
+    copies = [1 + sum(1 for model, _ in kept.values() if model == name) for name in models]
     datasets = {run["data"] for run in runs}
     ddspo = config["ddspo"]
     cache_sets = {
@@ -340,8 +345,9 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
         "pairs_nodup": (counts["prompts"], counts["prompts"]),
         "pairs_ddspo": (ddspo["prompts"], 2 * ddspo["prompts"]),
     }
-    for run in runs:  # later rounds' pairs, sampled from the round before: as many as round 1's
-        cache_sets.setdefault(run["data"], cache_sets["pairs"])
+    # Later rounds' pairs, sampled from the round before: as many as the first round's.
+    for run in runs:
+        cache_sets.setdefault(run["data"], (counts["pairs"], counts["prompts"]))
     out = [_stage("source", f"{counts['source_rows']:,} rows ({how})", src)]
     base_bytes = shapes["params"] * DTYPE_BYTES[config["base_model"]["dtype"]]
     out.append(_stage("base model", f"{shapes['params'] / 1e9:.2f} B parameters", base_bytes))
@@ -386,24 +392,26 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
             )
         )
     ckpt = model_disk = train = 0.0
-    for run in runs:
+    for run, n in zip(runs, copies, strict=True):
         params = trainable_params(denoiser, run["lora"])
         ckpt += checkpoints_held(run) * checkpoint_bytes(params, run["optimizer"])
-        model_disk += model_bytes(shapes["params"], params, run["lora"], config["base_model"])
+        model_disk += n * model_bytes(shapes["params"], params, run["lora"], config["base_model"])
         if flops:
             pair = train_flops_per_pair(
                 flops, run["objective"], bool(run["lora"]), run["gradient_checkpointing"]
             )
             train += run["steps"] * run["pairs_per_step"] * pair
     out.append(_stage("training checkpoints", f"{len(runs)} runs", ckpt, train))
-    out.append(_stage("trained models", f"{len(runs)} models", model_disk))
+    steps = f" and {len(kept)} kept steps" if kept else ""
+    out.append(_stage("trained models", f"{len(runs)} models{steps}", model_disk))
     ev = config["evaluation"]
     sets = entries(ev["prompt_sets"])
     prompts = sum(_prompt_set_size(s, config) for s in sets.values())
     if ev.get("editing"):
         prompts += _prompt_set_size(ev["editing"], config)
-    # The base model, every trained model and the released models a method entry names.
-    sampled = len(runs) + 1 + len(released_models(config))
+    # The base model, every trained model, its kept steps and the released models a method
+    # entry names.
+    sampled = len(runs) + len(kept) + 1 + len(released_models(config))
     images = sampled * prompts * len(ev["seeds"]) * len(ev["guidance"])
     cfg = sum(cfg_factor(shapes, g) for g in ev["guidance"]) / len(ev["guidance"])
     out.append(_image_stage("evaluation images", sampled, prompts, images, ev, cfg, flops))
@@ -429,7 +437,9 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
         )
     quality = ev.get("quality") or {}
     if quality.get("classifier") == "inception":
-        generated = sum(_prompt_set_size(s, config) for s in sets.values())
+        # The test prompt sets only: not the validation set of the step choice.
+        validation = (ev.get("step_selection") or {}).get("prompt_set")
+        generated = sum(_prompt_set_size(s, config) for n, s in sets.items() if n != validation)
         generated *= sampled * len(ev["seeds"]) * len(ev["guidance"])
         out.append(
             _stage(

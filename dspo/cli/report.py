@@ -104,10 +104,12 @@ def _selected_steps(raw: Any, p: Mapping[str, Any]) -> tuple[dict[str, Any], Any
     """With ``step_selection`` set: the step-selection table and the note (under "table" and
     "note"), and the scores with each trained model's picked step; else nothing and ``raw``."""
     from dspo.evaluation.step_selection import (
+        overlap_sentence,
         pick_steps,
         picked_rows,
         selection_markdown,
         selection_note,
+        shared_prompts,
         use_picked,
     )
     from dspo.evaluation.tables import labeller
@@ -119,7 +121,8 @@ def _selected_steps(raw: Any, p: Mapping[str, Any]) -> tuple[dict[str, Any], Any
     candidates = {m: {int(s): row for s, row in c.items()} for m, c in spec["candidates"].items()}
     chosen = pick_steps(raw, candidates, spec["prompt_set"], spec["reward"])
     name = labeller(p["labels"])
-    table = (chosen, selection_markdown(chosen, name))
+    overlap = overlap_sentence(*shared_prompts(raw, spec["prompt_set"], p["prompt_sets"]), name)
+    table = (chosen, f"{selection_markdown(chosen, name)}\n{overlap}\n")
     note = selection_note(chosen, name)
     return {"table": table, "note": note}, use_picked(raw, picked_rows(chosen))
 

@@ -9,7 +9,7 @@ report test sets then show each model's picked step (:func:`use_picked`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -83,6 +83,29 @@ def selection_markdown(selection: pd.DataFrame, name: Callable[[str], str]) -> s
             f"{entry.n_images} | {mark} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def shared_prompts(
+    scores: pd.DataFrame, prompt_set: str, test_sets: Iterable[str]
+) -> tuple[int, dict[str, int]]:
+    """The validation set's number of prompts, and how many of them each test set also holds
+    (the same text; only the sets that share one): a validation set that is not a test set
+    shares none, which the step-selection table states."""
+    texts = scores.groupby("prompt_set")["prompt"].unique()
+    own = set(texts.get(prompt_set, []))
+    shared = {s: len(own & set(texts[s])) for s in test_sets if s != prompt_set and s in texts}
+    return len(own), {s: n for s, n in shared.items() if n}
+
+
+def overlap_sentence(n_prompts: int, shared: Mapping[str, int], name: Callable[[str], str]) -> str:
+    """What the step-selection table says of the validation set's overlap with the test sets."""
+    if not shared:
+        return "The validation set shares no prompt with the test sets."
+    parts = ", ".join(f"{n} with {name(s)}" for s, n in shared.items())
+    return (
+        f"**The validation set is not disjoint from the test sets**: of its {n_prompts} "
+        f"prompts, {parts} (the same text); the step was chosen on prompts that are tested."
+    )
 
 
 def selection_note(selection: pd.DataFrame, name: Callable[[str], str]) -> str:

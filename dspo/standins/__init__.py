@@ -14,6 +14,8 @@ that the sd15 and sdxl presets download, for rehearsing the real path offline.
     DIR/bert-base-uncased/                 (with image_reward) its tokenizer
     DIR/blip-vqa-base/                     blip_vqa  BlipForQuestionAnswering + processor
     DIR/pickapic_v2/data/*.parquet         pickapic  train and test_unique splits
+    DIR/pickapic_v1_no_images/data/validation_unique-00000-of-00001.parquet
+                                           pickapic_validation  captions-only split
     DIR/prompts/PartiPrompts.tsv           prompts  Parti prompts, and
     DIR/HPDv2/benchmark/*.json                      the HPSv2 benchmark (zhwang/HPDv2's layout)
     DIR/instructpix2pix-1000-samples/      editing  train.parquet
@@ -46,6 +48,10 @@ AESTHETIC_FILE = "ddpo-aesthetic-predictor/aesthetic-model.pth"
 OPENAI_CLIP_L = "clip-vit-large-patch14"
 IMAGE_REWARD = "ImageReward"
 PICKAPIC = "pickapic_v2"
+# The hub dataset yuvalkirstain/pickapic_v1_no_images (captions only), with only the split
+# that sd15's step choice validates on.
+PICKAPIC_VALIDATION = "pickapic_v1_no_images"
+PICKAPIC_VALIDATION_SPLIT = "validation_unique"
 PROMPTS = "prompts"
 # The hub dataset zhwang/HPDv2, with only its benchmark/ folder.
 HPSV2_BENCHMARK = "HPDv2"
@@ -65,6 +71,7 @@ COMPONENTS = (
     "aesthetics",
     "image_reward",
     "pickapic",
+    "pickapic_validation",
     "prompts",
     "editing",
     "blip_vqa",
@@ -116,6 +123,11 @@ def write_standins(
         ),
         "pickapic": lambda: data.write_pickapic(
             out / PICKAPIC, {"train": pairs, "test_unique": prompts}, seed=seed
+        ),
+        "pickapic_validation": lambda: str(
+            data.write_pickapic_captions(
+                out / PICKAPIC_VALIDATION, PICKAPIC_VALIDATION_SPLIT, prompts, seed
+            )
         ),
         "prompts": lambda: {
             k: str(v)

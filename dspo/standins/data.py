@@ -1,4 +1,5 @@
-"""Data stand-ins: a Pick-a-Pic v2 parquet folder, the prompt files and an editing set.
+"""Data stand-ins: a Pick-a-Pic v2 parquet folder, a captions-only Pick-a-Pic split, the
+prompt files and an editing set.
 
 The pairs carry every Pick-a-Pic v2 column, JPEGs at the sizes and aspect ratios of the
 real set (512 to 1024 px a side), and the rows the normaliser must drop: ties, unlabelled
@@ -172,6 +173,27 @@ def write_pickapic(
             name = f"{split}-{i:05d}-of-{n_files:05d}.parquet"
             pq.write_table(table, folder / name, row_group_size=row_group)
     return counts
+
+
+# The columns of yuvalkirstain/pickapic_v1_no_images: Pick-a-Pic's, without the images.
+IMAGE_COLUMNS = ["jpg_0", "jpg_1"]
+
+
+def write_pickapic_captions(out: Path, split: str, n: int, seed: int = 0) -> Path:
+    """One split of a captions-only Pick-a-Pic copy in the layout of the hub dataset
+    ``yuvalkirstain/pickapic_v1_no_images`` (``out/data/<split>-00000-of-00001.parquet``;
+    Pick-a-Pic's columns without ``jpg_0``/``jpg_1``), ``n`` rows of distinct captions, as in
+    its ``validation_unique`` and ``test_unique`` splits."""
+    frame, _ = pickapic_rows(n, seed + 300, split)
+    rng = np.random.default_rng(seed + 300)
+    captions = list(dict.fromkeys(prompt(rng) for _ in range(20 * n)))[:n]
+    if len(captions) < n:
+        raise ValueError(f"only {len(captions)} distinct stand-in captions; asked for {n}")
+    frame = frame.drop(columns=IMAGE_COLUMNS).assign(caption=captions)
+    file = out / "data" / f"{split}-00000-of-00001.parquet"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), file)
+    return file
 
 
 def write_prompt_files(out: Path, hpsv2_out: Path, n: int, seed: int = 0) -> dict[str, Path]:

@@ -167,6 +167,31 @@ def test_sd15_cache_and_training_by_hand() -> None:
     assert result["utilisation"] == 0.4 and result["peak_tflops"] == 312.0
 
 
+def test_sd15_budgets_its_kept_steps_as_models_of_their_own() -> None:
+    config = workflow_config([PRESETS / "sd15.yaml"])
+    rows = {r["stage"]: r for r in stages(config)}
+    # The base, 10 trained methods, their steps 500, 1000 and 1500, 2 released models; the
+    # prompts of Pick-a-Pic (500), Parti (1632), HPSv2 (3200), the edits (1000) and the
+    # Pick-a-Pic validation captions (500) that choose the step.
+    images = rows["evaluation images"]["items"]
+    assert images == "43 models x 6,832 prompts x 5 seeds x 1 guidance = 1,468,880"
+    assert rows["trained models"]["items"] == "10 models and 30 kept steps"
+    config["training"]["evaluate_steps"] = []
+    without = {r["stage"]: r for r in stages(config)}
+    assert without["evaluation images"]["items"].startswith("13 models x 6,832 prompts")
+    # Each run keeps three more models of its own size.
+    assert rows["trained models"]["disk_bytes"] == 4 * without["trained models"]["disk_bytes"]
+
+
+def test_sd15_caches_ddspo_and_nodup_pairs_at_their_own_counts() -> None:
+    """DDSPO's pairs (two images of each of 200,000 prompts) and the nodup table (one pair a
+    prompt) are cached at their counts, not at the Pick-a-Pic table's."""
+    rows = {r["stage"]: r for r in stages(workflow_config([PRESETS / "sd15.yaml"]))}
+    assert rows["cache of pairs_ddspo"]["items"] == "200,000 pairs, 400,000 prompts"
+    assert rows["cache of pairs_nodup"]["items"] == "58,960 pairs, 58,960 prompts"
+    assert rows["cache of pairs"]["items"] == "851,293 pairs, 58,960 prompts"
+
+
 def test_every_preset_budgets_and_an_unknown_gpu_is_refused() -> None:
     for preset in ("sdxl", "sd35", "flux"):
         files = [PRESETS / "sd15.yaml", PRESETS / f"{preset}.yaml"]
@@ -177,11 +202,3 @@ def test_every_preset_budgets_and_an_unknown_gpu_is_refused() -> None:
     assert not toy["flops_counted"] and toy["total"]["disk_bytes"] > 0
     with pytest.raises(ValueError, match="--gpu 'tpu'"):
         budget(workflow_config([PRESETS / "sd15.yaml"]), "tpu", 0.4)
-
-
-def test_each_cache_counts_its_own_pair_set() -> None:
-    rows = {r["stage"]: r for r in stages(workflow_config([PRESETS / "sd15.yaml"]))}
-    assert rows["cache of pairs"]["items"] == "851,293 pairs, 58,960 prompts"
-    # DDSPO's 200,000 prompts, each with its degraded prompt; one pair per unique prompt.
-    assert rows["cache of pairs_ddspo"]["items"] == "200,000 pairs, 400,000 prompts"
-    assert rows["cache of pairs_nodup"]["items"] == "58,960 pairs, 58,960 prompts"

@@ -19,11 +19,11 @@ def _by_stage(config: dict) -> dict[str, dict]:
 def test_sd15_budgets_sampling_and_scoring_the_compbench_sets() -> None:
     rows = _by_stage(workflow_config([REPO / "config/presets/sd15.yaml"]))
     evaluation, binding = rows["evaluation images"], rows["attribute-binding images"]
-    # 13 sampled models x (3 x 300 prompts) x 5 seeds x 1 guidance.
-    assert binding["items"].endswith("= 58,500")
+    # 43 sampled models (13 and the 30 kept steps) x (3 x 300 prompts) x 5 seeds x 1 guidance.
+    assert binding["items"].endswith("= 193,500")
     per_image = evaluation["flops"] / int(evaluation["items"].rsplit("= ", 1)[1].replace(",", ""))
-    assert binding["flops"] == pytest.approx(per_image * 58_500) and binding["flops"] > 0
-    assert rows["B-VQA scores"]["items"] == "58,500 images"
+    assert binding["flops"] == pytest.approx(per_image * 193_500) and binding["flops"] > 0
+    assert rows["B-VQA scores"]["items"] == "193,500 images"
 
 
 def test_toy_binding_set_counts_its_own_size() -> None:

@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 
 from dspo.evaluation.step_selection import (
+    overlap_sentence,
     pick_steps,
     picked_rows,
     selection_markdown,
     selection_note,
+    shared_prompts,
     use_picked,
 )
 from dspo.evaluation.tables import build_tables, labeller
@@ -49,6 +51,29 @@ def test_a_tie_goes_to_the_later_step_and_a_missing_candidate_is_named() -> None
     assert picked_rows(pick_steps(tied, CANDIDATES, "validation", "pick"))["dspo"] == "dspo"
     with pytest.raises(ValueError, match="no 'pick' scores of 'dspo@3'"):
         pick_steps(frame, {"dspo": {3: "dspo@3", 4: "dspo"}}, "validation", "pick")
+
+
+def test_the_table_states_whether_the_validation_prompts_are_also_tested() -> None:
+    frame = scores()
+    # Every set of make_scores holds the texts "prompt 0" ... "prompt 11".
+    assert shared_prompts(frame, "validation", ["pickv2"]) == (12, {"pickv2": 12})
+    apart = frame.assign(
+        prompt=frame["prompt"].where(
+            frame["prompt_set"] != "validation", "held-out " + frame["prompt"]
+        )
+    )
+    apart.loc[(apart["prompt_set"] == "pickv2") & (apart["prompt_id"] == 3), "prompt"] = (
+        "held-out prompt 3"
+    )
+    n, shared = shared_prompts(apart, "validation", ["pickv2", "editing"])
+    assert (n, shared) == (12, {"pickv2": 1})
+    name = labeller({"pickv2": "PickV2"})
+    assert "of its 12 prompts, 1 with PickV2" in overlap_sentence(n, shared, name)
+    disjoint = apart[apart["prompt"] != "held-out prompt 3"]
+    assert shared_prompts(disjoint, "validation", ["pickv2"]) == (11, {})
+    assert overlap_sentence(11, {}, name) == (
+        "The validation set shares no prompt with the test sets."
+    )
 
 
 def test_the_paper_table_row_of_a_method_is_its_picked_steps_own_row() -> None:
@@ -108,6 +133,8 @@ def test_the_tables_command_writes_the_choice_and_uses_it(tmp_path) -> None:
     main([*args, *map(str, files)])
     chosen = pd.read_csv(out / "step_selection.csv")
     assert chosen.loc[chosen["picked"], "row"].tolist() == ["dspo@2", "sft"]
+    # make_scores gives both sets the same prompt texts: the table says so.
+    assert "of its 12 prompts, 12 with pickv2" in (out / "step_selection.md").read_text()
     assert "dspo step 2 of 4" in (out / "table1.md").read_text()
     paper = pd.read_csv(out / "table1.csv").set_index("method")
     final = pd.read_csv(out / "win_rates.csv").set_index("method")

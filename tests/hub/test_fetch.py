@@ -264,6 +264,14 @@ def test_the_sd15_preset_names_the_public_hub_files() -> None:
     assert found["prompt_set.pickv2"] == Artefact(
         "prompt_set.pickv2", "yuvalkirstain/pickapic_v1", "split", "dataset", split="test_unique"
     )
+    # The step choice's validation set: v1's validation_unique captions, one small file.
+    assert found["prompt_set.pickapic_validation"] == Artefact(
+        "prompt_set.pickapic_validation",
+        "yuvalkirstain/pickapic_v1_no_images",
+        "split",
+        "dataset",
+        split="validation_unique",
+    )
     assert found["reward.aesthetics.checkpoint"] == Artefact(
         "reward.aesthetics.checkpoint", AESTHETIC_REPO, "files", files=("aesthetic-model.pth",)
     )
@@ -308,6 +316,20 @@ def test_split_files_of_the_public_layouts() -> None:
     assert hub_source_files(parquet, "train") == parquet[1:3]
     with pytest.raises(ValueError, match="split 'test'.*validation_unique"):
         hub_source_files(parquet, "test")
+
+
+def test_the_validation_split_is_one_file_of_the_captions_only_pickapic_v1() -> None:
+    """The file listing of huggingface.co/datasets/yuvalkirstain/pickapic_v1_no_images
+    (tree/main/data): sd15's validation set downloads its validation_unique file only."""
+    listing = [
+        ".gitattributes",
+        "data/test-00000-of-00001-75d003ad32a6ef60.parquet",
+        "data/test_unique-00000-of-00001-73a51cbb6488571d.parquet",
+        "data/train-00000-of-00001-b138676ed2d1f52a.parquet",
+        "data/validation-00000-of-00001-19b75fb98b49bb93.parquet",
+        "data/validation_unique-00000-of-00001-847ed34b90bbafc3.parquet",
+    ]
+    assert hub_source_files(listing, "validation_unique") == listing[-1:]
 
 
 def test_weights_in_one_format_and_pipeline_components_only() -> None:

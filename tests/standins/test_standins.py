@@ -8,13 +8,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
+from dspo.config.step import workflow_config
 from dspo.data.pair_table import read_pairs
 from dspo.data.pairs import PairSettings, gather_pairs, normalise_part
 from dspo.data.prompts import load_editing_set, load_prompt_set
+from dspo.data.split_files import TABLE_SUFFIXES, repo_split_files, split_files
 from dspo.families.sd_pipeline import load_pipeline
 from dspo.rewards import load_reward
 from dspo.standins import (
@@ -26,6 +29,7 @@ from dspo.standins import (
     LAION_CLIP,
     OPENAI_CLIP_L,
     PICKAPIC,
+    PICKAPIC_VALIDATION,
     PICKSCORE,
     PROMPTS,
     SD15,
@@ -35,13 +39,15 @@ from dspo.standins import (
 from dspo.standins.tokenizers import BERT_VOCAB_SIZE, CLIP_VOCAB_SIZE
 
 PAIRS = 40
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def standins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("standins")
     components = ["sd15", "sdxl", "pickscore", "clip", "hps", "aesthetics", "image_reward"]
-    components += ["pickapic", "prompts", "editing", "blip_vqa", "compbench"]
+    components += ["pickapic", "pickapic_validation", "prompts", "editing", "blip_vqa"]
+    components += ["compbench"]
     manifest = write_standins(out, components, tiny=True, pairs=PAIRS, prompts=8)
     return out, manifest
 
@@ -199,6 +205,31 @@ def test_prompt_files_and_editing_set_load_as_the_preset_reads_them(
     assert Image.open(io.BytesIO(editing["image"][0])).size == (512, 512)
 
 
+def test_the_validation_captions_stand_in_reads_as_the_presets_read_it(tmp_path: Path) -> None:
+    """The step choice's validation set: the stand-in, in pickapic_v1_no_images's layout, is
+    the file the hub source's split selects, and the rehearsal's prompt set reads it."""
+    manifest = write_standins(tmp_path, ["pickapic_validation"], prompts=6)
+    folder = tmp_path / PICKAPIC_VALIDATION
+    file = folder / "data/validation_unique-00000-of-00001.parquet"
+    assert manifest["pickapic_validation"]["holds"] == str(file)
+    presets = [REPO / f"config/presets/{n}.yaml" for n in ("sd15", "rehearsal")]
+    sd15 = workflow_config(presets[:1])["evaluation"]["prompt_sets"]["pickapic_validation"]
+    split = sd15["source"]["split"]
+    assert split_files(str(folder), split, TABLE_SUFFIXES) == [file]
+    names = [str(f.relative_to(folder)) for f in folder.rglob("*.parquet")]
+    assert repo_split_files(names, split, TABLE_SUFFIXES) == ["data/" + file.name]
+    columns = pq.read_schema(file).names
+    assert "caption" in columns and not {"jpg_0", "jpg_1"} & set(columns)
+    assert pq.read_metadata(file).num_rows == 6
+
+    spec = workflow_config(presets)["evaluation"]["prompt_sets"]["pickapic_validation"]
+    source = {**spec["source"], "path": str(tmp_path / spec["source"]["path"].split("/", 1)[1])}
+    table = load_prompt_set("pickapic_validation", {**spec, "source": source})
+    assert len(table) == 2 and table["prompt"].is_unique  # the rehearsal's limit
+    every = load_prompt_set("pickapic_validation", {"source": {**source, "limit": None}})
+    assert len(every) == 6 and every["prompt"].str.len().min() > 0
+
+
 def test_stand_ins_are_deterministic(standins: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = standins
     again = tmp_path / "again"
@@ -235,9 +266,10 @@ def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     presets = [str(REPO / "config/presets" / name) for name in ("sd15.yaml", "rehearsal.yaml")]
     result = snakemake("-n", "all", "--configfile", *presets, cwd=tmp_path)
     jobs = planned_jobs(result.stdout)
-    assert jobs["train"] == 10 and jobs["generate"] == 11 and "edit" not in jobs
-    assert jobs["score"] == 11 and jobs["tables"] == 1
-    assert jobs["score_binding"] == 11 and jobs["binding_table"] == 1
+    # The base and ten trained methods, and step 1 of each (the step choice): 21 models.
+    assert jobs["train"] == 10 and jobs["step_model"] == 10 and "edit" not in jobs
+    assert jobs["generate"] == 21 and jobs["score"] == 21 and jobs["tables"] == 1
+    assert jobs["score_binding"] == 21 and jobs["binding_table"] == 1
     assert jobs["pairs_part"] == 2 and jobs["ddspo_part"] == 2 and jobs["cache_part"] == 6
     assert "base_model" not in jobs and "toy_world" not in jobs
     assert "fetch_item" not in jobs  # every hub file of sd15 is read from the stand-ins

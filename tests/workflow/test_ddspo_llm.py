@@ -23,8 +23,9 @@ def test_sd15_with_the_llm_degrader_fetches_it_and_degrades_before_sampling(
     configs = [str(REPO / "config/presets/sd15.yaml"), str(LLM_PRESET)]
     result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
     jobs = planned_jobs(result.stdout)
-    # One more hub artefact than sd15 alone (22 with the binding sets, BLIP and Inception): the LLM.
-    assert jobs["ddspo_degrade"] == 1 and jobs["fetch_item"] == 23 and jobs["ddspo_part"] == 32
+    # One more hub artefact than sd15 alone (23 with the binding sets, BLIP, Inception and the
+    # validation captions): the LLM.
+    assert jobs["ddspo_degrade"] == 1 and jobs["fetch_item"] == 24 and jobs["ddspo_part"] == 32
     assert "results/fetch/items/ddspo.degrader.json" in result.stdout
     degrade = re.findall(r"dspo ddspo-degrade --params '(\{.*?\})'", result.stdout)
     assert len(degrade) == 1 and set(json.loads(degrade[0])) == {"prompts", "seed", "degrader"}

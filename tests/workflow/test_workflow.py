@@ -57,35 +57,84 @@ def test_bad_config_fails_naming_the_key(override: dict, named: str, tmp_path: P
     assert named in result.stdout
 
 
+def planned_models(output: str, rule: str, wildcard: str = "model") -> list[str]:
+    """The ``wildcard`` of each planned job of ``rule`` in a dry run's output."""
+    pattern = rf"rule {rule}:\n(?:    .*\n)*?    wildcards: {wildcard}=([^,\s]+)"
+    return re.findall(pattern, output)
+
+
+def tables_params(output: str) -> dict:
+    """The tables job's settings (its params, printed with its shell command: ``-p``)."""
+    line = next(line for line in output.splitlines() if "dspo tables --params" in line)
+    return json.loads(re.search(r"--params '(\{.*?\})' --scores", line).group(1))
+
+
+def assert_steps_chosen(output: str, steps: list[int], trained: int) -> None:
+    """Every trained model's kept ``steps`` are made, sampled and scored as rows
+    ``model@step``, and the tables job picks among them and the last step (2000) on the
+    Pick-a-Pic validation captions by PickScore, writing step_selection.{md,csv}."""
+    trained_models = planned_models(output, "train", "method")
+    kept = {f"{model}@{step}" for model in trained_models for step in steps}
+    assert len(kept) == trained * len(steps) and "dspo@" + str(steps[0]) in kept
+    assert set(planned_models(output, "step_model")) == kept
+    for rule in ("generate", "score"):
+        assert kept <= set(planned_models(output, rule)), rule
+    assert f"results/scores/dspo@{steps[0]}/pickapic_validation.parquet" in output
+    params = tables_params(output)
+    choice = params["step_selection"]
+    assert (choice["prompt_set"], choice["reward"]) == ("pickapic_validation", "pickscore")
+    assert choice["candidates"]["dspo"] == {
+        **{str(step): f"dspo@{step}" for step in steps},
+        "2000": "dspo",
+    }
+    assert "results/tables/step_selection.md" in output
+    # The validation set is no test set: the tables report the others only.
+    assert params["prompt_sets"] == ["pickv2", "parti", "hpsv2", "editing"]
+    assert all(
+        "pickapic_validation" not in t["prompt_sets"] for t in params["paper_tables"].values()
+    )
+
+
 def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     result = snakemake(
-        "-n", "all", "--configfile", str(REPO / "config/presets/sd15.yaml"), cwd=tmp_path
+        "-n",
+        "all",
+        "--printshellcmds",
+        "--configfile",
+        str(REPO / "config/presets/sd15.yaml"),
+        cwd=tmp_path,
     )
     jobs = planned_jobs(result.stdout)
-    # Ten trained methods, the released Diffusion-DPO and Diffusion-KTO (imported), the base.
+    # Ten trained methods, the released Diffusion-DPO and Diffusion-KTO (imported), the base,
+    # and the models of steps 500, 1000 and 1500 of each trained method (the step choice).
     assert jobs["train"] == 10 and jobs["import_model"] == 2 and "edit" not in jobs
-    assert jobs["generate"] == 13 and jobs["score"] == 13 and jobs["editing_set"] == 1
+    assert jobs["step_model"] == 30 and jobs["editing_set"] == 1
+    assert jobs["generate"] == 43 and jobs["score"] == 43
     assert "base_model" not in jobs and "toy_world" not in jobs  # SD1.5 comes from the hub
     # In a bare folder: every hub artefact is downloaded first (rules/fetch.smk), once each.
     # Two of them are the released Diffusion-DPO and Diffusion-KTO models the preset scores.
     # One more is the FID Inception-v3 weights file (a pinned URL) for the Inception Score;
-    # four T2I-CompBench's colour, shape and texture prompts and the BLIP VQA model.
-    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 22
-    assert jobs["quality"] == 13
+    # four T2I-CompBench's colour, shape and texture prompts and the BLIP VQA model; one the
+    # Pick-a-Pic validation captions.
+    assert jobs["fetch"] == 1 and jobs["fetch_item"] == 23
+    assert jobs["quality"] == 43
     # Attribute binding: three more prompt sets, each model's B-VQA scores, one table.
-    assert jobs["prompt_set"] == 6 and jobs["score_binding"] == 13 and jobs["binding_table"] == 1
+    assert jobs["prompt_set"] == 7 and jobs["score_binding"] == 43 and jobs["binding_table"] == 1
+    assert_steps_chosen(result.stdout, [500, 1000, 1500], trained=10)
 
 
 def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
     configs = [str(REPO / f"config/presets/{name}.yaml") for name in ("sd15", "sdxl")]
     result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
     jobs = planned_jobs(result.stdout)
-    assert jobs["import_model"] == 1 and jobs["train"] == 10 and jobs["generate"] == 12
+    # The base, ten trained methods, the released SDXL Diffusion-DPO, steps 600 and 700 of each.
+    assert jobs["import_model"] == 1 and jobs["train"] == 10 and jobs["generate"] == 32
     assert "dspo import-model --model mhdang/dpo-sdxl-text2image-v1" in result.stdout
-    assert jobs["score_binding"] == 12 and jobs["binding_table"] == 1
+    assert jobs["score_binding"] == 32 and jobs["binding_table"] == 1
     assert '"kind": "bvqa", "model": "Salesforce/blip-vqa-base"' in result.stdout
     # DDSPO's Inception Score of every model's images, from the FID Inception-v3.
-    assert jobs["quality"] == 12 and '"classifier": "inception"' in result.stdout
+    assert jobs["quality"] == 32 and '"classifier": "inception"' in result.stdout
+    assert_steps_chosen(result.stdout, [600, 700], trained=10)
 
 
 @pytest.mark.parametrize("preset", ["sd35", "flux"])
@@ -95,7 +144,8 @@ def test_flow_matching_presets_plan_the_paper_dag(preset: str, tmp_path: Path) -
     configs = [str(REPO / f"config/presets/{name}.yaml") for name in ("sd15", preset)]
     result = snakemake("-n", "all", "--printshellcmds", "--configfile", *configs, cwd=tmp_path)
     jobs = planned_jobs(result.stdout)
-    assert jobs["train"] == 10 and jobs["generate"] == 11 and jobs["score"] == 11
+    # The base, ten trained methods and sd15's steps 500, 1000 and 1500 of each.
+    assert jobs["train"] == 10 and jobs["generate"] == 41 and jobs["score"] == 41
     assert "base_model" not in jobs and "toy_world" not in jobs
     assert '"scheduler": "euler"' in result.stdout
     assert '"logit_normal"' in result.stdout and '"rank": 16' in result.stdout
