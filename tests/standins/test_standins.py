@@ -286,8 +286,10 @@ def test_sdxl_rehearsal_plans_the_table_2_dag_on_the_stand_ins(
     presets = [str(REPO / "config/presets" / name) for name in names]
     result = snakemake("-n", "all", "--configfile", *presets, cwd=tmp_path)
     jobs = planned_jobs(result.stdout)
-    # Both of DDSPO's evaluations on every model: B-VQA and the Inception Score.
-    assert jobs["score_binding"] == jobs["quality"] == jobs["generate"] == 11
+    # Both of DDSPO's evaluations on every model (the base, 10 runs and their kept step 1):
+    # B-VQA and the Inception Score.
+    assert jobs["score_binding"] == jobs["quality"] == jobs["generate"] == 21
+    assert jobs["step_model"] == 10
     assert "results/tables/table2.md" in result.stdout and "table1.md" not in result.stdout
     for table in ("ddspo", "image_quality", "attribute_binding"):
         assert f"results/tables/{table}.csv" in result.stdout
@@ -311,5 +313,6 @@ def test_ai_feedback_rehearsal_plans_two_rounds_on_the_stand_ins(
     assert jobs["generate"] == jobs["score"] == jobs["quality"] == 5
     assert "results/tables/ai_feedback.md" in result.stdout
     assert "fetch_item" not in jobs and "prompt_set.parti" not in result.stdout
+    assert "step_model" not in jobs  # no step choice by the reward that labels the pairs
     # The Parti prompts are the stand-in's file, not a hub download.
     assert "standins/prompts/PartiPrompts.tsv" in result.stdout
