@@ -39,15 +39,16 @@ def test_toy_binding_set_counts_its_own_size() -> None:
 def test_sdxl_budgets_blip_vqa_and_the_inception_score() -> None:
     presets = [REPO / f"config/presets/{name}.yaml" for name in ("sd15", "sdxl")]
     rows = _by_stage(workflow_config(presets))
-    # 12 sampled models (no released SDXL Diffusion-KTO) x 900 prompts x 5 seeds, each scored
-    # by BLIP VQA: the vision encoder once and two questions (T2I-CompBench's two phrases).
+    # 32 sampled models (the base, the released SDXL Diffusion-DPO, 10 runs and their kept
+    # steps 600 and 700) x 900 prompts x 5 seeds, each scored by BLIP VQA: the vision encoder
+    # once and two questions (T2I-CompBench's two phrases).
     bvqa = rows["B-VQA scores"]
-    assert bvqa["items"] == "54,000 images"
-    assert bvqa["flops"] == pytest.approx(54_000 * (BVQA_IMAGE_FLOPS + 2 * BVQA_PHRASE_FLOPS))
-    # The Inception Score of every prompt set's image: 12 x (500 + 1,632 + 3,200) x 5.
+    assert bvqa["items"] == "144,000 images"
+    assert bvqa["flops"] == pytest.approx(144_000 * (BVQA_IMAGE_FLOPS + 2 * BVQA_PHRASE_FLOPS))
+    # The Inception Score of every test set's image: 32 x (500 + 1,632 + 3,200) x 5.
     quality = rows["image quality (Inception-v3)"]
-    assert quality["items"] == "319,920 images"
-    assert quality["flops"] == pytest.approx(319_920 * INCEPTION_FLOPS)
+    assert quality["items"] == "853,120 images"
+    assert quality["flops"] == pytest.approx(853_120 * INCEPTION_FLOPS)
     # Both are minutes next to sampling the images they score.
     assert bvqa["flops"] < rows["attribute-binding images"]["flops"] / 100
 
