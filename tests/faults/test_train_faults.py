@@ -271,7 +271,9 @@ def uninterrupted(world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.mark.parametrize(
-    "sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=["SIGTERM", "SIGUSR1", "SIGINT"]
+    "sig",
+    [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGURG],
+    ids=["SIGTERM", "SIGUSR1", "SIGINT", "SIGURG"],
 )
 def test_signal_checkpoints_at_the_next_step_and_the_rerun_matches(
     sig: signal.Signals, world: dict, uninterrupted: Path, tmp_path: Path
