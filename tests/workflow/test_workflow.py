@@ -121,6 +121,16 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     # Attribute binding: three more prompt sets, each model's B-VQA scores, one table.
     assert jobs["prompt_set"] == 7 and jobs["score_binding"] == 43 and jobs["binding_table"] == 1
     assert_steps_chosen(result.stdout, [500, 1000, 1500], trained=10)
+    assert_validation_reads(result.stdout, "pickapic_validation", trained=10)
+
+
+def assert_validation_reads(output: str, prompt_set: str, trained: int) -> None:
+    """Every planned train job takes the prompt set's table as an input and hands it to
+    `dspo train` (training.validation.from_prompt_set)."""
+    table = f"results/data/prompts/{prompt_set}.parquet"
+    inputs = re.findall(r"rule train:\n    input: (.*)\n", output)
+    assert len(inputs) == trained and all(table in line.split(", ") for line in inputs)
+    assert output.count(f"--validation-prompts {table}") == trained
 
 
 def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
