@@ -14,6 +14,7 @@ from dspo.data.degrader_config import degrader_settings
 from dspo.evaluation.intervals import caption_sentences
 from dspo.hub.fetch import hub_artefacts
 from dspo.objectives import get_objective
+from dspo.training.validation import validation_set
 
 EVALUATION = config["evaluation"]
 METHOD_ENTRIES = entries(config["methods"])
@@ -388,6 +389,20 @@ def reference_config(method):
 
 def method_cache(wildcards):
     return f"results/cache/{method_config(wildcards.method)['data']}"
+
+
+def validation_prompts_input(wildcards):
+    """The table of the prompt set whose first prompts a method's validation images add
+    (training.validation.from_prompt_set), when it names one and the method validates.
+    Ancient: validation images are for watching and do not shape the weights, so a rebuilt
+    prompt table (its file newer) never retrains a model; a changed count does (params)."""
+    name = validation_set(method_config(wildcards.method))
+    return [ancient(f"results/data/prompts/{name}.parquet")] if name else []
+
+
+def validation_prompts_option(wildcards, input):
+    prompts = input.validation_prompts
+    return f"--validation-prompts {shlex.quote(prompts[0])}" if prompts else ""
 
 
 def train_launcher(wildcards, resources, threads):

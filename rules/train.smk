@@ -45,6 +45,7 @@ rule train:
         base=base_model_input,
         reference=reference_input,
         previous=previous_round_input,
+        validation_prompts=validation_prompts_input,
     output:
         directory("results/models/{method}"),
     log:
@@ -61,10 +62,11 @@ rule train:
         run_dir="results/train/{method}",
         launch=train_launcher,
         reference=reference_option,
+        validation_prompts=validation_prompts_option,
     shell:
         # exec: the launcher replaces the job's shell, so a signal meant for the trainers
         # (SLURM's --signal, preemption) does not end that shell and the job before their
         # checkpoint; the launcher forwards it to every trainer and waits for them.
         "exec env {params.launch} train --params {params.cfg:q} --cache {input.cache:q}"
         " --base {params.base:q} --out {output:q} --run-dir {params.run_dir:q} {params.reference}"
-        " --threads {threads} --device {params.device:q} > {log:q} 2>&1"
+        " {params.validation_prompts} --threads {threads} --device {params.device:q} > {log:q} 2>&1"

@@ -68,6 +68,10 @@ def reference_gather(args: argparse.Namespace) -> None:
     arg("--out", required=True, help="folder the trained model is saved to"),
     arg("--run-dir", help="folder for checkpoints and metrics (default: OUT.run)"),
     arg("--reference", help="the method's precomputed reference (`dspo reference-gather`)"),
+    arg(
+        "--validation-prompts",
+        help="table of the prompt set training.validation.from_prompt_set names (`dspo prompts`)",
+    ),
     setting("--objective", help="the loss (docs/objectives.md)"),
     setting("--name", help="name of the method in outputs (default: the objective)"),
     setting("--steps", type=int, help="optimiser steps"),
@@ -91,6 +95,7 @@ def train(args: argparse.Namespace) -> None:
             out_dir=out,
             run_dir=Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run"),
             reference_dir=Path(args.reference) if args.reference else None,
+            validation_table=Path(args.validation_prompts) if args.validation_prompts else None,
         )
     )
 

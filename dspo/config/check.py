@@ -4,8 +4,9 @@ The schema checks keys and types. What it cannot see would otherwise fail only w
 starts, after hours of data and cache steps, or not at all: an objective's hyper-parameter
 typo, a local source path that does not exist, a paper table naming a method no preset
 defines, a released model (``methods.<name>.model``) that is neither a folder nor a hub
-id, a source key its loader does not read (``streaming`` on a parquet source or a prompt
-set) or a local pair source whose files do not hold pairs in a layout the loader knows.
+id, validation images taking prompts from a prompt set that is not configured, a source key
+its loader does not read (``streaming`` on a parquet source or a prompt set) or a local pair
+source whose files do not hold pairs in a layout the loader knows.
 `check_config` finds these before any job runs, and every message starts with the config key
 at fault (``methods.dspo.params.lamb: ...``).
 
@@ -208,18 +209,36 @@ def _check_quality(quality: Mapping[str, Any] | None, root: Path) -> list[str]:
     return []
 
 
+def _training_blocks(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The shared training settings and each method's own, by config key."""
+    places = {"training": config["training"]}
+    for name, entry in entries(config["methods"]).items():
+        places[f"methods.{name}.training"] = entry.get("training") or {}
+    return places
+
+
 def _check_trackers(config: Mapping[str, Any]) -> list[str]:
     """Each named tracker (shared or a method's own) must be installed."""
     from dspo.training.tracking import tracker_problem
 
-    places = {"training": config["training"]}
-    for name, entry in entries(config["methods"]).items():
-        places[f"methods.{name}.training"] = entry.get("training") or {}
     problems = []
-    for where, block in places.items():
+    for where, block in _training_blocks(config).items():
         problem = tracker_problem(block.get("report_to"))
         if problem:
             problems.append(f"{where}.report_to: {problem}")
+    return problems
+
+
+def _check_validation(config: Mapping[str, Any]) -> list[str]:
+    """Each validation block (shared or a method's own) must have a prompt, and the prompt
+    set it takes prompts from must be configured."""
+    from dspo.training.validation import validation_problems
+
+    prompt_sets = entries(config["evaluation"]["prompt_sets"])
+    problems = []
+    for where, block in _training_blocks(config).items():
+        if block.get("validation"):
+            problems += validation_problems(block["validation"], prompt_sets, f"{where}.validation")
     return problems
 
 
@@ -333,6 +352,7 @@ def config_problems(config: Mapping[str, Any], root: Path | str = ".") -> list[s
         *_check_rewards(config["evaluation"]["rewards"], root),
         *_check_quality(config["evaluation"].get("quality"), root),
         *_check_trackers(config),
+        *_check_validation(config),
         *_check_tables(config),
         *_check_released(config, root),
         *_check_degrader(config["ddspo"]["degrader"], root),

@@ -55,6 +55,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dspo.core.content import file_sha256
+from dspo.core.dtypes import resolve_dtype
 from dspo.core.files import part_folder, read_part_records, write_json_atomic
 
 # The reading side lives in its own module; its names are part of this module's interface.
@@ -63,7 +64,7 @@ from dspo.data.pair_table import REJECTED_CAPTION
 from dspo.data.tensor_files import concat_safetensors
 from dspo.families import load_family
 from dspo.families.base import CROSS_ATTENTION, Family, empty_name
-from dspo.families.sd_pipeline import load_pipeline, resolve_dtype
+from dspo.families.sd_pipeline import load_pipeline
 
 SIDES = ("w", "l")
 # Prompts per text-encoder call. Fixed, so that parts split prompts on one grid (PartPlan).

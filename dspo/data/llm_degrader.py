@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from dspo.core.dtypes import resolve_dtype
 from dspo.core.seeding import seeded_generator
 
 PROMPT_FIELD = "{prompt}"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def load_llm(source: str, dtype: str = "float32", device: str = "cpu") -> tuple[
     tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype))
     return model.to(device).eval(), tokenizer
 
 

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from diffusers import AutoPipelineForImage2Image, DiffusionPipeline, ModelMixin
+from diffusers import DiffusionPipeline, ModelMixin
 
 from dspo.families.pipeline_files import component_config
 
@@ -284,6 +284,10 @@ class Family(ABC):
         generators: list[torch.Generator],
     ) -> np.ndarray:
         """SDEdit: each image noised to ``strength`` and denoised under its prompt."""
+        # Imported here: the auto pipelines import every pipeline class diffusers has (about
+        # a second of each job that imports this module), and only editing needs them.
+        from diffusers import AutoPipelineForImage2Image
+
         img2img = AutoPipelineForImage2Image.from_pipe(pipe)
         kwargs = self.call_kwargs(pipe)
         # SD3 and FLUX image-to-image default to their native size, not the source's.

@@ -1,4 +1,4 @@
-"""Load diffusers pipelines of any family, and the config's dtype names.
+"""Load diffusers pipelines of any family.
 
 Every model the workflow touches goes through `load_pipeline`, whether it is a hub id
 (``stable-diffusion-v1-5/stable-diffusion-v1-5``) or a local folder written by
@@ -18,15 +18,7 @@ from diffusers import (
     DiffusionPipeline,
 )
 
-# base_model.dtype, cache.dtype, evaluation.rewards.*.dtype: config dtype names.
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """Map a config dtype name to a torch dtype, with an error that lists the valid names."""
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
+from dspo.core.dtypes import resolve_dtype
 
 
 def load_pipeline(

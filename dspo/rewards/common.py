@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dspo.families.sd_pipeline import resolve_dtype
+from dspo.core.dtypes import resolve_dtype
 
 # OpenAI CLIP's normalisation; ImageReward's BLIP transform and HPSv2 use the same constants.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

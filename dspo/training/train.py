@@ -15,10 +15,10 @@ a checkpoint before exiting (`dspo.training.guards`), and the learning rate foll
 per optimiser step, however many processes train.
 
 What it shows while it runs: metrics every ``log_every`` steps (`dspo.training.metrics`),
-validation images of fixed prompts every ``validate_every`` steps (`dspo.training.validation`, which
-leaves the trajectory untouched), both also in the tracker (`dspo.training.tracking`). The
-models of ``training.evaluate_steps`` are kept for choosing the step later
-(`dspo.training.step_models`).
+validation images of fixed prompts (and the first of a prompt set's) every ``validate_every``
+steps (`dspo.training.validation`, which leaves the trajectory untouched), both also in the
+tracker (`dspo.training.tracking`). The models of ``training.evaluate_steps`` are kept for
+choosing the step later (`dspo.training.step_models`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -66,6 +66,7 @@ from dspo.training.validation import (
     is_due,
     restart_validation,
     save_strip,
+    validation_prompts,
 )
 
 
@@ -105,6 +106,7 @@ def train(
     out_dir: Path,
     run_dir: Path,
     reference_dir: Path | None = None,
+    validation_table: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``base_model`` on the cache with one method's resolved config.
 
@@ -115,13 +117,20 @@ def train(
     these cases no model is written. One trainer at a time holds ``run_dir``
     (:mod:`dspo.training.run_lock`). ``reference_dir`` holds the reference's outputs computed before
     training (:mod:`dspo.training.reference`): no reference forward runs and no reference copy is
-    held.
+    held. ``validation_table`` is the table of the prompt set ``validation.from_prompt_set``
+    names (:func:`dspo.training.validation.validation_prompts`).
     """
     settings = TrainSettings.from_config(cfg)
+    # Read before any model loads: a wrong table fails at once.
+    prompts = (
+        validation_prompts(settings.validation or {}, validation_table)
+        if settings.validate_every
+        else ()
+    )
     watch = JobWatch.start()
     with held(run_dir, watch) as lock:
         run = TrainingRun.set_up(settings, cache_dir, base_model, run_dir, reference_dir)
-        run.resume()
+        run.resume(prompts)
         bar = tqdm(
             range(run.start_step, settings.steps),
             initial=run.start_step,
@@ -218,9 +227,10 @@ class TrainingRun:
     def _policy(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model).denoiser
 
-    def resume(self) -> None:
+    def resume(self, prompts: Sequence[str] = ()) -> None:
         """Continue from the newest intact checkpoint of this very run, if any; restart the
-        metrics, validation strips and trackers from that step."""
+        metrics, validation strips (of the validation ``prompts``) and trackers from that
+        step."""
         accelerator, settings = self.accelerator, self.settings
         found = None
         if accelerator.is_main_process:
@@ -245,7 +255,10 @@ class TrainingRun:
         # The tracker run continues across resumes: its id is kept with the checkpoints.
         self.tracker_run_id = (found[1].get("tracker_run_id") if found else None) or new_run_id()
         validation = ValidationSettings.from_config(
-            settings.validate_every, settings.validation or {}, self.cache.manifest["resolution"]
+            settings.validate_every,
+            settings.validation or {},
+            prompts,
+            self.cache.manifest["resolution"],
         )
         if accelerator.is_main_process:
             restart_metrics(self.run_dir, self.start_step)

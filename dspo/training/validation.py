@@ -1,20 +1,25 @@
 """Validation images while training: fixed prompts and seeds sampled with the current policy.
 
-Every ``validate_every`` steps and at the end, the main process samples the configured prompts
-from the same initial noise each time (:func:`dspo.generation.sample.initial_noise`, as evaluation
-does), so the images of one run differ between steps only by what training changed. Each call
-saves a strip (one column per prompt and seed) as ``{run_dir}/validation/step_{N:06d}.png``
-and records it in ``index.json``.
+The prompts are ``training.validation.prompts``, then the first ``count`` prompts of the prompt
+set ``training.validation.from_prompt_set`` names (an entry of ``evaluation.prompt_sets``, read
+from its table in its stored order: :func:`validation_prompts`). Every ``validate_every`` steps
+and at the end, the main process samples them from the same initial noise each time
+(:func:`dspo.generation.sample.initial_noise`, as evaluation does), so the images of one run
+differ between steps only by what training changed. Each call saves a strip (one column per
+prompt and seed) as ``{run_dir}/validation/step_{N:06d}.png`` and records it in ``index.json``.
 
 Sampling leaves training exactly as it was: the policy goes back to train mode and the global
 random state is restored, so a run with validation ends with the same weights as one
-without. A resumed run keeps the images of the steps up to its checkpoint.
+without. A resumed run keeps the images of the steps up to its checkpoint that were sampled
+with the same settings and prompts. The prompts, fixed or from the set, enter no checkpoint
+fingerprint (``validation`` is resume-neutral: :mod:`dspo.training.fingerprint`): they do not
+shape the weights.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,13 +49,14 @@ class ValidationSettings:
 
     @classmethod
     def from_config(
-        cls, every: int, block: Mapping[str, Any], resolution: int
+        cls, every: int, block: Mapping[str, Any], prompts: Sequence[str], resolution: int
     ) -> ValidationSettings | None:
-        """``training.validate_every`` and ``training.validation``; None when ``every`` is 0."""
+        """``training.validate_every`` and ``training.validation`` with its ``prompts``
+        (:func:`validation_prompts`); None when ``every`` is 0."""
         if not every:
             return None
         return cls(
-            prompts=tuple(block["prompts"]),
+            prompts=tuple(prompts),
             seeds=tuple(int(s) for s in block["seeds"]),
             steps=int(block["steps"]),
             guidance=float(block["guidance"]),
@@ -64,6 +70,81 @@ class ValidationSettings:
             for i, prompt in enumerate(self.prompts)
             for seed in self.seeds
         ]
+
+
+def validation_set(cfg: Mapping[str, Any]) -> str | None:
+    """The prompt set whose table a run's validation reads: the name in
+    ``validation.from_prompt_set`` of a run that validates (``validate_every`` > 0); else None."""
+    chosen = (cfg.get("validation") or {}).get("from_prompt_set")
+    return chosen["name"] if cfg.get("validate_every") and chosen else None
+
+
+def validation_problems(
+    block: Mapping[str, Any], prompt_sets: Mapping[str, Any], where: str
+) -> list[str]:
+    """Plan-time problems of a ``training.validation`` block at config key ``where``: a
+    ``from_prompt_set`` naming no entry of ``prompt_sets`` (``evaluation.prompt_sets``), or
+    asking more prompts than that set's ``limit`` keeps, and a block with no prompt at all."""
+    chosen = block.get("from_prompt_set")
+    if not chosen:
+        if block.get("prompts"):
+            return []
+        return [
+            f"{where}: no validation prompt: {where}.prompts is empty and "
+            f"{where}.from_prompt_set names no prompt set"
+        ]
+    name, count = chosen["name"], chosen["count"]
+    if name not in prompt_sets:
+        return [
+            f"{where}.from_prompt_set.name: {name!r} is not a configured prompt set "
+            f"(evaluation.prompt_sets: {', '.join(sorted(prompt_sets))})"
+        ]
+    limit = prompt_sets[name]["source"].get("limit")
+    if limit and limit < count:
+        return [
+            f"{where}.from_prompt_set.count: {count} prompts of {name!r}, whose "
+            f"evaluation.prompt_sets.{name}.source.limit keeps {limit}"
+        ]
+    return []
+
+
+def validation_prompts(block: Mapping[str, Any], table: Path | None) -> tuple[str, ...]:
+    """The prompts of every validation strip, left to right: ``block["prompts"]`` (the fixed
+    ones), then the first ``from_prompt_set.count`` prompts of ``table``, the named prompt
+    set's table (``dspo prompts``; columns prompt_set, prompt_id, prompt), in its stored order.
+
+    Errors name the key: a set named without its table or a table given for none, a table of
+    another set, one holding fewer prompts than counted, and no prompt at all.
+    """
+    where = "training.validation"
+    chosen = block.get("from_prompt_set")
+    prompts = tuple(block.get("prompts") or ())
+    if chosen and table is None:
+        raise ValueError(
+            f"{where}.from_prompt_set names {chosen['name']!r}, but no table of its prompts "
+            "was given (dspo train --validation-prompts)"
+        )
+    if table is not None and not chosen:
+        raise ValueError(f"a validation prompt table {table} was given, but {where} names no set")
+    if chosen:
+        import pandas as pd
+
+        frame = pd.read_parquet(table, columns=["prompt_set", "prompt"])
+        sets = sorted(set(frame["prompt_set"]))
+        if sets != [chosen["name"]]:
+            raise ValueError(
+                f"{where}.from_prompt_set.name {chosen['name']!r}: {table} holds the prompt "
+                f"set(s) {', '.join(map(repr, sets)) or 'none'}"
+            )
+        if len(frame) < chosen["count"]:
+            raise ValueError(
+                f"{where}.from_prompt_set.count {chosen['count']}: {table} holds "
+                f"{len(frame)} prompts"
+            )
+        prompts += tuple(frame["prompt"].iloc[: chosen["count"]])
+    if not prompts:
+        raise ValueError(f"{where}: no validation prompt (prompts is empty, no from_prompt_set)")
+    return prompts
 
 
 def is_due(done: int, steps: int, every: int) -> bool:

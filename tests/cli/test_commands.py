@@ -63,8 +63,8 @@ def test_each_command_shows_only_its_own_options() -> None:
     }
     assert options["train"] == {
         "-h", "--help", "--config", "--params", "--cache", "--base", "--out", "--run-dir",
-        "--reference", "--objective", "--name", "--steps", "--lr", "--seed", "--threads",
-        "--device",
+        "--reference", "--validation-prompts", "--objective", "--name", "--steps", "--lr",
+        "--seed", "--threads", "--device",
     }  # fmt: skip
     assert options["pairs-gather"] == {"-h", "--help", "--inputs", "--out", "--report"}
     assert "--world" in options["pretrain-base"] and "--world" not in options["toy-world"]

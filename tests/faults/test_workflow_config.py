@@ -103,6 +103,14 @@ FIXED_FAULTS = {
         {"evaluation": {"tables": {"table6": {"prompt_sets": ["pickv3"]}}}},
         "evaluation.tables.table6.prompt_sets",
     ),
+    "validation prompts of an unknown prompt set": (
+        {"training": {"validation": {"from_prompt_set": {"name": "pickv3", "count": 2}}}},
+        "training.validation.from_prompt_set.name",
+    ),
+    "no validation prompt": (
+        {"training": {"validation": {"prompts": []}}},
+        "training.validation: no validation prompt",
+    ),
     "toy build over a user's folder": (
         {"base_model": {"path": "/data/my-sd15"}},
         "base_model.build",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +265,7 @@ def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     out, _ = standins
     (tmp_path / "standins").symlink_to(out)
     presets = [str(REPO / "config/presets" / name) for name in ("sd15.yaml", "rehearsal.yaml")]
-    result = snakemake("-n", "all", "--configfile", *presets, cwd=tmp_path)
+    result = snakemake("-n", "-p", "all", "--configfile", *presets, cwd=tmp_path)
     jobs = planned_jobs(result.stdout)
     # The base and ten trained methods, and step 1 of each (the step choice): 21 models.
     assert jobs["train"] == 10 and jobs["step_model"] == 10 and "edit" not in jobs
@@ -273,6 +274,11 @@ def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     assert jobs["pairs_part"] == 2 and jobs["ddspo_part"] == 2 and jobs["cache_part"] == 6
     assert "base_model" not in jobs and "toy_world" not in jobs
     assert "fetch_item" not in jobs  # every hub file of sd15 is read from the stand-ins
+    # sd15's validation images add the first caption of the Pick-a-Pic validation stand-in.
+    table = "results/data/prompts/pickapic_validation.parquet"
+    assert len(re.findall(rf"rule train:\n    input: .*{re.escape(table)}", result.stdout)) == 10
+    chosen = '"from_prompt_set": {"count": 1, "name": "pickapic_validation"}'
+    assert result.stdout.count(chosen) == 10
 
 
 def test_sdxl_rehearsal_plans_the_table_2_dag_on_the_stand_ins(

@@ -24,6 +24,11 @@ from tests.workflow_run import REPO, SMOKE, planned_jobs, snakemake
 
 # The toy world's pairs file (dspo.toy.world.build_world), relative to its folder.
 TOY_PAIRS_FILE = "train-00000-of-00001.parquet"
+ABLATIONS = ["dspo_ref", "dspo_e", "dspo_nodup", "dspo_lora"]
+METHODS_OF_SMOKE = [
+    "sft", "diffusion_dpo", "diffusion_kto", "mapo", "dspo", "dspo_ref", "dspo_e",
+    "dspo_nodup", "dspo_lora", "ddspo",
+]  # fmt: skip
 
 
 def test_lint_is_clean() -> None:
@@ -121,6 +126,16 @@ def test_sd15_preset_plans_the_paper_dag(tmp_path: Path) -> None:
     # Attribute binding: three more prompt sets, each model's B-VQA scores, one table.
     assert jobs["prompt_set"] == 7 and jobs["score_binding"] == 43 and jobs["binding_table"] == 1
     assert_steps_chosen(result.stdout, [500, 1000, 1500], trained=10)
+    assert_validation_reads(result.stdout, "pickapic_validation", trained=10)
+
+
+def assert_validation_reads(output: str, prompt_set: str, trained: int) -> None:
+    """Every planned train job takes the prompt set's table as an input and hands it to
+    `dspo train` (training.validation.from_prompt_set)."""
+    table = f"results/data/prompts/{prompt_set}.parquet"
+    inputs = re.findall(r"rule train:\n    input: (.*)\n", output)
+    assert len(inputs) == trained and all(table in line.split(", ") for line in inputs)
+    assert output.count(f"--validation-prompts {table}") == trained
 
 
 def test_sdxl_preset_imports_the_released_sdxl_dpo(tmp_path: Path) -> None:
@@ -243,31 +258,47 @@ def test_smoke_preset_runs_end_to_end(smoke_run: Path) -> None:
     assert "library_name" in (smoke_run / "results/models/dspo/README.md").read_text()
 
 
+# The flow-matching run trains one method of each kind the family seam treats apart: a
+# pairwise objective (Diffusion-DPO), DSPO fully fine-tuned (with its kept step) and DSPO as
+# LoRA. Every objective's flow-matching loss is tested on its own (tests/families/test_flow.py);
+# the image-quality and attribute-binding scores read images whatever model made them.
+FLOW_METHODS = ["diffusion_dpo", "dspo", "dspo_lora"]
+FLOW_SUBSET = {
+    "methods": {m: None for m in METHODS_OF_SMOKE if m not in FLOW_METHODS},
+    "evaluation": {
+        "tables": {t: None for t in ("table1", "table4", "table5", "table6")},
+        "attribute_binding": None,
+        "quality": None,
+    },
+}
+
+
 def test_toy_flow_preset_runs_end_to_end(tmp_path: Path) -> None:
     """The flow-matching toy world at the smoke preset's counts: a tiny SD3 pipeline built
-    and pre-trained here, every method trained by flow matching, sampled, edited and scored,
+    and pre-trained here, three methods trained by flow matching, sampled, edited and scored,
     to the tables."""
     flow = REPO / "config/presets/toy-flow.yaml"
-    snakemake("--cores", "2", "all", "--configfile", str(SMOKE), str(flow), cwd=tmp_path)
+    subset = tmp_path / "flow_subset.yaml"
+    subset.write_text(yaml.safe_dump(FLOW_SUBSET))
+    configs = [str(SMOKE), str(flow), str(subset)]
+    snakemake("--cores", "2", "all", "--configfile", *configs, cwd=tmp_path)
     base = tmp_path / "results/models/base_flow"
     assert json.loads((base / "model_index.json").read_text())["_class_name"] == (
         "StableDiffusion3Pipeline"
     )
-    methods = [
-        m
-        for m, v in yaml.safe_load((REPO / "config/config.yaml").read_text())["methods"].items()
-        if v
-    ]
     table = pd.read_csv(tmp_path / "results/tables/win_rates.csv")
-    assert sorted(table["method"].unique()) == sorted(methods)
+    assert sorted(table["method"].unique()) == FLOW_METHODS
     assert table["win_rate"].between(0, 1).all()
     models = tmp_path / "results/models"
     assert (models / "dspo/transformer/diffusion_pytorch_model.safetensors").exists()
+    assert (models / "dspo@2/transformer/diffusion_pytorch_model.safetensors").exists()
     assert (models / "dspo_lora/pytorch_lora_weights.safetensors").exists()
     assert (
         json.loads((tmp_path / "results/cache/pairs/manifest.json").read_text())["family"] == "sd3"
     )
     assert (tmp_path / "results/plots/grid_pickv2.png").stat().st_size > 1000
+    edits = pd.read_parquet(tmp_path / "results/images/dspo/editing/manifest.parquet")
+    assert len(edits) > 0
 
 
 def test_the_run_writes_its_summary(smoke_run: Path) -> None:
@@ -349,13 +380,6 @@ def test_adding_replicates_and_a_sweep_plans_only_the_new_models(
     assert seeds["dspo-r1"] == 1 and seeds["lam-10"] == 0
     assert train_configs(result.stdout)["lam-10"]["params"]["lam"] == 10
     assert "results/tables/sweep_lam.csv" in result.stdout
-
-
-ABLATIONS = ["dspo_ref", "dspo_e", "dspo_nodup", "dspo_lora"]
-METHODS_OF_SMOKE = [
-    "sft", "diffusion_dpo", "diffusion_kto", "mapo", "dspo", "dspo_ref", "dspo_e",
-    "dspo_nodup", "dspo_lora", "ddspo",
-]  # fmt: skip
 
 
 def train_configs(dry_run: str) -> dict[str, dict]:
