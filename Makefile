@@ -35,6 +35,11 @@ watch: $(VENV)/.installed
 # results/bench/memory_rehearsal.csv and each stage's disk to results/bench/disk_rehearsal.csv
 # (docs/cluster.md). STANDINS=/path keeps the ~17 GB of
 # stand-ins elsewhere (./standins then links there); they are written when absent.
+# Other DAGs on the same stand-ins (docs/cluster.md, "Other rehearsals"):
+#   SDXL (after `dspo standins --out standins --only sdxl`):
+#     REHEARSAL="config/presets/sd15.yaml config/presets/sdxl.yaml config/presets/rehearsal.yaml config/presets/rehearsal_sdxl.yaml"
+#   two rounds of AI feedback (config/presets/rehearsal-ai-feedback.yaml says why this order):
+#     REHEARSAL="config/presets/sd15.yaml config/presets/rehearsal.yaml config/presets/sd15-ai-feedback.yaml config/presets/rehearsal-ai-feedback.yaml"
 STANDINS ?= standins
 REHEARSAL ?= config/presets/sd15.yaml config/presets/rehearsal.yaml
 REHEARSE_CORES ?= 2

@@ -1,7 +1,8 @@
 """A stand-in training process for tests/training/test_launch.py, run as
 ``python -m tests.launch_worker OUT SECONDS``: it records its rank variables in
-OUT/rank-R.json, then waits for SIGTERM; on it, it takes SECONDS (a slow checkpoint) before
-writing OUT/saved-R and exiting 1, as a preempted trainer does."""
+OUT/rank-R.json, then waits for SIGTERM or SIGURG (the SLURM profile's warning); on it, it
+takes SECONDS (a slow checkpoint) before writing OUT/saved-R and exiting 1, as a preempted
+trainer does."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADD
 def main() -> None:
     out, seconds = Path(sys.argv[1]), float(sys.argv[2])
     stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    for sig in (signal.SIGTERM, signal.SIGURG):
+        signal.signal(sig, lambda *_: stop.append(True))
     rank = os.environ.get("RANK", "0")
     seen = {k: os.environ.get(k) for k in RANK_VARS}
     seen["accelerate"] = sorted(k for k in os.environ if k.startswith("ACCELERATE_"))

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from dspo.bench.budget_compute import (
+    BVQA_IMAGE_FLOPS,
+    BVQA_PHRASE_FLOPS,
+    BVQA_PHRASES,
     INCEPTION_FLOPS,
     cfg_factor,
     denoiser_flops,
@@ -230,8 +233,13 @@ def stages(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, 
         out.append(
             _image_stage("attribute-binding images", sampled, prompts, images, ev, cfg, flops)
         )
-        # BLIP VQA's forwards (a few per image, ~0.4 B parameters) are not counted.
-        out.append(_stage("B-VQA scores", f"{images:,} images", images * SCORE_ROW_BYTES))
+        blip = ev["attribute_binding"]["scorer"]["kind"] == "bvqa" and flops
+        per_image = BVQA_IMAGE_FLOPS + BVQA_PHRASES * BVQA_PHRASE_FLOPS if blip else 0
+        out.append(
+            _stage(
+                "B-VQA scores", f"{images:,} images", images * SCORE_ROW_BYTES, images * per_image
+            )
+        )
     quality = ev.get("quality") or {}
     if quality.get("classifier") == "inception":
         # The test prompt sets only: not the validation set of the step choice.
@@ -273,7 +281,8 @@ def budget(
     }
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
+    """A byte count in decimal units (B, KB, MB, GB, TB), as the tables print it."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.3g} {unit}" if unit != "B" else f"{n:.0f} B"
@@ -292,7 +301,7 @@ def format_budget(result: Mapping[str, Any]) -> str:
     ]
     for r in [*result["stages"], {"stage": "**total**", "items": "", **result["total"]}]:
         lines.append(
-            f"| {r['stage']} | {r['items']} | {_size(r['disk_bytes'])} | "
+            f"| {r['stage']} | {r['items']} | {format_size(r['disk_bytes'])} | "
             f"{r['flops'] / 1e15:,.1f} | {r['gpu_hours']:,.1f} |"
         )
     if not result["flops_counted"]:

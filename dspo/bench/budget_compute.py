@@ -6,8 +6,9 @@ meta device; table ``dspo/resources/budget_flops.json``) and scaled by pixels fr
 native resolution: the cache's VAE encodes, training (per pair: forward + backward of the
 policy on each image it trains on, a no-grad reference forward on each image when the
 objective needs one, one forward more under gradient checkpointing), and sampling (steps x 2
-with classifier-free guidance), and the Inception-v3 of the image-quality step (a counted
-figure per image, prompt sets only).
+with classifier-free guidance), the Inception-v3 of the image-quality step (a counted
+figure per image, prompt sets only) and BLIP VQA's B-VQA scoring (counted figures per image and
+per noun phrase).
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ FLOPS_TABLE = Path(__file__).parents[1] / "resources" / "budget_flops.json"
 # The FID Inception-v3 (evaluation.quality) per image, whatever its size (it resizes to
 # 299 px): counted with torch's FlopCounterMode on torch-fidelity's extractor.
 INCEPTION_FLOPS = 11.43e9
+# B-VQA with BLIP VQA (blip-vqa-base's architecture, 0.36 B parameters) per image: the vision
+# encoder once at 384 px, and per noun phrase the question's encoder (6 tokens) and one decoder
+# step; counted with torch's FlopCounterMode on the full-size stand-in (dspo.standins).
+# T2I-CompBench's attribute-binding prompts ("a red car and a blue bench") have two phrases.
+BVQA_IMAGE_FLOPS = 110.97e9
+BVQA_PHRASE_FLOPS = 18.07e9
+BVQA_PHRASES = 2
 
 
 def denoiser_flops(family: str | None, resolution: int) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """Disk per stage of a workflow run, measured, under the stage names of ``dspo budget``.
 
 `dspo disk` (run by ``make rehearse`` at its end) sums the files each stage leaves in the
-working directory (:func:`stage_paths`) and writes ``stage,bytes,paths`` rows, so the
-rehearsal's sizes sit beside the budget's (:func:`dspo.bench.budget.stages`). Temporary
+working directory (:func:`stage_paths`; a path may be a glob) and writes ``stage,bytes,paths``
+rows, so the rehearsal's sizes sit beside the budget's (:func:`dspo.bench.budget.stages`). Temporary
 outputs (the parts of a scattered step) and the training checkpoints, which a run drops
 once its model is saved, are gone when the run ends: those stages measure what is left.
 """
@@ -10,12 +10,14 @@ once its model is saved, are gone when the run ends: those stages measure what i
 from __future__ import annotations
 
 import csv
+import glob
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dspo.config.experiments import method_config, trained_models
+from dspo.config.names import entries
 
 DATA = "results/data"
 
@@ -33,14 +35,23 @@ def stage_paths(config: Mapping[str, Any]) -> dict[str, list[str]]:
     }
     if "pairs_nodup" in datasets:
         paths["pair tables"].append(f"{DATA}/pairs_nodup.parquet")
+    if source["kind"] == "generated":  # every sampled model's images and labels
+        paths["AI-feedback images (generated pair source)"] = [f"{DATA}/generated"]
     if "pairs_ddspo" in datasets:
         paths["ddspo pairs (generated)"] = [f"{DATA}/pairs_ddspo.parquet"]
     for data in datasets:
         paths[f"cache of {data}"] = [f"results/cache/{data}"]
     paths["training checkpoints"] = [f"results/train/{name}/checkpoints" for name in models]
     paths["trained models"] = [f"results/models/{name}" for name in models]
-    paths["evaluation images"] = ["results/images"]
+    # Each model's images sit in one folder per prompt set (results/images/MODEL/SET).
+    ev = config["evaluation"]
+    sets = [*entries(ev["prompt_sets"]), *(["editing"] if ev.get("editing") else [])]
+    paths["evaluation images"] = [f"results/images/*/{name}" for name in sets]
     paths["scores"] = ["results/scores"]
+    binding = entries((ev.get("attribute_binding") or {}).get("prompt_sets"))
+    if binding:
+        paths["attribute-binding images"] = [f"results/images/*/{name}" for name in binding]
+        paths["B-VQA scores"] = ["results/scores_binding"]
     return paths
 
 
@@ -59,10 +70,22 @@ def disk_bytes(path: Path) -> int:
     return total
 
 
+def _matches(root: Path, paths: list[str]) -> list[Path]:
+    """The files and folders ``paths`` name under ``root``: a path with ``*`` is a glob (its
+    matches), any other is taken as it is (absent: measured as 0)."""
+    found = []
+    for path in paths:
+        if "*" in path:
+            found += sorted(Path(f) for f in glob.glob(os.path.join(glob.escape(str(root)), path)))
+        else:
+            found.append(root / path)
+    return found
+
+
 def measure(config: Mapping[str, Any], root: Path = Path(".")) -> list[dict[str, Any]]:
     """Each stage's measured bytes in the working directory ``root``."""
     return [
-        {"stage": stage, "bytes": sum(disk_bytes(root / p) for p in paths), "paths": paths}
+        {"stage": stage, "bytes": sum(map(disk_bytes, _matches(root, paths))), "paths": paths}
         for stage, paths in stage_paths(config).items()
     ]
 

@@ -314,13 +314,18 @@ def bench(args: argparse.Namespace) -> None:
 )
 def budget(args: argparse.Namespace) -> None:
     """Disk and GPU-hours per stage of a config (source, tables, caches, checkpoints, models,
-    images, scores), from counted FLOPs and per-item sizes, before anything runs."""
+    images, scores), from counted FLOPs and per-item sizes, before anything runs; with a
+    generated pair source, also each round's cost."""
     from dspo.bench.budget import budget as compute_budget
     from dspo.bench.budget import format_budget
+    from dspo.bench.budget_rounds import format_rounds, round_costs
     from dspo.config.step import workflow_config
 
-    result = compute_budget(workflow_config(args.configfile), args.gpu, args.utilisation)
-    print(json.dumps(result, indent=2) if args.json else format_budget(result), flush=True)
+    config = workflow_config(args.configfile)
+    result = compute_budget(config, args.gpu, args.utilisation)
+    result["rounds"] = round_costs(config, result["peak_tflops"], args.utilisation)
+    text = "\n\n".join(filter(None, [format_budget(result), format_rounds(result["rounds"])]))
+    print(json.dumps(result, indent=2) if args.json else text, flush=True)
 
 
 @command(

@@ -95,7 +95,13 @@ def constraint(kind: str, env: Mapping[str, str] | None = None) -> str | None:
 
 
 def train_extra(env: Mapping[str, str] | None = None) -> str:
-    """sbatch options of the training job: SIGTERM ``DSPO_TRAIN_SIGNAL_LEAD`` seconds
-    (default 1800) before the time limit, to every process of its steps."""
+    """sbatch options of the training job: SIGURG ``DSPO_TRAIN_SIGNAL_LEAD`` seconds
+    (default 1800) before the time limit, to every process of its steps.
+
+    URG, not TERM: only the trainers (and their launcher) act on it; every other process
+    ignores it by default, the Snakemake that runs the rule inside the job included. Given
+    TERM, that Snakemake exits non-zero once the rule ends, however it ended, so a training
+    that finished after the signal was reported failed, its model deleted and the retry
+    started it again from step 0."""
     lead = _positive(_env(env), "DSPO_TRAIN_SIGNAL_LEAD", DEFAULT_SIGNAL_LEAD)
-    return f"--signal=TERM@{lead}"
+    return f"--signal=URG@{lead}"

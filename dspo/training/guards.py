@@ -5,10 +5,13 @@ naming the step and the metric, the last good checkpoint stays, and no model is 
 ``training.skip_nonfinite: N`` up to N isolated bad steps are skipped (no optimiser step) and
 counted instead; the N+1st stops training.
 
-SLURM sends SIGTERM at a time limit or preemption (and, when asked, SIGUSR1 ahead of it); Ctrl-C
-sends SIGINT. Each signal sets a flag; the trainer checks it at the next step boundary, writes a
-checkpoint and exits non-zero, so the retried job resumes from there. A second Ctrl-C does not
-wait for the step: it interrupts at once (checkpoints are written whole or not at all).
+SLURM sends SIGTERM at a time limit or preemption, and the SLURM profile asks for SIGURG ahead
+of the time limit (``--signal=URG@LEAD``: every other process of the job, the Snakemake inside
+it included, ignores SIGURG, while a SIGTERM would make that Snakemake report the job failed
+even when training went on to finish); Ctrl-C sends SIGINT. Each signal sets a flag; the
+trainer checks it at the next step boundary, writes a checkpoint and exits non-zero, so the
+retried job resumes from there. A second Ctrl-C does not wait for the step: it interrupts at
+once (checkpoints are written whole or not at all).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from types import FrameType
 
 import torch
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGURG)
 
 
 class DivergenceError(ValueError):
@@ -33,7 +36,8 @@ class Preempted(RuntimeError):
 
 
 class StopSignals:
-    """Record SIGTERM, SIGUSR1 and SIGINT instead of dying, while the ``with`` block runs.
+    """Record SIGTERM, SIGUSR1, SIGINT and SIGURG instead of dying (or, for SIGURG, ignoring
+    it), while the ``with`` block runs.
 
     A second SIGINT raises :class:`KeyboardInterrupt` as Python's default handler does.
     Handlers can be installed only in the main thread; elsewhere the signals keep their

@@ -9,7 +9,8 @@ long before a large checkpoint is written. Here:
 - every worker gets the variables of torch.distributed's ``env://`` rendezvous, which
   accelerate's ``Accelerator`` reads: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
   ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
-- TERM, USR1, INT and HUP sent to the launcher go to every worker, and the launcher waits for
+- TERM, USR1, INT, HUP and URG (the SLURM profile's early warning) sent to the launcher go
+  to every worker, and the launcher waits for
   all of them however long their checkpoint takes (only SLURM's own kill ends them); the
   trainer agrees across ranks on the step to stop after (`dspo.training.train`);
 - no accelerate config file is read, and the caller's ``ACCELERATE_*`` variables are dropped,
@@ -38,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP)
+FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP, signal.SIGURG)
 DEFAULT_PORT = 29500
 # Ports derived from a SLURM job id fall in [PORT_BASE, PORT_BASE + PORT_SPAN).
 PORT_BASE, PORT_SPAN = 20000, 20000

@@ -28,7 +28,7 @@ def test_unset_knobs_leave_the_request_to_the_cluster() -> None:
     assert site.gpu_model(1, 1, {}) is None
     assert (site.train_nodes({}), site.train_gpus({})) == (1, 4)
     assert site.runtime("train", 1440, {}) == 1440
-    assert site.train_extra({}) == f"--signal=TERM@{site.DEFAULT_SIGNAL_LEAD}"
+    assert site.train_extra({}) == f"--signal=URG@{site.DEFAULT_SIGNAL_LEAD}"
 
 
 def test_set_knobs() -> None:
@@ -41,7 +41,7 @@ def test_set_knobs() -> None:
     }
     assert (site.qos(env), site.constraint("cpu", env)) == ("long", "skylake")
     assert site.runtime("train", 1440, env) == 720 and site.runtime("score", 720, env) == 720
-    assert site.train_extra(env) == "--signal=TERM@3600" and site.train_nodes(env) == 4
+    assert site.train_extra(env) == "--signal=URG@3600" and site.train_nodes(env) == 4
 
 
 @pytest.mark.parametrize(

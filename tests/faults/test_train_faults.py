@@ -274,8 +274,9 @@ def uninterrupted(world: dict, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_signal_checkpoints_at_the_next_step_and_the_rerun_matches(
     world: dict, uninterrupted: Path, tmp_path: Path
 ) -> None:
-    """SIGTERM, as SLURM sends it, to a training process. SIGUSR1 and SIGINT go through the
-    same handler (tests/training/test_guards.py)."""
+    """SIGTERM, as SLURM sends it at the time limit or on preemption, to a training process.
+    SIGURG (the profile's warning before the limit), SIGUSR1 and SIGINT go through the same
+    handler (tests/training/test_guards.py)."""
     sig = signal.SIGTERM
     job = cli(SIGNAL_CONFIG, world["cache"], world["base"], tmp_path)
     metrics = tmp_path / "run/metrics.jsonl"

@@ -279,3 +279,46 @@ def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     assert len(re.findall(rf"rule train:\n    input: .*{re.escape(table)}", result.stdout)) == 10
     chosen = '"from_prompt_set": {"count": 1, "name": "pickapic_validation"}'
     assert result.stdout.count(chosen) == 10
+
+
+def test_sdxl_rehearsal_plans_the_table_2_dag_on_the_stand_ins(
+    standins: tuple[Path, dict], tmp_path: Path
+) -> None:
+    from tests.workflow_run import REPO, planned_jobs, snakemake
+
+    out, _ = standins
+    (tmp_path / "standins").symlink_to(out)
+    names = ("sd15.yaml", "sdxl.yaml", "rehearsal.yaml", "rehearsal_sdxl.yaml")
+    presets = [str(REPO / "config/presets" / name) for name in names]
+    result = snakemake("-n", "all", "--configfile", *presets, cwd=tmp_path)
+    jobs = planned_jobs(result.stdout)
+    # Both of DDSPO's evaluations on every model (the base, 10 runs and their kept step 1):
+    # B-VQA and the Inception Score.
+    assert jobs["score_binding"] == jobs["quality"] == jobs["generate"] == 21
+    assert jobs["step_model"] == 10
+    assert "results/tables/table2.md" in result.stdout and "table1.md" not in result.stdout
+    for table in ("ddspo", "image_quality", "attribute_binding"):
+        assert f"results/tables/{table}.csv" in result.stdout
+    assert "fetch_item" not in jobs  # every hub file is read from the stand-ins
+
+
+def test_ai_feedback_rehearsal_plans_two_rounds_on_the_stand_ins(
+    standins: tuple[Path, dict], tmp_path: Path
+) -> None:
+    from tests.workflow_run import REPO, planned_jobs, snakemake
+
+    out, _ = standins
+    (tmp_path / "standins").symlink_to(out)
+    names = ("sd15.yaml", "rehearsal.yaml", "sd15-ai-feedback.yaml", "rehearsal-ai-feedback.yaml")
+    presets = [str(REPO / "config/presets" / name) for name in names]
+    result = snakemake("-n", "all", "--configfile", *presets, cwd=tmp_path)
+    jobs = planned_jobs(result.stdout)
+    # The base, then each method's round 1, sampled in 2 parts each; 2 methods x 2 rounds.
+    assert jobs["generated_images"] == jobs["generated_labels"] == 3 * 2
+    assert jobs["train"] == 4 and jobs["generated_pairs"] == 2 and jobs["pairs_part"] == 2
+    assert jobs["generate"] == jobs["score"] == jobs["quality"] == 5
+    assert "results/tables/ai_feedback.md" in result.stdout
+    assert "fetch_item" not in jobs and "prompt_set.parti" not in result.stdout
+    assert "step_model" not in jobs  # no step choice by the reward that labels the pairs
+    # The Parti prompts are the stand-in's file, not a hub download.
+    assert "standins/prompts/PartiPrompts.tsv" in result.stdout

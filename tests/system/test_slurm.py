@@ -5,18 +5,23 @@ daemons (CI runs as root); skipped elsewhere."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
@@ -36,10 +41,12 @@ SITE = {
 }
 
 
-def run(*command: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    *command: str | Path, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(c) for c in command],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -251,7 +258,7 @@ def test_site_knobs_reach_every_request(tmp_path: Path) -> None:
             assert "gres=gpu:fake:1" in resources and "runtime=1440" in resources
         if rule == "train":
             assert "nodes=2" in resources and "gres=gpu:fake:4" in resources
-            assert "runtime=720" in resources and "slurm_extra=--signal=TERM@2400" in resources
+            assert "runtime=720" in resources and "slurm_extra=--signal=URG@2400" in resources
             assert "srun --overlap --nodes 2 --ntasks-per-node 1 --cpus-per-task" in shell
             assert (
                 "python -m dspo.training.launch --procs-per-node 4 --cpu --slurm -- train" in shell
@@ -306,3 +313,116 @@ def test_training_on_two_gpus_runs_two_processes(rerun: WorkflowRun, workdir: Pa
     assert train["tres"] == "gres:gpu:fake:2"
     log = (workdir / f"results/logs/train/{METHOD}.log").read_text()
     assert "dspo.training.launch --procs-per-node 2" in rerun.output and '"processes": 2' in log
+
+
+# The time-limit test: enough steps that the first job is still training when its limit is
+# lowered (up to 30 s pass before slurmctld's next time-limit pass sends the warning); no
+# checkpoint but the one the warning makes.
+CUT_STEPS = 250
+CUT_SITE = {"DSPO_SLURM_RUNTIME_TRAIN": "5", "DSPO_TRAIN_SIGNAL_LEAD": "30"}
+
+
+def elapsed_seconds(job: int) -> int:
+    """A running job's elapsed time, from squeue's [D-]H:MM:SS or M:SS."""
+    text = run("squeue", "--noheader", "--jobs", str(job), "--format", "%M").stdout.strip()
+    days, _, clock = text.rpartition("-")
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = 60 * seconds + int(part)
+    return seconds + 86400 * int(days or 0)
+
+
+def job_state(job: int) -> str:
+    return run("squeue", "--noheader", "--states", "all", "--jobs", str(job), "-o", "%T").stdout
+
+
+def train_command(output: str, out: Path) -> list[str]:
+    """The train job's `dspo train` arguments as Snakemake printed them, writing to ``out``."""
+    line = next(x for x in output.splitlines() if x.startswith("Shell command: exec env "))
+    words = shlex.split(line.removeprefix("Shell command: "))
+    words = words[words.index("--") + 1 : words.index(">")]
+    words[words.index("--out") + 1] = str(out / "model")
+    words[words.index("--run-dir") + 1] = str(out / "run")
+    return [str(Path(sys.executable).parent / "dspo"), *words]
+
+
+def unet_of(model: Path) -> dict[str, torch.Tensor]:
+    return load_file(model / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
+    cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """One training job under the profile, its time limit lowered with scontrol once it
+    trains (so the cut comes mid-training whatever the machine's speed): SLURM's warning
+    (the profile's --signal, DSPO_TRAIN_SIGNAL_LEAD before the limit) or the limit itself
+    stops it with a checkpoint, the profile's retries resubmit it, and the new job resumes
+    from that checkpoint to the weights of an uninterrupted run."""
+    methods = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["methods"]
+    overlay = tmp_path / "cut.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "methods": {m: None for m in methods if m != METHOD},
+                "training": {"steps": CUT_STEPS, "checkpoint_every": 0},
+            }
+        )
+    )
+    retries = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())["retries"]
+    env = {
+        **os.environ,
+        **SITE,
+        **CUT_SITE,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DSPO_TRAIN_GPUS": "1",
+    }
+    command = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--directory", tmp_path]
+    command += ["--workflow-profile", "workflow/profiles/local-slurm", "--retries", retries]
+    command += [f"results/models/{METHOD}", "--configfile", SMOKE, overlay]
+    log = tmp_path / "snakemake.out"
+    metrics = tmp_path / f"results/train/{METHOD}/metrics.jsonl"
+    train_log = tmp_path / f"results/logs/train/{METHOD}.log"
+    first, lowered, first_log = None, "", ""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(c) for c in command], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 900
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, tail(log.read_text(), 80)
+            time.sleep(0.5)
+            trains = [int(j) for j, r in SUBMITTED.findall(log.read_text()) if r == "train"]
+            if not trains:
+                continue
+            first = trains[0]
+            if not lowered and metrics.exists() and metrics.read_text().strip():
+                limit = elapsed_seconds(first) // 60 + 1
+                done = run("scontrol", "update", f"JobId={first}", f"TimeLimit={limit}")
+                assert done.returncode == 0, done.stdout
+                lowered = f"time limit of job {first} lowered to {limit} min"
+            elif lowered and not first_log and "RUNNING" not in job_state(first):
+                first_log = train_log.read_text()  # before the retry's job rewrites it
+    output = log.read_text()
+    assert proc.returncode == 0, tail(output, 80)
+    trains = [int(j) for j, r in SUBMITTED.findall(output) if r == "train"]
+    states = {job: job_state(job).strip() for job in trains}
+    completed = run("sacct", "--completion", "-o", "JobID,State,Start,End,Elapsed,ExitCode")
+    stopped = re.search(r"(SIGURG|SIGTERM) received: stopped after step (\d+)", first_log)
+    with capsys.disabled():
+        print(f"\n{lowered}; train jobs {states}\nsacct --completion:\n{completed.stdout}")
+        print(f"the first job's log: {stopped[0] if stopped else tail(first_log, 5)}")
+    assert lowered and len(trains) >= 2 and trains[0] == first
+    assert states[first] in {"FAILED", "TIMEOUT"} and states[trains[-1]] == "COMPLETED"
+    assert stopped, tail(first_log)
+    stats = json.loads(train_log.read_text()[train_log.read_text().rindex("\n{") :])
+    assert stats["resumed_from"] == int(stopped[2]) and 0 < stats["resumed_from"] < CUT_STEPS
+
+    straight = run(*train_command(output, tmp_path / "straight"), cwd=tmp_path)
+    assert straight.returncode == 0, tail(straight.stdout)
+    resumed, uninterrupted = (
+        unet_of(tmp_path / f"results/models/{METHOD}"),
+        unet_of(tmp_path / "straight/model"),
+    )
+    assert uninterrupted.keys() == resumed.keys()
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)

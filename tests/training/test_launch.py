@@ -84,9 +84,13 @@ def test_slurm_topology_reads_the_node_id_and_the_first_host(tmp_path: Path) -> 
         slurm_topology({"SLURM_JOB_ID": "1"}, 4)
 
 
-def test_term_reaches_every_worker_and_their_slow_checkpoints_finish(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGURG], ids=["TERM", "URG"])
+def test_a_stop_signal_reaches_every_worker_and_their_slow_checkpoints_finish(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     """The elastic agent of `accelerate launch` SIGKILLs workers 30 s after forwarding TERM
-    (pytorch/pytorch#119856); this launcher waits for them, however long they take."""
+    (pytorch/pytorch#119856); this launcher waits for them, however long they take. URG is
+    the SLURM profile's warning before the time limit (dspo/config/slurm_site.py)."""
     seconds = 3.0
     proc = subprocess.Popen(
         [*LAUNCH, "--procs-per-node", "2", "--module", "tests.launch_worker", "--"]
@@ -96,7 +100,7 @@ def test_term_reaches_every_worker_and_their_slow_checkpoints_finish(tmp_path: P
     ready = [tmp_path / f"rank-{r}.json" for r in (0, 1)]
     wait_for(lambda: all(p.exists() for p in ready), 60, "both workers to start")
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)  # to the launcher only
+    proc.send_signal(sig)  # to the launcher only
     assert proc.wait(timeout=60) == 1  # the workers' status: stopped, checkpoint written
     assert time.monotonic() - sent >= seconds
     assert all((tmp_path / f"saved-{r}").exists() for r in (0, 1))
