@@ -131,7 +131,7 @@ def paper_tables() -> Iterable[str]:
 
 
 # The torch dtypes of base_model, cache, rewards and the attribute-binding scorer.
-dtypes = code_table("dspo.families.sd_pipeline", "DTYPES")
+dtypes = code_table("dspo.core.dtypes", "DTYPES")
 
 TRAINING = "/$defs/training/properties"
 METHOD = "/properties/methods/additionalProperties/properties"
@@ -194,7 +194,7 @@ CASES: dict[str, tuple[str, Callable[[], Iterable[Any]]]] = {
         "/properties/ddspo/properties/degrader/properties/kind",
         code_table("dspo.data.ddspo", "DEGRADERS"),
     ),
-    "ddspo.degrader.dtype": (f"{DEGRADER}/dtype", code_table("dspo.data.llm_degrader", "DTYPES")),
+    "ddspo.degrader.dtype": (f"{DEGRADER}/dtype", dtypes),
     "ddspo.degrader.fallback": (
         f"{DEGRADER}/fallback",
         code_table("dspo.data.degraded_prompts", "FALLBACKS"),
