@@ -114,6 +114,17 @@ def tiny_pairs() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
+    """A latent cache of :func:`tiny_pairs` at 16 px from :func:`tiny_model`, one per test
+    module (the training tests read it; a module that damages a cache builds its own)."""
+    from dspo.data.cache import build_cache
+
+    path = tmp_path_factory.mktemp("cache")
+    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
+    return path
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke preset's whole DAG, run once per test session: the workflow tests and the

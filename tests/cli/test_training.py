@@ -6,18 +6,7 @@ import json
 import re
 from pathlib import Path
 
-import pandas as pd
-import pytest
-
-from dspo.data.cache import build_cache
 from tests.cli.test_commands import DEFAULTS, REPO, dspo
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cache")
-    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
-    return path
 
 
 def documented_train_yaml() -> str:

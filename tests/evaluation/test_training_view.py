@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -28,15 +27,6 @@ VALIDATION = {
 }
 LORA = {"rank": 4, "alpha": 4, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
 SCALARS = {"loss", "implicit_acc", "reward_margin", "grad_norm", "lr"}
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
-    from dspo.data.cache import build_cache
-
-    path = tmp_path_factory.mktemp("cache")
-    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
-    return path
 
 
 @pytest.fixture(scope="module")

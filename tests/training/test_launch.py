@@ -12,12 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from dspo.data.cache import build_cache
 from dspo.training.launch import Topology, free_port, port_of_job, slurm_topology, worker_env
 from dspo.training.policy import use_tf32
 from tests.training.test_train import BASE_CONFIG, DSPO, SCHEDULE, run
@@ -132,13 +130,6 @@ def test_tf32_switch_leaves_a_machine_without_cuda_as_it_is() -> None:
 
 
 # --- training through the launcher --------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cache")
-    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
-    return path
 
 
 def train_args(cfg: dict, cache_dir: Path, base: Path, root: Path) -> list[str]:

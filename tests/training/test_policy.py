@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from dspo.data.cache import build_cache
 from dspo.data.cache_load import load_cache
 from dspo.families import load_family
 from dspo.objectives import get_objective, objective_kwargs
@@ -22,13 +20,6 @@ from dspo.training.settings import TrainSettings
 from tests.training.test_train import BASE_CONFIG, DSPO, LORA, run
 
 STEPS = {"steps": 2, "checkpoint_every": 0}
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cache")
-    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
-    return path
 
 
 def model_with(switches: dict, tiny_model: Path, cache_dir: Path, lora: bool) -> PreferenceModel:

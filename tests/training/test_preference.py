@@ -26,13 +26,6 @@ from tests.families.three_tensors import ThreeTensorFamily, register
 from tests.training.test_train import BASE_CONFIG
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cache")
-    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
-    return path
-
-
 def test_a_micro_batch_is_drawn_from_its_place_in_the_step(
     cache_dir: Path, tiny_model: Path
 ) -> None:

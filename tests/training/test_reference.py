@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -18,15 +17,6 @@ from tests.training.test_train import BASE_CONFIG, assert_same_weights, run, une
 # A full fine-tuning run (the online reference is a copy) with prompt dropout, so every kind
 # of batch randomness must be replayed exactly; 3 micro-batches per step.
 CFG = {**BASE_CONFIG, "steps": 3, "pairs_per_step": 6, "local_pairs": 2, "checkpoint_every": 0}
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
-    from dspo.data.cache import build_cache
-
-    path = tmp_path_factory.mktemp("cache")
-    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
-    return path
 
 
 def precompute(cfg: dict, cache: Path, base: Path, root: Path, parts: int, factor: int) -> Path:

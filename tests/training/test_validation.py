@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -102,15 +101,6 @@ def test_the_config_check_refuses_an_unconfigured_set_in_any_training_block() ->
     problems = [p for p in config_problems(config, REPO) if "validation" in p]
     assert len(problems) == 1
     assert problems[0].startswith("methods.dspo.training.validation.from_prompt_set.name: 'pick'")
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> Path:
-    from dspo.data.cache import build_cache
-
-    path = tmp_path_factory.mktemp("cache")
-    build_cache(tiny_pairs, str(tiny_model), path, resolution=16, dtype="float32")
-    return path
 
 
 def test_the_strips_sample_the_sets_prompts(
