@@ -257,16 +257,23 @@ def test_unknown_components_are_named(tmp_path: Path) -> None:
         write_standins(tmp_path, ["sd15", "sd3"], tiny=True)
 
 
+def plan_on_standins(standins: tuple[Path, dict], workdir: Path, *names: str) -> str:
+    """The output of `snakemake -n -p all` with these presets, in a folder whose ./standins
+    is the stand-in folder, as the rehearsal runs."""
+    from tests.workflow_run import REPO, snakemake
+
+    (workdir / "standins").symlink_to(standins[0])
+    presets = [str(REPO / "config/presets" / name) for name in names]
+    return snakemake("-n", "-p", "all", "--configfile", *presets, cwd=workdir).stdout
+
+
 def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     standins: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    from tests.workflow_run import REPO, planned_jobs, snakemake
+    from tests.workflow_run import planned_jobs
 
-    out, _ = standins
-    (tmp_path / "standins").symlink_to(out)
-    presets = [str(REPO / "config/presets" / name) for name in ("sd15.yaml", "rehearsal.yaml")]
-    result = snakemake("-n", "-p", "all", "--configfile", *presets, cwd=tmp_path)
-    jobs = planned_jobs(result.stdout)
+    stdout = plan_on_standins(standins, tmp_path, "sd15.yaml", "rehearsal.yaml")
+    jobs = planned_jobs(stdout)
     # The base and ten trained methods, and step 1 of each (the step choice): 21 models.
     assert jobs["train"] == 10 and jobs["step_model"] == 10 and "edit" not in jobs
     assert jobs["generate"] == 21 and jobs["score"] == 21 and jobs["tables"] == 1
@@ -276,49 +283,43 @@ def test_rehearsal_preset_plans_the_paper_dag_on_the_stand_ins(
     assert "fetch_item" not in jobs  # every hub file of sd15 is read from the stand-ins
     # sd15's validation images add the first caption of the Pick-a-Pic validation stand-in.
     table = "results/data/prompts/pickapic_validation.parquet"
-    assert len(re.findall(rf"rule train:\n    input: .*{re.escape(table)}", result.stdout)) == 10
+    assert len(re.findall(rf"rule train:\n    input: .*{re.escape(table)}", stdout)) == 10
     chosen = '"from_prompt_set": {"count": 1, "name": "pickapic_validation"}'
-    assert result.stdout.count(chosen) == 10
+    assert stdout.count(chosen) == 10
 
 
 def test_sdxl_rehearsal_plans_the_table_2_dag_on_the_stand_ins(
     standins: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    from tests.workflow_run import REPO, planned_jobs, snakemake
+    from tests.workflow_run import planned_jobs
 
-    out, _ = standins
-    (tmp_path / "standins").symlink_to(out)
     names = ("sd15.yaml", "sdxl.yaml", "rehearsal.yaml", "rehearsal_sdxl.yaml")
-    presets = [str(REPO / "config/presets" / name) for name in names]
-    result = snakemake("-n", "all", "--configfile", *presets, cwd=tmp_path)
-    jobs = planned_jobs(result.stdout)
+    stdout = plan_on_standins(standins, tmp_path, *names)
+    jobs = planned_jobs(stdout)
     # Both of DDSPO's evaluations on every model (the base, 10 runs and their kept step 1):
     # B-VQA and the Inception Score.
     assert jobs["score_binding"] == jobs["quality"] == jobs["generate"] == 21
     assert jobs["step_model"] == 10
-    assert "results/tables/table2.md" in result.stdout and "table1.md" not in result.stdout
+    assert "results/tables/table2.md" in stdout and "table1.md" not in stdout
     for table in ("ddspo", "image_quality", "attribute_binding"):
-        assert f"results/tables/{table}.csv" in result.stdout
+        assert f"results/tables/{table}.csv" in stdout
     assert "fetch_item" not in jobs  # every hub file is read from the stand-ins
 
 
 def test_ai_feedback_rehearsal_plans_two_rounds_on_the_stand_ins(
     standins: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    from tests.workflow_run import REPO, planned_jobs, snakemake
+    from tests.workflow_run import planned_jobs
 
-    out, _ = standins
-    (tmp_path / "standins").symlink_to(out)
     names = ("sd15.yaml", "rehearsal.yaml", "sd15-ai-feedback.yaml", "rehearsal-ai-feedback.yaml")
-    presets = [str(REPO / "config/presets" / name) for name in names]
-    result = snakemake("-n", "all", "--configfile", *presets, cwd=tmp_path)
-    jobs = planned_jobs(result.stdout)
+    stdout = plan_on_standins(standins, tmp_path, *names)
+    jobs = planned_jobs(stdout)
     # The base, then each method's round 1, sampled in 2 parts each; 2 methods x 2 rounds.
     assert jobs["generated_images"] == jobs["generated_labels"] == 3 * 2
     assert jobs["train"] == 4 and jobs["generated_pairs"] == 2 and jobs["pairs_part"] == 2
     assert jobs["generate"] == jobs["score"] == jobs["quality"] == 5
-    assert "results/tables/ai_feedback.md" in result.stdout
-    assert "fetch_item" not in jobs and "prompt_set.parti" not in result.stdout
+    assert "results/tables/ai_feedback.md" in stdout
+    assert "fetch_item" not in jobs and "prompt_set.parti" not in stdout
     assert "step_model" not in jobs  # no step choice by the reward that labels the pairs
     # The Parti prompts are the stand-in's file, not a hub download.
-    assert "standins/prompts/PartiPrompts.tsv" in result.stdout
+    assert "standins/prompts/PartiPrompts.tsv" in stdout
