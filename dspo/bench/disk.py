@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dspo.config.experiments import method_config, trained_models
+from dspo.config.experiments import method_config, step_models, trained_models
 from dspo.config.names import entries
 
 DATA = "results/data"
@@ -42,7 +42,9 @@ def stage_paths(config: Mapping[str, Any]) -> dict[str, list[str]]:
     for data in datasets:
         paths[f"cache of {data}"] = [f"results/cache/{data}"]
     paths["training checkpoints"] = [f"results/train/{name}/checkpoints" for name in models]
-    paths["trained models"] = [f"results/models/{name}" for name in models]
+    # Each trained model and its kept steps (training.evaluate_steps), as the budget counts.
+    kept = step_models(config, models)
+    paths["trained models"] = [f"results/models/{name}" for name in [*models, *kept]]
     # Each model's images sit in one folder per prompt set (results/images/MODEL/SET).
     ev = config["evaluation"]
     sets = [*entries(ev["prompt_sets"]), *(["editing"] if ev.get("editing") else [])]

@@ -36,3 +36,14 @@ def test_binding_and_ai_feedback_files_are_their_own_stages(tmp_path: Path) -> N
     assert measured["AI-feedback images (generated pair source)"] == 22
     # Every measured stage is one the budget prices.
     assert set(measured) <= {row["stage"] for row in stages(config)}
+
+
+def test_kept_steps_are_measured_with_the_trained_models(tmp_path: Path) -> None:
+    # sd15 keeps steps 500, 1000 and 1500 of each 2000-step run as models of their own, and
+    # the budget counts them in "trained models".
+    config = workflow_config([PRESETS / "sd15.yaml"])
+    _write(tmp_path, "results/models/dspo/unet/weights.safetensors", 100)
+    for step in (500, 1000, 1500):
+        _write(tmp_path, f"results/models/dspo@{step}/unet/weights.safetensors", 10)
+    measured = {row["stage"]: row["bytes"] for row in measure(config, tmp_path)}
+    assert measured["trained models"] == 100 + 3 * 10
