@@ -11,18 +11,21 @@ export PATH := $(abspath $(BIN)):$(PATH)
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
 
-# The slowest 30 tests' times close the output (docs/development.md: the SLOW list).
+# The one full gate. The slowest 30 tests' times close the output; every test's time goes to
+# .gate-durations.json, from which `python -m tests.durations .gate-durations.json` refreshes
+# tests/durations.json (the loops below select by it).
 test: $(VENV)/.installed
-	python -m pytest --durations=30
+	python -m pytest --durations=30 --record-durations .gate-durations.json
 
-# The edit-test loops (docs/development.md, markers applied by tests/conftest.py): test-fast
-# leaves out the tests that run Snakemake jobs or the system's tools; test-unit also leaves out
-# the DAG builds and the slow tests.
+# The edit-test loops (docs/development.md; markers applied by tests/conftest.py from
+# tests/durations.json): test-fast leaves out the tests that run Snakemake jobs or the
+# system's tools and those measured over 2 s; test-unit runs the tests measured at 0.2 s or
+# less that build no DAG.
 test-fast: $(VENV)/.installed
-	python -m pytest -m "not workflow and not system"
+	python -m pytest -m "not workflow and not system and not slow"
 
 test-unit: $(VENV)/.installed
-	python -m pytest -m "not workflow and not system and not dag and not slow"
+	python -m pytest -m unit
 
 # In a second terminal while `make run` runs: each running job's latest progress line,
 # refreshed every WATCH seconds.

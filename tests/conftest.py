@@ -8,6 +8,7 @@ import io
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ from PIL import Image
 from dspo.data.pairs import prompt_id_of
 from dspo.families import build_pipeline
 from tests.workflow_run import SMOKE, snakemake
+
+if TYPE_CHECKING:
+    from tests.durations import Costs
 
 TINY_ARCHITECTURE = {
     "max_length": 12,
@@ -152,31 +156,31 @@ def edit_source(package: Path, module: str) -> None:
 
 
 # Markers (registered in pyproject.toml, `--strict-markers`), applied here from where a test
-# lives and what it runs, so that no test is marked by hand (docs/development.md):
+# lives, what it runs and how long it took, so that no test is marked by hand
+# (docs/development.md):
 # - system: tests/system/ (README commands, a browser, SLURM, environments across the system);
 # - workflow: runs Snakemake jobs for real: uses the shared smoke run, or its source (or a
 #   fixture or helper of its module) calls Snakemake without a dry run; all of tests/workflow/
 #   that is not a dry run;
 # - dag: builds the DAG only (`snakemake -n`, `--lint`);
-# - slow: measured over SLOW_SECONDS on 2 shared cores (the list below, by test function).
-SLOW_SECONDS = 10
-# Measured in the full gates of 2026-12-06 (2 cores; the first with a second workflow run
-# beside it, the second on a quiet machine): every test of `make test-fast` whose own time
-# exceeded SLOW_SECONDS in either.
-SLOW: set[str] = {
-    "bench/test_activations.py::test_activations_grow_with_the_batch_and_checkpointing_holds_less",
-    "bench/test_gpucheck.py::test_tiny_dry_run_runs_every_stage_on_cpu",
-    "bench/test_throughput.py::test_both_modes_report_figures_and_flops",
-    "evaluation/test_quality.py::test_inception_from_the_fetched_file_matches_torch_fidelity",
-    "faults/test_orphan_trainer.py::test_an_orphaned_trainer_stops_and_the_rerun_writes_the_only_model",
-    "faults/test_train_faults.py::test_signal_checkpoints_at_the_next_step_and_the_rerun_matches",
-    "faults/test_workflow_config.py::test_mutated_config_fails_only_naming_a_key",
-    "training/test_launch.py::test_sigterm_under_the_launcher_checkpoints_and_the_rerun_matches",
-    "training/test_launch.py::test_two_nodes_train_like_one_process",
-    "training/test_policy.py::test_a_switched_step_computes_the_plain_steps_loss_and_gradient",
-    "training/test_train.py::test_trainer_memory_does_not_grow_with_the_cache",
-    "training/test_train.py::test_two_processes_train_like_one",
-}
+# - slow: costs over SLOW_SECONDS in the last full gate (tests/durations.json: its own time and
+#   its shared fixtures' setups);
+# - unit: none of the above and costs at most UNIT_SECONDS (or not measured yet).
+SLOW_SECONDS = 2.0
+UNIT_SECONDS = 0.2
+# The plugin that reads and records the figures (`--record-durations FILE`, what `make test`
+# passes); imported by pytest itself, before any use below.
+pytest_plugins = ("tests.durations",)
+
+
+@functools.cache
+def costs() -> Costs:
+    """The kept figures (tests/durations.json), read once."""
+    from tests.durations import Costs
+
+    return Costs()
+
+
 SNAKEMAKE_CALL = re.compile(r"\bsnakemake\(|\bWorkflowRun\(")
 REAL_RUN = re.compile(r'"(--cores|-c\d+|--report)"')
 DRY_RUN = re.compile(r'"(-n|--dry-run|--lint)"')
@@ -233,8 +237,11 @@ def markers_of(item: pytest.Item) -> set[str]:
         found.add("workflow")
     elif "dry" in runs:
         found.add("dag")
-    if f"{item.path.relative_to(Path(__file__).parent)}::{name}" in SLOW:
+    seconds = costs().of(item)
+    if seconds > SLOW_SECONDS:
         found.add("slow")
+    if not found and seconds <= UNIT_SECONDS:
+        found.add("unit")
     return found
 
 

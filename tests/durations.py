@@ -1,0 +1,115 @@
+"""What each test costs, measured in a full gate and kept in tests/durations.json.
+
+The loops' markers (`unit`, `slow`; tests/conftest.py) are decided from these figures, so the
+edit-test loops stay fast as tests are added: a test measured over a threshold leaves a loop
+by itself once the file is refreshed. A test the file does not hold yet counts as quick.
+
+The file holds each test's own time (setup, call and teardown, as pytest reports them) and
+each shared fixture's setup (module, package or session scope, keyed by where it is defined
+and its name). A test's cost is its own time plus the setups of the shared fixtures it uses:
+a shared fixture is set up by whichever selected test needs it first, so a loop that runs a
+test pays for its fixtures whatever ran first in the gate.
+
+`make test` records the figures to .gate-durations.json; refresh the kept file from it:
+
+    python -m tests.durations .gate-durations.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DURATIONS = Path(__file__).with_name("durations.json")
+OPTION = "--record-durations"
+
+
+class Recorder:
+    """Collects test and shared-fixture times during a run (a pytest plugin object)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.tests: dict[str, float] = {}
+        self.fixtures: dict[str, float] = {}
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if fixturedef.scope != "function":
+            key = fixture_key(fixturedef.baseid, fixturedef.argname)
+            spent = time.perf_counter() - start
+            self.fixtures[key] = max(self.fixtures.get(key, 0.0), spent)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.tests[report.nodeid] = self.tests.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        self.out.write_text(dump(self.tests, self.fixtures))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        OPTION,
+        type=Path,
+        metavar="FILE",
+        help="write each test's and shared fixture's time to FILE (tests/durations.py)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if out := config.getoption(OPTION):
+        config.pluginmanager.register(Recorder(out), "record-durations")
+
+
+def fixture_key(baseid: str, name: str) -> str:
+    """A shared fixture by where it is defined (a module's or folder's node id) and name."""
+    return f"{baseid}::{name}"
+
+
+def dump(tests: dict[str, float], fixtures: dict[str, float]) -> str:
+    rounded = [{k: round(v, 2) for k, v in sorted(d.items())} for d in (tests, fixtures)]
+    return json.dumps({"tests": rounded[0], "fixtures": rounded[1]}, indent=1) + "\n"
+
+
+class Costs:
+    """Each test's cost from the kept figures (see the module docstring)."""
+
+    def __init__(self, path: Path = DURATIONS) -> None:
+        kept = json.loads(path.read_text()) if path.exists() else {}
+        self.tests: dict[str, float] = kept.get("tests", {})
+        self.fixtures: dict[str, float] = kept.get("fixtures", {})
+
+    def of(self, item: pytest.Item) -> float:
+        """Seconds: the test's own time and its shared fixtures' setups; 0 if not measured."""
+        module = item.nodeid.split("::")[0]
+        scopes = [module] + [str(p) for p in Path(module).parents][:-1] + [""]
+        shared = 0.0
+        for name in item.fixturenames:
+            for scope in scopes:
+                if (key := fixture_key(scope, name)) in self.fixtures:
+                    shared += self.fixtures[key]
+                    break
+        return self.tests.get(item.nodeid, 0.0) + shared
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recorded", type=Path, help=f"the file a full gate's {OPTION} wrote")
+    parser.add_argument("--out", type=Path, default=DURATIONS)
+    args = parser.parse_args(argv)
+    recorded = json.loads(args.recorded.read_text())
+    if not recorded.get("tests"):
+        raise SystemExit(f"{args.recorded}: no test recorded")
+    args.out.write_text(dump(recorded["tests"], recorded["fixtures"]))
+    total = sum(recorded["tests"].values()) / 60
+    print(f"{args.out}: {len(recorded['tests'])} tests, {total:.1f} min in all")
+
+
+if __name__ == "__main__":
+    main()
