@@ -6,16 +6,19 @@ CORES ?= all
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast test-unit lint clean rehearse gpu-check reward-parity config-doc watch readme-results readme-ai-feedback
+.PHONY: run test durations test-fast test-unit lint clean rehearse gpu-check reward-parity config-doc watch readme-results readme-ai-feedback
 
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
 
 # The one full gate. The slowest 30 tests' times close the output; every test's time goes to
-# .gate-durations.json, from which `python -m tests.durations .gate-durations.json` refreshes
-# tests/durations.json (the loops below select by it).
+# .gate-durations.json, which `make durations` keeps as tests/durations.json (the loops below
+# select by it).
 test: $(VENV)/.installed
 	python -m pytest --durations=30 --record-durations .gate-durations.json
+
+durations: .gate-durations.json
+	cp .gate-durations.json tests/durations.json
 
 # The edit-test loops (docs/development.md; markers applied by tests/conftest.py from
 # tests/durations.json): test-fast leaves out the tests that run Snakemake jobs or the

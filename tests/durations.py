@@ -10,14 +10,12 @@ and its name). A test's cost is its own time plus the setups of the shared fixtu
 a shared fixture is set up by whichever selected test needs it first, so a loop that runs a
 test pays for its fixtures whatever ran first in the gate.
 
-`make test` records the figures to .gate-durations.json; refresh the kept file from it:
-
-    python -m tests.durations .gate-durations.json
+`make test` records the figures to .gate-durations.json in the kept file's format; after a
+full gate, `make durations` copies them over the kept file.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Iterator
@@ -96,20 +94,3 @@ class Costs:
                     shared += self.fixtures[key]
                     break
         return self.tests.get(item.nodeid, 0.0) + shared
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recorded", type=Path, help=f"the file a full gate's {OPTION} wrote")
-    parser.add_argument("--out", type=Path, default=DURATIONS)
-    args = parser.parse_args(argv)
-    recorded = json.loads(args.recorded.read_text())
-    if not recorded.get("tests"):
-        raise SystemExit(f"{args.recorded}: no test recorded")
-    args.out.write_text(dump(recorded["tests"], recorded["fixtures"]))
-    total = sum(recorded["tests"].values()) / 60
-    print(f"{args.out}: {len(recorded['tests'])} tests, {total:.1f} min in all")
-
-
-if __name__ == "__main__":
-    main()
