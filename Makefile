@@ -22,7 +22,7 @@ durations: .gate-durations.json
 
 # The edit-test loops (docs/development.md; markers applied by tests/conftest.py from
 # tests/durations.json): test-fast leaves out the tests that run Snakemake jobs or the
-# system's tools and those measured over 2 s; test-unit runs the tests measured at 0.2 s or
+# system's tools and those measured over 2 s; test-unit runs the tests measured at 0.1 s or
 # less that build no DAG.
 test-fast: $(VENV)/.installed
 	python -m pytest -m "not workflow and not system and not slow"

@@ -167,7 +167,7 @@ def edit_source(package: Path, module: str) -> None:
 #   its shared fixtures' setups);
 # - unit: none of the above and costs at most UNIT_SECONDS (or not measured yet).
 SLOW_SECONDS = 2.0
-UNIT_SECONDS = 0.2
+UNIT_SECONDS = 0.1
 # The plugin that reads and records the figures (`--record-durations FILE`, what `make test`
 # passes); imported by pytest itself, before any use below.
 pytest_plugins = ("tests.durations",)
