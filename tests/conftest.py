@@ -17,10 +17,13 @@ from PIL import Image
 
 from dspo.data.pairs import prompt_id_of
 from dspo.families import build_pipeline
+from tests.parallel import build_once, one_thread_per_worker, plan
 from tests.workflow_run import SMOKE, snakemake
 
 if TYPE_CHECKING:
     from tests.durations import Costs
+
+one_thread_per_worker()
 
 TINY_ARCHITECTURE = {
     "max_length": 12,
@@ -131,11 +134,21 @@ def cache_dir(tiny_model: Path, tiny_pairs: pd.DataFrame, tmp_path_factory) -> P
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke preset's whole DAG, run once per test session: the workflow tests and the
-    report's browser test share it (several minutes on 2 CPU cores)."""
-    workdir = tmp_path_factory.mktemp("smoke")
-    snakemake("--cores", "2", "all", "--configfile", str(SMOKE), cwd=workdir)
-    return workdir
+    """The smoke preset's whole DAG, run once per gate and shared by its workers
+    (tests/parallel.py): the workflow tests read it, and the tests that run more continue a
+    copy of it (:func:`smoke_copy`); nothing writes to it (several minutes on 2 CPU cores)."""
+
+    def run(workdir: Path) -> None:
+        snakemake("--cores", "2", "all", "--configfile", str(SMOKE), cwd=workdir)
+
+    return build_once(tmp_path_factory, "smoke", run)
+
+
+@pytest.fixture
+def smoke_copy(smoke_run: Path, tmp_path: Path) -> Path:
+    """A copy of the shared smoke run for a test to run more jobs in: the copy keeps the
+    files' modification times and Snakemake's records, so nothing of it reruns unasked."""
+    return Path(shutil.copytree(smoke_run, tmp_path / "smoke", symlinks=True))
 
 
 @pytest.fixture
@@ -245,7 +258,10 @@ def markers_of(item: pytest.Item) -> set[str]:
     return found
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups plan() marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for marker in sorted(markers_of(item)):
             item.add_marker(marker)
+    if config.getoption("dist", "no") != "no":  # on several workers (make test)
+        plan(items, costs())

@@ -11,12 +11,15 @@ a shared fixture is set up by whichever selected test needs it first, so a loop 
 test pays for its fixtures whatever ran first in the gate.
 
 `make test` records the figures to .gate-durations.json in the kept file's format; after a
-full gate, `make durations` copies them over the kept file.
+full gate, `make durations` copies them over the kept file. On pytest-xdist's workers
+(tests/parallel.py) each worker measures its fixtures and sends them to the controller, which
+writes the file; times measured beside another worker are those of a shared machine.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +28,11 @@ import pytest
 
 DURATIONS = Path(__file__).with_name("durations.json")
 OPTION = "--record-durations"
+# Under `--dist loadgroup`, xdist appends "@group" to a grouped test's id (tests/parallel.py);
+# the figures keep the plain id. A parametrised id's "@" sits inside its brackets.
+GROUP_SUFFIX = re.compile(r"@[^\[\]@]*$")
+# What a worker sends its controller (xdist's workeroutput) at the end of its session.
+WORKER_KEY = "record-durations-fixtures"
 
 
 class Recorder:
@@ -45,10 +53,21 @@ class Recorder:
             self.fixtures[key] = max(self.fixtures.get(key, 0.0), spent)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.tests[report.nodeid] = self.tests.get(report.nodeid, 0.0) + report.duration
+        nodeid = GROUP_SUFFIX.sub("", report.nodeid)
+        self.tests[nodeid] = self.tests.get(nodeid, 0.0) + report.duration
 
-    def pytest_sessionfinish(self) -> None:
-        self.out.write_text(dump(self.tests, self.fixtures))
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: object, error: object) -> None:
+        """Under pytest-xdist: a worker's fixture setups, which it measured itself."""
+        for key, spent in getattr(node, "workeroutput", {}).get(WORKER_KEY, {}).items():
+            self.fixtures[key] = max(self.fixtures.get(key, 0.0), spent)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        worker = getattr(session.config, "workeroutput", None)
+        if worker is not None:  # an xdist worker: the controller writes the file
+            worker[WORKER_KEY] = self.fixtures
+        else:
+            self.out.write_text(dump(self.tests, self.fixtures))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -83,14 +102,19 @@ class Costs:
         self.tests: dict[str, float] = kept.get("tests", {})
         self.fixtures: dict[str, float] = kept.get("fixtures", {})
 
-    def of(self, item: pytest.Item) -> float:
-        """Seconds: the test's own time and its shared fixtures' setups; 0 if not measured."""
+    def shared(self, item: pytest.Item) -> dict[str, float]:
+        """The measured setups of the shared fixtures the test uses, by fixture key: each name
+        is looked up where pytest would find it first (its module, then its folders)."""
         module = item.nodeid.split("::")[0]
         scopes = [module] + [str(p) for p in Path(module).parents][:-1] + [""]
-        shared = 0.0
+        found = {}
         for name in item.fixturenames:
             for scope in scopes:
                 if (key := fixture_key(scope, name)) in self.fixtures:
-                    shared += self.fixtures[key]
+                    found[key] = self.fixtures[key]
                     break
-        return self.tests.get(item.nodeid, 0.0) + shared
+        return found
+
+    def of(self, item: pytest.Item) -> float:
+        """Seconds: the test's own time and its shared fixtures' setups; 0 if not measured."""
+        return self.tests.get(item.nodeid, 0.0) + sum(self.shared(item).values())

@@ -1,0 +1,139 @@
+"""tests/parallel.py: the gate's plan (groups, order) and a run built once for all workers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.durations import Costs
+from tests.parallel import HOLD, plan
+
+SHARED = """
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.parallel import build_once
+
+
+def build(folder: Path) -> None:
+    with open(os.environ["BUILDS"], "a") as log:
+        log.write(os.environ.get("PYTEST_XDIST_WORKER", "none") + "\\n")
+    time.sleep(1.0)
+    (folder / "made").write_text("yes")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    return build_once(tmp_path_factory, "smoke", build)
+
+
+@pytest.fixture(scope="module")
+def module_state():
+    time.sleep(0.2)
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_reads_the_shared_run(smoke_run, n):
+    assert (smoke_run / "made").read_text() == "yes"
+
+
+@pytest.mark.xdist_group("together")
+def test_grouped(module_state):
+    pass
+"""
+
+
+def run_pytest(folder: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    plugin = ["-p", "tests.durations", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *plugin, *args, str(folder)],
+        cwd=folder,
+        env={"PYTHONPATH": str(Path.cwd()), "PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_two_workers_build_the_shared_run_once_and_record_plain_ids(tmp_path: Path) -> None:
+    (tmp_path / "test_shared.py").write_text(SHARED)
+    builds, out = tmp_path / "builds.txt", tmp_path / "recorded.json"
+    args = ["-n", "2", "--dist", "loadgroup", "--record-durations", str(out)]
+    result = run_pytest(tmp_path, *args, env={"BUILDS": str(builds)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed" in result.stdout
+    assert len(builds.read_text().split()) == 1  # one worker built it; the other read it
+    recorded = json.loads(out.read_text())
+    # Test ids without xdist's "@group" suffix; the workers' fixture setups reach the file.
+    assert "test_shared.py::test_grouped" in recorded["tests"]
+    assert not [nodeid for nodeid in recorded["tests"] if "@" in nodeid]
+    assert recorded["fixtures"]["test_shared.py::module_state"] >= 0.2
+    assert recorded["fixtures"]["test_shared.py::smoke_run"] >= 1.0
+
+
+def test_a_failed_build_fails_every_user_without_building_again(tmp_path: Path) -> None:
+    (tmp_path / "test_shared.py").write_text(SHARED.replace('write_text("yes")', "rmdir()"))
+    builds = tmp_path / "builds.txt"
+    result = run_pytest(tmp_path, "-n", "2", env={"BUILDS": str(builds)})
+    assert result.returncode == 1
+    assert "4 errors" in result.stdout and "failed in another worker" in result.stdout
+    assert len(builds.read_text().split()) == 1
+
+
+class Item:
+    """What plan() reads of a collected test."""
+
+    def __init__(self, nodeid: str, *fixtures: str) -> None:
+        self.nodeid, self.fixturenames, self.groups = nodeid, ["request", *fixtures], []
+
+    def add_marker(self, marker: pytest.MarkDecorator) -> None:
+        self.groups.append(marker.args[0])
+
+
+def test_the_plan_groups_module_fixtures_and_holds_dependents_behind_independent_work(
+    tmp_path: Path,
+) -> None:
+    kept = tmp_path / "durations.json"
+    fixtures = {"tests::smoke_run": 100.0, "tests/b.py::run": 30.0, "tests::tiny": 0.1}
+    tests = {
+        "tests/a.py::test_report": 100.0 + 50.0,  # set the smoke run up in the gate
+        "tests/a.py::test_read": 1.0,
+        "tests/b.py::test_one": 30.0 + 5.0,  # set its module's run up
+        "tests/b.py::test_two": 5.0,
+        "tests/c.py::test_big": 90.0,
+        "tests/c.py::test_mid": 70.0,
+        "tests/c.py::test_small": 2.0,
+    }
+    kept.write_text(json.dumps({"tests": tests, "fixtures": fixtures}))
+    items = [
+        Item("tests/a.py::test_report", "smoke_run"),
+        Item("tests/a.py::test_read", "smoke_run", "tiny"),
+        Item("tests/b.py::test_one", "run"),
+        Item("tests/b.py::test_two", "run", "tiny"),
+        Item("tests/c.py::test_small"),
+        Item("tests/c.py::test_mid"),
+        Item("tests/c.py::test_big"),
+    ]
+    plan(items, Costs(kept))  # type: ignore[arg-type]
+    order = [item.nodeid.split("::")[1] for item in items]
+    # The costliest dependent first (it builds the run), then independent work worth HOLD
+    # builds (90 + 70 = 160 >= 150), then the rest longest first: module b's group as one
+    # unit (30 + 5 + 5 = 40), the other dependent, the rest.
+    assert HOLD * 100 == 150
+    assert order == [
+        "test_report",
+        "test_big",
+        "test_mid",
+        "test_one",
+        "test_two",
+        "test_small",
+        "test_read",
+    ]
+    assert [item.groups for item in items if item.groups] == [["tests/b.py"], ["tests/b.py"]]
