@@ -1,11 +1,13 @@
 """AI feedback through the workflow: the smoke preset with the ai-feedback preset on top (two
-rounds of DSPO and Diffusion-DPO on generated pairs, a few prompts), run once for this module;
-what a changed labelling reward reruns; and the sd15 overlay's plan and budget."""
+rounds of DSPO and Diffusion-DPO on generated pairs, a few prompts), run once for this module
+on a copy of the shared smoke run; what a changed labelling reward reruns; and the sd15
+overlay's plan and budget."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -39,8 +41,13 @@ def _configs(tmp: Path, *extra: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ai_feedback_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("ai-feedback")
+def ai_feedback_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared smoke run carried on with the ai-feedback preset: the toy world,
+    the base model and its images stay; the generated pairs, the rounds and what reads them
+    run."""
+    workdir = Path(
+        shutil.copytree(smoke_run, tmp_path_factory.mktemp("ai-feedback") / "run", symlinks=True)
+    )
     snakemake("--cores", "2", "all", "--configfile", *_configs(workdir), cwd=workdir)
     return workdir
 

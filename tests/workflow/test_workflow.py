@@ -388,11 +388,11 @@ def train_configs(dry_run: str) -> dict[str, dict]:
     return {c["name"]: c for c in found}
 
 
-def test_rerunning_a_method_reproduces_the_tables(smoke_run: Path) -> None:
-    tables = smoke_run / "results" / "tables"
+def test_rerunning_a_method_reproduces_the_tables(smoke_copy: Path) -> None:
+    tables = smoke_copy / "results" / "tables"
     before = {f.name: f.read_bytes() for f in sorted(tables.iterdir())}
     # Retrain DSPO from scratch (its checkpoints too) and redo everything downstream of it.
-    shutil.rmtree(smoke_run / "results" / "train" / "dspo")
+    shutil.rmtree(smoke_copy / "results" / "train" / "dspo")
     snakemake(
         "--cores",
         "2",
@@ -401,17 +401,17 @@ def test_rerunning_a_method_reproduces_the_tables(smoke_run: Path) -> None:
         "results/models/dspo",
         "--configfile",
         str(SMOKE),
-        cwd=smoke_run,
+        cwd=smoke_copy,
     )
     assert {f.name: f.read_bytes() for f in sorted(tables.iterdir())} == before
 
 
-def test_a_changed_model_changes_its_pixels(smoke_run: Path) -> None:
+def test_a_changed_model_changes_its_pixels(smoke_copy: Path) -> None:
     # New DSPO weights at the same path, its images forced to rerun (as after a code fix):
     # every image and edit of DSPO must be made again from the new weights.
-    images = smoke_run / "results" / "images" / "dspo"
+    images = smoke_copy / "results" / "images" / "dspo"
     before = {p: p.read_bytes() for p in sorted(images.rglob("*.png"))}
-    weights = smoke_run / "results/models/dspo/unet/diffusion_pytorch_model.safetensors"
+    weights = smoke_copy / "results/models/dspo/unet/diffusion_pytorch_model.safetensors"
     gen = torch.Generator().manual_seed(0)
     save_file(
         {
@@ -422,7 +422,7 @@ def test_a_changed_model_changes_its_pixels(smoke_run: Path) -> None:
     )
     forced = [f"results/images/dspo/{s}/manifest.parquet" for s in ("pickv2", "editing")]
     snakemake(
-        "--cores", "2", "all", "--forcerun", *forced, "--configfile", str(SMOKE), cwd=smoke_run
+        "--cores", "2", "all", "--forcerun", *forced, "--configfile", str(SMOKE), cwd=smoke_copy
     )  # fmt: skip
     after = {p: p.read_bytes() for p in sorted(images.rglob("*.png"))}
     assert after.keys() == before.keys() and len(before) > 0
