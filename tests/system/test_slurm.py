@@ -1,7 +1,9 @@
-"""The workflow on a real SLURM: `scripts/local_slurm.sh` starts a single-node cluster, the
-repository's `slurm` profile submits the smoke preset through snakemake-executor-plugin-slurm,
-and a config edit resubmits only the jobs it affects. Needs root to install and start the
-daemons (CI runs as root); skipped elsewhere."""
+"""The workflow on a real SLURM: `scripts/local_slurm.sh` starts a single-node cluster and the
+repository's `slurm` profile, through snakemake-executor-plugin-slurm, carries on copies of the
+shared smoke run (tests/conftest.py): an edit of one method's parameters resubmits only that
+method's jobs (the rules that take every model run in the main process), training on two GPUs,
+and a training cut by its time limit resumes on Snakemake's retry. Needs root to install and
+start the daemons (CI runs as root); skipped elsewhere."""
 
 from __future__ import annotations
 
@@ -26,11 +28,16 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
 SMOKE = REPO / "config" / "presets" / "smoke.yaml"
-# One method keeps the run short and still reaches every kind of job but DDSPO's pairs.
-METHOD = "dspo_nodup"
-MODELS = ("base", METHOD)
-# Rules that take every model's outputs: an edit of one method reruns them too.
-SUMMARY_RULES = {"tables", "grid"}
+# The method whose parameters the SLURM run edits. The smoke preset keeps DSPO's step 2 as a
+# model of its own (config/presets/smoke.yaml), so the edit reruns a CPU rule (step_model)
+# beside the GPU ones and both kinds of request reach the cluster.
+METHOD = "dspo"
+EDIT = {"methods": {METHOD: {"params": {"lam": 0.5}}}}
+STEPS = yaml.safe_load(SMOKE.read_text())["methods"][METHOD]["training"]["evaluate_steps"]
+EDITED_MODELS = (METHOD, *(f"{METHOD}@{step}" for step in STEPS))
+# Rules that take every model's outputs (local rules, run in the main process): an edit of one
+# method reruns them too.
+SUMMARY_RULES = {"tables", "grid", "binding_table", "summary", "all"}
 SQUEUE_FORMAT = "JobID:8,Partition:10,State:11,tres-per-job:22,Comment:60"
 # "Job 5 has been submitted with SLURM jobid 46 (log: .../rule_prompt_set/pickv2/46.log)."
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/")
@@ -139,12 +146,28 @@ def local_rules() -> set[str]:
     return set(re.findall(r"\w+", block[1]))
 
 
-def planned_jobs(output: str) -> Counter:
-    """The 'Job stats' table of a run as {rule: count}, without the rules run locally."""
+def job_stats(output: str) -> Counter:
+    """The 'Job stats' table of a run as {rule: count}."""
     table = output.split("Job stats:")[1].split("\n\n")[0]
     rows = re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
-    skip = {"total", *local_rules()}
-    return Counter({rule: int(n) for rule, n in rows if rule not in skip})
+    return Counter({rule: int(n) for rule, n in rows if rule != "total"})
+
+
+def planned_jobs(output: str) -> Counter:
+    """The 'Job stats' table of a run as {rule: count}, without the rules run locally."""
+    local = local_rules()
+    return Counter({rule: n for rule, n in job_stats(output).items() if rule not in local})
+
+
+def started_jobs(output: str) -> list[tuple[str, str]]:
+    """Every job a run started, local or submitted, as (rule, the model or method its
+    wildcards name, or "" where they name none), from the blocks Snakemake prints."""
+    jobs = []
+    for rule, body in re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", output, re.M):
+        line = re.search(r"^    wildcards: (.*)$", body, flags=re.MULTILINE)
+        wildcards = dict(w.split("=", 1) for w in line[1].split(", ")) if line else {}
+        jobs.append((rule, wildcards.get("model", wildcards.get("method", ""))))
+    return jobs
 
 
 class WorkflowRun:
@@ -179,25 +202,20 @@ class WorkflowRun:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("slurm")
-    methods = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["methods"]
-    dropped = {"methods": {m: None for m in methods if m != METHOD}}
-    (path / "one_method.yaml").write_text(yaml.safe_dump(dropped))
+def workdir(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared smoke run, for the SLURM run to carry on."""
+    path = tmp_path_factory.mktemp("slurm") / "run"
+    shutil.copytree(smoke_run, path, symlinks=True)  # keeps mtimes: nothing old reruns
     return path
 
 
 @pytest.fixture(scope="module")
-def first_run(cluster: None, workdir: Path) -> WorkflowRun:
-    return WorkflowRun(workdir, [SMOKE, workdir / "one_method.yaml"], train_gpus=1)
-
-
-@pytest.fixture(scope="module")
-def rerun(first_run: WorkflowRun, workdir: Path) -> WorkflowRun:
-    """After an edit of the method's parameters, with two GPUs for training."""
-    edit = workdir / "edit.yaml"
-    edit.write_text(yaml.safe_dump({"methods": {METHOD: {"params": {"lam": 0.5}}}}))
-    return WorkflowRun(workdir, [SMOKE, workdir / "one_method.yaml", edit], train_gpus=2)
+def edit_run(workdir: Path, cluster: None) -> WorkflowRun:
+    """The smoke run carried on under SLURM after an edit of METHOD's parameters, with two
+    GPUs for training."""
+    edit = workdir.parent / "edit.yaml"
+    edit.write_text(yaml.safe_dump(EDIT))
+    return WorkflowRun(workdir, [SMOKE, edit], train_gpus=2)
 
 
 def planned(output: str) -> list[tuple[str, str, str]]:
@@ -266,58 +284,66 @@ def test_site_knobs_reach_every_request(tmp_path: Path) -> None:
 
 
 def test_every_job_runs_on_slurm(
-    first_run: WorkflowRun, workdir: Path, capsys: pytest.CaptureFixture
+    edit_run: WorkflowRun, workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     with capsys.disabled():
-        print(f"\nsqueue while the smoke preset ran:\n{first_run.watcher.busiest()}")
-        print(f"squeue after it:\n{first_run.queue}sacct --completion:\n{first_run.completed}")
-    assert Counter(first_run.jobs.values()) == planned_jobs(first_run.output)
-    assert "RUNNING" in first_run.watcher.busiest()
-    rows = first_run.rows()
-    assert rows.keys() == first_run.jobs.keys()
+        print(f"\nsqueue while the edit ran:\n{edit_run.watcher.busiest()}")
+        print(f"squeue after it:\n{edit_run.queue}sacct --completion:\n{edit_run.completed}")
+    assert Counter(edit_run.jobs.values()) == planned_jobs(edit_run.output)
+    assert "RUNNING" in edit_run.watcher.busiest()
+    rows = edit_run.rows()
+    assert rows.keys() == edit_run.jobs.keys()
     assert {row["state"] for row in rows.values()} == {"COMPLETED"}
-    finished = {int(line.split()[0]) for line in first_run.completed.splitlines()[2:]}
-    assert first_run.jobs.keys() <= finished
+    finished = {int(line.split()[0]) for line in edit_run.completed.splitlines()[2:]}
+    assert edit_run.jobs.keys() <= finished
     assert (workdir / "results/tables/win_rates.md").exists()
 
 
-def test_gpu_rules_get_gpus_in_the_gpu_partition(first_run: WorkflowRun) -> None:
+def test_gpu_rules_get_gpus_in_the_gpu_partition(edit_run: WorkflowRun) -> None:
     profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
     gpu_rules = {rule for rule, res in profile["set-resources"].items() if "gpu" in res}
     assert {"train", "generate", "score"} <= gpu_rules
-    for job, row in first_run.rows().items():
-        rule = first_run.jobs[job]
+    submitted = set(edit_run.jobs.values())
+    assert submitted & gpu_rules and submitted - gpu_rules  # both kinds of request are checked
+    for job, row in edit_run.rows().items():
+        rule = edit_run.jobs[job]
         assert row["comment"].startswith(f"rule_{rule}")
-        expected = ("gpu", "gres:gpu:fake:1") if rule in gpu_rules else ("cpu", "N/A")
+        gpus = 2 if rule == "train" else 1
+        expected = ("gpu", f"gres:gpu:fake:{gpus}") if rule in gpu_rules else ("cpu", "N/A")
         assert (row["partition"], row["tres"]) == expected, row["comment"]
 
 
 def test_an_edit_resubmits_only_the_affected_jobs(
-    rerun: WorkflowRun, capsys: pytest.CaptureFixture
+    edit_run: WorkflowRun, capsys: pytest.CaptureFixture
 ) -> None:
     with capsys.disabled():
-        print(f"\nsqueue after the rerun:\n{rerun.queue}")
-    rules = Counter(rerun.jobs.values())
-    assert rules == planned_jobs(rerun.output)
-    assert rules["train"] == rules["generate"] == 1 and rules["score"] >= 1
-    for job, row in rerun.rows().items():
-        model = re.search(rf"_wildcards_({'|'.join(MODELS)})(_|$)", row["comment"])
-        if model:
-            assert model[1] == METHOD, row["comment"]  # the base model's jobs stay done
+        print(f"\njobs of the edit: {dict(job_stats(edit_run.output))}")
+    rules = Counter(edit_run.jobs.values())
+    assert rules["train"] == rules["step_model"] == 1
+    assert rules["generate"] == rules["score"] == len(EDITED_MODELS)
+    for row in edit_run.rows().values():
+        assert row["comment"].split("_wildcards_")[-1] in EDITED_MODELS, row["comment"]
+    # Local jobs too: the base model's and the other methods' jobs stay done.
+    started = started_jobs(edit_run.output)
+    assert Counter(rule for rule, _ in started) == job_stats(edit_run.output)
+    for rule, model in started:
+        if rule in SUMMARY_RULES:
+            assert model == "", rule
         else:
-            assert rerun.jobs[job] in SUMMARY_RULES, row["comment"]
+            assert model in EDITED_MODELS, (rule, model)
 
 
-def test_training_on_two_gpus_runs_two_processes(rerun: WorkflowRun, workdir: Path) -> None:
-    (train,) = (row for job, row in rerun.rows().items() if rerun.jobs[job] == "train")
+def test_training_on_two_gpus_runs_two_processes(edit_run: WorkflowRun, workdir: Path) -> None:
+    (train,) = (row for job, row in edit_run.rows().items() if edit_run.jobs[job] == "train")
     assert train["tres"] == "gres:gpu:fake:2"
     log = (workdir / f"results/logs/train/{METHOD}.log").read_text()
-    assert "dspo.training.launch --procs-per-node 2" in rerun.output and '"processes": 2' in log
+    assert "dspo.training.launch --procs-per-node 2" in edit_run.output and '"processes": 2' in log
 
 
 # The time-limit test: enough steps that the first job is still training when its limit is
 # lowered (up to 30 s pass before slurmctld's next time-limit pass sends the warning); no
-# checkpoint but the one the warning makes.
+# checkpoint but the one the warning makes, of a method that keeps no step.
+CUT_METHOD = "dspo_nodup"
 CUT_STEPS = 250
 CUT_SITE = {"DSPO_SLURM_RUNTIME_TRAIN": "5", "DSPO_TRAIN_SIGNAL_LEAD": "30"}
 
@@ -351,23 +377,18 @@ def unet_of(model: Path) -> dict[str, torch.Tensor]:
 
 
 def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
-    cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture
+    cluster: None, smoke_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """One training job under the profile, its time limit lowered with scontrol once it
-    trains (so the cut comes mid-training whatever the machine's speed): SLURM's warning
-    (the profile's --signal, DSPO_TRAIN_SIGNAL_LEAD before the limit) or the limit itself
-    stops it with a checkpoint, the profile's retries resubmit it, and the new job resumes
-    from that checkpoint to the weights of an uninterrupted run."""
-    methods = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["methods"]
+    """One training job under the profile, on a copy of the smoke run (the longer training
+    reruns that job alone), its time limit lowered with scontrol once it trains (so the cut
+    comes mid-training whatever the machine's speed): SLURM's warning (the profile's
+    --signal, DSPO_TRAIN_SIGNAL_LEAD before the limit) or the limit itself stops it with a
+    checkpoint, the profile's retries resubmit it, and the new job resumes from that
+    checkpoint to the weights of an uninterrupted run."""
+    metrics = smoke_copy / f"results/train/{CUT_METHOD}/metrics.jsonl"
+    metrics.unlink()  # the smoke run's training: it would read as this one's first steps
     overlay = tmp_path / "cut.yaml"
-    overlay.write_text(
-        yaml.safe_dump(
-            {
-                "methods": {m: None for m in methods if m != METHOD},
-                "training": {"steps": CUT_STEPS, "checkpoint_every": 0},
-            }
-        )
-    )
+    overlay.write_text(yaml.safe_dump({"training": {"steps": CUT_STEPS, "checkpoint_every": 0}}))
     retries = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())["retries"]
     env = {
         **os.environ,
@@ -376,12 +397,11 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DSPO_TRAIN_GPUS": "1",
     }
-    command = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--directory", tmp_path]
+    command = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--directory", smoke_copy]
     command += ["--workflow-profile", "workflow/profiles/local-slurm", "--retries", retries]
-    command += [f"results/models/{METHOD}", "--configfile", SMOKE, overlay]
+    command += [f"results/models/{CUT_METHOD}", "--configfile", SMOKE, overlay]
     log = tmp_path / "snakemake.out"
-    metrics = tmp_path / f"results/train/{METHOD}/metrics.jsonl"
-    train_log = tmp_path / f"results/logs/train/{METHOD}.log"
+    train_log = smoke_copy / f"results/logs/train/{CUT_METHOD}.log"
     first, lowered, first_log = None, "", ""
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -404,6 +424,7 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
                 first_log = train_log.read_text()  # before the retry's job rewrites it
     output = log.read_text()
     assert proc.returncode == 0, tail(output, 80)
+    assert {rule for _, rule in SUBMITTED.findall(output)} == {"train"}
     trains = [int(j) for j, r in SUBMITTED.findall(output) if r == "train"]
     states = {job: job_state(job).strip() for job in trains}
     completed = run("sacct", "--completion", "-o", "JobID,State,Start,End,Elapsed,ExitCode")
@@ -417,10 +438,10 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     stats = json.loads(train_log.read_text()[train_log.read_text().rindex("\n{") :])
     assert stats["resumed_from"] == int(stopped[2]) and 0 < stats["resumed_from"] < CUT_STEPS
 
-    straight = run(*train_command(output, tmp_path / "straight"), cwd=tmp_path)
+    straight = run(*train_command(output, tmp_path / "straight"), cwd=smoke_copy)
     assert straight.returncode == 0, tail(straight.stdout)
     resumed, uninterrupted = (
-        unet_of(tmp_path / f"results/models/{METHOD}"),
+        unet_of(smoke_copy / f"results/models/{CUT_METHOD}"),
         unet_of(tmp_path / "straight/model"),
     )
     assert uninterrupted.keys() == resumed.keys()
