@@ -11,13 +11,13 @@ export PATH := $(abspath $(BIN)):$(PATH)
 run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
 
-# The one full gate, on TEST_WORKERS pytest-xdist workers (tests/parallel.py groups and orders
-# the tests; `--no-loadscope-reorder` keeps that order). The slowest 30 tests' times close the
+# The one full gate, on TEST_WORKERS pytest-xdist workers, a test module at a time
+# (tests/parallel.py orders the modules; `--no-loadscope-reorder` keeps that order). The slowest 30 tests' times close the
 # output; every test's time goes to .gate-durations.json, which `make durations` keeps as
 # tests/durations.json (the plan and the loops below select by it).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
+	python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder \
 		--durations=30 --record-durations .gate-durations.json
 
 durations: .gate-durations.json

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import functools
 import io
+import os
 import re
 import shutil
 from pathlib import Path
@@ -258,10 +259,9 @@ def markers_of(item: pytest.Item) -> set[str]:
     return found
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups plan() marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for marker in sorted(markers_of(item)):
             item.add_marker(marker)
-    if config.getoption("dist", "no") != "no":  # on several workers (make test)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker of several (make test)
         plan(items, costs())

@@ -19,7 +19,6 @@ writes the file; times measured beside another worker are those of a shared mach
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +27,6 @@ import pytest
 
 DURATIONS = Path(__file__).with_name("durations.json")
 OPTION = "--record-durations"
-# Under `--dist loadgroup`, xdist appends "@group" to a grouped test's id (tests/parallel.py);
-# the figures keep the plain id. A parametrised id's "@" sits inside its brackets.
-GROUP_SUFFIX = re.compile(r"@[^\[\]@]*$")
 # What a worker sends its controller (xdist's workeroutput) at the end of its session.
 WORKER_KEY = "record-durations-fixtures"
 
@@ -53,8 +49,7 @@ class Recorder:
             self.fixtures[key] = max(self.fixtures.get(key, 0.0), spent)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        nodeid = GROUP_SUFFIX.sub("", report.nodeid)
-        self.tests[nodeid] = self.tests.get(nodeid, 0.0) + report.duration
+        self.tests[report.nodeid] = self.tests.get(report.nodeid, 0.0) + report.duration
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: object, error: object) -> None:

@@ -1,17 +1,18 @@
-"""The full gate on several workers (`make test`: pytest-xdist, `--dist loadgroup`).
+"""The full gate on several workers (`make test`: pytest-xdist, `--dist loadscope`).
 
 Three things make the gate's workers share two cores well (docs/development.md):
 
 - **Runs built once:** :func:`build_once` builds a folder (the shared smoke run) once per
   gate, under a file lock in the folder every worker's temporary files sit in; a worker that
   needs it while another builds it waits, and one that fails makes the others fail with it.
-- **Groups:** a test that uses a shared fixture of its own module (one tests/durations.json
-  records) runs on the worker that holds the module's other users, so the fixture is set up
-  once (an ``xdist_group`` named after the module).
-- **Order:** work is handed out in the order of the collected tests, a unit (a group, or a
-  test alone) at a time, as workers free up. :func:`plan` puts the costly units first, so
-  that no long unit starts last; the units that need the shared run wait behind the first of
-  them (which builds it) and enough independent work to fill the time it takes to build.
+- **A module on one worker:** `--dist loadscope` hands out a test module at a time, so a
+  module's shared fixtures (a workflow run, a cluster) are set up once. (`--dist loadgroup`
+  would split modules finer, but its groups do not take with pytest 9, whose test ids
+  pytest-xdist 3.8 can no longer suffix.)
+- **Order:** modules are handed out in the order of the collected tests, as workers free up.
+  :func:`plan` puts the costly ones first, so that no long one starts last; those that need
+  the shared run wait behind the first of them (which builds it) and enough independent
+  work to fill the time it takes to build.
 
 Costs come from tests/durations.py's figures; a test not measured yet counts as quick.
 """
@@ -41,14 +42,16 @@ HOLD = 1.5
 
 
 def one_thread_per_worker() -> None:
-    """Under xdist, one compute thread for each worker and the processes it starts.
+    """Under xdist, one compute thread for each worker's torch.
 
     Two workers on two cores, each with torch's default of a thread a core, spend most of
     their CPU waiting on each other's threads: tests/training/test_train.py took 380 s of wall
-    and 353 s of CPU beside a workflow run, and 109 s and 74 s with one thread.
+    and 353 s of CPU beside a workflow run, and 109 s and 74 s with one thread. The processes
+    a test starts keep their own setting (the workflow's jobs set theirs from `--threads`):
+    OMP_NUM_THREADS=1 in their environment doubled the CPU of the torch.compile tests (53 s
+    against 28 s for test_a_switched_step_computes_the_plain_steps_loss_and_gradient).
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
 
 
@@ -81,14 +84,6 @@ def build_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path
     return folder
 
 
-def group_of(item: pytest.Item, costs: Costs) -> str | None:
-    """The item's module when it uses a shared fixture that module defines, else None."""
-    module = item.nodeid.split("::")[0]
-    if any(key.rpartition("::")[0] == module for key in costs.shared(item)):
-        return module
-    return None
-
-
 def own_seconds(item: pytest.Item, costs: Costs) -> float:
     """The item's measured time without the shared setups it paid in the gate: a shared
     fixture's setup is taken out of the time of whichever test set it up (largest first,
@@ -112,13 +107,10 @@ def unit_seconds(items: Iterable[pytest.Item], costs: Costs) -> float:
 
 
 def plan(items: list[pytest.Item], costs: Costs) -> None:
-    """Group the items (``xdist_group`` markers) and reorder them in place (see above)."""
+    """Reorder the items in place, a module's together (see above)."""
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
-        group = group_of(item, costs)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
-        units.setdefault(group or item.nodeid, []).append(item)
+        units.setdefault(item.nodeid.split("::")[0], []).append(item)
     cost = {unit: unit_seconds(members, costs) for unit, members in units.items()}
     by_cost = sorted(units, key=lambda unit: -cost[unit])  # stable: ties keep their order
     dependent = [u for u in by_cost if any(SHARED_RUN in i.fixturenames for i in units[u])]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from tests.durations import Costs
 from tests.parallel import HOLD, plan
@@ -44,8 +43,7 @@ def test_reads_the_shared_run(smoke_run, n):
     assert (smoke_run / "made").read_text() == "yes"
 
 
-@pytest.mark.xdist_group("together")
-def test_grouped(module_state):
+def test_with_a_module_fixture(module_state):
     pass
 """
 
@@ -62,18 +60,19 @@ def run_pytest(folder: Path, *args: str, env: dict[str, str]) -> subprocess.Comp
     )
 
 
-def test_two_workers_build_the_shared_run_once_and_record_plain_ids(tmp_path: Path) -> None:
+def test_two_workers_build_the_shared_run_once_and_record_the_workers_fixtures(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "test_shared.py").write_text(SHARED)
     builds, out = tmp_path / "builds.txt", tmp_path / "recorded.json"
-    args = ["-n", "2", "--dist", "loadgroup", "--record-durations", str(out)]
+    args = ["-n", "2", "--record-durations", str(out)]
     result = run_pytest(tmp_path, *args, env={"BUILDS": str(builds)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 passed" in result.stdout
     assert len(builds.read_text().split()) == 1  # one worker built it; the other read it
     recorded = json.loads(out.read_text())
-    # Test ids without xdist's "@group" suffix; the workers' fixture setups reach the file.
-    assert "test_shared.py::test_grouped" in recorded["tests"]
-    assert not [nodeid for nodeid in recorded["tests"] if "@" in nodeid]
+    # The workers' tests and fixture setups reach the controller's file.
+    assert len(recorded["tests"]) == 5
     assert recorded["fixtures"]["test_shared.py::module_state"] >= 0.2
     assert recorded["fixtures"]["test_shared.py::smoke_run"] >= 1.0
 
@@ -91,41 +90,38 @@ class Item:
     """What plan() reads of a collected test."""
 
     def __init__(self, nodeid: str, *fixtures: str) -> None:
-        self.nodeid, self.fixturenames, self.groups = nodeid, ["request", *fixtures], []
-
-    def add_marker(self, marker: pytest.MarkDecorator) -> None:
-        self.groups.append(marker.args[0])
+        self.nodeid, self.fixturenames = nodeid, ["request", *fixtures]
 
 
-def test_the_plan_groups_module_fixtures_and_holds_dependents_behind_independent_work(
+def test_the_plan_puts_costly_modules_first_and_dependents_behind_independent_work(
     tmp_path: Path,
 ) -> None:
     kept = tmp_path / "durations.json"
     fixtures = {"tests::smoke_run": 100.0, "tests/b.py::run": 30.0, "tests::tiny": 0.1}
     tests = {
         "tests/a.py::test_report": 100.0 + 50.0,  # set the smoke run up in the gate
-        "tests/a.py::test_read": 1.0,
+        "tests/d.py::test_read": 1.0,
         "tests/b.py::test_one": 30.0 + 5.0,  # set its module's run up
         "tests/b.py::test_two": 5.0,
-        "tests/c.py::test_big": 90.0,
-        "tests/c.py::test_mid": 70.0,
-        "tests/c.py::test_small": 2.0,
+        "tests/c1.py::test_big": 90.0,
+        "tests/c2.py::test_mid": 70.0,
+        "tests/c3.py::test_small": 2.0,
     }
     kept.write_text(json.dumps({"tests": tests, "fixtures": fixtures}))
     items = [
         Item("tests/a.py::test_report", "smoke_run"),
-        Item("tests/a.py::test_read", "smoke_run", "tiny"),
+        Item("tests/d.py::test_read", "smoke_run", "tiny"),
         Item("tests/b.py::test_one", "run"),
+        Item("tests/c3.py::test_small"),
         Item("tests/b.py::test_two", "run", "tiny"),
-        Item("tests/c.py::test_small"),
-        Item("tests/c.py::test_mid"),
-        Item("tests/c.py::test_big"),
+        Item("tests/c2.py::test_mid"),
+        Item("tests/c1.py::test_big"),
     ]
     plan(items, Costs(kept))  # type: ignore[arg-type]
     order = [item.nodeid.split("::")[1] for item in items]
-    # The costliest dependent first (it builds the run), then independent work worth HOLD
-    # builds (90 + 70 = 160 >= 150), then the rest longest first: module b's group as one
-    # unit (30 + 5 + 5 = 40), the other dependent, the rest.
+    # The costliest dependent module first (it builds the run), then independent work worth
+    # HOLD builds (90 + 70 = 160 >= 150), then the rest longest first, a module's tests
+    # together: b (30 + 5 + 4.9 + 0.1 = 40), c3, then the other dependent (0.9 + 0.1).
     assert HOLD * 100 == 150
     assert order == [
         "test_report",
@@ -136,4 +132,28 @@ def test_the_plan_groups_module_fixtures_and_holds_dependents_behind_independent
         "test_small",
         "test_read",
     ]
-    assert [item.groups for item in items if item.groups] == [["tests/b.py"], ["tests/b.py"]]
+
+
+def test_the_gates_options_keep_a_module_on_one_worker() -> None:
+    """`make test`'s options on this suite: each module's tests run on one worker, so its
+    shared fixtures are set up once (`--dist loadgroup` split them: its groups do not take
+    with pytest 9)."""
+    module = "tests/evaluation/test_training_view.py"
+    quick = "not resume and not full_finetuning"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadscope", "-v"]
+        + ["--no-loadscope-reorder", "-p", "no:cacheprovider", module, "-k", quick]
+        + ["tests/test_durations.py"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    ran = re.findall(r"^\[(gw\d)\] .*PASSED (\S+)::", result.stdout, flags=re.MULTILINE)
+    workers: dict[str, set[str]] = {}
+    for worker, path in ran:
+        workers.setdefault(path, set()).add(worker)
+    assert len(ran) == 10 and {path: len(w) for path, w in workers.items()} == {
+        module: 1,
+        "tests/test_durations.py": 1,
+    }
