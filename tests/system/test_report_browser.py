@@ -1,9 +1,11 @@
-"""The Snakemake report of a run with the default preset's model ids, opened in headless Chromium.
+"""The Snakemake report of a run with the default preset's kinds of model id, opened in headless
+Chromium.
 
-The run is the smoke preset's (tests/conftest.py) extended to the default preset's training
-replicates (config/config.yaml: ``training.replicates``, so models ``{method}-r{k}`` beside
-``{method}``) and to a one-point sensitivity sweep: only the added models train, at the smoke
-preset's scale, instead of the default run's ~16 minutes.
+The run is the smoke preset's (tests/conftest.py) extended to training replicates of every
+method the default preset replicates (config/config.yaml: ``training.replicates``, so models
+``{method}-r{k}`` beside ``{method}``; two here, where the default trains three, which would
+double the added models for no new kind of id) and to a one-point sensitivity sweep: only the
+added models train, at the smoke preset's scale, instead of the default run's ~16 minutes.
 
 Every ``report(...)`` output the workflow declares must be listed in the report under its
 category, open (images shown, tables downloaded byte for byte) and show its caption.
@@ -38,20 +40,23 @@ pytestmark = pytest.mark.skipif(
 # opens offline; "Other" is the report's subcategory for items that name none.
 NO_SUBCATEGORY = "Other"
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+# The default preset with the run's replicates (see above); methods that set their own count
+# (the ablations: one) keep it.
+REPLICATES = 2
+RUN = {**DEFAULT, "training": {**DEFAULT["training"], "replicates": REPLICATES}}
 # A sweep point is a model id of its own ({sweep}-{value}).
 SWEEP = {"lam": {"method": "dspo", "keys": ["params.lam", "params.kappa"], "values": [0.1]}}
 
 
 @pytest.fixture(scope="module")
 def report_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    """A copy of the smoke run carried on to the default preset's replicates and a sweep point:
-    its folder and config files."""
+    """A copy of the smoke run carried on to the replicates and a sweep point: its folder and
+    config files."""
     folder = tmp_path_factory.mktemp("default-ids")
     workdir = folder / "run"
     shutil.copytree(smoke_run, workdir, symlinks=True)  # keeps mtimes: nothing old reruns
     overlay = folder / "default_ids.yaml"
-    replicates = DEFAULT["training"]["replicates"]
-    overlay.write_text(yaml.safe_dump({"training": {"replicates": replicates}, "sweeps": SWEEP}))
+    overlay.write_text(yaml.safe_dump({"training": {"replicates": REPLICATES}, "sweeps": SWEEP}))
     configs = [str(SMOKE), str(overlay)]
     snakemake("--cores", "2", "all", "--configfile", *configs, cwd=workdir)
     return workdir, configs
@@ -193,23 +198,19 @@ def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
             save_shot(page, shot_name, tmp_path)
         assert errors == []
         browser.close()
-    # Each model of the default preset, replicates included, and the sweep point has its
-    # training view, captioned with where it comes from.
-    views = {
-        f"results/plots/training/{model}.png" for model in [*trained_models(DEFAULT), "lam-0.1"]
-    }
+    # Each model of the run, replicates included, and the sweep point has its training view,
+    # captioned with where it comes from.
+    views = {f"results/plots/training/{model}.png" for model in [*trained_models(RUN), "lam-0.1"]}
     assert views <= set(captions)
-    replicate = f"dspo-r{DEFAULT['training']['replicates'] - 1}"
-    assert replicate in trained_models(DEFAULT)
+    replicate = f"dspo-r{REPLICATES - 1}"
+    assert replicate in trained_models(RUN)
     caption = captions[f"results/plots/training/{replicate}.png"]
-    assert (
-        f"training replicate {DEFAULT['training']['replicates'] - 1} of the method dspo" in caption
-    )
+    assert f"training replicate {REPLICATES - 1} of the method dspo" in caption
     assert "objective dspo" in caption
     caption = captions["results/plots/training/lam-0.1.png"]
     assert "point 0.1 of the sweep lam over params.lam, params.kappa of the method dspo" in caption
     # Captions, plot notes and table notes say what the intervals resample, in one wording:
-    # the default preset's methods trained 3 times (1 for the ablations), the base model once.
+    # the methods trained REPLICATES times (1 for the ablations), the base model once.
     for path, (in_caption, in_file) in interval_expectations().items():
         assert "training replicates" in in_caption or "sweep" in path, (path, in_caption)
         assert in_caption in captions[path], (path, in_caption, captions[path])
@@ -224,11 +225,9 @@ def interval_expectations() -> dict[str, tuple[str, str]]:
     """Per report item of the tables step, the sentences its caption and its file's own note
     (a plot's, or the table's Markdown) must hold: what the intervals resample, for the
     replicates of the models shown (the base model has one)."""
-    groups = [model.group for model in trained_models(DEFAULT).values()]
-    methods = [groups.count(method) for method in DEFAULT["methods"]]
-    table1 = [
-        groups.count(method) for method in DEFAULT["evaluation"]["tables"]["table1"]["methods"]
-    ]
+    groups = [model.group for model in trained_models(RUN).values()]
+    methods = [groups.count(method) for method in RUN["methods"]]
+    table1 = [groups.count(method) for method in RUN["evaluation"]["tables"]["table1"]["methods"]]
     boot = yaml.safe_load(SMOKE.read_text())["evaluation"]["bootstrap"]["samples"]
     return {
         "results/tables/win_rates.csv": (interval_sentence(methods, n_boot=boot),) * 2,
