@@ -362,6 +362,11 @@ def job_state(job: int) -> str:
     return run("squeue", "--noheader", "--states", "all", "--jobs", str(job), "-o", "%T").stdout
 
 
+# The states of a job that has ended (squeue --states all); an empty answer, as squeue gives
+# while slurmctld is busy, is none of them.
+ENDED = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
+
+
 def train_command(output: str, out: Path) -> list[str]:
     """The train job's `dspo train` arguments as Snakemake printed them, writing to ``out``."""
     line = next(x for x in output.splitlines() if x.startswith("Shell command: exec env "))
@@ -420,7 +425,7 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
                 done = run("scontrol", "update", f"JobId={first}", f"TimeLimit={limit}")
                 assert done.returncode == 0, done.stdout
                 lowered = f"time limit of job {first} lowered to {limit} min"
-            elif lowered and not first_log and "RUNNING" not in job_state(first):
+            elif lowered and not first_log and job_state(first).strip() in ENDED:
                 first_log = train_log.read_text()  # before the retry's job rewrites it
     output = log.read_text()
     assert proc.returncode == 0, tail(output, 80)
