@@ -12,9 +12,9 @@ run: $(VENV)/.installed
 	snakemake --cores $(CORES) all
 
 # The one full gate, on TEST_WORKERS pytest-xdist workers, a test module at a time
-# (tests/parallel.py orders the modules; `--no-loadscope-reorder` keeps that order). The slowest 30 tests' times close the
-# output; every test's time goes to .gate-durations.json, which `make durations` keeps as
-# tests/durations.json (the plan and the loops below select by it).
+# (tests/parallel.py orders the modules; `--no-loadscope-reorder` keeps that order). The
+# slowest 30 tests' times close the output; every test's time goes to .gate-durations.json,
+# which `make durations` keeps as tests/durations.json (the plan and the loops select by it).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder \

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import functools
 import io
-import os
 import re
 import shutil
 from pathlib import Path
@@ -18,8 +17,8 @@ from PIL import Image
 
 from dspo.data.pairs import prompt_id_of
 from dspo.families import build_pipeline
-from tests.parallel import build_once, one_thread_per_worker, plan
-from tests.workflow_run import SMOKE, snakemake
+from tests.parallel import build_once, on_worker, one_thread_per_worker, plan
+from tests.workflow_run import SMOKE, copy_run, snakemake
 
 if TYPE_CHECKING:
     from tests.durations import Costs
@@ -147,9 +146,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def smoke_copy(smoke_run: Path, tmp_path: Path) -> Path:
-    """A copy of the shared smoke run for a test to run more jobs in: the copy keeps the
-    files' modification times and Snakemake's records, so nothing of it reruns unasked."""
-    return Path(shutil.copytree(smoke_run, tmp_path / "smoke", symlinks=True))
+    """A copy of the shared smoke run for a test to run more jobs in (:func:`copy_run`)."""
+    return copy_run(smoke_run, tmp_path / "smoke")
 
 
 @pytest.fixture
@@ -263,5 +261,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         for marker in sorted(markers_of(item)):
             item.add_marker(marker)
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker of several (make test)
+    if on_worker():  # one of several (make test)
         plan(items, costs())

@@ -41,6 +41,11 @@ SHARED_RUN = "smoke_run"
 HOLD = 1.5
 
 
+def on_worker() -> bool:
+    """Whether this process is one of pytest-xdist's workers."""
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
 def one_thread_per_worker() -> None:
     """Under xdist, one compute thread for each worker's torch.
 
@@ -51,7 +56,7 @@ def one_thread_per_worker() -> None:
     OMP_NUM_THREADS=1 in their environment doubled the CPU of the torch.compile tests (53 s
     against 28 s for test_a_switched_step_computes_the_plain_steps_loss_and_gradient).
     """
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if on_worker():
         torch.set_num_threads(1)
 
 
@@ -59,7 +64,7 @@ def shared_root(factory: pytest.TempPathFactory) -> Path:
     """The folder every worker of this gate sees (each worker's own base folder's parent
     under xdist; the base folder itself in a run without workers)."""
     base = factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return base.parent if on_worker() else base
 
 
 def build_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -36,3 +37,9 @@ def planned_jobs(output: str) -> Counter:
     table = output.split("Job stats:")[1].split("\n\n")[0]
     rows = re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
     return Counter({rule: int(n) for rule, n in rows if rule != "total"})
+
+
+def copy_run(workdir: Path, to: Path) -> Path:
+    """A copy of a run's folder to carry on: it keeps the files' modification times and
+    Snakemake's records, so nothing of the run reruns unasked."""
+    return Path(shutil.copytree(workdir, to, symlinks=True))

@@ -30,7 +30,7 @@ from PIL import Image
 
 from dspo.config.experiments import trained_models
 from dspo.evaluation.intervals import interval_sentence
-from tests.workflow_run import REPO, SMOKE, snakemake
+from tests.workflow_run import REPO, SMOKE, copy_run, snakemake
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -54,7 +54,7 @@ def report_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     config files."""
     folder = tmp_path_factory.mktemp("default-ids")
     workdir = folder / "run"
-    shutil.copytree(smoke_run, workdir, symlinks=True)  # keeps mtimes: nothing old reruns
+    copy_run(smoke_run, workdir)
     overlay = folder / "default_ids.yaml"
     overlay.write_text(yaml.safe_dump({"training": {"replicates": REPLICATES}, "sweeps": SWEEP}))
     configs = [str(SMOKE), str(overlay)]

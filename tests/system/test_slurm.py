@@ -25,6 +25,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.workflow_run import copy_run
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "local_slurm.sh"
 SMOKE = REPO / "config" / "presets" / "smoke.yaml"
@@ -204,9 +206,7 @@ class WorkflowRun:
 @pytest.fixture(scope="module")
 def workdir(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the shared smoke run, for the SLURM run to carry on."""
-    path = tmp_path_factory.mktemp("slurm") / "run"
-    shutil.copytree(smoke_run, path, symlinks=True)  # keeps mtimes: nothing old reruns
-    return path
+    return copy_run(smoke_run, tmp_path_factory.mktemp("slurm") / "run")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.workflow_run import REPO, SMOKE, planned_jobs, snakemake
+from tests.workflow_run import REPO, SMOKE, copy_run, planned_jobs, snakemake
 
 PRESETS = REPO / "config" / "presets"
 AI_FEEDBACK = PRESETS / "ai-feedback.yaml"
@@ -45,9 +44,7 @@ def ai_feedback_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -
     """A copy of the shared smoke run carried on with the ai-feedback preset: the toy world,
     the base model and its images stay; the generated pairs, the rounds and what reads them
     run."""
-    workdir = Path(
-        shutil.copytree(smoke_run, tmp_path_factory.mktemp("ai-feedback") / "run", symlinks=True)
-    )
+    workdir = copy_run(smoke_run, tmp_path_factory.mktemp("ai-feedback") / "run")
     snakemake("--cores", "2", "all", "--configfile", *_configs(workdir), cwd=workdir)
     return workdir
 
