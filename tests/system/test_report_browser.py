@@ -1,11 +1,13 @@
 """The Snakemake report of a run with the default preset's kinds of model id, opened in headless
 Chromium.
 
-The run is the smoke preset's (tests/conftest.py) extended to training replicates of every
-method the default preset replicates (config/config.yaml: ``training.replicates``, so models
-``{method}-r{k}`` beside ``{method}``; two here, where the default trains three, which would
-double the added models for no new kind of id) and to a one-point sensitivity sweep: only the
-added models train, at the smoke preset's scale, instead of the default run's ~16 minutes.
+The run is the smoke preset's (tests/conftest.py) extended with the two kinds of model id the
+smoke preset lacks: training replicates of one method (``training.replicates``, so a model
+``{method}-r1`` beside ``{method}``, as the default preset trains every method three times)
+and a one-point sensitivity sweep. Only the two added models train, at the smoke preset's
+scale. One replicated method gives every wording a replicated run shows (a replicate's
+caption, intervals over replicates crossed with prompts, beside rows trained once); every
+method replicated would add a dozen models that show nothing new.
 
 Every ``report(...)`` output the workflow declares must be listed in the report under its
 category, open (images shown, tables downloaded byte for byte) and show its caption.
@@ -29,6 +31,7 @@ import yaml
 from PIL import Image
 
 from dspo.config.experiments import trained_models
+from dspo.config.step import deep_merge
 from dspo.evaluation.intervals import interval_sentence
 from tests.workflow_run import REPO, SMOKE, copy_run, snakemake
 
@@ -42,10 +45,12 @@ NO_SUBCATEGORY = "Other"
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 # The default preset with the run's replicates (see above); methods that set their own count
 # (the ablations: one) keep it.
+REPLICATED = "diffusion_dpo"  # one of Table 1's methods, with no kept step of its own
 REPLICATES = 2
-RUN = {**DEFAULT, "training": {**DEFAULT["training"], "replicates": REPLICATES}}
-# A sweep point is a model id of its own ({sweep}-{value}).
 SWEEP = {"lam": {"method": "dspo", "keys": ["params.lam", "params.kappa"], "values": [0.1]}}
+OVERLAY = {"methods": {REPLICATED: {"training": {"replicates": REPLICATES}}}, "sweeps": SWEEP}
+# The run's config as Snakemake merges it.
+RUN = deep_merge(deep_merge(DEFAULT, yaml.safe_load(SMOKE.read_text())), OVERLAY)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def report_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     workdir = folder / "run"
     copy_run(smoke_run, workdir)
     overlay = folder / "default_ids.yaml"
-    overlay.write_text(yaml.safe_dump({"training": {"replicates": REPLICATES}, "sweeps": SWEEP}))
+    overlay.write_text(yaml.safe_dump(OVERLAY))
     configs = [str(SMOKE), str(overlay)]
     snakemake("--cores", "2", "all", "--configfile", *configs, cwd=workdir)
     return workdir, configs
@@ -200,17 +205,18 @@ def test_every_declared_report_item_is_listed_and_opens_with_its_caption(
         browser.close()
     # Each model of the run, replicates included, and the sweep point has its training view,
     # captioned with where it comes from.
-    views = {f"results/plots/training/{model}.png" for model in [*trained_models(RUN), "lam-0.1"]}
+    views = {f"results/plots/training/{model}.png" for model in trained_models(RUN)}
+    assert "results/plots/training/lam-0.1.png" in views
     assert views <= set(captions)
-    replicate = f"dspo-r{REPLICATES - 1}"
+    replicate = f"{REPLICATED}-r{REPLICATES - 1}"
     assert replicate in trained_models(RUN)
     caption = captions[f"results/plots/training/{replicate}.png"]
-    assert f"training replicate {REPLICATES - 1} of the method dspo" in caption
-    assert "objective dspo" in caption
+    assert f"training replicate {REPLICATES - 1} of the method {REPLICATED}" in caption
+    assert f"objective {REPLICATED}" in caption
     caption = captions["results/plots/training/lam-0.1.png"]
     assert "point 0.1 of the sweep lam over params.lam, params.kappa of the method dspo" in caption
     # Captions, plot notes and table notes say what the intervals resample, in one wording:
-    # the methods trained REPLICATES times (1 for the ablations), the base model once.
+    # REPLICATED trained REPLICATES times, every other model once.
     for path, (in_caption, in_file) in interval_expectations().items():
         assert "training replicates" in in_caption or "sweep" in path, (path, in_caption)
         assert in_caption in captions[path], (path, in_caption, captions[path])
