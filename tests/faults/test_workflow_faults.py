@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from tests.workflow_run import SMOKE, planned_jobs, snakemake
+from tests.workflow_run import SMOKE, copy_run, planned_jobs, snakemake
 
 IMAGES = [
     "results/images/base/pickv2/manifest.parquet",
@@ -40,13 +40,10 @@ def config(workdir: Path, name: str, override: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke preset's toy world, base model, and the base model's images and edits, built
-    here: a copy of the shared smoke run remade its images with other bytes (to be explained
-    before this fixture reuses it)."""
-    workdir = tmp_path_factory.mktemp("faults")
-    snakemake("--cores", "2", *IMAGES, "--configfile", str(SMOKE), cwd=workdir)
-    return workdir
+def workdir(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared smoke run: the smoke preset's toy world, base model, and the base
+    model's images and edits, which the tests below damage, remake and rewrite."""
+    return copy_run(smoke_run, tmp_path_factory.mktemp("faults") / "run")
 
 
 def test_damaged_image_is_remade(workdir: Path) -> None:
