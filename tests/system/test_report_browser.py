@@ -43,8 +43,7 @@ pytestmark = pytest.mark.skipif(
 # opens offline; "Other" is the report's subcategory for items that name none.
 NO_SUBCATEGORY = "Other"
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-# The default preset with the run's replicates (see above); methods that set their own count
-# (the ablations: one) keep it.
+# The run's added model ids (see above): a method's second replicate and a sweep point.
 REPLICATED = "diffusion_dpo"  # one of Table 1's methods, with no kept step of its own
 REPLICATES = 2
 SWEEP = {"lam": {"method": "dspo", "keys": ["params.lam", "params.kappa"], "values": [0.1]}}
