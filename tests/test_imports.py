@@ -158,3 +158,37 @@ def test_the_workflow_imports_no_torch_at_its_top() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]", f"{result.stdout} after:\n" + "\n".join(imports)
+
+
+# The modules of the workflow's jobs that load no model: the gathers of the cache and of
+# DDSPO's pairs, a kept step's copy, the rewards and the Inception Score. diffusers (with
+# torch._dynamo and peft, which it imports) costs about 3 s of CPU a job above torch's 2 s, so
+# these take it only inside the functions that load a pipeline.
+NO_MODEL_JOBS = (
+    "dspo.data.cache_gather",
+    "dspo.data.ddspo",
+    "dspo.training.step_models",
+    "dspo.rewards",
+    "dspo.evaluation.quality",
+)
+
+
+def test_the_jobs_that_load_no_model_import_no_model_library() -> None:
+    heavy = ("diffusers", "transformers", "peft")
+    check = "\n".join(
+        [
+            "import importlib, sys",
+            f"for name in {NO_MODEL_JOBS!r}:",
+            "    importlib.import_module(name)",
+            f"    print(name, sorted(set({heavy!r}) & set(sys.modules)))",
+        ]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = [line for line in result.stdout.splitlines() if not line.endswith("[]")]
+    assert not loaded, f"the first to load one: {loaded[0]}"

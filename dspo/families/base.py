@@ -24,13 +24,16 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, ModelMixin
 
 from dspo.families.pipeline_files import component_config
+
+if TYPE_CHECKING:  # diffusers costs seconds to import: the data steps that read
+    # family constants load no model
+    from diffusers import DiffusionPipeline, ModelMixin
 
 Conditions = Mapping[str, torch.Tensor]
 

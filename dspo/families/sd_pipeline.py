@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import (
-    DiffusionPipeline,
-)
 
 from dspo.core.dtypes import resolve_dtype
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 def load_pipeline(
@@ -34,6 +34,8 @@ def load_pipeline(
     both load. A local path that does not exist fails here with its name, rather than deep
     inside a hub lookup.
     """
+    from diffusers import DiffusionPipeline  # seconds to import: only where a model loads
+
     text = str(path)
     _check_model_source(text)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}

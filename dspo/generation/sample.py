@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
 from dspo.core.content import combined_key, content_key, source_key
@@ -30,6 +29,9 @@ from dspo.core.image_keys import KEY_CHUNK, image_problem
 from dspo.core.seeding import seeded_generator
 from dspo.families import pipeline_family
 from dspo.families.sd_pipeline import load_pipeline
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 MANIFEST_COLUMNS = ["prompt_set", "prompt_id", "prompt", "seed", "guidance", "path", "key"]

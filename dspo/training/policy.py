@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import ModelMixin
 
 from dspo.core.content import write_content_record
 from dspo.data.cache_load import PairCache
@@ -19,6 +18,9 @@ from dspo.objectives import Objective
 from dspo.training.model_card import write_model_card
 from dspo.training.preference import PreferenceModel
 from dspo.training.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin
 
 # The model folder's record of the run that wrote it: its resolved config and summary.
 MODEL_CONFIG = "dspo_config.json"

@@ -10,10 +10,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import ModelMixin
 
 from dspo.core.seeding import seeded_generator
 from dspo.data.cache_load import PairCache
@@ -21,6 +20,9 @@ from dspo.families.base import Conditions, Family, batch_key
 from dspo.objectives import Objective
 from dspo.objectives.terms import ReferenceStats
 from dspo.training.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin
 
 # The run's random streams (the first position of :func:`~dspo.core.seeding.seeded_generator`
 # after the seed): each epoch's shuffle of the rows, and each micro-batch's prompt dropout,
