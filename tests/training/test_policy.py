@@ -12,14 +12,37 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from dspo.data.cache_load import load_cache
-from dspo.families import load_family
+from dspo.families import build_pipeline, load_family
 from dspo.objectives import get_objective, objective_kwargs
 from dspo.training.policy import build_model
 from dspo.training.preference import PreferenceModel, make_batch
 from dspo.training.settings import TrainSettings
+from tests.conftest import TINY_ARCHITECTURE, WORDS
 from tests.training.test_train import BASE_CONFIG, DSPO, LORA, run
 
 STEPS = {"steps": 2, "checkpoint_every": 0}
+# The compiled cases compile a UNet's forward and backward, whose cost on a CPU is inductor's
+# (its passes in Python, then the C++ of each kernel) and grows with the graph. The switches'
+# wiring does not depend on the UNet's size, so this module's model keeps what they touch
+# (convolutions for channels-last, cross-attention for the LoRA adapters) in one block down
+# and one up with no middle block: on one thread with torch.compile's cache empty the module
+# took about 110 CPU-s, against 235 with the shared tiny model.
+SMALL_UNET = {
+    **TINY_ARCHITECTURE["unet"],
+    "block_out_channels": [16],
+    "down_block_types": ["CrossAttnDownBlock2D"],
+    "up_block_types": ["UpBlock2D"],
+    "mid_block_type": None,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared tiny pipeline (tests/conftest.py) with :data:`SMALL_UNET`; the module's
+    latent cache (``cache_dir``) is encoded by it."""
+    path = tmp_path_factory.mktemp("models") / "small"
+    build_pipeline({**TINY_ARCHITECTURE, "unet": SMALL_UNET}, WORDS, seed=0).save_pretrained(path)
+    return path
 
 
 def model_with(switches: dict, tiny_model: Path, cache_dir: Path, lora: bool) -> PreferenceModel:
@@ -50,7 +73,7 @@ SWITCHES = {
 }
 
 
-# A compiled case costs a minute or more of compilation on a CPU whose compile cache is empty
+# A compiled case costs tens of seconds of compilation on a CPU whose compile cache is empty
 # (a fresh machine): channels-last alone and both switches in full fine-tuning (a compiled
 # reference copy), both with LoRA (adapters on and off). `switch` applies the two
 # independently, so compile alone takes the path that both together take.
