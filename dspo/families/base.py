@@ -31,8 +31,9 @@ import torch
 
 from dspo.families.pipeline_files import component_config
 
-if TYPE_CHECKING:  # diffusers costs seconds to import: the data steps that read
-    # family constants load no model
+# diffusers costs seconds to import, and the data steps that read a family's constants load
+# no model: its classes are named in annotations only.
+if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, ModelMixin
 
 Conditions = Mapping[str, torch.Tensor]
