@@ -139,6 +139,19 @@ def test_the_top_level_holds_packages_only() -> None:
     assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]
 
 
+def _loaded_after(statements: list[str], libraries: tuple[str, ...]) -> list[str]:
+    """Which of ``libraries`` a fresh interpreter has loaded after running ``statements``."""
+    check = f"import sys\nprint(sorted(set({libraries!r}) & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", "\n".join([*statements, check])],
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return ast.literal_eval(result.stdout.strip())
+
+
 def test_the_workflow_imports_no_torch_at_its_top() -> None:
     """The ``dspo`` imports of the Snakefile and its rules load neither torch nor the model
     libraries (the dry run without torch, tests/workflow/test_dag_imports.py, covers the
@@ -148,16 +161,8 @@ def test_the_workflow_imports_no_torch_at_its_top() -> None:
     statement = re.compile(r"^(?:from dspo\S* import (?:\([^)]*\)|.+)|import dspo\S*.*)$", re.M)
     imports = [line for path in sources for line in statement.findall(path.read_text())]
     assert any("dspo.objectives" in line for line in imports), imports
-    heavy = ("torch", "transformers", "diffusers", "accelerate")
-    check = f"import sys\nprint(sorted(set({heavy!r}) & set(sys.modules)))"
-    result = subprocess.run(
-        [sys.executable, "-c", "\n".join([*imports, check])],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert result.stdout.strip() == "[]", f"{result.stdout} after:\n" + "\n".join(imports)
+    loaded = _loaded_after(imports, ("torch", "transformers", "diffusers", "accelerate"))
+    assert loaded == [], f"{loaded} after:\n" + "\n".join(imports)
 
 
 # The modules of the workflow's jobs that load no model: the gathers of the cache and of
@@ -174,21 +179,6 @@ NO_MODEL_JOBS = (
 
 
 def test_the_jobs_that_load_no_model_import_no_model_library() -> None:
-    heavy = ("diffusers", "transformers", "peft")
-    check = "\n".join(
-        [
-            "import importlib, sys",
-            f"for name in {NO_MODEL_JOBS!r}:",
-            "    importlib.import_module(name)",
-            f"    print(name, sorted(set({heavy!r}) & set(sys.modules)))",
-        ]
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=PACKAGE.parent,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    loaded = [line for line in result.stdout.splitlines() if not line.endswith("[]")]
-    assert not loaded, f"the first to load one: {loaded[0]}"
+    imports = [f"import {name}" for name in NO_MODEL_JOBS]
+    loaded = _loaded_after(imports, ("diffusers", "transformers", "peft"))
+    assert loaded == [], f"{loaded} after:\n" + "\n".join(imports)
