@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -365,6 +367,20 @@ def job_state(job: int) -> str:
 ENDED = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
 
 
+def train_command(output: str, out: Path) -> list[str]:
+    """The train job's `dspo train` arguments as Snakemake printed them, writing to ``out``."""
+    line = next(x for x in output.splitlines() if x.startswith("Shell command: exec env "))
+    words = shlex.split(line.removeprefix("Shell command: "))
+    words = words[words.index("--") + 1 : words.index(">")]
+    words[words.index("--out") + 1] = str(out / "model")
+    words[words.index("--run-dir") + 1] = str(out / "run")
+    return [str(Path(sys.executable).parent / "dspo"), *words]
+
+
+def unet_of(model: Path) -> dict[str, torch.Tensor]:
+    return load_file(model / "unet" / "diffusion_pytorch_model.safetensors")
+
+
 def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     cluster: None, smoke_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -373,10 +389,7 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     comes mid-training whatever the machine's speed): SLURM's warning (the profile's
     --signal, DSPO_TRAIN_SIGNAL_LEAD before the limit) or the limit itself stops it with a
     checkpoint, the profile's retries resubmit it, and the new job resumes from that
-    checkpoint to the last step, each step trained once. That a resumed run's weights are an
-    uninterrupted run's is the trainer's to show, under the same signals through the same
-    launcher (tests/faults/test_train_faults.py, tests/training/test_launch.py); a second,
-    uninterrupted training here would add a minute of CPU and nothing of SLURM's."""
+    checkpoint to the weights of an uninterrupted run."""
     metrics = smoke_copy / f"results/train/{CUT_METHOD}/metrics.jsonl"
     metrics.unlink()  # the smoke run's training: it would read as this one's first steps
     overlay = tmp_path / "cut.yaml"
@@ -433,5 +446,13 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     # job's up to its checkpoint, the retry's from there to the end.
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, CUT_STEPS + 1))
-    weights = smoke_copy / f"results/models/{CUT_METHOD}/unet/diffusion_pytorch_model.safetensors"
-    assert load_file(weights)
+
+    straight = run(*train_command(output, tmp_path / "straight"), cwd=smoke_copy)
+    assert straight.returncode == 0, tail(straight.stdout)
+    resumed, uninterrupted = (
+        unet_of(smoke_copy / f"results/models/{CUT_METHOD}"),
+        unet_of(tmp_path / "straight/model"),
+    )
+    assert uninterrupted.keys() == resumed.keys()
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
