@@ -33,6 +33,7 @@ import dspo.cli.images  # noqa: F401
 
 # isort: on
 from dspo.cli.registry import build_parser, settings_flags
+from dspo.core.collector import job_collector
 
 
 def _step_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,5 +87,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"dspo {args.command}: stopped: {err}")
 
 
+def console() -> None:
+    """The ``dspo`` console script and ``python -m dspo.cli.commands``: :func:`main` in a
+    process of its own, with the collector set for a job (`dspo.core.collector`)."""
+    with job_collector():
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    console()
