@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dspo.rewards.checks import check_batch, check_keys
 from dspo.rewards.common import (
-    check_batch,
-    check_keys,
     clip_model,
     linear_stack,
     load_state_dict,

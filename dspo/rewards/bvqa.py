@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dspo.rewards.common import check_batch, check_keys, spec_dtype
+from dspo.rewards.checks import check_batch, check_keys
+from dspo.rewards.common import spec_dtype
 from dspo.rewards.hub_defaults import BVQA_MODEL
 from dspo.rewards.transforms import to_rgb
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dspo.rewards.common import check_batch, check_keys, clip_model, cosine, spec_dtype
+from dspo.rewards.checks import check_batch, check_keys
+from dspo.rewards.common import clip_model, cosine, spec_dtype
 from dspo.rewards.hub_defaults import CLIP_SCORE_MODEL
 from dspo.rewards.transforms import to_rgb
 

@@ -1,9 +1,9 @@
-"""Shared pieces of the paper's reward models: config checks, files, strict loading, heads.
+"""Shared pieces of the paper's reward models: files, strict loading, heads.
 
 Every loader is strict: a checkpoint missing a weight the model needs, or holding one it does
 not read, is an error naming the weights (the originals' ``strict=False`` loads would score with
 random or stale weights and only print a table). Image and prompt preprocessing lives in
-``dspo.rewards.transforms``.
+``dspo.rewards.transforms``, the config and batch checks in ``dspo.rewards.checks``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
 from dspo.core.dtypes import resolve_dtype
@@ -21,17 +20,6 @@ from dspo.core.dtypes import resolve_dtype
 # OpenAI CLIP's normalisation; ImageReward's BLIP transform and HPSv2 use the same constants.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-COMMON_KEYS = frozenset({"kind", "label", "dtype"})
-
-
-def check_keys(spec: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    """Reject config keys a reward kind does not read, naming the kind and the keys."""
-    unknown = sorted(set(spec) - COMMON_KEYS - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"reward kind {spec.get('kind')!r} does not take {unknown}; "
-            f"expected keys among {sorted(COMMON_KEYS | set(allowed))}"
-        )
 
 
 def spec_dtype(spec: Mapping[str, Any]) -> torch.dtype:
@@ -177,9 +165,3 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a = torch.nn.functional.normalize(a.float(), dim=-1)
     b = torch.nn.functional.normalize(b.float(), dim=-1)
     return (a * b).sum(-1)
-
-
-def check_batch(images: Sequence[Image.Image], prompts: Sequence[str]) -> None:
-    """One prompt per image."""
-    if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")

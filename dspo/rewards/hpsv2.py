@@ -42,9 +42,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dspo.rewards.checks import check_batch, check_keys
 from dspo.rewards.common import (
-    check_batch,
-    check_keys,
     cosine,
     count_blocks,
     load_state_dict,

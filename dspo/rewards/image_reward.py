@@ -37,9 +37,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from dspo.rewards.checks import check_batch, check_keys
 from dspo.rewards.common import (
-    check_batch,
-    check_keys,
     count_blocks,
     linear_stack,
     load_state_dict,
