@@ -67,7 +67,7 @@ LOADERS: dict[str, Callable[[Mapping[str, Any], str], RewardModel]] = {
     "laion_aesthetics": _lazy("dspo.rewards.aesthetic:LaionAesthetics"),
     "clip_score": _lazy("dspo.rewards.clip_score:ClipScore"),
     "image_reward": _lazy("dspo.rewards.image_reward:ImageReward"),
-    "bvqa": _lazy("dspo.rewards.bvqa:blip_bvqa"),
+    "bvqa": _lazy("dspo.rewards.blip_vqa:blip_bvqa"),
     "toy_bvqa": _toy_bvqa,
 }
 
