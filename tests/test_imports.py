@@ -10,10 +10,13 @@ package ``dspo.a``, so that is an edge too.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dspo"
 
@@ -149,7 +152,7 @@ def _loaded_after(statements: list[str], libraries: tuple[str, ...]) -> list[str
         text=True,
         check=True,
     )
-    return ast.literal_eval(result.stdout.strip())
+    return ast.literal_eval(result.stdout.splitlines()[-1])  # the statements may print too
 
 
 def test_the_workflow_imports_no_torch_at_its_top() -> None:
@@ -182,3 +185,32 @@ def test_the_jobs_that_load_no_model_import_no_model_library() -> None:
     imports = [f"import {name}" for name in NO_MODEL_JOBS]
     loaded = _loaded_after(imports, ("diffusers", "transformers", "peft"))
     assert loaded == [], f"{loaded} after:\n" + "\n".join(imports)
+
+
+def test_the_toy_worlds_score_and_quality_jobs_run_without_torch(tmp_path: Path) -> None:
+    """Their rewards and classifier are numpy's (`dspo.rewards.WITHOUT_TORCH`,
+    `dspo.evaluation.quality.WITHOUT_TORCH`), and torch's import would be most of such a
+    job's CPU: `dspo score` and `dspo quality` set torch up only for a model that needs it."""
+    from dspo.evaluation import quality
+    from dspo.rewards import needs_torch
+
+    assert needs_torch({"pick": {"kind": "pickscore"}, "oracle": {"kind": "toy_oracle"}})
+    assert quality.needs_torch({"classifier": "inception"})
+    rewards = {"oracle": {"kind": "toy_oracle"}, "bvqa": {"kind": "toy_bvqa"}}
+    classifier = {"classifier": "toy", "splits": 1, "batch_size": 8, "reference": None}
+    jobs = [
+        ["score", "--name", "dspo", "--params", json.dumps(rewards), "--out", "scores.parquet"],
+        ["quality", "--name", "dspo", "--params", json.dumps(classifier), "--out", "quality.csv"],
+    ]
+    statements = [
+        "import os",
+        "from tests.cli.test_images import make_set",
+        f"os.chdir({str(tmp_path)!r})",
+        "from pathlib import Path",
+        "manifest = str(make_set(Path('images'), 'dspo', 'parti'))",
+        "from dspo.cli.commands import main",
+        *(f"main({job!r} + ['--manifest', manifest])" for job in jobs),
+    ]
+    assert _loaded_after(statements, ("torch",)) == []
+    assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 6  # 3 images x 2 rewards
+    assert (tmp_path / "quality.csv").read_text().startswith("model,")

@@ -127,14 +127,16 @@ def score(args: argparse.Namespace) -> None:
     once all are scored, so earlier tables stay until the new ones are whole.
     """
     _same_count("--manifest", args.manifest, "--out", args.out)
-    setup_torch(args.threads)
     import io
 
     import pandas as pd
 
     from dspo.core.files import write_bytes_atomic
     from dspo.core.image_keys import check_manifest_images
-    from dspo.rewards import score_manifests
+    from dspo.rewards import needs_torch, score_manifests
+
+    if needs_torch(args.params):
+        setup_torch(args.threads)
 
     paths = [Path(m) for m in args.manifest]
     manifests = [pd.read_parquet(p) for p in paths]

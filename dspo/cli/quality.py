@@ -24,12 +24,14 @@ def quality(args: argparse.Namespace) -> None:
     --params is ``evaluation.quality``; each manifest's folder name is its image set's name.
     Every image is checked against its manifest first; the table is written atomically.
     """
-    setup_torch(args.threads)
     import pandas as pd
 
     from dspo.core.files import write_bytes_atomic
     from dspo.core.image_keys import check_manifest_images
-    from dspo.evaluation.quality import image_set_quality
+    from dspo.evaluation.quality import image_set_quality, needs_torch
+
+    if needs_torch(args.params):
+        setup_torch(args.threads)
 
     image_sets = {}
     for path in map(Path, args.manifest):

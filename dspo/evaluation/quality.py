@@ -125,6 +125,15 @@ CLASSIFIERS: dict[str, Callable[[Mapping[str, Any], str], Classifier]] = {
 }
 
 
+# The classifiers that run without torch (the toy world's).
+WITHOUT_TORCH = frozenset({"toy"})
+
+
+def needs_torch(spec: Mapping[str, Any]) -> bool:
+    """Whether the classifier ``spec`` (``evaluation.quality``) names loads torch."""
+    return spec["classifier"] not in WITHOUT_TORCH
+
+
 def load_classifier(spec: Mapping[str, Any], device: str = "cpu") -> Classifier:
     """The classifier ``spec`` (``evaluation.quality``) names."""
     kind = spec["classifier"]

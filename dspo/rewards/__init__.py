@@ -72,6 +72,16 @@ LOADERS: dict[str, Callable[[Mapping[str, Any], str], RewardModel]] = {
 }
 
 
+# The kinds that score without torch (the toy world's): a score job of these alone never
+# imports it, which is most of such a job's CPU.
+WITHOUT_TORCH = frozenset({"toy_oracle", "toy_bvqa"})
+
+
+def needs_torch(rewards: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether scoring with these config entries (name -> entry) loads torch."""
+    return any(spec.get("kind") not in WITHOUT_TORCH for spec in rewards.values())
+
+
 def load_reward(spec: Mapping[str, Any], device: str = "cpu") -> RewardModel:
     """Build the reward model a config entry describes."""
     kind = spec.get("kind")
