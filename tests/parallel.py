@@ -1,6 +1,6 @@
 """The full gate on several workers (`make test`: pytest-xdist, `--dist loadscope`).
 
-Three things make the gate's workers share two cores well (docs/development.md):
+Four things make the gate's workers share two cores well (docs/development.md):
 
 - **Runs built once:** :func:`build_once` builds a folder (the shared smoke run) once per
   gate, under a file lock in the folder every worker's temporary files sit in; a worker that
@@ -13,6 +13,8 @@ Three things make the gate's workers share two cores well (docs/development.md):
   :func:`plan` puts the costly ones first, so that no long one starts last; those that need
   the shared run wait behind the first of them (which builds it) and enough independent
   work to fill the time it takes to build.
+- **One thread:** each worker's torch computes on one thread (:func:`one_thread_per_worker`),
+  and so does each job of a workflow a test runs (:func:`workflow_threads`).
 
 Costs come from tests/durations.py's figures; a test not measured yet counts as quick.
 """
@@ -58,6 +60,18 @@ def one_thread_per_worker() -> None:
     """
     if on_worker():
         torch.set_num_threads(1)
+
+
+def workflow_threads() -> list[str]:
+    """Under xdist, Snakemake's option that runs a test's workflow at one thread a job.
+
+    Snakemake gives a rule its `threads` (the toy base model's pretraining asks for 2) within
+    `--cores`, but the other worker computes on one of the two cores: beside it, the
+    pretraining's two threads spun waiting on each other, 23.6 s of CPU against 7.0 s on one
+    thread (one pretraining of the smoke preset beside a busy loop; 22.6 s of wall against
+    7.7 s).
+    """
+    return ["--max-threads", "1"] if on_worker() else []
 
 
 def shared_root(factory: pytest.TempPathFactory) -> Path:

@@ -1,4 +1,5 @@
-"""tests/parallel.py: the gate's plan (groups, order) and a run built once for all workers."""
+"""tests/parallel.py: the gate's plan (groups, order), a run built once for all workers, and
+one thread a job in the workflows the tests run."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.durations import Costs
 from tests.parallel import HOLD, plan
+from tests.workflow_run import snakemake
 
 SHARED = """
 import os
@@ -157,3 +161,19 @@ def test_the_gates_options_keep_a_module_on_one_worker() -> None:
         module: 1,
         "tests/test_durations.py": 1,
     }
+
+
+def test_a_tests_workflow_runs_one_thread_a_job_on_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base model's pretraining asks for two threads; on a worker it gets one."""
+
+    def pretraining_threads() -> str:
+        plan = snakemake("-n", "-p", "--cores", "2", "results/models/base", cwd=tmp_path).stdout
+        (command,) = [line for line in plan.splitlines() if "dspo pretrain-base" in line]
+        return command.split("--threads ")[1].split()[0]
+
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert pretraining_threads() == "2"
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert pretraining_threads() == "1"

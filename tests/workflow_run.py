@@ -13,6 +13,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from tests.parallel import workflow_threads
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "config" / "presets" / "smoke.yaml"
 
@@ -20,7 +22,8 @@ SMOKE = REPO / "config" / "presets" / "smoke.yaml"
 def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args],
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(cwd)]
+        + [*workflow_threads(), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,  # snakemake reports on stderr
         text=True,
