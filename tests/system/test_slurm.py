@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -389,7 +390,10 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     comes mid-training whatever the machine's speed): SLURM's warning (the profile's
     --signal, DSPO_TRAIN_SIGNAL_LEAD before the limit) or the limit itself stops it with a
     checkpoint, the profile's retries resubmit it, and the new job resumes from that
-    checkpoint to the weights of an uninterrupted run."""
+    checkpoint to the weights of an uninterrupted run, which trains beside the SLURM jobs
+    (from the command Snakemake prints when it submits the first): the plugin's status checks
+    back off by 10 s while a job runs, so the test's core would otherwise wait idle after
+    each job ends."""
     metrics = smoke_copy / f"results/train/{CUT_METHOD}/metrics.jsonl"
     metrics.unlink()  # the smoke run's training: it would read as this one's first steps
     overlay = tmp_path / "cut.yaml"
@@ -407,8 +411,10 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     command += [f"results/models/{CUT_METHOD}", "--configfile", SMOKE, overlay]
     log = tmp_path / "snakemake.out"
     train_log = smoke_copy / f"results/logs/train/{CUT_METHOD}.log"
+    straight_log = tmp_path / "straight.log"
     first, lowered, first_log = None, "", ""
-    with log.open("w") as out:
+    straight: subprocess.Popen | None = None
+    with log.open("w") as out, ExitStack() as stack:
         proc = subprocess.Popen(
             [str(c) for c in command], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
         )
@@ -419,6 +425,14 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
             trains = [int(j) for j, r in SUBMITTED.findall(log.read_text()) if r == "train"]
             if not trains:
                 continue
+            if straight is None:
+                straight = subprocess.Popen(
+                    train_command(log.read_text(), tmp_path / "straight"),
+                    cwd=smoke_copy,
+                    stdout=stack.enter_context(straight_log.open("w")),
+                    stderr=subprocess.STDOUT,
+                )
+                stack.callback(straight.kill)  # a no-op once it has ended
             first = trains[0]
             if not lowered and metrics.exists() and metrics.read_text().strip():
                 limit = elapsed_seconds(first) // 60 + 1
@@ -427,6 +441,8 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
                 lowered = f"time limit of job {first} lowered to {limit} min"
             elif lowered and not first_log and job_state(first).strip() in ENDED:
                 first_log = train_log.read_text()  # before the retry's job rewrites it
+        if straight is not None and proc.returncode == 0:
+            straight.wait(timeout=900)  # if the workflow failed, the exit stops it instead
     output = log.read_text()
     assert proc.returncode == 0, tail(output, 80)
     assert {rule for _, rule in SUBMITTED.findall(output)} == {"train"}
@@ -447,8 +463,7 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, CUT_STEPS + 1))
 
-    straight = run(*train_command(output, tmp_path / "straight"), cwd=smoke_copy)
-    assert straight.returncode == 0, tail(straight.stdout)
+    assert straight is not None and straight.returncode == 0, tail(straight_log.read_text())
     resumed, uninterrupted = (
         unet_of(smoke_copy / f"results/models/{CUT_METHOD}"),
         unet_of(tmp_path / "straight/model"),
