@@ -1,4 +1,4 @@
-"""Running the workflow from tests: Snakemake in a subprocess, and its dry-run job counts.
+"""Running the workflow from tests: Snakemake in a child process, and its dry-run job counts.
 
 Shared by the workflow tests and the session-wide smoke run (tests/conftest.py).
 """
@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from tests import snakemake_fork
 from tests.parallel import workflow_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,16 +21,12 @@ SMOKE = REPO / "config" / "presets" / "smoke.yaml"
 
 
 def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m snakemake`` on the repository's Snakefile in ``cwd``, its output and error
+    (where Snakemake reports) together; forked from a process that has imported Snakemake
+    (`tests.snakemake_fork`)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(cwd)]
-        + [*workflow_threads(), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # snakemake reports on stderr
-        text=True,
-        env=env,
-        check=False,
-    )
+    argv = ["-s", str(REPO / "Snakefile"), "-d", str(cwd), *workflow_threads(), *args]
+    result = snakemake_fork.run(argv, env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}")
     return result

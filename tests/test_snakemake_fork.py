@@ -1,0 +1,64 @@
+"""Snakemake forked from a process that has imported it (`tests.snakemake_fork`) runs as
+``python -m snakemake`` would: in the caller's directory, with its environment, its output
+and error in one text, its exit status; a start-up variable gets a fresh interpreter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import snakemake_fork
+
+SNAKEFILE = """
+rule all:
+    output: "seen.txt"
+    shell: "echo $PROBE_VALUE $(pwd) > {output}; echo job-output"
+"""
+
+
+def workflow(tmp_path: Path, snakefile: str = SNAKEFILE) -> tuple[list[str], dict[str, str]]:
+    (tmp_path / "Snakefile").write_text(snakefile)
+    env = {**os.environ, "PROBE_VALUE": "from-the-caller"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return ["-s", str(tmp_path / "Snakefile"), "-d", str(tmp_path / "work"), "--cores", "1"], env
+
+
+def test_a_forked_run_takes_the_callers_environment_and_reports_its_output(
+    tmp_path: Path,
+) -> None:
+    parent = 'import os\nopen(os.environ["PARENT_OUT"], "w").write(str(os.getppid()))\n'
+    argv, env = workflow(tmp_path, parent + SNAKEFILE)
+    env["PARENT_OUT"] = str(tmp_path / "parent.txt")
+    result = snakemake_fork.run(argv, env)
+    assert result.returncode == 0, result.stdout
+    # Forked from the server, not started by this process.
+    assert int((tmp_path / "parent.txt").read_text()) != os.getpid()
+    assert "job-output" in result.stdout and "Finished job" in result.stdout
+    seen = (tmp_path / "work" / "seen.txt").read_text().split()
+    assert seen == ["from-the-caller", str(tmp_path / "work")]
+
+    failed = snakemake_fork.run([*argv, "no-such-target"], env)
+    assert failed.returncode == 1
+    assert "MissingRuleException" in failed.stdout or "No rule to produce" in failed.stdout
+
+
+def test_a_changed_start_up_variable_runs_a_fresh_interpreter(tmp_path: Path) -> None:
+    """A module found only on the run's PYTHONPATH: a forked child, whose sys.path was made
+    at the server's start, would not find it."""
+    argv, env = workflow(tmp_path, "import probe\n" + SNAKEFILE)
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "probe.py").write_text("raise ImportError('probe on PYTHONPATH')\n")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "path"), env.get("PYTHONPATH", "")])
+    fresh = subprocess.run(
+        [sys.executable, "-m", "snakemake", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        check=False,
+    )
+    result = snakemake_fork.run(argv, env)
+    assert result.returncode == fresh.returncode == 1
+    assert "probe on PYTHONPATH" in result.stdout and "probe on PYTHONPATH" in fresh.stdout
