@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from dspo.data.pairs import prompt_id_of
-from dspo.families import build_pipeline
 from tests.parallel import build_once, on_worker, one_thread_per_worker, plan
 from tests.workflow_run import SMOKE, copy_run, snakemake
 
@@ -78,6 +77,8 @@ WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "white", "black"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init SD-shaped pipeline saved with save_pretrained, as a hub checkpoint is."""
+    from dspo.families import build_pipeline
+
     path = tmp_path_factory.mktemp("models") / "tiny"
     build_pipeline(TINY_ARCHITECTURE, WORDS, seed=0).save_pretrained(path)
     return path
@@ -86,6 +87,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init SDXL-shaped pipeline saved with save_pretrained."""
+    from dspo.families import build_pipeline
+
     path = tmp_path_factory.mktemp("models") / "tiny-sdxl"
     build_pipeline(TINY_SDXL_ARCHITECTURE, WORDS, seed=0).save_pretrained(path)
     return path

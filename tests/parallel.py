@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import torch
 from filelock import FileLock
 
 if TYPE_CHECKING:
@@ -59,6 +58,8 @@ def one_thread_per_worker() -> None:
     against 28 s for test_a_switched_step_computes_the_plain_steps_loss_and_gradient).
     """
     if on_worker():
+        import torch  # here, so that pytest's controlling process does not import it
+
         torch.set_num_threads(1)
 
 
