@@ -142,12 +142,11 @@ def test_the_gates_options_keep_a_module_on_one_worker() -> None:
     """`make test`'s options on this suite: each module's tests run on one worker, so its
     shared fixtures are set up once (`--dist loadgroup` split them: its groups do not take
     with pytest 9)."""
-    module = "tests/evaluation/test_training_view.py"
-    quick = "not resume and not full_finetuning"
+    # Two modules of quick tests that start no processes of their own.
+    module, other = "tests/evaluation/test_statistics.py", "tests/config/test_experiments.py"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadscope", "-v"]
-        + ["--no-loadscope-reorder", "-p", "no:cacheprovider", module, "-k", quick]
-        + ["tests/test_durations.py"],
+        + ["--no-loadscope-reorder", "-p", "no:cacheprovider", module, other],
         capture_output=True,
         text=True,
         check=False,
@@ -157,9 +156,9 @@ def test_the_gates_options_keep_a_module_on_one_worker() -> None:
     workers: dict[str, set[str]] = {}
     for worker, path in ran:
         workers.setdefault(path, set()).add(worker)
-    assert len(ran) == 10 and {path: len(w) for path, w in workers.items()} == {
+    assert len(ran) == 24 and {path: len(w) for path, w in workers.items()} == {
         module: 1,
-        "tests/test_durations.py": 1,
+        other: 1,
     }
 
 
