@@ -305,7 +305,10 @@ def _bench(device: str, tiny: bool, work: Path) -> dict[str, Any]:
     from dspo.bench.throughput import main as bench
 
     if tiny:
+        # The dry run checks the stages, not speed: one torch thread, so that on a shared CPU
+        # the workers do not spin against each other's threads and the machine's other work.
         argv = ["--arch", "toy", "--latent", "8", "--pairs", "2", "--steps", "1", "--warmup", "1"]
+        argv += ["--threads", "1"]
     else:
         argv = [
             "--arch",

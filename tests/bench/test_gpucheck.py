@@ -49,4 +49,4 @@ def test_tiny_dry_run_runs_every_stage_on_cpu(tmp_path: Path) -> None:
     scored = report["generate_score"]
     assert scored["images"] == 4
     assert sorted(scored["mean_scores"]) == sorted(gpucheck.REWARDS)
-    assert report["bench"]["modes"]
+    assert report["bench"]["modes"] and report["bench"]["spec"]["threads"] == 1
