@@ -11,7 +11,6 @@ steps runs for real, with the real `dspo`, on hostile file names and a hostile p
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -37,21 +36,31 @@ HOSTILE = {
     "newline": f"n\ntouch {MARK}\n",
     "ampersand and pipe": f"a & touch {MARK} | cat #",
 }
-RECORDER = """#!/usr/bin/env python3
-import json, os, sys
-with open(os.environ["ARGV_LOG"], "a") as log:
-    log.write(json.dumps(sys.argv[1:]) + "\\n")
+# The recorders are shell scripts (a Python start for each of the DAG's 60-odd commands
+# cost more than the rest of the test): each call appends its argument count and its
+# arguments, each ended by a NUL byte, which no argument can hold (`recorded_calls`).
+RECORDER = """#!/bin/bash
+printf '%s\\0' "$#" "$@" >> "$ARGV_LOG"
 """
-# The train rule starts `python -m dspo.training.launch ... -- ARGS` (dspo/training/launch.py),
-# which runs `dspo ARGS` once per process: the stand-in records ARGS as `dspo` would receive them.
-LAUNCH_RECORDER = """#!/usr/bin/env python3
-import json, os, sys
-args = sys.argv[1:]
-if args[:2] != ["-m", "dspo.training.launch"]:
-    os.execvp("python3", ["python3", *args])
-with open(os.environ["ARGV_LOG"], "a") as log:
-    log.write(json.dumps(args[args.index("--") + 1 :]) + "\\n")
+# The training launcher: the train rule runs `python -m dspo.training.launch ... -- train ...`;
+# any other `python` is the real one.
+LAUNCH_RECORDER = """#!/bin/bash
+if [ "$1" != "-m" ] || [ "$2" != "dspo.training.launch" ]; then exec python3 "$@"; fi
+while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done
+shift
+printf '%s\\0' "$#" "$@" >> "$ARGV_LOG"
 """
+
+
+def recorded_calls(log: Path) -> list[list[str]]:
+    """The recorders' calls, each as its arguments."""
+    fields = log.read_bytes().split(b"\0")[:-1]
+    calls = []
+    while fields:
+        count, fields = int(fields[0]), fields[1:]
+        calls.append([f.decode() for f in fields[:count]])
+        fields = fields[count:]
+    return calls
 
 
 def hostile_config(workdir: Path, value: str, data: Path | None = None) -> Path:
@@ -118,13 +127,13 @@ def test_hostile_config_values_never_run(value: str, tmp_path: Path) -> None:
     result = snakemake("-n", "-p", "all", "--configfile", str(SMOKE), str(config), cwd=tmp_path)
     commands = shell_commands(result.stdout)
     assert len(commands) > 20  # every job of the DAG
-    env = {**recorders(tmp_path / "bin"), "ARGV_LOG": str(tmp_path / "argv.jsonl")}
+    env = {**recorders(tmp_path / "bin"), "ARGV_LOG": str(tmp_path / "argv.log")}
     for command in commands:
         for log in re.findall(r"> '?([^' ]+?)'? 2>&1", command):
             (tmp_path / log).parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, check=False)
         assert not list(tmp_path.glob(f"{MARK}*")), f"injected command ran from:\n{command}"
-    calls = [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+    calls = recorded_calls(tmp_path / "argv.log")
     assert len(calls) == len(commands)
     # The hostile paths arrive as one argument each, exactly as written in the config.
     args = [dict(zip(call[1::2], call[2::2], strict=False)) for call in calls]
