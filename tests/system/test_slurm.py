@@ -2,8 +2,9 @@
 repository's `slurm` profile, through snakemake-executor-plugin-slurm, carries on copies of the
 shared smoke run (tests/conftest.py): an edit of one method's parameters resubmits only that
 method's jobs (the rules that take every model run in the main process), training on two GPUs,
-and a training cut by its time limit resumes on Snakemake's retry. Needs root to install and
-start the daemons (CI runs as root); skipped elsewhere."""
+and a training cut by its time limit resumes on Snakemake's retry; the two runs go side by
+side, each filling the other's waits. Needs root to install and start the daemons (CI runs as
+root); skipped elsewhere."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -211,9 +214,9 @@ def workdir(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def edit_run(workdir: Path, cluster: None) -> WorkflowRun:
+def edit_run(workdir: Path, cluster: None, cut_run: Future[CutRun]) -> WorkflowRun:
     """The smoke run carried on under SLURM after an edit of METHOD's parameters, with two
-    GPUs for training."""
+    GPUs for training; the time-limit cut's workflow (``cut_run``) runs beside it."""
     edit = workdir.parent / "edit.yaml"
     edit.write_text(yaml.safe_dump(EDIT))
     return WorkflowRun(workdir, [SMOKE, edit], train_gpus=2)
@@ -382,18 +385,30 @@ def unet_of(model: Path) -> dict[str, torch.Tensor]:
     return load_file(model / "unet" / "diffusion_pytorch_model.safetensors")
 
 
-def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
-    cluster: None, smoke_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+@dataclass
+class CutRun:
+    """What the time-limit cut's workflow left: its output and the jobs the loop saw."""
+
+    workdir: Path
+    tmp: Path
+    returncode: int | None = None
+    output: str = ""
+    first: int | None = None
+    lowered: str = ""
+    first_log: str = ""
+    straight: int | None = None  # the uninterrupted run's exit status
+
+
+def cut_workflow(cut: CutRun, stop: threading.Event) -> CutRun:
     """One training job under the profile, on a copy of the smoke run (the longer training
     reruns that job alone), its time limit lowered with scontrol once it trains (so the cut
     comes mid-training whatever the machine's speed): SLURM's warning (the profile's
     --signal, DSPO_TRAIN_SIGNAL_LEAD before the limit) or the limit itself stops it with a
-    checkpoint, the profile's retries resubmit it, and the new job resumes from that
-    checkpoint to the weights of an uninterrupted run, which trains beside the SLURM jobs
-    (from the command Snakemake prints when it submits the first): the plugin's status checks
-    back off by 10 s while a job runs, so the test's core would otherwise wait idle after
-    each job ends."""
+    checkpoint, and the profile's retries resubmit it. An uninterrupted run trains beside the
+    SLURM jobs, from the command Snakemake prints when it submits the first: the plugin's
+    status checks back off by 10 s while a job runs, so the core would otherwise wait idle
+    after each job ends. ``stop`` ends both early (the module's teardown)."""
+    smoke_copy, tmp_path = cut.workdir, cut.tmp
     metrics = smoke_copy / f"results/train/{CUT_METHOD}/metrics.jsonl"
     metrics.unlink()  # the smoke run's training: it would read as this one's first steps
     overlay = tmp_path / "cut.yaml"
@@ -411,17 +426,17 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     command += [f"results/models/{CUT_METHOD}", "--configfile", SMOKE, overlay]
     log = tmp_path / "snakemake.out"
     train_log = smoke_copy / f"results/logs/train/{CUT_METHOD}.log"
-    straight_log = tmp_path / "straight.log"
-    first, lowered, first_log = None, "", ""
     straight: subprocess.Popen | None = None
     with log.open("w") as out, ExitStack() as stack:
         proc = subprocess.Popen(
             [str(c) for c in command], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
         )
+        stack.callback(proc.kill)  # a no-op once it has ended
         deadline = time.monotonic() + 900
         while proc.poll() is None:
             assert time.monotonic() < deadline, tail(log.read_text(), 80)
-            time.sleep(0.5)
+            if stop.wait(0.5):
+                return cut
             trains = [int(j) for j, r in SUBMITTED.findall(log.read_text()) if r == "train"]
             if not trains:
                 continue
@@ -429,33 +444,62 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
                 straight = subprocess.Popen(
                     train_command(log.read_text(), tmp_path / "straight"),
                     cwd=smoke_copy,
-                    stdout=stack.enter_context(straight_log.open("w")),
+                    stdout=stack.enter_context((tmp_path / "straight.log").open("w")),
                     stderr=subprocess.STDOUT,
                 )
-                stack.callback(straight.kill)  # a no-op once it has ended
-            first = trains[0]
-            if not lowered and metrics.exists() and metrics.read_text().strip():
-                limit = elapsed_seconds(first) // 60 + 1
-                done = run("scontrol", "update", f"JobId={first}", f"TimeLimit={limit}")
+                stack.callback(straight.kill)
+            cut.first = trains[0]
+            if not cut.lowered and metrics.exists() and metrics.read_text().strip():
+                limit = elapsed_seconds(cut.first) // 60 + 1
+                done = run("scontrol", "update", f"JobId={cut.first}", f"TimeLimit={limit}")
                 assert done.returncode == 0, done.stdout
-                lowered = f"time limit of job {first} lowered to {limit} min"
-            elif lowered and not first_log and job_state(first).strip() in ENDED:
-                first_log = train_log.read_text()  # before the retry's job rewrites it
+                cut.lowered = f"time limit of job {cut.first} lowered to {limit} min"
+            elif cut.lowered and not cut.first_log and job_state(cut.first).strip() in ENDED:
+                cut.first_log = train_log.read_text()  # before the retry's job rewrites it
+        cut.returncode = proc.returncode
         if straight is not None and proc.returncode == 0:
-            straight.wait(timeout=900)  # if the workflow failed, the exit stops it instead
-    output = log.read_text()
-    assert proc.returncode == 0, tail(output, 80)
+            cut.straight = straight.wait(timeout=900)  # if the workflow failed, exit stops it
+    cut.output = log.read_text()
+    return cut
+
+
+@pytest.fixture(scope="module")
+def cut_run(
+    smoke_run: Path, cluster: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Future[CutRun]]:
+    """The cut's workflow, started in a thread on a copy of the smoke run: the edit's run
+    (``edit_run``) starts it first, so that the two runs fill each other's waits for the
+    plugin's status checks and slurmctld's passes."""
+    tmp = tmp_path_factory.mktemp("cut")
+    stop = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(cut_workflow, CutRun(copy_run(smoke_run, tmp / "run"), tmp), stop)
+        yield future
+        stop.set()
+
+
+def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
+    cut_run: Future[CutRun], capsys: pytest.CaptureFixture
+) -> None:
+    """The cut job's checkpoint, the retry's resumption from it, and the retry's weights
+    equal to the uninterrupted run's (the retry runs in a new allocation, whose environment no
+    other resume test has)."""
+    cut = cut_run.result(timeout=1200)
+    smoke_copy, output = cut.workdir, cut.output
+    metrics = smoke_copy / f"results/train/{CUT_METHOD}/metrics.jsonl"
+    train_log = smoke_copy / f"results/logs/train/{CUT_METHOD}.log"
+    assert cut.returncode == 0, tail(output, 80)
     assert {rule for _, rule in SUBMITTED.findall(output)} == {"train"}
     trains = [int(j) for j, r in SUBMITTED.findall(output) if r == "train"]
     states = {job: job_state(job).strip() for job in trains}
     completed = run("sacct", "--completion", "-o", "JobID,State,Start,End,Elapsed,ExitCode")
-    stopped = re.search(r"(SIGURG|SIGTERM) received: stopped after step (\d+)", first_log)
+    stopped = re.search(r"(SIGURG|SIGTERM) received: stopped after step (\d+)", cut.first_log)
     with capsys.disabled():
-        print(f"\n{lowered}; train jobs {states}\nsacct --completion:\n{completed.stdout}")
-        print(f"the first job's log: {stopped[0] if stopped else tail(first_log, 5)}")
-    assert lowered and len(trains) >= 2 and trains[0] == first
-    assert states[first] in {"FAILED", "TIMEOUT"} and states[trains[-1]] == "COMPLETED"
-    assert stopped, tail(first_log)
+        print(f"\n{cut.lowered}; train jobs {states}\nsacct --completion:\n{completed.stdout}")
+        print(f"the first job's log: {stopped[0] if stopped else tail(cut.first_log, 5)}")
+    assert cut.lowered and len(trains) >= 2 and trains[0] == cut.first
+    assert states[cut.first] in {"FAILED", "TIMEOUT"} and states[trains[-1]] == "COMPLETED"
+    assert stopped, tail(cut.first_log)
     stats = json.loads(train_log.read_text()[train_log.read_text().rindex("\n{") :])
     assert stats["resumed_from"] == int(stopped[2]) and 0 < stats["resumed_from"] < CUT_STEPS
     # Both jobs' steps in one metrics file (the smoke preset logs every step): the first
@@ -463,10 +507,11 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, CUT_STEPS + 1))
 
-    assert straight is not None and straight.returncode == 0, tail(straight_log.read_text())
+    straight_log = cut.tmp / "straight.log"
+    assert cut.straight == 0, tail(straight_log.read_text())
     resumed, uninterrupted = (
         unet_of(smoke_copy / f"results/models/{CUT_METHOD}"),
-        unet_of(tmp_path / "straight/model"),
+        unet_of(cut.tmp / "straight/model"),
     )
     assert uninterrupted.keys() == resumed.keys()
     for key, value in uninterrupted.items():
