@@ -10,8 +10,9 @@ starts with nothing of the Snakefile's imported: the ``dspo`` package and the li
 reads its settings with are imported by each run, as in a fresh process.
 
 What a fresh interpreter reads only at start-up, the ``PYTHON*`` variables (a test that puts
-a failing ``torch`` first on ``PYTHONPATH``, say), cannot reach a forked child: a run whose
-environment differs there from the server's starts a fresh ``python -m snakemake`` instead.
+a failing ``torch`` first on ``PYTHONPATH``, say), cannot reach a forked child. The server
+starts with this process's own start-up variables, even inside a test that has set one, and
+a run whose environment differs there from them starts a fresh ``python -m snakemake``.
 
 Kept free of the tests' heavy imports: the fork server imports this module, and only this
 module and Snakemake.
@@ -29,19 +30,39 @@ from pathlib import Path
 
 PRELOAD = ["snakemake.cli", __name__]
 _context: multiprocessing.context.ForkServerContext | None = None
-_server_env: dict[str, str] = {}
 
 
 def _startup_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("PYTHON")}
 
 
+# This process's own start-up variables, read when the tests are collected, before any test
+# has set one (the fork server starts at the first run, perhaps inside such a test).
+STARTUP = _startup_env(os.environ)
+
+
+def _noop() -> None:
+    pass
+
+
 def _server() -> multiprocessing.context.ForkServerContext:
-    global _context, _server_env
+    """The fork server, started on first use with this process's own start-up variables."""
+    global _context
     if _context is None:
-        _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(PRELOAD)
-        _server_env = _startup_env(os.environ)
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        saved = dict(os.environ)
+        try:
+            for key in _startup_env(saved):
+                del os.environ[key]
+            os.environ.update(STARTUP)
+            first = context.Process(target=_noop)  # starts the server
+            first.start()
+            first.join()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        _context = context
     return _context
 
 
@@ -66,7 +87,7 @@ def run(argv: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess:
     ``subprocess.run(..., stdout=PIPE, stderr=STDOUT, text=True)`` returns it."""
     command = [sys.executable, "-m", "snakemake", *argv]
     context = _server()
-    if _startup_env(env) != _server_env:
+    if _startup_env(env) != STARTUP:
         return subprocess.run(
             command,
             stdout=subprocess.PIPE,

@@ -62,3 +62,43 @@ def test_a_changed_start_up_variable_runs_a_fresh_interpreter(tmp_path: Path) ->
     result = snakemake_fork.run(argv, env)
     assert result.returncode == fresh.returncode == 1
     assert "probe on PYTHONPATH" in result.stdout and "probe on PYTHONPATH" in fresh.stdout
+
+
+# A process that sets PYTHONPATH, as a test's fixture does, before its first run starts the
+# fork server; then runs again with the variable unset.
+SERVER_PROBE = """
+import os, sys
+from tests import snakemake_fork
+argv, env, path = sys.argv[1:-2], dict(os.environ), sys.argv[-2]
+os.environ["PYTHONPATH"] = os.pathsep.join([path, os.environ.get("PYTHONPATH", "")])
+first = snakemake_fork.run(argv, dict(os.environ))
+os.environ.clear()
+os.environ.update(env)
+second = snakemake_fork.run(argv, env)
+print(first.stdout, second.stdout, sep=sys.argv[-1])
+"""
+
+
+def test_the_server_starts_with_the_processs_own_start_up_variables(tmp_path: Path) -> None:
+    parent = 'import os\nopen(os.environ["PARENT_OUT"], "w").write(str(os.getppid()))\n'
+    argv, env = workflow(tmp_path, parent + "import probe\n" + SNAKEFILE)
+    env["PARENT_OUT"] = str(tmp_path / "parent.txt")
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "probe.py").write_text("raise ImportError('probe on PYTHONPATH')\n")
+    split = "=====SPLIT====="
+    probe = subprocess.Popen(
+        [sys.executable, "-c", SERVER_PROBE, *argv, str(tmp_path / "path"), split],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = probe.communicate(timeout=300)
+    assert probe.returncode == 0, err[-3000:]
+    first, second = out.split(split)
+    assert "probe on PYTHONPATH" in first  # a fresh interpreter with the variable
+    # The second run, without it: forked (its parent is the server, not the probe process),
+    # from a server whose path does not hold the folder.
+    assert int((tmp_path / "parent.txt").read_text()) != probe.pid
+    assert "No module named 'probe'" in second, second[-2000:]
