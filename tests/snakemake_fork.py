@@ -86,7 +86,6 @@ def run(argv: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess:
     """``python -m snakemake *argv`` with ``env``, output and error together, as
     ``subprocess.run(..., stdout=PIPE, stderr=STDOUT, text=True)`` returns it."""
     command = [sys.executable, "-m", "snakemake", *argv]
-    context = _server()
     if _startup_env(env) != STARTUP:
         return subprocess.run(
             command,
@@ -97,7 +96,7 @@ def run(argv: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess:
             check=False,
         )
     with tempfile.NamedTemporaryFile(prefix="snakemake-", suffix=".out") as out:
-        process = context.Process(target=_child, args=(argv, dict(env), os.getcwd(), out.name))
+        process = _server().Process(target=_child, args=(argv, dict(env), os.getcwd(), out.name))
         process.start()
         process.join()
         output = Path(out.name).read_text(encoding="utf-8", errors="replace")

@@ -18,6 +18,17 @@ rule all:
 """
 
 
+# A Snakefile's first lines that write the pid of its process's parent to $PARENT_OUT.
+PARENT = 'import os\nopen(os.environ["PARENT_OUT"], "w").write(str(os.getppid()))\n'
+
+
+def failing_module(tmp_path: Path) -> Path:
+    """A folder with a module ``probe`` that fails on import, naming where it was found."""
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "probe.py").write_text("raise ImportError('probe on PYTHONPATH')\n")
+    return tmp_path / "path"
+
+
 def workflow(tmp_path: Path, snakefile: str = SNAKEFILE) -> tuple[list[str], dict[str, str]]:
     (tmp_path / "Snakefile").write_text(snakefile)
     env = {**os.environ, "PROBE_VALUE": "from-the-caller"}
@@ -28,8 +39,7 @@ def workflow(tmp_path: Path, snakefile: str = SNAKEFILE) -> tuple[list[str], dic
 def test_a_forked_run_takes_the_callers_environment_and_reports_its_output(
     tmp_path: Path,
 ) -> None:
-    parent = 'import os\nopen(os.environ["PARENT_OUT"], "w").write(str(os.getppid()))\n'
-    argv, env = workflow(tmp_path, parent + SNAKEFILE)
+    argv, env = workflow(tmp_path, PARENT + SNAKEFILE)
     env["PARENT_OUT"] = str(tmp_path / "parent.txt")
     result = snakemake_fork.run(argv, env)
     assert result.returncode == 0, result.stdout
@@ -48,9 +58,7 @@ def test_a_changed_start_up_variable_runs_a_fresh_interpreter(tmp_path: Path) ->
     """A module found only on the run's PYTHONPATH: a forked child, whose sys.path was made
     at the server's start, would not find it."""
     argv, env = workflow(tmp_path, "import probe\n" + SNAKEFILE)
-    (tmp_path / "path").mkdir()
-    (tmp_path / "path" / "probe.py").write_text("raise ImportError('probe on PYTHONPATH')\n")
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "path"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(failing_module(tmp_path)), env.get("PYTHONPATH", "")])
     fresh = subprocess.run(
         [sys.executable, "-m", "snakemake", *argv],
         stdout=subprocess.PIPE,
@@ -80,14 +88,11 @@ print(first.stdout, second.stdout, sep=sys.argv[-1])
 
 
 def test_the_server_starts_with_the_processs_own_start_up_variables(tmp_path: Path) -> None:
-    parent = 'import os\nopen(os.environ["PARENT_OUT"], "w").write(str(os.getppid()))\n'
-    argv, env = workflow(tmp_path, parent + "import probe\n" + SNAKEFILE)
+    argv, env = workflow(tmp_path, PARENT + "import probe\n" + SNAKEFILE)
     env["PARENT_OUT"] = str(tmp_path / "parent.txt")
-    (tmp_path / "path").mkdir()
-    (tmp_path / "path" / "probe.py").write_text("raise ImportError('probe on PYTHONPATH')\n")
     split = "=====SPLIT====="
     probe = subprocess.Popen(
-        [sys.executable, "-c", SERVER_PROBE, *argv, str(tmp_path / "path"), split],
+        [sys.executable, "-c", SERVER_PROBE, *argv, str(failing_module(tmp_path)), split],
         cwd=Path(__file__).resolve().parents[1],
         env=env,
         stdout=subprocess.PIPE,
