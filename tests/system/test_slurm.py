@@ -398,6 +398,14 @@ class CutRun:
     first_log: str = ""
     straight: int | None = None  # the uninterrupted run's exit status
 
+    @property
+    def metrics(self) -> Path:
+        return self.workdir / f"results/train/{CUT_METHOD}/metrics.jsonl"
+
+    @property
+    def train_log(self) -> Path:
+        return self.workdir / f"results/logs/train/{CUT_METHOD}.log"
+
 
 def cut_workflow(cut: CutRun, stop: threading.Event) -> CutRun:
     """One training job under the profile, on a copy of the smoke run (the longer training
@@ -408,8 +416,7 @@ def cut_workflow(cut: CutRun, stop: threading.Event) -> CutRun:
     SLURM jobs, from the command Snakemake prints when it submits the first: the plugin's
     status checks back off by 10 s while a job runs, so the core would otherwise wait idle
     after each job ends. ``stop`` ends both early (the module's teardown)."""
-    smoke_copy, tmp_path = cut.workdir, cut.tmp
-    metrics = smoke_copy / f"results/train/{CUT_METHOD}/metrics.jsonl"
+    smoke_copy, tmp_path, metrics = cut.workdir, cut.tmp, cut.metrics
     metrics.unlink()  # the smoke run's training: it would read as this one's first steps
     overlay = tmp_path / "cut.yaml"
     overlay.write_text(yaml.safe_dump({"training": {"steps": CUT_STEPS, "checkpoint_every": 0}}))
@@ -425,7 +432,6 @@ def cut_workflow(cut: CutRun, stop: threading.Event) -> CutRun:
     command += ["--workflow-profile", "workflow/profiles/local-slurm", "--retries", retries]
     command += [f"results/models/{CUT_METHOD}", "--configfile", SMOKE, overlay]
     log = tmp_path / "snakemake.out"
-    train_log = smoke_copy / f"results/logs/train/{CUT_METHOD}.log"
     straight: subprocess.Popen | None = None
     with log.open("w") as out, ExitStack() as stack:
         proc = subprocess.Popen(
@@ -455,7 +461,7 @@ def cut_workflow(cut: CutRun, stop: threading.Event) -> CutRun:
                 assert done.returncode == 0, done.stdout
                 cut.lowered = f"time limit of job {cut.first} lowered to {limit} min"
             elif cut.lowered and not cut.first_log and job_state(cut.first).strip() in ENDED:
-                cut.first_log = train_log.read_text()  # before the retry's job rewrites it
+                cut.first_log = cut.train_log.read_text()  # before the retry's job rewrites it
         cut.returncode = proc.returncode
         if straight is not None and proc.returncode == 0:
             cut.straight = straight.wait(timeout=900)  # if the workflow failed, exit stops it
@@ -485,9 +491,7 @@ def test_a_job_cut_by_its_time_limit_resumes_on_snakemakes_retry(
     equal to the uninterrupted run's (the retry runs in a new allocation, whose environment no
     other resume test has)."""
     cut = cut_run.result(timeout=1200)
-    smoke_copy, output = cut.workdir, cut.output
-    metrics = smoke_copy / f"results/train/{CUT_METHOD}/metrics.jsonl"
-    train_log = smoke_copy / f"results/logs/train/{CUT_METHOD}.log"
+    smoke_copy, output, metrics, train_log = cut.workdir, cut.output, cut.metrics, cut.train_log
     assert cut.returncode == 0, tail(output, 80)
     assert {rule for _, rule in SUBMITTED.findall(output)} == {"train"}
     trains = [int(j) for j, r in SUBMITTED.findall(output) if r == "train"]
