@@ -42,8 +42,9 @@ HOSTILE = {
 RECORDER = """#!/bin/bash
 printf '%s\\0' "$#" "$@" >> "$ARGV_LOG"
 """
-# The training launcher: the train rule runs `python -m dspo.training.launch ... -- train ...`;
-# any other `python` is the real one.
+# The train rule starts `python -m dspo.training.launch ... -- ARGS` (dspo/training/launch.py),
+# which runs `dspo ARGS` once per process: the stand-in records ARGS as `dspo` would receive
+# them; any other `python` is the real one.
 LAUNCH_RECORDER = """#!/bin/bash
 if [ "$1" != "-m" ] || [ "$2" != "dspo.training.launch" ]; then exec python3 "$@"; fi
 while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done
